@@ -1,0 +1,23 @@
+"""emarray: out-of-core chunked array engine for electron-microscopy volumes.
+
+Volumes live as zarr chunks; dask schedules them; each block runs a fast CPU path (or, with
+CuPy, a CUDA kernel), so stacks far larger than RAM or GPU memory run with bounded memory.
+"""
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import datasets, errors
+from .export import export
+from .info import info
+from .ingest import ingest
+from .ops.threshold import threshold
+from .volume import Volume, create_volume, open_volume
+
+try:
+    __version__ = version("emarray")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["Volume", "create_volume", "datasets", "errors", "export", "info", "ingest",
+           "open_volume", "threshold", "__version__"]

@@ -1,0 +1,98 @@
+"""Normalise user arguments early, so that bad input fails before any work starts."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidArgumentError
+
+#: Spatial units allowed by OME-NGFF 0.5 (UDUNITS-2 names), plus common abbreviations.
+SPACE_UNITS = (
+    "angstrom", "attometer", "centimeter", "decimeter", "exameter", "femtometer", "foot",
+    "gigameter", "hectometer", "inch", "kilometer", "megameter", "meter", "micrometer", "mile",
+    "millimeter", "nanometer", "parsec", "petameter", "picometer", "terameter", "yard",
+    "yoctometer", "yottameter", "zeptometer", "zettameter",
+)
+_UNIT_ALIASES = {"nm": "nanometer", "um": "micrometer", "µm": "micrometer", "μm": "micrometer",
+                 "mm": "millimeter", "pm": "picometer", "m": "meter", "a": "angstrom",
+                 "å": "angstrom"}
+
+
+def parse_tuple(value: Any, name: str, ndim: int, *, kind: type = int,
+                positive: bool = True) -> tuple:
+    """Turn ``"z,y,x"``, a number or a sequence into a tuple of ``ndim`` numbers.
+
+    >>> parse_tuple("4,8,8", "chunks", 3)
+    (4, 8, 8)
+    >>> parse_tuple(16, "chunks", 3)
+    (16, 16, 16)
+    """
+    raw = value
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.replace("x", ",").split(",") if p.strip()]
+        try:
+            value = [float(p) for p in parts]
+        except ValueError:
+            raise InvalidArgumentError(
+                f"{name} must be {ndim} comma-separated numbers written z,y,x, got {raw!r}") from None
+    elif isinstance(value, (int, float, np.integer, np.floating)):
+        value = [value] * ndim
+    if not isinstance(value, Sequence) and not isinstance(value, np.ndarray):
+        raise InvalidArgumentError(f"{name} must be a number or a z,y,x tuple, got {raw!r}")
+    value = list(value)
+    if len(value) != ndim:
+        raise InvalidArgumentError(
+            f"{name} must have {ndim} values (z,y,x), got {len(value)}: {raw!r}")
+    out = []
+    for v in value:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise InvalidArgumentError(f"{name} must be numbers, got {raw!r}") from None
+        if not math.isfinite(f):
+            raise InvalidArgumentError(f"{name} must be finite, got {raw!r}")
+        if positive and f <= 0:
+            raise InvalidArgumentError(f"{name} must be positive, got {raw!r}")
+        if kind is int:
+            if f != int(f):
+                raise InvalidArgumentError(f"{name} must be whole numbers, got {raw!r}")
+            out.append(int(f))
+        else:
+            out.append(float(f))
+    return tuple(out)
+
+
+def parse_unit(unit: str) -> str:
+    """Return the OME-NGFF name of a spatial unit (``"nm"`` -> ``"nanometer"``)."""
+    u = str(unit).strip()
+    u = _UNIT_ALIASES.get(u.lower(), u.lower())
+    if u not in SPACE_UNITS:
+        raise InvalidArgumentError(
+            f"unit must be a spatial unit such as nanometer or micrometer, got {unit!r}")
+    return u
+
+
+def finite_number(value: Any, name: str) -> float:
+    """Return ``value`` as a finite float or raise naming it (``"threshold must be finite, got nan"``)."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(f):
+        raise InvalidArgumentError(f"{name} must be finite, got {value!r}")
+    return f
+
+
+def numeric_dtype(dtype: Any, what: str) -> np.dtype:
+    """Check that ``dtype`` is a real integer or floating dtype (not bool, complex, text...)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise InvalidArgumentError(f"{what} has an unknown dtype {dtype!r}") from None
+    if dt.kind not in "uif":
+        raise InvalidArgumentError(
+            f"{what} must have a real numeric dtype (integer or float), got {dt}")
+    return dt

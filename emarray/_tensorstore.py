@@ -1,0 +1,55 @@
+"""Read zarr v2, N5 and neuroglancer precomputed volumes through tensorstore."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._normalize import parse_unit
+from .errors import VolumeNotFoundError
+
+_DRIVERS = {"zarr2": "zarr", "n5": "n5", "precomputed": "neuroglancer_precomputed"}
+
+
+def _kvstore(location: str) -> Any:
+    if "://" in location:
+        return location  # tensorstore parses kvstore URLs (gs://, s3://, https://, file://)
+    return {"driver": "file", "path": location}
+
+
+def open_tensorstore(kind: str, location: str) -> tuple[Any, dict[str, Any]]:
+    """Open ``location`` read-only; return the tensorstore (axes z,y,x) and Volume metadata."""
+    import tensorstore as ts
+    spec = {"driver": _DRIVERS[kind], "kvstore": _kvstore(location)}
+    try:
+        arr = ts.open(spec, read=True).result()
+    except Exception as exc:
+        raise VolumeNotFoundError(f"cannot open {kind} volume {location!r}: {exc}") from exc
+    labels = list(arr.domain.labels)
+    if kind == "precomputed":
+        # neuroglancer precomputed is x, y, z, channel: keep one channel, present z, y, x
+        if arr.shape[-1] == 1:
+            arr = arr[ts.d["channel"][0]]
+            labels = labels[:-1]
+        arr = arr.T
+        labels = labels[::-1]
+    ndim = arr.rank
+    from .volume import default_axes
+    axes = tuple(labels) if all(labels) and set(labels) <= {"c", "z", "y", "x"} else default_axes(ndim)
+    chunks = tuple(int(c) for c in arr.chunk_layout.read_chunk.shape)
+    voxel, unit = [], "nanometer"
+    units = arr.dimension_units
+    for a, u in zip(axes, units):
+        if a in ("z", "y", "x"):
+            if u is not None and u.base_unit:
+                voxel.append(float(u.multiplier))
+                try:
+                    unit = parse_unit(u.base_unit)
+                except Exception:
+                    pass
+            else:
+                voxel.append(1.0)
+    meta = {"shape": tuple(int(s) for s in arr.shape), "dtype": np.dtype(arr.dtype.numpy_dtype),
+            "chunks": chunks, "shards": None, "axes": axes, "voxel_size": tuple(voxel),
+            "unit": unit, "levels": ("",), "attrs": {}}
+    return arr, meta

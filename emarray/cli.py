@@ -1,0 +1,184 @@
+"""The ``emarray`` command line: one subcommand per public operator."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from .errors import EmarrayError
+
+_SCHED_HELP = ("threads (default), processes, synchronous, local-cluster, or a scheduler address "
+               "tcp://host:port (default: $DASK_SCHEDULER_ADDRESS when set)")
+
+
+def _engine_options(f):
+    f = click.option("--scheduler", default=None, help=_SCHED_HELP)(f)
+    f = click.option("--workers", type=int, default=None,
+                     help="Threads, processes or local-cluster workers (default: all cores).")(f)
+    return f
+
+
+def _output_options(f):
+    f = click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")(f)
+    f = click.option("--resume", is_flag=True,
+                     help="Finish an interrupted run into DST, skipping finished chunks.")(f)
+    return f
+
+
+def _layout_options(default_chunks: str | None):
+    def deco(f):
+        f = click.option("--chunks", default=default_chunks, show_default=bool(default_chunks),
+                         help="Storage chunk shape z,y,x.")(f)
+        f = click.option("--shards", default=None, help="Shard shape z,y,x (multiples of chunks).")(f)
+        f = click.option("--compression", default="zstd", show_default=True,
+                         type=click.Choice(["zstd", "blosc-zstd", "blosc-lz4", "gzip", "none"]))(f)
+        return f
+    return deco
+
+
+def _friendly(f):
+    """Print emarray errors as one line and exit 2, instead of a traceback."""
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except EmarrayError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="emarray", message="emarray %(version)s")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars, errors only.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """emarray: out-of-core chunked operators for electron-microscopy volumes.
+
+    Volumes are OME-Zarr (zarr v3) directories; zarr v2, N5 and neuroglancer precomputed
+    volumes are read too. Tuples are written z,y,x.
+    """
+    level = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = {"progress": not quiet}
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_friendly
+def info(path: str, as_json: bool) -> None:
+    """Describe the volume at PATH: shape, dtype, chunks, voxel size, levels, storage."""
+    from .info import info as _info
+    d = _info(path)
+    if as_json:
+        click.echo(json.dumps(d, indent=2, default=list))
+        return
+    for key in ("url", "format", "shape", "dtype", "axes", "chunks", "shards"):
+        click.echo(f"{key:>12}: {d[key]}")
+    click.echo(f"{'voxel size':>12}: {d['voxel_size']} {d['unit']}")
+    click.echo(f"{'levels':>12}: {len(d['levels'])} {d['levels']}")
+    click.echo(f"{'codecs':>12}: {', '.join(d['codecs']) or '-'}")
+    click.echo(f"{'bytes':>12}: {d['nbytes']:,} uncompressed")
+    if d["stored_bytes"] is not None:
+        click.echo(f"{'stored':>12}: {d['stored_bytes']:,} bytes "
+                   f"(compression ratio {d['compression_ratio']:.2f})")
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--dataset", default=None, help="HDF5 dataset name (when the file holds several).")
+@click.option("--voxel-size", default="1,1,1", help="Voxel size z,y,x in --unit.")
+@click.option("--unit", default="nanometer", help="Spatial unit (nanometer, micrometer, nm, um...).")
+@_layout_options("64,256,256")
+@click.option("--level", "compression_level", type=int, default=None, help="Compression level.")
+@_output_options
+@_engine_options
+@click.pass_obj
+@_friendly
+def ingest(obj: dict, src: str, dst: str, **kw: Any) -> None:
+    """Ingest SRC (slice folder, TIFF stack or HDF5 file) into an OME-Zarr volume DST."""
+    from .ingest import ingest as _ingest
+    v = _ingest(src, dst, progress=obj["progress"], **kw)
+    click.echo(f"wrote {v.url}: {v.shape} {v.dtype}, chunks {v.chunks}")
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--region", default=None, help="z0:z1,y0:y1,x0:x1 (empty parts mean all).")
+@click.option("--dataset", default="data", help="Dataset name in an HDF5 output.")
+@click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
+@click.pass_obj
+@_friendly
+def export(obj: dict, src: str, dst: str, **kw: Any) -> None:
+    """Export a region of volume SRC to DST (.tif stack or .h5)."""
+    from .export import export as _export
+    p = _export(src, dst, progress=obj["progress"], **kw)
+    click.echo(f"wrote {p}")
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--value", "-t", required=True, type=float, help="The threshold.")
+@click.option("--op", type=click.Choice(["gt", "ge"]), default="gt",
+              help="gt: SRC > value; ge: SRC >= value.")
+@click.option("--backend", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              help="Where blocks are computed (auto: CUDA when CuPy sees a device).")
+@_layout_options(None)
+@_output_options
+@_engine_options
+@click.pass_obj
+@_friendly
+def threshold(obj: dict, src: str, dst: str, **kw: Any) -> None:
+    """Threshold probability map SRC into a uint8 0/1 mask DST."""
+    from .ops.threshold import threshold as _threshold
+    v = _threshold(src, dst, progress=obj["progress"], **kw)
+    click.echo(f"wrote {v.url}: {v.shape} uint8 mask")
+
+
+@cli.command()
+@click.argument("dst")
+@click.option("--size", default="128,256,256", help="Volume shape z,y,x (or one number).")
+@click.option("--chunks", default="64,128,128", help="Chunk shape z,y,x.")
+@click.option("--seed", type=int, default=0, help="Random seed.")
+@click.option("--overwrite", is_flag=True, help="Replace existing volumes in DST.")
+@_engine_options
+@click.pass_obj
+@_friendly
+def synthetic(obj: dict, dst: str, size: str, chunks: str, seed: int, overwrite: bool,
+              **kw: Any) -> None:
+    """Write a synthetic EM-like volume (raw, truth, prob) into folder DST."""
+    from .datasets import synthetic as _synthetic
+    vols = _synthetic(dst, size, chunks=chunks, seed=seed, overwrite=overwrite,
+                      progress=obj["progress"], **kw)
+    for k, v in vols.items():
+        click.echo(f"wrote {v.url}: {v.shape} {v.dtype}")
+
+
+@cli.command()
+@click.option("--size", default="128,512,512", help="Synthetic volume shape z,y,x (or one number).")
+@click.option("--out", default="emarray-demo", help="Folder for the demo's volumes.")
+@click.option("--value", default=0.5, type=float, help="Threshold for the probability map.")
+@_engine_options
+@click.pass_obj
+@_friendly
+def demo(obj: dict, size: str, out: str, value: float, **kw: Any) -> None:
+    """Run the demo: synthetic volume -> threshold -> score against ground truth."""
+    from .demo import run_demo
+    run_demo(out, size, value=value, progress=obj["progress"], echo=click.echo, **kw)
+
+
+def main() -> None:
+    cli(prog_name="emarray")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Where the blocks run: dask's threads (default), processes, or a distributed cluster."""
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..errors import InvalidArgumentError
+
+LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
+SCHEDULERS = LOCAL_SCHEDULERS + ("local-cluster",)
+_FAN_IN = 8
+
+
+def check_scheduler(scheduler: Any) -> Any:
+    """Validate a scheduler choice before any work; ``None`` reads ``DASK_SCHEDULER_ADDRESS``.
+
+    Accepts a name in :data:`SCHEDULERS`, a scheduler address (``tcp://host:port``), or a
+    ``distributed.Client``.
+    """
+    if scheduler is None:
+        scheduler = os.environ.get("DASK_SCHEDULER_ADDRESS") or "threads"
+    if isinstance(scheduler, str):
+        if scheduler in SCHEDULERS or "://" in scheduler:
+            return scheduler
+        raise InvalidArgumentError(
+            f"scheduler must be one of {', '.join(SCHEDULERS)} or an address such as "
+            f"tcp://host:8786, got {scheduler!r}")
+    if type(scheduler).__name__ == "Client":
+        return scheduler
+    raise InvalidArgumentError(f"scheduler must be a name, an address or a Client, got {scheduler!r}")
+
+
+def _combine_many(combine: Callable, *parts: Any) -> Any:
+    acc = parts[0]
+    for p in parts[1:]:
+        acc = combine(acc, p)
+    return acc
+
+
+class Runner:
+    """Runs one task per block on the chosen scheduler, with a progress bar.
+
+    Use as a context manager: a local cluster it starts is closed on exit, and an address is
+    connected to (and disconnected from) only for the job.
+    """
+
+    def __init__(self, scheduler: Any = None, workers: int | None = None,
+                 progress: bool = False, desc: str = "blocks"):
+        self.scheduler = check_scheduler(scheduler)
+        if workers is not None and int(workers) < 1:
+            raise InvalidArgumentError(f"workers must be at least 1, got {workers!r}")
+        self.workers = int(workers) if workers else None
+        self.progress = progress
+        self.desc = desc
+        self._client = None
+        self._owned: list[Any] = []
+
+    def __enter__(self) -> "Runner":
+        s = self.scheduler
+        if isinstance(s, str) and s in LOCAL_SCHEDULERS:
+            return self
+        from distributed import Client, LocalCluster
+        if not isinstance(s, str):
+            self._client = s
+        elif s == "local-cluster":
+            cluster = LocalCluster(n_workers=self.workers or os.cpu_count() or 1,
+                                   threads_per_worker=1, dashboard_address=":0")
+            self._owned.append(cluster)
+            self._client = Client(cluster)
+            self._owned.insert(0, self._client)
+        else:
+            self._client = Client(s, timeout="20s")
+            self._owned.append(self._client)
+        if self.progress:
+            link = getattr(self._client, "dashboard_link", None)
+            print(f"dask dashboard: {link}" if link else
+                  f"dask scheduler: {self._client.scheduler.address}", file=sys.stderr)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for obj in self._owned:
+            obj.close()
+        self._owned.clear()
+
+    def _bar(self, total: int):
+        from tqdm.auto import tqdm
+        return tqdm(total=total, desc=self.desc, unit="block", disable=not self.progress,
+                    file=sys.stderr, dynamic_ncols=True)
+
+    def run(self, calls: Sequence[tuple[Callable, tuple]],
+            combine: Callable[[Any, Any], Any] | None = None) -> Any:
+        """Run ``func(*args)`` for each call; return the results, or their ``combine``-d total."""
+        if self._client is not None:
+            return self._run_distributed(calls, combine)
+        import dask
+        from dask.callbacks import Callback
+        prefix = f"emarray-block-{uuid.uuid4().hex[:12]}-"
+        tasks = [dask.delayed(f, pure=False)(*args, dask_key_name=f"{prefix}{i}")
+                 for i, (f, args) in enumerate(calls)]
+        if combine is not None and tasks:
+            level = tasks
+            while len(level) > 1:
+                level = [dask.delayed(_combine_many, pure=False)(combine, *level[i:i + _FAN_IN])
+                         for i in range(0, len(level), _FAN_IN)]
+            tasks = level
+        bar = self._bar(len(calls))
+
+        class _Progress(Callback):
+            def _posttask(self, key, result, dsk, state, id):  # noqa: A002 (dask's name)
+                if isinstance(key, str) and key.startswith(prefix):
+                    bar.update(1)
+
+        kwargs = {"scheduler": self.scheduler}
+        if self.workers and self.scheduler != "synchronous":
+            kwargs["num_workers"] = self.workers
+        try:
+            with _Progress():
+                results = dask.compute(*tasks, **kwargs) if tasks else ()
+        finally:
+            bar.close()
+        if combine is not None:
+            return results[0] if results else None
+        return list(results)
+
+    def _run_distributed(self, calls: Sequence[tuple[Callable, tuple]],
+                         combine: Callable | None) -> Any:
+        from distributed import as_completed
+        client = self._client
+        futures = [client.submit(f, *args, pure=False) for f, args in calls]
+        final = None
+        if combine is not None and futures:
+            level = futures
+            while len(level) > 1:
+                level = [client.submit(_combine_many, combine, *level[i:i + _FAN_IN], pure=False)
+                         for i in range(0, len(level), _FAN_IN)]
+            final = level[0]
+        bar = self._bar(len(futures))
+        try:
+            for fut in as_completed(futures):
+                fut.result()  # re-raises the block's error here
+                bar.update(1)
+        finally:
+            bar.close()
+        if combine is not None:
+            return final.result() if final is not None else None
+        return client.gather(futures)

@@ -1,0 +1,38 @@
+"""One hierarchy for every error a user can cause; each message echoes the bad value."""
+from __future__ import annotations
+
+
+class EmarrayError(Exception):
+    """Base class of all errors raised by emarray for bad input or bad state."""
+
+
+class InvalidArgumentError(EmarrayError, ValueError):
+    """An argument has a value emarray cannot use (the message names it)."""
+
+
+class VolumeNotFoundError(EmarrayError, FileNotFoundError):
+    """A path or URL that should hold a volume holds nothing emarray can open."""
+
+
+class OutputExistsError(EmarrayError, FileExistsError):
+    """The output already exists and neither overwrite nor resume was asked for."""
+
+
+class ShapeMismatchError(EmarrayError, ValueError):
+    """Two volumes that must line up voxel for voxel have different shapes."""
+
+
+class ChunkAlignmentError(EmarrayError, ValueError):
+    """A write would straddle storage chunks or shards (two writers could share one)."""
+
+
+class ChunkReadError(EmarrayError, OSError):
+    """A storage chunk could not be read or decoded; the message names the chunk."""
+
+
+class ResumeMismatchError(EmarrayError, ValueError):
+    """``resume`` was asked for, but the existing output was made by a different job."""
+
+
+class BackendUnavailableError(EmarrayError, ImportError):
+    """The requested compute backend (for example CUDA) is not installed or has no device."""

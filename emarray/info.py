@@ -1,0 +1,41 @@
+"""Describe a volume: layout, physical size, pyramid, and how well it compresses."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .volume import Volume, open_volume
+
+
+def info(path: Volume | str | os.PathLike) -> dict[str, Any]:
+    """Return a dict describing the volume at ``path``.
+
+    Keys: ``url``, ``format``, ``shape``, ``dtype``, ``axes``, ``chunks``, ``shards``,
+    ``voxel_size``, ``unit``, ``levels``, ``codecs``, ``nbytes``, ``stored_bytes`` and
+    ``compression_ratio`` (the last two are None for remote stores).
+
+    Examples
+    --------
+    >>> import emarray, tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "v.zarr")
+    >>> _ = emarray.create_volume(p, (8, 8, 8), "uint16", 4)
+    >>> emarray.info(p)["nbytes"]
+    1024
+    """
+    vol = path if isinstance(path, Volume) else open_volume(path)
+    stored = vol.stored_bytes()
+    codecs: list[str] = []
+    if vol.kind == "zarr3":
+        meta = vol.handle().metadata
+        codecs = [type(c).__name__.replace("Codec", "").lower() for c in meta.codecs]
+        for c in meta.codecs:
+            inner = getattr(c, "codecs", None)
+            if inner:
+                codecs += ["shard:" + type(i).__name__.replace("Codec", "").lower() for i in inner]
+    return {
+        "url": vol.url, "format": vol.kind, "shape": vol.shape, "dtype": str(vol.dtype),
+        "axes": vol.axes, "chunks": vol.chunks, "shards": vol.shards,
+        "voxel_size": vol.voxel_size, "unit": vol.unit, "levels": list(vol.levels),
+        "codecs": codecs, "nbytes": vol.nbytes, "stored_bytes": stored,
+        "compression_ratio": (vol.nbytes / stored) if stored else None,
+    }

@@ -1,0 +1,64 @@
+"""OME-Zarr 0.5 metadata: build it for what emarray writes, read it from what users have."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+OME_VERSION = "0.5"
+
+
+def axis_entries(axes: Sequence[str], unit: str) -> list[dict[str, Any]]:
+    """The ``axes`` list of a multiscale: spatial axes carry ``unit``, ``c`` is a channel axis."""
+    out: list[dict[str, Any]] = []
+    for name in axes:
+        if name in ("z", "y", "x"):
+            out.append({"name": name, "type": "space", "unit": unit})
+        elif name == "c":
+            out.append({"name": "c", "type": "channel"})
+        elif name == "t":
+            out.append({"name": "t", "type": "time"})
+        else:
+            out.append({"name": name})
+    return out
+
+
+def multiscales(name: str, axes: Sequence[str], unit: str,
+                levels: Sequence[tuple[str, Sequence[float]]]) -> dict[str, Any]:
+    """The ``attributes.ome`` object of an image group.
+
+    ``levels`` lists ``(path, scale)`` from full resolution down; ``scale`` has one entry per axis.
+    """
+    return {
+        "version": OME_VERSION,
+        "multiscales": [{
+            "name": name,
+            "axes": axis_entries(axes, unit),
+            "datasets": [
+                {"path": path,
+                 "coordinateTransformations": [{"type": "scale", "scale": [float(s) for s in scale]}]}
+                for path, scale in levels
+            ],
+        }],
+    }
+
+
+def read_multiscales(attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """Return the first multiscale of a group's attributes (OME 0.5 or 0.4 layout), or None."""
+    ome = attrs.get("ome", attrs)
+    ms = ome.get("multiscales") if isinstance(ome, dict) else None
+    if not ms:
+        return None
+    return ms[0]
+
+
+def level_scale(multiscale: dict[str, Any], index: int = 0) -> list[float] | None:
+    """The combined scale of dataset ``index`` of a multiscale (None when it has no scale)."""
+    ds = multiscale["datasets"][index]
+    scale = None
+    for tr in ds.get("coordinateTransformations", []):
+        if tr.get("type") == "scale":
+            scale = [float(s) for s in tr["scale"]]
+    for tr in multiscale.get("coordinateTransformations", []) or []:
+        if tr.get("type") == "scale" and scale is not None:
+            scale = [a * float(b) for a, b in zip(scale, tr["scale"])]
+    return scale

@@ -1,0 +1,1 @@
+"""emarray's operators; each one is a per-block function run by :mod:`emarray.engine`."""

@@ -1,0 +1,154 @@
+"""Readers for what users ingest: a folder of slices, a multi-page TIFF, an HDF5 dataset.
+
+Each source knows its shape and dtype from headers alone and reads any range of z-slices, so
+ingest streams slab by slab and never holds the whole stack.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ._normalize import numeric_dtype
+from .errors import InvalidArgumentError, ShapeMismatchError, VolumeNotFoundError
+
+SLICE_EXTS = (".tif", ".tiff", ".png")
+HDF5_EXTS = (".h5", ".hdf5", ".hdf")
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders ``2.png`` before ``10.png`` (numbers compared as numbers)."""
+    return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name))
+
+
+def _png_array(path: str) -> np.ndarray:
+    from PIL import Image
+    with Image.open(path) as im:
+        a = np.asarray(im)
+    return a.astype(np.uint8) if a.dtype == np.bool_ else a
+
+
+def _slice_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    if path.suffix.lower() == ".png":
+        from PIL import Image
+        with Image.open(path) as im:
+            mode = {"1": np.uint8, "L": np.uint8, "I;16": np.uint16, "I;16B": np.uint16,
+                    "I": np.int32, "F": np.float32}.get(im.mode)
+            if mode is None:
+                raise InvalidArgumentError(
+                    f"{path} is a {im.mode} image; emarray ingests single-channel slices")
+            return (im.size[1], im.size[0]), np.dtype(mode)
+    import tifffile
+    with tifffile.TiffFile(path) as tf:
+        page = tf.pages[0]
+        return tuple(page.shape), np.dtype(page.dtype)
+
+
+class SliceFolder:
+    """A folder of 2D TIFF or PNG slices, ordered by the number in the file name."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        files = [p for p in self.folder.iterdir() if p.suffix.lower() in SLICE_EXTS]
+        if not files:
+            raise VolumeNotFoundError(f"{os.fspath(folder)!r} holds no .tif, .tiff or .png slices")
+        exts = {p.suffix.lower().replace(".tiff", ".tif") for p in files}
+        if len(exts) > 1:
+            raise InvalidArgumentError(
+                f"{os.fspath(folder)!r} mixes slice formats {sorted(exts)}; keep one per folder")
+        self.files = [str(p) for p in sorted(files, key=lambda p: natural_key(p.name))]
+        shape, dtype = _slice_header(Path(self.files[0]))
+        for f in self.files[1:]:
+            s, d = _slice_header(Path(f))
+            if s != shape or d != dtype:
+                raise ShapeMismatchError(
+                    f"slice {f} is {s} {d} but {self.files[0]} is {shape} {dtype}")
+        if len(shape) != 2:
+            raise InvalidArgumentError(f"slice {self.files[0]} has shape {shape}; expected 2D")
+        self.shape = (len(self.files), *shape)
+        self.dtype = numeric_dtype(dtype, f"slice {self.files[0]}")
+
+    def read(self, z0: int, z1: int) -> np.ndarray:
+        out = np.empty((z1 - z0, *self.shape[1:]), self.dtype)
+        for i, f in enumerate(self.files[z0:z1]):
+            if f.lower().endswith(".png"):
+                out[i] = _png_array(f)
+            else:
+                import tifffile
+                out[i] = tifffile.imread(f)
+        return out
+
+
+class MultiPageTiff:
+    """A 3D TIFF stack (one page per z-slice)."""
+
+    def __init__(self, path: str | os.PathLike):
+        import tifffile
+        self.path = os.fspath(path)
+        with tifffile.TiffFile(self.path) as tf:
+            series = tf.series[0]
+            shape, dtype = tuple(series.shape), series.dtype
+            self.paged = len(series.pages) == (shape[0] if len(shape) == 3 else 1)
+        if len(shape) == 2:
+            shape = (1, *shape)
+        if len(shape) != 3:
+            raise InvalidArgumentError(f"{self.path} holds a {len(shape)}D image; expected 3D z,y,x")
+        self.shape = shape
+        self.dtype = numeric_dtype(dtype, self.path)
+
+    def read(self, z0: int, z1: int) -> np.ndarray:
+        import tifffile
+        if self.paged:
+            a = tifffile.imread(self.path, key=range(z0, z1))
+            return a.reshape((z1 - z0, *self.shape[1:]))
+        return tifffile.imread(self.path).reshape(self.shape)[z0:z1]
+
+
+class Hdf5Dataset:
+    """A 3D dataset inside an HDF5 file."""
+
+    def __init__(self, path: str | os.PathLike, dataset: str | None):
+        import h5py
+        self.path = os.fspath(path)
+        with h5py.File(self.path, "r") as f:
+            names: list[str] = []
+            f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+            if dataset is None:
+                if len(names) != 1:
+                    raise InvalidArgumentError(
+                        f"{self.path} holds {len(names)} datasets {names}; name one with --dataset")
+                dataset = names[0]
+            if dataset not in f or not isinstance(f[dataset], h5py.Dataset):
+                raise InvalidArgumentError(
+                    f"dataset {dataset!r} is not in {self.path}; it holds {names}")
+            ds = f[dataset]
+            shape, dtype = tuple(ds.shape), ds.dtype
+        if len(shape) != 3:
+            raise InvalidArgumentError(f"dataset {dataset!r} is {len(shape)}D; expected 3D z,y,x")
+        self.dataset = dataset
+        self.shape = shape
+        self.dtype = numeric_dtype(dtype, f"dataset {dataset!r}")
+
+    def read(self, z0: int, z1: int) -> np.ndarray:
+        import h5py
+        with h5py.File(self.path, "r") as f:
+            return f[self.dataset][z0:z1]
+
+
+def open_source(src: str | os.PathLike, dataset: str | None = None):
+    """Pick the reader for ``src``: a slice folder, a TIFF stack, or an HDF5 dataset."""
+    p = Path(src)
+    if not p.exists():
+        raise VolumeNotFoundError(f"no such file or folder: {os.fspath(src)!r}")
+    if p.is_dir():
+        return SliceFolder(p)
+    ext = p.suffix.lower()
+    if ext in (".tif", ".tiff"):
+        return MultiPageTiff(p)
+    if ext in HDF5_EXTS:
+        return Hdf5Dataset(p, dataset)
+    raise InvalidArgumentError(
+        f"cannot ingest {os.fspath(src)!r}: expected a folder of slices, a .tif stack or an "
+        f"HDF5 file ({', '.join(HDF5_EXTS)})")

@@ -1,0 +1,383 @@
+"""Volumes: a chunked 3D (or channel + 3D) array on disk, with its voxel size and axes.
+
+Zarr v3 (OME-Zarr 0.5) is read and written through zarr-python; zarr v2, N5 and neuroglancer
+precomputed volumes are read through tensorstore (:mod:`emarray._tensorstore`).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import ome
+from ._normalize import numeric_dtype, parse_tuple, parse_unit
+from .errors import ChunkReadError, EmarrayError, InvalidArgumentError, VolumeNotFoundError
+
+Region = tuple[slice, ...]
+
+_SCHEMES = {"zarr3": "zarr3", "zarr": "zarr3", "zarr2": "zarr2", "n5": "n5",
+            "precomputed": "precomputed"}
+COMPRESSIONS = ("zstd", "blosc-zstd", "blosc-lz4", "gzip", "none")
+
+
+@dataclass
+class Volume:
+    """A chunked array on disk with its physical metadata.
+
+    Open one with :func:`open_volume`; emarray's operators take and return Volumes.
+
+    Attributes
+    ----------
+    url : str
+        Where the volume lives (a local path, or ``scheme://location``).
+    kind : str
+        ``"zarr3"`` (read-write) or ``"zarr2"``, ``"n5"``, ``"precomputed"`` (read-only).
+    shape, dtype, chunks, shards :
+        Array shape, dtype, storage chunk shape and shard shape (None when unsharded).
+    axes : tuple of str
+        Axis names, ``("z", "y", "x")`` or ``("c", "z", "y", "x")``.
+    voxel_size : tuple of float
+        Physical size of one voxel along each spatial axis, in ``unit``.
+    levels : tuple of str
+        Paths of the pyramid levels (level 0 is the one this Volume reads).
+
+    Examples
+    --------
+    >>> import emarray, numpy as np, tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> v = emarray.create_volume(os.path.join(d, "v.zarr"), (4, 6, 8), "uint8", (2, 3, 4))
+    >>> v.write((slice(0, 2), slice(0, 3), slice(0, 4)), np.ones((2, 3, 4), np.uint8))
+    >>> int(emarray.open_volume(os.path.join(d, "v.zarr")).data.sum().compute())
+    24
+    """
+
+    url: str
+    kind: str
+    array_path: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: tuple[int, ...]
+    shards: tuple[int, ...] | None
+    axes: tuple[str, ...]
+    voxel_size: tuple[float, ...]
+    unit: str
+    levels: tuple[str, ...] = ("0",)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    _handle: Any = field(default=None, repr=False, compare=False)
+
+    # -- pickling: handles are reopened where the block runs (threads, processes, workers) --
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        return state
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def block_shape(self) -> tuple[int, ...]:
+        """The unit of independent writes: the shard when sharded, else the chunk."""
+        return self.shards or self.chunks
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def spatial_axes(self) -> tuple[int, ...]:
+        return tuple(i for i, a in enumerate(self.axes) if a in ("z", "y", "x"))
+
+    @property
+    def local_path(self) -> Path | None:
+        """The directory of the whole volume on local disk (None for remote stores)."""
+        if "://" in self.url:
+            return None
+        return Path(self.url)
+
+    def handle(self) -> Any:
+        if self._handle is None:
+            if self.kind == "zarr3":
+                import zarr
+                self._handle = zarr.open_array(os.path.join(self.url, self.array_path)
+                                               if self.array_path else self.url, mode="r+"
+                                               if os.access(self.url, os.W_OK) else "r")
+            else:
+                from ._tensorstore import open_tensorstore
+                self._handle = open_tensorstore(self.kind, self.url)[0]
+        return self._handle
+
+    # -- reading and writing -------------------------------------------------------------
+    def read(self, region: Region | None = None) -> np.ndarray:
+        """Read ``region`` (a tuple of slices; the whole array by default) into memory.
+
+        A chunk that cannot be read or decoded raises :class:`ChunkReadError` naming it.
+        """
+        region = region or tuple(slice(0, n) for n in self.shape)
+        try:
+            return self._read(region)
+        except EmarrayError:
+            raise
+        except Exception as exc:  # a store or codec error: find and name the bad chunk
+            raise self._chunk_error(region, exc) from exc
+
+    def _read(self, region: Region) -> np.ndarray:
+        h = self.handle()
+        if self.kind == "zarr3":
+            return np.asarray(h[region])
+        return np.asarray(h[region].read().result())
+
+    def _chunk_error(self, region: Region, exc: Exception) -> ChunkReadError:
+        grid = self.block_shape
+        ranges = [range(s.start // g, -(-s.stop // g)) for s, g in zip(region, grid)]
+        for idx in itertools.product(*ranges):
+            sub = tuple(slice(i * g, min((i + 1) * g, n)) for i, g, n in zip(idx, grid, self.shape))
+            try:
+                self._read(sub)
+            except Exception as inner:
+                return ChunkReadError(
+                    f"cannot read chunk {self.chunk_key(idx)!r} of {self.url} "
+                    f"(voxels {_fmt_region(sub)}): {type(inner).__name__}: {inner}")
+        return ChunkReadError(f"cannot read voxels {_fmt_region(region)} of {self.url}: "
+                              f"{type(exc).__name__}: {exc}")
+
+    def chunk_key(self, index: Sequence[int]) -> str:
+        """The storage key of the chunk (or shard) at grid ``index``, relative to the volume."""
+        if self.kind == "zarr3":
+            key = self.handle().metadata.encode_chunk_key(tuple(index))
+            return f"{self.array_path}/{key}" if self.array_path else key
+        return "/".join(str(i) for i in index)
+
+    def write(self, region: Region, block: np.ndarray) -> None:
+        """Write ``block`` at ``region`` (zarr v3 volumes only; callers align to :attr:`block_shape`)."""
+        if self.kind != "zarr3":
+            raise InvalidArgumentError(f"{self.url} is a {self.kind} volume, which emarray only reads")
+        self.handle()[region] = block
+
+    @property
+    def data(self):
+        """A dask array over the volume whose blocks are whole storage chunks (or shards)."""
+        import dask.array as da
+        from dask.base import tokenize
+        return da.from_array(_Reader(self), chunks=self.block_shape, asarray=False, lock=False,
+                             fancy=False, meta=np.empty((0,) * self.ndim, self.dtype),
+                             name="emarray-read-" + tokenize(self.url, self.array_path, self.shape))
+
+    def stored_bytes(self) -> int | None:
+        """Bytes the level-0 array takes on disk (None when not on local disk)."""
+        root = self.local_path
+        if root is None:
+            return None
+        root = root / self.array_path if self.array_path else root
+        total = 0
+        for dirpath, _dirs, files in os.walk(root):
+            total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
+        return total
+
+
+class _Reader:
+    """What dask reads blocks from: indexable, with shape, dtype and ndim."""
+
+    def __init__(self, volume: Volume):
+        self.volume = volume
+        self.shape = volume.shape
+        self.dtype = volume.dtype
+        self.ndim = volume.ndim
+
+    def __getitem__(self, region: Region) -> np.ndarray:
+        return self.volume.read(tuple(region))
+
+
+def _fmt_region(region: Region) -> str:
+    return ",".join(f"{s.start}:{s.stop}" for s in region)
+
+
+def default_axes(ndim: int) -> tuple[str, ...]:
+    if ndim == 3:
+        return ("z", "y", "x")
+    if ndim == 4:
+        return ("c", "z", "y", "x")
+    if ndim == 2:
+        return ("y", "x")
+    raise InvalidArgumentError(f"emarray volumes are 2D, 3D or channel+3D, got {ndim} dimensions")
+
+
+# -- opening ------------------------------------------------------------------------------
+def _split_url(path_or_url: str | os.PathLike) -> tuple[str | None, str]:
+    s = os.fspath(path_or_url)
+    if "://" in s:
+        scheme, rest = s.split("://", 1)
+        if scheme.lower() in _SCHEMES:
+            return _SCHEMES[scheme.lower()], rest
+    return None, s
+
+
+def _detect_kind(path: str) -> str:
+    p = Path(path)
+    if not p.exists():
+        raise VolumeNotFoundError(f"no volume at {path!r}: the path does not exist")
+    if (p / "zarr.json").is_file():
+        return "zarr3"
+    if (p / ".zarray").is_file():
+        return "zarr2"
+    if (p / "attributes.json").is_file():
+        return "n5"
+    if (p / "info").is_file():
+        return "precomputed"
+    raise VolumeNotFoundError(
+        f"{path!r} is not a volume: found no zarr.json (zarr v3), .zarray (zarr v2), "
+        "attributes.json (N5) or info (neuroglancer precomputed)")
+
+
+def open_volume(path_or_url: str | os.PathLike, *, level: int = 0) -> Volume:
+    """Open a volume for reading (and, for zarr v3 on local disk, writing).
+
+    Parameters
+    ----------
+    path_or_url : str or path
+        An OME-Zarr image group or a bare zarr v3 array on local disk, or a zarr v2, N5 or
+        neuroglancer precomputed volume (detected from its metadata file). Prefix with
+        ``zarr2://``, ``n5://`` or ``precomputed://`` to name the format explicitly; those
+        also take tensorstore URLs such as ``precomputed://gs://bucket/path``.
+    level : int
+        Pyramid level to open (0 = full resolution).
+
+    Returns
+    -------
+    Volume
+
+    Examples
+    --------
+    >>> import emarray, tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "v.zarr")
+    >>> _ = emarray.create_volume(p, (8, 8, 8), "float32", 4, voxel_size=(40, 4, 4))
+    >>> emarray.open_volume(p).voxel_size
+    (40.0, 4.0, 4.0)
+    """
+    kind, location = _split_url(path_or_url)
+    if kind is None:
+        kind = _detect_kind(location)
+    elif "://" not in location and not Path(location).exists():
+        raise VolumeNotFoundError(f"no volume at {location!r}: the path does not exist")
+    if kind == "zarr3":
+        return _open_zarr3(location, level)
+    from ._tensorstore import open_tensorstore
+    handle, meta = open_tensorstore(kind, location)
+    return Volume(url=location, kind=kind, array_path="", _handle=handle, **meta)
+
+
+def _open_zarr3(path: str, level: int) -> Volume:
+    import zarr
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as exc:
+        raise VolumeNotFoundError(f"cannot open zarr v3 store {path!r}: {exc}") from exc
+    attrs = dict(node.attrs)
+    voxel_size = None
+    unit = "nanometer"
+    levels: tuple[str, ...] = ("",)
+    axes = None
+    if isinstance(node, zarr.Group):
+        ms = ome.read_multiscales(attrs)
+        if ms is None:
+            arrays = sorted(name for name, _ in node.arrays())
+            raise VolumeNotFoundError(
+                f"{path!r} is a zarr group without OME multiscales metadata; open one of its "
+                f"arrays directly: {arrays}")
+        levels = tuple(d["path"] for d in ms["datasets"])
+        if not 0 <= level < len(levels):
+            raise InvalidArgumentError(
+                f"level must be between 0 and {len(levels) - 1} for {path!r}, got {level}")
+        axes = tuple(a["name"] for a in ms["axes"])
+        scale = ome.level_scale(ms, level)
+        units = [a.get("unit") for a in ms["axes"] if a.get("type") == "space"]
+        unit = next((u for u in units if u), unit)
+        if scale is not None:
+            voxel_size = tuple(s for s, a in zip(scale, ms["axes"]) if a.get("type") == "space")
+        arr = node[levels[level]]
+        array_path = levels[level]
+    else:
+        arr = node
+        array_path = ""
+    names = getattr(arr.metadata, "dimension_names", None)
+    axes = axes or (tuple(names) if names and all(names) else default_axes(arr.ndim))
+    n_space = sum(a in ("z", "y", "x") for a in axes)
+    shards = tuple(arr.shards) if arr.shards is not None else None
+    return Volume(url=path, kind="zarr3", array_path=array_path, shape=tuple(arr.shape),
+                  dtype=np.dtype(arr.dtype), chunks=tuple(arr.chunks), shards=shards, axes=axes,
+                  voxel_size=voxel_size or (1.0,) * n_space, unit=unit, levels=levels,
+                  attrs=attrs)
+
+
+# -- creating -----------------------------------------------------------------------------
+def compressor_codecs(compression: str, level: int | None = None) -> tuple:
+    """The zarr v3 codecs for a compression name (one of :data:`COMPRESSIONS`)."""
+    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+    name = str(compression).lower()
+    if name == "zstd":
+        return (ZstdCodec(level=3 if level is None else level),)
+    if name in ("blosc-zstd", "blosc-lz4"):
+        return (BloscCodec(cname=name.split("-")[1], clevel=5 if level is None else level,
+                           shuffle="shuffle"),)
+    if name == "gzip":
+        return (GzipCodec(level=5 if level is None else level),)
+    if name == "none":
+        return ()
+    raise InvalidArgumentError(f"compression must be one of {', '.join(COMPRESSIONS)}, "
+                               f"got {compression!r}")
+
+
+def create_volume(path: str | os.PathLike, shape: Sequence[int], dtype: Any,
+                  chunks: int | Sequence[int] | str, *, shards: Sequence[int] | str | None = None,
+                  compression: str = "zstd", compression_level: int | None = None,
+                  voxel_size: Sequence[float] | str | None = None, unit: str = "nanometer",
+                  axes: Sequence[str] | None = None, name: str | None = None,
+                  attrs: dict[str, Any] | None = None) -> Volume:
+    """Create an empty OME-Zarr 0.5 image (zarr v3 group with one array, ``0``).
+
+    The caller decides what to do with an existing path (see :func:`emarray.engine.prepare_output`);
+    this function refuses to replace anything that exists.
+
+    Examples
+    --------
+    >>> import emarray, tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "v.zarr")
+    >>> emarray.create_volume(p, (10, 20, 30), "uint8", (4, 8, 8)).chunks
+    (4, 8, 8)
+    """
+    import zarr
+    shape = tuple(int(s) for s in shape)
+    ndim = len(shape)
+    dt = numeric_dtype(dtype, "a volume")
+    axes = tuple(axes) if axes else default_axes(ndim)
+    n_space = sum(a in ("z", "y", "x") for a in axes)
+    chunks = parse_tuple(chunks, "chunks", ndim)
+    chunks = tuple(min(c, max(s, 1)) for c, s in zip(chunks, shape))
+    if shards is not None:
+        shards = parse_tuple(shards, "shards", ndim)
+        bad = [(s, c) for s, c in zip(shards, chunks) if s % c]
+        if bad:
+            raise InvalidArgumentError(
+                f"shards must be whole multiples of chunks, got shards={shards} chunks={chunks}")
+    voxel = parse_tuple(voxel_size if voxel_size is not None else 1.0, "voxel size", n_space,
+                        kind=float)
+    unit = parse_unit(unit)
+    codecs = compressor_codecs(compression, compression_level)
+    if Path(path).exists():
+        raise InvalidArgumentError(f"create_volume will not replace the existing {os.fspath(path)!r}")
+    scale = []
+    it = iter(voxel)
+    for a in axes:
+        scale.append(next(it) if a in ("z", "y", "x") else 1.0)
+    group = zarr.open_group(os.fspath(path), mode="w-")
+    group.attrs.update({"ome": ome.multiscales(name or Path(path).name, axes, unit,
+                                               [("0", scale)]),
+                        **({"emarray": attrs} if attrs else {})})
+    group.create_array("0", shape=shape, dtype=dt, chunks=chunks, shards=shards,
+                       compressors=codecs, fill_value=0, dimension_names=axes)
+    return open_volume(path)
