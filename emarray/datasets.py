@@ -134,24 +134,31 @@ def synthetic(out_dir: str | os.PathLike, shape: Any = (128, 256, 256), *, chunk
     >>> sorted(vols), vols["prob"].dtype
     (['prob', 'raw', 'truth'], dtype('float32'))
     """
-    from .engine import check_scheduler, prepare_output, store_blocks
-    from .volume import create_volume
+    from .engine import Runner
     shape = parse_tuple(shape, "shape", 3)
     for k in kinds:
         if k not in KINDS:
             raise InvalidArgumentError(f"kind must be one of {', '.join(KINDS)}, got {k!r}")
-    check_scheduler(scheduler)
     chunk_t = parse_tuple(chunks, "chunks", 3)
-    os.makedirs(out_dir, exist_ok=True)
     out: dict[str, Volume] = {}
-    for kind in kinds:
-        job = {"operator": "synthetic", "kind": kind, "seed": seed, "shape": list(shape)}
-        create = partial(create_volume, shape=shape, dtype=DTYPES[kind], chunks=chunk_t,
-                         shards=shards, compression=compression, voxel_size=voxel_size,
-                         name=kind, attrs={"job": job})
-        vol, _ = prepare_output(os.path.join(out_dir, f"{kind}.zarr"),
-                                lambda p, c=create: c(p), job=job, overwrite=overwrite)
-        fn = partial(_make_block, kind=kind, shape=shape, seed=seed, cell=CELL)
-        out[kind] = store_blocks(fn, [], vol, scheduler=scheduler, workers=workers,
-                                 progress=progress, desc=f"synthetic {kind}")
+    with Runner(scheduler, workers, progress) as runner:
+        os.makedirs(out_dir, exist_ok=True)
+        for kind in kinds:
+            out[kind] = _synthetic_one(out_dir, kind, shape, chunk_t, shards, seed, voxel_size,
+                                       compression, overwrite, runner)
     return out
+
+
+def _synthetic_one(out_dir: Any, kind: str, shape: tuple[int, ...], chunks: tuple[int, ...],
+                   shards: Any, seed: int, voxel_size: Any, compression: str, overwrite: bool,
+                   runner: Any) -> Volume:
+    """Write one kind of the synthetic volume through the engine."""
+    from .engine import prepare_output, store_blocks
+    from .volume import create_volume
+    job = {"operator": "synthetic", "kind": kind, "seed": seed, "shape": list(shape)}
+    create = partial(create_volume, shape=shape, dtype=DTYPES[kind], chunks=chunks, shards=shards,
+                     compression=compression, voxel_size=voxel_size, name=kind, attrs={"job": job})
+    vol, _ = prepare_output(os.path.join(out_dir, f"{kind}.zarr"), lambda p: create(p), job=job,
+                            overwrite=overwrite)
+    fn = partial(_make_block, kind=kind, shape=shape, seed=seed, cell=CELL)
+    return store_blocks(fn, [], vol, runner=runner, desc=f"synthetic {kind}")

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ._normalize import parse_tuple, parse_unit
-from .engine import BlockGrid, check_scheduler, prepare_output, store_blocks
+from .engine import BlockGrid, Runner, prepare_output, store_blocks
 from .sources import open_source
 from .volume import Volume, compressor_codecs, create_volume
 
@@ -42,7 +42,6 @@ def ingest(src: str | os.PathLike, dst: str | os.PathLike, *, dataset: str | Non
     ((3, 4, 5), (40.0, 4.0, 4.0))
     """
     source = open_source(src, dataset)
-    check_scheduler(scheduler)
     shape = source.shape
     chunk_t = tuple(min(c, s) for c, s in zip(parse_tuple(chunks, "chunks", 3), shape))
     shard_t = parse_tuple(shards, "shards", 3) if shards is not None else None
@@ -56,7 +55,8 @@ def ingest(src: str | os.PathLike, dst: str | os.PathLike, *, dataset: str | Non
     # validate every option (creating nothing) before touching dst
     compressor_codecs(compression, compression_level)
     parse_unit(unit)
-    out, resumed = prepare_output(dst, lambda p: create(p), inputs=[src], job=job,
-                                  overwrite=overwrite, resume=resume)
-    return store_blocks(partial(_read_slab, source=source), [], out, grid=grid, resumed=resumed,
-                        scheduler=scheduler, workers=workers, progress=progress, desc="ingest")
+    with Runner(scheduler, workers, progress) as runner:
+        out, resumed = prepare_output(dst, lambda p: create(p), inputs=[src], job=job,
+                                      overwrite=overwrite, resume=resume)
+        return store_blocks(partial(_read_slab, source=source), [], out, grid=grid,
+                            resumed=resumed, runner=runner, desc="ingest")

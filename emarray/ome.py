@@ -23,15 +23,19 @@ def axis_entries(axes: Sequence[str], unit: str) -> list[dict[str, Any]]:
 
 
 def multiscales(name: str, axes: Sequence[str], unit: str,
-                levels: Sequence[tuple[str, Sequence[float]]]) -> dict[str, Any]:
+                levels: Sequence[tuple[str, Sequence[float]]], *, method: str = "none",
+                metadata: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``attributes.ome`` object of an image group.
 
     ``levels`` lists ``(path, scale)`` from full resolution down; ``scale`` has one entry per axis.
+    ``method`` names how lower levels were made (``"none"`` for a single level).
     """
     return {
         "version": OME_VERSION,
         "multiscales": [{
             "name": name,
+            "type": method,
+            "metadata": {"description": "written by emarray", **(metadata or {})},
             "axes": axis_entries(axes, unit),
             "datasets": [
                 {"path": path,

@@ -1,8 +1,10 @@
 """The one path every operator takes: blocks -> per-block function -> store or reduction."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,32 +88,40 @@ def _reduce_block(fn: Callable, inputs: Sequence[Volume], region: Region) -> Any
     return fn(*[v.read(region) for v in inputs], region=region)
 
 
+def _runner(runner: Runner | None, scheduler: Any, workers: int | None, progress: bool,
+            desc: str) -> Any:
+    """An entered Runner passed in is used as is; otherwise one is made for this call."""
+    if runner is not None:
+        runner.desc = desc
+        return contextlib.nullcontext(runner)
+    return Runner(scheduler, workers, progress, desc)
+
+
 def store_blocks(fn: Callable, inputs: Sequence[Volume], out: Volume, *,
                  grid: BlockGrid | None = None, resumed: bool = False, scheduler: Any = None,
-                 workers: int | None = None, progress: bool = False,
-                 desc: str = "blocks") -> Volume:
+                 workers: int | None = None, progress: bool = False, desc: str = "blocks",
+                 runner: Runner | None = None) -> Volume:
     """Compute ``fn(*input_blocks, region=...)`` for every block and store it into ``out``.
 
     Blocks default to the output's write unit (shard, else chunk); a grid whose blocks would
     share a storage object is refused before any work. With ``resumed``, blocks whose
-    done-marker exists are skipped. The output is marked complete at the end.
+    done-marker exists are skipped. The output is marked complete at the end. Pass an entered
+    ``runner`` to connect to the scheduler before the output is created.
     """
     grid = grid or BlockGrid(out.shape, out.block_shape)
     check_aligned(grid, out.block_shape)
-    runner = Runner(scheduler, workers, progress, desc)
     if resumed and out.attrs.get("emarray", {}).get("complete"):
         return out
     markers = Markers(out.local_path)
     markers.start()
     todo = [i for i in grid.indices() if not (resumed and markers.is_done(i))]
-    if resumed and progress:
-        import sys
+    if resumed and (runner.progress if runner else progress):
         print(f"resuming: {len(grid) - len(todo)} of {len(grid)} blocks already done",
               file=sys.stderr)
     calls = [(_store_block, (fn, list(inputs), out, i, grid.region(i), str(out.local_path)))
              for i in todo]
-    with runner:
-        runner.run(calls)
+    with _runner(runner, scheduler, workers, progress, desc) as r:
+        r.run(calls)
     _mark_complete(out)
     markers.finish()
     return open_volume(out.url)
@@ -127,11 +137,10 @@ def _mark_complete(out: Volume) -> None:
 
 def reduce_blocks(fn: Callable, inputs: Sequence[Volume], combine: Callable[[Any, Any], Any], *,
                   grid: BlockGrid | None = None, scheduler: Any = None,
-                  workers: int | None = None, progress: bool = False,
-                  desc: str = "blocks") -> Any:
+                  workers: int | None = None, progress: bool = False, desc: str = "blocks",
+                  runner: Runner | None = None) -> Any:
     """Compute ``fn(*input_blocks, region=...)`` per block and combine the results in a tree."""
     grid = grid or BlockGrid(inputs[0].shape, inputs[0].block_shape)
-    runner = Runner(scheduler, workers, progress, desc)
     calls = [(_reduce_block, (fn, list(inputs), grid.region(i))) for i in grid.indices()]
-    with runner:
-        return runner.run(calls, combine=combine)
+    with _runner(runner, scheduler, workers, progress, desc) as r:
+        return r.run(calls, combine=combine)

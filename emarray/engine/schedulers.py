@@ -72,7 +72,7 @@ class Runner:
             self._client = Client(cluster)
             self._owned.insert(0, self._client)
         else:
-            self._client = Client(s, timeout="20s")
+            self._client = Client(s, timeout="10s")
             self._owned.append(self._client)
         if self.progress:
             link = getattr(self._client, "dashboard_link", None)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import BlockGrid, check_aligned, check_scheduler, prepare_output
+from ..engine import BlockGrid, check_aligned, prepare_output
 from ..volume import Volume, create_volume, open_volume
 
 
@@ -18,15 +18,14 @@ def as_volume(src: Volume | str | os.PathLike, what: str = "input") -> Volume:
 
 def prepare_like(src: Volume, dst: str | os.PathLike, dtype: Any, job: dict[str, Any], *,
                  inputs: Sequence[Volume] | None = None, chunks: Any = None, shards: Any = None,
-                 compression: str = "zstd", overwrite: bool = False, resume: bool = False,
-                 scheduler: Any = None) -> tuple[Volume, BlockGrid, bool]:
+                 compression: str = "zstd", overwrite: bool = False,
+                 resume: bool = False) -> tuple[Volume, BlockGrid, bool]:
     """Check everything, then create (or reopen, to resume) an output shaped like ``src``.
 
     The processing grid is ``src``'s storage blocks; output chunks (default: ``src``'s) must not
     make two blocks share one output chunk or shard. Returns ``(output, grid, resumed)``.
     """
     from .._normalize import parse_tuple
-    check_scheduler(scheduler)
     grid = BlockGrid(src.shape, src.block_shape)
     out_chunks = parse_tuple(chunks, "chunks", src.ndim) if chunks is not None else src.chunks
     out_shards = (parse_tuple(shards, "shards", src.ndim) if shards is not None

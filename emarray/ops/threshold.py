@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import backends
 from .._normalize import finite_number, numeric_dtype
-from ..engine import store_blocks
+from ..engine import Runner, store_blocks
 from ..errors import InvalidArgumentError
 from ..volume import Volume
 from .common import as_volume, prepare_like
@@ -113,8 +113,9 @@ def threshold(src: Volume | str | os.PathLike, dst: str | os.PathLike, value: fl
     fn = partial(backends.implementation("threshold", name), op=op_n, value=value_n)
     job = {"operator": "threshold", "source": os.path.abspath(src.url) if "://" not in src.url
            else src.url, "value": float(value), "op": op}
-    out, grid, resumed = prepare_like(src, dst, np.uint8, job, chunks=chunks, shards=shards,
-                                      compression=compression, overwrite=overwrite,
-                                      resume=resume, scheduler=scheduler)
-    return store_blocks(fn, [src], out, grid=grid, resumed=resumed, scheduler=scheduler,
-                        workers=workers, progress=progress, desc="threshold")
+    with Runner(scheduler, workers, progress) as runner:
+        out, grid, resumed = prepare_like(src, dst, np.uint8, job, chunks=chunks, shards=shards,
+                                          compression=compression, overwrite=overwrite,
+                                          resume=resume)
+        return store_blocks(fn, [src], out, grid=grid, resumed=resumed, runner=runner,
+                            desc="threshold")

@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import emarray
+from emarray.engine import BlockGrid, Runner, check_aligned, reduce_blocks
+from emarray.engine.markers import MARKER_DIR
+from emarray.errors import ChunkAlignmentError, ResumeMismatchError
+
+from .conftest import make_volume, tree_digest
+
+PY = sys.executable
+BIN = Path(sys.executable).parent
+
+
+def emarray_cli(*args, env=None, **kw):
+    return subprocess.run([PY, "-m", "emarray", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, **kw)
+
+
+def test_block_grid_covers_the_array_once():
+    g = BlockGrid((10, 7, 5), (4, 3, 5))
+    seen = np.zeros((10, 7, 5), int)
+    for i in g.indices():
+        seen[g.region(i)] += 1
+    assert len(g) == 3 * 3 * 1 and (seen == 1).all()
+
+
+def test_alignment_check():
+    check_aligned(BlockGrid((10, 10, 10), (4, 4, 4)), (2, 4, 4))
+    check_aligned(BlockGrid((10, 10, 10), (10, 10, 10)), (4, 4, 4))  # one block per axis
+    with pytest.raises(ChunkAlignmentError, match="axis 1"):
+        check_aligned(BlockGrid((10, 10, 10), (4, 4, 4)), (4, 8, 4))
+
+
+def _sumsq(block, *, region):
+    b = block.astype(np.float64)
+    return np.array([b.sum(), (b * b).sum(), b.size])
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+def test_reduce_blocks_equals_whole_volume(tmp_path, scheduler):
+    a = np.random.default_rng(5).random((19, 23, 29))
+    v = make_volume(tmp_path / "a.zarr", a, (5, 6, 7))
+    s, ss, n = reduce_blocks(_sumsq, [v], np.add, scheduler=scheduler)
+    assert n == a.size
+    assert s == pytest.approx(a.sum()) and ss == pytest.approx((a * a).sum())
+
+
+def _kill_when(proc, done_dir: Path, at_least: int, timeout: float = 120) -> int:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if done_dir.is_dir():
+            n = sum(1 for p in done_dir.iterdir() if p.name.startswith("b"))
+            if n >= at_least:
+                proc.send_signal(signal.SIGKILL)  # a real kill, no chance to clean up
+                proc.wait()
+                return n
+        if proc.poll() is not None:
+            pytest.fail(f"job ended before it could be killed: {proc.stderr.read()}")
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail("job made no progress")
+
+
+def test_resume_after_kill_gives_a_clean_runs_output(tmp_path):
+    a = np.random.default_rng(6).random((48, 48, 64)).astype(np.float32)
+    make_volume(tmp_path / "p.zarr", a, (4, 4, 8))  # 1152 small chunks: a slow-ish job
+    args = ["-q", "threshold", tmp_path / "p.zarr", tmp_path / "m.zarr", "--value", "0.3",
+            "--scheduler", "synchronous"]
+    proc = subprocess.Popen([PY, "-m", "emarray", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    done = _kill_when(proc, tmp_path / "m.zarr" / MARKER_DIR, 200)
+    assert proc.returncode == -signal.SIGKILL
+    markers = tmp_path / "m.zarr" / MARKER_DIR
+    n_marked = sum(1 for p in markers.iterdir() if p.name.startswith("b"))
+    assert 200 <= done <= n_marked < 1152
+    first = sorted(p.name for p in markers.iterdir() if p.name.startswith("b"))[0]
+    idx = tuple(int(i) for i in first[1:].split("."))
+    chunk = tmp_path / "m.zarr" / "0" / "c" / Path(*map(str, idx))
+    stamp = chunk.stat().st_mtime_ns
+
+    # without --resume the partial output is protected
+    r = emarray_cli(*args)
+    assert r.returncode == 2 and "--resume" in r.stderr
+    # a different job cannot resume into it
+    r = emarray_cli(*args[:-4], "--value", "0.4", "--scheduler", "synchronous", "--resume")
+    assert r.returncode == 2 and "another job" in r.stderr
+
+    r = emarray_cli("threshold", tmp_path / "p.zarr", tmp_path / "m.zarr", "--value", "0.3",
+                    "--resume")
+    assert r.returncode == 0, r.stderr
+    assert f"resuming: {n_marked} of 1152 blocks already done" in r.stderr
+    assert chunk.stat().st_mtime_ns == stamp  # finished chunks were not rewritten
+    assert not markers.exists()
+    clean = emarray.threshold(tmp_path / "p.zarr", tmp_path / "clean.zarr", 0.3)
+    np.testing.assert_array_equal(emarray.open_volume(tmp_path / "m.zarr").read(), clean.read())
+    got, want = tree_digest(tmp_path / "m.zarr" / "0"), tree_digest(tmp_path / "clean.zarr" / "0")
+    assert got == want  # byte for byte, chunk for chunk
+    # resuming a finished job does nothing and changes nothing
+    before = tree_digest(tmp_path / "m.zarr")
+    assert emarray_cli(*args, "--resume").returncode == 0
+    assert tree_digest(tmp_path / "m.zarr") == before
+
+
+def test_resume_into_other_jobs_output_is_refused(tmp_path):
+    src = make_volume(tmp_path / "p.zarr", np.ones((4, 4, 4), np.float32), 2)
+    emarray.threshold(src, tmp_path / "m.zarr", 0.5)
+    with pytest.raises(ResumeMismatchError, match="another job"):
+        emarray.threshold(src, tmp_path / "m.zarr", 0.7, resume=True)
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1."""
+    sched_file = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--dashboard-address", "127.0.0.1:0", "--scheduler-file",
+                               str(sched_file)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)]
+    try:
+        t0 = time.time()
+        while not sched_file.exists() and time.time() - t0 < 60:
+            time.sleep(0.1)
+        address = json.loads(sched_file.read_text())["address"]
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
+                 "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+        with Client(address, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.mark.cluster
+def test_threshold_on_a_real_dask_cluster(tmp_path, dask_cluster):
+    a = np.random.default_rng(7).random((20, 30, 40)).astype(np.float32)
+    make_volume(tmp_path / "p.zarr", a, (5, 10, 10))
+    r = emarray_cli("threshold", tmp_path / "p.zarr", tmp_path / "m.zarr", "--value", "0.6",
+                    "--scheduler", dask_cluster)
+    assert r.returncode == 0, r.stderr
+    assert "dask dashboard: http://127.0.0.1" in r.stderr
+    np.testing.assert_array_equal(emarray.open_volume(tmp_path / "m.zarr").read(),
+                                  (a > 0.6).astype(np.uint8))
+    # the address may also come from the environment, as on a cluster job
+    r = emarray_cli("-q", "threshold", tmp_path / "p.zarr", tmp_path / "m2.zarr", "--value",
+                    "0.6", env={"DASK_SCHEDULER_ADDRESS": dask_cluster})
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(emarray.open_volume(tmp_path / "m2.zarr").read(),
+                                  (a > 0.6).astype(np.uint8))
+    # both workers did work: reductions run there too
+    from distributed import Client
+    with Client(dask_cluster) as c:
+        with Runner(c) as runner:
+            hosts = runner.run([(os.getpid, ()) for _ in range(40)])
+    assert len(set(hosts)) == 2 and os.getpid() not in hosts
+
+
+def test_unreachable_scheduler_is_named(tmp_path):
+    src = make_volume(tmp_path / "p.zarr", np.ones((4, 4, 4), np.float32), 2)
+    with pytest.raises(OSError, match="127.0.0.1:9"):
+        emarray.threshold(src, tmp_path / "m.zarr", 0.5, scheduler="tcp://127.0.0.1:9")
+    assert not (tmp_path / "m.zarr").exists()  # connecting comes before creating the output
