@@ -38,6 +38,8 @@ def parse_tuple(value: Any, name: str, ndim: int, *, kind: type = int,
         except ValueError:
             raise InvalidArgumentError(
                 f"{name} must be {ndim} comma-separated numbers written z,y,x, got {raw!r}") from None
+        if len(value) == 1:
+            value = value * ndim
     elif isinstance(value, (int, float, np.integer, np.floating)):
         value = [value] * ndim
     if not isinstance(value, Sequence) and not isinstance(value, np.ndarray):

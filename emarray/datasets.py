@@ -131,8 +131,8 @@ def synthetic(out_dir: str | os.PathLike, shape: Any = (128, 256, 256), *, chunk
     --------
     >>> import emarray, tempfile
     >>> vols = emarray.datasets.synthetic(tempfile.mkdtemp(), (32, 64, 64), chunks=32)
-    >>> sorted(vols), vols["prob"].dtype
-    (['prob', 'raw', 'truth'], dtype('float32'))
+    >>> sorted(vols), str(vols["prob"].dtype)
+    (['prob', 'raw', 'truth'], 'float32')
     """
     from .engine import Runner
     shape = parse_tuple(shape, "shape", 3)

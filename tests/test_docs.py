@@ -1,0 +1,19 @@
+"""Every public function's docstring example runs and gives what it shows."""
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["emarray.volume", "emarray.ops.threshold", "emarray.ingest", "emarray.export",
+           "emarray.info", "emarray.datasets", "emarray._normalize", "emarray.sources"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    mod = importlib.import_module(name)
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+    if name != "emarray.sources":
+        assert result.attempted > 0
