@@ -1,6 +1,7 @@
 """Where the blocks run: dask's threads (default), processes, or a distributed cluster."""
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import uuid
@@ -98,8 +99,9 @@ class Runner:
         import dask
         from dask.callbacks import Callback
         prefix = f"emarray-block-{uuid.uuid4().hex[:12]}-"
-        tasks = [dask.delayed(f, pure=False)(*args, dask_key_name=f"{prefix}{i}")
-                 for i, (f, args) in enumerate(calls)]
+        # each call is one opaque partial: dask must not walk the Volumes in its arguments
+        tasks = [dask.delayed(functools.partial(f, *args), pure=False, traverse=False)(
+                     dask_key_name=f"{prefix}{i}") for i, (f, args) in enumerate(calls)]
         if combine is not None and tasks:
             level = tasks
             while len(level) > 1:
