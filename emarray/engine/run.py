@@ -124,15 +124,14 @@ def store_blocks(fn: Callable, inputs: Sequence[Volume], out: Volume, *,
         r.run(calls)
     _mark_complete(out)
     markers.finish()
-    return open_volume(out.url)
+    return out
 
 
 def _mark_complete(out: Volume) -> None:
     import zarr
-    group = zarr.open_group(out.url, mode="r+")
-    meta = dict(group.attrs.get("emarray", {}))
-    meta["complete"] = True
-    group.attrs["emarray"] = meta
+    meta = {**out.attrs.get("emarray", {}), "complete": True}
+    zarr.open_group(out.url, mode="r+").attrs["emarray"] = meta
+    out.attrs["emarray"] = meta
 
 
 def reduce_blocks(fn: Callable, inputs: Sequence[Volume], combine: Callable[[Any, Any], Any], *,
