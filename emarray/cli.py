@@ -11,8 +11,9 @@ import click
 
 from .errors import EmarrayError
 
-_SCHED_HELP = ("threads (default), processes, synchronous, local-cluster, or a scheduler address "
-               "tcp://host:port (default: $DASK_SCHEDULER_ADDRESS when set)")
+_SCHED_HELP = ("threads (default), processes, synchronous, local-cluster, cuda (one worker per "
+               "GPU, dask-cuda), or a scheduler address tcp://host:port (default: "
+               "$DASK_SCHEDULER_ADDRESS when set)")
 
 
 def _engine_options(f):
@@ -38,6 +39,15 @@ def _layout_options(default_chunks: str | None):
                          type=click.Choice(["zstd", "blosc-zstd", "blosc-lz4", "gzip", "none"]))(f)
         return f
     return deco
+
+
+def _backend_options(f):
+    f = click.option("--backend", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                     help="Where blocks are computed (auto: CUDA when CuPy sees a device).")(f)
+    f = click.option("--gpu-memory-limit", default=None,
+                     help="CUDA: device memory cap, a fraction of the card or a size "
+                          "(8GB). Default 0.5.")(f)
+    return f
 
 
 def _friendly(f):
@@ -130,8 +140,7 @@ def export(obj: dict, src: str, dst: str, **kw: Any) -> None:
 @click.option("--value", "-t", required=True, type=float, help="The threshold.")
 @click.option("--op", type=click.Choice(["gt", "ge"]), default="gt",
               help="gt: SRC > value; ge: SRC >= value.")
-@click.option("--backend", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              help="Where blocks are computed (auto: CUDA when CuPy sees a device).")
+@_backend_options
 @_layout_options(None)
 @_output_options
 @_engine_options
@@ -142,6 +151,25 @@ def threshold(obj: dict, src: str, dst: str, **kw: Any) -> None:
     from .ops.threshold import threshold as _threshold
     v = _threshold(src, dst, progress=obj["progress"], **kw)
     click.echo(f"wrote {v.url}: {v.shape} uint8 mask")
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--range", "lo_hi", required=True, help="lo,hi: the values mapped to 0 and 255.")
+@_backend_options
+@_layout_options(None)
+@_output_options
+@_engine_options
+@click.pass_obj
+@_friendly
+def rescale(obj: dict, src: str, dst: str, lo_hi: str, **kw: Any) -> None:
+    """Rescale SRC linearly to uint8 DST: --range lo,hi maps to 0..255 (clipped, NaN -> 0)."""
+    from ._normalize import parse_tuple
+    from .ops.convert import rescale as _rescale
+    lo, hi = parse_tuple(lo_hi, "range", 2, kind=float, positive=False)
+    v = _rescale(src, dst, lo, hi, progress=obj["progress"], **kw)
+    click.echo(f"wrote {v.url}: {v.shape} uint8")
 
 
 @cli.command()

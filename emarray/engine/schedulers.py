@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import InvalidArgumentError
 
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
-SCHEDULERS = LOCAL_SCHEDULERS + ("local-cluster",)
+SCHEDULERS = LOCAL_SCHEDULERS + ("local-cluster", "cuda")
 _FAN_IN = 8
 
 
@@ -41,6 +41,21 @@ def _combine_many(combine: Callable, *parts: Any) -> Any:
     return acc
 
 
+def _cuda_cluster(workers: int | None) -> Any:
+    """One dask worker per GPU (dask-cuda's LocalCUDACluster); ``workers`` limits the GPUs used."""
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError as exc:
+        from ..errors import BackendUnavailableError
+        raise BackendUnavailableError(
+            "--scheduler cuda needs dask-cuda: pip install 'emarray[gpu]' (or pip install "
+            "dask-cuda)") from exc
+    kwargs: dict[str, Any] = {"dashboard_address": ":0"}
+    if workers:
+        kwargs["CUDA_VISIBLE_DEVICES"] = list(range(workers))
+    return LocalCUDACluster(**kwargs)
+
+
 class Runner:
     """Runs one task per block on the chosen scheduler, with a progress bar.
 
@@ -66,6 +81,10 @@ class Runner:
         from distributed import Client, LocalCluster
         if not isinstance(s, str):
             self._client = s
+        elif s == "cuda":
+            self._owned.append(_cuda_cluster(self.workers))
+            self._client = Client(self._owned[0])
+            self._owned.insert(0, self._client)
         elif s == "local-cluster":
             cluster = LocalCluster(n_workers=self.workers or os.cpu_count() or 1,
                                    threads_per_worker=1, dashboard_address=":0")

@@ -12,6 +12,7 @@ from .. import backends
 from .._normalize import finite_number, numeric_dtype
 from ..engine import Runner, store_blocks
 from ..errors import InvalidArgumentError
+from ..cuda.streaming import parse_memory_limit
 from ..volume import Volume
 from .common import as_volume, prepare_like
 
@@ -64,10 +65,12 @@ def threshold_block_cpu(block: np.ndarray, *, op: str, value: Any, region: Any =
 
 
 backends.register("threshold", "cpu", threshold_block_cpu)
+backends.register("threshold", "cuda", "emarray.cuda.ops:threshold_block_cuda")
 
 
 def threshold(src: Volume | str | os.PathLike, dst: str | os.PathLike, value: float,
-              op: str = "gt", *, backend: str = "auto", chunks: Any = None, shards: Any = None,
+              op: str = "gt", *, backend: str = "auto", gpu_memory_limit: Any = None,
+              chunks: Any = None, shards: Any = None,
               compression: str = "zstd", overwrite: bool = False, resume: bool = False,
               scheduler: Any = None, workers: int | None = None,
               progress: bool = False) -> Volume:
@@ -85,6 +88,8 @@ def threshold(src: Volume | str | os.PathLike, dst: str | os.PathLike, value: fl
         ``src > value`` or ``src >= value``.
     backend : {"auto", "cpu", "cuda"}
         Where each block is computed; ``auto`` picks CUDA when CuPy sees a device.
+    gpu_memory_limit : float, int or str, optional
+        CUDA only: cap on device memory, a fraction of the card (default 0.5) or a size ("8GB").
     chunks, shards : z,y,x, optional
         Output storage layout (default: the input's). Must not split a processing block's write.
     overwrite, resume : bool
@@ -110,7 +115,9 @@ def threshold(src: Volume | str | os.PathLike, dst: str | os.PathLike, value: fl
     src = as_volume(src)
     op_n, value_n = normalize_threshold(src.dtype, value, op)
     name = backends.resolve_backend(backend)
-    fn = partial(backends.implementation("threshold", name), op=op_n, value=value_n)
+    mem = parse_memory_limit(gpu_memory_limit)  # checked whatever the backend
+    extra = {"memory_limit": mem} if name == "cuda" else {}
+    fn = partial(backends.implementation("threshold", name), op=op_n, value=value_n, **extra)
     job = {"operator": "threshold", "source": os.path.abspath(src.url) if "://" not in src.url
            else src.url, "value": float(value), "op": op}
     with Runner(scheduler, workers, progress) as runner:

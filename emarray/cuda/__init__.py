@@ -1,0 +1,1 @@
+"""The CUDA backend: CuPy + the kernels in ``kernels/``. Imported only when CUDA is asked for."""

@@ -1,0 +1,66 @@
+"""Device-side elementwise steps: launch a kernel from ``kernels/`` on CuPy arrays.
+
+Each ``*_device`` function takes and returns device arrays, so consecutive steps on one block
+stay on the GPU. :mod:`emarray.cuda.streaming` moves host blocks through them.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..ops.convert import rescale_params
+from .instantiations import cast_name, rescale_name, threshold_name
+from .modules import get_kernel
+
+THREADS = 256
+
+
+def _grid(n: int) -> tuple[int]:
+    import cupy
+    sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
+    # enough blocks to fill the device; grid-stride loops cover the rest
+    return (max(1, min(-(-n // THREADS), sms * 32)),)
+
+
+def threshold_device(a: Any, op: str, value: Any, out: Any = None, stream: Any = None) -> Any:
+    """``out = a > value`` (op ``gt``) or ``a >= value`` (``ge``) as uint8 0/1, on the device.
+
+    ``value`` must already be exact in ``a``'s dtype (see ``normalize_threshold``); ``a`` must be
+    C-contiguous. Uses 16-byte vector loads when both pointers are aligned.
+    """
+    import cupy
+    a = cupy.ascontiguousarray(a)
+    out = cupy.empty(a.shape, cupy.uint8) if out is None else out
+    n = a.size
+    if n == 0:
+        return out
+    vec = 16 // a.dtype.itemsize
+    aligned = int(a.data.ptr % 16 == 0 and out.data.ptr % vec == 0)
+    k = get_kernel("threshold.cu", threshold_name(a.dtype, op))
+    k(_grid(n // vec if aligned else n), (THREADS,),
+      (a, out, np.int64(n), a.dtype.type(value), np.int32(aligned)), stream=stream)
+    return out
+
+
+def rescale_u8_device(a: Any, lo: float, hi: float, out: Any = None, stream: Any = None) -> Any:
+    """``clip(rint((a - lo) * 255 / (hi - lo)), 0, 255)`` as uint8 (NaN -> 0), on the device."""
+    import cupy
+    a = cupy.ascontiguousarray(a)
+    out = cupy.empty(a.shape, cupy.uint8) if out is None else out
+    if a.size:
+        lo32, scale = rescale_params(lo, hi)
+        get_kernel("convert.cu", rescale_name(a.dtype))(
+            _grid(a.size), (THREADS,), (a, out, np.int64(a.size), lo32, scale), stream=stream)
+    return out
+
+
+def cast_device(a: Any, dtype: Any, out: Any = None, stream: Any = None) -> Any:
+    """``a.astype(dtype)`` through the cast kernel, for the casts in ``CASTS``."""
+    import cupy
+    a = cupy.ascontiguousarray(a)
+    out = cupy.empty(a.shape, dtype) if out is None else out
+    if a.size:
+        get_kernel("convert.cu", cast_name(a.dtype, dtype))(
+            _grid(a.size), (THREADS,), (a, out, np.int64(a.size)), stream=stream)
+    return out

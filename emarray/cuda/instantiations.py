@@ -1,0 +1,42 @@
+"""Every kernel template instantiation emarray uses: one table for NVRTC and for the nvcc check.
+
+Pure Python (no CuPy), so the compile test and the wheel can use it on machines without a GPU.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: NumPy dtype -> the C type the kernels are instantiated with.
+CTYPES: dict[np.dtype, str] = {
+    np.dtype(np.uint8): "unsigned char", np.dtype(np.int8): "signed char",
+    np.dtype(np.uint16): "unsigned short", np.dtype(np.int16): "short",
+    np.dtype(np.uint32): "unsigned int", np.dtype(np.int32): "int",
+    np.dtype(np.int64): "long long", np.dtype(np.float32): "float",
+    np.dtype(np.float64): "double",
+}
+#: The dtype casts the engine runs on the device (input, output).
+CASTS: list[tuple[np.dtype, np.dtype]] = [
+    (np.dtype(a), np.dtype(b)) for a, b in [
+        ("uint8", "float32"), ("uint16", "float32"), ("int16", "float32"), ("int32", "float32"),
+        ("uint32", "float32"), ("float64", "float32"), ("float32", "float64"),
+        ("uint8", "uint16"), ("uint8", "int32"), ("uint16", "int32"), ("int32", "int64")]]
+THRESHOLD_OPS = {"gt": 0, "ge": 1}
+
+
+def threshold_name(dtype, op: str) -> str:
+    return f"emarray_threshold<{CTYPES[np.dtype(dtype)]}, {THRESHOLD_OPS[op]}>"
+
+
+def rescale_name(dtype) -> str:
+    return f"emarray_rescale_u8<{CTYPES[np.dtype(dtype)]}>"
+
+
+def cast_name(src, dst) -> str:
+    return f"emarray_cast<{CTYPES[np.dtype(src)]}, {CTYPES[np.dtype(dst)]}>"
+
+
+#: kernel family file -> every name expression compiled from it.
+FAMILIES: dict[str, list[str]] = {
+    "threshold.cu": [threshold_name(dt, op) for dt in CTYPES for op in THRESHOLD_OPS],
+    "convert.cu": [rescale_name(dt) for dt in CTYPES] + [cast_name(a, b) for a, b in CASTS],
+}

@@ -1,0 +1,36 @@
+"""Kernel modules: each family's source compiled once per device with every instantiation."""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from .instantiations import FAMILIES
+
+_lock = threading.Lock()
+_modules: dict[tuple[str, int], Any] = {}
+OPTIONS = ("--std=c++17", "-DEMARRAY_VEC_BYTES=16")
+
+
+def kernel_source(family: str) -> str:
+    """The CUDA source of ``family`` as shipped in the package (``emarray.kernels``)."""
+    from emarray.kernels import SOURCE_DIR
+    return (SOURCE_DIR / family).read_text()
+
+
+def get_kernel(family: str, name: str) -> Any:
+    """The compiled kernel ``name`` (a name expression) from ``family``, on the current device."""
+    import cupy
+    dev = cupy.cuda.Device().id
+    key = (family, dev)
+    mod = _modules.get(key)
+    if mod is None:
+        with _lock:
+            mod = _modules.get(key)
+            if mod is None:
+                from emarray.kernels import SOURCE_DIR
+                mod = cupy.RawModule(code=kernel_source(family),
+                                     options=(*OPTIONS, f"-I{SOURCE_DIR}"),
+                                     name_expressions=FAMILIES[family])
+                mod.compile()
+                _modules[key] = mod
+    return mod.get_function(name)

@@ -1,0 +1,163 @@
+"""The CUDA backend's dispatch, errors, CPU twins and packaging: everything that needs no GPU."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import emarray
+from emarray import backends
+from emarray.cuda.instantiations import CASTS, CTYPES, FAMILIES
+from emarray.cuda.streaming import parse_memory_limit
+from emarray.errors import BackendUnavailableError, InvalidArgumentError
+from emarray.ops.convert import cast_block_cpu, rescale_block_cpu
+
+from .conftest import make_volume, tree_digest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _has_cupy() -> bool:
+    try:
+        import cupy  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def test_importing_emarray_does_not_import_cupy_or_torch():
+    code = "import emarray, emarray.cuda.ops, sys; print(sorted(m for m in ('cupy', 'torch') if m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_every_operator_has_both_backends_registered():
+    for op in ("threshold", "rescale", "cast"):
+        assert callable(backends.implementation(op, "cpu"))
+        assert (op, "cuda") in backends._registry
+
+
+@pytest.mark.skipif(_has_cupy(), reason="CuPy is installed here")
+@pytest.mark.parametrize("func", ["threshold", "rescale"])
+def test_cuda_without_cupy_is_a_clear_error_before_work(tmp_path, func):
+    src = make_volume(tmp_path / "p.zarr", np.ones((4, 4, 4), np.float32), 2)
+    before = tree_digest(tmp_path)
+    args = (0.5,) if func == "threshold" else (0.0, 1.0)
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'emarray\[gpu\]'"):
+        getattr(emarray, func)(src, tmp_path / "o.zarr", *args, backend="cuda")
+    assert tree_digest(tmp_path) == before
+    assert backends.resolve_backend("auto") == "cpu"  # auto falls back
+
+
+def test_cuda_scheduler_without_dask_cuda_is_named(tmp_path):
+    pytest.importorskip("numpy")
+    try:
+        import dask_cuda  # noqa: F401
+        pytest.skip("dask-cuda is installed here")
+    except ImportError:
+        pass
+    src = make_volume(tmp_path / "p.zarr", np.ones((4, 4, 4), np.float32), 2)
+    with pytest.raises(BackendUnavailableError, match="dask-cuda"):
+        emarray.threshold(src, tmp_path / "o.zarr", 0.5, scheduler="cuda")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.mark.parametrize("value,expect", [(None, None), (0.25, 0.25), ("0.5", 0.5), (1, 1.0),
+                                          ("8GB", 8 * 2**30), ("512MiB", 512 * 2**20),
+                                          (2**33, 2**33)])
+def test_memory_limit_parsing(value, expect):
+    assert parse_memory_limit(value) == expect
+
+
+@pytest.mark.parametrize("bad", ["lots", "-1GB", 0, -0.5, float("nan")])
+def test_bad_memory_limit_is_refused_before_work(tmp_path, bad):
+    src = make_volume(tmp_path / "p.zarr", np.ones((4, 4, 4), np.float32), 2)
+    with pytest.raises(InvalidArgumentError, match="gpu memory limit"):
+        emarray.threshold(src, tmp_path / "o.zarr", 0.5, backend="cpu", gpu_memory_limit=bad)
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_instantiation_table_covers_the_issue_dtypes():
+    for dt in ("uint8", "uint16", "int32", "float32", "float64"):
+        assert np.dtype(dt) in CTYPES
+    assert len(FAMILIES["threshold.cu"]) == 2 * len(CTYPES)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int32", "float32", "float64"])
+def test_rescale_cpu_twin_matches_a_float64_reference(dtype):
+    rng = np.random.default_rng(0)
+    x = (rng.random(10007) * 300 - 20).astype(dtype)
+    lo, hi = 10.0, 250.0
+    got = rescale_block_cpu(x, lo=lo, hi=hi)
+    ref = np.clip(np.rint((x.astype(np.float64) - lo) * 255.0 / (hi - lo)), 0, 255)
+    exact = (x.astype(np.float64) - lo) * 255.0 / (hi - lo)
+    near_half = np.abs(exact - np.floor(exact) - 0.5) < 1e-3  # float32 may round either way
+    assert np.array_equal(got[~near_half], ref[~near_half].astype(np.uint8))
+    assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("src,dst", CASTS)
+def test_cast_cpu_twin_is_numpy_astype(src, dst):
+    x = (np.random.default_rng(1).random(999) * 200).astype(src)
+    got = cast_block_cpu(x, dtype=dst)
+    assert got.dtype == dst and np.array_equal(got, x.astype(dst))
+
+
+@pytest.mark.parametrize("chunks", [(4, 4, 4), (3, 7, 5), (16, 16, 16)])
+def test_rescale_operator_matches_numpy(tmp_path, chunks):
+    a = (np.random.default_rng(2).random((11, 13, 17)) * 2 - 0.5).astype(np.float32)
+    a[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    src = make_volume(tmp_path / "p.zarr", a, chunks)
+    out = emarray.rescale(src, tmp_path / "u8.zarr", 0.0, 1.0)
+    np.testing.assert_array_equal(out.read(), rescale_block_cpu(a, lo=0.0, hi=1.0))
+    assert out.read()[0, 0, :3].tolist() == [0, 255, 0]
+    with pytest.raises(InvalidArgumentError, match="lo < hi"):
+        emarray.rescale(src, tmp_path / "x.zarr", 1.0, 1.0)
+
+
+def test_rescale_cli(tmp_path):
+    from click.testing import CliRunner
+    from emarray.cli import cli
+    a = np.linspace(-1, 2, 60, dtype=np.float32).reshape(3, 4, 5)
+    make_volume(tmp_path / "p.zarr", a, 2)
+    r = CliRunner().invoke(cli, ["-q", "rescale", str(tmp_path / "p.zarr"),
+                                 str(tmp_path / "u8.zarr"), "--range", "0,1"])
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(emarray.open_volume(tmp_path / "u8.zarr").read(),
+                                  rescale_block_cpu(a, lo=0, hi=1))
+
+
+def test_wheel_ships_the_kernel_sources(tmp_path):
+    """Build the wheel, install it in a clean virtual environment, find the sources from there."""
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                        "-q", "-w", str(tmp_path / "dist"), str(ROOT)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    wheel = next((tmp_path / "dist").glob("emarray-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    # install the wheel's files into the clean environment (no dependencies needed for this)
+    site = subprocess.run([str(venv / "bin" / "python"), "-c",
+                           "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                        site, str(wheel)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    code = ("import importlib.metadata as m, pathlib; d = m.distribution('emarray'); "
+            "print('\\n'.join(f'{f}={pathlib.Path(d.locate_file(f)).read_text()!r}' for f in "
+            "d.files if str(f).endswith(('.cu', '.cuh'))))")
+    r = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True,
+                       text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    found = dict(line.split("=", 1) for line in r.stdout.strip().splitlines())
+    for src in (ROOT / "kernels").glob("*.cu*"):
+        key = f"emarray/kernels/{src.name}"
+        assert key in found, (key, sorted(found), names)
+        assert eval(found[key]) == src.read_text()
+    assert "emarray/cuda/instantiations.py" in names

@@ -1,0 +1,54 @@
+"""Every .cu file compiles with nvcc for sm_80 and sm_90, every instantiation, warnings as errors.
+
+Runs wherever nvcc is installed (no GPU needed); skipped only where it is not.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from emarray.cuda.instantiations import FAMILIES
+
+KERNELS = Path(__file__).resolve().parents[1] / "kernels"
+NVCC = shutil.which("nvcc")
+pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+
+
+def test_every_cu_file_has_an_instantiation_table():
+    assert sorted(p.name for p in KERNELS.glob("*.cu")) == sorted(FAMILIES)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_nvcc_compiles_all_instantiations(tmp_path, family):
+    names = FAMILIES[family]
+    # taking each kernel's address forces nvcc to instantiate exactly what NVRTC will
+    wrapper = tmp_path / f"check_{family}"
+    wrapper.write_text(
+        f'#include "{family}"\n'
+        "void* emarray_all_instantiations[] = {\n"
+        + "".join(f"  (void*)&{n},\n" for n in names) + "};\n")
+    cmd = [NVCC, "-std=c++17", "-Werror", "all-warnings", "-Xcompiler", "-Wall,-Werror",
+           "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
+           "-I", str(KERNELS), "-c", str(wrapper), "-o", str(tmp_path / "out.o")]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    # every instantiation really is emitted: count the kernel entries in the PTX
+    ptx = tmp_path / "out.ptx"
+    r = subprocess.run([NVCC, "-std=c++17", "-arch=compute_80", "-ptx", "-I", str(KERNELS),
+                        str(wrapper), "-o", str(ptx)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    entries = [ln for ln in ptx.read_text().splitlines() if ".entry" in ln]
+    assert len(entries) == len(names)
+
+
+def test_a_warning_fails_the_check(tmp_path):
+    """The flags above really turn warnings into errors (so the check can fail)."""
+    bad = tmp_path / "bad.cu"
+    bad.write_text("__global__ void k(int* p) { int unused = 3; p[0] = 1; }\n")
+    r = subprocess.run([NVCC, "-Werror", "all-warnings", "-Xcompiler", "-Wall,-Werror",
+                        "-gencode", "arch=compute_80,code=sm_80", "-c", str(bad), "-o",
+                        str(tmp_path / "bad.o")], capture_output=True, text=True)
+    assert r.returncode != 0
