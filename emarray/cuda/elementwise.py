@@ -5,6 +5,7 @@ stay on the GPU. :mod:`emarray.cuda.streaming` moves host blocks through them.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -16,9 +17,15 @@ from .modules import get_kernel
 THREADS = 256
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: int) -> int:
+    import cupy
+    return cupy.cuda.Device(device).attributes["MultiProcessorCount"]
+
+
 def _grid(n: int) -> tuple[int]:
     import cupy
-    sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
+    sms = _sm_count(cupy.cuda.Device().id)
     # enough blocks to fill the device; grid-stride loops cover the rest
     return (max(1, min(-(-n // THREADS), sms * 32)),)
 

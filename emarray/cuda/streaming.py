@@ -98,10 +98,12 @@ def run_steps(block: np.ndarray, steps: Sequence[Step], out_dtype: Any, *,
 
     The steps run one after another on each piece without leaving the device.
     """
-    import cupy
-    apply_memory_limit(memory_limit)
+    cap = apply_memory_limit(memory_limit)
     flat = np.ascontiguousarray(block).reshape(-1)
     out = np.empty(flat.size, out_dtype)
+    # two pieces are in flight, each with its input, output and step temporaries: keep them
+    # well inside the cap (the out-of-memory retry is the safety net, not the plan)
+    piece_bytes = min(piece_bytes, max(cap // 8, 1))
     piece = max(MIN_PIECE, piece_bytes // max(flat.itemsize, 1))
     _run_range(flat, out, 0, flat.size, steps, piece)
     return out.reshape(block.shape)
@@ -113,6 +115,8 @@ def _run_range(flat: np.ndarray, out: np.ndarray, start: int, stop: int,
     try:
         _pipeline(flat, out, start, stop, steps, piece)
     except cupy.cuda.memory.OutOfMemoryError:
+        for stream in _streams():  # let in-flight copies finish before staging is reused
+            stream.synchronize()
         cupy.get_default_memory_pool().free_all_blocks()
         n = stop - start
         if n <= MIN_PIECE:
@@ -150,7 +154,7 @@ def _pipeline(flat: np.ndarray, out: np.ndarray, start: int, stop: int,
             d.set(stage_in[slot][:n], stream=stream)
             for step in steps:
                 d = step(d, stream)
-            d.get(stream=stream, out=stage_out[slot][:n])
+            d.get(stream=stream, out=stage_out[slot][:n], blocking=False)
         pending.append((stream, slot, a, b))
     for entry in pending:
         drain(entry)

@@ -1,0 +1,174 @@
+"""GPU tests: each kernel equals its CPU twin exactly; bounded memory; the OOM retry path.
+
+Run on a machine with a CUDA device and CuPy:  python -m pytest -m gpu tests/test_cuda.py
+(compute-sanitizer memcheck runs the parity tests again when it is on PATH).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import emarray
+from emarray.backends import cuda_available
+from emarray.cuda.instantiations import CASTS, CTYPES
+from emarray.ops.convert import cast_block_cpu, rescale_block_cpu
+from emarray.ops.threshold import normalize_threshold, threshold_block_cpu
+
+from .conftest import make_volume
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not cuda_available(), reason="needs CuPy and a CUDA device")]
+DTYPES = sorted((str(d) for d in CTYPES), key=str)
+SIZES = [1, 3, 15, 16, 17, 255, 1023, 4099, (1 << 20) + 3]
+POISON = 0xAB
+
+
+def _poisoned(n, dtype=np.uint8):
+    import cupy
+    out = cupy.empty(n, dtype)
+    out.view(cupy.uint8).fill(POISON)
+    return out
+
+
+def _data(n, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        a = rng.random(n).astype(dt)
+        a[::5] = np.round(a[::5], 1)
+        if n > 4:
+            a[1], a[3] = np.nan, np.inf
+        return a
+    info = np.iinfo(dt)
+    return rng.integers(max(info.min, -1000), min(info.max, 1000) + 1, n).astype(dt)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["gt", "ge"])
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_threshold_kernel_parity(dtype, op, offset):
+    import cupy
+    from emarray.cuda.elementwise import threshold_device
+    for n in SIZES:
+        host = _data(n + offset, dtype, seed=n)
+        t = 0.5 if np.dtype(dtype).kind == "f" else 7.5
+        o, v = normalize_threshold(dtype, t, op)
+        dev = cupy.asarray(host)[offset:]  # an unaligned start for offset > 0
+        out_full = _poisoned(n + 1)
+        out = out_full[1:] if offset else out_full[:n]  # and an unaligned output
+        threshold_device(dev, o, v, out=out)
+        want = threshold_block_cpu(host[offset:], op=o, value=v)
+        np.testing.assert_array_equal(out.get(), want, err_msg=f"n={n}")
+        if not offset:
+            assert int(out_full[n]) == POISON  # nothing written past the end
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rescale_kernel_parity(dtype):
+    import cupy
+    from emarray.cuda.elementwise import rescale_u8_device
+    for n in SIZES:
+        host = _data(n, dtype, seed=n) * (3 if np.dtype(dtype).kind == "f" else 1)
+        out = _poisoned(n)
+        rescale_u8_device(cupy.asarray(host), 0.25, 2.0, out=out)
+        np.testing.assert_array_equal(out.get(), rescale_block_cpu(host, lo=0.25, hi=2.0))
+
+
+@pytest.mark.parametrize("src,dst", CASTS)
+def test_cast_kernel_parity(src, dst):
+    import cupy
+    from emarray.cuda.elementwise import cast_device
+    for n in SIZES:
+        host = _data(n, src, seed=n)
+        out = _poisoned(n, dst)
+        cast_device(cupy.asarray(host), dst, out=out)
+        np.testing.assert_array_equal(out.get(), cast_block_cpu(host, dtype=dst))
+
+
+def test_threshold_above_2_pow_31_elements():
+    import cupy
+    from emarray.cuda.elementwise import threshold_device
+    n = (1 << 31) + 77
+    dev = cupy.arange(n, dtype=cupy.uint8)  # wraps every 256
+    out = _poisoned(n)
+    threshold_device(dev, "ge", np.uint8(200), out=out)
+    # check the tail and a sample against the CPU twin without copying all back
+    for a in (0, (1 << 31) - 5, n - 300):
+        seg = np.arange(a, min(a + 300, n)).astype(np.uint8)
+        np.testing.assert_array_equal(out[a:a + len(seg)].get(), (seg >= 200).astype(np.uint8))
+    assert int(out.sum(dtype=cupy.int64)) == int(((np.arange(256) >= 200).sum()) * (n // 256)
+                                                  + ((np.arange(n % 256) >= 200).sum()))
+
+
+@pytest.mark.parametrize("chunks", [(8, 16, 16), (5, 7, 9)])
+def test_zarr_to_zarr_cuda_equals_cpu(tmp_path, chunks):
+    a = np.random.default_rng(3).random((21, 33, 40)).astype(np.float32)
+    src = make_volume(tmp_path / "p.zarr", a, chunks)
+    gpu = emarray.threshold(src, tmp_path / "g.zarr", 0.3, backend="cuda")
+    cpu = emarray.threshold(src, tmp_path / "c.zarr", 0.3, backend="cpu")
+    np.testing.assert_array_equal(gpu.read(), cpu.read())
+
+
+def test_volume_five_times_the_memory_cap(tmp_path):
+    import cupy
+    from emarray.cuda import streaming
+    cap = 32 * 2**20
+    a = np.random.default_rng(4).random((40, 1024, 1024)).astype(np.float32)  # 160 MiB = 5x cap
+    src = make_volume(tmp_path / "p.zarr", a, (10, 1024, 1024))  # 40 MiB blocks > cap too
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()
+    try:
+        m = emarray.threshold(src, tmp_path / "m.zarr", 0.5, backend="cuda",
+                              gpu_memory_limit=cap, scheduler="threads", workers=2)
+        assert pool.get_limit() == cap and pool.total_bytes() <= cap
+    finally:
+        streaming._limits.clear()
+        pool.set_limit(size=0)
+    np.testing.assert_array_equal(m.read(), (a > 0.5).astype(np.uint8))
+
+
+def test_out_of_memory_retry_in_halves_gives_identical_output():
+    import cupy
+    from emarray.cuda import streaming
+    from emarray.cuda.elementwise import threshold_device
+    block = np.random.default_rng(5).random(6_000_000).astype(np.float32)  # 24 MB
+    calls = []
+
+    def step(d, s):
+        calls.append(d.size)
+        return threshold_device(d, "gt", np.float32(0.5), stream=s)
+
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()
+    try:
+        # force 24 MB pieces under a 4 MiB cap: the first try fails and is split
+        real_cap = streaming.apply_memory_limit
+        streaming.apply_memory_limit = lambda limit: (real_cap(limit), 1 << 40)[1]
+        try:
+            got = streaming.run_steps(block, [step], np.uint8, memory_limit=4 * 2**20,
+                                      piece_bytes=len(block) * 4)
+        finally:
+            streaming.apply_memory_limit = real_cap
+    finally:
+        streaming._limits.clear()
+        pool.set_limit(size=0)
+    np.testing.assert_array_equal(got, (block > 0.5).astype(np.uint8))
+    assert max(calls[1:]) < len(block)  # retried in smaller pieces
+
+
+@pytest.mark.skipif(shutil.which("compute-sanitizer") is None or
+                    os.environ.get("EMARRAY_UNDER_SANITIZER") == "1",
+                    reason="compute-sanitizer not on PATH")
+def test_compute_sanitizer_memcheck_is_clean():
+    r = subprocess.run(["compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "99",
+                        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        __file__, "-k", "parity"],
+                       capture_output=True, text=True, env={**os.environ,
+                                                            "EMARRAY_UNDER_SANITIZER": "1"})
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert "ERROR SUMMARY: 0 errors" in r.stdout + r.stderr
