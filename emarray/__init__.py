@@ -12,6 +12,7 @@ from .export import export
 from .info import info
 from .ingest import ingest
 from .ops.convert import rescale
+from .ops.sweep import sweep
 from .ops.threshold import threshold
 from .volume import Volume, create_volume, open_volume
 
@@ -21,4 +22,4 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 __all__ = ["Volume", "create_volume", "datasets", "errors", "export", "info", "ingest",
-           "open_volume", "rescale", "threshold", "__version__"]
+           "open_volume", "rescale", "sweep", "threshold", "__version__"]

@@ -35,8 +35,22 @@ def cast_name(src, dst) -> str:
     return f"emarray_cast<{CTYPES[np.dtype(src)]}, {CTYPES[np.dtype(dst)]}>"
 
 
+HIST_BUCKET_DTYPES = [np.dtype(np.float32), np.dtype(np.float64)]
+HIST_LEVEL_DTYPES = [np.dtype(np.uint8), np.dtype(np.uint16)]
+
+
+def bucket_hist_name(dtype) -> str:
+    return f"emarray_bucket_hist<{CTYPES[np.dtype(dtype)]}>"
+
+
+def level_hist_name(dtype) -> str:
+    return f"emarray_level_hist<{CTYPES[np.dtype(dtype)]}>"
+
+
 #: kernel family file -> every name expression compiled from it.
 FAMILIES: dict[str, list[str]] = {
     "threshold.cu": [threshold_name(dt, op) for dt in CTYPES for op in THRESHOLD_OPS],
     "convert.cu": [rescale_name(dt) for dt in CTYPES] + [cast_name(a, b) for a, b in CASTS],
+    "histogram.cu": [bucket_hist_name(dt) for dt in HIST_BUCKET_DTYPES]
+    + [level_hist_name(dt) for dt in HIST_LEVEL_DTYPES],
 }

@@ -1,0 +1,48 @@
+"""CUDA twin of the sweep's per-block joint histogram (emarray.ops.sweep.histogram_block_cpu)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .elementwise import THREADS, _grid
+from .instantiations import (HIST_BUCKET_DTYPES, HIST_LEVEL_DTYPES, bucket_hist_name,
+                             level_hist_name)
+from .modules import get_kernel
+from .streaming import apply_memory_limit
+
+SHARED_BYTES = 48 * 1024  # dynamic shared memory available to every block without opt-in
+
+
+def histogram_block_cuda(prob: np.ndarray, cls: np.ndarray, *, edges: np.ndarray, table: Any,
+                         memory_limit: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Joint (bucket x class) histogram of one block on the GPU; same result as the CPU one.
+
+    Maps of a dtype without a kernel (integer maps other than uint8/uint16) use the CPU twin.
+    """
+    import cupy
+    from ..ops.sweep import histogram_block_cpu
+    dt = prob.dtype
+    if dt not in HIST_BUCKET_DTYPES and dt not in HIST_LEVEL_DTYPES:
+        return histogram_block_cpu(prob, cls, edges=edges, table=table)
+    apply_memory_limit(memory_limit)
+    x = cupy.asarray(np.ascontiguousarray(prob).reshape(-1))
+    c = cupy.asarray(np.ascontiguousarray(cls).reshape(-1))
+    n = np.int64(x.size)
+    nan = cupy.zeros(3, cupy.uint64)
+    if dt in HIST_LEVEL_DTYPES:
+        levels = int(np.iinfo(dt).max) + 1
+        hist = cupy.zeros(levels * 3, cupy.uint64)
+        shared = levels * 3 * 4 <= SHARED_BYTES
+        get_kernel("histogram.cu", level_hist_name(dt))(
+            _grid(x.size), (THREADS,), (x, c, n, np.int32(levels), hist, np.int32(shared)),
+            shared_mem=levels * 3 * 4 if shared else 0)
+    else:
+        k = edges.size
+        hist = cupy.zeros((k + 1) * 3, cupy.uint64)
+        shared = (k + 1) * 3 * 4 <= SHARED_BYTES
+        ts = cupy.asarray(edges.astype(dt))
+        get_kernel("histogram.cu", bucket_hist_name(dt))(
+            _grid(x.size), (THREADS,), (x, c, n, ts, np.int32(k), hist, nan, np.int32(shared)),
+            shared_mem=(k + 1) * 3 * 4 if shared else 0)
+    return hist.get().astype(np.int64).reshape(-1, 3), nan.get().astype(np.int64)

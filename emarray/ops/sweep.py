@@ -1,0 +1,329 @@
+"""One-pass threshold sweep: confusion counts and metrics at any number of thresholds.
+
+Every block of the probability map is read once and added to a joint histogram of
+(probability bucket x truth class); the histograms of all blocks are summed in a tree. The
+buckets are cut exactly at the requested thresholds (float maps) or are the map's levels
+(uint8/uint16 maps), so "predicted = prob > t" is counted exactly at every threshold.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import backends
+from .._normalize import finite_number
+from ..engine import BlockGrid, Runner, check_same_shape, reduce_blocks
+from ..errors import InvalidArgumentError, ShapeMismatchError
+from ..volume import Volume
+from .common import as_volume
+
+#: truth classes per voxel: 0 negative, 1 positive, 2 not counted (mask / ignore value)
+NEG, POS, SKIP = 0, 1, 2
+LEVEL_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+_UM = {"nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3, "angstrom": 1e-4, "meter": 1e6,
+       "picometer": 1e-6}
+
+
+def sweep_thresholds(thresholds: Any = 100, values: Any = None) -> np.ndarray:
+    """The sorted, unique thresholds: ``values`` when given, else ``k / n`` for ``k < n``.
+
+    >>> sweep_thresholds(4)
+    array([0.  , 0.25, 0.5 , 0.75])
+    """
+    if values is not None:
+        if isinstance(values, str):
+            values = [v for v in values.split(",") if v.strip()]
+        ts = np.array([finite_number(v, "threshold") for v in values], np.float64)
+        if ts.size == 0:
+            raise InvalidArgumentError(f"values must list at least one threshold, got {values!r}")
+        return np.unique(ts)
+    try:
+        n = int(thresholds)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"thresholds must be a whole number, got {thresholds!r}") from None
+    if n < 1 or n != thresholds and not isinstance(thresholds, str):
+        raise InvalidArgumentError(f"thresholds must be a whole number >= 1, got {thresholds!r}")
+    return np.arange(n, dtype=np.float64) / n
+
+
+def exact_thresholds(dtype: np.dtype, ts: np.ndarray) -> np.ndarray:
+    """Thresholds in the map's own type such that ``x > f_k`` iff ``x > t_k`` as real numbers."""
+    from .threshold import normalize_threshold
+    if dtype.kind == "f":
+        return np.array([normalize_threshold(dtype, t, "gt")[1] for t in ts], dtype)
+    return np.floor(ts)  # integer x > t  iff  x > floor(t); float64 holds these exactly
+
+
+def truth_classes(truth: np.ndarray, *, truth_value: Any, ignore_value: Any,
+                  mask: np.ndarray | None) -> np.ndarray:
+    """Per-voxel class: 1 where truth is positive, 0 negative, 2 where not counted."""
+    pos = truth != 0 if truth_value is None else truth == truth_value
+    cls = pos.astype(np.uint8)
+    if ignore_value is not None:
+        cls[truth == ignore_value] = SKIP
+    if mask is not None:
+        cls[mask == 0] = SKIP
+    return cls
+
+
+def histogram_block_cpu(prob: np.ndarray, cls: np.ndarray, *, edges: np.ndarray,
+                        table: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Joint histogram of one channel's block: ``(buckets x 3)`` and NaN counts per class."""
+    from ._histogram_cpu import bucket_histogram, level_histogram
+    x = np.ascontiguousarray(prob).reshape(-1)
+    c = np.ascontiguousarray(cls).reshape(-1)
+    nan = np.zeros(3, np.int64)
+    if prob.dtype in LEVEL_DTYPES:
+        out = np.zeros((np.iinfo(prob.dtype).max + 1, 3), np.int64)
+        level_histogram(x, c, out)
+    else:
+        out = np.zeros((edges.size + 1, 3), np.int64)
+        tab, t0, inv = table
+        bucket_histogram(x, c, edges, tab, t0, inv, out, nan)
+    return out, nan
+
+
+backends.register("histogram", "cpu", histogram_block_cpu)
+backends.register("histogram", "cuda", "emarray.cuda.histogram:histogram_block_cuda")
+
+
+def _sweep_block(prob: np.ndarray, truth: np.ndarray, *rest: np.ndarray, region: Any,
+                 hist_fn: Any, channels: tuple[int, ...], channel_axis: bool,
+                 truth_per_channel: bool, truth_value: Any, ignore_value: Any, edges: np.ndarray,
+                 table: Any, nbuckets: int) -> np.ndarray:
+    mask = rest[0] if rest else None
+    c0 = region[0].start if channel_axis else 0
+    out = np.zeros((len(channels), nbuckets + 1, 3), np.int64)  # last row: NaN counts
+    for j, ch in enumerate(channels):
+        if channel_axis and not (region[0].start <= ch < region[0].stop):
+            continue
+        p = prob[ch - c0] if channel_axis else prob
+        t = truth[ch - c0] if truth_per_channel else truth
+        cls = truth_classes(t, truth_value=truth_value, ignore_value=ignore_value, mask=mask)
+        h, nan = hist_fn(p, cls, edges=edges, table=table)
+        out[j, :nbuckets] += h
+        out[j, nbuckets] += nan
+    return out
+
+
+class _Spatial:
+    """A view of a 3D volume that reads regions given for a (C, Z, Y, X) grid."""
+
+    def __init__(self, vol: Volume):
+        self.vol = vol
+
+    def read(self, region):
+        return self.vol.read(tuple(region[1:]))
+
+
+def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *,
+          thresholds: Any = 100, values: Any = None, truth_value: Any = None,
+          ignore_value: Any = None, mask: Volume | str | os.PathLike | None = None,
+          channel: int | None = None, out: str | os.PathLike | None = None,
+          overwrite: bool = False, backend: str = "auto", scheduler: Any = None,
+          workers: int | None = None, progress: bool = False):
+    """Sweep thresholds of ``prob`` against ``truth`` in one pass; return a pandas DataFrame.
+
+    Parameters
+    ----------
+    prob : Volume or path
+        Probability map (Z, Y, X) or (C, Z, Y, X); float or integer (uint8/uint16 maps get one
+        bucket per level).
+    truth : Volume or path
+        Ground truth, (Z, Y, X) or (C, Z, Y, X) with one truth per channel. A voxel is positive
+        where ``truth == truth_value``, or where ``truth != 0`` when ``truth_value`` is None.
+    thresholds, values :
+        ``thresholds=n`` sweeps ``k / n`` for ``k = 0 .. n-1``; ``values`` lists thresholds.
+    ignore_value, mask :
+        Voxels whose truth equals ``ignore_value``, or where ``mask`` is 0, are not counted.
+    channel : int, optional
+        Sweep one channel only of a (C, Z, Y, X) map.
+    out : path, optional
+        Folder for ``sweep.csv``, ``sweep.json`` and ``sweep.png``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (channel, threshold): tp, fp, fn, tn, precision, recall, f1 (Dice), iou
+        (Jaccard), accuracy, predicted/true volume in voxels and cubic micrometres, and the
+        percent volume difference. NaN voxels of the map are not counted; their number is in
+        ``df.attrs["nan_voxels"]``. Undefined ratios (0/0) are 0.
+
+    Examples
+    --------
+    >>> import emarray, numpy as np, tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> p = emarray.create_volume(os.path.join(d, "p.zarr"), (1, 1, 4), "float32", 2)
+    >>> p.write((slice(0, 1), slice(0, 1), slice(0, 4)), np.array([[[.1, .4, .6, .9]]], "f4"))
+    >>> t = emarray.create_volume(os.path.join(d, "t.zarr"), (1, 1, 4), "uint8", 2)
+    >>> t.write((slice(0, 1), slice(0, 1), slice(0, 4)), np.array([[[0, 1, 1, 1]]], "u1"))
+    >>> df = emarray.sweep(p, t, values=[0.5])
+    >>> df[["threshold", "tp", "fp", "fn", "tn"]].values.tolist()
+    [[0.5, 2.0, 0.0, 1.0, 1.0]]
+    """
+    pv, tv = as_volume(prob), as_volume(truth)
+    mv = as_volume(mask) if mask is not None else None
+    from .._normalize import numeric_dtype
+    numeric_dtype(pv.dtype, "the probability map")
+    numeric_dtype(tv.dtype, "the truth")
+    ts = sweep_thresholds(thresholds, values)
+    channel_axis = pv.ndim == 4
+    spatial = pv.shape[1:] if channel_axis else pv.shape
+    if tv.shape not in (spatial, pv.shape):
+        raise ShapeMismatchError(f"probability map has shape {pv.shape} but truth has shape "
+                                 f"{tv.shape}; they must match (truth may omit the channel axis)")
+    if mv is not None and mv.shape != spatial:
+        raise ShapeMismatchError(f"mask has shape {mv.shape}; it must be {spatial}")
+    truth_per_channel = channel_axis and tv.shape == pv.shape
+    if channel is not None:
+        if not channel_axis or not 0 <= int(channel) < pv.shape[0]:
+            raise InvalidArgumentError(
+                f"channel {channel!r} does not exist in a map of shape {pv.shape}")
+        channels = (int(channel),)
+    else:
+        channels = tuple(range(pv.shape[0])) if channel_axis else (0,)
+    for name, v in (("truth_value", truth_value), ("ignore_value", ignore_value)):
+        if v is not None:
+            finite_number(v, name)
+    if out is not None:
+        _check_out(Path(out), overwrite)
+    name = backends.resolve_backend(backend)
+    edges = exact_thresholds(pv.dtype, ts)
+    from ._histogram_cpu import lookup_table
+    table = lookup_table(edges) if pv.dtype not in LEVEL_DTYPES else None
+    nbuckets = (np.iinfo(pv.dtype).max + 1) if pv.dtype in LEVEL_DTYPES else ts.size + 1
+    fn = partial(_sweep_block, hist_fn=backends.implementation("histogram", name),
+                 channels=channels, channel_axis=channel_axis,
+                 truth_per_channel=truth_per_channel, truth_value=truth_value,
+                 ignore_value=ignore_value, edges=edges, table=table, nbuckets=nbuckets)
+    inputs: list[Any] = [pv, tv if not channel_axis or truth_per_channel else _Spatial(tv)]
+    if mv is not None:
+        inputs.append(_Spatial(mv) if channel_axis else mv)
+    grid = BlockGrid(pv.shape, pv.block_shape)
+    with Runner(scheduler, workers, progress) as runner:
+        hist = reduce_blocks(fn, inputs, np.add, grid=grid, runner=runner, desc="sweep")
+    df = metrics_table(hist, ts, pv, channels)
+    if out is not None:
+        write_outputs(df, Path(out), pv, tv)
+    return df
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    existing = [out / f for f in ("sweep.csv", "sweep.json", "sweep.png") if (out / f).exists()]
+    if existing and not overwrite:
+        raise InvalidArgumentError(
+            f"{existing[0]} already exists; pass --overwrite to replace the sweep in {out}")
+    if out.exists() and not out.is_dir():
+        raise InvalidArgumentError(f"--out {str(out)!r} is a file, not a folder")
+
+
+def predicted_counts(hist: np.ndarray, pv: Volume, ts: np.ndarray) -> np.ndarray:
+    """Per threshold: (predicted-positive counts per class), from one channel's histogram."""
+    counts = hist[:-1]  # drop the NaN row
+    # above[b] = voxels in buckets >= b, per class
+    above = np.cumsum(counts[::-1], axis=0)[::-1]
+    if pv.dtype in LEVEL_DTYPES:
+        first = np.array([math.floor(t) + 1 for t in ts])  # x > t  iff  x >= floor(t) + 1
+        first = np.clip(first, 0, counts.shape[0])
+    else:
+        first = np.arange(1, ts.size + 1)  # bucket b > k  iff  x > t_k
+    padded = np.vstack([above, np.zeros((1, 3), np.int64)])
+    return padded[first]
+
+
+def metrics_table(hist: np.ndarray, ts: np.ndarray, pv: Volume, channels: tuple[int, ...]):
+    """The DataFrame of counts and metrics, one row per (channel, threshold)."""
+    import pandas as pd
+    voxel_um3 = float(np.prod(pv.voxel_size)) * _UM.get(pv.unit, 1.0) ** 3
+    frames = []
+    nan_voxels = {}
+    for j, ch in enumerate(channels):
+        h = hist[j]
+        pred = predicted_counts(h, pv, ts)
+        total = h[:-1].sum(axis=0)
+        tp, fp = pred[:, POS], pred[:, NEG]
+        fn, tn = total[POS] - tp, total[NEG] - fp
+        nan_voxels[ch] = int(h[-1, NEG] + h[-1, POS])
+
+        def ratio(a, b):
+            return np.divide(a, b, out=np.zeros(len(a)), where=b > 0)
+
+        pred_vol, true_vol = tp + fp, tp + fn
+        frames.append(pd.DataFrame({
+            "channel": ch, "threshold": ts, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+            "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
+            "f1": ratio(2 * tp, 2 * tp + fp + fn), "iou": ratio(tp, tp + fp + fn),
+            "accuracy": ratio(tp + tn, tp + fp + fn + tn),
+            "predicted_voxels": pred_vol, "true_voxels": true_vol,
+            "predicted_um3": pred_vol * voxel_um3, "true_um3": true_vol * voxel_um3,
+            "volume_diff_percent": (100.0 * (pred_vol - true_vol) / true_vol if true_vol[0] > 0
+                                    else np.full(len(ts), np.nan)),
+        }))
+    df = pd.concat(frames, ignore_index=True)
+    df.attrs["nan_voxels"] = nan_voxels
+    df.attrs["excluded_voxels"] = {ch: int(hist[j][:-1, 2].sum()) for j, ch in enumerate(channels)}
+    return df
+
+
+def best_rows(df) -> dict[str, Any]:
+    """Per channel, the threshold with the highest F1 and the one with the highest IoU."""
+    best = {}
+    for ch, g in df.groupby("channel"):
+        best[int(ch)] = {m: {"threshold": float(g.loc[g[m].idxmax(), "threshold"]),
+                             m: float(g[m].max())} for m in ("f1", "iou")}
+    return best
+
+
+def write_outputs(df, out: Path, pv: Volume, tv: Volume) -> None:
+    """Write ``sweep.csv``, ``sweep.json`` and ``sweep.png`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "sweep.csv", index=False)
+    records = json.loads(df.to_json(orient="records"))
+    meta = {"probability_map": pv.url, "truth": tv.url, "voxel_size": list(pv.voxel_size),
+            "unit": pv.unit, "best": best_rows(df),
+            "nan_voxels": {str(k): v for k, v in df.attrs["nan_voxels"].items()},
+            "excluded_voxels": {str(k): v for k, v in df.attrs["excluded_voxels"].items()},
+            "rows": records}
+    (out / "sweep.json").write_text(json.dumps(meta, indent=2))
+    plot(df, out / "sweep.png")
+
+
+def plot(df, path: Path) -> None:
+    """Metric curves against the threshold (best F1 marked) and the precision-recall curve."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ch, g in df.groupby("channel"):
+        tag = f" c{ch}" if df["channel"].nunique() > 1 else ""
+        for m in ("precision", "recall", "f1", "iou", "accuracy"):
+            a.plot(g["threshold"], g[m], label=m + tag)
+        i = g["f1"].idxmax()
+        a.axvline(g.loc[i, "threshold"], color="k", ls="--", lw=0.8)
+        a.annotate(f"best F1 {g.loc[i, 'f1']:.3f}\nat t={g.loc[i, 'threshold']:.3g}",
+                   (g.loc[i, "threshold"], g.loc[i, "f1"]), textcoords="offset points",
+                   xytext=(6, -28), fontsize=8)
+        b.plot(g["recall"], g["precision"], ".-", ms=3, label="PR" + tag)
+        b.plot([g.loc[i, "recall"]], [g.loc[i, "precision"]], "k*", ms=10)
+    a.set_xlabel("threshold")
+    a.set_ylabel("score")
+    a.set_ylim(0, 1.02)
+    a.legend(fontsize=7, loc="lower left")
+    a2 = a.twinx()
+    for ch, g in df.groupby("channel"):
+        a2.plot(g["threshold"], g["volume_diff_percent"], color="grey", ls=":", lw=1)
+    a2.set_ylabel("volume difference % (dotted)")
+    b.set_xlabel("recall")
+    b.set_ylabel("precision")
+    b.set_xlim(0, 1.02)
+    b.set_ylim(0, 1.02)
+    b.set_title("precision-recall")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
