@@ -173,6 +173,41 @@ def rescale(obj: dict, src: str, dst: str, lo_hi: str, **kw: Any) -> None:
 
 
 @cli.command()
+@click.argument("prob")
+@click.argument("truth")
+@click.option("--out", required=True, help="Folder for sweep.csv, sweep.json and sweep.png.")
+@click.option("--thresholds", default="100", help="Sweep k/N for k = 0..N-1.")
+@click.option("--values", default=None, help="Explicit thresholds, e.g. 0.1,0.25,0.5.")
+@click.option("--truth-value", type=float, default=None,
+              help="Truth is positive where it equals V (default: where it is nonzero).")
+@click.option("--truth-nonzero", is_flag=True, help="Truth is positive where nonzero (default).")
+@click.option("--mask", default=None, help="ROI volume: voxels where it is 0 are not counted.")
+@click.option("--ignore-value", type=float, default=None,
+              help="Voxels whose truth equals V are not counted.")
+@click.option("--channel", type=int, default=None, help="Sweep one channel of a C,Z,Y,X map.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier sweep in --out.")
+@click.option("--backend", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              help="Where the histograms are computed.")
+@_engine_options
+@click.pass_obj
+@_friendly
+def sweep(obj: dict, prob: str, truth: str, truth_nonzero: bool, **kw: Any) -> None:
+    """Sweep thresholds of PROB against TRUTH in one pass: counts, F1, IoU, volumes, plot."""
+    from .ops.sweep import best_rows, sweep as _sweep
+    if truth_nonzero and kw["truth_value"] is not None:
+        raise click.UsageError("--truth-value and --truth-nonzero exclude each other")
+    df = _sweep(prob, truth, progress=obj["progress"], **kw)
+    for ch, best in best_rows(df).items():
+        tag = f"channel {ch}: " if df["channel"].nunique() > 1 else ""
+        click.echo(f"{tag}best F1 {best['f1']['f1']:.4f} at t={best['f1']['threshold']:g}; "
+                   f"best IoU {best['iou']['iou']:.4f} at t={best['iou']['threshold']:g}")
+    nan = sum(df.attrs["nan_voxels"].values())
+    if nan:
+        click.echo(f"{nan:,} NaN voxels in the map were not counted")
+    click.echo(f"wrote {kw['out']}/sweep.csv, sweep.json and sweep.png")
+
+
+@cli.command()
 @click.argument("dst")
 @click.option("--size", default="128,256,256", help="Volume shape z,y,x (or one number).")
 @click.option("--chunks", default="64,128,128", help="Chunk shape z,y,x.")

@@ -172,3 +172,32 @@ def test_compute_sanitizer_memcheck_is_clean():
                                                             "EMARRAY_UNDER_SANITIZER": "1"})
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert "ERROR SUMMARY: 0 errors" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "uint8", "uint16"])
+@pytest.mark.parametrize("nthresholds", [1, 100, 5000])
+def test_histogram_kernel_equals_cpu(dtype, nthresholds):
+    from emarray.cuda.histogram import histogram_block_cuda
+    from emarray.ops._histogram_cpu import lookup_table
+    from emarray.ops.sweep import exact_thresholds, histogram_block_cpu, sweep_thresholds
+    rng = np.random.default_rng(nthresholds)
+    for n in (1, 1023, 300_007):
+        x = _data(n, dtype, seed=n) if dtype.startswith("float") else \
+            rng.integers(0, np.iinfo(dtype).max + 1, n).astype(dtype)
+        cls = rng.integers(0, 3, n).astype(np.uint8)
+        edges = exact_thresholds(np.dtype(dtype), sweep_thresholds(nthresholds))
+        table = lookup_table(edges)
+        want = histogram_block_cpu(x, cls, edges=edges, table=table)
+        got = histogram_block_cuda(x, cls, edges=edges, table=table)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_sweep_cuda_equals_cpu(tmp_path):
+    a = np.random.default_rng(9).random((17, 33, 40)).astype(np.float32)
+    t = (np.random.default_rng(10).random(a.shape) < 0.3).astype(np.uint8)
+    pv = make_volume(tmp_path / "p.zarr", a, (8, 16, 16))
+    tv = make_volume(tmp_path / "t.zarr", t, (8, 16, 16))
+    import pandas as pd
+    pd.testing.assert_frame_equal(emarray.sweep(pv, tv, backend="cuda"),
+                                  emarray.sweep(pv, tv, backend="cpu"))

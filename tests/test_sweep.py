@@ -1,0 +1,206 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from sklearn.metrics import confusion_matrix
+
+import emarray
+from emarray.cli import cli
+from emarray.errors import InvalidArgumentError, ShapeMismatchError
+
+from .conftest import make_volume, tree_digest
+
+
+def naive(prob, truth_pos, t, valid=None):
+    """The per-threshold NumPy count the sweep replaces (exact, in float64)."""
+    valid = np.ones(prob.shape, bool) if valid is None else valid
+    valid = valid & ~np.isnan(prob.astype(np.float64))
+    pred = (prob.astype(np.float64) > t) & valid
+    pos = truth_pos & valid
+    tp = int((pred & pos).sum())
+    fp = int((pred & ~pos).sum())
+    fn = int((~pred & pos).sum())
+    tn = int((valid & ~pred & ~pos).sum())
+    return tp, fp, fn, tn
+
+
+def check(df, prob, truth_pos, valid=None):
+    for _, r in df.iterrows():
+        assert (r.tp, r.fp, r.fn, r.tn) == naive(prob, truth_pos, r.threshold, valid), r.threshold
+
+
+def _map(rng, shape, dtype):
+    if np.dtype(dtype) == np.uint8:
+        return rng.integers(0, 256, shape).astype(np.uint8)
+    a = rng.random(shape).astype(dtype)
+    a.flat[::4] = np.round(a.flat[::4], 2)  # many values exactly at the thresholds k/100
+    return a
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "uint8"])
+@pytest.mark.parametrize("chunks", [(4, 5, 6), (13, 17, 19), (3, 17, 2)])
+def test_counts_equal_the_per_threshold_count(tmp_path, dtype, chunks):
+    rng = np.random.default_rng(hash((dtype, chunks)) % 2**32)
+    prob = _map(rng, (13, 17, 19), dtype)
+    truth = (rng.random(prob.shape) < 0.3).astype(np.uint8)
+    pv = make_volume(tmp_path / "p.zarr", prob, chunks)
+    tv = make_volume(tmp_path / "t.zarr", truth, (5, 5, 5))
+    values = None if dtype != "uint8" else [-1, 0, 0.5, 100, 127.5, 254, 255, 300]
+    df = emarray.sweep(pv, tv, thresholds=100, values=values)
+    assert len(df) == (100 if values is None else len(values))
+    check(df, prob, truth > 0)
+
+
+def test_agrees_with_scikit_learn_confusion_matrix(tmp_path):
+    rng = np.random.default_rng(1)
+    prob = rng.random((9, 10, 11)).astype(np.float32)
+    truth = (rng.random(prob.shape) < 0.4).astype(np.uint8)
+    df = emarray.sweep(make_volume(tmp_path / "p.zarr", prob, 4),
+                       make_volume(tmp_path / "t.zarr", truth, 4), values=[0.1, 0.5, 0.77])
+    for _, r in df.iterrows():
+        tn, fp, fn, tp = confusion_matrix(truth.ravel(), (prob > r.threshold).ravel(),
+                                          labels=[0, 1]).ravel()
+        assert (r.tp, r.fp, r.fn, r.tn) == (tp, fp, fn, tn)
+        from sklearn.metrics import f1_score, jaccard_score
+        assert r.f1 == pytest.approx(f1_score(truth.ravel(), (prob > r.threshold).ravel()))
+        assert r.iou == pytest.approx(jaccard_score(truth.ravel(), (prob > r.threshold).ravel()))
+
+
+@pytest.mark.parametrize("kind", ["empty", "all"])
+def test_empty_and_all_positive_truth(tmp_path, kind):
+    prob = np.random.default_rng(2).random((6, 7, 8)).astype(np.float32)
+    truth = np.zeros(prob.shape, np.uint8) if kind == "empty" else np.ones(prob.shape, np.uint8)
+    df = emarray.sweep(make_volume(tmp_path / "p.zarr", prob, 3),
+                       make_volume(tmp_path / "t.zarr", truth, 3), thresholds=10)
+    check(df, prob, truth > 0)
+    if kind == "empty":
+        assert (df.recall == 0).all() and df.volume_diff_percent.isna().all()
+    else:
+        assert (df.fp == 0).all() and (df.precision[df.tp > 0] == 1).all()
+
+
+def test_nan_voxels_are_excluded_and_reported(tmp_path):
+    prob = np.random.default_rng(3).random((5, 6, 7)).astype(np.float32)
+    prob[0, 0, :4] = np.nan
+    prob[4, 5, 6] = np.nan
+    truth = (np.random.default_rng(4).random(prob.shape) < 0.5).astype(np.uint8)
+    df = emarray.sweep(make_volume(tmp_path / "p.zarr", prob, 3),
+                       make_volume(tmp_path / "t.zarr", truth, 3), thresholds=20)
+    assert df.attrs["nan_voxels"] == {0: 5}
+    check(df, prob, truth > 0)
+    assert (df.tp + df.fp + df.fn + df.tn == prob.size - 5).all()
+
+
+def test_mask_ignore_value_and_truth_value(tmp_path):
+    rng = np.random.default_rng(5)
+    prob = rng.random((8, 9, 10)).astype(np.float32)
+    truth = rng.integers(0, 4, prob.shape).astype(np.uint16)  # 3 = "unknown"
+    mask = (rng.random(prob.shape) < 0.7).astype(np.uint8)
+    pv = make_volume(tmp_path / "p.zarr", prob, 4)
+    tv = make_volume(tmp_path / "t.zarr", truth, 4)
+    mv = make_volume(tmp_path / "m.zarr", mask, 4)
+    df = emarray.sweep(pv, tv, thresholds=10, truth_value=2, ignore_value=3, mask=mv)
+    valid = (mask > 0) & (truth != 3)
+    check(df, prob, truth == 2, valid)
+    assert df.attrs["excluded_voxels"][0] == int((~valid).sum())
+
+
+def test_multichannel_one_pass(tmp_path):
+    rng = np.random.default_rng(6)
+    prob = rng.random((3, 6, 7, 8)).astype(np.float32)
+    truth3 = (rng.random((6, 7, 8)) < 0.5).astype(np.uint8)
+    truth4 = (rng.random((3, 6, 7, 8)) < 0.5).astype(np.uint8)
+    pv = emarray.create_volume(tmp_path / "p.zarr", prob.shape, "float32", (2, 3, 4, 4))
+    pv.write(tuple(slice(0, s) for s in prob.shape), prob)
+    tv3 = make_volume(tmp_path / "t3.zarr", truth3, 3)
+    tv4 = emarray.create_volume(tmp_path / "t4.zarr", truth4.shape, "uint8", (1, 6, 7, 8))
+    tv4.write(tuple(slice(0, s) for s in truth4.shape), truth4)
+    df = emarray.sweep(pv, tv3, thresholds=10)
+    assert sorted(df.channel.unique()) == [0, 1, 2]
+    for c in range(3):
+        check(df[df.channel == c], prob[c], truth3 > 0)
+    df = emarray.sweep(pv, emarray.open_volume(tmp_path / "t4.zarr"), thresholds=10)
+    for c in range(3):
+        check(df[df.channel == c], prob[c], truth4[c] > 0)
+    one = emarray.sweep(pv, tv3, thresholds=10, channel=1)
+    assert list(one.channel.unique()) == [1]
+    with pytest.raises(InvalidArgumentError, match="channel 3"):
+        emarray.sweep(pv, tv3, channel=3)
+
+
+def test_volume_in_cubic_micrometres(tmp_path):
+    prob = np.ones((2, 2, 2), np.float32)
+    truth = np.ones((2, 2, 2), np.uint8)
+    df = emarray.sweep(make_volume(tmp_path / "p.zarr", prob, 2, voxel_size=(40, 4, 4)),
+                       make_volume(tmp_path / "t.zarr", truth, 2), values=[0.5])
+    assert df.predicted_voxels[0] == 8
+    assert df.predicted_um3[0] == pytest.approx(8 * 0.04 * 0.004 * 0.004)
+    assert df.volume_diff_percent[0] == 0
+
+
+@pytest.mark.parametrize("kw,err,match", [
+    ({"values": "0.1,nan"}, InvalidArgumentError, "threshold must be finite, got 'nan'"),
+    ({"thresholds": 0}, InvalidArgumentError, "thresholds must be a whole number"),
+    ({"thresholds": "many"}, InvalidArgumentError, "'many'"),
+    ({"truth_value": float("inf")}, InvalidArgumentError, "truth_value must be finite"),
+])
+def test_bad_arguments_fail_before_work(tmp_path, kw, err, match):
+    pv = make_volume(tmp_path / "p.zarr", np.zeros((2, 2, 2), np.float32), 2)
+    tv = make_volume(tmp_path / "t.zarr", np.zeros((2, 2, 2), np.uint8), 2)
+    with pytest.raises(err, match=match):
+        emarray.sweep(pv, tv, out=tmp_path / "out", **kw)
+    assert not (tmp_path / "out").exists()
+
+
+def test_shape_mismatch_and_existing_outputs(tmp_path):
+    pv = make_volume(tmp_path / "p.zarr", np.zeros((2, 2, 2), np.float32), 2)
+    tv = make_volume(tmp_path / "t.zarr", np.zeros((2, 2, 3), np.uint8), 2)
+    with pytest.raises(ShapeMismatchError, match=r"\(2, 2, 3\)"):
+        emarray.sweep(pv, tv)
+    tv = make_volume(tmp_path / "t2.zarr", np.zeros((2, 2, 2), np.uint8), 2)
+    emarray.sweep(pv, tv, out=tmp_path / "out")
+    before = tree_digest(tmp_path / "out")
+    with pytest.raises(InvalidArgumentError, match="--overwrite"):
+        emarray.sweep(pv, tv, out=tmp_path / "out", values=[0.3])
+    assert tree_digest(tmp_path / "out") == before
+    emarray.sweep(pv, tv, out=tmp_path / "out", values=[0.3], overwrite=True)
+
+
+def test_gala_boundary_sweep_through_the_cli(shared_data, tmp_path):
+    """The real boundary map against its ground-truth boundary (gt == 0), checked naively."""
+    import h5py
+    run = CliRunner()
+    for src, dst in (("train-p1.lzf.h5", "p.zarr"), ("train-gt.lzf.h5", "gt.zarr")):
+        r = run.invoke(cli, ["-q", "ingest", str(shared_data / "gala-flyem" / src),
+                             str(tmp_path / dst), "--dataset", "stack", "--chunks", "16,64,64"])
+        assert r.exit_code == 0, r.output
+    r = run.invoke(cli, ["-q", "sweep", str(tmp_path / "p.zarr"), str(tmp_path / "gt.zarr"),
+                         "--out", str(tmp_path / "sw"), "--truth-value", "0"])
+    assert r.exit_code == 0, r.output
+    assert "best F1" in r.output
+    with h5py.File(shared_data / "gala-flyem/train-p1.lzf.h5") as f:
+        prob = f["stack"][...]
+    with h5py.File(shared_data / "gala-flyem/train-gt.lzf.h5") as f:
+        gt = f["stack"][...]
+    df = pd.read_csv(tmp_path / "sw" / "sweep.csv")
+    assert len(df) == 100
+    check(df, prob, gt == 0)
+    meta = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    best = meta["best"]["0"]["f1"]
+    assert best["f1"] == pytest.approx(0.51, abs=0.02) and best["threshold"] >= 0.95
+    assert (tmp_path / "sw" / "sweep.png").stat().st_size > 10_000
+
+
+def test_sweep_runs_on_processes_and_a_local_cluster(tmp_path):
+    prob = np.random.default_rng(7).random((10, 11, 12)).astype(np.float32)
+    truth = (prob + np.random.default_rng(8).random(prob.shape) * 0.5 > 0.8).astype(np.uint8)
+    pv = make_volume(tmp_path / "p.zarr", prob, 4)
+    tv = make_volume(tmp_path / "t.zarr", truth, 4)
+    ref = emarray.sweep(pv, tv, thresholds=20, scheduler="synchronous")
+    for sched in ("processes", "local-cluster"):
+        df = emarray.sweep(pv, tv, thresholds=20, scheduler=sched, workers=2)
+        pd.testing.assert_frame_equal(df, ref)
