@@ -184,11 +184,13 @@ def test_histogram_kernel_equals_cpu(dtype, nthresholds):
     for n in (1, 1023, 300_007):
         x = _data(n, dtype, seed=n) if dtype.startswith("float") else \
             rng.integers(0, np.iinfo(dtype).max + 1, n).astype(dtype)
-        cls = rng.integers(0, 3, n).astype(np.uint8)
+        truth = rng.integers(0, 4, n).astype(np.uint8)
+        mask = rng.integers(0, 5, n).astype(np.uint8)
         edges = exact_thresholds(np.dtype(dtype), sweep_thresholds(nthresholds))
         table = lookup_table(edges)
-        want = histogram_block_cpu(x, cls, edges=edges, table=table)
-        got = histogram_block_cuda(x, cls, edges=edges, table=table)
+        kw = dict(truth_value=2, ignore_value=3, edges=edges, table=table)
+        want = histogram_block_cpu(x, truth, mask, **kw)
+        got = histogram_block_cuda(x, truth, mask, **kw)
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
 

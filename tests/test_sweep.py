@@ -204,3 +204,14 @@ def test_sweep_runs_on_processes_and_a_local_cluster(tmp_path):
     for sched in ("processes", "local-cluster"):
         df = emarray.sweep(pv, tv, thresholds=20, scheduler=sched, workers=2)
         pd.testing.assert_frame_equal(df, ref)
+
+
+@pytest.mark.parametrize("tv,iv", [(300, None), (2.5, None), (1, -7), (1, 1.5)])
+def test_values_the_truth_dtype_cannot_hold(tmp_path, tv, iv):
+    rng = np.random.default_rng(11)
+    prob = rng.random((4, 5, 6)).astype(np.float32)
+    truth = rng.integers(0, 3, prob.shape).astype(np.uint8)
+    df = emarray.sweep(make_volume(tmp_path / "p.zarr", prob, 3),
+                       make_volume(tmp_path / "t.zarr", truth, 3), thresholds=5,
+                       truth_value=tv, ignore_value=iv)
+    check(df, prob, truth.astype(np.float64) == tv)  # nothing ignored: no voxel equals iv

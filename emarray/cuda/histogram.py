@@ -14,18 +14,21 @@ from .streaming import apply_memory_limit
 SHARED_BYTES = 48 * 1024  # dynamic shared memory available to every block without opt-in
 
 
-def histogram_block_cuda(prob: np.ndarray, cls: np.ndarray, *, edges: np.ndarray, table: Any,
-                         memory_limit: Any = None) -> tuple[np.ndarray, np.ndarray]:
+def histogram_block_cuda(prob: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None, *,
+                         truth_value: Any = None, ignore_value: Any = None, edges: np.ndarray,
+                         table: Any, memory_limit: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Joint (bucket x class) histogram of one block on the GPU; same result as the CPU one.
 
     Maps of a dtype without a kernel (integer maps other than uint8/uint16) use the CPU twin.
     """
     import cupy
-    from ..ops.sweep import histogram_block_cpu
+    from ..ops.sweep import histogram_block_cpu, truth_classes
     dt = prob.dtype
     if dt not in HIST_BUCKET_DTYPES and dt not in HIST_LEVEL_DTYPES:
-        return histogram_block_cpu(prob, cls, edges=edges, table=table)
+        return histogram_block_cpu(prob, truth, mask, truth_value=truth_value,
+                                   ignore_value=ignore_value, edges=edges, table=table)
     apply_memory_limit(memory_limit)
+    cls = truth_classes(truth, truth_value=truth_value, ignore_value=ignore_value, mask=mask)
     x = cupy.asarray(np.ascontiguousarray(prob).reshape(-1))
     c = cupy.asarray(np.ascontiguousarray(cls).reshape(-1))
     n = np.int64(x.size)

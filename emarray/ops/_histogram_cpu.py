@@ -12,6 +12,7 @@ def bucket_histogram(x, cls, ts, table, t0, inv, out, nan_count):  # pragma: no 
     ``ts`` are sorted thresholds in the data's own type (exact comparisons). ``table`` maps a
     uniform cell of ``[ts[0], ts[-1]]`` to a lower bound of the bucket, so each voxel needs one
     multiply and, almost always, zero or one comparison. NaN voxels are counted apart.
+    (Computing the class inside this loop was measured slower than one NumPy pass before it.)
     """
     K = ts.size
     M = table.size

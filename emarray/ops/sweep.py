@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import backends
 from .._normalize import finite_number
-from ..engine import BlockGrid, Runner, check_same_shape, reduce_blocks
+from ..engine import BlockGrid, Runner, reduce_blocks
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
 from .common import as_volume
@@ -62,30 +62,50 @@ def exact_thresholds(dtype: np.dtype, ts: np.ndarray) -> np.ndarray:
 
 def truth_classes(truth: np.ndarray, *, truth_value: Any, ignore_value: Any,
                   mask: np.ndarray | None) -> np.ndarray:
-    """Per-voxel class: 1 where truth is positive, 0 negative, 2 where not counted."""
-    pos = truth != 0 if truth_value is None else truth == truth_value
-    cls = pos.astype(np.uint8)
+    """Per-voxel class: 1 where truth is positive, 0 negative, 2 where not counted.
+
+    One pass for the common case; a truth or ignore value the truth's dtype cannot hold
+    matches no voxel.
+    """
+    cls = np.empty(truth.shape, np.uint8)
+    if truth_value is None:
+        np.not_equal(truth, 0, out=cls.view(np.bool_))
+    else:
+        np.equal(truth, _typed(truth_value, truth.dtype), out=cls.view(np.bool_))
     if ignore_value is not None:
-        cls[truth == ignore_value] = SKIP
+        cls[truth == _typed(ignore_value, truth.dtype)] = SKIP
     if mask is not None:
         cls[mask == 0] = SKIP
     return cls
 
 
-def histogram_block_cpu(prob: np.ndarray, cls: np.ndarray, *, edges: np.ndarray,
+def _typed(value: Any, dtype: np.dtype) -> Any:
+    """``value`` for comparing with ``dtype`` data without wrap-around (as a float if need be)."""
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        v = float(value)
+        if v == math.floor(v) and info.min <= v <= info.max:
+            return dtype.type(int(v))
+        return v  # compares as a float: equal to no integer
+    return dtype.type(value)
+
+
+def histogram_block_cpu(prob: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None, *,
+                        truth_value: Any = None, ignore_value: Any = None, edges: np.ndarray,
                         table: Any) -> tuple[np.ndarray, np.ndarray]:
     """Joint histogram of one channel's block: ``(buckets x 3)`` and NaN counts per class."""
     from ._histogram_cpu import bucket_histogram, level_histogram
     x = np.ascontiguousarray(prob).reshape(-1)
-    c = np.ascontiguousarray(cls).reshape(-1)
+    cls = truth_classes(truth, truth_value=truth_value, ignore_value=ignore_value,
+                        mask=mask).reshape(-1)
     nan = np.zeros(3, np.int64)
     if prob.dtype in LEVEL_DTYPES:
         out = np.zeros((np.iinfo(prob.dtype).max + 1, 3), np.int64)
-        level_histogram(x, c, out)
+        level_histogram(x, cls, out)
     else:
         out = np.zeros((edges.size + 1, 3), np.int64)
         tab, t0, inv = table
-        bucket_histogram(x, c, edges, tab, t0, inv, out, nan)
+        bucket_histogram(x, cls, edges, tab, t0, inv, out, nan)
     return out, nan
 
 
@@ -105,8 +125,8 @@ def _sweep_block(prob: np.ndarray, truth: np.ndarray, *rest: np.ndarray, region:
             continue
         p = prob[ch - c0] if channel_axis else prob
         t = truth[ch - c0] if truth_per_channel else truth
-        cls = truth_classes(t, truth_value=truth_value, ignore_value=ignore_value, mask=mask)
-        h, nan = hist_fn(p, cls, edges=edges, table=table)
+        h, nan = hist_fn(p, t, mask, truth_value=truth_value, ignore_value=ignore_value,
+                         edges=edges, table=table)
         out[j, :nbuckets] += h
         out[j, nbuckets] += nan
     return out
