@@ -10,6 +10,7 @@ time, peak device memory and the size where each fails, writes ``results.json`` 
 plot ``threshold.png``, then measures the bandwidth targets:
 
 * device-resident threshold vs device-to-device copy (bytes read + written),
+* the sweep's 100-threshold histogram on device-resident data vs the same copy bandwidth,
 * host-streamed threshold vs pinned host-to-device copy,
 * zarr -> zarr with ``--backend cuda`` vs ``--backend cpu`` on one volume.
 """
@@ -167,6 +168,14 @@ def bandwidths(cap: int) -> dict:
 
     copy = 2 * a.nbytes / best(lambda: b.__setitem__(Ellipsis, a))
     thr = (a.nbytes + out.nbytes) / best(lambda: threshold_device(a, "gt", np.float32(0.5), out=out))
+    # the sweep's histogram on device-resident data: bytes read (map + class) per second
+    from emarray.cuda.histogram import histogram_device
+    from emarray.ops.sweep import exact_thresholds, sweep_thresholds
+    cls = (cupy.random.random(n, dtype=cupy.float32) < 0.3).astype(cupy.uint8)
+    edges = exact_thresholds(np.dtype(np.float32), sweep_thresholds(100))
+    histogram_device(a, cls, edges)
+    hist = (a.nbytes + cls.nbytes) / best(lambda: histogram_device(a, cls, edges))
+    cls = None
     b = out = None  # free 2.5 GiB before the host tests
     m = 1 << 28  # 1 GiB pinned
     pinned = np.frombuffer(cupy.cuda.alloc_pinned_memory(m * 4), np.float32, m)
@@ -179,7 +188,8 @@ def bandwidths(cap: int) -> dict:
     streamed = pinned.nbytes / best(lambda: streaming.run_steps(pinned, step, np.uint8,
                                                                  memory_limit=cap), reps=3)
     return {"d2d_copy_GBps": copy / 1e9, "threshold_device_GBps": thr / 1e9,
-            "threshold_vs_copy": thr / copy, "pinned_h2d_GBps": h2d / 1e9,
+            "threshold_vs_copy": thr / copy, "sweep_histogram_device_GBps": hist / 1e9,
+            "sweep_histogram_vs_copy": hist / copy, "pinned_h2d_GBps": h2d / 1e9,
             "threshold_streamed_GBps": streamed / 1e9, "streamed_vs_h2d": streamed / h2d}
 
 

@@ -31,6 +31,18 @@ def histogram_block_cuda(prob: np.ndarray, truth: np.ndarray, mask: np.ndarray |
     cls = truth_classes(truth, truth_value=truth_value, ignore_value=ignore_value, mask=mask)
     x = cupy.asarray(np.ascontiguousarray(prob).reshape(-1))
     c = cupy.asarray(np.ascontiguousarray(cls).reshape(-1))
+    hist, nan = histogram_device(x, c, edges)
+    return hist.get().astype(np.int64).reshape(-1, 3), nan.get().astype(np.int64)
+
+
+def histogram_device(x: Any, cls: Any, edges: np.ndarray, stream: Any = None) -> tuple[Any, Any]:
+    """Device-resident joint histogram: flat uint64 ``(buckets * 3)`` counts and NaN counts.
+
+    ``x`` (float32/float64, or uint8/uint16 for one bucket per level) and ``cls`` (uint8 class
+    per voxel) are 1-D CuPy arrays; ``edges`` are exact thresholds in ``x``'s dtype.
+    """
+    import cupy
+    dt = x.dtype
     n = np.int64(x.size)
     nan = cupy.zeros(3, cupy.uint64)
     if dt in HIST_LEVEL_DTYPES:
@@ -38,14 +50,14 @@ def histogram_block_cuda(prob: np.ndarray, truth: np.ndarray, mask: np.ndarray |
         hist = cupy.zeros(levels * 3, cupy.uint64)
         shared = levels * 3 * 4 <= SHARED_BYTES
         get_kernel("histogram.cu", level_hist_name(dt))(
-            _grid(x.size), (THREADS,), (x, c, n, np.int32(levels), hist, np.int32(shared)),
-            shared_mem=levels * 3 * 4 if shared else 0)
+            _grid(x.size), (THREADS,), (x, cls, n, np.int32(levels), hist, np.int32(shared)),
+            shared_mem=levels * 3 * 4 if shared else 0, stream=stream)
     else:
         k = edges.size
         hist = cupy.zeros((k + 1) * 3, cupy.uint64)
         shared = (k + 1) * 3 * 4 <= SHARED_BYTES
         ts = cupy.asarray(edges.astype(dt))
         get_kernel("histogram.cu", bucket_hist_name(dt))(
-            _grid(x.size), (THREADS,), (x, c, n, ts, np.int32(k), hist, nan, np.int32(shared)),
-            shared_mem=(k + 1) * 3 * 4 if shared else 0)
-    return hist.get().astype(np.int64).reshape(-1, 3), nan.get().astype(np.int64)
+            _grid(x.size), (THREADS,), (x, cls, n, ts, np.int32(k), hist, nan, np.int32(shared)),
+            shared_mem=(k + 1) * 3 * 4 if shared else 0, stream=stream)
+    return hist, nan
