@@ -50,6 +50,13 @@ def _backend_options(f):
     return f
 
 
+def _elementwise_options(f):
+    """The options of every elementwise operator: backend, output layout, output policy, engine."""
+    for deco in (_engine_options, _output_options, _layout_options(None), _backend_options):
+        f = deco(f)
+    return f
+
+
 def _friendly(f):
     """Print emarray errors as one line and exit 2, instead of a traceback."""
     @functools.wraps(f)
@@ -140,10 +147,7 @@ def export(obj: dict, src: str, dst: str, **kw: Any) -> None:
 @click.option("--value", "-t", required=True, type=float, help="The threshold.")
 @click.option("--op", type=click.Choice(["gt", "ge"]), default="gt",
               help="gt: SRC > value; ge: SRC >= value.")
-@_backend_options
-@_layout_options(None)
-@_output_options
-@_engine_options
+@_elementwise_options
 @click.pass_obj
 @_friendly
 def threshold(obj: dict, src: str, dst: str, **kw: Any) -> None:
@@ -157,10 +161,7 @@ def threshold(obj: dict, src: str, dst: str, **kw: Any) -> None:
 @click.argument("src")
 @click.argument("dst")
 @click.option("--range", "lo_hi", required=True, help="lo,hi: the values mapped to 0 and 255.")
-@_backend_options
-@_layout_options(None)
-@_output_options
-@_engine_options
+@_elementwise_options
 @click.pass_obj
 @_friendly
 def rescale(obj: dict, src: str, dst: str, lo_hi: str, **kw: Any) -> None:

@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 import os
-from functools import partial
 from typing import Any
 
 import numpy as np
 
 from .. import backends
 from .._normalize import finite_number
-from ..engine import Runner, store_blocks
-from ..cuda.streaming import parse_memory_limit
 from ..errors import InvalidArgumentError
 from ..volume import Volume
-from .common import as_volume, prepare_like
+from .common import as_volume, run_elementwise
 
 
 def rescale_params(lo: float, hi: float) -> tuple[np.float32, np.float32]:
@@ -70,15 +67,8 @@ def rescale(src: Volume | str | os.PathLike, dst: str | os.PathLike, lo: float, 
     lo, hi = finite_number(lo, "lo"), finite_number(hi, "hi")
     if not hi > lo:
         raise InvalidArgumentError(f"rescale needs lo < hi, got lo={lo!r} hi={hi!r}")
-    name = backends.resolve_backend(backend)
-    mem = parse_memory_limit(gpu_memory_limit)  # checked whatever the backend
-    extra = {"memory_limit": mem} if name == "cuda" else {}
-    fn = partial(backends.implementation("rescale", name), lo=lo, hi=hi, **extra)
-    job = {"operator": "rescale", "source": os.path.abspath(src.url) if "://" not in src.url
-           else src.url, "lo": lo, "hi": hi}
-    with Runner(scheduler, workers, progress) as runner:
-        out, grid, resumed = prepare_like(src, dst, np.uint8, job, chunks=chunks, shards=shards,
-                                          compression=compression, overwrite=overwrite,
-                                          resume=resume)
-        return store_blocks(fn, [src], out, grid=grid, resumed=resumed, runner=runner,
-                            desc="rescale")
+    return run_elementwise("rescale", src, dst, np.uint8, {"lo": lo, "hi": hi},
+                           {"lo": lo, "hi": hi}, backend=backend,
+                           gpu_memory_limit=gpu_memory_limit, chunks=chunks, shards=shards,
+                           compression=compression, overwrite=overwrite, resume=resume,
+                           scheduler=scheduler, workers=workers, progress=progress)

@@ -3,18 +3,15 @@ from __future__ import annotations
 
 import math
 import os
-from functools import partial
 from typing import Any
 
 import numpy as np
 
 from .. import backends
 from .._normalize import finite_number, numeric_dtype
-from ..engine import Runner, store_blocks
 from ..errors import InvalidArgumentError
-from ..cuda.streaming import parse_memory_limit
 from ..volume import Volume
-from .common import as_volume, prepare_like
+from .common import as_volume, run_elementwise
 
 OPS = ("gt", "ge")
 
@@ -114,15 +111,8 @@ def threshold(src: Volume | str | os.PathLike, dst: str | os.PathLike, value: fl
     """
     src = as_volume(src)
     op_n, value_n = normalize_threshold(src.dtype, value, op)
-    name = backends.resolve_backend(backend)
-    mem = parse_memory_limit(gpu_memory_limit)  # checked whatever the backend
-    extra = {"memory_limit": mem} if name == "cuda" else {}
-    fn = partial(backends.implementation("threshold", name), op=op_n, value=value_n, **extra)
-    job = {"operator": "threshold", "source": os.path.abspath(src.url) if "://" not in src.url
-           else src.url, "value": float(value), "op": op}
-    with Runner(scheduler, workers, progress) as runner:
-        out, grid, resumed = prepare_like(src, dst, np.uint8, job, chunks=chunks, shards=shards,
-                                          compression=compression, overwrite=overwrite,
-                                          resume=resume)
-        return store_blocks(fn, [src], out, grid=grid, resumed=resumed, runner=runner,
-                            desc="threshold")
+    return run_elementwise("threshold", src, dst, np.uint8, {"op": op_n, "value": value_n},
+                           {"value": float(value), "op": op}, backend=backend,
+                           gpu_memory_limit=gpu_memory_limit, chunks=chunks, shards=shards,
+                           compression=compression, overwrite=overwrite, resume=resume,
+                           scheduler=scheduler, workers=workers, progress=progress)
