@@ -1,6 +1,7 @@
 """Write a region of a volume back to a TIFF stack or an HDF5 dataset, slab by slab."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -80,7 +81,7 @@ def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: A
     try:
         if fmt == "tiff":
             import tifffile
-            big = vol.dtype.itemsize * int(__import__("math").prod(out_shape)) > 2**31
+            big = vol.dtype.itemsize * math.prod(out_shape) > 2**31
             with tifffile.TiffWriter(tmp, bigtiff=big) as tw:
                 for z in zs:
                     block = vol.read((slice(z, min(z + slab, reg[0].stop)), *reg[1:]))

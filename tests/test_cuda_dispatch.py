@@ -55,7 +55,6 @@ def test_cuda_without_cupy_is_a_clear_error_before_work(tmp_path, func):
 
 
 def test_cuda_scheduler_without_dask_cuda_is_named(tmp_path):
-    pytest.importorskip("numpy")
     try:
         import dask_cuda  # noqa: F401
         pytest.skip("dask-cuda is installed here")
