@@ -77,6 +77,19 @@ def parse_unit(unit: str) -> str:
     return u
 
 
+_MICROMETRES = {"nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3, "angstrom": 1e-4,
+                "meter": 1e6, "picometer": 1e-6}
+
+
+def micrometres(unit: str) -> float:
+    """Micrometres in one ``unit`` (an OME-NGFF unit name; 1.0 for units not listed).
+
+    >>> micrometres("nanometer")
+    0.001
+    """
+    return _MICROMETRES.get(unit, 1.0)
+
+
 def finite_number(value: Any, name: str) -> float:
     """Return ``value`` as a finite float or raise naming it (``"threshold must be finite, got nan"``)."""
     try:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._normalize import micrometres
 from .errors import InvalidArgumentError, OutputExistsError
 from .volume import Volume, open_volume
 
@@ -94,7 +95,7 @@ def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: A
                 chunks = tuple(min(c, s) for c, s in zip(vol.chunks, out_shape))
                 ds = f.create_dataset(dataset, shape=out_shape, dtype=vol.dtype, chunks=chunks,
                                       compression="gzip")
-                ds.attrs["element_size_um"] = [v * _to_um(vol.unit) for v in vol.voxel_size]
+                ds.attrs["element_size_um"] = [v * micrometres(vol.unit) for v in vol.voxel_size]
                 for z in zs:
                     z1 = min(z + slab, reg[0].stop)
                     ds[z - reg[0].start:z1 - reg[0].start] = vol.read((slice(z, z1), *reg[1:]))
@@ -105,8 +106,3 @@ def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: A
         if tmp.exists():
             tmp.unlink()
     return dst
-
-
-def _to_um(unit: str) -> float:
-    return {"nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3, "angstrom": 1e-4,
-            "meter": 1e6, "picometer": 1e-6}.get(unit, 1.0)

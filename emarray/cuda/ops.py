@@ -12,8 +12,9 @@ from .streaming import run_steps
 def threshold_block_cuda(block: np.ndarray, *, op: str, value: Any, region: Any = None,
                          memory_limit: Any = None) -> np.ndarray:
     """CUDA twin of :func:`emarray.ops.threshold.threshold_block_cpu`."""
-    if op in ("all", "none"):  # the answer does not depend on the data
-        return np.full(block.shape, 1 if op == "all" else 0, np.uint8)
+    if op in ("all", "none"):  # the answer does not depend on the data: no device needed
+        from ..ops.threshold import threshold_block_cpu
+        return threshold_block_cpu(block, op=op, value=value)
     return run_steps(block, [lambda d, s: threshold_device(d, op, value, stream=s)], np.uint8,
                      memory_limit=memory_limit)
 

@@ -56,6 +56,14 @@ def _cuda_cluster(workers: int | None) -> Any:
     return LocalCUDACluster(**kwargs)
 
 
+def _tree(parts: list[Any], node: Callable[..., Any]) -> Any:
+    """Combine ``parts`` in a tree of fan-in :data:`_FAN_IN`; ``node(*group)`` makes one node."""
+    level = parts
+    while len(level) > 1:
+        level = [node(*level[i:i + _FAN_IN]) for i in range(0, len(level), _FAN_IN)]
+    return level[0]
+
+
 class Runner:
     """Runs one task per block on the chosen scheduler, with a progress bar.
 
@@ -122,11 +130,7 @@ class Runner:
         tasks = [dask.delayed(functools.partial(f, *args), pure=False, traverse=False)(
                      dask_key_name=f"{prefix}{i}") for i, (f, args) in enumerate(calls)]
         if combine is not None and tasks:
-            level = tasks
-            while len(level) > 1:
-                level = [dask.delayed(_combine_many, pure=False)(combine, *level[i:i + _FAN_IN])
-                         for i in range(0, len(level), _FAN_IN)]
-            tasks = level
+            tasks = [_tree(tasks, lambda *g: dask.delayed(_combine_many, pure=False)(combine, *g))]
         bar = self._bar(len(calls))
 
         class _Progress(Callback):
@@ -153,11 +157,7 @@ class Runner:
         futures = [client.submit(f, *args, pure=False) for f, args in calls]
         final = None
         if combine is not None and futures:
-            level = futures
-            while len(level) > 1:
-                level = [client.submit(_combine_many, combine, *level[i:i + _FAN_IN], pure=False)
-                         for i in range(0, len(level), _FAN_IN)]
-            final = level[0]
+            final = _tree(futures, lambda *g: client.submit(_combine_many, combine, *g, pure=False))
         bar = self._bar(len(futures))
         try:
             for fut in as_completed(futures):

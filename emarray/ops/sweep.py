@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import backends
-from .._normalize import finite_number
+from .._normalize import finite_number, micrometres
 from ..engine import BlockGrid, Runner, reduce_blocks
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
@@ -26,8 +26,6 @@ from .common import as_volume
 #: truth classes per voxel: 0 negative, 1 positive, 2 not counted (mask / ignore value)
 NEG, POS, SKIP = 0, 1, 2
 LEVEL_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
-_UM = {"nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3, "angstrom": 1e-4, "meter": 1e6,
-       "picometer": 1e-6}
 
 
 def sweep_thresholds(thresholds: Any = 100, values: Any = None) -> np.ndarray:
@@ -260,7 +258,7 @@ def predicted_counts(hist: np.ndarray, pv: Volume, ts: np.ndarray) -> np.ndarray
 def metrics_table(hist: np.ndarray, ts: np.ndarray, pv: Volume, channels: tuple[int, ...]):
     """The DataFrame of counts and metrics, one row per (channel, threshold)."""
     import pandas as pd
-    voxel_um3 = float(np.prod(pv.voxel_size)) * _UM.get(pv.unit, 1.0) ** 3
+    voxel_um3 = float(np.prod(pv.voxel_size)) * micrometres(pv.unit) ** 3
     frames = []
     nan_voxels = {}
     for j, ch in enumerate(channels):
