@@ -18,7 +18,8 @@ SPACE_UNITS = (
 )
 _UNIT_ALIASES = {"nm": "nanometer", "um": "micrometer", "µm": "micrometer", "μm": "micrometer",
                  "mm": "millimeter", "pm": "picometer", "m": "meter", "a": "angstrom",
-                 "å": "angstrom"}
+                 "å": "angstrom", "micron": "micrometer", "microns": "micrometer",
+                 "\\u00b5m": "micrometer", "cm": "centimeter", "in": "inch"}
 
 
 def parse_tuple(value: Any, name: str, ndim: int, *, kind: type = int,
@@ -77,17 +78,26 @@ def parse_unit(unit: str) -> str:
     return u
 
 
-_MICROMETRES = {"nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3, "angstrom": 1e-4,
-                "meter": 1e6, "picometer": 1e-6}
+#: Micrometres in one of each OME-NGFF spatial unit (exact SI prefixes; the international
+#: inch, foot, yard and mile; the IAU parsec).
+_MICROMETRES = {
+    "yoctometer": 1e-18, "zeptometer": 1e-15, "attometer": 1e-12, "femtometer": 1e-9,
+    "picometer": 1e-6, "angstrom": 1e-4, "nanometer": 1e-3, "micrometer": 1.0,
+    "millimeter": 1e3, "centimeter": 1e4, "decimeter": 1e5, "meter": 1e6, "hectometer": 1e8,
+    "kilometer": 1e9, "megameter": 1e12, "gigameter": 1e15, "terameter": 1e18,
+    "petameter": 1e21, "exameter": 1e24, "zettameter": 1e27, "yottameter": 1e30,
+    "inch": 25_400.0, "foot": 304_800.0, "yard": 914_400.0, "mile": 1_609_344_000.0,
+    "parsec": 3.0856775814913673e22,
+}
 
 
 def micrometres(unit: str) -> float:
-    """Micrometres in one ``unit`` (an OME-NGFF unit name; 1.0 for units not listed).
+    """Micrometres in one ``unit`` (any OME-NGFF spatial unit or alias; others are refused).
 
-    >>> micrometres("nanometer")
-    0.001
+    >>> micrometres("nanometer"), micrometres("inch")
+    (0.001, 25400.0)
     """
-    return _MICROMETRES.get(unit, 1.0)
+    return _MICROMETRES[parse_unit(unit)]
 
 
 def finite_number(value: Any, name: str) -> float:

@@ -31,6 +31,8 @@ def open_tensorstore(kind: str, location: str) -> tuple[Any, dict[str, Any]]:
         if arr.shape[-1] == 1:
             arr = arr[ts.d["channel"][0]]
             labels = labels[:-1]
+    if kind in ("precomputed", "n5"):
+        # both list their dimensions x first (N5 is column-major): present z, y, x
         arr = arr.T
         labels = labels[::-1]
     ndim = arr.rank

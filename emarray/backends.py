@@ -7,18 +7,35 @@ used, so importing emarray never imports CuPy.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
 
 from .errors import BackendUnavailableError, InvalidArgumentError
 
 BACKENDS = ("auto", "cpu", "cuda")
 _INSTALL_HINT = "install the GPU extra: pip install 'emarray[gpu]' (CuPy for CUDA 12)"
 _registry: dict[tuple[str, str], Callable | str] = {}
+_dtypes: dict[tuple[str, str], frozenset[np.dtype]] = {}
 
 
-def register(op: str, backend: str, impl: Callable | str) -> None:
-    """Register ``impl`` (a callable, or a lazy ``"module:function"``) for ``op`` on ``backend``."""
+def register(op: str, backend: str, impl: Callable | str, dtypes: Iterable[Any] | None = None) -> None:
+    """Register ``impl`` (a callable, or a lazy ``"module:function"``) for ``op`` on ``backend``.
+
+    ``dtypes`` lists the input dtypes it has a kernel for (None: every dtype).
+    """
     _registry[(op, backend)] = impl
+    if dtypes is not None:
+        _dtypes[(op, backend)] = frozenset(np.dtype(d) for d in dtypes)
+
+
+def supports(op: str, backend: str, dtype: Any) -> bool:
+    """True when ``op`` has a ``backend`` implementation for input ``dtype``."""
+    if (op, backend) not in _registry:
+        return False
+    allowed = _dtypes.get((op, backend))
+    return allowed is None or np.dtype(dtype) in allowed
 
 
 def cuda_available() -> bool:
@@ -30,13 +47,22 @@ def cuda_available() -> bool:
         return False
 
 
-def resolve_backend(backend: str | None) -> str:
-    """Turn ``auto``/``cpu``/``cuda`` into ``cpu`` or ``cuda``, failing early when CUDA is missing."""
+def resolve_backend(backend: str | None, op: str | None = None, dtype: Any = None) -> str:
+    """Turn ``auto``/``cpu``/``cuda`` into ``cpu`` or ``cuda``, failing early when CUDA is missing.
+
+    With ``op`` and ``dtype``, ``auto`` falls back to the CPU where CUDA has no kernel for that
+    dtype, and an explicit ``cuda`` is refused before any work.
+    """
     name = (backend or "auto").lower()
     if name not in BACKENDS:
         raise InvalidArgumentError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    has_kernel = op is None or dtype is None or supports(op, "cuda", dtype)
     if name == "auto":
-        return "cuda" if cuda_available() else "cpu"
+        return "cuda" if has_kernel and cuda_available() else "cpu"
+    if name == "cuda" and not has_kernel:
+        raise BackendUnavailableError(
+            f"the cuda backend has no {op} kernel for {np.dtype(dtype)} data; use --backend "
+            "auto or cpu")
     if name == "cuda":
         try:
             import cupy  # noqa: F401

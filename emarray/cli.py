@@ -5,22 +5,68 @@ import functools
 import json
 import logging
 import sys
+import warnings
 from typing import Any
 
 import click
 
-from .errors import EmarrayError
+from .errors import EmarrayError, EmarrayWarning
 
 _SCHED_HELP = ("threads (default), processes, synchronous, local-cluster, cuda (one worker per "
                "GPU, dask-cuda), or a scheduler address tcp://host:port (default: "
                "$DASK_SCHEDULER_ADDRESS when set)")
 
 
+def _set_verbosity(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """-v/-q work before or after the subcommand; the last one given wins."""
+    if value:
+        root = ctx.find_root()
+        root.meta["emarray.quiet" if param.name == "quiet" else "emarray.verbose"] = value
+        _configure_logging(root)
+    return value
+
+
+def _verbosity_options(f):
+    f = click.option("-v", "--verbose", count=True, expose_value=False, callback=_set_verbosity,
+                     help="More log output: -v emarray's steps, -vv also dask/zarr debug.")(f)
+    f = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_verbosity,
+                     help="No progress display, errors only.")(f)
+    return f
+
+
+#: other libraries' loggers: quiet unless -vv
+_NOISY = ("distributed", "dask", "numcodecs", "zarr", "asyncio", "fsspec", "numba", "tornado",
+          "bokeh", "matplotlib", "PIL", "tifffile", "h5py")
+
+
+def _configure_logging(root: click.Context) -> None:
+    verbose = root.meta.get("emarray.verbose", 0)
+    quiet = root.meta.get("emarray.quiet", False)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", force=True,
+                        level=logging.ERROR if quiet else logging.WARNING)
+    mine = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.getLogger("emarray").setLevel(mine)
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 and not quiet
+                                         else logging.ERROR if quiet else logging.WARNING)
+    if isinstance(root.obj, dict):
+        root.obj["progress"] = not quiet
+
+
 def _engine_options(f):
     f = click.option("--scheduler", default=None, help=_SCHED_HELP)(f)
     f = click.option("--workers", type=int, default=None,
                      help="Threads, processes or local-cluster workers (default: all cores).")(f)
+    f = click.option("--connect-timeout", type=float, default=None,
+                     help="Seconds to wait for a scheduler address to answer (default 10).")(f)
+    f = _verbosity_options(f)
     return f
+
+
+def _incomplete_option(f):
+    return click.option("--allow-incomplete", is_flag=True,
+                        help="Accept inputs that are unfinished outputs of an interrupted job "
+                             "(their missing chunks read as 0).")(f)
 
 
 def _output_options(f):
@@ -52,42 +98,54 @@ def _backend_options(f):
 
 def _elementwise_options(f):
     """The options of every elementwise operator: backend, output layout, output policy, engine."""
-    for deco in (_engine_options, _output_options, _layout_options(None), _backend_options):
+    for deco in (_engine_options, _output_options, _layout_options(None), _backend_options,
+                 _incomplete_option):
         f = deco(f)
     return f
 
 
 def _friendly(f):
-    """Print emarray errors as one line and exit 2, instead of a traceback."""
+    """Print emarray errors and OS errors (disk full, permissions) as one line and exit 2."""
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return f(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", EmarrayWarning)
+                warnings.showwarning = _show_warning
+                return f(*args, **kwargs)
         except EmarrayError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            reason = exc.strerror or str(exc)
+            click.echo(f"error: {reason}{where}", err=True)
             sys.exit(2)
     return wrapper
 
 
+def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="emarray", message="emarray %(version)s")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars, errors only.")
+@_verbosity_options
 @click.pass_context
-def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
+def cli(ctx: click.Context) -> None:
     """emarray: out-of-core chunked operators for electron-microscopy volumes.
 
     Volumes are OME-Zarr (zarr v3) directories; zarr v2, N5 and neuroglancer precomputed
     volumes are read too. Tuples are written z,y,x.
     """
-    level = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    ctx.obj = {"progress": not quiet}
+    ctx.obj = {"progress": not ctx.meta.get("emarray.quiet", False)}
+    _configure_logging(ctx)
 
 
 @cli.command()
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_verbosity_options
 @_friendly
 def info(path: str, as_json: bool) -> None:
     """Describe the volume at PATH: shape, dtype, chunks, voxel size, levels, storage."""
@@ -101,6 +159,7 @@ def info(path: str, as_json: bool) -> None:
     click.echo(f"{'voxel size':>12}: {d['voxel_size']} {d['unit']}")
     click.echo(f"{'levels':>12}: {len(d['levels'])} {d['levels']}")
     click.echo(f"{'codecs':>12}: {', '.join(d['codecs']) or '-'}")
+    click.echo(f"{'status':>12}: {d['status']}")
     click.echo(f"{'bytes':>12}: {d['nbytes']:,} uncompressed")
     if d["stored_bytes"] is not None:
         click.echo(f"{'stored':>12}: {d['stored_bytes']:,} bytes "
@@ -111,8 +170,9 @@ def info(path: str, as_json: bool) -> None:
 @click.argument("src")
 @click.argument("dst")
 @click.option("--dataset", default=None, help="HDF5 dataset name (when the file holds several).")
-@click.option("--voxel-size", default="1,1,1", help="Voxel size z,y,x in --unit.")
-@click.option("--unit", default="nanometer", help="Spatial unit (nanometer, micrometer, nm, um...).")
+@click.option("--voxel-size", default=None,
+              help="Voxel size z,y,x in --unit (default: read from SRC, else 1,1,1 with a warning).")
+@click.option("--unit", default=None, help="Spatial unit (nanometer, micrometer, nm, um...).")
 @_layout_options("64,256,256")
 @click.option("--level", "compression_level", type=int, default=None, help="Compression level.")
 @_output_options
@@ -132,6 +192,8 @@ def ingest(obj: dict, src: str, dst: str, **kw: Any) -> None:
 @click.option("--region", default=None, help="z0:z1,y0:y1,x0:x1 (empty parts mean all).")
 @click.option("--dataset", default="data", help="Dataset name in an HDF5 output.")
 @click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
+@_incomplete_option
+@_verbosity_options
 @click.pass_obj
 @_friendly
 def export(obj: dict, src: str, dst: str, **kw: Any) -> None:
@@ -177,7 +239,9 @@ def rescale(obj: dict, src: str, dst: str, lo_hi: str, **kw: Any) -> None:
 @click.argument("prob")
 @click.argument("truth")
 @click.option("--out", required=True, help="Folder for sweep.csv, sweep.json and sweep.png.")
-@click.option("--thresholds", default="100", help="Sweep k/N for k = 0..N-1.")
+@click.option("--thresholds", default=None,
+              help="Sweep N thresholds evenly over the map's range: k/N for float maps, every "
+                   "level of 8-bit maps (default 100, or 256 for 8-bit maps).")
 @click.option("--values", default=None, help="Explicit thresholds, e.g. 0.1,0.25,0.5.")
 @click.option("--truth-value", type=float, default=None,
               help="Truth is positive where it equals V (default: where it is nonzero).")
@@ -189,6 +253,7 @@ def rescale(obj: dict, src: str, dst: str, lo_hi: str, **kw: Any) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an earlier sweep in --out.")
 @click.option("--backend", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               help="Where the histograms are computed.")
+@_incomplete_option
 @_engine_options
 @click.pass_obj
 @_friendly
@@ -213,16 +278,14 @@ def sweep(obj: dict, prob: str, truth: str, truth_nonzero: bool, **kw: Any) -> N
 @click.option("--size", default="128,256,256", help="Volume shape z,y,x (or one number).")
 @click.option("--chunks", default="64,128,128", help="Chunk shape z,y,x.")
 @click.option("--seed", type=int, default=0, help="Random seed.")
-@click.option("--overwrite", is_flag=True, help="Replace existing volumes in DST.")
+@_output_options
 @_engine_options
 @click.pass_obj
 @_friendly
-def synthetic(obj: dict, dst: str, size: str, chunks: str, seed: int, overwrite: bool,
-              **kw: Any) -> None:
+def synthetic(obj: dict, dst: str, size: str, chunks: str, seed: int, **kw: Any) -> None:
     """Write a synthetic EM-like volume (raw, truth, prob) into folder DST."""
     from .datasets import synthetic as _synthetic
-    vols = _synthetic(dst, size, chunks=chunks, seed=seed, overwrite=overwrite,
-                      progress=obj["progress"], **kw)
+    vols = _synthetic(dst, size, chunks=chunks, seed=seed, progress=obj["progress"], **kw)
     for k, v in vols.items():
         click.echo(f"wrote {v.url}: {v.shape} {v.dtype}")
 

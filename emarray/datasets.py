@@ -12,6 +12,7 @@ the chunking. Three kinds:
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from functools import partial
@@ -118,10 +119,15 @@ def _make_block(*_blocks: Any, region: tuple[slice, ...], kind: str, shape: tupl
     return synthetic_block(kind, region, shape, seed=seed, cell=cell)
 
 
+#: The largest synthetic volume (voxels): 1 PiB of uint8 is more than any test needs.
+MAX_VOXELS = 2**50
+
+
 def synthetic(out_dir: str | os.PathLike, shape: Any = (128, 256, 256), *, chunks: Any = 64,
               shards: Any = None, seed: int = 0, kinds: Sequence[str] = KINDS,
               voxel_size: Any = (40.0, 8.0, 8.0), compression: str = "zstd",
-              overwrite: bool = False, scheduler: Any = None, workers: int | None = None,
+              overwrite: bool = False, resume: bool = False, scheduler: Any = None,
+              workers: int | None = None, connect_timeout: float | None = None,
               progress: bool = False) -> dict[str, Volume]:
     """Write synthetic ``raw``, ``truth`` and ``prob`` volumes as ``out_dir/<kind>.zarr``.
 
@@ -135,30 +141,44 @@ def synthetic(out_dir: str | os.PathLike, shape: Any = (128, 256, 256), *, chunk
     (['prob', 'raw', 'truth'], 'float32')
     """
     from .engine import Runner
+    from .volume import compressor_codecs
     shape = parse_tuple(shape, "shape", 3)
     for k in kinds:
         if k not in KINDS:
             raise InvalidArgumentError(f"kind must be one of {', '.join(KINDS)}, got {k!r}")
-    chunk_t = parse_tuple(chunks, "chunks", 3)
+    if math.prod(shape) > MAX_VOXELS:
+        raise InvalidArgumentError(
+            f"size {','.join(map(str, shape))} is {math.prod(shape):.3g} voxels; synthetic "
+            f"volumes are limited to {MAX_VOXELS:.3g}")
+    chunk_t = tuple(min(c, s) for c, s in zip(parse_tuple(chunks, "chunks", 3), shape))
+    shard_t = parse_tuple(shards, "shards", 3) if shards is not None else None
+    voxel = parse_tuple(voxel_size, "voxel size", 3, kind=float)
+    compressor_codecs(compression)
     out: dict[str, Volume] = {}
-    with Runner(scheduler, workers, progress) as runner:
+    kw = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
+    with Runner(scheduler, workers, progress, **kw) as runner:
         os.makedirs(out_dir, exist_ok=True)
         for kind in kinds:
-            out[kind] = _synthetic_one(out_dir, kind, shape, chunk_t, shards, seed, voxel_size,
-                                       compression, overwrite, runner)
+            out[kind] = _synthetic_one(out_dir, kind, shape, chunk_t, shard_t, seed, voxel,
+                                       compression, overwrite, resume, runner)
     return out
 
 
 def _synthetic_one(out_dir: Any, kind: str, shape: tuple[int, ...], chunks: tuple[int, ...],
                    shards: Any, seed: int, voxel_size: Any, compression: str, overwrite: bool,
-                   runner: Any) -> Volume:
+                   resume: bool, runner: Any) -> Volume:
     """Write one kind of the synthetic volume through the engine."""
-    from .engine import prepare_output, store_blocks
+    from .engine import open_output, store_blocks
     from .volume import create_volume
-    job = {"operator": "synthetic", "kind": kind, "seed": seed, "shape": list(shape)}
+    job = {"operator": "synthetic", "kind": kind, "seed": seed, "shape": list(shape),
+           "voxel_size": list(voxel_size),
+           "layout": {"chunks": list(chunks), "shards": list(shards) if shards else None,
+                      "compression": compression}}
     create = partial(create_volume, shape=shape, dtype=DTYPES[kind], chunks=chunks, shards=shards,
                      compression=compression, voxel_size=voxel_size, name=kind, attrs={"job": job})
-    vol, _ = prepare_output(os.path.join(out_dir, f"{kind}.zarr"), lambda p: create(p), job=job,
-                            overwrite=overwrite)
     fn = partial(_make_block, kind=kind, shape=shape, seed=seed, cell=CELL)
-    return store_blocks(fn, [], vol, runner=runner, desc=f"synthetic {kind}")
+    with open_output(os.path.join(out_dir, f"{kind}.zarr"), lambda p: create(p), job=job,
+                     overwrite=overwrite, resume=resume) as target:
+        store_blocks(fn, [], target.volume, resumed=target.resumed, runner=runner,
+                     desc=f"synthetic {kind}")
+        return target.commit()

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import datasets
-from .engine import reduce_blocks
+from .engine import Runner, reduce_blocks
 from .errors import InvalidArgumentError
 from .info import info
 from .ops.threshold import threshold
@@ -28,24 +27,25 @@ def _confusion(pred: np.ndarray, truth: np.ndarray, *, region: Any = None) -> np
 
 def run_demo(out_dir: str | os.PathLike = "emarray-demo", size: Any = (128, 512, 512), *,
              value: float = 0.5, scheduler: Any = None, workers: int | None = None,
-             progress: bool = True, echo=print) -> dict[str, Any]:
+             connect_timeout: float | None = None, progress: bool = True,
+             echo=print) -> dict[str, Any]:
     """Make a synthetic volume, threshold its probability map, score it against the truth."""
     out = Path(out_dir)
-    if out.exists():
-        if not (out / _STAMP).exists():
-            raise InvalidArgumentError(
-                f"{os.fspath(out)!r} exists and was not made by the demo; choose another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    (out / _STAMP).write_text("made by `emarray demo`; safe to delete\n")
-    vols = datasets.synthetic(out, size, chunks=(64, 128, 128), scheduler=scheduler,
-                              workers=workers, progress=progress)
+    again = out.exists()
+    if again and not (out / _STAMP).exists():
+        raise InvalidArgumentError(
+            f"{os.fspath(out)!r} exists and was not made by the demo; choose another --out")
+    # a rerun replaces only the demo's own outputs, each safely; anything else stays
+    out.mkdir(parents=True, exist_ok=True)
+    (out / _STAMP).write_text("made by `emarray demo`: it replaces only its own outputs here\n")
+    engine = {"scheduler": scheduler, "workers": workers, "connect_timeout": connect_timeout,
+              "progress": progress}
+    vols = datasets.synthetic(out, size, chunks=(64, 128, 128), overwrite=again, **engine)
     echo(f"synthetic volume: {vols['prob'].shape} voxels in {out}/{{raw,truth,prob}}.zarr")
-    mask = threshold(vols["prob"], out / "mask.zarr", value, scheduler=scheduler, workers=workers,
-                     progress=progress)
-    tp, fp, fn, tn = (int(x) for x in reduce_blocks(
-        _confusion, [mask, vols["truth"]], np.add, scheduler=scheduler, workers=workers,
-        progress=progress, desc="score"))
+    mask = threshold(vols["prob"], out / "mask.zarr", value, overwrite=again, **engine)
+    with Runner(scheduler, workers, progress, connect_timeout=connect_timeout or 10) as runner:
+        tp, fp, fn, tn = (int(x) for x in reduce_blocks(
+            _confusion, [mask, vols["truth"]], np.add, runner=runner, desc="score"))
     f1 = 2 * tp / max(2 * tp + fp + fn, 1)
     iou = tp / max(tp + fp + fn, 1)
     i = info(mask)
@@ -54,8 +54,8 @@ def run_demo(out_dir: str | os.PathLike = "emarray-demo", size: Any = (128, 512,
          f"F1 {f1:.4f}  IoU {iou:.4f}")
     echo(f"  mask stored in {i['stored_bytes']:,} bytes (compression x{i['compression_ratio']:.1f})")
     from .ops.sweep import best_rows, sweep
-    df = sweep(vols["prob"], vols["truth"], thresholds=100, out=out / "sweep", scheduler=scheduler,
-               workers=workers, progress=progress)
+    df = sweep(vols["prob"], vols["truth"], thresholds=100, out=out / "sweep", overwrite=again,
+               **engine)
     best = best_rows(df)[0]
     echo(f"sweep of 100 thresholds in one pass: best F1 {best['f1']['f1']:.4f} at "
          f"t={best['f1']['threshold']:g}, best IoU {best['iou']['iou']:.4f} at "

@@ -36,3 +36,27 @@ class ResumeMismatchError(EmarrayError, ValueError):
 
 class BackendUnavailableError(EmarrayError, ImportError):
     """The requested compute backend (for example CUDA) is not installed or has no device."""
+
+
+class OutputLockedError(EmarrayError, RuntimeError):
+    """Another emarray job is writing the same output right now (the message names it)."""
+
+
+class IncompleteVolumeError(EmarrayError, ValueError):
+    """An input is the unfinished output of an interrupted job (its missing chunks read as 0)."""
+
+
+class InputChangedError(EmarrayError, ValueError):
+    """An input is not what the job was planned for (changed, or different on a worker)."""
+
+
+class SchedulerUnreachableError(EmarrayError, OSError):
+    """The dask scheduler at the given address could not be reached in time."""
+
+
+class GpuOutOfMemoryError(EmarrayError, MemoryError):
+    """A block does not fit the GPU even in the smallest pieces (the message names the block)."""
+
+
+class EmarrayWarning(UserWarning):
+    """A result that is probably not what the user wanted (edge-of-range best threshold...)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ._normalize import micrometres
+from .engine.output import check_no_overlap, real_path
 from .errors import InvalidArgumentError, OutputExistsError
 from .volume import Volume, open_volume
 
@@ -49,11 +50,14 @@ def parse_region(region: Any, shape: tuple[int, ...]) -> tuple[slice, ...]:
 
 
 def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: Any = None,
-           dataset: str = "data", overwrite: bool = False, progress: bool = False) -> Path:
+           dataset: str = "data", overwrite: bool = False, allow_incomplete: bool = False,
+           progress: bool = False) -> Path:
     """Export ``region`` of ``src`` to a TIFF stack (``.tif``) or an HDF5 dataset (``.h5``).
 
     The file is written slab by slab to a temporary name beside ``dst`` and renamed into place
     when complete, so a failed export leaves nothing half-written and never clobbers a file.
+    The voxel size goes along: ImageJ resolution, spacing and unit in a TIFF (tifffile's JSON
+    description where ImageJ cannot hold the dtype or size), ``element_size_um`` in HDF5.
 
     Examples
     --------
@@ -65,14 +69,28 @@ def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: A
     (2, 4, 4)
     """
     vol = src if isinstance(src, Volume) else open_volume(src)
+    vol.require_complete(allow_incomplete)
     dst = Path(dst)
+    shown = os.fspath(dst)
     fmt = EXPORT_EXTS.get(dst.suffix.lower())
     if fmt is None:
-        raise InvalidArgumentError(
-            f"export writes .tif/.tiff or .h5/.hdf5 files, got {os.fspath(dst)!r}")
+        raise InvalidArgumentError(f"export writes .tif/.tiff or .h5/.hdf5 files, got {shown!r}")
+    if fmt == "hdf5" and not str(dataset).strip("/ "):
+        raise InvalidArgumentError(f"dataset must name the HDF5 dataset, got {dataset!r}")
     reg = parse_region(region, vol.shape)
-    if dst.exists() and not overwrite:
-        raise OutputExistsError(f"{os.fspath(dst)!r} already exists; pass --overwrite to replace it")
+    real = real_path(dst)
+    if not real.parent.is_dir():
+        raise InvalidArgumentError(
+            f"cannot export to {shown!r}: the folder {str(dst.parent)!r} does not exist")
+    if real.is_dir():
+        raise InvalidArgumentError(f"cannot export to {shown!r}: it is a folder, not a file")
+    check_no_overlap(real, [vol], shown)
+    if real.exists() and not overwrite:
+        raise OutputExistsError(f"{shown!r} already exists; pass --overwrite to replace it")
+    if not os.access(real.parent, os.W_OK):
+        raise InvalidArgumentError(
+            f"cannot export to {shown!r}: the folder {str(real.parent)!r} is not writable")
+    dst = real
     tmp = dst.with_name(f".{dst.name}.partial")
     slab = vol.block_shape[0]
     zs = range(reg[0].start, reg[0].stop, slab)
@@ -82,13 +100,21 @@ def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: A
     try:
         if fmt == "tiff":
             import tifffile
-            big = vol.dtype.itemsize * math.prod(out_shape) > 2**31
-            with tifffile.TiffWriter(tmp, bigtiff=big) as tw:
+
+            def planes():
                 for z in zs:
                     block = vol.read((slice(z, min(z + slab, reg[0].stop)), *reg[1:]))
-                    for plane in block:
-                        tw.write(plane, contiguous=True, photometric="minisblack")
+                    yield from block
                     bar.update(1)
+
+            big = vol.dtype.itemsize * math.prod(out_shape) > 2**31
+            imagej = not big and vol.dtype.str.lstrip("<>|=") in ("u1", "u2", "f4")
+            z_um, y_um, x_um = (v * micrometres(vol.unit) for v in vol.voxel_size[-3:])
+            with tifffile.TiffWriter(tmp, bigtiff=big, imagej=imagej) as tw:
+                tw.write(planes(), shape=out_shape, dtype=vol.dtype, photometric="minisblack",
+                         resolution=(1 / x_um, 1 / y_um),
+                         metadata={"spacing": z_um, "unit": "um", "axes": "ZYX"},
+                         **({} if imagej else {"resolutionunit": "MICROMETER"}))
         else:
             import h5py
             with h5py.File(tmp, "w") as f:

@@ -11,8 +11,9 @@ def info(path: Volume | str | os.PathLike) -> dict[str, Any]:
     """Return a dict describing the volume at ``path``.
 
     Keys: ``url``, ``format``, ``shape``, ``dtype``, ``axes``, ``chunks``, ``shards``,
-    ``voxel_size``, ``unit``, ``levels``, ``codecs``, ``nbytes``, ``stored_bytes`` and
-    ``compression_ratio`` (the last two are None for remote stores).
+    ``voxel_size``, ``unit``, ``levels``, ``codecs``, ``nbytes``, ``stored_bytes``,
+    ``compression_ratio`` (the last two are None for remote stores) and ``status``
+    (``complete``, or what is unfinished and how to finish it).
 
     Examples
     --------
@@ -38,4 +39,7 @@ def info(path: Volume | str | os.PathLike) -> dict[str, Any]:
         "voxel_size": vol.voxel_size, "unit": vol.unit, "levels": list(vol.levels),
         "codecs": codecs, "nbytes": vol.nbytes, "stored_bytes": stored,
         "compression_ratio": (vol.nbytes / stored) if stored else None,
+        "status": (f"UNFINISHED: an interrupted emarray {vol.unfinished_job} job; missing chunks "
+                   "read as 0. Run that command again with --resume"
+                   if vol.unfinished_job else "complete"),
     }

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import os
+import warnings
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from ._normalize import parse_tuple, parse_unit
-from .engine import BlockGrid, Runner, prepare_output, store_blocks
+from ._normalize import micrometres, parse_tuple, parse_unit
+from .engine import BlockGrid, Runner, open_output, store_blocks
+from .errors import EmarrayWarning
 from .sources import open_source
 from .volume import Volume, compressor_codecs, create_volume
 
@@ -21,22 +23,27 @@ def _read_slab(*_blocks: Any, region: tuple[slice, ...], source: Any) -> np.ndar
 
 
 def ingest(src: str | os.PathLike, dst: str | os.PathLike, *, dataset: str | None = None,
-           voxel_size: Any = (1.0, 1.0, 1.0), unit: str = "nanometer",
+           voxel_size: Any = None, unit: str | None = None,
            chunks: Any = DEFAULT_CHUNKS, shards: Any = None, compression: str = "zstd",
            compression_level: int | None = None, overwrite: bool = False, resume: bool = False,
            scheduler: Any = None, workers: int | None = None,
-           progress: bool = False) -> Volume:
+           connect_timeout: float | None = None, progress: bool = False) -> Volume:
     """Write ``src`` as an OME-Zarr 0.5 volume at ``dst``.
 
     ``src`` is a folder of 2D TIFF/PNG slices (ordered by the number in the name), a multi-page
     TIFF, or an HDF5 file (``dataset`` names the array when it holds several). Slabs one chunk
     (or shard) deep are read and written in parallel, so memory does not grow with the depth.
 
+    The voxel size comes from ``voxel_size`` (in ``unit``, default nanometer) or else from the
+    source itself (HDF5 ``element_size_um``, TIFF/ImageJ resolution and spacing); when neither
+    gives one, 1 nm is used and a warning says so.
+
     Examples
     --------
     >>> import emarray, numpy as np, tifffile, tempfile, os
     >>> d = tempfile.mkdtemp()
-    >>> tifffile.imwrite(os.path.join(d, "s.tif"), np.arange(60, dtype="uint8").reshape(3, 4, 5))
+    >>> tifffile.imwrite(os.path.join(d, "s.tif"), np.arange(60, dtype="uint8").reshape(3, 4, 5),
+    ...                  photometric="minisblack")
     >>> v = emarray.ingest(os.path.join(d, "s.tif"), os.path.join(d, "s.zarr"), voxel_size="40,4,4")
     >>> v.shape, v.voxel_size
     ((3, 4, 5), (40.0, 4.0, 4.0))
@@ -45,18 +52,40 @@ def ingest(src: str | os.PathLike, dst: str | os.PathLike, *, dataset: str | Non
     shape = source.shape
     chunk_t = tuple(min(c, s) for c, s in zip(parse_tuple(chunks, "chunks", 3), shape))
     shard_t = parse_tuple(shards, "shards", 3) if shards is not None else None
-    voxel = parse_tuple(voxel_size, "voxel size", 3, kind=float)
+    voxel, unit = _voxel_size(src, source, voxel_size, unit)
     slab = (shard_t or chunk_t)[0]
     grid = BlockGrid(shape, (slab, *shape[1:]))
-    job = {"operator": "ingest", "source": os.path.abspath(os.fspath(src)), "dataset": dataset}
+    # validate every option (creating nothing) before touching dst
+    compressor_codecs(compression, compression_level)
+    job = {"operator": "ingest", "source": os.path.realpath(os.fspath(src)), "dataset": dataset,
+           "source_files": source.fingerprint(), "voxel_size": list(voxel), "unit": unit,
+           "layout": {"chunks": list(chunk_t), "shards": list(shard_t) if shard_t else None,
+                      "compression": compression, "level": compression_level}}
     create = partial(create_volume, shape=shape, dtype=source.dtype, chunks=chunk_t,
                      shards=shard_t, compression=compression, compression_level=compression_level,
                      voxel_size=voxel, unit=unit, attrs={"job": job})
-    # validate every option (creating nothing) before touching dst
-    compressor_codecs(compression, compression_level)
-    parse_unit(unit)
-    with Runner(scheduler, workers, progress) as runner:
-        out, resumed = prepare_output(dst, lambda p: create(p), inputs=[src], job=job,
-                                      overwrite=overwrite, resume=resume)
-        return store_blocks(partial(_read_slab, source=source), [], out, grid=grid,
-                            resumed=resumed, runner=runner, desc="ingest")
+    kw = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
+    with Runner(scheduler, workers, progress, **kw) as runner:
+        with open_output(dst, lambda p: create(p), inputs=[src], job=job, overwrite=overwrite,
+                         resume=resume) as target:
+            store_blocks(partial(_read_slab, source=source), [], target.volume, grid=grid,
+                         resumed=target.resumed, runner=runner, desc="ingest")
+            return target.commit()
+
+
+def _voxel_size(src: Any, source: Any, voxel_size: Any,
+                unit: str | None) -> tuple[tuple[float, ...], str]:
+    """The user's voxel size, else the source's own, else 1 nm with a warning."""
+    if voxel_size is not None:
+        return parse_tuple(voxel_size, "voxel size", 3, kind=float), parse_unit(unit or "nanometer")
+    found = source.voxel_size()
+    if found is not None:
+        size, found_unit = found
+        if unit is not None:  # the user asked for another unit: convert
+            f = micrometres(found_unit) / micrometres(unit)
+            return tuple(v * f for v in size), parse_unit(unit)
+        return tuple(size), found_unit
+    warnings.warn(f"{os.fspath(src)} records no voxel size; using 1,1,1 "
+                  f"{parse_unit(unit or 'nanometer')} (pass --voxel-size z,y,x)",
+                  EmarrayWarning, stacklevel=3)
+    return (1.0, 1.0, 1.0), parse_unit(unit or "nanometer")

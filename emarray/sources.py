@@ -11,8 +11,41 @@ from pathlib import Path
 
 import numpy as np
 
-from ._normalize import numeric_dtype
+from ._normalize import numeric_dtype, parse_unit
 from .errors import InvalidArgumentError, ShapeMismatchError, VolumeNotFoundError
+
+#: (voxel size z,y,x, unit) read from a file's own metadata, or None
+VoxelInfo = tuple[tuple[float, float, float], str] | None
+_RESOLUTION_UNITS = {2: "inch", 3: "centimeter"}  # TIFF ResolutionUnit tag values
+
+
+def tiff_voxel_size(tf) -> VoxelInfo:
+    """Voxel size from a TIFF's ImageJ or tifffile metadata and X/YResolution tags.
+
+    Returns None when the file records no physical size. A file with a pixel size but no z
+    spacing (a 2D slice) gets z = x, which the caller reports.
+    """
+    page = tf.pages[0]
+    meta = dict(tf.imagej_metadata or {})
+    if not meta and tf.shaped_metadata:
+        meta = dict(tf.shaped_metadata[0])
+    xr, yr = page.tags.get("XResolution"), page.tags.get("YResolution")
+    res_unit = page.tags.get("ResolutionUnit")
+    unit_name = meta.get("unit")
+    if unit_name in (None, "", "pixel") and res_unit is not None:
+        unit_name = _RESOLUTION_UNITS.get(int(res_unit.value))
+    if unit_name in (None, "", "pixel") or xr is None or yr is None:
+        return None
+    try:
+        unit = parse_unit(str(unit_name))
+    except InvalidArgumentError:
+        return None
+    x = xr.value[1] / xr.value[0] if xr.value[0] else 0.0
+    y = yr.value[1] / yr.value[0] if yr.value[0] else 0.0
+    z = float(meta.get("spacing", x))
+    if not (x > 0 and y > 0 and z > 0):
+        return None
+    return (z, float(y), float(x)), unit
 
 SLICE_EXTS = (".tif", ".tiff", ".png")
 HDF5_EXTS = (".h5", ".hdf5", ".hdf")
@@ -26,7 +59,7 @@ def natural_key(name: str) -> tuple:
 def _png_array(path: str) -> np.ndarray:
     from PIL import Image
     with Image.open(path) as im:
-        a = np.asarray(im)
+        a = np.asarray(im)  # a palette ("P") image gives its palette indices
     return a.astype(np.uint8) if a.dtype == np.bool_ else a
 
 
@@ -34,11 +67,12 @@ def _slice_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     if path.suffix.lower() == ".png":
         from PIL import Image
         with Image.open(path) as im:
-            mode = {"1": np.uint8, "L": np.uint8, "I;16": np.uint16, "I;16B": np.uint16,
-                    "I": np.int32, "F": np.float32}.get(im.mode)
+            mode = {"1": np.uint8, "L": np.uint8, "P": np.uint8, "I;16": np.uint16,
+                    "I;16B": np.uint16, "I": np.int32, "F": np.float32}.get(im.mode)
             if mode is None:
                 raise InvalidArgumentError(
-                    f"{path} is a {im.mode} image; emarray ingests single-channel slices")
+                    f"{path} is a {im.mode} (colour) image; emarray ingests single-channel "
+                    "slices: convert it to greyscale or labels first")
             return (im.size[1], im.size[0]), np.dtype(mode)
     import tifffile
     with tifffile.TiffFile(path) as tf:
@@ -70,6 +104,17 @@ class SliceFolder:
         self.shape = (len(self.files), *shape)
         self.dtype = numeric_dtype(dtype, f"slice {self.files[0]}")
 
+    def voxel_size(self) -> VoxelInfo:
+        if self.files[0].lower().endswith(".png"):
+            return None
+        import tifffile
+        with tifffile.TiffFile(self.files[0]) as tf:
+            return tiff_voxel_size(tf)
+
+    def fingerprint(self) -> list:
+        return [[os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns]
+                for f in (self.files[0], self.files[-1])] + [len(self.files)]
+
     def read(self, z0: int, z1: int) -> np.ndarray:
         out = np.empty((z1 - z0, *self.shape[1:]), self.dtype)
         for i, f in enumerate(self.files[z0:z1]):
@@ -91,6 +136,11 @@ class MultiPageTiff:
             series = tf.series[0]
             shape, dtype = tuple(series.shape), series.dtype
             self.paged = len(series.pages) == (shape[0] if len(shape) == 3 else 1)
+            # a stack stored as one contiguous, uncompressed run of bytes (ImageJ's large
+            # files) is memory-mapped, so each slab reads only its own slices
+            self.offset = series.dataoffset
+            self.byteorder = tf.byteorder
+            self._voxel = tiff_voxel_size(tf)
         if len(shape) == 2:
             shape = (1, *shape)
         if len(shape) != 3:
@@ -98,11 +148,22 @@ class MultiPageTiff:
         self.shape = shape
         self.dtype = numeric_dtype(dtype, self.path)
 
+    def voxel_size(self) -> VoxelInfo:
+        return self._voxel
+
+    def fingerprint(self) -> list:
+        st = os.stat(self.path)
+        return [st.st_size, st.st_mtime_ns]
+
     def read(self, z0: int, z1: int) -> np.ndarray:
         import tifffile
         if self.paged:
             a = tifffile.imread(self.path, key=range(z0, z1))
             return a.reshape((z1 - z0, *self.shape[1:]))
+        if self.offset is not None:
+            mm = np.memmap(self.path, dtype=self.dtype.newbyteorder(self.byteorder), mode="r",
+                           offset=self.offset, shape=self.shape)
+            return np.array(mm[z0:z1], dtype=self.dtype)
         return tifffile.imread(self.path).reshape(self.shape)[z0:z1]
 
 
@@ -125,11 +186,24 @@ class Hdf5Dataset:
                     f"dataset {dataset!r} is not in {self.path}; it holds {names}")
             ds = f[dataset]
             shape, dtype = tuple(ds.shape), ds.dtype
+            size = ds.attrs.get("element_size_um", f.attrs.get("element_size_um"))
         if len(shape) != 3:
             raise InvalidArgumentError(f"dataset {dataset!r} is {len(shape)}D; expected 3D z,y,x")
         self.dataset = dataset
         self.shape = shape
         self.dtype = numeric_dtype(dtype, f"dataset {dataset!r}")
+        self._voxel: VoxelInfo = None
+        if size is not None and np.size(size) == 3 and np.all(np.asarray(size, float) > 0):
+            z, y, x = (float(v) for v in np.asarray(size, float).ravel())
+            self._voxel = ((z, y, x), "micrometer")
+
+    def voxel_size(self) -> VoxelInfo:
+        """From the ``element_size_um`` attribute (z,y,x, as Fiji and ilastik write it)."""
+        return self._voxel
+
+    def fingerprint(self) -> list:
+        st = os.stat(self.path)
+        return [self.dataset, st.st_size, st.st_mtime_ns]
 
     def read(self, z0: int, z1: int) -> np.ndarray:
         import h5py

@@ -16,7 +16,8 @@ import numpy as np
 
 from . import ome
 from ._normalize import numeric_dtype, parse_tuple, parse_unit
-from .errors import ChunkReadError, EmarrayError, InvalidArgumentError, VolumeNotFoundError
+from .errors import (ChunkReadError, EmarrayError, IncompleteVolumeError, InputChangedError,
+                     InvalidArgumentError, VolumeNotFoundError)
 
 Region = tuple[slice, ...]
 
@@ -101,16 +102,73 @@ class Volume:
         return Path(self.url)
 
     def handle(self) -> Any:
+        """The open array; opened (and checked against this Volume) once per process."""
         if self._handle is None:
+            self.check_handle()
+        return self._handle
+
+    def check_handle(self) -> None:
+        """Open the array and refuse it unless it has this Volume's shape and dtype.
+
+        A job is planned from the Volume it was given; a worker that finds something else at
+        the same path (another directory, a rewritten store) must not compute on it.
+        """
+        try:
             if self.kind == "zarr3":
                 import zarr
-                self._handle = zarr.open_array(os.path.join(self.url, self.array_path)
-                                               if self.array_path else self.url, mode="r+"
-                                               if os.access(self.url, os.W_OK) else "r")
+                h = zarr.open_array(os.path.join(self.url, self.array_path)
+                                    if self.array_path else self.url,
+                                    mode="r+" if os.access(self.url, os.W_OK) else "r")
+                shape, dtype = tuple(h.shape), np.dtype(h.dtype)
             else:
                 from ._tensorstore import open_tensorstore
-                self._handle = open_tensorstore(self.kind, self.url)[0]
-        return self._handle
+                h, meta = open_tensorstore(self.kind, self.url)
+                shape, dtype = meta["shape"], meta["dtype"]
+        except Exception as exc:
+            raise InputChangedError(f"cannot open {self.url}: {type(exc).__name__}: {exc}") from None
+        if shape != self.shape or dtype != self.dtype:
+            raise InputChangedError(
+                f"{self.url} now holds {shape} {dtype}, not the {self.shape} {self.dtype} the job "
+                "was planned for")
+        self._handle = h
+
+    @property
+    def unfinished_job(self) -> str | None:
+        """The operator of the interrupted emarray job that made this volume, if it is unfinished."""
+        em = self.attrs.get("emarray")
+        if isinstance(em, dict) and isinstance(em.get("job"), dict) and not em.get("complete"):
+            return str(em["job"].get("operator", "unknown"))
+        return None
+
+    def require_complete(self, allow_incomplete: bool = False) -> Volume:
+        """Refuse an unfinished output as an input (its missing chunks would read as zeros)."""
+        op = self.unfinished_job
+        if op is not None and not allow_incomplete:
+            raise IncompleteVolumeError(
+                f"{self.url} is the unfinished output of an interrupted emarray {op} job: its "
+                "missing chunks would read as zeros. Finish it by running that command again "
+                "with --resume, or pass --allow-incomplete to use it as it is")
+        return self
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies this input for ``resume``: location, layout and its metadata files.
+
+        The metadata files' size and modification time change whenever the volume is rewritten
+        (by emarray or another tool), so a resume after the input changed is refused.
+        """
+        meta = []
+        root = self.local_path
+        if root is not None:
+            names = ("zarr.json", ".zarray", ".zattrs", "attributes.json", "info")
+            for d in (root, root / self.array_path) if self.array_path else (root,):
+                for n in names:
+                    p = d / n
+                    if p.is_file():
+                        st = p.stat()
+                        meta.append(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}")
+        return {"url": self.url, "shape": list(self.shape), "dtype": self.dtype.str,
+                "chunks": list(self.chunks), "shards": list(self.shards) if self.shards else None,
+                "metadata": meta}
 
     # -- reading and writing -------------------------------------------------------------
     def read(self, region: Region | None = None) -> np.ndarray:
@@ -264,8 +322,17 @@ def open_volume(path_or_url: str | os.PathLike, *, level: int = 0) -> Volume:
         kind = _detect_kind(location)
     elif "://" not in location and not Path(location).exists():
         raise VolumeNotFoundError(f"no volume at {location!r}: the path does not exist")
+    if "://" not in location:
+        location = os.path.realpath(location)  # workers elsewhere must read this very volume
     if kind == "zarr3":
-        return _open_zarr3(location, level)
+        try:
+            return _open_zarr3(location, level)
+        except EmarrayError:
+            raise
+        except Exception as exc:  # malformed metadata, a missing level array, a bad shape
+            raise VolumeNotFoundError(
+                f"{location!r} is a broken zarr store ({type(exc).__name__}: {exc}); if an "
+                "emarray job was killed while creating it, run it again with --overwrite") from None
     from ._tensorstore import open_tensorstore
     handle, meta = open_tensorstore(kind, location)
     return Volume(url=location, kind=kind, array_path="", _handle=handle, **meta)
@@ -276,7 +343,7 @@ def _open_zarr3(path: str, level: int) -> Volume:
     try:
         node = zarr.open(path, mode="r")
     except Exception as exc:
-        raise VolumeNotFoundError(f"cannot open zarr v3 store {path!r}: {exc}") from exc
+        raise VolumeNotFoundError(f"cannot open zarr v3 store {path!r}: {exc}") from None
     attrs = dict(node.attrs)
     voxel_size = None
     unit = "nanometer"

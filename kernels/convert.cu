@@ -1,9 +1,8 @@
-// Conversion family: clip-and-rescale to uint8, and plain dtype casts.
+// Conversion family: clip-and-rescale to uint8.
 //
 //   emarray_rescale_u8<T>(in, out, n, lo, scale): out = clip(rint((float(x) - lo) * scale), 0, 255),
 //       NaN -> 0. Arithmetic is float32, sub then mul (no fused multiply-add), so the NumPy
 //       twin in emarray/ops/convert.py gives identical bytes.
-//   emarray_cast<TI, TO>(in, out, n): out = (TO) in, for the widening / float casts the engine uses.
 #include "common.cuh"
 
 template <typename T>
@@ -16,13 +15,5 @@ __global__ void emarray_rescale_u8(const T* __restrict__ in, unsigned char* __re
     v = rintf(v);
     v = v != v ? 0.0f : fminf(fmaxf(v, 0.0f), 255.0f);
     out[i] = (unsigned char)v;
-  }
-}
-
-template <typename TI, typename TO>
-__global__ void emarray_cast(const TI* __restrict__ in, TO* __restrict__ out, emarray::index_t n) {
-  const emarray::index_t stride = emarray::grid_stride();
-  for (emarray::index_t i = emarray::global_thread(); i < n; i += stride) {
-    out[i] = (TO)in[i];
   }
 }

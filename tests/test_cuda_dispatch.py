@@ -11,10 +11,10 @@ import pytest
 
 import emarray
 from emarray import backends
-from emarray.cuda.instantiations import CASTS, CTYPES, FAMILIES
+from emarray.cuda.instantiations import CTYPES, FAMILIES
 from emarray.cuda.streaming import parse_memory_limit
 from emarray.errors import BackendUnavailableError, InvalidArgumentError
-from emarray.ops.convert import cast_block_cpu, rescale_block_cpu
+from emarray.ops.convert import rescale_block_cpu
 
 from .conftest import make_volume, tree_digest
 
@@ -37,7 +37,7 @@ def test_importing_emarray_does_not_import_cupy_or_torch():
 
 
 def test_every_operator_has_both_backends_registered():
-    for op in ("threshold", "rescale", "cast"):
+    for op in ("threshold", "rescale"):
         assert callable(backends.implementation(op, "cpu"))
         assert (op, "cuda") in backends._registry
 
@@ -67,13 +67,17 @@ def test_cuda_scheduler_without_dask_cuda_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("value,expect", [(None, None), (0.25, 0.25), ("0.5", 0.5), (1, 1.0),
-                                          ("8GB", 8 * 2**30), ("512MiB", 512 * 2**20),
+                                          ("8GB", 8 * 10**9), ("8GiB", 8 * 2**30),
+                                          ("512MiB", 512 * 2**20), ("1.5 GB", 15 * 10**8),
                                           (2**33, 2**33)])
-def test_memory_limit_parsing(value, expect):
+def test_memory_limit_parsing_follows_dask(value, expect):
+    from dask.utils import parse_bytes
     assert parse_memory_limit(value) == expect
+    if isinstance(value, str) and value[-1] == "B":
+        assert parse_memory_limit(value) == parse_bytes(value)  # the same rule as dask's
 
 
-@pytest.mark.parametrize("bad", ["lots", "-1GB", 0, -0.5, float("nan")])
+@pytest.mark.parametrize("bad", ["lots", "-1GB", 0, -0.5, float("nan"), "1B", "1kB", 2.5, True])
 def test_bad_memory_limit_is_refused_before_work(tmp_path, bad):
     src = make_volume(tmp_path / "p.zarr", np.ones((4, 4, 4), np.float32), 2)
     with pytest.raises(InvalidArgumentError, match="gpu memory limit"):
@@ -100,21 +104,20 @@ def test_rescale_cpu_twin_matches_a_float64_reference(dtype):
     assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
 
 
-@pytest.mark.parametrize("src,dst", CASTS)
-def test_cast_cpu_twin_is_numpy_astype(src, dst):
-    x = (np.random.default_rng(1).random(999) * 200).astype(src)
-    got = cast_block_cpu(x, dtype=dst)
-    assert got.dtype == dst and np.array_equal(got, x.astype(dst))
-
-
 @pytest.mark.parametrize("chunks", [(4, 4, 4), (3, 7, 5), (16, 16, 16)])
 def test_rescale_operator_matches_numpy(tmp_path, chunks):
     a = (np.random.default_rng(2).random((11, 13, 17)) * 2 - 0.5).astype(np.float32)
     a[0, 0, :3] = [np.nan, np.inf, -np.inf]
     src = make_volume(tmp_path / "p.zarr", a, chunks)
-    out = emarray.rescale(src, tmp_path / "u8.zarr", 0.0, 1.0)
-    np.testing.assert_array_equal(out.read(), rescale_block_cpu(a, lo=0.0, hi=1.0))
-    assert out.read()[0, 0, :3].tolist() == [0, 255, 0]
+    got = emarray.rescale(src, tmp_path / "u8.zarr", 0.0, 1.0).read()
+    # an independent float64 reference; float32 arithmetic may round a value within 1e-3 of
+    # a half the other way
+    exact = np.nan_to_num(a.astype(np.float64) * 255.0, nan=0.0, posinf=255, neginf=0)
+    ref = np.clip(np.rint(exact), 0, 255).astype(np.uint8)
+    near_half = np.abs(exact - np.floor(exact) - 0.5) < 1e-3
+    np.testing.assert_array_equal(got[~near_half], ref[~near_half])
+    assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
+    assert got[0, 0, :3].tolist() == [0, 255, 0]
     with pytest.raises(InvalidArgumentError, match="lo < hi"):
         emarray.rescale(src, tmp_path / "x.zarr", 1.0, 1.0)
 

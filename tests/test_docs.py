@@ -6,8 +6,9 @@ import importlib
 
 import pytest
 
-MODULES = ["emarray.volume", "emarray.ops.threshold", "emarray.ingest", "emarray.export",
-           "emarray.info", "emarray.datasets", "emarray._normalize", "emarray.sources"]
+MODULES = ["emarray.volume", "emarray.ops.threshold", "emarray.ops.convert", "emarray.ops.sweep",
+           "emarray.ingest", "emarray.export", "emarray.info", "emarray.datasets",
+           "emarray._normalize", "emarray.cuda.streaming", "emarray.sources"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..ops.convert import rescale_params
-from .instantiations import cast_name, rescale_name, threshold_name
+from .instantiations import rescale_name, threshold_name
 from .modules import get_kernel
 
 THREADS = 256
@@ -59,15 +59,4 @@ def rescale_u8_device(a: Any, lo: float, hi: float, out: Any = None, stream: Any
         lo32, scale = rescale_params(lo, hi)
         get_kernel("convert.cu", rescale_name(a.dtype))(
             _grid(a.size), (THREADS,), (a, out, np.int64(a.size), lo32, scale), stream=stream)
-    return out
-
-
-def cast_device(a: Any, dtype: Any, out: Any = None, stream: Any = None) -> Any:
-    """``a.astype(dtype)`` through the cast kernel, for the casts in ``CASTS``."""
-    import cupy
-    a = cupy.ascontiguousarray(a)
-    out = cupy.empty(a.shape, dtype) if out is None else out
-    if a.size:
-        get_kernel("convert.cu", cast_name(a.dtype, dtype))(
-            _grid(a.size), (THREADS,), (a, out, np.int64(a.size)), stream=stream)
     return out

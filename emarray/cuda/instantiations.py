@@ -14,12 +14,6 @@ CTYPES: dict[np.dtype, str] = {
     np.dtype(np.int64): "long long", np.dtype(np.float32): "float",
     np.dtype(np.float64): "double",
 }
-#: The dtype casts the engine runs on the device (input, output).
-CASTS: list[tuple[np.dtype, np.dtype]] = [
-    (np.dtype(a), np.dtype(b)) for a, b in [
-        ("uint8", "float32"), ("uint16", "float32"), ("int16", "float32"), ("int32", "float32"),
-        ("uint32", "float32"), ("float64", "float32"), ("float32", "float64"),
-        ("uint8", "uint16"), ("uint8", "int32"), ("uint16", "int32"), ("int32", "int64")]]
 THRESHOLD_OPS = {"gt": 0, "ge": 1}
 
 
@@ -29,10 +23,6 @@ def threshold_name(dtype, op: str) -> str:
 
 def rescale_name(dtype) -> str:
     return f"emarray_rescale_u8<{CTYPES[np.dtype(dtype)]}>"
-
-
-def cast_name(src, dst) -> str:
-    return f"emarray_cast<{CTYPES[np.dtype(src)]}, {CTYPES[np.dtype(dst)]}>"
 
 
 HIST_BUCKET_DTYPES = [np.dtype(np.float32), np.dtype(np.float64)]
@@ -50,7 +40,7 @@ def level_hist_name(dtype) -> str:
 #: kernel family file -> every name expression compiled from it.
 FAMILIES: dict[str, list[str]] = {
     "threshold.cu": [threshold_name(dt, op) for dt in CTYPES for op in THRESHOLD_OPS],
-    "convert.cu": [rescale_name(dt) for dt in CTYPES] + [cast_name(a, b) for a, b in CASTS],
+    "convert.cu": [rescale_name(dt) for dt in CTYPES],
     "histogram.cu": [bucket_hist_name(dt) for dt in HIST_BUCKET_DTYPES]
     + [level_hist_name(dt) for dt in HIST_LEVEL_DTYPES],
 }

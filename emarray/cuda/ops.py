@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from .elementwise import cast_device, rescale_u8_device, threshold_device
+from .elementwise import rescale_u8_device, threshold_device
 from .streaming import run_steps
 
 
@@ -16,18 +16,11 @@ def threshold_block_cuda(block: np.ndarray, *, op: str, value: Any, region: Any 
         from ..ops.threshold import threshold_block_cpu
         return threshold_block_cpu(block, op=op, value=value)
     return run_steps(block, [lambda d, s: threshold_device(d, op, value, stream=s)], np.uint8,
-                     memory_limit=memory_limit)
+                     memory_limit=memory_limit, region=region)
 
 
 def rescale_block_cuda(block: np.ndarray, *, lo: float, hi: float, region: Any = None,
                        memory_limit: Any = None) -> np.ndarray:
     """CUDA twin of :func:`emarray.ops.convert.rescale_block_cpu`."""
     return run_steps(block, [lambda d, s: rescale_u8_device(d, lo, hi, stream=s)], np.uint8,
-                     memory_limit=memory_limit)
-
-
-def cast_block_cuda(block: np.ndarray, *, dtype: Any, region: Any = None,
-                    memory_limit: Any = None) -> np.ndarray:
-    """CUDA twin of :func:`emarray.ops.convert.cast_block_cpu`."""
-    return run_steps(block, [lambda d, s: cast_device(d, dtype, stream=s)], dtype,
-                     memory_limit=memory_limit)
+                     memory_limit=memory_limit, region=region)

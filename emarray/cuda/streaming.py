@@ -8,6 +8,7 @@ out of memory frees the pool and is retried in halves.
 """
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,33 +21,66 @@ from ..errors import InvalidArgumentError
 DEFAULT_FRACTION = 0.5
 PIECE_BYTES = 64 * 2**20  # input bytes per pipelined piece
 MIN_PIECE = 1 << 16       # halving stops here
+MIN_LIMIT = 64 * 2**20    # the smallest device memory cap accepted
 _local = threading.local()
 _limits: dict[int, int] = {}
 _limit_lock = threading.Lock()
 
 
 def parse_memory_limit(limit: Any) -> float | int | None:
-    """``None``, a fraction in (0, 1], a byte count, or a string like ``"8GB"`` / ``"0.25"``."""
+    """``None``, a fraction in (0, 1], or a size: bytes, or a string as dask writes them.
+
+    Sizes follow ``dask.utils.parse_bytes``: ``"8GB"`` is 8e9 bytes, ``"8GiB"`` 8 * 2**30. A
+    bare number up to 1 is a fraction of the card; a size under :data:`MIN_LIMIT` is refused.
+
+    >>> parse_memory_limit("8GB"), parse_memory_limit("0.25"), parse_memory_limit("2GiB")
+    (8000000000, 0.25, 2147483648)
+    """
     if limit is None:
         return None
     raw = limit
+    value: float
     if isinstance(limit, str):
-        s = limit.strip().upper().replace("IB", "B")
-        mult = 1
-        for suffix, m in (("KB", 2**10), ("MB", 2**20), ("GB", 2**30), ("TB", 2**40), ("B", 1)):
-            if s.endswith(suffix):
-                s, mult = s[: -len(suffix)], m
-                break
+        s = limit.strip()
         try:
-            value = float(s) * mult
+            value = float(s)
         except ValueError:
-            raise InvalidArgumentError(
-                f"gpu memory limit must be a fraction (0.5) or a size (8GB), got {raw!r}") from None
-        limit = value
-    if not isinstance(limit, (int, float)) or limit != limit or limit <= 0:
+            from dask.utils import parse_bytes
+            try:
+                value = float(parse_bytes(s))
+            except (ValueError, TypeError):
+                raise InvalidArgumentError(
+                    f"gpu memory limit must be a fraction (0.5) or a size (8GB, 8GiB), got "
+                    f"{raw!r}") from None
+            if value < MIN_LIMIT:
+                raise InvalidArgumentError(
+                    f"gpu memory limit {raw!r} is {int(value)} bytes; give at least 64MiB")
+            return int(value)
+    elif isinstance(limit, (int, float, np.integer, np.floating)) and not isinstance(limit, bool):
+        value = float(limit)
+    else:
         raise InvalidArgumentError(
             f"gpu memory limit must be a positive fraction or size, got {raw!r}")
-    return float(limit) if limit <= 1 else int(limit)
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidArgumentError(
+            f"gpu memory limit must be a positive fraction or size, got {raw!r}")
+    if value <= 1:
+        return value
+    if value != int(value) or value < MIN_LIMIT:
+        raise InvalidArgumentError(
+            f"gpu memory limit {raw!r} is neither a fraction up to 1 nor a size of at least 64MiB")
+    return int(value)
+
+
+def split_memory_limit(limit: float | int | None, processes: int) -> float | int:
+    """The share of a device memory cap for each of ``processes`` sharing one GPU.
+
+    >>> split_memory_limit(None, 4), split_memory_limit(8 * 2**30, 2)
+    (0.125, 4294967296)
+    """
+    limit = DEFAULT_FRACTION if limit is None else limit
+    n = max(1, int(processes))
+    return limit / n if isinstance(limit, float) else int(limit) // n
 
 
 def apply_memory_limit(limit: float | int | None) -> int:
@@ -92,8 +126,8 @@ Step = Callable[[Any, Any], Any]  # (device array, stream) -> device array
 
 
 def run_steps(block: np.ndarray, steps: Sequence[Step], out_dtype: Any, *,
-              memory_limit: float | int | None = None,
-              piece_bytes: int = PIECE_BYTES) -> np.ndarray:
+              memory_limit: float | int | None = None, piece_bytes: int = PIECE_BYTES,
+              region: Any = None) -> np.ndarray:
     """Run device ``steps`` over a host block; return the host result (same shape).
 
     The steps run one after another on each piece without leaving the device.
@@ -105,29 +139,57 @@ def run_steps(block: np.ndarray, steps: Sequence[Step], out_dtype: Any, *,
     # well inside the cap (the out-of-memory retry is the safety net, not the plan)
     piece_bytes = min(piece_bytes, max(cap // 8, 1))
     piece = max(MIN_PIECE, piece_bytes // max(flat.itemsize, 1))
-    _run_range(flat, out, 0, flat.size, steps, piece)
+    what = ("the block at voxels " + ",".join(f"{r.start}:{r.stop}" for r in region)
+            if region is not None else "the block")
+    _run_range(flat, out, 0, flat.size, steps, piece, what)
     return out.reshape(block.shape)
 
 
 def _run_range(flat: np.ndarray, out: np.ndarray, start: int, stop: int,
-               steps: Sequence[Step], piece: int) -> None:
+               steps: Sequence[Step], piece: int, what: str) -> None:
     import cupy
-    try:
-        _pipeline(flat, out, start, stop, steps, piece)
-    except cupy.cuda.memory.OutOfMemoryError:
+
+    def attempt(a: int, b: int, size: int, done: list[int]) -> None:
+        _pipeline(flat, out, a, b, steps, size, done)
+
+    def recover() -> None:
         for stream in _streams():  # let in-flight copies finish before staging is reused
             stream.synchronize()
         cupy.get_default_memory_pool().free_all_blocks()
-        n = stop - start
-        if n <= MIN_PIECE:
-            raise
-        half = min(piece, n) // 2 or 1
-        # retry this range in pieces half as big
-        _run_range(flat, out, start, stop, steps, max(MIN_PIECE, half))
+
+    retry_in_halves(attempt, start, stop, piece, MIN_PIECE, cupy.cuda.memory.OutOfMemoryError,
+                    recover, what)
+
+
+def retry_in_halves(attempt: Callable[[int, int, int, list[int]], None], start: int, stop: int,
+                    piece: int, min_piece: int, oom: type[BaseException],
+                    recover: Callable[[], None], what: str = "the block") -> None:
+    """Run ``attempt(a, b, piece, done)`` over ``[start, stop)``; on ``oom``, halve the piece.
+
+    ``attempt`` records in ``done[0]`` how far it finished; a retry starts there (finished
+    pieces are not redone). Once pieces of ``min_piece`` still fail, a
+    :class:`GpuOutOfMemoryError` is raised instead of retrying for ever.
+    """
+    from ..errors import GpuOutOfMemoryError
+    pos = start
+    while pos < stop:
+        done = [pos]
+        try:
+            attempt(pos, stop, piece, done)
+            return
+        except oom as exc:
+            recover()
+            pos = done[0]
+            if piece <= min_piece:
+                raise GpuOutOfMemoryError(
+                    f"{what} does not fit the GPU even in pieces of {piece} elements (elements "
+                    f"{pos}:{stop} left; {exc}); lower --workers or raise --gpu-memory-limit"
+                ) from None
+            piece = max(min_piece, piece // 2)
 
 
 def _pipeline(flat: np.ndarray, out: np.ndarray, start: int, stop: int,
-              steps: Sequence[Step], piece: int) -> None:
+              steps: Sequence[Step], piece: int, done: list[int]) -> None:
     import cupy
     streams = _streams()
     bounds = [(s, min(s + piece, stop)) for s in range(start, stop, piece)]
@@ -141,6 +203,7 @@ def _pipeline(flat: np.ndarray, out: np.ndarray, start: int, stop: int,
         stream, slot, a, b = entry
         stream.synchronize()
         out[a:b] = stage_out[slot][: b - a]
+        done[0] = b  # pieces drain in order: everything before b is finished
 
     for k, (a, b) in enumerate(bounds):
         slot = k % 2

@@ -1,9 +1,10 @@
-"""The chunked engine: block grids, schedulers, done-markers and the blockwise runner."""
+"""The chunked engine: block grids, schedulers, safe outputs, done-markers and the runner."""
 from __future__ import annotations
 
 from .grid import BlockGrid, check_aligned
-from .run import check_same_shape, prepare_output, reduce_blocks, store_blocks
+from .output import Output, open_output
+from .run import reduce_blocks, store_blocks
 from .schedulers import SCHEDULERS, Runner, check_scheduler
 
-__all__ = ["BlockGrid", "Runner", "SCHEDULERS", "check_aligned", "check_same_shape",
-           "check_scheduler", "prepare_output", "reduce_blocks", "store_blocks"]
+__all__ = ["BlockGrid", "Output", "Runner", "SCHEDULERS", "check_aligned", "check_scheduler",
+           "open_output", "reduce_blocks", "store_blocks"]

@@ -21,8 +21,12 @@ class Markers:
     def __init__(self, volume_dir: str | os.PathLike):
         self.root = Path(volume_dir) / MARKER_DIR
 
+    @staticmethod
+    def name(index: Sequence[int]) -> str:
+        return "b" + ".".join(str(i) for i in index)
+
     def _name(self, index: Sequence[int]) -> Path:
-        return self.root / ("b" + ".".join(str(i) for i in index))
+        return self.root / self.name(index)
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -33,10 +37,11 @@ class Markers:
     def mark(self, index: Sequence[int]) -> None:
         _atomic_write(self._name(index), b"")
 
-    def count(self) -> int:
+    def done(self) -> set[str]:
+        """The names of the finished blocks (one directory listing, no stat per block)."""
         if not self.root.exists():
-            return 0
-        return sum(1 for p in self.root.iterdir() if p.name.startswith("b"))
+            return set()
+        return {n for n in os.listdir(self.root) if n.startswith("b")}
 
     def finish(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

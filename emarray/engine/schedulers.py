@@ -1,18 +1,24 @@
-"""Where the blocks run: dask's threads (default), processes, or a distributed cluster."""
+"""Where the blocks run: threads (default), processes, or a dask.distributed cluster.
+
+Tasks are submitted through a bounded window: at most ``window`` are in flight, and the calls
+are drawn lazily from an iterator, so a job of a million blocks never holds a million tasks.
+"""
 from __future__ import annotations
 
-import functools
+import logging
 import os
 import sys
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from ..errors import InvalidArgumentError
+from ..errors import InputChangedError, InvalidArgumentError, SchedulerUnreachableError
+from .progress import Progress
 
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
 SCHEDULERS = LOCAL_SCHEDULERS + ("local-cluster", "cuda")
-_FAN_IN = 8
+DEFAULT_CONNECT_TIMEOUT = 10.0
+Call = tuple[Callable[..., Any], tuple]
+log = logging.getLogger("emarray")
 
 
 def check_scheduler(scheduler: Any) -> Any:
@@ -34,13 +40,6 @@ def check_scheduler(scheduler: Any) -> Any:
     raise InvalidArgumentError(f"scheduler must be a name, an address or a Client, got {scheduler!r}")
 
 
-def _combine_many(combine: Callable, *parts: Any) -> Any:
-    acc = parts[0]
-    for p in parts[1:]:
-        acc = combine(acc, p)
-    return acc
-
-
 def _cuda_cluster(workers: int | None) -> Any:
     """One dask worker per GPU (dask-cuda's LocalCUDACluster); ``workers`` limits the GPUs used."""
     try:
@@ -50,39 +49,62 @@ def _cuda_cluster(workers: int | None) -> Any:
         raise BackendUnavailableError(
             "--scheduler cuda needs dask-cuda: pip install 'emarray[gpu]' (or pip install "
             "dask-cuda)") from exc
-    kwargs: dict[str, Any] = {"dashboard_address": ":0"}
+    kwargs: dict[str, Any] = {"dashboard_address": ":0", "silence_logs": logging.WARNING}
     if workers:
         kwargs["CUDA_VISIBLE_DEVICES"] = list(range(workers))
     return LocalCUDACluster(**kwargs)
 
 
-def _tree(parts: list[Any], node: Callable[..., Any]) -> Any:
-    """Combine ``parts`` in a tree of fan-in :data:`_FAN_IN`; ``node(*group)`` makes one node."""
-    level = parts
-    while len(level) > 1:
-        level = [node(*level[i:i + _FAN_IN]) for i in range(0, len(level), _FAN_IN)]
-    return level[0]
+def _call_pickled(payload: bytes) -> Any:
+    """Run a cloudpickled ``(func, args)`` (how calls travel to a process pool)."""
+    import cloudpickle
+    func, args = cloudpickle.loads(payload)
+    return func(*args)
+
+
+def _probe_volumes(volumes: list[Any]) -> list[str]:
+    """On a worker: open each volume afresh and report any that differs from the plan."""
+    import socket
+    problems = []
+    for v in volumes:
+        try:
+            v._handle = None
+            v.check_handle()
+        except Exception as exc:
+            problems.append(f"worker {socket.gethostname()}:{os.getcwd()}: {exc}")
+    return problems
 
 
 class Runner:
-    """Runs one task per block on the chosen scheduler, with a progress bar.
+    """Runs one task per block on the chosen scheduler, with a progress display.
 
     Use as a context manager: a local cluster it starts is closed on exit, and an address is
     connected to (and disconnected from) only for the job.
     """
 
     def __init__(self, scheduler: Any = None, workers: int | None = None,
-                 progress: bool = False, desc: str = "blocks"):
+                 progress: bool = False, desc: str = "blocks", *,
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, window: int | None = None):
         self.scheduler = check_scheduler(scheduler)
         if workers is not None and int(workers) < 1:
             raise InvalidArgumentError(f"workers must be at least 1, got {workers!r}")
+        try:
+            self.connect_timeout = float(connect_timeout)
+        except (TypeError, ValueError):
+            raise InvalidArgumentError(
+                f"connect timeout must be a number of seconds, got {connect_timeout!r}") from None
+        if not self.connect_timeout > 0:
+            raise InvalidArgumentError(
+                f"connect timeout must be positive, got {connect_timeout!r}")
         self.workers = int(workers) if workers else None
         self.progress = progress
         self.desc = desc
-        self._client = None
+        self.window = window
+        self._client: Any = None
         self._owned: list[Any] = []
 
-    def __enter__(self) -> "Runner":
+    # -- connecting ------------------------------------------------------------------------
+    def __enter__(self) -> Runner:
         s = self.scheduler
         if isinstance(s, str) and s in LOCAL_SCHEDULERS:
             return self
@@ -95,12 +117,19 @@ class Runner:
             self._owned.insert(0, self._client)
         elif s == "local-cluster":
             cluster = LocalCluster(n_workers=self.workers or os.cpu_count() or 1,
-                                   threads_per_worker=1, dashboard_address=":0")
+                                   threads_per_worker=1, dashboard_address=":0",
+                                   silence_logs=logging.WARNING)
             self._owned.append(cluster)
             self._client = Client(cluster)
             self._owned.insert(0, self._client)
         else:
-            self._client = Client(s, timeout="10s")
+            try:
+                self._client = Client(s, timeout=f"{self.connect_timeout}s")
+            except (OSError, TimeoutError) as exc:
+                raise SchedulerUnreachableError(
+                    f"cannot reach the dask scheduler at {s} within {self.connect_timeout:g} s "
+                    f"({type(exc).__name__}); is it running? (--connect-timeout sets the wait)"
+                ) from None
             self._owned.append(self._client)
         if self.progress:
             link = getattr(self._client, "dashboard_link", None)
@@ -113,58 +142,136 @@ class Runner:
             obj.close()
         self._owned.clear()
 
-    def _bar(self, total: int):
-        from tqdm.auto import tqdm
-        return tqdm(total=total, desc=self.desc, unit="block", disable=not self.progress,
-                    file=sys.stderr, dynamic_ncols=True)
+    @property
+    def distributed(self) -> bool:
+        return self._client is not None
 
-    def run(self, calls: Sequence[tuple[Callable, tuple]],
-            combine: Callable[[Any, Any], Any] | None = None) -> Any:
-        """Run ``func(*args)`` for each call; return the results, or their ``combine``-d total."""
+    def _n_workers(self) -> int:
         if self._client is not None:
-            return self._run_distributed(calls, combine)
-        import dask
-        from dask.callbacks import Callback
-        prefix = f"emarray-block-{uuid.uuid4().hex[:12]}-"
-        # each call is one opaque partial: dask must not walk the Volumes in its arguments
-        tasks = [dask.delayed(functools.partial(f, *args), pure=False, traverse=False)(
-                     dask_key_name=f"{prefix}{i}") for i, (f, args) in enumerate(calls)]
-        if combine is not None and tasks:
-            tasks = [_tree(tasks, lambda *g: dask.delayed(_combine_many, pure=False)(combine, *g))]
-        bar = self._bar(len(calls))
+            return max(1, sum(w.get("nthreads", 1) for w in
+                              self._client.scheduler_info()["workers"].values()))
+        return 1 if self.scheduler == "synchronous" else (self.workers or os.cpu_count() or 1)
 
-        class _Progress(Callback):
-            def _posttask(self, key, result, dsk, state, id):  # noqa: A002 (dask's name)
-                if isinstance(key, str) and key.startswith(prefix):
-                    bar.update(1)
+    def processes_per_device(self) -> int:
+        """How many worker processes may share one GPU (a device memory cap is split by it)."""
+        if self._client is not None:
+            if self.scheduler == "cuda":
+                return 1
+            hosts: dict[str, int] = {}
+            for w in self._client.scheduler_info()["workers"].values():
+                host = w.get("host", "")
+                hosts[host] = hosts.get(host, 0) + 1
+            return max(hosts.values(), default=1)
+        return (self.workers or os.cpu_count() or 1) if self.scheduler == "processes" else 1
 
-        kwargs = {"scheduler": self.scheduler}
-        if self.workers and self.scheduler != "synchronous":
-            kwargs["num_workers"] = self.workers
-        try:
-            with _Progress():
-                results = dask.compute(*tasks, **kwargs) if tasks else ()
-        finally:
-            bar.close()
+    def check_volumes(self, volumes: Iterable[Any]) -> None:
+        """On a cluster, make every worker open every input and refuse any mismatch, first."""
+        vols = [v for v in volumes if hasattr(v, "check_handle")]
+        if self._client is None or not vols:
+            return
+        replies = self._client.run(_probe_volumes, vols)
+        problems = [p for ps in replies.values() for p in ps]
+        if problems:
+            raise InputChangedError(
+                f"a worker cannot read the inputs this job was planned for: {problems[0]}")
+
+    # -- running ---------------------------------------------------------------------------
+    def run(self, calls: Iterable[Call], *, total: int | None = None,
+            combine: Callable[[Any, Any], Any] | None = None) -> Any:
+        """Run ``func(*args)`` for each call; return the results, or their ``combine``-d total.
+
+        ``calls`` may be a lazy iterator (give ``total`` for the progress display); at most
+        ``window`` calls are in flight. ``combine`` must be associative and commutative: results
+        are folded in as they arrive.
+        """
+        if total is None and hasattr(calls, "__len__"):
+            total = len(calls)  # type: ignore[arg-type]
+        window = self.window or max(8, 4 * self._n_workers())
+        results: dict[int, Any] = {}
+        acc: list[Any] = []
+
+        def take(i: int, value: Any) -> None:
+            if combine is None:
+                results[i] = value
+            elif acc:
+                acc[0] = combine(acc[0], value)
+            else:
+                acc.append(value)
+
+        with Progress(total, self.desc, self.progress) as bar:
+            for i, value in self._completed(iter(calls), window):
+                take(i, value)
+                bar.update(1)
         if combine is not None:
-            return results[0] if results else None
-        return list(results)
+            return acc[0] if acc else None
+        return [results[i] for i in range(len(results))]
 
-    def _run_distributed(self, calls: Sequence[tuple[Callable, tuple]],
-                         combine: Callable | None) -> Any:
+    def _completed(self, calls: Iterator[Call], window: int) -> Iterator[tuple[int, Any]]:
+        if self._client is not None:
+            return self._completed_distributed(calls, window)
+        if self.scheduler == "synchronous":
+            return ((i, f(*args)) for i, (f, args) in enumerate(calls))
+        return self._completed_pool(calls, window)
+
+    def _completed_pool(self, calls: Iterator[Call], window: int) -> Iterator[tuple[int, Any]]:
+        import concurrent.futures as cf
+        n = self.workers or os.cpu_count() or 1
+        if self.scheduler == "processes":
+            import multiprocessing
+
+            import cloudpickle
+            pool: cf.Executor = cf.ProcessPoolExecutor(
+                n, mp_context=multiprocessing.get_context("spawn"))
+
+            def submit(f: Callable, args: tuple) -> cf.Future:
+                return pool.submit(_call_pickled, cloudpickle.dumps((f, args)))
+        else:
+            pool = cf.ThreadPoolExecutor(n, thread_name_prefix="emarray")
+
+            def submit(f: Callable, args: tuple) -> cf.Future:
+                return pool.submit(f, *args)
+        pending: dict[cf.Future, int] = {}
+        try:
+            for i, (f, args) in enumerate(calls):
+                pending[submit(f, args)] = i
+                while len(pending) >= window:
+                    done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                    for fut in done:
+                        yield pending.pop(fut), fut.result()
+            while pending:
+                done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    yield pending.pop(fut), fut.result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _completed_distributed(self, calls: Iterator[Call],
+                               window: int) -> Iterator[tuple[int, Any]]:
         from distributed import as_completed
         client = self._client
-        futures = [client.submit(f, *args, pure=False) for f, args in calls]
-        final = None
-        if combine is not None and futures:
-            final = _tree(futures, lambda *g: client.submit(_combine_many, combine, *g, pure=False))
-        bar = self._bar(len(futures))
-        try:
-            for fut in as_completed(futures):
-                fut.result()  # re-raises the block's error here
-                bar.update(1)
-        finally:
-            bar.close()
-        if combine is not None:
-            return final.result() if final is not None else None
-        return client.gather(futures)
+        index: dict[Any, int] = {}
+        it = enumerate(calls)
+
+        def submit_next(ac: Any | None) -> Any:
+            nxt = next(it, None)
+            if nxt is None:
+                return None
+            i, (f, args) = nxt
+            fut = client.submit(f, *args, pure=False)
+            index[fut.key] = i
+            if ac is not None:
+                ac.add(fut)
+            return fut
+
+        first = [f for f in (submit_next(None) for _ in range(window)) if f is not None]
+        if not first:
+            return
+        ac = as_completed(first)
+        for fut in ac:
+            value = fut.result()  # re-raises the block's error here
+            i = index.pop(fut.key)
+            fut.release()
+            submit_next(ac)
+            yield i, value

@@ -22,7 +22,7 @@ def bucket_histogram(x, cls, ts, table, t0, inv, out, nan_count):  # pragma: no 
             nan_count[cls[i]] += 1
             continue
         c = (v - t0) * inv
-        if c < 0.0:
+        if not c >= 0.0:  # also NaN, from inf * 0 when all thresholds are equal: 0 is safe
             b = 0
         elif c >= M:
             b = table[M - 1]

@@ -8,40 +8,38 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import BlockGrid, Runner, check_aligned, prepare_output, store_blocks
-from ..volume import Volume, create_volume, open_volume
+from ..engine import BlockGrid, Runner, check_aligned, open_output, store_blocks
+from ..volume import COMPRESSIONS, Volume, create_volume, open_volume
 
 
-def as_volume(src: Volume | str | os.PathLike, what: str = "input") -> Volume:
-    """Open ``src`` unless it already is a Volume."""
-    return src if isinstance(src, Volume) else open_volume(src)
+def as_volume(src: Volume | str | os.PathLike, allow_incomplete: bool = False) -> Volume:
+    """Open ``src`` unless it already is a Volume; refuse an unfinished job's output as input."""
+    vol = src if isinstance(src, Volume) else open_volume(src)
+    return vol.require_complete(allow_incomplete)
 
 
-def prepare_like(src: Volume, dst: str | os.PathLike, dtype: Any, job: dict[str, Any], *,
-                 inputs: Sequence[Volume] | None = None, chunks: Any = None, shards: Any = None,
-                 compression: str = "zstd", overwrite: bool = False,
-                 resume: bool = False) -> tuple[Volume, BlockGrid, bool]:
-    """Check everything, then create (or reopen, to resume) an output shaped like ``src``.
+def job_identity(operator: str, params: dict[str, Any], inputs: Sequence[Volume],
+                 layout: dict[str, Any]) -> dict[str, Any]:
+    """What a ``resume`` must match: the operator, its parameters, each input's fingerprint
+    (location, layout, metadata files) and the output's storage layout."""
+    return {"operator": operator, **params, "inputs": [v.fingerprint() for v in inputs],
+            "layout": layout}
 
-    The processing grid is ``src``'s storage blocks; output chunks (default: ``src``'s) must not
-    make two blocks share one output chunk or shard. Returns ``(output, grid, resumed)``.
-    """
+
+def output_layout(src: Volume, chunks: Any, shards: Any,
+                  compression: str) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """The output's chunks and shards (default: the input's), checked against ``src``'s grid."""
     from .._normalize import parse_tuple
-    grid = BlockGrid(src.shape, src.block_shape)
+    from ..errors import InvalidArgumentError
+    if str(compression).lower() not in COMPRESSIONS:
+        raise InvalidArgumentError(
+            f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
     out_chunks = parse_tuple(chunks, "chunks", src.ndim) if chunks is not None else src.chunks
+    out_chunks = tuple(min(c, max(s, 1)) for c, s in zip(out_chunks, src.shape))
     out_shards = (parse_tuple(shards, "shards", src.ndim) if shards is not None
                   else (src.shards if chunks is None else None))
-    check_aligned(grid, out_shards or tuple(min(c, s) for c, s in zip(out_chunks, src.shape)))
-    job = {**job, "dtype": np.dtype(dtype).str, "shape": list(src.shape)}
-
-    def create(path: str) -> Volume:
-        return create_volume(path, src.shape, dtype, out_chunks, shards=out_shards,
-                             compression=compression, voxel_size=src.voxel_size, unit=src.unit,
-                             axes=src.axes, attrs={"job": job})
-
-    out, resumed = prepare_output(dst, create, inputs=inputs or [src], job=job,
-                                  overwrite=overwrite, resume=resume)
-    return out, grid, resumed
+    check_aligned(BlockGrid(src.shape, src.block_shape), out_shards or out_chunks)
+    return out_chunks, out_shards
 
 
 def run_elementwise(op: str, src: Volume, dst: str | os.PathLike, out_dtype: Any,
@@ -49,23 +47,36 @@ def run_elementwise(op: str, src: Volume, dst: str | os.PathLike, out_dtype: Any
                     gpu_memory_limit: Any = None, chunks: Any = None, shards: Any = None,
                     compression: str = "zstd", overwrite: bool = False, resume: bool = False,
                     scheduler: Any = None, workers: int | None = None,
-                    progress: bool = False) -> Volume:
-    """Run the per-block function of ``op`` (picked by backend) over ``src`` into ``dst``.
+                    connect_timeout: float | None = None, progress: bool = False) -> Volume:
+    """Run the per-block function of ``op`` (picked by backend and dtype) over ``src`` into ``dst``.
 
     What every elementwise operator shares: the backend and memory cap are checked, the
-    scheduler is connected to, the output is created (or reopened to resume), then the blocks
-    run. ``params`` go to the per-block function; ``job`` identifies the run for ``resume``.
+    scheduler is connected to, the output is created (or reopened to resume, or staged beside
+    the old one to overwrite), then the blocks run and the output is committed. ``params`` go
+    to the per-block function; ``job`` identifies the run for ``resume``.
     """
     from .. import backends
-    from ..cuda.streaming import parse_memory_limit
-    name = backends.resolve_backend(backend)
+    from ..cuda.streaming import parse_memory_limit, split_memory_limit
+    name = backends.resolve_backend(backend, op=op, dtype=src.dtype)
     mem = parse_memory_limit(gpu_memory_limit)  # checked whatever the backend
-    extra = {"memory_limit": mem} if name == "cuda" else {}
-    fn = partial(backends.implementation(op, name), **params, **extra)
-    source = os.path.abspath(src.url) if "://" not in src.url else src.url
-    job = {"operator": op, "source": source, **job}
-    with Runner(scheduler, workers, progress) as runner:
-        out, grid, resumed = prepare_like(src, dst, out_dtype, job, chunks=chunks, shards=shards,
-                                          compression=compression, overwrite=overwrite,
-                                          resume=resume)
-        return store_blocks(fn, [src], out, grid=grid, resumed=resumed, runner=runner, desc=op)
+    out_chunks, out_shards = output_layout(src, chunks, shards, compression)
+    ident = job_identity(op, {**job, "dtype": np.dtype(out_dtype).str}, [src],
+                         {"chunks": list(out_chunks),
+                          "shards": list(out_shards) if out_shards else None,
+                          "compression": str(compression).lower()})
+
+    def create(path: str) -> Volume:
+        return create_volume(path, src.shape, out_dtype, out_chunks, shards=out_shards,
+                             compression=compression, voxel_size=src.voxel_size, unit=src.unit,
+                             axes=src.axes, attrs={"job": ident})
+
+    kw = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
+    with Runner(scheduler, workers, progress, **kw) as runner:
+        extra = ({"memory_limit": split_memory_limit(mem, runner.processes_per_device())}
+                 if name == "cuda" else {})
+        fn = partial(backends.implementation(op, name), **params, **extra)
+        with open_output(dst, create, inputs=[src], job=ident, overwrite=overwrite,
+                         resume=resume) as target:
+            store_blocks(fn, [src], target.volume, grid=BlockGrid(src.shape, src.block_shape),
+                         resumed=target.resumed, runner=runner, desc=op)
+            return target.commit()

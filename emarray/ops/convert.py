@@ -1,6 +1,7 @@
-"""Rescale to uint8 (for viewers and 8-bit models) and dtype casts, one pass per block."""
+"""Rescale to uint8 (for viewers and 8-bit models), one pass per block."""
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -10,12 +11,31 @@ from .. import backends
 from .._normalize import finite_number
 from ..errors import InvalidArgumentError
 from ..volume import Volume
+from ..cuda.instantiations import CTYPES as CUDA_DTYPES
 from .common import as_volume, run_elementwise
 
 
 def rescale_params(lo: float, hi: float) -> tuple[np.float32, np.float32]:
-    """float32 offset and scale, shared with the CUDA kernel so both give identical bytes."""
-    return np.float32(lo), np.float32(255.0) / (np.float32(hi) - np.float32(lo))
+    """float32 offset and scale, shared with the CUDA kernel so both give identical bytes.
+
+    The scale is computed in float64 (``hi - lo`` can overflow float32) and then rounded; a
+    range whose offset or scale float32 cannot hold is refused.
+
+    >>> rescale_params(-3.4e38, 3.4e38)[1] > 0
+    np.True_
+    """
+    f32 = np.finfo(np.float32)
+    for name, v in (("lo", lo), ("hi", hi)):
+        if abs(v) > float(f32.max):
+            raise InvalidArgumentError(
+                f"rescale range {name}={v!r} is beyond float32 (|value| <= {float(f32.max):.6g})")
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    scale = 255.0 / (float(hi32) - float(lo32)) if hi32 > lo32 else math.inf
+    scale32 = np.float32(scale)
+    if not (math.isfinite(scale) and np.isfinite(scale32) and scale32 > 0):
+        raise InvalidArgumentError(
+            f"rescale range lo={lo!r} hi={hi!r} is too narrow for float32 arithmetic")
+    return lo32, scale32
 
 
 def rescale_block_cpu(block: np.ndarray, *, lo: float, hi: float, region: Any = None) -> np.ndarray:
@@ -34,21 +54,15 @@ def rescale_block_cpu(block: np.ndarray, *, lo: float, hi: float, region: Any = 
     return v.astype(np.uint8)
 
 
-def cast_block_cpu(block: np.ndarray, *, dtype: Any, region: Any = None) -> np.ndarray:
-    """``block.astype(dtype)``: the CPU twin of the cast kernel."""
-    return block.astype(dtype)
-
-
 backends.register("rescale", "cpu", rescale_block_cpu)
-backends.register("rescale", "cuda", "emarray.cuda.ops:rescale_block_cuda")
-backends.register("cast", "cpu", cast_block_cpu)
-backends.register("cast", "cuda", "emarray.cuda.ops:cast_block_cuda")
+backends.register("rescale", "cuda", "emarray.cuda.ops:rescale_block_cuda", CUDA_DTYPES)
 
 
 def rescale(src: Volume | str | os.PathLike, dst: str | os.PathLike, lo: float, hi: float, *,
             backend: str = "auto", gpu_memory_limit: Any = None, chunks: Any = None,
             shards: Any = None, compression: str = "zstd", overwrite: bool = False,
             resume: bool = False, scheduler: Any = None, workers: int | None = None,
+            connect_timeout: float | None = None, allow_incomplete: bool = False,
             progress: bool = False) -> Volume:
     """Map ``[lo, hi]`` of ``src`` linearly onto uint8 ``0..255`` (clipped; NaN -> 0) at ``dst``.
 
@@ -63,12 +77,14 @@ def rescale(src: Volume | str | os.PathLike, dst: str | os.PathLike, lo: float, 
     >>> emarray.rescale(src, os.path.join(d, "u8.zarr"), 0, 1).read().ravel()
     array([  0, 128, 255], dtype=uint8)
     """
-    src = as_volume(src)
+    src = as_volume(src, allow_incomplete)
     lo, hi = finite_number(lo, "lo"), finite_number(hi, "hi")
     if not hi > lo:
         raise InvalidArgumentError(f"rescale needs lo < hi, got lo={lo!r} hi={hi!r}")
+    rescale_params(lo, hi)  # refuse a range float32 cannot represent, before any work
     return run_elementwise("rescale", src, dst, np.uint8, {"lo": lo, "hi": hi},
                            {"lo": lo, "hi": hi}, backend=backend,
                            gpu_memory_limit=gpu_memory_limit, chunks=chunks, shards=shards,
                            compression=compression, overwrite=overwrite, resume=resume,
-                           scheduler=scheduler, workers=workers, progress=progress)
+                           scheduler=scheduler, workers=workers,
+                           connect_timeout=connect_timeout, progress=progress)

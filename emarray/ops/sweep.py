@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 from .. import backends
 from .._normalize import finite_number, micrometres
 from ..engine import BlockGrid, Runner, reduce_blocks
-from ..errors import InvalidArgumentError, ShapeMismatchError
+from ..errors import EmarrayWarning, InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
 from .common import as_volume
 
@@ -28,11 +29,18 @@ NEG, POS, SKIP = 0, 1, 2
 LEVEL_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 
 
-def sweep_thresholds(thresholds: Any = 100, values: Any = None) -> np.ndarray:
-    """The sorted, unique thresholds: ``values`` when given, else ``k / n`` for ``k < n``.
+def sweep_thresholds(thresholds: Any = None, values: Any = None,
+                     dtype: Any = np.float64) -> np.ndarray:
+    """The sorted, unique thresholds: ``values`` when given, else ``n`` over the map's range.
+
+    Float maps sweep ``k / n`` for ``k < n`` (default n = 100). Integer maps sweep ``n`` evenly
+    over their dtype's range, ``lo + k * (hi - lo) / n``; 8-bit maps default to every level
+    (n = 255: ``x > 0`` ... ``x > 254``), others to n = 100.
 
     >>> sweep_thresholds(4)
     array([0.  , 0.25, 0.5 , 0.75])
+    >>> sweep_thresholds(dtype="uint8")[:3], sweep_thresholds(dtype="uint8").size
+    (array([0., 1., 2.]), 255)
     """
     if values is not None:
         if isinstance(values, str):
@@ -41,12 +49,18 @@ def sweep_thresholds(thresholds: Any = 100, values: Any = None) -> np.ndarray:
         if ts.size == 0:
             raise InvalidArgumentError(f"values must list at least one threshold, got {values!r}")
         return np.unique(ts)
+    dt = np.dtype(dtype)
+    if thresholds is None:
+        thresholds = 255 if dt.kind in "ui" and dt.itemsize == 1 else 100
     try:
         n = int(thresholds)
     except (TypeError, ValueError):
         raise InvalidArgumentError(f"thresholds must be a whole number, got {thresholds!r}") from None
     if n < 1 or n != thresholds and not isinstance(thresholds, str):
         raise InvalidArgumentError(f"thresholds must be a whole number >= 1, got {thresholds!r}")
+    if dt.kind in "ui":
+        lo, hi = float(np.iinfo(dt).min), float(np.iinfo(dt).max)
+        return np.unique(lo + np.arange(n, dtype=np.float64) * (hi - lo) / n)
     return np.arange(n, dtype=np.float64) / n
 
 
@@ -141,11 +155,12 @@ class _Spatial:
 
 
 def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *,
-          thresholds: Any = 100, values: Any = None, truth_value: Any = None,
+          thresholds: Any = None, values: Any = None, truth_value: Any = None,
           ignore_value: Any = None, mask: Volume | str | os.PathLike | None = None,
           channel: int | None = None, out: str | os.PathLike | None = None,
           overwrite: bool = False, backend: str = "auto", scheduler: Any = None,
-          workers: int | None = None, progress: bool = False):
+          workers: int | None = None, connect_timeout: float | None = None,
+          allow_incomplete: bool = False, progress: bool = False):
     """Sweep thresholds of ``prob`` against ``truth`` in one pass; return a pandas DataFrame.
 
     Parameters
@@ -157,7 +172,9 @@ def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
         Ground truth, (Z, Y, X) or (C, Z, Y, X) with one truth per channel. A voxel is positive
         where ``truth == truth_value``, or where ``truth != 0`` when ``truth_value`` is None.
     thresholds, values :
-        ``thresholds=n`` sweeps ``k / n`` for ``k = 0 .. n-1``; ``values`` lists thresholds.
+        ``thresholds=n`` sweeps ``n`` thresholds over the map's range (``k / n`` for float maps,
+        every level of 8-bit maps by default; see :func:`sweep_thresholds`); ``values`` lists
+        thresholds.
     ignore_value, mask :
         Voxels whose truth equals ``ignore_value``, or where ``mask`` is 0, are not counted.
     channel : int, optional
@@ -185,12 +202,12 @@ def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
     >>> df[["threshold", "tp", "fp", "fn", "tn"]].values.tolist()
     [[0.5, 2.0, 0.0, 1.0, 1.0]]
     """
-    pv, tv = as_volume(prob), as_volume(truth)
-    mv = as_volume(mask) if mask is not None else None
+    pv, tv = as_volume(prob, allow_incomplete), as_volume(truth, allow_incomplete)
+    mv = as_volume(mask, allow_incomplete) if mask is not None else None
     from .._normalize import numeric_dtype
     numeric_dtype(pv.dtype, "the probability map")
     numeric_dtype(tv.dtype, "the truth")
-    ts = sweep_thresholds(thresholds, values)
+    ts = sweep_thresholds(thresholds, values, pv.dtype)
     channel_axis = pv.ndim == 4
     spatial = pv.shape[1:] if channel_axis else pv.shape
     if tv.shape not in (spatial, pv.shape):
@@ -224,12 +241,35 @@ def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
     if mv is not None:
         inputs.append(_Spatial(mv) if channel_axis else mv)
     grid = BlockGrid(pv.shape, pv.block_shape)
-    with Runner(scheduler, workers, progress) as runner:
+    kw = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
+    with Runner(scheduler, workers, progress, **kw) as runner:
+        runner.check_volumes([v for v in (pv, tv, mv) if v is not None])
         hist = reduce_blocks(fn, inputs, np.add, grid=grid, runner=runner, desc="sweep")
     df = metrics_table(hist, ts, pv, channels)
+    df.attrs["warnings"] = sweep_warnings(df)
+    for w in df.attrs["warnings"]:
+        warnings.warn(w, EmarrayWarning, stacklevel=2)
     if out is not None:
         write_outputs(df, Path(out), pv, tv)
     return df
+
+
+def sweep_warnings(df) -> list[str]:
+    """What makes a sweep's answer doubtful: no positive truth, or a best F1 at the edge."""
+    out = []
+    for ch, g in df.groupby("channel"):
+        tag = f"channel {ch}: " if df["channel"].nunique() > 1 else ""
+        if g["true_voxels"].iloc[0] == 0:
+            out.append(f"{tag}the truth has no positive voxel: F1, IoU and recall are 0 at "
+                       "every threshold")
+            continue
+        ts = g["threshold"].to_numpy()
+        best = float(g.loc[g["f1"].idxmax(), "threshold"])
+        if ts.size > 2 and best in (ts[0], ts[-1]):
+            out.append(f"{tag}the best F1 is at t={best:g}, the edge of the thresholds swept "
+                       f"({ts[0]:g} to {ts[-1]:g}); the optimum may lie beyond: sweep --values "
+                       "over a wider range")
+    return out
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -304,44 +344,54 @@ def write_outputs(df, out: Path, pv: Volume, tv: Volume) -> None:
     df.to_csv(out / "sweep.csv", index=False)
     records = json.loads(df.to_json(orient="records"))
     meta = {"probability_map": pv.url, "truth": tv.url, "voxel_size": list(pv.voxel_size),
-            "unit": pv.unit, "best": best_rows(df),
+            "unit": pv.unit, "best": best_rows(df), "warnings": df.attrs.get("warnings", []),
             "nan_voxels": {str(k): v for k, v in df.attrs["nan_voxels"].items()},
             "excluded_voxels": {str(k): v for k, v in df.attrs["excluded_voxels"].items()},
             "rows": records}
     (out / "sweep.json").write_text(json.dumps(meta, indent=2))
-    plot(df, out / "sweep.png")
+    plot(df, out / "sweep.png", title=f"sweep of {Path(pv.url).name} against {Path(tv.url).name}")
 
 
-def plot(df, path: Path) -> None:
+def plot(df, path: Path, title: str = "") -> None:
     """Metric curves against the threshold (best F1 marked) and the precision-recall curve."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 5.2))
+    a2 = a.twinx()
+    multi = df["channel"].nunique() > 1
+    lo, hi = float(df["threshold"].min()), float(df["threshold"].max())
     for ch, g in df.groupby("channel"):
-        tag = f" c{ch}" if df["channel"].nunique() > 1 else ""
+        tag = f" c{ch}" if multi else ""
         for m in ("precision", "recall", "f1", "iou", "accuracy"):
             a.plot(g["threshold"], g[m], label=m + tag)
+        a2.plot(g["threshold"], g["volume_diff_percent"], color="grey", ls=":", lw=1.2,
+                label="volume difference %" + tag)
         i = g["f1"].idxmax()
-        a.axvline(g.loc[i, "threshold"], color="k", ls="--", lw=0.8)
-        a.annotate(f"best F1 {g.loc[i, 'f1']:.3f}\nat t={g.loc[i, 'threshold']:.3g}",
-                   (g.loc[i, "threshold"], g.loc[i, "f1"]), textcoords="offset points",
-                   xytext=(6, -28), fontsize=8)
+        t, f = float(g.loc[i, "threshold"]), float(g.loc[i, "f1"])
+        a.axvline(t, color="k", ls="--", lw=0.8)
+        right = hi > lo and (t - lo) / (hi - lo) > 0.6  # near the right edge: label to the left
+        a.annotate(f"best F1 {f:.3f}\nat t={t:.3g}", (t, f), textcoords="offset points",
+                   xytext=(-8 if right else 8, -30), ha="right" if right else "left", fontsize=8,
+                   bbox={"boxstyle": "round", "fc": "white", "alpha": 0.8})
         b.plot(g["recall"], g["precision"], ".-", ms=3, label="PR" + tag)
-        b.plot([g.loc[i, "recall"]], [g.loc[i, "precision"]], "k*", ms=10)
+        b.plot([g.loc[i, "recall"]], [g.loc[i, "precision"]], "k*", ms=10,
+               label="best F1" + tag)
     a.set_xlabel("threshold")
     a.set_ylabel("score")
     a.set_ylim(0, 1.02)
-    a.legend(fontsize=7, loc="lower left")
-    a2 = a.twinx()
-    for ch, g in df.groupby("channel"):
-        a2.plot(g["threshold"], g["volume_diff_percent"], color="grey", ls=":", lw=1)
     a2.set_ylabel("volume difference % (dotted)")
+    handles = a.get_legend_handles_labels()[0] + a2.get_legend_handles_labels()[0]
+    a.legend(handles, [h.get_label() for h in handles], fontsize=7, ncol=3, loc="upper center",
+             bbox_to_anchor=(0.5, -0.13), frameon=False)
     b.set_xlabel("recall")
     b.set_ylabel("precision")
     b.set_xlim(0, 1.02)
     b.set_ylim(0, 1.02)
     b.set_title("precision-recall")
+    b.legend(fontsize=7, loc="lower left")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

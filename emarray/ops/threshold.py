@@ -11,6 +11,7 @@ from .. import backends
 from .._normalize import finite_number, numeric_dtype
 from ..errors import InvalidArgumentError
 from ..volume import Volume
+from ..cuda.instantiations import CTYPES as CUDA_DTYPES
 from .common import as_volume, run_elementwise
 
 OPS = ("gt", "ge")
@@ -62,7 +63,7 @@ def threshold_block_cpu(block: np.ndarray, *, op: str, value: Any, region: Any =
 
 
 backends.register("threshold", "cpu", threshold_block_cpu)
-backends.register("threshold", "cuda", "emarray.cuda.ops:threshold_block_cuda")
+backends.register("threshold", "cuda", "emarray.cuda.ops:threshold_block_cuda", CUDA_DTYPES)
 
 
 def threshold(src: Volume | str | os.PathLike, dst: str | os.PathLike, value: float,
@@ -70,6 +71,7 @@ def threshold(src: Volume | str | os.PathLike, dst: str | os.PathLike, value: fl
               chunks: Any = None, shards: Any = None,
               compression: str = "zstd", overwrite: bool = False, resume: bool = False,
               scheduler: Any = None, workers: int | None = None,
+              connect_timeout: float | None = None, allow_incomplete: bool = False,
               progress: bool = False) -> Volume:
     """Threshold ``src`` into a uint8 0/1 volume at ``dst``: ``1`` where ``src > value``.
 
@@ -109,10 +111,11 @@ def threshold(src: Volume | str | os.PathLike, dst: str | os.PathLike, value: fl
     >>> int(m.read().sum())
     32
     """
-    src = as_volume(src)
+    src = as_volume(src, allow_incomplete)
     op_n, value_n = normalize_threshold(src.dtype, value, op)
     return run_elementwise("threshold", src, dst, np.uint8, {"op": op_n, "value": value_n},
                            {"value": float(value), "op": op}, backend=backend,
                            gpu_memory_limit=gpu_memory_limit, chunks=chunks, shards=shards,
                            compression=compression, overwrite=overwrite, resume=resume,
-                           scheduler=scheduler, workers=workers, progress=progress)
+                           scheduler=scheduler, workers=workers,
+                           connect_timeout=connect_timeout, progress=progress)

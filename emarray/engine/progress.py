@@ -1,0 +1,63 @@
+"""Progress of a job: a live bar on a terminal, a few plain lines in a log file."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+#: In a log (not a terminal), a line at most this often (seconds), and at every 10 %.
+LOG_INTERVAL = 30.0
+
+
+class Progress:
+    """``with Progress(total, desc, enabled) as p: p.update(1)``.
+
+    On a terminal this is a tqdm bar; elsewhere (a log file, a batch job's output) it prints
+    one short line at each 10 % and at most every :data:`LOG_INTERVAL` seconds, instead of the
+    carriage-return updates that turn into one endless line in a log.
+    """
+
+    def __init__(self, total: int | None, desc: str, enabled: bool = True, unit: str = "block"):
+        self.total, self.desc, self.enabled, self.unit = total, desc, enabled, unit
+        self.n = 0
+        self._bar: Any = None
+        self._t0 = time.monotonic()
+        self._last_line = self._t0
+        self._last_decile = 0
+
+    def __enter__(self) -> Progress:
+        if self.enabled and _is_terminal():
+            from tqdm.auto import tqdm
+            self._bar = tqdm(total=self.total, desc=self.desc, unit=self.unit, file=sys.stderr,
+                             dynamic_ncols=True)
+        return self
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self._bar is not None:
+            self._bar.update(n)
+        elif self.enabled:
+            now = time.monotonic()
+            decile = int(10 * self.n / self.total) if self.total else 0
+            if decile > self._last_decile or now - self._last_line >= LOG_INTERVAL:
+                self._last_decile, self._last_line = decile, now
+                self._line(now)
+
+    def _line(self, now: float) -> None:
+        of = f"/{self.total}" if self.total else ""
+        pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        print(f"{self.desc}: {self.n}{of} {self.unit}s{pct} in {now - self._t0:.1f} s",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self.enabled and exc[0] is None and self._last_decile < 10:
+            self._line(time.monotonic())
+
+
+def _is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
