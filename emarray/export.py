@@ -1,8 +1,10 @@
 """Write a region of a volume back to a TIFF stack or an HDF5 dataset, slab by slab."""
 from __future__ import annotations
 
+import errno
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -127,6 +129,11 @@ def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: A
                     ds[z - reg[0].start:z1 - reg[0].start] = vol.read((slice(z, z1), *reg[1:]))
                     bar.update(1)
         os.replace(tmp, dst)
+    except OSError as exc:
+        if exc.errno is None and shutil.disk_usage(tmp.parent).free < 2**20:
+            # tifffile/numpy report a short write without an errno: name the cause
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), shown) from None
+        raise
     finally:
         bar.close()
         if tmp.exists():

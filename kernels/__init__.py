@@ -4,8 +4,3 @@ from __future__ import annotations
 from pathlib import Path
 
 SOURCE_DIR = Path(__file__).resolve().parent
-
-
-def source_path(name: str) -> Path:
-    """Return the path of the kernel source file ``name`` (for example ``"threshold.cu"``)."""
-    return SOURCE_DIR / name

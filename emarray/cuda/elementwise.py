@@ -51,12 +51,12 @@ def threshold_device(a: Any, op: str, value: Any, out: Any = None, stream: Any =
 
 
 def rescale_u8_device(a: Any, lo: float, hi: float, out: Any = None, stream: Any = None) -> Any:
-    """``clip(rint((a - lo) * 255 / (hi - lo)), 0, 255)`` as uint8 (NaN -> 0), on the device."""
+    """``clip(rint(a * scale - offset), 0, 255)`` as uint8 (NaN -> 0), on the device."""
     import cupy
     a = cupy.ascontiguousarray(a)
     out = cupy.empty(a.shape, cupy.uint8) if out is None else out
     if a.size:
-        lo32, scale = rescale_params(lo, hi)
+        offset, scale = rescale_params(lo, hi)
         get_kernel("convert.cu", rescale_name(a.dtype))(
-            _grid(a.size), (THREADS,), (a, out, np.int64(a.size), lo32, scale), stream=stream)
+            _grid(a.size), (THREADS,), (a, out, np.int64(a.size), offset, scale), stream=stream)
     return out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 from .instantiations import FAMILIES
@@ -11,10 +12,22 @@ _modules: dict[tuple[str, int], Any] = {}
 OPTIONS = ("--std=c++17", "-DEMARRAY_VEC_BYTES=16")
 
 
+def kernel_dir() -> Path:
+    """Where the ``.cu`` sources are: ``emarray.kernels`` when installed (the wheel maps the
+    top-level ``kernels/`` there), else ``kernels/`` beside the package in a plain checkout."""
+    try:
+        from emarray.kernels import SOURCE_DIR
+        return Path(SOURCE_DIR)
+    except ImportError:
+        here = Path(__file__).resolve().parents[2] / "kernels"
+        if (here / "common.cuh").is_file():
+            return here
+        raise
+
+
 def kernel_source(family: str) -> str:
-    """The CUDA source of ``family`` as shipped in the package (``emarray.kernels``)."""
-    from emarray.kernels import SOURCE_DIR
-    return (SOURCE_DIR / family).read_text()
+    """The CUDA source of ``family``."""
+    return (kernel_dir() / family).read_text()
 
 
 def get_kernel(family: str, name: str) -> Any:
@@ -27,9 +40,8 @@ def get_kernel(family: str, name: str) -> Any:
         with _lock:
             mod = _modules.get(key)
             if mod is None:
-                from emarray.kernels import SOURCE_DIR
                 mod = cupy.RawModule(code=kernel_source(family),
-                                     options=(*OPTIONS, f"-I{SOURCE_DIR}"),
+                                     options=(*OPTIONS, f"-I{kernel_dir()}"),
                                      name_expressions=FAMILIES[family])
                 mod.compile()
                 _modules[key] = mod

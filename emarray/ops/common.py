@@ -75,6 +75,7 @@ def run_elementwise(op: str, src: Volume, dst: str | os.PathLike, out_dtype: Any
         extra = ({"memory_limit": split_memory_limit(mem, runner.processes_per_device())}
                  if name == "cuda" else {})
         fn = partial(backends.implementation(op, name), **params, **extra)
+        runner.check_volumes([src])  # every worker reads this very input, before any output
         with open_output(dst, create, inputs=[src], job=ident, overwrite=overwrite,
                          resume=resume) as target:
             store_blocks(fn, [src], target.volume, grid=BlockGrid(src.shape, src.block_shape),

@@ -16,10 +16,11 @@ from .common import as_volume, run_elementwise
 
 
 def rescale_params(lo: float, hi: float) -> tuple[np.float32, np.float32]:
-    """float32 offset and scale, shared with the CUDA kernel so both give identical bytes.
+    """float32 ``offset = lo * scale`` and ``scale = 255 / (hi - lo)``, shared with the CUDA
+    kernel so both give identical bytes (``x * scale - offset``).
 
-    The scale is computed in float64 (``hi - lo`` can overflow float32) and then rounded; a
-    range whose offset or scale float32 cannot hold is refused.
+    Both are computed in float64 (``hi - lo`` can overflow float32) and then rounded; a range
+    whose offset or scale float32 cannot hold is refused.
 
     >>> rescale_params(-3.4e38, 3.4e38)[1] > 0
     np.True_
@@ -32,22 +33,26 @@ def rescale_params(lo: float, hi: float) -> tuple[np.float32, np.float32]:
     lo32, hi32 = np.float32(lo), np.float32(hi)
     scale = 255.0 / (float(hi32) - float(lo32)) if hi32 > lo32 else math.inf
     scale32 = np.float32(scale)
-    if not (math.isfinite(scale) and np.isfinite(scale32) and scale32 > 0):
+    offset32 = np.float32(float(lo32) * float(scale32))
+    if not (math.isfinite(scale) and np.isfinite(scale32) and scale32 > 0
+            and np.isfinite(offset32)):
         raise InvalidArgumentError(
             f"rescale range lo={lo!r} hi={hi!r} is too narrow for float32 arithmetic")
-    return lo32, scale32
+    return offset32, scale32
 
 
 def rescale_block_cpu(block: np.ndarray, *, lo: float, hi: float, region: Any = None) -> np.ndarray:
-    """``clip(rint((x - lo) * 255 / (hi - lo)), 0, 255)`` as uint8 in float32 arithmetic; NaN -> 0.
+    """``clip(rint(x * scale - offset), 0, 255)`` as uint8 in float32 arithmetic, NaN -> 0:
+    ``(x - lo) * 255 / (hi - lo)`` with no intermediate overflow (see :func:`rescale_params`).
 
     >>> rescale_block_cpu(np.array([0.0, 0.5, 1.0, 2.0, np.nan]), lo=0, hi=1)
     array([  0, 128, 255, 255,   0], dtype=uint8)
     """
-    lo32, scale = rescale_params(lo, hi)
+    offset, scale = rescale_params(lo, hi)
     v = block.astype(np.float32, copy=True)
-    np.subtract(v, lo32, out=v)
-    np.multiply(v, scale, out=v)
+    with np.errstate(over="ignore", invalid="ignore"):  # +-inf saturate to 255 / 0 below
+        np.multiply(v, scale, out=v)
+        np.subtract(v, offset, out=v)
     np.rint(v, out=v)
     np.nan_to_num(v, copy=False, nan=0.0)
     np.clip(v, 0, 255, out=v)
