@@ -49,7 +49,7 @@ def parse_tuple(value: Any, name: str, ndim: int, *, kind: type = int,
     if len(value) != ndim:
         raise InvalidArgumentError(
             f"{name} must have {ndim} values (z,y,x), got {len(value)}: {raw!r}")
-    out = []
+    out: list[int | float] = []
     for v in value:
         try:
             f = float(v)

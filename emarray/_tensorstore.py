@@ -38,7 +38,7 @@ def open_tensorstore(kind: str, location: str) -> tuple[Any, dict[str, Any]]:
     ndim = arr.rank
     from .volume import default_axes
     axes = tuple(labels) if all(labels) and set(labels) <= {"c", "z", "y", "x"} else default_axes(ndim)
-    chunks = tuple(int(c) for c in arr.chunk_layout.read_chunk.shape)
+    chunks = tuple(int(c or 1) for c in arr.chunk_layout.read_chunk.shape or ())
     voxel, unit = [], "nanometer"
     units = arr.dimension_units
     for a, u in zip(axes, units):

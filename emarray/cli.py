@@ -28,7 +28,7 @@ def _set_verbosity(ctx: click.Context, param: click.Parameter, value: Any) -> An
 
 def _verbosity_options(f):
     f = click.option("-v", "--verbose", count=True, expose_value=False, callback=_set_verbosity,
-                     help="More log output: -v emarray's steps, -vv also dask/zarr debug.")(f)
+                     help="More log output: -v emarray's steps, -vv its debug, -vvv also dask/zarr.")(f)
     f = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_verbosity,
                      help="No progress display, errors only.")(f)
     return f
@@ -46,9 +46,13 @@ def _configure_logging(root: click.Context) -> None:
                         level=logging.ERROR if quiet else logging.WARNING)
     mine = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.getLogger("emarray").setLevel(mine)
+    # other libraries: their warnings by default, their debug output only with -vvv
+    theirs = logging.ERROR if quiet else logging.DEBUG if verbose >= 3 else logging.WARNING
     for name in _NOISY:
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 and not quiet
-                                         else logging.ERROR if quiet else logging.WARNING)
+        logging.getLogger(name).setLevel(theirs)
+    # distributed sets its loggers' levels from dask's config when it is imported
+    import dask
+    dask.config.set({"logging.distributed": logging.getLevelName(theirs).lower()})
     if isinstance(root.obj, dict):
         root.obj["progress"] = not quiet
 
@@ -286,7 +290,7 @@ def synthetic(obj: dict, dst: str, size: str, chunks: str, seed: int, **kw: Any)
     """Write a synthetic EM-like volume (raw, truth, prob) into folder DST."""
     from .datasets import synthetic as _synthetic
     vols = _synthetic(dst, size, chunks=chunks, seed=seed, progress=obj["progress"], **kw)
-    for k, v in vols.items():
+    for v in vols.values():
         click.echo(f"wrote {v.url}: {v.shape} {v.dtype}")
 
 

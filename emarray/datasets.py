@@ -44,10 +44,10 @@ def _cell_object(seed: int, cell: tuple[int, int, int], size: int):
 def _hash_uniform(region: tuple[slice, ...], shape: Sequence[int], seed: int) -> np.ndarray:
     """Uniform noise in [0, 1) from a splitmix64 hash of each voxel's global linear index."""
     z, y, x = (np.arange(s.start, s.stop, dtype=np.uint64) for s in region)
-    idx = (z[:, None, None] * np.uint64(shape[1] * shape[2]) + y[None, :, None] * np.uint64(shape[2])
-           + x[None, None, :])
+    idx: np.ndarray = (z[:, None, None] * np.uint64(shape[1] * shape[2])
+                       + y[None, :, None] * np.uint64(shape[2]) + x[None, None, :])
     with np.errstate(over="ignore"):
-        h = idx + np.uint64((seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**64)
+        h: np.ndarray = idx + np.uint64((seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**64)
         h ^= h >> np.uint64(30)
         h *= np.uint64(0xBF58476D1CE4E5B9)
         h ^= h >> np.uint64(27)
@@ -155,8 +155,7 @@ def synthetic(out_dir: str | os.PathLike, shape: Any = (128, 256, 256), *, chunk
     voxel = parse_tuple(voxel_size, "voxel size", 3, kind=float)
     compressor_codecs(compression)
     out: dict[str, Volume] = {}
-    kw = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
-    with Runner(scheduler, workers, progress, **kw) as runner:
+    with Runner(scheduler, workers, progress, connect_timeout=connect_timeout) as runner:
         os.makedirs(out_dir, exist_ok=True)
         for kind in kinds:
             out[kind] = _synthetic_one(out_dir, kind, shape, chunk_t, shard_t, seed, voxel,

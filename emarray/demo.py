@@ -43,7 +43,7 @@ def run_demo(out_dir: str | os.PathLike = "emarray-demo", size: Any = (128, 512,
     vols = datasets.synthetic(out, size, chunks=(64, 128, 128), overwrite=again, **engine)
     echo(f"synthetic volume: {vols['prob'].shape} voxels in {out}/{{raw,truth,prob}}.zarr")
     mask = threshold(vols["prob"], out / "mask.zarr", value, overwrite=again, **engine)
-    with Runner(scheduler, workers, progress, connect_timeout=connect_timeout or 10) as runner:
+    with Runner(scheduler, workers, progress, connect_timeout=connect_timeout) as runner:
         tp, fp, fn, tn = (int(x) for x in reduce_blocks(
             _confusion, [mask, vols["truth"]], np.add, runner=runner, desc="score"))
     f1 = 2 * tp / max(2 * tp + fp + fn, 1)

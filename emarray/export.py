@@ -116,7 +116,7 @@ def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: A
                 tw.write(planes(), shape=out_shape, dtype=vol.dtype, photometric="minisblack",
                          resolution=(1 / x_um, 1 / y_um),
                          metadata={"spacing": z_um, "unit": "um", "axes": "ZYX"},
-                         **({} if imagej else {"resolutionunit": "MICROMETER"}))
+                         resolutionunit=None if imagej else "MICROMETER")
         else:
             import h5py
             with h5py.File(tmp, "w") as f:

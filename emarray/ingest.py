@@ -64,8 +64,7 @@ def ingest(src: str | os.PathLike, dst: str | os.PathLike, *, dataset: str | Non
     create = partial(create_volume, shape=shape, dtype=source.dtype, chunks=chunk_t,
                      shards=shard_t, compression=compression, compression_level=compression_level,
                      voxel_size=voxel, unit=unit, attrs={"job": job})
-    kw = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
-    with Runner(scheduler, workers, progress, **kw) as runner:
+    with Runner(scheduler, workers, progress, connect_timeout=connect_timeout) as runner:
         with open_output(dst, lambda p: create(p), inputs=[src], job=job, overwrite=overwrite,
                          resume=resume) as target:
             store_blocks(partial(_read_slab, source=source), [], target.volume, grid=grid,

@@ -367,6 +367,8 @@ def _open_zarr3(path: str, level: int) -> Volume:
         if scale is not None:
             voxel_size = tuple(s for s, a in zip(scale, ms["axes"]) if a.get("type") == "space")
         arr = node[levels[level]]
+        if not isinstance(arr, zarr.Array):
+            raise VolumeNotFoundError(f"level {levels[level]!r} of {path!r} is not an array")
         array_path = levels[level]
     else:
         arr = node
@@ -389,7 +391,8 @@ def compressor_codecs(compression: str, level: int | None = None) -> tuple:
     if name == "zstd":
         return (ZstdCodec(level=3 if level is None else level),)
     if name in ("blosc-zstd", "blosc-lz4"):
-        return (BloscCodec(cname=name.split("-")[1], clevel=5 if level is None else level,
+        cname: Any = name.split("-")[1]
+        return (BloscCodec(cname=cname, clevel=5 if level is None else level,
                            shuffle="shuffle"),)
     if name == "gzip":
         return (GzipCodec(level=5 if level is None else level),)

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,3 +43,37 @@ def tree_digest(path) -> dict[str, bytes]:
             p = os.path.join(dirpath, f)
             out[os.path.relpath(p, path)] = Path(p).read_bytes()
     return out
+
+
+@contextlib.contextmanager
+def real_dask_cluster(tmp_path: Path, workers: int = 2, cwd: Path | None = None):
+    """A real `dask scheduler` and `workers` `dask worker` processes on 127.0.0.1 (the workers
+    run in ``cwd``); yields the scheduler's address."""
+    bin_dir = Path(sys.executable).parent
+    sched_file = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
+                               "0", "--dashboard-address", "127.0.0.1:0", "--scheduler-file",
+                               str(sched_file)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)]
+    try:
+        t0 = time.time()
+        while not sched_file.exists() and time.time() - t0 < 60:
+            time.sleep(0.1)
+        address = json.loads(sched_file.read_text())["address"]
+        for _ in range(workers):
+            procs.append(subprocess.Popen(
+                [str(bin_dir / "dask"), "worker", address, "--nthreads", "1", "--host",
+                 "127.0.0.1", "--no-dashboard"], cwd=cwd, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL))
+        from distributed import Client
+        with Client(address, timeout="30s") as c:
+            c.wait_for_workers(workers, timeout=60)
+        yield address
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()

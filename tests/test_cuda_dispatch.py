@@ -30,7 +30,8 @@ def _has_cupy() -> bool:
 
 
 def test_importing_emarray_does_not_import_cupy_or_torch():
-    code = "import emarray, emarray.cuda.ops, sys; print(sorted(m for m in ('cupy', 'torch') if m in sys.modules))"
+    code = ("import emarray, emarray.cuda.ops, sys; "
+            "print(sorted(m for m in ('cupy', 'torch') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"

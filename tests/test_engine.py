@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from emarray.engine import BlockGrid, Runner, check_aligned, reduce_blocks
 from emarray.engine.markers import MARKER_DIR
 from emarray.errors import ChunkAlignmentError, ResumeMismatchError
 
-from .conftest import make_volume, tree_digest
+from .conftest import make_volume, real_dask_cluster, tree_digest
 
 PY = sys.executable
 BIN = Path(sys.executable).parent
@@ -122,32 +121,8 @@ def test_resume_into_other_jobs_output_is_refused(tmp_path):
 @pytest.fixture
 def dask_cluster(tmp_path):
     """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1."""
-    sched_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--dashboard-address", "127.0.0.1:0", "--scheduler-file",
-                               str(sched_file)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)]
-    try:
-        t0 = time.time()
-        while not sched_file.exists() and time.time() - t0 < 60:
-            time.sleep(0.1)
-        address = json.loads(sched_file.read_text())["address"]
-        for _ in range(2):
-            procs.append(subprocess.Popen(
-                [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
-                 "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        from distributed import Client
-        with Client(address, timeout="30s") as c:
-            c.wait_for_workers(2, timeout=60)
+    with real_dask_cluster(tmp_path) as address:
         yield address
-    finally:
-        for p in procs[::-1]:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 @pytest.mark.cluster

@@ -22,7 +22,7 @@ from emarray.engine.markers import MARKER_DIR
 from emarray.errors import (IncompleteVolumeError, InputChangedError, InvalidArgumentError,
                             ResumeMismatchError, SchedulerUnreachableError)
 
-from .conftest import make_volume, tree_digest
+from .conftest import make_volume, real_dask_cluster, tree_digest
 
 PY = sys.executable
 BIN = Path(sys.executable).parent
@@ -240,30 +240,8 @@ def worker_elsewhere(tmp_path):
     """A real `dask scheduler` and one `dask worker` whose working directory is another folder."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    sched_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
-                               "0", "--no-dashboard", "--scheduler-file", str(sched_file)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        t0 = time.time()
-        while not sched_file.exists() and time.time() - t0 < 60:
-            time.sleep(0.1)
-        address = json.loads(sched_file.read_text())["address"]
-        procs.append(subprocess.Popen([str(BIN / "dask"), "worker", address, "--nthreads", "1",
-                                       "--host", "127.0.0.1", "--no-dashboard"], cwd=elsewhere,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        from distributed import Client
-        with Client(address, timeout="30s") as c:
-            c.wait_for_workers(1, timeout=60)
+    with real_dask_cluster(tmp_path, workers=1, cwd=elsewhere) as address:
         yield address, elsewhere
-    finally:
-        for p in procs[::-1]:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 @pytest.mark.cluster

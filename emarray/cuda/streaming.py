@@ -54,7 +54,8 @@ def parse_memory_limit(limit: Any) -> float | int | None:
                     f"{raw!r}") from None
             if value < MIN_LIMIT:
                 raise InvalidArgumentError(
-                    f"gpu memory limit {raw!r} is {int(value)} bytes; give at least 64MiB")
+                    f"gpu memory limit {raw!r} is {int(value)} bytes; give at least 64MiB"
+                ) from None
             return int(value)
     elif isinstance(limit, (int, float, np.integer, np.floating)) and not isinstance(limit, bool):
         value = float(limit)

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
 import socket
@@ -35,6 +36,7 @@ from ..errors import (InvalidArgumentError, OutputExistsError, OutputLockedError
 from ..volume import Volume, open_volume
 from .markers import MARKER_DIR
 
+log = logging.getLogger("emarray")
 LOCK_SUFFIX = ".emarray-lock"
 NEW_SUFFIX = ".emarray-new"
 OLD_SUFFIX = ".emarray-old"
@@ -319,6 +321,8 @@ def open_output(path: str | os.PathLike, create: Callable[[str], Volume], *,
             _remove(new)
             raise _os_error(exc, f"cannot create the output {shown!r}") from None
         if dst.exists():  # overwrite: the job writes beside the old output until commit
+            log.info("building the new %s beside the old one (%s) until it is complete",
+                     shown, new.name)
             yield Output(dst, vol, False, shown)
             return
         os.rename(new, dst)  # a new output appears whole, or not at all

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import operator
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -14,6 +15,8 @@ from ..volume import Volume
 from .grid import BlockGrid, Region, check_aligned
 from .markers import Markers
 from .schedulers import Runner
+
+log = logging.getLogger("emarray")
 
 
 def _store_block(fn: Callable, inputs: Sequence[Volume], out: Volume, index: tuple[int, ...],
@@ -65,6 +68,8 @@ def store_blocks(fn: Callable, inputs: Sequence[Volume], out: Volume, *,
     markers = Markers(out.url)
     markers.start()
     done = markers.done() if resumed else set()
+    log.info("%s: %d blocks of %s into %s (%d already done)", desc, len(grid), grid.block,
+             out.url, len(done))
     with _runner(runner, scheduler, workers, progress, desc) as r:
         if resumed and r.progress:
             print(f"resuming: {len(done)} of {len(grid)} blocks already done", file=sys.stderr)

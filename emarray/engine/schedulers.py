@@ -84,10 +84,12 @@ class Runner:
 
     def __init__(self, scheduler: Any = None, workers: int | None = None,
                  progress: bool = False, desc: str = "blocks", *,
-                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, window: int | None = None):
+                 connect_timeout: float | None = None, window: int | None = None):
         self.scheduler = check_scheduler(scheduler)
         if workers is not None and int(workers) < 1:
             raise InvalidArgumentError(f"workers must be at least 1, got {workers!r}")
+        if connect_timeout is None:
+            connect_timeout = DEFAULT_CONNECT_TIMEOUT
         try:
             self.connect_timeout = float(connect_timeout)
         except (TypeError, ValueError):
@@ -106,6 +108,7 @@ class Runner:
     # -- connecting ------------------------------------------------------------------------
     def __enter__(self) -> Runner:
         s = self.scheduler
+        log.info("scheduler: %s", s if isinstance(s, str) else type(s).__name__)
         if isinstance(s, str) and s in LOCAL_SCHEDULERS:
             return self
         from distributed import Client, LocalCluster

@@ -70,8 +70,7 @@ def run_elementwise(op: str, src: Volume, dst: str | os.PathLike, out_dtype: Any
                              compression=compression, voxel_size=src.voxel_size, unit=src.unit,
                              axes=src.axes, attrs={"job": ident})
 
-    kw = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
-    with Runner(scheduler, workers, progress, **kw) as runner:
+    with Runner(scheduler, workers, progress, connect_timeout=connect_timeout) as runner:
         extra = ({"memory_limit": split_memory_limit(mem, runner.processes_per_device())}
                  if name == "cuda" else {})
         fn = partial(backends.implementation(op, name), **params, **extra)

@@ -220,7 +220,7 @@ def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
         if not channel_axis or not 0 <= int(channel) < pv.shape[0]:
             raise InvalidArgumentError(
                 f"channel {channel!r} does not exist in a map of shape {pv.shape}")
-        channels = (int(channel),)
+        channels: tuple[int, ...] = (int(channel),)
     else:
         channels = tuple(range(pv.shape[0])) if channel_axis else (0,)
     for name, v in (("truth_value", truth_value), ("ignore_value", ignore_value)):
@@ -241,8 +241,7 @@ def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
     if mv is not None:
         inputs.append(_Spatial(mv) if channel_axis else mv)
     grid = BlockGrid(pv.shape, pv.block_shape)
-    kw = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
-    with Runner(scheduler, workers, progress, **kw) as runner:
+    with Runner(scheduler, workers, progress, connect_timeout=connect_timeout) as runner:
         runner.check_volumes([v for v in (pv, tv, mv) if v is not None])
         hist = reduce_blocks(fn, inputs, np.add, grid=grid, runner=runner, desc="sweep")
     df = metrics_table(hist, ts, pv, channels)
@@ -329,9 +328,9 @@ def metrics_table(hist: np.ndarray, ts: np.ndarray, pv: Volume, channels: tuple[
     return df
 
 
-def best_rows(df) -> dict[str, Any]:
+def best_rows(df) -> dict[int, Any]:
     """Per channel, the threshold with the highest F1 and the one with the highest IoU."""
-    best = {}
+    best: dict[int, Any] = {}
     for ch, g in df.groupby("channel"):
         best[int(ch)] = {m: {"threshold": float(g.loc[g[m].idxmax(), "threshold"]),
                              m: float(g[m].max())} for m in ("f1", "iou")}

@@ -1,0 +1,194 @@
+"""What a new user found on the real crops: sweep ranges, voxel sizes, slices, logs, progress."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+import emarray
+from emarray.errors import EmarrayWarning, InvalidArgumentError
+
+from .conftest import make_volume
+
+PY = sys.executable
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([PY, "-m", "emarray", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+# -- sweep over the map's own range ---------------------------------------------------------
+def test_sweep_of_a_uint8_map_covers_every_level(shared_data, tmp_path):
+    gala = shared_data / "gala-flyem"
+    p = emarray.ingest(gala / "train-p1.lzf.h5", tmp_path / "p.zarr", voxel_size="10,10,10")
+    t = emarray.ingest(gala / "train-gt.lzf.h5", tmp_path / "t.zarr", voxel_size="10,10,10")
+    u8 = emarray.rescale(p, tmp_path / "p8.zarr", 0, 1)
+    with _no_emarray_warning():
+        df = emarray.sweep(u8, t, truth_value=0)
+    assert len(df) == 255 and df["threshold"].tolist() == list(range(255))
+    # independent count at every level
+    prob, truth = u8.read(), t.read() == 0
+    for k in (0, 100, 200, 254):
+        pred = prob > k
+        assert df.loc[k, "tp"] == np.count_nonzero(pred & truth)
+        assert df.loc[k, "fp"] == np.count_nonzero(pred & ~truth)
+    best = df.loc[df["f1"].idxmax()]
+    assert best["threshold"] > 200 and best["f1"] > 0.45  # not the meaningless "t=0"
+    assert df["f1"].nunique() > 100
+
+
+class _no_emarray_warning:
+    def __enter__(self):
+        import warnings
+        self._cm = warnings.catch_warnings(record=True)
+        self.got = self._cm.__enter__()
+        warnings.simplefilter("always")
+
+    def __exit__(self, *exc):
+        self._cm.__exit__(*exc)
+        assert not [w for w in self.got if issubclass(w.category, EmarrayWarning)]
+
+
+def test_sweep_warns_at_the_edge_and_for_an_empty_truth(tmp_path):
+    p = np.linspace(0, 1, 64, dtype=np.float32).reshape(4, 4, 4)
+    pv = make_volume(tmp_path / "p.zarr", p, 2)
+    tv = make_volume(tmp_path / "t.zarr", (p > 0.98).astype(np.uint8), 2)
+    with pytest.warns(EmarrayWarning, match="edge of the thresholds swept"):
+        df = emarray.sweep(pv, tv, values=[0.1, 0.2, 0.3])
+    assert "edge" in df.attrs["warnings"][0]
+    empty = make_volume(tmp_path / "e.zarr", np.zeros((4, 4, 4), np.uint8), 2)
+    with pytest.warns(EmarrayWarning, match="no positive voxel"):
+        emarray.sweep(pv, empty)
+    r = cli("sweep", tmp_path / "p.zarr", tmp_path / "e.zarr", "--out", tmp_path / "s", "-q")
+    assert r.returncode == 0 and "warning: the truth has no positive voxel" in r.stderr
+    assert json.loads((tmp_path / "s" / "sweep.json").read_text())["warnings"]
+
+
+# -- voxel sizes travel ---------------------------------------------------------------------
+def test_hdf5_element_size_um_is_read(tmp_path):
+    a = np.arange(60, dtype=np.uint8).reshape(3, 4, 5)
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f.create_dataset("stack", data=a).attrs["element_size_um"] = [0.05, 0.004, 0.004]
+    v = emarray.ingest(tmp_path / "a.h5", tmp_path / "a.zarr")
+    assert v.unit == "micrometer" and v.voxel_size == pytest.approx((0.05, 0.004, 0.004))
+    v = emarray.ingest(tmp_path / "a.h5", tmp_path / "b.zarr", unit="nm")
+    assert v.unit == "nanometer" and v.voxel_size == pytest.approx((50, 4, 4))
+
+
+def test_tiff_export_carries_the_voxel_size_back_to_ingest(tmp_path):
+    for dtype in ("uint8", "int32"):  # ImageJ's format, and tifffile's own metadata
+        a = np.arange(4 * 6 * 8).reshape(4, 6, 8).astype(dtype)
+        v = emarray.create_volume(tmp_path / f"{dtype}.zarr", a.shape, dtype, 2,
+                                  voxel_size=(40, 4, 5), unit="nanometer")
+        v.write((slice(0, 4), slice(0, 6), slice(0, 8)), a)
+        out = emarray.export(v, tmp_path / f"{dtype}.tif")
+        with tifffile.TiffFile(out) as tf:  # what another program reads
+            x = tf.pages[0].tags["XResolution"].value
+            assert x[1] / x[0] == pytest.approx(0.005)
+        back = emarray.ingest(out, tmp_path / f"{dtype}-back.zarr", unit="nanometer")
+        np.testing.assert_array_equal(back.read(), a)
+        assert back.voxel_size == pytest.approx((40, 4, 5))
+    h5 = emarray.export(v, tmp_path / "v.h5")
+    with h5py.File(h5) as f:
+        assert f["data"].attrs["element_size_um"].tolist() == pytest.approx([0.04, 0.004, 0.005])
+
+
+def test_a_source_without_a_voxel_size_says_so(tmp_path):
+    tifffile.imwrite(tmp_path / "s.tif", np.zeros((2, 3, 4), np.uint8), photometric="minisblack")
+    with pytest.warns(EmarrayWarning, match="records no voxel size"):
+        v = emarray.ingest(tmp_path / "s.tif", tmp_path / "s.zarr")
+    assert v.voxel_size == (1.0, 1.0, 1.0)
+    r = cli("ingest", tmp_path / "s.tif", tmp_path / "t.zarr", "-q")
+    assert r.returncode == 0 and r.stderr.startswith("warning: ") and "--voxel-size" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+# -- slices ---------------------------------------------------------------------------------
+def test_palette_png_labels_ingest_as_their_indices_and_rgb_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 6, (3, 10, 12)).astype(np.uint8)
+    (tmp_path / "p").mkdir()
+    for i, sl in enumerate(labels):
+        im = Image.fromarray(sl, mode="P")
+        im.putpalette([c for k in range(6) for c in (40 * k, 255 - 40 * k, 7 * k)])
+        im.save(tmp_path / "p" / f"{i}.png")
+    v = emarray.ingest(tmp_path / "p", tmp_path / "p.zarr", voxel_size=1)
+    np.testing.assert_array_equal(v.read(), labels)
+    (tmp_path / "rgb").mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8), mode="RGB").save(tmp_path / "rgb" / "0.png")
+    with pytest.raises(InvalidArgumentError, match="RGB .*colour.*greyscale"):
+        emarray.ingest(tmp_path / "rgb", tmp_path / "rgb.zarr")
+    assert not (tmp_path / "rgb.zarr").exists()
+
+
+def test_a_contiguous_single_page_stack_is_read_slab_by_slab(tmp_path):
+    a = np.random.default_rng(1).integers(0, 60000, (9, 16, 20)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "v.tif", a, volumetric=True)  # one SGI volume page
+    from emarray.sources import MultiPageTiff
+    src = MultiPageTiff(tmp_path / "v.tif")
+    assert not src.paged and src.offset is not None  # memory-mapped, not re-read whole
+    np.testing.assert_array_equal(src.read(3, 7), a[3:7])
+    v = emarray.ingest(tmp_path / "v.tif", tmp_path / "v.zarr", chunks="2,16,20", voxel_size=1)
+    np.testing.assert_array_equal(v.read(), a)
+
+
+def test_resume_removes_the_partial_files_a_killed_write_leaves(tmp_path):
+    src = make_volume(tmp_path / "p.zarr", np.ones((4, 4, 4), np.float32), 2)
+    m = emarray.threshold(src, tmp_path / "m.zarr", 0.5)
+    meta_path = tmp_path / "m.zarr" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"]["emarray"]["complete"] = False  # as a killed job leaves it
+    meta_path.write_text(json.dumps(meta))
+    junk = tmp_path / "m.zarr" / "0" / "c" / "0" / "0" / "1.0123abcd.partial"
+    junk.write_bytes(b"half a chunk")
+    emarray.threshold(src, tmp_path / "m.zarr", 0.5, resume=True)
+    assert not junk.exists()
+    np.testing.assert_array_equal(m.read(), 1)
+
+
+# -- logs and progress ----------------------------------------------------------------------
+def test_quiet_and_verbose_work_after_the_subcommand(tmp_path):
+    make_volume(tmp_path / "p.zarr", np.ones((8, 8, 8), np.float32), 4)
+    r = cli("threshold", tmp_path / "p.zarr", tmp_path / "a.zarr", "--value", "0.5", "-q")
+    assert r.returncode == 0 and r.stderr == ""
+    r = cli("threshold", tmp_path / "p.zarr", tmp_path / "b.zarr", "--value", "0.5", "-v")
+    assert "INFO emarray: threshold: 8 blocks" in r.stderr
+    r = cli("-vv", "threshold", tmp_path / "p.zarr", tmp_path / "c.zarr", "--value", "0.5")
+    assert r.returncode == 0 and "numcodecs" not in r.stderr and "asyncio" not in r.stderr
+
+
+def test_progress_in_a_log_is_a_few_short_lines(tmp_path):
+    make_volume(tmp_path / "p.zarr", np.ones((32, 32, 32), np.float32), 4)  # 512 blocks
+    r = cli("threshold", tmp_path / "p.zarr", tmp_path / "m.zarr", "--value", "0.5")
+    lines = r.stderr.splitlines()
+    assert r.returncode == 0 and 2 <= len(lines) <= 12, r.stderr
+    assert all(len(ln) < 120 and "\r" not in ln for ln in lines)
+    assert lines[-1].startswith("threshold: 512/512 blocks (100%)")
+
+
+@pytest.mark.cluster
+def test_local_cluster_prints_no_distributed_logs(tmp_path):
+    make_volume(tmp_path / "p.zarr", np.ones((8, 8, 8), np.float32), 4)
+    r = cli("threshold", tmp_path / "p.zarr", tmp_path / "m.zarr", "--value", "0.5",
+            "--scheduler", "local-cluster", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    assert "distributed" not in r.stderr and "INFO" not in r.stderr
+    assert "dask dashboard: http" in r.stderr
+
+
+def test_the_commands_the_readme_says_resume_do():
+    from click.testing import CliRunner
+
+    from emarray.cli import cli as group
+    text = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    assert "(`ingest`, `threshold`, `rescale`, `synthetic`) takes" in text
+    for name in ("ingest", "threshold", "rescale", "synthetic"):
+        assert "--resume" in CliRunner().invoke(group, [name, "--help"]).output, name
