@@ -176,7 +176,7 @@ def _synthetic_one(out_dir: Any, kind: str, shape: tuple[int, ...], chunks: tupl
     create = partial(create_volume, shape=shape, dtype=DTYPES[kind], chunks=chunks, shards=shards,
                      compression=compression, voxel_size=voxel_size, name=kind, attrs={"job": job})
     fn = partial(_make_block, kind=kind, shape=shape, seed=seed, cell=CELL)
-    with open_output(os.path.join(out_dir, f"{kind}.zarr"), lambda p: create(p), job=job,
+    with open_output(os.path.join(out_dir, f"{kind}.zarr"), create, job=job,
                      overwrite=overwrite, resume=resume) as target:
         store_blocks(fn, [], target.volume, resumed=target.resumed, runner=runner,
                      desc=f"synthetic {kind}")

@@ -12,7 +12,8 @@ from typing import Any
 from ._normalize import micrometres
 from .engine.output import check_no_overlap, real_path
 from .errors import InvalidArgumentError, OutputExistsError
-from .volume import Volume, open_volume
+from .ops.common import as_volume
+from .volume import Volume
 
 EXPORT_EXTS = {".tif": "tiff", ".tiff": "tiff", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5"}
 
@@ -70,8 +71,7 @@ def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: A
     >>> tifffile.imread(p).shape
     (2, 4, 4)
     """
-    vol = src if isinstance(src, Volume) else open_volume(src)
-    vol.require_complete(allow_incomplete)
+    vol = as_volume(src, allow_incomplete)
     dst = Path(dst)
     shown = os.fspath(dst)
     fmt = EXPORT_EXTS.get(dst.suffix.lower())

@@ -65,7 +65,7 @@ def ingest(src: str | os.PathLike, dst: str | os.PathLike, *, dataset: str | Non
                      shards=shard_t, compression=compression, compression_level=compression_level,
                      voxel_size=voxel, unit=unit, attrs={"job": job})
     with Runner(scheduler, workers, progress, connect_timeout=connect_timeout) as runner:
-        with open_output(dst, lambda p: create(p), inputs=[src], job=job, overwrite=overwrite,
+        with open_output(dst, create, inputs=[src], job=job, overwrite=overwrite,
                          resume=resume) as target:
             store_blocks(partial(_read_slab, source=source), [], target.volume, grid=grid,
                          resumed=target.resumed, runner=runner, desc="ingest")

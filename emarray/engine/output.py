@@ -17,7 +17,6 @@ Every job that writes a volume goes through :func:`open_output`:
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import logging
@@ -64,8 +63,8 @@ def check_no_overlap(dst: Path, inputs: Sequence[Volume | str | os.PathLike], sh
         s = real_path(src)
         if _is_within(dst, s) or _is_within(s, dst):
             raise InvalidArgumentError(
-                f"output {shown!r} overlaps the input {str(src)!r} (both are {s}); "
-                "choose another output path")
+                f"output {shown!r} overlaps the input {str(src)!r} (links resolved: {dst} and "
+                f"{s}); choose another output path")
 
 
 # -- the lock --------------------------------------------------------------------------------
@@ -132,23 +131,28 @@ def _os_error(exc: OSError, what: str) -> InvalidArgumentError:
 
 
 # -- what may be replaced ----------------------------------------------------------------------
-def emarray_job_of(path: Path) -> dict[str, Any] | None:
-    """The ``emarray`` attributes of the store at ``path`` when emarray made it, else None."""
+def _attributes(path: Path) -> dict[str, Any]:
+    """The attributes in the store's top-level ``zarr.json`` ({} when unreadable)."""
     try:
         meta = json.loads((path / "zarr.json").read_text())
     except (OSError, ValueError):
-        return None
-    em = (meta.get("attributes") or {}).get("emarray") if isinstance(meta, dict) else None
+        return {}
+    attrs = meta.get("attributes") if isinstance(meta, dict) else None
+    return attrs if isinstance(attrs, dict) else {}
+
+
+def emarray_job_of(path: Path, attrs: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The ``emarray`` attributes of the store at ``path`` when emarray made it, else None."""
+    em = (_attributes(path) if attrs is None else attrs).get("emarray")
     return em if isinstance(em, dict) and "job" in em else None
 
 
-def _own_entries(path: Path) -> set[str]:
+def _own_entries(attrs: dict[str, Any]) -> set[str]:
     """The top-level names an emarray-made store may hold: metadata, its levels, its progress."""
     try:
-        meta = json.loads((path / "zarr.json").read_text())
-        ms = meta["attributes"]["ome"]["multiscales"]
-        levels = {d["path"].split("/")[0] for m in ms for d in m["datasets"]}
-    except (OSError, ValueError, KeyError, TypeError):
+        levels = {d["path"].split("/")[0] for m in attrs["ome"]["multiscales"]
+                  for d in m["datasets"]}
+    except (KeyError, TypeError):
         levels = set()
     return {"zarr.json", MARKER_DIR, *levels}
 
@@ -158,11 +162,12 @@ def check_replaceable(path: Path, shown: str) -> None:
     if not path.is_dir() or not (path / "zarr.json").is_file():
         raise InvalidArgumentError(
             f"refusing to overwrite {shown!r}: it is not a zarr store emarray made")
-    if emarray_job_of(path) is None:
+    attrs = _attributes(path)
+    if emarray_job_of(path, attrs) is None:
         raise InvalidArgumentError(
             f"refusing to overwrite {shown!r}: it was not made by emarray; move it away or "
             "choose another output")
-    own = _own_entries(path)
+    own = _own_entries(attrs)
     foreign = sorted(p.name for p in path.iterdir() if p.name not in own)
     for level in own - {"zarr.json", MARKER_DIR}:
         d = path / level
@@ -329,9 +334,3 @@ def open_output(path: str | os.PathLike, create: Callable[[str], Volume], *,
         yield Output(dst, open_volume(dst), False, shown)
     finally:
         lock.release()
-
-
-def is_disk_error(exc: BaseException) -> bool:
-    """True for the OS errors a user must act on (disk full, read-only, no permission)."""
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES,
-                                                      errno.EDQUOT, errno.EPERM)

@@ -59,7 +59,8 @@ def store_blocks(fn: Callable, inputs: Sequence[Volume], out: Volume, *,
     share a storage object is refused before any work. With ``resumed``, blocks whose
     done-marker exists are skipped. The result must have the block's shape and the output's
     dtype exactly. The output is marked complete at the end. Pass an entered ``runner`` to
-    connect to the scheduler before the output is created.
+    connect to the scheduler before the output is created, and call its ``check_volumes``
+    on the inputs then, so that a worker that reads them differently stops the job first.
     """
     grid = grid or BlockGrid(out.shape, out.block_shape)
     check_aligned(grid, out.block_shape)
@@ -73,7 +74,6 @@ def store_blocks(fn: Callable, inputs: Sequence[Volume], out: Volume, *,
     with _runner(runner, scheduler, workers, progress, desc) as r:
         if resumed and r.progress:
             print(f"resuming: {len(done)} of {len(grid)} blocks already done", file=sys.stderr)
-        r.check_volumes(inputs)
         base = (fn, list(inputs), out)
 
         def calls() -> Iterator[tuple[Callable, tuple]]:

@@ -68,8 +68,7 @@ def _probe_volumes(volumes: list[Any]) -> list[str]:
     problems = []
     for v in volumes:
         try:
-            v._handle = None
-            v.check_handle()
+            v.check_handle()  # always opens afresh
         except Exception as exc:
             problems.append(f"worker {socket.gethostname()}:{os.getcwd()}: {exc}")
     return problems

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import BlockGrid, Runner, check_aligned, open_output, store_blocks
-from ..volume import COMPRESSIONS, Volume, create_volume, open_volume
+from ..volume import Volume, compressor_codecs, create_volume, open_volume
 
 
 def as_volume(src: Volume | str | os.PathLike, allow_incomplete: bool = False) -> Volume:
@@ -30,10 +30,7 @@ def output_layout(src: Volume, chunks: Any, shards: Any,
                   compression: str) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
     """The output's chunks and shards (default: the input's), checked against ``src``'s grid."""
     from .._normalize import parse_tuple
-    from ..errors import InvalidArgumentError
-    if str(compression).lower() not in COMPRESSIONS:
-        raise InvalidArgumentError(
-            f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+    compressor_codecs(compression)  # refuse an unknown compression before any work
     out_chunks = parse_tuple(chunks, "chunks", src.ndim) if chunks is not None else src.chunks
     out_chunks = tuple(min(c, max(s, 1)) for c, s in zip(out_chunks, src.shape))
     out_shards = (parse_tuple(shards, "shards", src.ndim) if shards is not None

@@ -153,6 +153,9 @@ class _Spatial:
     def read(self, region):
         return self.vol.read(tuple(region[1:]))
 
+    def check_handle(self) -> None:
+        self.vol.check_handle()
+
 
 def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *,
           thresholds: Any = None, values: Any = None, truth_value: Any = None,
@@ -242,7 +245,6 @@ def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
         inputs.append(_Spatial(mv) if channel_axis else mv)
     grid = BlockGrid(pv.shape, pv.block_shape)
     with Runner(scheduler, workers, progress, connect_timeout=connect_timeout) as runner:
-        runner.check_volumes([v for v in (pv, tv, mv) if v is not None])
         hist = reduce_blocks(fn, inputs, np.add, grid=grid, runner=runner, desc="sweep")
     df = metrics_table(hist, ts, pv, channels)
     df.attrs["warnings"] = sweep_warnings(df)
