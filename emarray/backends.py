@@ -73,6 +73,21 @@ def resolve_backend(backend: str | None, op: str | None = None, dtype: Any = Non
     return name
 
 
+def check_backend(backend: str | None, op: str, dtype: Any, *, local: bool = True) -> None:
+    """Refuse a backend choice before any work: an unknown name, an explicit ``cuda`` without
+    a kernel for ``dtype``, or (when blocks run in this process tree) without CuPy or a device.
+
+    ``auto`` is decided where each block runs (:func:`resolve_backend` on the worker).
+    """
+    name = (backend or "auto").lower()
+    if name not in BACKENDS:
+        raise InvalidArgumentError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if name == "cuda" and not supports(op, "cuda", dtype):
+        resolve_backend(name, op=op, dtype=dtype)  # raises, naming the dtype
+    if name == "cuda" and local:
+        resolve_backend(name, op=op, dtype=dtype)
+
+
 def implementation(op: str, backend: str) -> Callable:
     """The per-block function of ``op`` on a resolved ``backend``."""
     impl = _registry.get((op, backend))

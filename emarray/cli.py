@@ -63,6 +63,8 @@ def _engine_options(f):
                      help="Threads, processes or local-cluster workers (default: all cores).")(f)
     f = click.option("--connect-timeout", type=float, default=None,
                      help="Seconds to wait for a scheduler address to answer (default 10).")(f)
+    f = click.option("--retries", type=click.IntRange(min=0), default=2,
+                     help="Run a failed block again this often before stopping with its name.")(f)
     f = _verbosity_options(f)
     return f
 
@@ -255,6 +257,7 @@ def rescale(obj: dict, src: str, dst: str, lo_hi: str, **kw: Any) -> None:
               help="Voxels whose truth equals V are not counted.")
 @click.option("--channel", type=int, default=None, help="Sweep one channel of a C,Z,Y,X map.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier sweep in --out.")
+@click.option("--resume", is_flag=True, help="Finish a killed sweep into the same --out.")
 @click.option("--backend", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               help="Where the histograms are computed.")
 @_incomplete_option

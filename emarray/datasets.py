@@ -114,9 +114,9 @@ def synthetic_block(kind: str, region: tuple[slice, ...], shape: Sequence[int], 
     return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
 
-def _make_block(*_blocks: Any, region: tuple[slice, ...], kind: str, shape: tuple[int, ...],
-                seed: int, cell: int) -> np.ndarray:
-    return synthetic_block(kind, region, shape, seed=seed, cell=cell)
+def _make_block(ctx: Any, *, kind: str, shape: tuple[int, ...], seed: int,
+                cell: int) -> np.ndarray:
+    return synthetic_block(kind, ctx.region, shape, seed=seed, cell=cell)
 
 
 #: The largest synthetic volume (voxels): 1 PiB of uint8 is more than any test needs.
@@ -126,9 +126,7 @@ MAX_VOXELS = 2**50
 def synthetic(out_dir: str | os.PathLike, shape: Any = (128, 256, 256), *, chunks: Any = 64,
               shards: Any = None, seed: int = 0, kinds: Sequence[str] = KINDS,
               voxel_size: Any = (40.0, 8.0, 8.0), compression: str = "zstd",
-              overwrite: bool = False, resume: bool = False, scheduler: Any = None,
-              workers: int | None = None, connect_timeout: float | None = None,
-              progress: bool = False) -> dict[str, Volume]:
+              options: Any = None, **run: Any) -> dict[str, Volume]:
     """Write synthetic ``raw``, ``truth`` and ``prob`` volumes as ``out_dir/<kind>.zarr``.
 
     Made block by block through the engine: memory does not grow with ``shape``.
@@ -140,8 +138,9 @@ def synthetic(out_dir: str | os.PathLike, shape: Any = (128, 256, 256), *, chunk
     >>> sorted(vols), str(vols["prob"].dtype)
     (['prob', 'raw', 'truth'], 'float32')
     """
-    from .engine import Runner
+    from .engine import RunOptions
     from .volume import compressor_codecs
+    opts = RunOptions.make(options, **run)
     shape = parse_tuple(shape, "shape", 3)
     for k in kinds:
         if k not in KINDS:
@@ -155,19 +154,19 @@ def synthetic(out_dir: str | os.PathLike, shape: Any = (128, 256, 256), *, chunk
     voxel = parse_tuple(voxel_size, "voxel size", 3, kind=float)
     compressor_codecs(compression)
     out: dict[str, Volume] = {}
-    with Runner(scheduler, workers, progress, connect_timeout=connect_timeout) as runner:
+    with opts.runner("synthetic") as runner:
         os.makedirs(out_dir, exist_ok=True)
         for kind in kinds:
             out[kind] = _synthetic_one(out_dir, kind, shape, chunk_t, shard_t, seed, voxel,
-                                       compression, overwrite, resume, runner)
+                                       compression, opts, runner)
     return out
 
 
 def _synthetic_one(out_dir: Any, kind: str, shape: tuple[int, ...], chunks: tuple[int, ...],
-                   shards: Any, seed: int, voxel_size: Any, compression: str, overwrite: bool,
-                   resume: bool, runner: Any) -> Volume:
+                   shards: Any, seed: int, voxel_size: Any, compression: str, opts: Any,
+                   runner: Any) -> Volume:
     """Write one kind of the synthetic volume through the engine."""
-    from .engine import open_output, store_blocks
+    from .engine import BlockGrid, Stage, Write, run_job
     from .volume import create_volume
     job = {"operator": "synthetic", "kind": kind, "seed": seed, "shape": list(shape),
            "voxel_size": list(voxel_size),
@@ -176,8 +175,10 @@ def _synthetic_one(out_dir: Any, kind: str, shape: tuple[int, ...], chunks: tupl
     create = partial(create_volume, shape=shape, dtype=DTYPES[kind], chunks=chunks, shards=shards,
                      compression=compression, voxel_size=voxel_size, name=kind, attrs={"job": job})
     fn = partial(_make_block, kind=kind, shape=shape, seed=seed, cell=CELL)
-    with open_output(os.path.join(out_dir, f"{kind}.zarr"), create, job=job,
-                     overwrite=overwrite, resume=resume) as target:
-        store_blocks(fn, [], target.volume, resumed=target.resumed, runner=runner,
-                     desc=f"synthetic {kind}")
-        return target.commit()
+
+    def stages(out: Volume) -> list[Stage]:
+        return [Stage(f"synthetic {kind}", fn, BlockGrid(out.shape, out.block_shape),
+                      writes=[Write(out)])]
+
+    return run_job(os.path.join(out_dir, f"{kind}.zarr"), create, job=job, stages=stages,
+                   options=opts, runner=runner)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import datasets
-from .engine import Runner, reduce_blocks
+from .engine import RunOptions, reduce_blocks
 from .errors import InvalidArgumentError
 from .info import info
 from .ops.threshold import threshold
@@ -16,7 +16,7 @@ from .ops.threshold import threshold
 _STAMP = ".emarray-demo"
 
 
-def _confusion(pred: np.ndarray, truth: np.ndarray, *, region: Any = None) -> np.ndarray:
+def _confusion(ctx: Any, pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     p = pred.astype(bool).ravel()
     t = truth.ravel() > 0
     tp = np.count_nonzero(p & t)
@@ -26,9 +26,8 @@ def _confusion(pred: np.ndarray, truth: np.ndarray, *, region: Any = None) -> np
 
 
 def run_demo(out_dir: str | os.PathLike = "emarray-demo", size: Any = (128, 512, 512), *,
-             value: float = 0.5, scheduler: Any = None, workers: int | None = None,
-             connect_timeout: float | None = None, progress: bool = True,
-             echo=print) -> dict[str, Any]:
+             value: float = 0.5, options: RunOptions | None = None, echo=print,
+             **run: Any) -> dict[str, Any]:
     """Make a synthetic volume, threshold its probability map, score it against the truth."""
     out = Path(out_dir)
     again = out.exists()
@@ -38,14 +37,12 @@ def run_demo(out_dir: str | os.PathLike = "emarray-demo", size: Any = (128, 512,
     # a rerun replaces only the demo's own outputs, each safely; anything else stays
     out.mkdir(parents=True, exist_ok=True)
     (out / _STAMP).write_text("made by `emarray demo`: it replaces only its own outputs here\n")
-    engine = {"scheduler": scheduler, "workers": workers, "connect_timeout": connect_timeout,
-              "progress": progress}
-    vols = datasets.synthetic(out, size, chunks=(64, 128, 128), overwrite=again, **engine)
+    opts = RunOptions.make(options, **{"progress": True, **run}, overwrite=again)
+    vols = datasets.synthetic(out, size, chunks=(64, 128, 128), options=opts)
     echo(f"synthetic volume: {vols['prob'].shape} voxels in {out}/{{raw,truth,prob}}.zarr")
-    mask = threshold(vols["prob"], out / "mask.zarr", value, overwrite=again, **engine)
-    with Runner(scheduler, workers, progress, connect_timeout=connect_timeout) as runner:
-        tp, fp, fn, tn = (int(x) for x in reduce_blocks(
-            _confusion, [mask, vols["truth"]], np.add, runner=runner, desc="score"))
+    mask = threshold(vols["prob"], out / "mask.zarr", value, options=opts)
+    tp, fp, fn, tn = (int(x) for x in reduce_blocks(
+        _confusion, [mask, vols["truth"]], np.add, options=opts, desc="score"))
     f1 = 2 * tp / max(2 * tp + fp + fn, 1)
     iou = tp / max(tp + fp + fn, 1)
     i = info(mask)
@@ -54,8 +51,7 @@ def run_demo(out_dir: str | os.PathLike = "emarray-demo", size: Any = (128, 512,
          f"F1 {f1:.4f}  IoU {iou:.4f}")
     echo(f"  mask stored in {i['stored_bytes']:,} bytes (compression x{i['compression_ratio']:.1f})")
     from .ops.sweep import best_rows, sweep
-    df = sweep(vols["prob"], vols["truth"], thresholds=100, out=out / "sweep", overwrite=again,
-               **engine)
+    df = sweep(vols["prob"], vols["truth"], thresholds=100, out=out / "sweep", options=opts)
     best = best_rows(df)[0]
     echo(f"sweep of 100 thresholds in one pass: best F1 {best['f1']['f1']:.4f} at "
          f"t={best['f1']['threshold']:g}, best IoU {best['iou']['iou']:.4f} at "

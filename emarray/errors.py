@@ -60,3 +60,7 @@ class GpuOutOfMemoryError(EmarrayError, MemoryError):
 
 class EmarrayWarning(UserWarning):
     """A result that is probably not what the user wanted (edge-of-range best threshold...)."""
+
+
+class BlockFailedError(EmarrayError, RuntimeError):
+    """A block kept failing after its retries; the message names the block and the last error."""

@@ -1,4 +1,4 @@
-"""Ingest a slice folder, TIFF stack or HDF5 dataset into an OME-Zarr volume, slab by slab."""
+"""Ingest a slice folder, TIFF stack or HDF5 dataset into an OME-Zarr volume, chunk by chunk."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ._normalize import micrometres, parse_tuple, parse_unit
-from .engine import BlockGrid, Runner, open_output, store_blocks
+from .engine import BlockGrid, RunOptions, Stage, Write, run_job
 from .errors import EmarrayWarning
 from .sources import open_source
 from .volume import Volume, compressor_codecs, create_volume
@@ -17,22 +17,22 @@ from .volume import Volume, compressor_codecs, create_volume
 DEFAULT_CHUNKS = (64, 256, 256)
 
 
-def _read_slab(*_blocks: Any, region: tuple[slice, ...], source: Any) -> np.ndarray:
-    z = region[0]
-    return source.read(z.start, z.stop)[(slice(None), *region[1:])]
+def _read_source(ctx: Any, *, source: Any) -> np.ndarray:
+    return source.read(ctx.region)
 
 
 def ingest(src: str | os.PathLike, dst: str | os.PathLike, *, dataset: str | None = None,
            voxel_size: Any = None, unit: str | None = None,
            chunks: Any = DEFAULT_CHUNKS, shards: Any = None, compression: str = "zstd",
-           compression_level: int | None = None, overwrite: bool = False, resume: bool = False,
-           scheduler: Any = None, workers: int | None = None,
-           connect_timeout: float | None = None, progress: bool = False) -> Volume:
+           compression_level: int | None = None, options: RunOptions | None = None,
+           **run: Any) -> Volume:
     """Write ``src`` as an OME-Zarr 0.5 volume at ``dst``.
 
     ``src`` is a folder of 2D TIFF/PNG slices (ordered by the number in the name), a multi-page
-    TIFF, or an HDF5 file (``dataset`` names the array when it holds several). Slabs one chunk
-    (or shard) deep are read and written in parallel, so memory does not grow with the depth.
+    TIFF, or an HDF5 file (``dataset`` names the array when it holds several). Each chunk (or
+    shard) is read from the source on its own, decoding only the TIFF strips or tiles it
+    overlaps, so memory follows the chunks in flight, not the size of a slice or the depth.
+    ``options`` (or its fields as keywords) say how the job runs (see :class:`RunOptions`).
 
     The voxel size comes from ``voxel_size`` (in ``unit``, default nanometer) or else from the
     source itself (HDF5 ``element_size_um``, TIFF/ImageJ resolution and spacing); when neither
@@ -48,13 +48,13 @@ def ingest(src: str | os.PathLike, dst: str | os.PathLike, *, dataset: str | Non
     >>> v.shape, v.voxel_size
     ((3, 4, 5), (40.0, 4.0, 4.0))
     """
+    opts = RunOptions.make(options, **run)
     source = open_source(src, dataset)
     shape = source.shape
     chunk_t = tuple(min(c, s) for c, s in zip(parse_tuple(chunks, "chunks", 3), shape))
     shard_t = parse_tuple(shards, "shards", 3) if shards is not None else None
     voxel, unit = _voxel_size(src, source, voxel_size, unit)
-    slab = (shard_t or chunk_t)[0]
-    grid = BlockGrid(shape, (slab, *shape[1:]))
+    grid = BlockGrid(shape, shard_t or chunk_t)
     # validate every option (creating nothing) before touching dst
     compressor_codecs(compression, compression_level)
     job = {"operator": "ingest", "source": os.path.realpath(os.fspath(src)), "dataset": dataset,
@@ -64,12 +64,12 @@ def ingest(src: str | os.PathLike, dst: str | os.PathLike, *, dataset: str | Non
     create = partial(create_volume, shape=shape, dtype=source.dtype, chunks=chunk_t,
                      shards=shard_t, compression=compression, compression_level=compression_level,
                      voxel_size=voxel, unit=unit, attrs={"job": job})
-    with Runner(scheduler, workers, progress, connect_timeout=connect_timeout) as runner:
-        with open_output(dst, create, inputs=[src], job=job, overwrite=overwrite,
-                         resume=resume) as target:
-            store_blocks(partial(_read_slab, source=source), [], target.volume, grid=grid,
-                         resumed=target.resumed, runner=runner, desc="ingest")
-            return target.commit()
+
+    def stages(out: Volume) -> list[Stage]:
+        return [Stage("ingest", partial(_read_source, source=source), grid, writes=[Write(out)])]
+
+    return run_job(dst, create, job=job, stages=stages, options=opts, inputs=[os.fspath(src)],
+                   desc="ingest")
 
 
 def _voxel_size(src: Any, source: Any, voxel_size: Any,

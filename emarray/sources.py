@@ -1,7 +1,8 @@
 """Readers for what users ingest: a folder of slices, a multi-page TIFF, an HDF5 dataset.
 
-Each source knows its shape and dtype from headers alone and reads any range of z-slices, so
-ingest streams slab by slab and never holds the whole stack.
+Each source knows its shape and dtype from headers alone and reads any z,y,x region, decoding
+only the TIFF strips or tiles (or HDF5 chunks) it overlaps, so ingest streams chunk by chunk:
+its memory follows the chunks in flight, not the size of a slice.
 """
 from __future__ import annotations
 
@@ -46,6 +47,19 @@ def tiff_voxel_size(tf) -> VoxelInfo:
     if not (x > 0 and y > 0 and z > 0):
         return None
     return (z, float(y), float(x)), unit
+
+def _tiff_region(path: str, region: tuple[slice, ...],
+                 shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Read ``region`` of a TIFF's first series, decoding only the strips/tiles it overlaps."""
+    import tifffile
+    import zarr
+    with tifffile.imread(path, aszarr=True) as store:
+        arr = zarr.open_array(store, mode="r")
+        if shape is not None and tuple(arr.shape) != shape:  # a single page read as a stack
+            return np.asarray(arr[region[1:]]).reshape(
+                tuple(s.stop - s.start for s in region))
+        return np.asarray(arr[region])
+
 
 SLICE_EXTS = (".tif", ".tiff", ".png")
 HDF5_EXTS = (".h5", ".hdf5", ".hdf")
@@ -115,14 +129,14 @@ class SliceFolder:
         return [[os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns]
                 for f in (self.files[0], self.files[-1])] + [len(self.files)]
 
-    def read(self, z0: int, z1: int) -> np.ndarray:
-        out = np.empty((z1 - z0, *self.shape[1:]), self.dtype)
-        for i, f in enumerate(self.files[z0:z1]):
+    def read(self, region: tuple[slice, ...]) -> np.ndarray:
+        z, yx = region[0], region[1:]
+        out = np.empty((z.stop - z.start, *(s.stop - s.start for s in yx)), self.dtype)
+        for i, f in enumerate(self.files[z]):
             if f.lower().endswith(".png"):
-                out[i] = _png_array(f)
+                out[i] = _png_array(f)[yx]  # PNG rows decode as a whole image
             else:
-                import tifffile
-                out[i] = tifffile.imread(f)
+                out[i] = _tiff_region(f, yx)
         return out
 
 
@@ -155,16 +169,15 @@ class MultiPageTiff:
         st = os.stat(self.path)
         return [st.st_size, st.st_mtime_ns]
 
-    def read(self, z0: int, z1: int) -> np.ndarray:
+    def read(self, region: tuple[slice, ...]) -> np.ndarray:
         import tifffile
-        if self.paged:
-            a = tifffile.imread(self.path, key=range(z0, z1))
-            return a.reshape((z1 - z0, *self.shape[1:]))
         if self.offset is not None:
             mm = np.memmap(self.path, dtype=self.dtype.newbyteorder(self.byteorder), mode="r",
                            offset=self.offset, shape=self.shape)
-            return np.array(mm[z0:z1], dtype=self.dtype)
-        return tifffile.imread(self.path).reshape(self.shape)[z0:z1]
+            return np.array(mm[region], dtype=self.dtype)
+        if self.paged:
+            return np.asarray(_tiff_region(self.path, region, self.shape), self.dtype)
+        return tifffile.imread(self.path).reshape(self.shape)[region]
 
 
 class Hdf5Dataset:
@@ -205,10 +218,10 @@ class Hdf5Dataset:
         st = os.stat(self.path)
         return [self.dataset, st.st_size, st.st_mtime_ns]
 
-    def read(self, z0: int, z1: int) -> np.ndarray:
+    def read(self, region: tuple[slice, ...]) -> np.ndarray:
         import h5py
         with h5py.File(self.path, "r") as f:
-            return f[self.dataset][z0:z1]
+            return f[self.dataset][region]
 
 
 def open_source(src: str | os.PathLike, dataset: str | None = None):

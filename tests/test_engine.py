@@ -12,7 +12,8 @@ import pytest
 
 import emarray
 from emarray.engine import BlockGrid, Runner, check_aligned, reduce_blocks
-from emarray.engine.markers import MARKER_DIR
+from emarray.engine import Checkpoint
+from emarray.engine.checkpoint import PROGRESS_DIR
 from emarray.errors import ChunkAlignmentError, ResumeMismatchError
 
 from .conftest import make_volume, real_dask_cluster, tree_digest
@@ -41,7 +42,7 @@ def test_alignment_check():
         check_aligned(BlockGrid((10, 10, 10), (4, 4, 4)), (4, 8, 4))
 
 
-def _sumsq(block, *, region):
+def _sumsq(ctx, block):
     b = block.astype(np.float64)
     return np.array([b.sum(), (b * b).sum(), b.size])
 
@@ -55,11 +56,18 @@ def test_reduce_blocks_equals_whole_volume(tmp_path, scheduler):
     assert s == pytest.approx(a.sum()) and ss == pytest.approx((a * a).sum())
 
 
+def done_count(done_dir: Path, stage: str = "threshold") -> int:
+    try:
+        return Checkpoint(done_dir).done_count(stage)
+    except (OSError, EOFError):
+        return 0
+
+
 def _kill_when(proc, done_dir: Path, at_least: int, timeout: float = 120) -> int:
     t0 = time.time()
     while time.time() - t0 < timeout:
         if done_dir.is_dir():
-            n = sum(1 for p in done_dir.iterdir() if p.name.startswith("b"))
+            n = done_count(done_dir)
             if n >= at_least:
                 proc.send_signal(signal.SIGKILL)  # a real kill, no chance to clean up
                 proc.wait()
@@ -77,14 +85,16 @@ def test_resume_after_kill_gives_a_clean_runs_output(tmp_path):
     args = ["-q", "threshold", tmp_path / "p.zarr", tmp_path / "m.zarr", "--value", "0.3",
             "--scheduler", "synchronous"]
     proc = subprocess.Popen([PY, "-m", "emarray", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    done = _kill_when(proc, tmp_path / "m.zarr" / MARKER_DIR, 200)
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "EMARRAY_CHECKPOINT_SECONDS": "0"})
+    done = _kill_when(proc, tmp_path / "m.zarr" / PROGRESS_DIR, 200)
     assert proc.returncode == -signal.SIGKILL
-    markers = tmp_path / "m.zarr" / MARKER_DIR
-    n_marked = sum(1 for p in markers.iterdir() if p.name.startswith("b"))
+    markers = tmp_path / "m.zarr" / PROGRESS_DIR
+    n_marked = done_count(markers)
     assert 200 <= done <= n_marked < 1152
-    first = sorted(p.name for p in markers.iterdir() if p.name.startswith("b"))[0]
-    idx = tuple(int(i) for i in first[1:].split("."))
+    assert len(list(markers.iterdir())) <= 3  # a bitmap, not a file per block
+    bitmap, _ = Checkpoint(markers).load("threshold", 1152)
+    idx = tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(bitmap)[0]), (12, 12, 8)))
     chunk = tmp_path / "m.zarr" / "0" / "c" / Path(*map(str, idx))
     stamp = chunk.stat().st_mtime_ns
 

@@ -18,7 +18,8 @@ import pytest
 
 import emarray
 from emarray.engine import Runner
-from emarray.engine.markers import MARKER_DIR
+from emarray.engine import Checkpoint
+from emarray.engine.checkpoint import PROGRESS_DIR
 from emarray.errors import (IncompleteVolumeError, InputChangedError, InvalidArgumentError,
                             ResumeMismatchError, SchedulerUnreachableError)
 
@@ -50,7 +51,8 @@ def slow_job(src: Path, dst: Path, *extra) -> subprocess.Popen:
     """A threshold job over many tiny chunks, one at a time: slow enough to kill mid-way."""
     return subprocess.Popen([PY, "-m", "emarray", "-q", "threshold", str(src), str(dst),
                              "--value", "0.3", "--scheduler", "synchronous", *map(str, extra)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "EMARRAY_CHECKPOINT_SECONDS": "0"})
 
 
 def wait_for(cond, proc, timeout=120.0):
@@ -65,9 +67,12 @@ def wait_for(cond, proc, timeout=120.0):
     pytest.fail("job made no progress")
 
 
-def markers_in(path: Path) -> int:
-    d = path / MARKER_DIR
-    return sum(1 for _ in d.iterdir()) if d.is_dir() else 0
+def markers_in(path: Path, stage: str = "threshold") -> int:
+    """Blocks the job's saved progress counts as done."""
+    try:
+        return Checkpoint(path / PROGRESS_DIR).done_count(stage)
+    except (OSError, EOFError):
+        return 0
 
 
 @pytest.fixture

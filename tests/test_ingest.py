@@ -110,25 +110,29 @@ def test_missing_source_and_existing_output(tmp_path):
         emarray.ingest(tmp_path / "s.tif", tmp_path / "o.zarr")
 
 
-def test_ingest_memory_does_not_grow_with_depth(tmp_path):
-    """The source is read one slab (a chunk deep) per task, never whole."""
+@pytest.mark.parametrize("compress", [False, True])
+def test_ingest_reads_one_chunk_at_a_time(tmp_path, compress):
+    """The source is read one chunk-sized region per task (not whole slabs of slices), and a
+    compressed stack decodes only the strips a chunk overlaps."""
     from emarray.sources import MultiPageTiff
     reads = []
     orig = MultiPageTiff.read
 
-    def spy(self, z0, z1):
-        reads.append(z1 - z0)
-        return orig(self, z0, z1)
+    def spy(self, region):
+        out = orig(self, region)
+        reads.append(out.size)
+        return out
 
-    a = np.random.default_rng(0).integers(0, 255, (40, 16, 16), dtype=np.uint8)
-    tifffile.imwrite(tmp_path / "s.tif", a)
+    a = np.random.default_rng(0).integers(0, 255, (40, 32, 48), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "s.tif", a, compression="zlib" if compress else None,
+                     rowsperstrip=4)
     MultiPageTiff.read = spy
     try:
-        v = emarray.ingest(tmp_path / "s.tif", tmp_path / "o.zarr", chunks="6,16,16",
-                           scheduler="synchronous")
+        v = emarray.ingest(tmp_path / "s.tif", tmp_path / "o.zarr", chunks="6,8,16",
+                           scheduler="synchronous", voxel_size="1,1,1")
     finally:
         MultiPageTiff.read = orig
-    assert max(reads) == 6 and sum(reads) == 40
+    assert max(reads) == 6 * 8 * 16 and sum(reads) == a.size
     np.testing.assert_array_equal(v.read(), a)
 
 

@@ -1,10 +1,17 @@
-"""The chunked engine: block grids, schedulers, safe outputs, done-markers and the runner."""
+"""The chunked engine: the block contract, stages, schedulers, safe outputs and progress."""
 from __future__ import annotations
 
+from .checkpoint import Checkpoint
+from .contract import BOUNDARIES, BlockContext, Read, Stage, Write, read_padded
 from .grid import BlockGrid, check_aligned
+from .options import RunOptions
 from .output import Output, open_output
-from .run import reduce_blocks, store_blocks
+from .run import (TreeFold, mark_complete, reduce_blocks, run_block, run_job, run_stages,
+                  worker_state)
 from .schedulers import SCHEDULERS, Runner, check_scheduler
 
-__all__ = ["BlockGrid", "Output", "Runner", "SCHEDULERS", "check_aligned", "check_scheduler",
-           "open_output", "reduce_blocks", "store_blocks"]
+__all__ = ["BOUNDARIES", "BlockContext", "BlockGrid", "Checkpoint", "Output", "Read",
+           "RunOptions", "Runner", "SCHEDULERS", "Stage", "TreeFold", "Write", "check_aligned",
+           "check_scheduler", "mark_complete", "open_output", "read_padded", "reduce_blocks",
+           "run_block",
+           "run_job", "run_stages", "worker_state"]

@@ -33,7 +33,7 @@ from typing import Any
 from ..errors import (InvalidArgumentError, OutputExistsError, OutputLockedError,
                       ResumeMismatchError)
 from ..volume import Volume, open_volume
-from .markers import MARKER_DIR
+from .checkpoint import PROGRESS_DIR as MARKER_DIR
 
 log = logging.getLogger("emarray")
 LOCK_SUFFIX = ".emarray-lock"

@@ -1,109 +1,237 @@
-"""The one path every operator takes: blocks -> per-block function -> store or reduction."""
+"""The one path every operator takes: stages of blocks -> block function -> stored or folded.
+
+:func:`run_job` runs a job that writes volumes (threshold, smoothing, pyramids, ingest, ...):
+connect to the scheduler, check the inputs on every worker, open the output safely, run its
+stages with resumable progress, mark it complete, commit it. :func:`run_stages` runs stages
+into any :class:`~emarray.engine.checkpoint.Checkpoint` (reductions such as the sweep).
+"""
 from __future__ import annotations
 
 import contextlib
 import logging
-import operator
+import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..volume import Volume
-from .grid import BlockGrid, Region, check_aligned
-from .markers import Markers
+from .checkpoint import PROGRESS_DIR, Checkpoint
+from .contract import BlockContext, Read, Stage
+from .grid import Region
+from .options import RunOptions
+from .output import open_output
 from .schedulers import Runner
 
 log = logging.getLogger("emarray")
 
+# -- per-worker state ----------------------------------------------------------------------------
+_STATE: dict[tuple[str, str], Any] = {}
+_STATE_LOCK = threading.Lock()
 
-def _store_block(fn: Callable, inputs: Sequence[Volume], out: Volume, index: tuple[int, ...],
-                 region: Region, markers_dir: str) -> int:
-    blocks = [v.read(region) for v in inputs]
-    result = np.asarray(fn(*blocks, region=region))
-    want = tuple(s.stop - s.start for s in region)
-    if result.shape != want:
+
+def _device() -> str:
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+
+def worker_state(key: str, setup: Callable[[], Any]) -> Any:
+    """``setup()`` run once per worker process and device (and cached there), never per block."""
+    k = (key, _device())
+    try:
+        return _STATE[k]
+    except KeyError:
+        pass
+    with _STATE_LOCK:  # threads of one process share one state, made once
+        if k not in _STATE:
+            log.debug("setting up %s in process %d", key, os.getpid())
+            _STATE[k] = setup()
+        return _STATE[k]
+
+
+# -- one block -----------------------------------------------------------------------------------
+def _shape(region: Region) -> tuple[int, ...]:
+    return tuple(s.stop - s.start for s in region)
+
+
+def _fit(result: Any, stage: Stage, j: int, ctx: BlockContext) -> np.ndarray:
+    """The result for write ``j``, cropped from the first read's region when it covers that."""
+    out = np.asarray(result)
+    want = _shape(ctx.writes[j])
+    if out.shape != want and stage.reads and out.shape == _shape(ctx.reads[0]):
+        r0 = stage.reads[0]
+        if r0.channels == "same" and all(f == 1 for f in r0.scale):  # type: ignore[union-attr]
+            out = out[tuple(slice(w.start - r.start, w.stop - r.start)
+                            for w, r in zip(ctx.writes[j], ctx.reads[0]))]
+    if out.shape != want:
         raise InvalidArgumentError(
-            f"block function returned shape {result.shape} for the region of {want}")
-    if result.dtype != out.dtype:
+            f"stage {stage.name!r} returned shape {out.shape} for a write region of {want}")
+    dtype = stage.writes[j].volume.dtype
+    if out.dtype != dtype:
         raise InvalidArgumentError(
-            f"block function returned {result.dtype} for an output of {out.dtype} "
+            f"stage {stage.name!r} returned {out.dtype} for an output of {dtype} "
             "(emarray does not cast silently)")
-    out.write(region, result)
-    Markers(markers_dir).mark(index)
-    return 1
-
-
-def _reduce_block(fn: Callable, inputs: Sequence[Volume], region: Region) -> Any:
-    return fn(*[v.read(region) for v in inputs], region=region)
-
-
-def _runner(runner: Runner | None, scheduler: Any, workers: int | None, progress: bool,
-            desc: str) -> Any:
-    """An entered Runner passed in is used as is; otherwise one is made for this call."""
-    if runner is not None:
-        runner.desc = desc
-        return contextlib.nullcontext(runner)
-    return Runner(scheduler, workers, progress, desc)
-
-
-def store_blocks(fn: Callable, inputs: Sequence[Volume], out: Volume, *,
-                 grid: BlockGrid | None = None, resumed: bool = False, scheduler: Any = None,
-                 workers: int | None = None, progress: bool = False, desc: str = "blocks",
-                 runner: Runner | None = None) -> Volume:
-    """Compute ``fn(*input_blocks, region=...)`` for every block and store it into ``out``.
-
-    Blocks default to the output's write unit (shard, else chunk); a grid whose blocks would
-    share a storage object is refused before any work. With ``resumed``, blocks whose
-    done-marker exists are skipped. The result must have the block's shape and the output's
-    dtype exactly. The output is marked complete at the end. Pass an entered ``runner`` to
-    connect to the scheduler before the output is created, and call its ``check_volumes``
-    on the inputs then, so that a worker that reads them differently stops the job first.
-    """
-    grid = grid or BlockGrid(out.shape, out.block_shape)
-    check_aligned(grid, out.block_shape)
-    if resumed and out.attrs.get("emarray", {}).get("complete"):
-        return out
-    markers = Markers(out.url)
-    markers.start()
-    done = markers.done() if resumed else set()
-    log.info("%s: %d blocks of %s into %s (%d already done)", desc, len(grid), grid.block,
-             out.url, len(done))
-    with _runner(runner, scheduler, workers, progress, desc) as r:
-        if resumed and r.progress:
-            print(f"resuming: {len(done)} of {len(grid)} blocks already done", file=sys.stderr)
-        base = (fn, list(inputs), out)
-
-        def calls() -> Iterator[tuple[Callable, tuple]]:
-            for i in grid.indices():
-                if Markers.name(i) not in done:
-                    yield _store_block, (*base, i, grid.region(i), out.url)
-
-        r.run(calls(), total=len(grid) - len(done), combine=operator.add)
-    _mark_complete(out)
-    markers.finish()
     return out
 
 
-def _mark_complete(out: Volume) -> None:
+def run_block(stage: Stage, index: tuple[int, ...]) -> Any:
+    """Read, compute and write (or summarise) one block of ``stage``."""
+    region = stage.grid.region(index)
+    state = worker_state(stage.setup_key or stage.name, stage.setup) if stage.setup else None
+    arrays, reads = [], []
+    for r in stage.reads:
+        a, got = r.read(region)
+        arrays.append(a)
+        reads.append(got)
+    ctx = BlockContext(index, region, reads, [w.region(region) for w in stage.writes], state,
+                       stage.given)
+    result = stage.fn(ctx, *arrays)
+    if not stage.writes:
+        return result
+    results = result if isinstance(result, tuple) else (result,)
+    if len(results) != len(stage.writes):
+        raise InvalidArgumentError(
+            f"stage {stage.name!r} returned {len(results)} arrays for {len(stage.writes)} outputs")
+    fitted = [_fit(res, stage, j, ctx) for j, res in enumerate(results)]
+    for w, region_j, data in zip(stage.writes, ctx.writes, fitted):
+        w.volume.write(region_j, data)
+    return None
+
+
+# -- summaries: folded in a tree -----------------------------------------------------------------
+class TreeFold:
+    """Fold summaries pairwise in a binary tree as they arrive (a binary counter of partials).
+
+    The driver holds at most log2(n) partial results, and a combine that builds a new object
+    (concatenating lists of equivalences, say) costs O(n log n) in all, not O(n^2).
+    """
+
+    def __init__(self, combine: Callable[[Any, Any], Any], state: list | None = None):
+        self.combine = combine
+        self.stack: list[tuple[int, Any]] = list(state or [])
+
+    def add(self, value: Any) -> None:
+        rank = 0
+        while self.stack and self.stack[-1][0] == rank:
+            value = self.combine(self.stack.pop()[1], value)
+            rank += 1
+        self.stack.append((rank, value))
+
+    def result(self) -> Any:
+        acc = None
+        for _, v in reversed(self.stack):
+            acc = v if acc is None else self.combine(v, acc)
+        return acc
+
+
+# -- stages --------------------------------------------------------------------------------------
+def _block_name(stage: Stage, index: tuple[int, ...]) -> str:
+    where = ",".join(f"{s.start}:{s.stop}" for s in stage.grid.region(index))
+    return f"block {index} (voxels {where}) of {stage.name}"
+
+
+def run_stages(stages: Sequence[Stage], runner: Runner, checkpoint: Checkpoint, *,
+               retries: int = 2) -> Any:
+    """Run ``stages`` in order; return the last stage's finalized result.
+
+    A stage that finished in an earlier run is skipped (its saved result is what the next stage
+    gets); in an unfinished one, the blocks saved as done are skipped and its saved summary
+    is folded on from there.
+    """
+    for st in stages:
+        st.check()
+    given: Any = None
+    for st in stages:
+        finished, result = checkpoint.finished(st.name)
+        if finished:
+            log.info("stage %s finished in an earlier run", st.name)
+            given = result
+            continue
+        st.given = given
+        n = len(st.grid)
+        done, saved = checkpoint.load(st.name, n)
+        fold = TreeFold(st.combine, saved) if st.combine is not None else None
+        todo = np.flatnonzero(~done)
+        if todo.size < n and runner.progress:
+            print(f"resuming: {n - todo.size} of {n} blocks already done", file=sys.stderr)
+        log.info("%s: %d blocks of %s (%d already done)", st.name, n, st.grid.block, n - todo.size)
+        counts = st.grid.counts
+
+        def index(i: int, todo: np.ndarray = todo, counts: tuple = counts) -> tuple[int, ...]:
+            return tuple(int(k) for k in np.unravel_index(int(todo[i]), counts))
+
+        def calls(st: Stage = st, index: Callable = index, m: int = int(todo.size)) -> Any:
+            for i in range(m):
+                yield run_block, (st, index(i))
+
+        def on_result(i: int, value: Any, done: np.ndarray = done, todo: np.ndarray = todo,
+                      fold: TreeFold | None = fold, name: str = st.name) -> None:
+            done[todo[i]] = True
+            if fold is not None:
+                fold.add(value)
+            checkpoint.save(name, done, fold.stack if fold else None)
+
+        def name(i: int, st: Stage = st, index: Callable = index) -> str:
+            return _block_name(st, index(i))
+
+        runner.desc = st.name
+        runner.run(calls(), total=int(todo.size), retries=retries, on_result=on_result, name=name)
+        acc = fold.result() if fold is not None else None
+        given = st.finalize(acc) if st.finalize is not None else acc
+        checkpoint.finish(st.name, given)
+    return given
+
+
+def mark_complete(out: Volume) -> None:
+    """Record in the output's metadata that every block of its job is written."""
     import zarr
     meta = {**out.attrs.get("emarray", {}), "complete": True}
     zarr.open_group(out.url, mode="r+").attrs["emarray"] = meta
     out.attrs["emarray"] = meta
 
 
-def reduce_blocks(fn: Callable, inputs: Sequence[Volume], combine: Callable[[Any, Any], Any], *,
-                  grid: BlockGrid | None = None, scheduler: Any = None,
-                  workers: int | None = None, progress: bool = False, desc: str = "blocks",
-                  runner: Runner | None = None) -> Any:
-    """Compute ``fn(*input_blocks, region=...)`` per block and fold the results with ``combine``.
+def run_job(dst: str | os.PathLike, create: Callable[[str], Volume], *, job: dict[str, Any],
+            stages: Callable[[Volume], Sequence[Stage]], options: RunOptions,
+            inputs: Sequence[Any] = (), desc: str = "blocks",
+            runner: Runner | None = None) -> Volume:
+    """Write ``dst`` through ``stages`` (built for the output volume), safely and resumably.
 
-    ``combine`` must be associative and commutative (results are folded as they arrive).
+    The scheduler is connected to and every worker opens every input before ``dst`` is created
+    (or reopened to ``resume``, or staged beside the old one to ``overwrite``); then the stages
+    run, with their progress kept in the output, and the output is marked complete and
+    committed. ``job`` identifies the run for ``resume``. Pass an entered ``runner`` to reuse
+    its connection (several outputs, or a setup that needs to know the workers).
     """
-    grid = grid or BlockGrid(inputs[0].shape, inputs[0].block_shape)
-    with _runner(runner, scheduler, workers, progress, desc) as r:
-        r.check_volumes(inputs)
-        calls = ((_reduce_block, (fn, list(inputs), grid.region(i))) for i in grid.indices())
-        return r.run(calls, total=len(grid), combine=combine)
+    with contextlib.nullcontext(runner) if runner is not None else options.runner(desc) as runner:
+        runner.check_volumes(inputs)
+        with open_output(dst, create, inputs=[v for v in inputs if isinstance(v, (Volume, str))],
+                         job=job, overwrite=options.overwrite, resume=options.resume) as target:
+            out = target.volume
+            if not (target.resumed and out.attrs.get("emarray", {}).get("complete")):
+                checkpoint = Checkpoint(Path(out.url) / PROGRESS_DIR)
+                if not target.resumed:
+                    checkpoint.clear()
+                checkpoint.start()
+                run_stages(stages(out), runner, checkpoint, retries=options.retries)
+                mark_complete(out)
+                checkpoint.clear()
+            return target.commit()
+
+
+def reduce_blocks(fn: Callable[..., Any], volumes: Sequence[Any], combine: Callable[[Any, Any], Any],
+                  *, grid: Any = None, runner: Runner | None = None, desc: str = "reduce",
+                  options: RunOptions | None = None, **run: Any) -> Any:
+    """``fn(ctx, *blocks)`` over the blocks of ``volumes`` (same regions), folded by ``combine``.
+
+    The one-stage reduction most operators need; nothing is saved, so it does not resume.
+    """
+    from .grid import BlockGrid
+    opts = RunOptions.make(options, **run)
+    grid = grid or BlockGrid(volumes[0].shape, volumes[0].block_shape)
+    stage = Stage(desc, fn, grid, [Read(v) for v in volumes], combine=combine)
+    with contextlib.nullcontext(runner) if runner is not None else opts.runner(desc) as r:
+        r.check_volumes(volumes)
+        return run_stages([stage], r, Checkpoint(None), retries=opts.retries)

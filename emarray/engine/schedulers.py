@@ -11,7 +11,8 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from ..errors import InputChangedError, InvalidArgumentError, SchedulerUnreachableError
+from ..errors import (BackendUnavailableError, BlockFailedError, InputChangedError,
+                      InvalidArgumentError, SchedulerUnreachableError)
 from .progress import Progress
 
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
@@ -179,12 +180,16 @@ class Runner:
 
     # -- running ---------------------------------------------------------------------------
     def run(self, calls: Iterable[Call], *, total: int | None = None,
-            combine: Callable[[Any, Any], Any] | None = None) -> Any:
+            combine: Callable[[Any, Any], Any] | None = None, retries: int = 0,
+            on_result: Callable[[int, Any], None] | None = None,
+            name: Callable[[int], str] = lambda i: f"task {i}") -> Any:
         """Run ``func(*args)`` for each call; return the results, or their ``combine``-d total.
 
         ``calls`` may be a lazy iterator (give ``total`` for the progress display); at most
         ``window`` calls are in flight. ``combine`` must be associative and commutative: results
-        are folded in as they arrive.
+        are folded in as they arrive. ``on_result(i, value)`` sees each result as it arrives
+        (then nothing is kept here). A call that raises is run again up to ``retries`` times;
+        then :class:`BlockFailedError` names it (``name(i)``) and the last error.
         """
         if total is None and hasattr(calls, "__len__"):
             total = len(calls)  # type: ignore[arg-type]
@@ -193,7 +198,9 @@ class Runner:
         acc: list[Any] = []
 
         def take(i: int, value: Any) -> None:
-            if combine is None:
+            if on_result is not None:
+                on_result(i, value)
+            elif combine is None:
                 results[i] = value
             elif acc:
                 acc[0] = combine(acc[0], value)
@@ -201,21 +208,37 @@ class Runner:
                 acc.append(value)
 
         with Progress(total, self.desc, self.progress) as bar:
-            for i, value in self._completed(iter(calls), window):
+            for i, value in self._completed(iter(calls), window, retries, name):
                 take(i, value)
                 bar.update(1)
         if combine is not None:
             return acc[0] if acc else None
-        return [results[i] for i in range(len(results))]
+        return None if on_result is not None else [results[i] for i in sorted(results)]
 
-    def _completed(self, calls: Iterator[Call], window: int) -> Iterator[tuple[int, Any]]:
+    def _completed(self, calls: Iterator[Call], window: int, retries: int,
+                   name: Callable[[int], str]) -> Iterator[tuple[int, Any]]:
         if self._client is not None:
-            return self._completed_distributed(calls, window)
+            return self._completed_distributed(calls, window, retries, name)
         if self.scheduler == "synchronous":
-            return ((i, f(*args)) for i, (f, args) in enumerate(calls))
-        return self._completed_pool(calls, window)
+            return self._completed_sync(calls, retries, name)
+        return self._completed_pool(calls, window, retries, name)
 
-    def _completed_pool(self, calls: Iterator[Call], window: int) -> Iterator[tuple[int, Any]]:
+    @staticmethod
+    def _completed_sync(calls: Iterator[Call], retries: int,
+                        name: Callable[[int], str]) -> Iterator[tuple[int, Any]]:
+        for i, (f, args) in enumerate(calls):
+            attempt = 0
+            while True:
+                try:
+                    value = f(*args)
+                    break
+                except Exception as exc:
+                    _retry_or_fail(exc, attempt, retries, name(i))
+                    attempt += 1
+            yield i, value
+
+    def _completed_pool(self, calls: Iterator[Call], window: int, retries: int,
+                        name: Callable[[int], str]) -> Iterator[tuple[int, Any]]:
         import concurrent.futures as cf
         n = self.workers or os.cpu_count() or 1
         if self.scheduler == "processes":
@@ -232,48 +255,74 @@ class Runner:
 
             def submit(f: Callable, args: tuple) -> cf.Future:
                 return pool.submit(f, *args)
-        pending: dict[cf.Future, int] = {}
+        pending: dict[cf.Future, tuple[int, Call, int]] = {}
+
+        def drain() -> Iterator[tuple[int, Any]]:
+            done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                i, call, attempt = pending.pop(fut)
+                exc = fut.exception()
+                if exc is None:
+                    yield i, fut.result()
+                    continue
+                _retry_or_fail(exc, attempt, retries, name(i))
+                pending[submit(*call)] = (i, call, attempt + 1)
         try:
-            for i, (f, args) in enumerate(calls):
-                pending[submit(f, args)] = i
+            for i, call in enumerate(calls):
+                pending[submit(*call)] = (i, call, 0)
                 while len(pending) >= window:
-                    done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                    for fut in done:
-                        yield pending.pop(fut), fut.result()
+                    yield from drain()
             while pending:
-                done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                for fut in done:
-                    yield pending.pop(fut), fut.result()
+                yield from drain()
         finally:
             for fut in pending:
                 fut.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _completed_distributed(self, calls: Iterator[Call],
-                               window: int) -> Iterator[tuple[int, Any]]:
+    def _completed_distributed(self, calls: Iterator[Call], window: int, retries: int,
+                               name: Callable[[int], str]) -> Iterator[tuple[int, Any]]:
         from distributed import as_completed
         client = self._client
-        index: dict[Any, int] = {}
+        index: dict[Any, tuple[int, Call, int]] = {}
         it = enumerate(calls)
 
-        def submit_next(ac: Any | None) -> Any:
-            nxt = next(it, None)
-            if nxt is None:
-                return None
-            i, (f, args) = nxt
+        def submit(i: int, call: Call, attempt: int, ac: Any | None) -> Any:
+            f, args = call
             fut = client.submit(f, *args, pure=False)
-            index[fut.key] = i
+            index[fut.key] = (i, call, attempt)
             if ac is not None:
                 ac.add(fut)
             return fut
+
+        def submit_next(ac: Any | None) -> Any:
+            nxt = next(it, None)
+            return None if nxt is None else submit(nxt[0], nxt[1], 0, ac)
 
         first = [f for f in (submit_next(None) for _ in range(window)) if f is not None]
         if not first:
             return
         ac = as_completed(first)
         for fut in ac:
-            value = fut.result()  # re-raises the block's error here
-            i = index.pop(fut.key)
+            i, call, attempt = index.pop(fut.key)
+            if fut.status == "error":
+                exc = fut.exception()
+                fut.release()
+                _retry_or_fail(exc, attempt, retries, name(i))
+                submit(i, call, attempt + 1, ac)
+                continue
+            value = fut.result()
             fut.release()
             submit_next(ac)
             yield i, value
+
+
+def _retry_or_fail(exc: BaseException, attempt: int, retries: int, what: str) -> None:
+    """Log a failed attempt that will be retried, or raise the error that names the block."""
+    if attempt < retries and not isinstance(exc, (InvalidArgumentError, BackendUnavailableError)):
+        log.warning("%s failed (%s: %s); retrying (%d of %d)", what, type(exc).__name__, exc,
+                    attempt + 1, retries)
+        return
+    if isinstance(exc, BlockFailedError):
+        raise exc
+    tries = f" after {attempt + 1} attempts" if attempt else ""
+    raise BlockFailedError(f"{what} failed{tries}: {exc}") from exc

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import BlockGrid, Runner, check_aligned, open_output, store_blocks
+from ..engine import BlockGrid, Read, RunOptions, Stage, Write, check_aligned, run_job
 from ..volume import Volume, compressor_codecs, create_volume, open_volume
 
 
@@ -26,54 +26,80 @@ def job_identity(operator: str, params: dict[str, Any], inputs: Sequence[Volume]
             "layout": layout}
 
 
-def output_layout(src: Volume, chunks: Any, shards: Any,
-                  compression: str) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
-    """The output's chunks and shards (default: the input's), checked against ``src``'s grid."""
+def layout_of(chunks: Sequence[int], shards: Sequence[int] | None, compression: str) -> dict:
+    return {"chunks": list(chunks), "shards": list(shards) if shards else None,
+            "compression": str(compression).lower()}
+
+
+def output_layout(src: Volume, chunks: Any, shards: Any, compression: str,
+                  grid_block: Sequence[int] | None = None
+                  ) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """The output's chunks and shards (default: the input's), checked against the block grid
+    (default: ``src``'s write unit)."""
     from .._normalize import parse_tuple
     compressor_codecs(compression)  # refuse an unknown compression before any work
     out_chunks = parse_tuple(chunks, "chunks", src.ndim) if chunks is not None else src.chunks
     out_chunks = tuple(min(c, max(s, 1)) for c, s in zip(out_chunks, src.shape))
     out_shards = (parse_tuple(shards, "shards", src.ndim) if shards is not None
                   else (src.shards if chunks is None else None))
-    check_aligned(BlockGrid(src.shape, src.block_shape), out_shards or out_chunks)
+    check_aligned(BlockGrid(src.shape, tuple(grid_block or src.block_shape)),
+                  out_shards or out_chunks)
     return out_chunks, out_shards
 
 
-def run_elementwise(op: str, src: Volume, dst: str | os.PathLike, out_dtype: Any,
-                    params: dict[str, Any], job: dict[str, Any], *, backend: str = "auto",
-                    gpu_memory_limit: Any = None, chunks: Any = None, shards: Any = None,
-                    compression: str = "zstd", overwrite: bool = False, resume: bool = False,
-                    scheduler: Any = None, workers: int | None = None,
-                    connect_timeout: float | None = None, progress: bool = False) -> Volume:
-    """Run the per-block function of ``op`` (picked by backend and dtype) over ``src`` into ``dst``.
-
-    What every elementwise operator shares: the backend and memory cap are checked, the
-    scheduler is connected to, the output is created (or reopened to resume, or staged beside
-    the old one to overwrite), then the blocks run and the output is committed. ``params`` go
-    to the per-block function; ``job`` identifies the run for ``resume``.
-    """
+def backend_setup(op: str, backend: str, dtype: Any, memory_limit: Any,
+                  processes_per_device: int) -> Any:
+    """On a worker: the per-block function of ``op`` for ``dtype`` on the backend this worker
+    has (``auto``: CUDA where this worker sees a device and a kernel exists, else the CPU)."""
     from .. import backends
-    from ..cuda.streaming import parse_memory_limit, split_memory_limit
-    name = backends.resolve_backend(backend, op=op, dtype=src.dtype)
-    mem = parse_memory_limit(gpu_memory_limit)  # checked whatever the backend
+    name = backends.resolve_backend(backend, op=op, dtype=dtype)
+    impl = backends.implementation(op, name)
+    if name == "cuda":
+        from ..cuda.streaming import split_memory_limit
+        impl = partial(impl, memory_limit=split_memory_limit(memory_limit, processes_per_device))
+    return impl
+
+
+def backend_stage_setup(op: str, dtype: Any, options: RunOptions, runner: Any) -> dict[str, Any]:
+    """The ``setup``/``setup_key`` of a stage whose blocks run ``op``'s registered backend.
+
+    The choice is checked on the driver first (an explicit ``cuda`` without a kernel for the
+    dtype, or without a device here when blocks run here, is refused before any work)."""
+    from .. import backends
+    from ..cuda.streaming import parse_memory_limit
+    mem = parse_memory_limit(options.gpu_memory_limit)  # checked whatever the backend
+    backends.check_backend(options.backend, op, dtype, local=not runner.distributed)
+    ppd = runner.processes_per_device()
+    return {"setup": partial(backend_setup, op, options.backend, np.dtype(dtype).str, mem, ppd),
+            "setup_key": f"{op}:{options.backend}:{np.dtype(dtype).str}:{mem}:{ppd}"}
+
+
+def _apply(ctx: Any, block: np.ndarray, *, params: dict[str, Any]) -> np.ndarray:
+    return ctx.state(block, **params)
+
+
+def run_elementwise(op: str, src: Volume, dst: str | os.PathLike, out_dtype: Any,
+                    params: dict[str, Any], job: dict[str, Any], options: RunOptions, *,
+                    chunks: Any = None, shards: Any = None, compression: str = "zstd") -> Volume:
+    """Run ``op``'s per-block function (picked per backend and dtype on each worker) over
+    ``src`` into ``dst``: same region in, same region out. ``params`` go to the per-block
+    function; ``job`` identifies the run for ``resume``."""
     out_chunks, out_shards = output_layout(src, chunks, shards, compression)
     ident = job_identity(op, {**job, "dtype": np.dtype(out_dtype).str}, [src],
-                         {"chunks": list(out_chunks),
-                          "shards": list(out_shards) if out_shards else None,
-                          "compression": str(compression).lower()})
+                         layout_of(out_chunks, out_shards, compression))
 
     def create(path: str) -> Volume:
         return create_volume(path, src.shape, out_dtype, out_chunks, shards=out_shards,
                              compression=compression, voxel_size=src.voxel_size, unit=src.unit,
                              axes=src.axes, attrs={"job": ident})
 
-    with Runner(scheduler, workers, progress, connect_timeout=connect_timeout) as runner:
-        extra = ({"memory_limit": split_memory_limit(mem, runner.processes_per_device())}
-                 if name == "cuda" else {})
-        fn = partial(backends.implementation(op, name), **params, **extra)
-        runner.check_volumes([src])  # every worker reads this very input, before any output
-        with open_output(dst, create, inputs=[src], job=ident, overwrite=overwrite,
-                         resume=resume) as target:
-            store_blocks(fn, [src], target.volume, grid=BlockGrid(src.shape, src.block_shape),
-                         resumed=target.resumed, runner=runner, desc=op)
-            return target.commit()
+    with options.runner(op) as runner:
+        setup = backend_stage_setup(op, src.dtype, options, runner)
+
+        def stages(out: Volume) -> list[Stage]:
+            return [Stage(op, partial(_apply, params=params),
+                          BlockGrid(src.shape, src.block_shape), [Read(src)], [Write(out)],
+                          **setup)]
+
+        return run_job(dst, create, job=ident, stages=stages, options=options, inputs=[src],
+                       runner=runner)

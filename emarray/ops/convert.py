@@ -10,6 +10,7 @@ import numpy as np
 from .. import backends
 from .._normalize import finite_number
 from ..errors import InvalidArgumentError
+from ..engine import RunOptions
 from ..volume import Volume
 from ..cuda.instantiations import CTYPES as CUDA_DTYPES
 from .common import as_volume, run_elementwise
@@ -64,11 +65,8 @@ backends.register("rescale", "cuda", "emarray.cuda.ops:rescale_block_cuda", CUDA
 
 
 def rescale(src: Volume | str | os.PathLike, dst: str | os.PathLike, lo: float, hi: float, *,
-            backend: str = "auto", gpu_memory_limit: Any = None, chunks: Any = None,
-            shards: Any = None, compression: str = "zstd", overwrite: bool = False,
-            resume: bool = False, scheduler: Any = None, workers: int | None = None,
-            connect_timeout: float | None = None, allow_incomplete: bool = False,
-            progress: bool = False) -> Volume:
+            chunks: Any = None, shards: Any = None, compression: str = "zstd",
+            options: RunOptions | None = None, **run: Any) -> Volume:
     """Map ``[lo, hi]`` of ``src`` linearly onto uint8 ``0..255`` (clipped; NaN -> 0) at ``dst``.
 
     Options as for :func:`emarray.threshold`.
@@ -82,14 +80,12 @@ def rescale(src: Volume | str | os.PathLike, dst: str | os.PathLike, lo: float, 
     >>> emarray.rescale(src, os.path.join(d, "u8.zarr"), 0, 1).read().ravel()
     array([  0, 128, 255], dtype=uint8)
     """
-    src = as_volume(src, allow_incomplete)
+    opts = RunOptions.make(options, **run)
+    src = as_volume(src, opts.allow_incomplete)
     lo, hi = finite_number(lo, "lo"), finite_number(hi, "hi")
     if not hi > lo:
         raise InvalidArgumentError(f"rescale needs lo < hi, got lo={lo!r} hi={hi!r}")
     rescale_params(lo, hi)  # refuse a range float32 cannot represent, before any work
     return run_elementwise("rescale", src, dst, np.uint8, {"lo": lo, "hi": hi},
-                           {"lo": lo, "hi": hi}, backend=backend,
-                           gpu_memory_limit=gpu_memory_limit, chunks=chunks, shards=shards,
-                           compression=compression, overwrite=overwrite, resume=resume,
-                           scheduler=scheduler, workers=workers,
-                           connect_timeout=connect_timeout, progress=progress)
+                           {"lo": lo, "hi": hi}, opts, chunks=chunks, shards=shards,
+                           compression=compression)

@@ -19,10 +19,11 @@ import numpy as np
 
 from .. import backends
 from .._normalize import finite_number, micrometres
-from ..engine import BlockGrid, Runner, reduce_blocks
+from ..engine import BlockGrid, Checkpoint, Read, RunOptions, Stage, run_stages
+from ..engine.checkpoint import PROGRESS_DIR
 from ..errors import EmarrayWarning, InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
-from .common import as_volume
+from .common import as_volume, backend_stage_setup
 
 #: truth classes per voxel: 0 negative, 1 positive, 2 not counted (mask / ignore value)
 NEG, POS, SKIP = 0, 1, 2
@@ -125,11 +126,12 @@ backends.register("histogram", "cpu", histogram_block_cpu)
 backends.register("histogram", "cuda", "emarray.cuda.histogram:histogram_block_cuda")
 
 
-def _sweep_block(prob: np.ndarray, truth: np.ndarray, *rest: np.ndarray, region: Any,
-                 hist_fn: Any, channels: tuple[int, ...], channel_axis: bool,
+def _sweep_block(ctx: Any, prob: np.ndarray, truth: np.ndarray, *rest: np.ndarray,
+                 channels: tuple[int, ...], channel_axis: bool,
                  truth_per_channel: bool, truth_value: Any, ignore_value: Any, edges: np.ndarray,
                  table: Any, nbuckets: int) -> np.ndarray:
     mask = rest[0] if rest else None
+    region, hist_fn = ctx.region, ctx.state
     c0 = region[0].start if channel_axis else 0
     out = np.zeros((len(channels), nbuckets + 1, 3), np.int64)  # last row: NaN counts
     for j, ch in enumerate(channels):
@@ -144,26 +146,11 @@ def _sweep_block(prob: np.ndarray, truth: np.ndarray, *rest: np.ndarray, region:
     return out
 
 
-class _Spatial:
-    """A view of a 3D volume that reads regions given for a (C, Z, Y, X) grid."""
-
-    def __init__(self, vol: Volume):
-        self.vol = vol
-
-    def read(self, region):
-        return self.vol.read(tuple(region[1:]))
-
-    def check_handle(self) -> None:
-        self.vol.check_handle()
-
-
 def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *,
           thresholds: Any = None, values: Any = None, truth_value: Any = None,
           ignore_value: Any = None, mask: Volume | str | os.PathLike | None = None,
           channel: int | None = None, out: str | os.PathLike | None = None,
-          overwrite: bool = False, backend: str = "auto", scheduler: Any = None,
-          workers: int | None = None, connect_timeout: float | None = None,
-          allow_incomplete: bool = False, progress: bool = False):
+          options: RunOptions | None = None, **run: Any):
     """Sweep thresholds of ``prob`` against ``truth`` in one pass; return a pandas DataFrame.
 
     Parameters
@@ -183,7 +170,10 @@ def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
     channel : int, optional
         Sweep one channel only of a (C, Z, Y, X) map.
     out : path, optional
-        Folder for ``sweep.csv``, ``sweep.json`` and ``sweep.png``.
+        Folder for ``sweep.csv``, ``sweep.json`` and ``sweep.png``; it also keeps the sweep's
+        progress, so a killed sweep continues with ``resume=True``.
+    options : RunOptions, optional
+        How the job runs; its fields may also be given as keywords (see :class:`RunOptions`).
 
     Returns
     -------
@@ -205,6 +195,8 @@ def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
     >>> df[["threshold", "tp", "fp", "fn", "tn"]].values.tolist()
     [[0.5, 2.0, 0.0, 1.0, 1.0]]
     """
+    opts = RunOptions.make(options, **run)
+    allow_incomplete = opts.allow_incomplete
     pv, tv = as_volume(prob, allow_incomplete), as_volume(truth, allow_incomplete)
     mv = as_volume(mask, allow_incomplete) if mask is not None else None
     from .._normalize import numeric_dtype
@@ -230,28 +222,37 @@ def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
         if v is not None:
             finite_number(v, name)
     if out is not None:
-        _check_out(Path(out), overwrite)
-    name = backends.resolve_backend(backend)
+        _check_out(Path(out), opts.overwrite or opts.resume)
     edges = exact_thresholds(pv.dtype, ts)
     from ._histogram_cpu import lookup_table
     table = lookup_table(edges) if pv.dtype not in LEVEL_DTYPES else None
     nbuckets = (np.iinfo(pv.dtype).max + 1) if pv.dtype in LEVEL_DTYPES else ts.size + 1
-    fn = partial(_sweep_block, hist_fn=backends.implementation("histogram", name),
-                 channels=channels, channel_axis=channel_axis,
+    fn = partial(_sweep_block, channels=channels, channel_axis=channel_axis,
                  truth_per_channel=truth_per_channel, truth_value=truth_value,
                  ignore_value=ignore_value, edges=edges, table=table, nbuckets=nbuckets)
-    inputs: list[Any] = [pv, tv if not channel_axis or truth_per_channel else _Spatial(tv)]
+    drop = "drop" if channel_axis else "same"
+    reads = [Read(pv), Read(tv, channels="same" if truth_per_channel else drop)]
     if mv is not None:
-        inputs.append(_Spatial(mv) if channel_axis else mv)
-    grid = BlockGrid(pv.shape, pv.block_shape)
-    with Runner(scheduler, workers, progress, connect_timeout=connect_timeout) as runner:
-        hist = reduce_blocks(fn, inputs, np.add, grid=grid, runner=runner, desc="sweep")
+        reads.append(Read(mv, channels=drop))
+    job = {"operator": "sweep", "thresholds": ts.tolist(), "truth_value": truth_value,
+           "ignore_value": ignore_value, "channels": list(channels),
+           "inputs": [v.fingerprint() for v in (pv, tv, mv) if v is not None]}
+    checkpoint = Checkpoint(Path(out) / PROGRESS_DIR if out is not None else None)
+    with opts.runner("sweep") as runner:
+        runner.check_volumes([pv, tv] + ([mv] if mv is not None else []))
+        stage = Stage("sweep", fn, BlockGrid(pv.shape, pv.block_shape), reads, combine=np.add,
+                      **backend_stage_setup("histogram", pv.dtype, opts, runner))
+        if not opts.resume:
+            checkpoint.clear()
+        checkpoint.start(job)
+        hist = run_stages([stage], runner, checkpoint, retries=opts.retries)
     df = metrics_table(hist, ts, pv, channels)
     df.attrs["warnings"] = sweep_warnings(df)
     for w in df.attrs["warnings"]:
         warnings.warn(w, EmarrayWarning, stacklevel=2)
     if out is not None:
         write_outputs(df, Path(out), pv, tv)
+    checkpoint.clear()
     return df
 
 
@@ -273,9 +274,9 @@ def sweep_warnings(df) -> list[str]:
     return out
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path, replace: bool) -> None:
     existing = [out / f for f in ("sweep.csv", "sweep.json", "sweep.png") if (out / f).exists()]
-    if existing and not overwrite:
+    if existing and not replace:
         raise InvalidArgumentError(
             f"{existing[0]} already exists; pass --overwrite to replace the sweep in {out}")
     if out.exists() and not out.is_dir():

@@ -10,6 +10,7 @@ import numpy as np
 from .. import backends
 from .._normalize import finite_number, numeric_dtype
 from ..errors import InvalidArgumentError
+from ..engine import RunOptions
 from ..volume import Volume
 from ..cuda.instantiations import CTYPES as CUDA_DTYPES
 from .common import as_volume, run_elementwise
@@ -67,12 +68,9 @@ backends.register("threshold", "cuda", "emarray.cuda.ops:threshold_block_cuda", 
 
 
 def threshold(src: Volume | str | os.PathLike, dst: str | os.PathLike, value: float,
-              op: str = "gt", *, backend: str = "auto", gpu_memory_limit: Any = None,
-              chunks: Any = None, shards: Any = None,
-              compression: str = "zstd", overwrite: bool = False, resume: bool = False,
-              scheduler: Any = None, workers: int | None = None,
-              connect_timeout: float | None = None, allow_incomplete: bool = False,
-              progress: bool = False) -> Volume:
+              op: str = "gt", *, chunks: Any = None, shards: Any = None,
+              compression: str = "zstd", options: RunOptions | None = None,
+              **run: Any) -> Volume:
     """Threshold ``src`` into a uint8 0/1 volume at ``dst``: ``1`` where ``src > value``.
 
     Parameters
@@ -85,16 +83,13 @@ def threshold(src: Volume | str | os.PathLike, dst: str | os.PathLike, value: fl
         The threshold, compared exactly against the stored values. NaN voxels give 0.
     op : {"gt", "ge"}
         ``src > value`` or ``src >= value``.
-    backend : {"auto", "cpu", "cuda"}
-        Where each block is computed; ``auto`` picks CUDA when CuPy sees a device.
-    gpu_memory_limit : float, int or str, optional
-        CUDA only: cap on device memory, a fraction of the card (default 0.5) or a size ("8GB").
     chunks, shards : z,y,x, optional
         Output storage layout (default: the input's). Must not split a processing block's write.
-    overwrite, resume : bool
-        Replace an existing ``dst``, or finish an interrupted run (skipping finished blocks).
-    scheduler : str or distributed.Client, optional
-        ``threads`` (default), ``processes``, ``synchronous``, ``local-cluster`` or an address.
+    compression : str
+        Output compression (zstd, blosc-zstd, blosc-lz4, gzip, none).
+    options : RunOptions, optional
+        How the job runs (scheduler, workers, backend, GPU memory limit, progress, overwrite,
+        resume, ...); any of its fields may also be given as a keyword (``resume=True``).
 
     Returns
     -------
@@ -111,11 +106,9 @@ def threshold(src: Volume | str | os.PathLike, dst: str | os.PathLike, value: fl
     >>> int(m.read().sum())
     32
     """
-    src = as_volume(src, allow_incomplete)
+    opts = RunOptions.make(options, **run)
+    src = as_volume(src, opts.allow_incomplete)
     op_n, value_n = normalize_threshold(src.dtype, value, op)
     return run_elementwise("threshold", src, dst, np.uint8, {"op": op_n, "value": value_n},
-                           {"value": float(value), "op": op}, backend=backend,
-                           gpu_memory_limit=gpu_memory_limit, chunks=chunks, shards=shards,
-                           compression=compression, overwrite=overwrite, resume=resume,
-                           scheduler=scheduler, workers=workers,
-                           connect_timeout=connect_timeout, progress=progress)
+                           {"value": float(value), "op": op}, opts, chunks=chunks, shards=shards,
+                           compression=compression)

@@ -1,0 +1,200 @@
+"""The block contract: what one block of a stage reads, computes and writes.
+
+A stage runs over a :class:`~emarray.engine.grid.BlockGrid`. Each block has a **write region**
+(the grid's region, aligned to every output's write unit) and, per input, a **read region**
+derived by a :class:`Read`: the same region, grown by a halo, scaled by a factor, with a
+channel axis added or dropped. Reads past the volume edge are filled by the read's boundary
+mode. The block function gets a :class:`BlockContext` and one array per read, and returns one
+array per :class:`Write` (the engine crops a halo off and refuses a wrong shape or dtype) or,
+for a stage without writes, a summary that the stage's ``combine`` folds.
+
+Anchors: daisy's ``Task(read_roi, write_roi, process_function)``, dask's
+``map_overlap(depth, boundary)``, gunpowder's request/provide.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidArgumentError
+from .grid import BlockGrid, Region, check_aligned
+
+#: boundary modes for reads past the volume edge (``reflect`` is SciPy's: d c b a | a b c d)
+BOUNDARIES = ("reflect", "nearest", "constant", "none")
+CHANNELS = ("same", "all", "drop")
+
+
+def per_axis(value: Any, ndim: int, what: str, kind: Callable = int) -> tuple:
+    """One value per axis from a scalar or a sequence (dask's ``coerce_depth``, in short)."""
+    vals = tuple(value) if isinstance(value, (tuple, list)) else (value,) * ndim
+    if len(vals) != ndim:
+        raise InvalidArgumentError(f"{what} needs {ndim} values, got {value!r}")
+    return tuple(kind(v) for v in vals)
+
+
+@dataclass(frozen=True)
+class Read:
+    """How a block reads one input (``volume``: anything with ``shape``, ``dtype``, ``read``).
+
+    The read region of a block with write region ``[a, b)`` along an axis is
+    ``[floor(a * scale) - halo, ceil(b * scale) + halo)``. ``boundary`` fills what lies outside
+    the volume (``none``: the read is clipped to the volume and the array is smaller).
+    ``channels``: ``all`` reads a leading channel axis the grid does not have, whole; ``drop``
+    ignores the grid's leading (channel) axis for a volume without one.
+    """
+
+    volume: Any
+    halo: tuple[int, ...] | int = 0
+    scale: tuple[Fraction, ...] | Fraction | int = 1
+    boundary: str = "none"
+    cval: float = 0.0
+    channels: str = "same"
+
+    def __post_init__(self) -> None:
+        if self.boundary not in BOUNDARIES:
+            raise InvalidArgumentError(
+                f"boundary must be one of {', '.join(BOUNDARIES)}, got {self.boundary!r}")
+        if self.channels not in CHANNELS:
+            raise InvalidArgumentError(
+                f"channels must be one of {', '.join(CHANNELS)}, got {self.channels!r}")
+        n = self.spatial_ndim
+        halo = per_axis(self.halo, n, "halo")
+        if any(h < 0 for h in halo):
+            raise InvalidArgumentError(f"halo must be >= 0 on every axis, got {self.halo!r}")
+        scale = per_axis(self.scale, n, "scale", Fraction)
+        if any(s <= 0 for s in scale):
+            raise InvalidArgumentError(f"scale must be > 0 on every axis, got {self.scale!r}")
+        object.__setattr__(self, "halo", halo)
+        object.__setattr__(self, "scale", scale)
+
+    @property
+    def spatial_ndim(self) -> int:
+        nd = len(self.volume.shape)
+        return nd - 1 if self.channels == "all" else nd
+
+    def region(self, write: Region) -> Region:
+        """The read region (in the input's coordinates; may reach past its edges)."""
+        if self.channels == "drop":
+            write = write[1:]
+        out = []
+        for w, h, f in zip(write, self.halo, self.scale):  # type: ignore[arg-type]
+            out.append(slice(math.floor(w.start * f) - h, math.ceil(w.stop * f) + h))
+        if self.channels == "all":
+            out.insert(0, slice(0, self.volume.shape[0]))
+        return tuple(out)
+
+    def clipped(self, want: Region) -> Region:
+        return tuple(slice(max(s.start, 0), min(s.stop, n))
+                     for s, n in zip(want, self.volume.shape))
+
+    def read(self, write: Region) -> tuple[np.ndarray, Region]:
+        """Read this input for a block; returns the array and the region it covers."""
+        want = self.region(write)
+        have = self.clipped(want)
+        if have == want or self.boundary == "none":
+            return self.volume.read(have), have
+        return read_padded(self.volume, want, self.boundary, self.cval), want
+
+
+def _source_index(i: np.ndarray, n: int, boundary: str) -> np.ndarray:
+    """Where voxel ``i`` (possibly outside ``[0, n)``) comes from under ``boundary``."""
+    if boundary == "nearest":
+        return np.clip(i, 0, n - 1)
+    m = np.mod(i, 2 * n)  # reflect: period 2n, mirrored about the edges
+    return np.where(m < n, m, 2 * n - 1 - m)
+
+
+def read_padded(volume: Any, want: Region, boundary: str, cval: float = 0.0) -> np.ndarray:
+    """Read ``want`` from ``volume``, filling what lies outside it by ``boundary``.
+
+    >>> class A:
+    ...     shape, data = (3,), np.array([1, 2, 3])
+    ...     def read(self, r): return self.data[r]
+    >>> read_padded(A(), (slice(-2, 5),), "reflect").tolist()
+    [2, 1, 1, 2, 3, 3, 2]
+    """
+    shape = volume.shape
+    if boundary == "constant":
+        out = np.full(tuple(s.stop - s.start for s in want), cval, dtype=volume.dtype)
+        have = tuple(slice(max(s.start, 0), min(s.stop, n)) for s, n in zip(want, shape))
+        if all(h.stop > h.start for h in have):
+            inner = tuple(slice(h.start - w.start, h.stop - w.start) for h, w in zip(have, want))
+            out[inner] = volume.read(have)
+        return out
+    idx = [_source_index(np.arange(s.start, s.stop), n, boundary) for s, n in zip(want, shape)]
+    hull = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
+    data = volume.read(hull)
+    return data[np.ix_(*(i - h.start for i, h in zip(idx, hull)))]
+
+
+@dataclass(frozen=True)
+class Write:
+    """One output of a stage: ``volume`` and its write region, the grid region times ``scale``."""
+
+    volume: Any
+    scale: tuple[Fraction, ...] | Fraction | int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", per_axis(self.scale, len(self.volume.shape), "scale",
+                                                   Fraction))
+
+    def region(self, write: Region) -> Region:
+        return tuple(slice(math.ceil(w.start * f), min(math.ceil(w.stop * f), n))
+                     for w, f, n in zip(write, self.scale, self.volume.shape))  # type: ignore[arg-type]
+
+
+@dataclass
+class BlockContext:
+    """What a block function knows about its block.
+
+    ``region`` is the write region in the grid's coordinates, ``reads`` the region each input
+    array covers, ``writes`` each output's write region, ``state`` the stage's per-worker setup
+    result, ``given`` what the previous stage's ``finalize`` returned.
+    """
+
+    index: tuple[int, ...]
+    region: Region
+    reads: list[Region]
+    writes: list[Region]
+    state: Any = None
+    given: Any = None
+
+
+@dataclass
+class Stage:
+    """One pass over a grid of blocks.
+
+    ``fn(ctx, *arrays)`` returns one array per write (a tuple when there are several), or a
+    summary when the stage writes nothing. Summaries are folded with ``combine`` (associative
+    and commutative) and turned by ``finalize`` (on the driver) into what the next stage gets
+    as ``ctx.given`` and what the job returns. ``setup()`` runs once per worker process (and
+    device) and its result reaches every block there as ``ctx.state``; ``setup_key`` names it
+    in that cache.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    grid: BlockGrid
+    reads: Sequence[Read] = ()
+    writes: Sequence[Write] = ()
+    combine: Callable[[Any, Any], Any] | None = None
+    finalize: Callable[[Any], Any] | None = None
+    setup: Callable[[], Any] | None = None
+    setup_key: str = ""
+    given: Any = field(default=None, repr=False)
+
+    def check(self) -> None:
+        """Refuse a grid whose blocks would share an output's storage chunk or shard."""
+        for w in self.writes:
+            unit = w.volume.block_shape
+            block = tuple(max(1, math.ceil(b * f)) if b < s else n for b, f, s, n in
+                          zip(self.grid.block, w.scale, self.grid.shape,  # type: ignore[arg-type]
+                              w.volume.shape))
+            check_aligned(BlockGrid(tuple(w.volume.shape), block), unit)
+        if not self.writes and self.combine is None:
+            raise InvalidArgumentError(f"stage {self.name!r} writes nothing and combines nothing")

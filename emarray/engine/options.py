@@ -1,0 +1,93 @@
+"""One set of run options for every operator and CLI command (instead of ten keywords each)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InvalidArgumentError
+from .schedulers import Runner, check_scheduler
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a job runs: where, on what, with what display, and what it may do to its output.
+
+    Every operator takes ``options=RunOptions(...)`` and/or the same fields as keywords
+    (``emarray.threshold(src, dst, 0.5, scheduler="processes", resume=True)``).
+
+    Attributes
+    ----------
+    scheduler : str or distributed.Client, optional
+        ``threads`` (default), ``processes``, ``synchronous``, ``local-cluster``, ``cuda`` or a
+        scheduler address; None reads ``DASK_SCHEDULER_ADDRESS``.
+    workers : int, optional
+        Threads, processes or local-cluster workers (default: all cores).
+    backend : {"auto", "cpu", "cuda"}
+        Where blocks are computed; decided per (operator, dtype) where the block runs.
+    gpu_memory_limit : float, int or str, optional
+        CUDA: device memory cap, a fraction of the card (default 0.5) or a size ("8GB").
+    progress : bool
+        Show a progress bar (a few log lines when not on a terminal).
+    overwrite, resume : bool
+        Replace an existing output (safely), or finish an interrupted run.
+    connect_timeout : float, optional
+        Seconds to wait for a scheduler address (default 10).
+    allow_incomplete : bool
+        Accept inputs that are unfinished outputs of an interrupted job.
+    retries : int
+        How often a failed block is run again before the job stops naming it (default 2).
+    window : int, optional
+        Tasks in flight at most (default: 4 per worker, at least 8).
+    """
+
+    scheduler: Any = None
+    workers: int | None = None
+    backend: str = "auto"
+    gpu_memory_limit: Any = None
+    progress: bool = False
+    overwrite: bool = False
+    resume: bool = False
+    connect_timeout: float | None = None
+    allow_incomplete: bool = False
+    retries: int = 2
+    window: int | None = None
+
+    def __post_init__(self) -> None:
+        check_scheduler(self.scheduler)
+        from ..backends import BACKENDS
+        if str(self.backend).lower() not in BACKENDS:
+            raise InvalidArgumentError(
+                f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.overwrite and self.resume:
+            raise InvalidArgumentError("choose either overwrite or resume, not both")
+        if not isinstance(self.retries, int) or self.retries < 0:
+            raise InvalidArgumentError(f"retries must be a whole number >= 0, got {self.retries!r}")
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
+            raise InvalidArgumentError(f"workers must be at least 1, got {self.workers!r}")
+        if self.window is not None and (not isinstance(self.window, int) or self.window < 1):
+            raise InvalidArgumentError(f"window must be at least 1, got {self.window!r}")
+
+    @classmethod
+    def make(cls, options: RunOptions | None = None, **overrides: Any) -> RunOptions:
+        """``options`` (or the defaults) with ``overrides``; an unknown name is refused.
+
+        >>> RunOptions.make(None, workers=2, resume=True).workers
+        2
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise InvalidArgumentError(
+                f"unknown run option {unknown[0]!r}; the options are {', '.join(sorted(names))}")
+        base = options if options is not None else cls()
+        if not isinstance(base, RunOptions):
+            raise InvalidArgumentError(f"options must be a RunOptions, got {options!r}")
+        given = {k: v for k, v in overrides.items() if v is not None or k in ("scheduler",)
+                 and v is not None}
+        return dataclasses.replace(base, **given)
+
+    def runner(self, desc: str = "blocks") -> Runner:
+        """The (not yet entered) Runner for these options."""
+        return Runner(self.scheduler, self.workers, self.progress, desc,
+                      connect_timeout=self.connect_timeout, window=self.window)
