@@ -11,9 +11,13 @@ from . import datasets, errors
 from .export import export
 from .info import info
 from .ingest import ingest
+from .engine import RunOptions
 from .ops.convert import rescale
+from .ops.pyramid import pyramid
+from .ops.smooth import smooth
 from .ops.sweep import sweep
 from .ops.threshold import threshold
+from .ops.upsample import upsample
 from .volume import Volume, create_volume, open_volume
 
 try:
@@ -21,5 +25,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["Volume", "create_volume", "datasets", "errors", "export", "info", "ingest",
-           "open_volume", "rescale", "sweep", "threshold", "__version__"]
+__all__ = ["RunOptions", "Volume", "create_volume", "datasets", "errors", "export", "info", "ingest",
+           "open_volume", "pyramid", "rescale", "smooth", "sweep", "threshold", "upsample",
+           "__version__"]

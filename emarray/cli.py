@@ -164,6 +164,8 @@ def info(path: str, as_json: bool) -> None:
         click.echo(f"{key:>12}: {d[key]}")
     click.echo(f"{'voxel size':>12}: {d['voxel_size']} {d['unit']}")
     click.echo(f"{'levels':>12}: {len(d['levels'])} {d['levels']}")
+    for lv in d["level_info"]:
+        click.echo(f"{'':>12}  {lv['path']}: {lv['shape']} voxel {lv['voxel_size']}")
     click.echo(f"{'codecs':>12}: {', '.join(d['codecs']) or '-'}")
     click.echo(f"{'status':>12}: {d['status']}")
     click.echo(f"{'bytes':>12}: {d['nbytes']:,} uncompressed")
@@ -239,6 +241,68 @@ def rescale(obj: dict, src: str, dst: str, lo_hi: str, **kw: Any) -> None:
     lo, hi = parse_tuple(lo_hi, "range", 2, kind=float, positive=False)
     v = _rescale(src, dst, lo, hi, progress=obj["progress"], **kw)
     click.echo(f"wrote {v.url}: {v.shape} uint8")
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--sigma", required=True, help="Gaussian sigma: one number or z,y,x.")
+@click.option("--unit", type=click.Choice(["voxel", "physical"]), default="voxel",
+              help="Sigma in voxels, or in the volume's physical unit (e.g. nanometer).")
+@click.option("--truncate", type=float, default=4.0, help="Cut the filter at this many sigmas.")
+@_elementwise_options
+@click.pass_obj
+@_friendly
+def smooth(obj: dict, src: str, dst: str, sigma: str, **kw: Any) -> None:
+    """Gaussian-smooth SRC into DST (float32), equal to scipy's gaussian_filter on the whole."""
+    from .ops.smooth import smooth as _smooth
+    v = _smooth(src, dst, sigma, progress=obj["progress"], **kw)
+    click.echo(f"wrote {v.url}: {v.shape} {v.dtype}")
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--levels", type=int, default=None, help="Number of levels to add.")
+@click.option("--until-size", type=int, default=None,
+              help="Add levels until every axis is at most S voxels (default 64).")
+@click.option("--mode", type=click.Choice(["auto", "mean", "mode", "max", "min", "nearest"]),
+              default="auto", help="auto: mode for labels, mean for images.")
+@click.option("--factors", default="auto",
+              help="auto (y,x only while z is coarser, then all three) or z,y,x of 1 or 2.")
+@click.option("--labels", is_flag=True, default=None,
+              help="PATH holds labels (pooled by mode, never averaged).")
+@_engine_options
+@_output_options
+@_backend_options
+@click.pass_obj
+@_friendly
+def pyramid(obj: dict, path: str, **kw: Any) -> None:
+    """Add downsampled levels to the OME-Zarr image PATH and update its multiscales."""
+    from .ops.pyramid import pyramid as _pyramid
+    v = _pyramid(path, progress=obj["progress"], **kw)
+    from .volume import open_volume
+    for k in range(1, len(v.levels)):
+        lv = open_volume(v.url, level=k)
+        click.echo(f"level {v.levels[k]}: {lv.shape} voxel {lv.voxel_size} {lv.unit}")
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--like", required=True, help="Reference volume whose grid DST gets.")
+@click.option("--mode", type=click.Choice(["auto", "nearest", "linear"]), default="auto",
+              help="auto: nearest for labels, linear for images.")
+@click.option("--chunks", default=None, help="Chunk shape z,y,x (default: the reference's).")
+@_engine_options
+@_output_options
+@_incomplete_option
+@click.pass_obj
+@_friendly
+def upsample(obj: dict, src: str, dst: str, **kw: Any) -> None:
+    """Resample the coarse volume SRC onto the grid of --like into DST."""
+    from .ops.upsample import upsample as _upsample
+    v = _upsample(src, dst, progress=obj["progress"], **kw)
+    click.echo(f"wrote {v.url}: {v.shape} {v.dtype}")
 
 
 @cli.command()

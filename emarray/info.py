@@ -24,6 +24,12 @@ def info(path: Volume | str | os.PathLike) -> dict[str, Any]:
     1024
     """
     vol = path if isinstance(path, Volume) else open_volume(path)
+    level_info = []
+    if len(vol.levels) > 1:
+        for k, p in enumerate(vol.levels):
+            lv = open_volume(vol.url, level=k)
+            level_info.append({"path": p, "shape": lv.shape, "voxel_size": lv.voxel_size,
+                               "translation": lv.translation, "chunks": lv.chunks})
     stored = vol.stored_bytes()
     codecs: list[str] = []
     if vol.kind == "zarr3":
@@ -37,6 +43,7 @@ def info(path: Volume | str | os.PathLike) -> dict[str, Any]:
         "url": vol.url, "format": vol.kind, "shape": vol.shape, "dtype": str(vol.dtype),
         "axes": vol.axes, "chunks": vol.chunks, "shards": vol.shards,
         "voxel_size": vol.voxel_size, "unit": vol.unit, "levels": list(vol.levels),
+        "level_info": level_info,
         "codecs": codecs, "nbytes": vol.nbytes, "stored_bytes": stored,
         "compression_ratio": (vol.nbytes / stored) if stored else None,
         "status": (f"UNFINISHED: an interrupted emarray {vol.unfinished_job} job; missing chunks "

@@ -23,11 +23,13 @@ def axis_entries(axes: Sequence[str], unit: str) -> list[dict[str, Any]]:
 
 
 def multiscales(name: str, axes: Sequence[str], unit: str,
-                levels: Sequence[tuple[str, Sequence[float]]], *, method: str = "none",
-                metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+                levels: Sequence[tuple[str, Sequence[float]] | tuple[str, Sequence[float],
+                                                                      Sequence[float]]],
+                *, method: str = "none", metadata: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``attributes.ome`` object of an image group.
 
-    ``levels`` lists ``(path, scale)`` from full resolution down; ``scale`` has one entry per axis.
+    ``levels`` lists ``(path, scale)`` or ``(path, scale, translation)`` from full resolution
+    down; ``scale`` and ``translation`` have one entry per axis.
     ``method`` names how lower levels were made (``"none"`` for a single level).
     """
     return {
@@ -37,13 +39,26 @@ def multiscales(name: str, axes: Sequence[str], unit: str,
             "type": method,
             "metadata": {"description": "written by emarray", **(metadata or {})},
             "axes": axis_entries(axes, unit),
-            "datasets": [
-                {"path": path,
-                 "coordinateTransformations": [{"type": "scale", "scale": [float(s) for s in scale]}]}
-                for path, scale in levels
-            ],
+            "datasets": [dataset_entry(*level) for level in levels],
         }],
     }
+
+
+def dataset_entry(path: str, scale: Sequence[float],
+                  translation: Sequence[float] | None = None) -> dict[str, Any]:
+    """One ``datasets`` entry: its path, scale and (when not all zero) translation."""
+    transforms: list[dict[str, Any]] = [{"type": "scale", "scale": [float(s) for s in scale]}]
+    if translation is not None and any(float(t) != 0 for t in translation):
+        transforms.append({"type": "translation", "translation": [float(t) for t in translation]})
+    return {"path": path, "coordinateTransformations": transforms}
+
+
+def level_translation(multiscale: dict[str, Any], index: int = 0) -> list[float] | None:
+    """The translation of dataset ``index`` (None when it has none)."""
+    for tr in multiscale["datasets"][index].get("coordinateTransformations", []):
+        if tr.get("type") == "translation":
+            return [float(t) for t in tr["translation"]]
+    return None
 
 
 def read_multiscales(attrs: dict[str, Any]) -> dict[str, Any] | None:

@@ -46,6 +46,8 @@ class Volume:
         Physical size of one voxel along each spatial axis, in ``unit``.
     levels : tuple of str
         Paths of the pyramid levels (level 0 is the one this Volume reads).
+    translation : tuple of float, optional
+        Physical position of the first voxel's centre per spatial axis (None: the origin).
 
     Examples
     --------
@@ -69,6 +71,7 @@ class Volume:
     unit: str
     levels: tuple[str, ...] = ("0",)
     attrs: dict[str, Any] = field(default_factory=dict)
+    translation: tuple[float, ...] | None = None
     _handle: Any = field(default=None, repr=False, compare=False)
 
     # -- pickling: handles are reopened where the block runs (threads, processes, workers) --
@@ -349,6 +352,7 @@ def _open_zarr3(path: str, level: int) -> Volume:
     unit = "nanometer"
     levels: tuple[str, ...] = ("",)
     axes = None
+    translation = None
     if isinstance(node, zarr.Group):
         ms = ome.read_multiscales(attrs)
         if ms is None:
@@ -362,6 +366,9 @@ def _open_zarr3(path: str, level: int) -> Volume:
                 f"level must be between 0 and {len(levels) - 1} for {path!r}, got {level}")
         axes = tuple(a["name"] for a in ms["axes"])
         scale = ome.level_scale(ms, level)
+        shift = ome.level_translation(ms, level)
+        if shift is not None:
+            translation = tuple(t for t, a in zip(shift, ms["axes"]) if a.get("type") == "space")
         units = [a.get("unit") for a in ms["axes"] if a.get("type") == "space"]
         unit = next((u for u in units if u), unit)
         if scale is not None:
@@ -380,7 +387,7 @@ def _open_zarr3(path: str, level: int) -> Volume:
     return Volume(url=path, kind="zarr3", array_path=array_path, shape=tuple(arr.shape),
                   dtype=np.dtype(arr.dtype), chunks=tuple(arr.chunks), shards=shards, axes=axes,
                   voxel_size=voxel_size or (1.0,) * n_space, unit=unit, levels=levels,
-                  attrs=attrs)
+                  attrs=attrs, translation=translation)
 
 
 # -- creating -----------------------------------------------------------------------------

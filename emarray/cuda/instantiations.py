@@ -37,10 +37,28 @@ def level_hist_name(dtype) -> str:
     return f"emarray_level_hist<{CTYPES[np.dtype(dtype)]}>"
 
 
+#: smoothing reads any of these; its output (and every pass after the first) is float32
+SMOOTH_DTYPES = [dt for dt in CTYPES if dt != np.dtype(np.float64)]
+
+
+def smooth_name(dtype) -> str:
+    return f"emarray_smooth_axis<{CTYPES[np.dtype(dtype)]}>"
+
+
+#: pooling: (mode, z factor) per dtype; mean accumulates in double, mode counts in registers
+POOL_MODES = {"mean": 0, "mode": 1}
+
+
+def pool_name(dtype, mode: str, fz: int) -> str:
+    return f"emarray_pool<{CTYPES[np.dtype(dtype)]}, {POOL_MODES[mode]}, {fz}>"
+
+
 #: kernel family file -> every name expression compiled from it.
 FAMILIES: dict[str, list[str]] = {
     "threshold.cu": [threshold_name(dt, op) for dt in CTYPES for op in THRESHOLD_OPS],
     "convert.cu": [rescale_name(dt) for dt in CTYPES],
     "histogram.cu": [bucket_hist_name(dt) for dt in HIST_BUCKET_DTYPES]
     + [level_hist_name(dt) for dt in HIST_LEVEL_DTYPES],
+    "smooth.cu": [smooth_name(dt) for dt in SMOOTH_DTYPES],
+    "pool.cu": [pool_name(dt, m, fz) for dt in CTYPES for m in POOL_MODES for fz in (1, 2)],
 }

@@ -154,6 +154,9 @@ def _own_entries(attrs: dict[str, Any]) -> set[str]:
                   for d in m["datasets"]}
     except (KeyError, TypeError):
         levels = set()
+    pyramid = (attrs.get("emarray") or {}).get("pyramid") if isinstance(attrs, dict) else None
+    if isinstance(pyramid, dict):  # levels a killed pyramid job made but did not yet list
+        levels |= {str(p) for p in pyramid.get("paths", [])}
     return {"zarr.json", MARKER_DIR, *levels}
 
 

@@ -178,7 +178,12 @@ def run_stages(stages: Sequence[Stage], runner: Runner, checkpoint: Checkpoint, 
             return _block_name(st, index(i))
 
         runner.desc = st.name
-        runner.run(calls(), total=int(todo.size), retries=retries, on_result=on_result, name=name)
+        try:
+            runner.run(calls(), total=int(todo.size), retries=retries, on_result=on_result,
+                       name=name)
+        except BaseException:  # a failed block or an interrupt: keep every finished block
+            checkpoint.save(st.name, done, fold.stack if fold else None, force=True)
+            raise
         acc = fold.result() if fold is not None else None
         given = st.finalize(acc) if st.finalize is not None else acc
         checkpoint.finish(st.name, given)

@@ -1,0 +1,35 @@
+"""CUDA pooling (mean and mode, 2x2x2 and 1x2x2) of one block; other modes use the CPU twin."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..ops.pool import pool_twin, pooled_shape
+from .elementwise import THREADS, _grid
+from .instantiations import pool_name
+from .modules import get_kernel
+
+
+def pool_device(a: Any, factors: Sequence[int], mode: str, stream: Any = None) -> Any:
+    """Pool the 3-D device array ``a`` by (1|2, 2, 2) with ``mode`` mean or mode."""
+    import cupy
+    a = cupy.ascontiguousarray(a)
+    oz, oy, ox = pooled_shape(a.shape, factors)
+    out = cupy.empty((oz, oy, ox), a.dtype)
+    if out.size:
+        k = get_kernel("pool.cu", pool_name(a.dtype, mode, int(factors[0])))
+        k(_grid(out.size), (THREADS,), (a, out, *(np.int64(s) for s in a.shape),
+                                        np.int64(oz), np.int64(oy), np.int64(ox)),
+          stream=stream)
+    return out
+
+
+def pool_block_cuda(block: np.ndarray, *, factors: Sequence[int], mode: str,
+                    memory_limit: Any = None) -> np.ndarray:
+    """CUDA twin of :func:`emarray.ops.pool.pool_twin` for mean and mode by (1|2, 2, 2)."""
+    import cupy
+    if mode not in ("mean", "mode") or tuple(factors[1:]) != (2, 2) or factors[0] not in (1, 2):
+        return pool_twin(block, factors, mode)
+    return cupy.asnumpy(pool_device(cupy.asarray(block), factors, mode))

@@ -1,0 +1,313 @@
+"""Multiscale pyramids: levels 1..N added to an OME-Zarr image group, out of core.
+
+Each level is pooled from the stored level above it (so the result does not depend on the
+block size), several levels per pass where a block's memory allows: a block of the coarsest
+level in the pass reads its whole footprint from the level above the pass and writes every
+level of the pass from it. Labels are pooled by mode, never averaged.
+"""
+from __future__ import annotations
+
+import math
+import os
+from fractions import Fraction
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import ome
+from .._normalize import parse_tuple
+from ..engine import BlockGrid, Read, RunOptions, Stage, Write
+from ..engine.checkpoint import PROGRESS_DIR, Checkpoint
+from ..engine.output import OutputLock, real_path
+from ..engine.run import mark_complete, run_stages
+from ..errors import InvalidArgumentError, OutputExistsError, ResumeMismatchError
+from ..volume import Volume, open_volume
+from .common import as_volume, backend_stage_setup
+from .pool import MODES, pooled_shape
+
+#: voxels of the level above that one block of a pass may read (several levels per pass
+#: where the chunks are small enough)
+BLOCK_BUDGET = 2**26
+LABEL_DTYPES = ("uint32", "uint64", "int32", "int64")
+
+
+def is_labels(vol: Volume) -> bool:
+    """Integer volumes marked as labels (OME ``image-label``, emarray's ``labels``), or of a
+    32/64-bit integer type (label ids, not intensities)."""
+    attrs = vol.attrs
+    o = attrs.get("ome", attrs)
+    marked = (isinstance(o, dict) and "image-label" in o) or bool(
+        attrs.get("emarray", {}).get("labels"))
+    return vol.dtype.kind in "ui" and (marked or vol.dtype.name in LABEL_DTYPES)
+
+
+def auto_factors(voxel: tuple[float, ...]) -> tuple[int, ...]:
+    """Anisotropy-aware factors for one level: y,x only while z is coarser than y,x.
+
+    >>> auto_factors((50.0, 4.0, 4.0)), auto_factors((8.0, 8.0, 8.0))
+    ((1, 2, 2), (2, 2, 2))
+    """
+    z, y, x = voxel
+    return (1, 2, 2) if z > max(y, x) else (2, 2, 2)
+
+
+def plan_levels(shape: tuple[int, ...], voxel: tuple[float, ...], *, levels: int | None,
+                until_size: int | None, factors: Any) -> list[tuple[int, ...]]:
+    """The factor of each new level (relative to the one above)."""
+    fixed = None
+    if factors not in (None, "auto"):
+        fixed = parse_tuple(factors, "factors", 3)
+        if any(f not in (1, 2) for f in fixed) or fixed == (1, 1, 1):
+            raise InvalidArgumentError(
+                f"factors must be 1 or 2 per axis (and not all 1), got {factors!r}")
+    if levels is not None and (int(levels) != levels or levels < 1):
+        raise InvalidArgumentError(f"levels must be a whole number >= 1, got {levels!r}")
+    if until_size is not None and (int(until_size) != until_size or until_size < 1):
+        raise InvalidArgumentError(f"until-size must be a whole number >= 1, got {until_size!r}")
+    if levels is None and until_size is None:
+        until_size = 64
+    out: list[tuple[int, ...]] = []
+    cur, vox = tuple(shape), tuple(voxel)
+    while True:
+        if levels is not None and len(out) >= levels:
+            break
+        if levels is None and max(cur) <= (until_size or 1):
+            break
+        f = fixed or auto_factors(vox)
+        f = tuple(1 if c == 1 else k for c, k in zip(cur, f))  # an axis of 1 stays 1
+        if f == (1, 1, 1):
+            break
+        out.append(f)
+        cur = pooled_shape(cur, f)
+        vox = tuple(v * k for v, k in zip(vox, f))
+    if not out:
+        raise InvalidArgumentError(
+            f"the volume {shape} is already at most {until_size} voxels along every axis; "
+            "ask for --levels N to add levels anyway")
+    return out
+
+
+def _level_path(base: str, k: int) -> str:
+    return f"s{k}" if base.startswith("s") else str(k)
+
+
+def _pool_pass(ctx: Any, block: np.ndarray, *, factors: list[tuple[int, ...]],
+               mode: str) -> tuple[np.ndarray, ...]:
+    out = []
+    for f in factors:
+        block = ctx.state(block, factors=f, mode=mode)
+        out.append(block)
+    return tuple(out)
+
+
+def _passes(level_shapes: list[tuple[int, ...]], factors: list[tuple[int, ...]],
+            chunks: tuple[int, ...]) -> list[list[int]]:
+    """Group levels 1..N into passes: as many consecutive levels as a block's budget allows."""
+    passes: list[list[int]] = []
+    k = 1
+    while k <= len(factors):
+        group = [k]
+        total = np.array(factors[k - 1])
+        while group[-1] < len(factors):
+            nxt = total * np.array(factors[group[-1]])
+            if math.prod(int(c) * int(t) for c, t in zip(chunks, nxt)) > BLOCK_BUDGET:
+                break
+            total = nxt
+            group.append(group[-1] + 1)
+        passes.append(group)
+        k = group[-1] + 1
+    return passes
+
+
+def pyramid(path: Volume | str | os.PathLike, *, levels: int | None = None,
+            until_size: int | None = None, mode: str = "auto", factors: Any = "auto",
+            labels: bool | None = None, options: RunOptions | None = None,
+            **run: Any) -> Volume:
+    """Add levels 1..N to the OME-Zarr image at ``path`` and update its ``multiscales``.
+
+    Parameters
+    ----------
+    path : Volume or path
+        An OME-Zarr image group emarray can write (zarr v3); level 0 is read.
+    levels, until_size : int, optional
+        How many levels to add, or add levels until every axis is at most ``until_size``
+        voxels (default: until 64).
+    mode : {"auto", "mean", "mode", "max", "min", "nearest"}
+        ``auto``: ``mode`` for labels (see ``labels``), ``mean`` for images.
+    factors : "auto" or z,y,x
+        ``auto`` pools only y,x while the z voxel is coarser than the y,x voxel, then all
+        three; else a fixed factor of 1 or 2 per axis.
+    labels : bool, optional
+        Treat the volume as labels (default: integer volumes marked as labels, or of a 32/64
+        bit integer type).
+    options : RunOptions, optional
+        How the job runs; ``overwrite`` replaces levels an earlier pyramid added, ``resume``
+        finishes a killed one.
+
+    Returns
+    -------
+    Volume
+        Level 0 of the image, whose ``levels`` now lists the new ones.
+
+    Examples
+    --------
+    >>> import emarray, numpy as np, tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "v.zarr")
+    >>> v = emarray.create_volume(p, (8, 8, 8), "uint8", 4, voxel_size=(8, 8, 8))
+    >>> v.write((slice(0, 8),) * 3, np.arange(512, dtype="uint8").reshape(8, 8, 8))
+    >>> emarray.pyramid(p, levels=2).levels
+    ('0', '1', '2')
+    >>> emarray.open_volume(p, level=1).voxel_size
+    (16.0, 16.0, 16.0)
+    """
+    opts = RunOptions.make(options, **run)
+    src = as_volume(path, opts.allow_incomplete)
+    if src.kind != "zarr3" or src.local_path is None or not src.array_path:
+        raise InvalidArgumentError(
+            f"{src.url} is not an OME-Zarr image group on local disk; pyramids are added to "
+            "the groups emarray writes (ingest it first)")
+    if len(src.spatial_axes) != 3 or src.ndim != 3:
+        raise InvalidArgumentError(f"pyramids are made of z,y,x volumes; {src.url} has axes {src.axes}")
+    is_lab = is_labels(src) if labels is None else bool(labels)
+    if mode not in ("auto", *MODES):
+        raise InvalidArgumentError(f"mode must be auto or one of {', '.join(MODES)}, got {mode!r}")
+    if is_lab and mode == "mean":
+        raise InvalidArgumentError(
+            f"{src.url} holds labels: their ids must not be averaged; use --mode mode (or "
+            "nearest, max, min)")
+    pool_mode = ("mode" if is_lab else "mean") if mode == "auto" else mode
+    plan = plan_levels(src.shape, src.voxel_size, levels=levels, until_size=until_size,
+                       factors=factors)
+    base_path = src.levels[0]
+    paths = [_level_path(base_path, k) for k in range(1, len(plan) + 1)]
+    shapes = [src.shape]
+    for f in plan:
+        shapes.append(pooled_shape(shapes[-1], f))
+    job = {"operator": "pyramid", "mode": pool_mode, "factors": [list(f) for f in plan],
+           "paths": paths, "input": src.fingerprint()["shape"], "dtype": src.dtype.str}
+    group = real_path(src.url)
+    lock = OutputLock(group, os.fspath(path))
+    lock.acquire()
+    try:
+        with opts.runner("pyramid") as runner:
+            runner.check_volumes([src])
+            setup = backend_stage_setup("pool", src.dtype, opts, runner)
+            vols = _prepare_levels(src, group, paths, shapes, job, opts)
+            chunks = tuple(min(c, s) for c, s in zip(src.chunks, shapes[-1]))
+            stages = []
+            for group_levels in _passes(shapes, plan, src.chunks):
+                top = group_levels[-1]
+                base = src if group_levels[0] == 1 else vols[group_levels[0] - 2]
+                total = np.prod([plan[k - 1] for k in group_levels], axis=0)
+                grid = BlockGrid(shapes[top], vols[top - 1].block_shape)
+                writes = []
+                for k in group_levels:
+                    rel = np.prod([plan[m - 1] for m in range(k + 1, top + 1)] or [[1, 1, 1]],
+                                  axis=0)
+                    writes.append(Write(vols[k - 1], tuple(Fraction(int(r)) for r in rel)))
+                stages.append(Stage(
+                    f"pyramid level {group_levels[0]}-{top}" if len(group_levels) > 1
+                    else f"pyramid level {top}",
+                    partial(_pool_pass, factors=[plan[k - 1] for k in group_levels],
+                            mode=pool_mode),
+                    grid, [Read(base, scale=tuple(Fraction(int(t)) for t in total))], writes,
+                    **setup))
+            del chunks
+            checkpoint = Checkpoint(group / PROGRESS_DIR)
+            if not opts.resume:
+                checkpoint.clear()
+            checkpoint.start()
+            run_stages(stages, runner, checkpoint, retries=opts.retries)
+            _publish(src, group, paths, plan, pool_mode, job)
+            checkpoint.clear()
+    finally:
+        lock.release()
+    return open_volume(group)
+
+
+def _prepare_levels(src: Volume, group: Path, paths: list[str], shapes: list[tuple[int, ...]],
+                    job: dict[str, Any], opts: RunOptions) -> list[Volume]:
+    """Create the level arrays (or reopen them to resume); record the job in the group."""
+    import zarr
+    g = zarr.open_group(os.fspath(group), mode="r+")
+    em = dict(g.attrs.get("emarray", {}))
+    earlier = em.get("pyramid")
+    listed = [p for p in src.levels[1:]]
+    if opts.resume:
+        if not isinstance(earlier, dict) or earlier.get("job") != job:
+            raise ResumeMismatchError(
+                f"cannot resume the pyramid of {src.url}: no unfinished pyramid job with these "
+                "settings was started there; use overwrite to start again")
+    else:
+        existing = sorted(set(listed) | {p for p in paths if p in g})
+        if existing and not opts.overwrite:
+            raise OutputExistsError(
+                f"{src.url} already has levels {existing}; pass --overwrite to replace them "
+                "or --resume to finish an interrupted pyramid")
+        made = set(earlier.get("paths", [])) if isinstance(earlier, dict) else set()
+        foreign = [p for p in existing if p not in made and p not in paths]
+        if foreign and not made.issuperset(listed):
+            raise InvalidArgumentError(
+                f"refusing to replace levels {foreign} of {src.url}: emarray did not make them")
+        for p in existing:
+            del g[p]
+        _publish_levels(g, src, [], [], "none")
+    em["pyramid"] = {"job": job, "paths": paths, "complete": False}
+    g.attrs["emarray"] = em
+    arr0 = g[src.levels[0]]
+    vols = []
+    for p, shape in zip(paths, shapes[1:]):
+        if p not in g:
+            chunks = tuple(min(c, s) for c, s in zip(src.chunks, shape))
+            g.create_array(p, shape=shape, dtype=src.dtype, chunks=chunks,
+                           compressors=arr0.compressors, fill_value=0,
+                           dimension_names=src.axes)
+        vols.append(Volume(url=src.url, kind="zarr3", array_path=p, shape=tuple(shape),
+                           dtype=src.dtype, chunks=tuple(g[p].chunks), shards=None,
+                           axes=src.axes, voxel_size=src.voxel_size, unit=src.unit))
+    return vols
+
+
+def level_transforms(src: Volume, plan: list[tuple[int, ...]],
+                     mode: str) -> list[tuple[list[float], list[float]]]:
+    """Scale and translation of each new level: a window's voxel sits at the window's centre
+    (half a voxel shift per factor 2), a ``nearest`` pick at its first voxel."""
+    base_t = list(src.translation or (0.0,) * 3)
+    out = []
+    total = np.ones(3, int)
+    for f in plan:
+        total = total * np.array(f)
+        scale = [v * t for v, t in zip(src.voxel_size, total)]
+        shift = [b + (0.0 if mode == "nearest" else (t - 1) / 2 * v)
+                 for b, t, v in zip(base_t, total, src.voxel_size)]
+        out.append((scale, shift))
+    return out
+
+
+def _publish_levels(g: Any, src: Volume, paths: list[str], transforms: list, mode: str) -> None:
+    attrs = dict(g.attrs)
+    ms = ome.read_multiscales(attrs)
+    assert ms is not None
+    level0 = ms["datasets"][0]
+    ms = {**ms, "datasets": [level0] + [ome.dataset_entry(p, s, t)
+                                         for p, (s, t) in zip(paths, transforms)],
+          "type": mode}
+    o = dict(attrs.get("ome", {}))
+    o["multiscales"] = [ms]
+    g.attrs["ome"] = o
+
+
+def _publish(src: Volume, group: Path, paths: list[str], plan: list[tuple[int, ...]],
+             mode: str, job: dict[str, Any]) -> None:
+    """List the finished levels in ``multiscales`` and mark the pyramid complete."""
+    import zarr
+    g = zarr.open_group(os.fspath(group), mode="r+")
+    _publish_levels(g, src, paths, level_transforms(src, plan, mode), mode)
+    em = dict(g.attrs.get("emarray", {}))
+    em["pyramid"] = {"job": job, "paths": paths, "complete": True}
+    g.attrs["emarray"] = em
+
+
+__all__ = ["auto_factors", "is_labels", "mark_complete", "plan_levels", "pyramid"]

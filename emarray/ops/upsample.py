@@ -1,0 +1,110 @@
+"""Bring a coarse volume back onto a finer grid (``--like`` a reference volume).
+
+Each output voxel's centre is mapped, through both volumes' voxel sizes and translations,
+to a position in the coarse volume: ``nearest`` takes the voxel there (labels: ids are never
+interpolated), ``linear`` interpolates between the two neighbours along each axis (images).
+Positions past the coarse volume's edge take its edge value.
+"""
+from __future__ import annotations
+
+import math
+import os
+from fractions import Fraction
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from ..engine import BlockGrid, Read, RunOptions, Stage, Write, run_job
+from ..errors import InvalidArgumentError, ShapeMismatchError
+from ..volume import Volume, create_volume
+from .common import as_volume, job_identity, layout_of
+from .pyramid import is_labels
+
+MODES = ("auto", "nearest", "linear")
+
+
+def source_coords(region: slice, scale: float, offset: float) -> np.ndarray:
+    """Positions in the coarse volume (in its voxels) of the output voxels ``region``."""
+    return np.arange(region.start, region.stop, dtype=np.float64) * scale + offset
+
+
+def _upsample(ctx: Any, block: np.ndarray, *, scales: tuple[float, ...],
+              offsets: tuple[float, ...], src_shape: tuple[int, ...], mode: str) -> np.ndarray:
+    lo = [r.start for r in ctx.reads[0]]
+    if mode == "nearest":
+        idx = [np.clip(np.floor(source_coords(w, s, o) + 0.5).astype(np.int64), 0, n - 1) - lo0
+               for w, s, o, n, lo0 in zip(ctx.region, scales, offsets, src_shape, lo)]
+        return block[np.ix_(*idx)]
+    out = block.astype(np.float64)
+    for axis, (w, s, o, n, lo0) in enumerate(zip(ctx.region, scales, offsets, src_shape, lo)):
+        u = np.clip(source_coords(w, s, o), 0, n - 1)
+        i0 = np.minimum(np.floor(u).astype(np.int64), n - 1)
+        i1 = np.minimum(i0 + 1, n - 1)
+        t = (u - i0).reshape([-1 if a == axis else 1 for a in range(out.ndim)])
+        out = np.take(out, i0 - lo0, axis=axis) * (1 - t) + np.take(out, i1 - lo0, axis=axis) * t
+    if block.dtype.kind in "ui":
+        info = np.iinfo(block.dtype)
+        return np.clip(np.rint(out), info.min, info.max).astype(block.dtype)
+    return out.astype(block.dtype)
+
+
+def upsample(src: Volume | str | os.PathLike, dst: str | os.PathLike,
+             like: Volume | str | os.PathLike, *, mode: str = "auto", chunks: Any = None,
+             compression: str = "zstd", options: RunOptions | None = None, **run: Any) -> Volume:
+    """Resample ``src`` onto the voxel grid of ``like`` (its shape, voxel size, translation).
+
+    ``mode``: ``nearest`` (the default for labels), ``linear`` (the default for images).
+
+    Examples
+    --------
+    >>> import emarray, numpy as np, tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> fine = emarray.create_volume(os.path.join(d, "f.zarr"), (2, 4, 4), "uint32", 2,
+    ...                              voxel_size=(1, 1, 1))
+    >>> coarse = emarray.create_volume(os.path.join(d, "c.zarr"), (1, 2, 2), "uint32", 2,
+    ...                                voxel_size=(2, 2, 2))
+    >>> coarse.write((slice(0, 1), slice(0, 2), slice(0, 2)), np.array([[[1, 2], [3, 4]]], "u4"))
+    >>> up = emarray.upsample(coarse, os.path.join(d, "u.zarr"), like=fine)
+    >>> up.read()[0].tolist()
+    [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]
+    """
+    opts = RunOptions.make(options, **run)
+    src = as_volume(src, opts.allow_incomplete)
+    ref = as_volume(like, opts.allow_incomplete)
+    if mode not in MODES:
+        raise InvalidArgumentError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if src.ndim != 3 or ref.ndim != 3:
+        raise ShapeMismatchError(f"upsample takes z,y,x volumes; got {src.shape} and {ref.shape}")
+    if is_labels(src) and mode == "linear":
+        raise InvalidArgumentError(f"{src.url} holds labels: their ids must not be interpolated; "
+                                   "use --mode nearest")
+    how = ("nearest" if is_labels(src) else "linear") if mode == "auto" else mode
+    from .._normalize import micrometres, parse_tuple
+    f = micrometres(ref.unit) / micrometres(src.unit)  # ref's unit in src's unit
+    s_ref = [v * f for v in ref.voxel_size]
+    t_ref = [v * f for v in (ref.translation or (0.0,) * 3)]
+    t_src = list(src.translation or (0.0,) * 3)
+    scales = tuple(r / s for r, s in zip(s_ref, src.voxel_size))
+    offsets = tuple((tr - ts) / s for tr, ts, s in zip(t_ref, t_src, src.voxel_size))
+    out_chunks = (parse_tuple(chunks, "chunks", 3) if chunks is not None else ref.chunks)
+    out_chunks = tuple(min(c, s) for c, s in zip(out_chunks, ref.shape))
+    ident = job_identity("upsample", {"mode": how, "like": ref.fingerprint()}, [src],
+                         layout_of(out_chunks, None, compression))
+    halo = tuple(int(math.ceil(abs(o))) + 1 for o in offsets)
+    read = Read(src, halo=halo,
+                scale=tuple(Fraction(s).limit_denominator(10**6) for s in scales),
+                boundary="nearest")
+
+    def create(path: str) -> Volume:
+        return create_volume(path, ref.shape, src.dtype, out_chunks, compression=compression,
+                             voxel_size=s_ref, unit=src.unit, axes=ref.axes,
+                             attrs={"job": ident})
+
+    def stages(out: Volume) -> list[Stage]:
+        fn = partial(_upsample, scales=scales, offsets=offsets, src_shape=src.shape, mode=how)
+        return [Stage("upsample", fn, BlockGrid(ref.shape, out.block_shape), [read],
+                      [Write(out)])]
+
+    return run_job(dst, create, job=ident, stages=stages, options=opts, inputs=[src],
+                   desc="upsample")
