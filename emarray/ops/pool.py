@@ -32,7 +32,8 @@ def _windows(a: np.ndarray, factors: Sequence[int]) -> tuple[list[np.ndarray], l
     """The window members, one array per offset in z,y,x (C) order, padded to the pooled
     shape, and for each a mask of where it exists (None: everywhere)."""
     out = pooled_shape(a.shape, factors)
-    vals, masks = [], []
+    vals: list[np.ndarray] = []
+    masks: list[Any] = []
     for off in itertools.product(*(range(f) for f in factors)):
         v = a[tuple(slice(o, None, f) for o, f in zip(off, factors))]
         if v.shape == out:
@@ -62,12 +63,13 @@ def pool_twin(a: np.ndarray, factors: Sequence[int], mode: str) -> np.ndarray:
         return np.ascontiguousarray(a[tuple(slice(None, None, f) for f in factors)])
     vals, masks = _windows(a, factors)
     if mode == "mean":
-        count = sum(np.ones(vals[0].shape, np.int64) if m is None else m.astype(np.int64)
-                    for m in masks)
+        count = np.zeros(vals[0].shape, np.int64)
+        total = np.zeros(vals[0].shape, np.float64 if a.dtype.kind == "f" else np.int64)
+        for v, m in zip(vals, masks):  # missing members are zeros: they add nothing
+            count += 1 if m is None else m
+            total += v
         if a.dtype.kind == "f":
-            total = sum(v.astype(np.float64) for v in vals)  # zeros where a member is missing
             return (total / count).astype(a.dtype)
-        total = sum(v.astype(np.int64) for v in vals)
         return np.floor_divide(total, count).astype(a.dtype)
     if mode in ("max", "min"):
         pick = np.maximum if mode == "max" else np.minimum

@@ -188,14 +188,13 @@ def pyramid(path: Volume | str | os.PathLike, *, levels: int | None = None,
     job = {"operator": "pyramid", "mode": pool_mode, "factors": [list(f) for f in plan],
            "paths": paths, "input": src.fingerprint()["shape"], "dtype": src.dtype.str}
     group = real_path(src.url)
-    lock = OutputLock(group, os.fspath(path))
+    lock = OutputLock(group, src.url)
     lock.acquire()
     try:
         with opts.runner("pyramid") as runner:
             runner.check_volumes([src])
             setup = backend_stage_setup("pool", src.dtype, opts, runner)
             vols = _prepare_levels(src, group, paths, shapes, job, opts)
-            chunks = tuple(min(c, s) for c, s in zip(src.chunks, shapes[-1]))
             stages = []
             for group_levels in _passes(shapes, plan, src.chunks):
                 top = group_levels[-1]
@@ -204,7 +203,7 @@ def pyramid(path: Volume | str | os.PathLike, *, levels: int | None = None,
                 grid = BlockGrid(shapes[top], vols[top - 1].block_shape)
                 writes = []
                 for k in group_levels:
-                    rel = np.prod([plan[m - 1] for m in range(k + 1, top + 1)] or [[1, 1, 1]],
+                    rel = np.prod([plan[m - 1] for m in range(k + 1, top + 1)] or [(1, 1, 1)],
                                   axis=0)
                     writes.append(Write(vols[k - 1], tuple(Fraction(int(r)) for r in rel)))
                 stages.append(Stage(
@@ -214,7 +213,6 @@ def pyramid(path: Volume | str | os.PathLike, *, levels: int | None = None,
                             mode=pool_mode),
                     grid, [Read(base, scale=tuple(Fraction(int(t)) for t in total))], writes,
                     **setup))
-            del chunks
             checkpoint = Checkpoint(group / PROGRESS_DIR)
             if not opts.resume:
                 checkpoint.clear()
@@ -232,7 +230,7 @@ def _prepare_levels(src: Volume, group: Path, paths: list[str], shapes: list[tup
     """Create the level arrays (or reopen them to resume); record the job in the group."""
     import zarr
     g = zarr.open_group(os.fspath(group), mode="r+")
-    em = dict(g.attrs.get("emarray", {}))
+    em: dict[str, Any] = dict(g.attrs.get("emarray", {}))  # type: ignore[arg-type]
     earlier = em.get("pyramid")
     listed = [p for p in src.levels[1:]]
     if opts.resume:
@@ -256,7 +254,7 @@ def _prepare_levels(src: Volume, group: Path, paths: list[str], shapes: list[tup
         _publish_levels(g, src, [], [], "none")
     em["pyramid"] = {"job": job, "paths": paths, "complete": False}
     g.attrs["emarray"] = em
-    arr0 = g[src.levels[0]]
+    arr0: Any = g[src.levels[0]]
     vols = []
     for p, shape in zip(paths, shapes[1:]):
         if p not in g:
@@ -264,8 +262,9 @@ def _prepare_levels(src: Volume, group: Path, paths: list[str], shapes: list[tup
             g.create_array(p, shape=shape, dtype=src.dtype, chunks=chunks,
                            compressors=arr0.compressors, fill_value=0,
                            dimension_names=src.axes)
+        level: Any = g[p]
         vols.append(Volume(url=src.url, kind="zarr3", array_path=p, shape=tuple(shape),
-                           dtype=src.dtype, chunks=tuple(g[p].chunks), shards=None,
+                           dtype=src.dtype, chunks=tuple(level.chunks), shards=None,
                            axes=src.axes, voxel_size=src.voxel_size, unit=src.unit))
     return vols
 
@@ -305,7 +304,7 @@ def _publish(src: Volume, group: Path, paths: list[str], plan: list[tuple[int, .
     import zarr
     g = zarr.open_group(os.fspath(group), mode="r+")
     _publish_levels(g, src, paths, level_transforms(src, plan, mode), mode)
-    em = dict(g.attrs.get("emarray", {}))
+    em: dict[str, Any] = dict(g.attrs.get("emarray", {}))  # type: ignore[arg-type]
     em["pyramid"] = {"job": job, "paths": paths, "complete": True}
     g.attrs["emarray"] = em
 
