@@ -1,0 +1,78 @@
+"""Smoothing equals scipy.ndimage.gaussian_filter on the whole volume, for every chunking."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import emarray
+from emarray.errors import InvalidArgumentError
+from emarray.ops.smooth import smooth_block_twin
+
+from .conftest import make_volume
+
+from .test_engine import emarray_cli
+
+
+@pytest.mark.parametrize("chunks", [(2, 3, 2), (4, 5, 6), (13, 17, 19), (1, 17, 4)])
+@pytest.mark.parametrize("sigma", [2.0, (0.5, 3.0, 1.2), (0, 1.5, 1.5)])
+def test_smooth_equals_scipy_on_the_whole_volume(tmp_path, chunks, sigma):
+    """Blocks smaller than the halo included (sigma 3 -> radius 12 > every block here)."""
+    a = np.random.default_rng(0).random((13, 17, 19)).astype(np.float32)
+    v = make_volume(tmp_path / "a.zarr", a, chunks)
+    got = emarray.smooth(v, tmp_path / "s.zarr", sigma).read()
+    np.testing.assert_allclose(got, ndimage.gaussian_filter(a, sigma, mode="reflect"),
+                               rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float64"])
+def test_smooth_dtypes(tmp_path, dtype):
+    rng = np.random.default_rng(1)
+    a = (rng.random((9, 10, 11)) * 200).astype(dtype)
+    v = make_volume(tmp_path / "a.zarr", a, (4, 3, 5))
+    s = emarray.smooth(v, tmp_path / "s.zarr", 1.0, truncate=3.0, scheduler="processes", workers=2)
+    want_dtype = np.float64 if dtype == "float64" else np.float32
+    assert s.dtype == want_dtype
+    ref = ndimage.gaussian_filter(a.astype(want_dtype), 1.0, truncate=3.0)
+    np.testing.assert_allclose(s.read(), ref, rtol=1e-6, atol=1e-4)
+
+
+def test_physical_sigma_uses_the_voxel_size(tmp_path):
+    a = np.random.default_rng(2).random((8, 16, 16)).astype(np.float32)
+    v = make_volume(tmp_path / "a.zarr", a, 4, voxel_size=(40, 4, 4))
+    s = emarray.smooth(v, tmp_path / "s.zarr", "40,8,8", unit="physical")
+    np.testing.assert_allclose(s.read(), ndimage.gaussian_filter(a, (1, 2, 2)), atol=1e-6)
+    assert s.voxel_size == (40.0, 4.0, 4.0)
+
+
+def test_the_numpy_twin_of_the_kernel_matches_scipy():
+    a = np.random.default_rng(3).random((7, 9, 12)).astype(np.float32) * 100
+    for sigma in [(1.0, 1.0, 1.0), (0.0, 2.5, 0.7)]:
+        np.testing.assert_allclose(smooth_block_twin(a, sigma=sigma, truncate=4.0),
+                                   ndimage.gaussian_filter(a, sigma), rtol=2e-6, atol=1e-4)
+
+
+def test_bad_sigma_fails_before_anything_is_written(tmp_path):
+    v = make_volume(tmp_path / "a.zarr", np.ones((4, 4, 4), np.float32), 2)
+    for sigma, msg in [("-1", "sigma must be >= 0"), ("0", "at least one axis"), ("1,2", "3 values")]:
+        with pytest.raises(InvalidArgumentError, match=msg):
+            emarray.smooth(v, tmp_path / "s.zarr", sigma)
+    r = emarray_cli("smooth", tmp_path / "a.zarr", tmp_path / "s.zarr", "--sigma", "nan")
+    assert r.returncode == 2 and "sigma must be finite" in r.stderr
+    assert not (tmp_path / "s.zarr").exists()
+    r = emarray_cli("smooth", tmp_path / "a.zarr", tmp_path / "s.zarr", "--sigma", "1")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(emarray.open_volume(tmp_path / "s.zarr").read(), 1.0, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_cuda_smoothing_equals_its_twin():
+    pytest.importorskip("cupy")
+    from emarray.cuda.smooth import smooth_block_cuda
+    rng = np.random.default_rng(4)
+    for dtype in ["uint8", "int16", "float32"]:
+        a = (rng.random((11, 13, 17)) * 100).astype(dtype)
+        for sigma in [(1.0, 2.0, 0.5), (0.0, 1.0, 1.0)]:
+            np.testing.assert_allclose(smooth_block_cuda(a, sigma=sigma, truncate=4.0),
+                                       smooth_block_twin(a, sigma=sigma, truncate=4.0),
+                                       rtol=1e-6, atol=1e-5)
