@@ -1,0 +1,90 @@
+"""asv: the engine's new operators (pyramid, smoothing, upsampling) on small seeded volumes.
+
+The side-by-side comparison with a plain copy, tinybrain and dask-image lives in
+``benchmarks/engine_compare.py``.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import emarray
+
+
+def _volume(tmp: Path, name: str, dtype: str, shape=(64, 256, 256), chunks=(32, 128, 128)):
+    rng = np.random.default_rng(0)
+    a = (rng.random(shape) * (255 if dtype == "uint8" else 20)).astype(dtype)
+    v = emarray.create_volume(tmp / name, shape, dtype, chunks, voxel_size=(8, 8, 8))
+    v.write(tuple(slice(0, s) for s in shape), a)
+    return v
+
+
+class Pyramid:
+    params = (["uint8", "uint32"], [1, 3])
+    param_names = ["dtype", "levels"]
+    timeout = 300
+
+    def setup(self, dtype, levels):
+        self.tmp = Path(tempfile.mkdtemp(prefix="emarray-asv-"))
+        self.src = _volume(self.tmp, "v.zarr", dtype)
+
+    def teardown(self, dtype, levels):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def time_pyramid(self, dtype, levels):
+        emarray.pyramid(self.src.url, levels=levels, overwrite=True)
+
+    def peakmem_pyramid(self, dtype, levels):
+        emarray.pyramid(self.src.url, levels=levels, overwrite=True)
+
+
+class PoolBlock:
+    """One block pooled on the CPU: tinybrain where it applies, the NumPy twin otherwise."""
+    params = (["uint8", "uint32"], ["mean", "mode"], ["2,2,2", "1,2,2"])
+    param_names = ["dtype", "mode", "factors"]
+
+    def setup(self, dtype, mode, factors):
+        self.a = (np.random.default_rng(0).random((64, 256, 256)) * 8).astype(dtype)
+        self.f = tuple(int(x) for x in factors.split(","))
+
+    def time_pool(self, dtype, mode, factors):
+        from emarray.ops.pool import pool_block_cpu
+        pool_block_cpu(self.a, factors=self.f, mode=mode)
+
+
+class Smooth:
+    params = ([1.0, 2.0],)
+    param_names = ["sigma"]
+    timeout = 300
+
+    def setup(self, sigma):
+        self.tmp = Path(tempfile.mkdtemp(prefix="emarray-asv-"))
+        self.src = _volume(self.tmp, "v.zarr", "float32")
+
+    def teardown(self, sigma):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def time_smooth(self, sigma):
+        emarray.smooth(self.src, self.tmp / "s.zarr", sigma, overwrite=True)
+
+    def peakmem_smooth(self, sigma):
+        emarray.smooth(self.src, self.tmp / "s.zarr", sigma, overwrite=True)
+
+
+class Upsample:
+    timeout = 300
+
+    def setup(self):
+        self.tmp = Path(tempfile.mkdtemp(prefix="emarray-asv-"))
+        self.fine = _volume(self.tmp, "v.zarr", "uint8")
+        emarray.pyramid(self.fine.url, levels=2)
+        self.coarse = emarray.open_volume(self.fine.url, level=2)
+
+    def teardown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def time_upsample_linear(self):
+        emarray.upsample(self.coarse, self.tmp / "u.zarr", like=self.fine, overwrite=True)
