@@ -190,6 +190,8 @@ def test_the_commands_the_readme_says_resume_do():
 
     from emarray.cli import cli as group
     text = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
-    assert "(`ingest`, `threshold`, `rescale`, `synthetic`) takes" in text
-    for name in ("ingest", "threshold", "rescale", "synthetic"):
+    names = ("ingest", "threshold", "rescale", "smooth", "pyramid", "upsample", "synthetic")
+    listed = "(" + ", ".join(f"`{n}`" for n in names) + ") takes"
+    assert listed in " ".join(text.split())
+    for name in names + ("sweep",):
         assert "--resume" in CliRunner().invoke(group, [name, "--help"]).output, name
