@@ -82,10 +82,8 @@ def check_backend(backend: str | None, op: str, dtype: Any, *, local: bool = Tru
     name = (backend or "auto").lower()
     if name not in BACKENDS:
         raise InvalidArgumentError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if name == "cuda" and not supports(op, "cuda", dtype):
-        resolve_backend(name, op=op, dtype=dtype)  # raises, naming the dtype
-    if name == "cuda" and local:
-        resolve_backend(name, op=op, dtype=dtype)
+    if name == "cuda" and (local or not supports(op, "cuda", dtype)):
+        resolve_backend(name, op=op, dtype=dtype)  # raises, naming the dtype or what is missing
 
 
 def implementation(op: str, backend: str) -> Callable:

@@ -34,11 +34,11 @@ def _check_read(ctx, arr, *, whole, halo, scale, boundary):
     expect = ref[tuple(slice(r.start + pad, r.stop + pad) for r in region)]
     if boundary == "none":  # clipped to the volume
         assert all(r.start >= 0 and r.stop <= n for r, n in zip(region, whole.shape))
-    for w, r, h, f in zip(ctx.region, region, halo, scale):
+    for w, r, h, f, n in zip(ctx.region, region, halo, scale, whole.shape):
         lo, hi = int(np.floor(w.start * f)) - h, int(np.ceil(w.stop * f)) + h
         if boundary == "none":
-            lo, hi = max(lo, 0), min(hi, whole.shape[len(ctx.reads[0]) - 3])
-        assert r.start <= max(lo, r.start) and r.stop >= min(hi, r.stop)
+            lo, hi = max(lo, 0), min(hi, n)
+        assert (r.start, r.stop) == (lo, hi)
     return int(arr.shape == expect.shape and np.array_equal(arr, expect))
 
 

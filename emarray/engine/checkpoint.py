@@ -44,17 +44,18 @@ class Checkpoint:
     def load(self, stage: str, nblocks: int) -> tuple[np.ndarray, Any]:
         """The done-bitmap and the folded summary saved for ``stage`` (empty when none)."""
         done = np.zeros(nblocks, np.bool_)
-        if self.root is None:
-            return done, None
-        path = self._file(stage, "progress")
-        if not path.is_file():
-            return done, None
-        with open(path, "rb") as f:
-            state = pickle.load(f)
-        if state.get("format") != FORMAT or state.get("nblocks") != nblocks:
+        state = self._progress(stage)
+        if state is None or state.get("format") != FORMAT or state.get("nblocks") != nblocks:
             return done, None  # another grid: start the stage again
         done[:] = np.unpackbits(np.frombuffer(state["done"], np.uint8), count=nblocks).view(np.bool_)
         return done, state["acc"]
+
+    def _progress(self, stage: str) -> dict[str, Any] | None:
+        """The saved progress state of ``stage`` (None when nothing is saved)."""
+        if self.root is None or not self._file(stage, "progress").is_file():
+            return None
+        with open(self._file(stage, "progress"), "rb") as f:
+            return pickle.load(f)
 
     def save(self, stage: str, done: np.ndarray, acc: Any, *, force: bool = False) -> None:
         """Save the stage's progress (at most every ``interval`` seconds unless ``force``)."""
@@ -87,11 +88,8 @@ class Checkpoint:
 
     def done_count(self, stage: str) -> int:
         """How many blocks of ``stage`` the saved progress counts as done (0 when none)."""
-        if self.root is None or not self._file(stage, "progress").is_file():
-            return 0
-        with open(self._file(stage, "progress"), "rb") as f:
-            state = pickle.load(f)
-        return int(np.unpackbits(np.frombuffer(state["done"], np.uint8)).sum())
+        state = self._progress(stage)
+        return 0 if state is None else int(np.unpackbits(np.frombuffer(state["done"], np.uint8)).sum())
 
     def start(self, job: dict[str, Any] | None = None) -> bool:
         """Create the folder; with ``job``, return whether saved progress belongs to that job

@@ -83,9 +83,7 @@ class RunOptions:
         base = options if options is not None else cls()
         if not isinstance(base, RunOptions):
             raise InvalidArgumentError(f"options must be a RunOptions, got {options!r}")
-        given = {k: v for k, v in overrides.items() if v is not None or k in ("scheduler",)
-                 and v is not None}
-        return dataclasses.replace(base, **given)
+        return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
     def runner(self, desc: str = "blocks") -> Runner:
         """The (not yet entered) Runner for these options."""

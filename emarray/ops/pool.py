@@ -83,8 +83,7 @@ def pool_twin(a: np.ndarray, factors: Sequence[int], mode: str) -> np.ndarray:
         c = sum((v == w) if mw is None else ((v == w) & mw) for w, mw in zip(vals, masks))
         counts.append(np.where(m, c, -1) if m is not None else c)
     best = np.argmax(np.stack(counts), axis=0)
-    return np.choose(best, vals).astype(a.dtype) if len(vals) <= 32 else \
-        np.take_along_axis(np.stack(vals), best[None], 0)[0]
+    return np.choose(best, vals).astype(a.dtype)  # at most 8 members: within choose's limit
 
 
 def _tinybrain_ok(a: np.ndarray, factors: Sequence[int], mode: str) -> bool:

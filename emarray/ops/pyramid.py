@@ -21,7 +21,7 @@ from .._normalize import parse_tuple
 from ..engine import BlockGrid, Read, RunOptions, Stage, Write
 from ..engine.checkpoint import PROGRESS_DIR, Checkpoint
 from ..engine.output import OutputLock, real_path
-from ..engine.run import mark_complete, run_stages
+from ..engine.run import run_stages
 from ..errors import InvalidArgumentError, OutputExistsError, ResumeMismatchError
 from ..volume import Volume, open_volume
 from .common import as_volume, backend_stage_setup
@@ -232,7 +232,7 @@ def _prepare_levels(src: Volume, group: Path, paths: list[str], shapes: list[tup
     g = zarr.open_group(os.fspath(group), mode="r+")
     em: dict[str, Any] = dict(g.attrs.get("emarray", {}))  # type: ignore[arg-type]
     earlier = em.get("pyramid")
-    listed = [p for p in src.levels[1:]]
+    listed = list(src.levels[1:])
     if opts.resume:
         if not isinstance(earlier, dict) or earlier.get("job") != job:
             raise ResumeMismatchError(
@@ -309,4 +309,4 @@ def _publish(src: Volume, group: Path, paths: list[str], plan: list[tuple[int, .
     g.attrs["emarray"] = em
 
 
-__all__ = ["auto_factors", "is_labels", "mark_complete", "plan_levels", "pyramid"]
+__all__ = ["auto_factors", "is_labels", "plan_levels", "pyramid"]

@@ -76,10 +76,11 @@ def upsample(src: Volume | str | os.PathLike, dst: str | os.PathLike,
         raise InvalidArgumentError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if src.ndim != 3 or ref.ndim != 3:
         raise ShapeMismatchError(f"upsample takes z,y,x volumes; got {src.shape} and {ref.shape}")
-    if is_labels(src) and mode == "linear":
+    labels = is_labels(src)
+    if labels and mode == "linear":
         raise InvalidArgumentError(f"{src.url} holds labels: their ids must not be interpolated; "
                                    "use --mode nearest")
-    how = ("nearest" if is_labels(src) else "linear") if mode == "auto" else mode
+    how = ("nearest" if labels else "linear") if mode == "auto" else mode
     from .._normalize import micrometres, parse_tuple
     f = micrometres(ref.unit) / micrometres(src.unit)  # ref's unit in src's unit
     s_ref = [v * f for v in ref.voxel_size]
