@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .checkpoint import Checkpoint
-from .contract import BOUNDARIES, BlockContext, Read, Stage, Write, read_padded
+from .contract import BOUNDARIES, BlockContext, LaterStage, Read, Stage, Write, read_padded
 from .grid import BlockGrid, check_aligned
 from .options import RunOptions
 from .output import Output, open_output
@@ -10,7 +10,7 @@ from .run import (TreeFold, mark_complete, reduce_blocks, run_block, run_job, ru
                   worker_state)
 from .schedulers import SCHEDULERS, Runner, check_scheduler
 
-__all__ = ["BOUNDARIES", "BlockContext", "BlockGrid", "Checkpoint", "Output", "Read",
+__all__ = ["BOUNDARIES", "BlockContext", "BlockGrid", "Checkpoint", "LaterStage", "Output", "Read",
            "RunOptions", "Runner", "SCHEDULERS", "Stage", "TreeFold", "Write", "check_aligned",
            "check_scheduler", "mark_complete", "open_output", "read_padded", "reduce_blocks",
            "run_block",

@@ -170,7 +170,8 @@ class Stage:
     """One pass over a grid of blocks.
 
     ``fn(ctx, *arrays)`` returns one array per write (a tuple when there are several), or a
-    summary when the stage writes nothing. Summaries are folded with ``combine`` (associative
+    summary when the stage writes nothing; a stage with both writes and ``combine`` returns
+    its arrays and then its summary, in one tuple. Summaries are folded with ``combine`` (associative
     and commutative) and turned by ``finalize`` (on the driver) into what the next stage gets
     as ``ctx.given`` and what the job returns. ``setup()`` runs once per worker process (and
     device) and its result reaches every block there as ``ctx.state``; ``setup_key`` names it
@@ -198,3 +199,14 @@ class Stage:
             check_aligned(BlockGrid(tuple(w.volume.shape), block), unit)
         if not self.writes and self.combine is None:
             raise InvalidArgumentError(f"stage {self.name!r} writes nothing and combines nothing")
+
+
+@dataclass
+class LaterStage:
+    """A stage that can only be built once the stage before it has finished: ``build(given)``
+    gets that stage's result (a global step: say, an output dtype or a lookup table that
+    depends on counts over the whole volume). ``name`` is the stage's name, known up front so
+    that a resumed job can skip it when it finished."""
+
+    name: str
+    build: Callable[[Any], Stage]

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import InvalidArgumentError
 from ..volume import Volume
 from .checkpoint import PROGRESS_DIR, Checkpoint
-from .contract import BlockContext, Read, Stage
+from .contract import BlockContext, LaterStage, Read, Stage
 from .grid import Region
 from .options import RunOptions
 from .output import open_output
@@ -92,13 +92,16 @@ def run_block(stage: Stage, index: tuple[int, ...]) -> Any:
     if not stage.writes:
         return result
     results = result if isinstance(result, tuple) else (result,)
+    summary = None
+    if stage.combine is not None:  # a stage that writes and summarises: the summary comes last
+        *results, summary = results
     if len(results) != len(stage.writes):
         raise InvalidArgumentError(
             f"stage {stage.name!r} returned {len(results)} arrays for {len(stage.writes)} outputs")
     fitted = [_fit(res, stage, j, ctx) for j, res in enumerate(results)]
     for w, region_j, data in zip(stage.writes, ctx.writes, fitted):
         w.volume.write(region_j, data)
-    return None
+    return summary
 
 
 # -- summaries: folded in a tree -----------------------------------------------------------------
@@ -133,23 +136,31 @@ def _block_name(stage: Stage, index: tuple[int, ...]) -> str:
     return f"block {index} (voxels {where}) of {stage.name}"
 
 
-def run_stages(stages: Sequence[Stage], runner: Runner, checkpoint: Checkpoint, *,
+StageSpec = Stage | LaterStage
+
+
+def run_stages(stages: Sequence[StageSpec], runner: Runner, checkpoint: Checkpoint, *,
                retries: int = 2) -> Any:
     """Run ``stages`` in order; return the last stage's finalized result.
 
     A stage that finished in an earlier run is skipped (its saved result is what the next stage
     gets); in an unfinished one, the blocks saved as done are skipped and its saved summary
-    is folded on from there.
+    is folded on from there. A :class:`LaterStage` is built (and checked) from the result of
+    the stage before it, once that has finished.
     """
-    for st in stages:
-        st.check()
+    for spec in stages:
+        if isinstance(spec, Stage):
+            spec.check()
     given: Any = None
-    for st in stages:
-        finished, result = checkpoint.finished(st.name)
+    for spec in stages:
+        finished, result = checkpoint.finished(spec.name)
         if finished:
-            log.info("stage %s finished in an earlier run", st.name)
+            log.info("stage %s finished in an earlier run", spec.name)
             given = result
             continue
+        st = spec if isinstance(spec, Stage) else spec.build(given)
+        if not isinstance(spec, Stage):
+            st.check()
         st.given = given
         n = len(st.grid)
         done, saved = checkpoint.load(st.name, n)
@@ -193,13 +204,14 @@ def run_stages(stages: Sequence[Stage], runner: Runner, checkpoint: Checkpoint, 
 def mark_complete(out: Volume) -> None:
     """Record in the output's metadata that every block of its job is written."""
     import zarr
-    meta = {**out.attrs.get("emarray", {}), "complete": True}
-    zarr.open_group(out.url, mode="r+").attrs["emarray"] = meta
+    group = zarr.open_group(out.url, mode="r+")
+    meta = {**group.attrs.get("emarray", {}), "complete": True}  # what stages recorded too
+    group.attrs["emarray"] = meta
     out.attrs["emarray"] = meta
 
 
 def run_job(dst: str | os.PathLike, create: Callable[[str], Volume], *, job: dict[str, Any],
-            stages: Callable[[Volume], Sequence[Stage]], options: RunOptions,
+            stages: Callable[[Volume], Sequence[StageSpec]], options: RunOptions,
             inputs: Sequence[Any] = (), desc: str = "blocks",
             runner: Runner | None = None) -> Volume:
     """Write ``dst`` through ``stages`` (built for the output volume), safely and resumably.
