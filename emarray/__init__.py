@@ -13,6 +13,7 @@ from .info import info
 from .ingest import ingest
 from .engine import RunOptions
 from .ops.convert import rescale
+from .ops.label import label
 from .ops.pyramid import pyramid
 from .ops.smooth import smooth
 from .ops.sweep import sweep
@@ -26,5 +27,5 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 __all__ = ["RunOptions", "Volume", "create_volume", "datasets", "errors", "export", "info", "ingest",
-           "open_volume", "pyramid", "rescale", "smooth", "sweep", "threshold", "upsample",
+           "label", "open_volume", "pyramid", "rescale", "smooth", "sweep", "threshold", "upsample",
            "__version__"]

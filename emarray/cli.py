@@ -306,6 +306,34 @@ def upsample(obj: dict, src: str, dst: str, **kw: Any) -> None:
 
 
 @cli.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--connectivity", type=int, default=26,
+              help="Neighbours that join: faces (6), + edges (18), + corners (26).")
+@click.option("--binary", "mode", flag_value="binary",
+              help="Every voxel other than --background is foreground.")
+@click.option("--multilabel", "mode", flag_value="multilabel",
+              help="Each distinct value has its own components.")
+@click.option("--background", type=float, default=0, help="The background value.")
+@click.option("--min-size", type=int, default=0,
+              help="Remove components of fewer voxels than this (before numbering).")
+@_elementwise_options
+@click.pass_obj
+@_friendly
+def label(obj: dict, src: str, dst: str, connectivity: int, mode: str | None, **kw: Any) -> None:
+    """Label the connected components of SRC into DST: ids 1..N in C order of first voxel.
+
+    The ids do not depend on the chunking. Without --binary or --multilabel, label volumes
+    (32/64-bit integers, or marked as labels) are multilabel and everything else binary.
+    """
+    from .ops.label import label as _label
+    v = _label(src, dst, connectivity=connectivity, mode=mode or "auto",
+               progress=obj["progress"], **kw)
+    n = v.attrs.get("emarray", {}).get("components")
+    click.echo(f"wrote {v.url}: {v.shape} {v.dtype}, {n} components")
+
+
+@cli.command()
 @click.argument("prob")
 @click.argument("truth")
 @click.option("--out", required=True, help="Folder for sweep.csv, sweep.json and sweep.png.")

@@ -1,0 +1,262 @@
+"""emarray.label against cc3d and scipy.ndimage.label on the whole array."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import cc3d
+import fastremap
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+
+import emarray
+from emarray.engine import Checkpoint
+from emarray.engine.checkpoint import PROGRESS_DIR
+from emarray.errors import InvalidArgumentError
+from emarray.ops import label as label_mod
+
+from .conftest import make_volume, real_dask_cluster
+
+PY = sys.executable
+RANK = {6: 1, 18: 2, 26: 3}
+
+
+def reference(a, connectivity, *, binary=True, background=0, min_size=0):
+    """cc3d on the whole array, small components removed, renumbered in C order of first voxel."""
+    fg = (a != background).astype(np.uint8) if binary else a.copy()
+    if not binary and background != 0:
+        fg[a == background], fg[a == 0] = 0, background
+    ref = cc3d.connected_components(fg, connectivity=connectivity, out_dtype=np.uint64)
+    if min_size:
+        ref = cc3d.dust(ref, min_size, connectivity=connectivity)
+    return fastremap.renumber(ref, preserve_zero=True)[0].astype(np.uint64)
+
+
+def same_partition(a, b) -> bool:
+    """Two labellings name the same sets of voxels (up to renaming), background included."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return (len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+            and bool(np.all((a == 0) == (b == 0))))
+
+
+def blobs(shape, density, seed, smooth=1.0):
+    rng = np.random.default_rng(seed)
+    return (ndimage.gaussian_filter(rng.random(shape), smooth) > 1 - density * 0.6).astype(np.uint8)
+
+
+def run_label(tmp_path, a, chunks, name="l", shards=None, **kw):
+    src = make_volume(tmp_path / f"{name}-in.zarr", a, chunks, shards=shards)
+    kw.setdefault("scheduler", "synchronous")
+    return emarray.label(src, tmp_path / f"{name}.zarr", **kw)
+
+
+# -- equal to the whole-array references -------------------------------------------------------
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+@pytest.mark.parametrize("chunks", [(4, 5, 6), (13, 3, 17), (3, 2, 4)])
+def test_binary_equals_scipy_and_cc3d_for_each_chunking(tmp_path, connectivity, chunks):
+    a = (np.random.default_rng(connectivity).random((13, 17, 19)) > 0.72).astype(np.uint8)
+    got = run_label(tmp_path, a, chunks, connectivity=connectivity).read()
+    s, n = ndimage.label(a, structure=ndimage.generate_binary_structure(3, RANK[connectivity]))
+    assert got.max() == n and same_partition(got, s)
+    np.testing.assert_array_equal(got, s)  # scipy numbers in C order of first voxel too
+    np.testing.assert_array_equal(got, reference(a, connectivity))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=st.tuples(*[st.integers(1, 12)] * 3), data=st.data(),
+       connectivity=st.sampled_from([6, 18, 26]), density=st.floats(0.05, 0.9),
+       multilabel=st.booleans())
+def test_any_chunking_gives_the_same_ids(tmp_path_factory, shape, data, connectivity, density,
+                                         multilabel):
+    tmp = tmp_path_factory.mktemp("h")
+    chunks = data.draw(st.tuples(*[st.integers(1, s) for s in shape]))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    if multilabel:
+        a = rng.integers(0, 4, shape).astype(np.uint16) * (rng.random(shape) < density)
+    else:
+        a = (rng.random(shape) < density).astype(np.uint8)
+    mode = "multilabel" if multilabel else "binary"
+    got = run_label(tmp, a.astype(a.dtype), chunks, connectivity=connectivity, mode=mode).read()
+    np.testing.assert_array_equal(got, reference(a, connectivity, binary=not multilabel))
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "uint32", "uint64"])
+def test_multilabel_each_value_has_its_own_components(tmp_path, dtype):
+    rng = np.random.default_rng(3)
+    a = (ndimage.zoom(rng.integers(0, 5, (4, 5, 5)), 3, order=0)[:11, :14, :13]).astype(dtype)
+    a[rng.random(a.shape) < 0.1] = 0
+    for conn in (6, 26):
+        got = run_label(tmp_path, a, (4, 6, 5), name=f"m{conn}", connectivity=conn,
+                        mode="multilabel").read()
+        np.testing.assert_array_equal(got, reference(a, conn, binary=False))
+        ref = cc3d.connected_components(a, connectivity=conn)
+        assert same_partition(got, ref)
+
+
+def test_auto_mode_is_multilabel_for_label_volumes_and_binary_for_masks(tmp_path):
+    a = np.zeros((4, 6, 6), np.uint32)
+    a[:, :, :3], a[:, :, 3:] = 7, 9  # two touching ids: two components as labels, one as a mask
+    assert run_label(tmp_path, a, (2, 3, 3), name="ids").read().max() == 2
+    assert run_label(tmp_path, a.astype(np.uint8), (2, 3, 3), name="mask").read().max() == 1
+
+
+def test_background_value(tmp_path):
+    rng = np.random.default_rng(4)
+    a = rng.integers(0, 3, (9, 10, 11)).astype(np.uint8)
+    got = run_label(tmp_path, a, (4, 4, 4), connectivity=6, background=2).read()
+    np.testing.assert_array_equal(got, reference(a, 6, background=2))
+    got = run_label(tmp_path, a, (4, 4, 4), name="ml", connectivity=6, background=2,
+                    mode="multilabel").read()
+    np.testing.assert_array_equal(got, reference(a, 6, binary=False, background=2))
+
+
+def test_float_masks_label_their_nonzero_voxels(tmp_path):
+    a = np.random.default_rng(5).random((8, 9, 10)).astype(np.float32)
+    a[a < 0.6] = 0
+    got = run_label(tmp_path, a, (3, 4, 5), connectivity=18).read()
+    np.testing.assert_array_equal(got, reference(a, 18))
+
+
+@pytest.mark.parametrize("min_size", [1, 2, 5, 40])
+def test_min_size_removes_small_components_before_numbering(tmp_path, min_size):
+    a = blobs((12, 20, 20), 0.5, 7)
+    got = run_label(tmp_path, a, (5, 6, 7), connectivity=26, min_size=min_size).read()
+    np.testing.assert_array_equal(got, reference(a, 26, min_size=min_size))
+
+
+def test_objects_meeting_only_at_block_corners_and_edges(tmp_path):
+    a = np.zeros((8, 8, 8), np.uint8)
+    a[3, 3, 3] = a[4, 4, 4] = 1  # corner of four blocks of 4
+    a[3, 3, 6] = a[4, 4, 6] = 1  # edge
+    a[6, 3, 1] = a[6, 4, 1] = 1  # face
+    for conn, n in ((6, 5), (18, 4), (26, 3)):
+        got = run_label(tmp_path, a, (4, 4, 4), name=f"c{conn}", connectivity=conn).read()
+        assert got.max() == n
+        np.testing.assert_array_equal(got, reference(a, conn))
+
+
+def test_single_voxel_blocks_and_shards(tmp_path):
+    a = blobs((5, 6, 7), 0.5, 8, smooth=0.7)
+    got = run_label(tmp_path, a, (1, 1, 1), connectivity=26).read()
+    np.testing.assert_array_equal(got, reference(a, 26))
+    b = blobs((16, 24, 24), 0.5, 9)
+    got = run_label(tmp_path, b, (4, 4, 4), name="sh", shards=(8, 8, 12), connectivity=18)
+    assert got.shards == (8, 8, 12)
+    np.testing.assert_array_equal(got.read(), reference(b, 18))
+
+
+def test_uint64_output_past_the_uint32_range(tmp_path, monkeypatch):
+    monkeypatch.setattr(label_mod, "UINT32_MAX_IDS", 3)
+    a = (np.random.default_rng(10).random((6, 7, 8)) > 0.8).astype(np.uint8)
+    out = run_label(tmp_path, a, (3, 3, 4), connectivity=6)
+    assert out.dtype == np.uint64
+    np.testing.assert_array_equal(out.read(), reference(a, 6))
+    assert out.attrs["emarray"]["components"] == int(reference(a, 6).max())
+    assert out.attrs["emarray"]["labels"] is True
+
+
+def test_threads_processes_and_a_real_cluster_agree(tmp_path):
+    a = blobs((16, 20, 24), 0.45, 11)
+    ref = reference(a, 26)
+    for sched in ("threads", "processes"):
+        got = run_label(tmp_path, a, (5, 8, 8), name=sched, scheduler=sched, workers=2).read()
+        np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.cluster
+def test_a_real_dask_cluster_with_a_worker_elsewhere(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    a = blobs((12, 16, 16), 0.45, 12)
+    with real_dask_cluster(tmp_path, workers=2, cwd=elsewhere) as address:
+        got = run_label(tmp_path, a, (4, 8, 8), scheduler=address, connectivity=18).read()
+    np.testing.assert_array_equal(got, reference(a, 18))
+    assert not list(elsewhere.iterdir())
+
+
+# -- real data ---------------------------------------------------------------------------------
+def test_drosophila_mitochondria_are_99_components(tmp_path, shared_data):
+    mito = emarray.ingest(shared_data / "drosophila-vnc-stack1/stack1/mitochondria",
+                          tmp_path / "mito.zarr", chunks=(8, 256, 256), progress=False)
+    mask = emarray.threshold(mito, tmp_path / "mask.zarr", 127, progress=False)
+    out = emarray.label(mask, tmp_path / "lab.zarr", connectivity=26)
+    got = out.read()
+    assert got.max() == 99 == out.attrs["emarray"]["components"]
+    np.testing.assert_array_equal(got, reference(mito.read() > 127, 26))
+
+
+def test_gala_truth_ids_are_each_one_component(tmp_path, shared_data):
+    gt = emarray.ingest(shared_data / "gala-flyem/train-gt.lzf.h5", tmp_path / "gt.zarr",
+                        chunks=(16, 32, 64), progress=False)
+    got = emarray.label(gt, tmp_path / "lab.zarr", connectivity=26).read()
+    truth = gt.read()
+    assert len(np.unique(truth[truth > 0])) == 87 == got.max()
+    assert same_partition(got, truth)
+    np.testing.assert_array_equal(got, reference(truth, 26, binary=False))
+
+
+# -- faults and bad input ------------------------------------------------------------------------
+def test_killed_after_the_first_stages_resumes_without_redoing_them(tmp_path):
+    a = blobs((16, 24, 24), 0.5, 13)
+    src = make_volume(tmp_path / "in.zarr", a, (2, 4, 4))  # 288 blocks
+    dst = tmp_path / "lab.zarr"
+    env = {**os.environ, "EMARRAY_CHECKPOINT_SECONDS": "0"}
+    cmd = [PY, "-m", "emarray", "-q", "label", str(src.url), str(dst), "--scheduler",
+           "synchronous", "--connectivity", "26"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = dst / PROGRESS_DIR
+    from .test_hardening import wait_for
+    wait_for(lambda: Checkpoint(progress).finished("offsets")[0]
+             and Checkpoint(progress).done_count("faces") > 10, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not emarray.open_volume(dst).attrs["emarray"].get("complete")
+    r = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr or "faces" not in r.stderr
+    np.testing.assert_array_equal(emarray.open_volume(dst).read(), reference(a, 26))
+    assert not progress.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--connectivity", "8"], "connectivity must be 6, 18 or 26"),
+    (["--min-size", "-1"], "min-size must be a whole number"),
+    (["--background", "300"], "background 300"),
+    (["--multilabel"], "multilabel needs integer labels"),
+])
+def test_bad_input_is_one_line_before_any_work(tmp_path, args, message):
+    from .test_hardening import cli, one_error_line
+    a = np.random.default_rng(0).random((4, 5, 6)).astype(np.float32)
+    if "--background" in args:
+        a = (a * 10).astype(np.uint8)
+    make_volume(tmp_path / "in.zarr", a, 2)
+    line = one_error_line(cli("label", tmp_path / "in.zarr", tmp_path / "out.zarr", *args))
+    assert message in line
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_python_api_refuses_bad_parameters(tmp_path):
+    src = make_volume(tmp_path / "in.zarr", np.zeros((3, 4, 5), np.uint8), 2)
+    with pytest.raises(InvalidArgumentError, match="mode must be"):
+        emarray.label(src, tmp_path / "o.zarr", mode="instances")
+    with pytest.raises(InvalidArgumentError, match="connectivity"):
+        emarray.label(src, tmp_path / "o.zarr", connectivity=4)
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_cli_label(tmp_path):
+    from .test_hardening import cli
+    a = blobs((8, 10, 12), 0.5, 14)
+    make_volume(tmp_path / "in.zarr", a, (4, 5, 6))
+    r = cli("label", tmp_path / "in.zarr", tmp_path / "l.zarr", "--connectivity", "6",
+            "--min-size", "3", "-q")
+    assert r.returncode == 0, r.stderr
+    n = int(reference(a, 6, min_size=3).max())
+    assert f"{n} components" in r.stdout
+    np.testing.assert_array_equal(emarray.open_volume(tmp_path / "l.zarr").read(),
+                                  reference(a, 6, min_size=3))
