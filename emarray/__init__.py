@@ -14,6 +14,8 @@ from .ingest import ingest
 from .engine import RunOptions
 from .ops.convert import rescale
 from .ops.label import label
+from .ops.match import match
+from .ops.objects import objects
 from .ops.pyramid import pyramid
 from .ops.smooth import smooth
 from .ops.sweep import sweep
@@ -27,5 +29,5 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 __all__ = ["RunOptions", "Volume", "create_volume", "datasets", "errors", "export", "info", "ingest",
-           "label", "open_volume", "pyramid", "rescale", "smooth", "sweep", "threshold", "upsample",
-           "__version__"]
+           "label", "match", "objects", "open_volume", "pyramid", "rescale", "smooth", "sweep",
+           "threshold", "upsample", "__version__"]

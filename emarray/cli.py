@@ -334,6 +334,61 @@ def label(obj: dict, src: str, dst: str, connectivity: int, mode: str | None, **
 
 
 @cli.command()
+@click.argument("labels")
+@click.option("--raw", default=None, help="Intensity volume: adds mean/min/max intensity.")
+@click.option("--out", required=True,
+              help="objects.csv or objects.parquet (a .json summary and .png plot beside it).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier table at --out.")
+@click.option("--resume", is_flag=True, help="Finish a killed run into the same --out.")
+@_incomplete_option
+@_engine_options
+@click.pass_obj
+@_friendly
+def objects(obj: dict, labels: str, **kw: Any) -> None:
+    """Measure each object of LABELS: voxels, volume, bounding box, centroid, intensities."""
+    from .ops.objects import objects as _objects
+    df = _objects(labels, progress=obj["progress"], **kw)
+    total = float(df["volume_um3"].sum())
+    click.echo(f"{len(df)} objects, {total:.6g} µm³ in all")
+    click.echo(f"wrote {kw['out']} (summary and volume histogram beside it)")
+
+
+@cli.command()
+@click.argument("pred")
+@click.argument("truth")
+@click.option("--out", required=True,
+              help="Folder for match.json, matching.csv, objects.csv and match.png.")
+@click.option("--label", "label_first", is_flag=True,
+              help="PRED and TRUTH are masks: label them first (into --out).")
+@click.option("--connectivity", type=int, default=26, help="With --label: 6, 18 or 26.")
+@click.option("--match-threshold", type=float, default=0.5,
+              help="IoU at which the per-object table counts a match.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier match in --out.")
+@click.option("--resume", is_flag=True, help="Finish a killed match into the same --out.")
+@_incomplete_option
+@_engine_options
+@click.pass_obj
+@_friendly
+def match(obj: dict, pred: str, truth: str, **kw: Any) -> None:
+    """Match predicted instances PRED against ground truth TRUTH: F1 at IoU 0.1..0.9, VOI,
+    adapted Rand error, per-object table."""
+    import numpy as np
+
+    from .ops.match import match as _match
+    r = _match(pred, truth, progress=obj["progress"], **kw)
+    m = r["matching"].set_index("threshold")
+    thr = kw["match_threshold"]
+    row = m.loc[m.index[np.argmin(np.abs(m.index - thr))]] if len(m) else None
+    click.echo(f"{r['n_true']} truth objects, {r['n_pred']} predicted")
+    if row is not None:
+        click.echo(f"at IoU {thr:g}: precision {row['precision']:.4f}, recall {row['recall']:.4f}, "
+                   f"F1 {row['f1']:.4f}")
+    click.echo(f"VOI split {r['voi_split']:.4f}, merge {r['voi_merge']:.4f}; adapted Rand error "
+               f"{r['adapted_rand_error']:.4f}")
+    click.echo(f"wrote {kw['out']}/match.json, matching.csv, objects.csv and match.png")
+
+
+@cli.command()
 @click.argument("prob")
 @click.argument("truth")
 @click.option("--out", required=True, help="Folder for sweep.csv, sweep.json and sweep.png.")

@@ -94,7 +94,7 @@ def run_block(stage: Stage, index: tuple[int, ...]) -> Any:
     results = result if isinstance(result, tuple) else (result,)
     summary = None
     if stage.combine is not None:  # a stage that writes and summarises: the summary comes last
-        *results, summary = results
+        results, summary = results[:-1], results[-1]
     if len(results) != len(stage.writes):
         raise InvalidArgumentError(
             f"stage {stage.name!r} returned {len(results)} arrays for {len(stage.writes)} outputs")
@@ -205,7 +205,8 @@ def mark_complete(out: Volume) -> None:
     """Record in the output's metadata that every block of its job is written."""
     import zarr
     group = zarr.open_group(out.url, mode="r+")
-    meta = {**group.attrs.get("emarray", {}), "complete": True}  # what stages recorded too
+    old: Any = group.attrs.get("emarray") or {}
+    meta = {**old, "complete": True}  # what stages recorded stays
     group.attrs["emarray"] = meta
     out.attrs["emarray"] = meta
 

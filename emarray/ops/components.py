@@ -48,8 +48,9 @@ def label_block_cpu(block: np.ndarray, *, connectivity: int, binary: bool,
     """cc3d's labels of one block (uint32, 1..n in C order of first voxel, 0 = background)."""
     import cc3d
     fg = foreground(block, binary=binary, background=background)
-    return cc3d.connected_components(np.ascontiguousarray(fg), connectivity=connectivity,
-                                     out_dtype=np.uint32)
+    labels: np.ndarray = cc3d.connected_components(  # type: ignore[call-overload]
+        np.ascontiguousarray(fg), connectivity=connectivity, out_dtype=np.uint32)
+    return labels
 
 
 def _stats_kernel():
@@ -180,7 +181,7 @@ def face_pairs(own: np.ndarray, neighbour: np.ndarray, *, own_block: int, axis: 
             ii, jj = np.nonzero(hit)
             gb = origin[inplane[0]] + ii + db  # global in-plane coordinates of the neighbour
             gc = origin[inplane[1]] + jj + dc
-            bidx = [0, 0, 0]
+            bidx: list[Any] = [0, 0, 0]
             bidx[axis] = own_index[axis] - 1
             bidx[inplane[0]] = gb // block[inplane[0]]
             bidx[inplane[1]] = gc // block[inplane[1]]

@@ -150,7 +150,7 @@ def _plan(acc: Any, *, scratch: Scratch) -> dict[str, Any]:
 # -- stage 2: row offsets -------------------------------------------------------------------------
 def _row_offsets(ctx: Any, counts: np.ndarray, *, scratch: Scratch) -> tuple:
     z0, z1 = ctx.region[0].start, ctx.region[0].stop
-    y0, y1 = ctx.region[1].start, ctx.region[1].stop
+    y0 = ctx.region[1].start
     zb, yb, _ = scratch.block
     by = y0 // yb
     before = np.asarray(scratch.load("before_plane_row")[z0:z1, by])
@@ -289,7 +289,8 @@ def _retype(out: Volume, dtype: str) -> Volume:
 def _record(out: Volume, components: int) -> None:
     import zarr
     group = zarr.open_group(out.url, mode="r+")
-    group.attrs["emarray"] = {**group.attrs.get("emarray", {}), "components": components}
+    old: Any = group.attrs.get("emarray") or {}
+    group.attrs["emarray"] = {**old, "components": components}
 
 
 # -- the operator ---------------------------------------------------------------------------------
@@ -405,7 +406,7 @@ def label(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, connectivi
         def stages(out: Volume) -> list:
             scratch = Scratch(Path(out.url) / PROGRESS_DIR / "label", src.shape, src.block_shape)
             vols = scratch.volumes()
-            plane_scale = [tuple(Fraction(1, b) if a == axis else 1 for a in range(3))
+            plane_scale = [tuple(Fraction(1, b) if a == axis else Fraction(1) for a in range(3))
                            for axis, b in enumerate(src.block_shape)]
             writes = []
             for axis, a in enumerate(AXES):

@@ -1,0 +1,103 @@
+"""Per-id tables summed over blocks: what the object table and instance matching fold.
+
+A table is a dict of equal-length columns with an ``id`` column (or ``key`` columns) sorted
+and unique. Block tables are merged pairwise (the engine folds them in a tree), so the driver
+holds one row per object or per overlapping pair, never per voxel.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..engine import Checkpoint, Read, RunOptions, Stage, run_stages
+from ..engine.checkpoint import PROGRESS_DIR
+from ..errors import InvalidArgumentError
+
+#: how each column of a table is merged when two tables hold the same id
+SUM, MIN, MAX = "sum", "min", "max"
+
+
+def merge(a: dict[str, np.ndarray], b: dict[str, np.ndarray], keys: Sequence[str],
+          how: dict[str, str]) -> dict[str, np.ndarray]:
+    """Merge two tables on ``keys``: rows of the same key are combined column by column."""
+    cat = {k: np.concatenate([a[k], b[k]]) for k in a}
+    order = np.lexsort(tuple(cat[k] for k in reversed(keys)))
+    cat = {k: v[order] for k, v in cat.items()}
+    n = cat[keys[0]].size
+    if n == 0:
+        return cat
+    same = np.ones(n - 1, np.bool_)
+    for k in keys:
+        same &= cat[k][1:] == cat[k][:-1]
+    starts = np.flatnonzero(np.r_[True, ~same])
+    out = {k: cat[k][starts] for k in keys}
+    for col, rule in how.items():
+        ufunc = {SUM: np.add, MIN: np.minimum, MAX: np.maximum}[rule]
+        out[col] = ufunc.reduceat(cat[col], starts)
+    return out
+
+
+def dense_ids(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The block's distinct values (sorted) and each voxel's index among them (fastremap)."""
+    import fastremap
+    uniq, inverse = fastremap.unique(block.reshape(-1), return_inverse=True)
+    return np.asarray(uniq), np.asarray(inverse).reshape(-1)
+
+
+def fold_table(name: str, fn: Any, reads: list[Read], grid: Any, combine: Any, *,
+               opts: RunOptions, progress_dir: Path | None, job: dict[str, Any]) -> Any:
+    """Run one summarising stage over ``grid`` and return the folded table (resumable when
+    ``progress_dir`` is given)."""
+    checkpoint = Checkpoint(progress_dir)
+    with opts.runner(name) as runner:
+        runner.check_volumes([r.volume for r in reads])
+        if not opts.resume:
+            checkpoint.clear()
+        checkpoint.start(job)
+        table = run_stages([Stage(name, fn, grid, reads, combine=combine)], runner, checkpoint,
+                           retries=opts.retries)
+    return table, checkpoint
+
+
+def check_out_file(path: Path, replace: bool, suffixes: Sequence[str]) -> None:
+    """Refuse an output file with an unknown suffix, or one that exists (unless ``replace``)."""
+    if path.suffix.lower() not in suffixes:
+        raise InvalidArgumentError(
+            f"--out {str(path)!r} must end in {' or '.join(suffixes)}")
+    if path.exists() and not replace:
+        raise InvalidArgumentError(f"{path} already exists; pass --overwrite to replace it")
+    if path.is_dir():
+        raise InvalidArgumentError(f"--out {str(path)!r} is a folder, not a file")
+    if not path.parent.is_dir():
+        raise InvalidArgumentError(f"the folder of --out {str(path)!r} does not exist")
+
+
+def write_frame(df: Any, path: Path) -> None:
+    """Write a DataFrame as CSV or Parquet (by suffix) through a temporary file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    if path.suffix.lower() == ".parquet":
+        try:
+            df.to_parquet(tmp, index=False)
+        except ImportError as exc:
+            raise InvalidArgumentError(
+                "writing .parquet needs pyarrow (pip install pyarrow); or use a .csv output"
+            ) from exc
+    else:
+        df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def write_json(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def progress_beside(path: Path) -> Path:
+    """Where a job writing the file ``path`` keeps its progress."""
+    return path.with_name(f".{path.name}{PROGRESS_DIR}")

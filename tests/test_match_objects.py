@@ -1,0 +1,180 @@
+"""emarray.objects against scikit-image's regionprops; emarray.match against a dense IoU matrix
+(stardist's matching), scikit-image's variation_of_information and adapted_rand_error."""
+from __future__ import annotations
+
+import json
+
+import cc3d
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
+from skimage.measure import regionprops_table
+from skimage.metrics import adapted_rand_error, variation_of_information
+
+import emarray
+from emarray.errors import InvalidArgumentError
+
+from .conftest import make_volume
+from .test_hardening import cli, one_error_line
+
+
+def instances(shape, seed, smooth=1.5, level=0.52, connectivity=6):
+    r = np.random.default_rng(seed)
+    mask = ndimage.gaussian_filter(r.random(shape), smooth) > level
+    return cc3d.connected_components(mask.astype(np.uint8), connectivity=connectivity,
+                                     out_dtype=np.uint32)
+
+
+# -- objects ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("chunks", [(4, 5, 6), (16, 30, 30), (1, 7, 3)])
+@pytest.mark.parametrize("dtype", ["uint16", "uint32", "int64"])
+def test_objects_equal_regionprops(tmp_path, chunks, dtype):
+    a = (instances((16, 30, 30), 1) * 7).astype(dtype)  # sparse, non-sequential ids
+    raw = np.random.default_rng(2).random(a.shape).astype(np.float32) * 100
+    lv = make_volume(tmp_path / "l.zarr", a, chunks, voxel_size=(40, 4, 4))
+    rv = make_volume(tmp_path / "r.zarr", raw, chunks)
+    df = emarray.objects(lv, raw=rv, out=tmp_path / "o.csv")
+    ref = pd.DataFrame(regionprops_table(
+        a, intensity_image=raw, properties=("label", "area", "bbox", "centroid",
+                                            "intensity_mean", "intensity_min", "intensity_max")))
+    assert len(df) == len(ref) > 5
+    np.testing.assert_array_equal(df["id"], ref["label"])
+    np.testing.assert_array_equal(df["voxels"], ref["area"])
+    for j, a_ in enumerate("zyx"):
+        np.testing.assert_array_equal(df[f"bbox_{a_}0"], ref[f"bbox-{j}"])
+        np.testing.assert_array_equal(df[f"bbox_{a_}1"], ref[f"bbox-{j + 3}"])
+        np.testing.assert_allclose(df[f"centroid_{a_}"], ref[f"centroid-{j}"])
+    np.testing.assert_allclose(df["centroid_z_um"], ref["centroid-0"] * 0.040)
+    np.testing.assert_allclose(df["volume_um3"], ref["area"] * 40 * 4 * 4 / 1e9)
+    np.testing.assert_allclose(df["mean_intensity"], ref["intensity_mean"], rtol=1e-5)
+    np.testing.assert_array_equal(df["min_intensity"], ref["intensity_min"])
+    np.testing.assert_array_equal(df["max_intensity"], ref["intensity_max"])
+    back = pd.read_csv(tmp_path / "o.csv")
+    np.testing.assert_array_equal(back["voxels"], df["voxels"])
+    summary = json.loads((tmp_path / "o.json").read_text())
+    assert summary["count"] == len(ref) and (tmp_path / "o.png").stat().st_size > 1000
+
+
+def test_objects_cli_refuses_an_existing_table_and_a_bad_suffix(tmp_path):
+    make_volume(tmp_path / "l.zarr", instances((6, 8, 8), 3), 4)
+    r = cli("objects", tmp_path / "l.zarr", "--out", tmp_path / "o.csv", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "objects" in r.stdout
+    before = (tmp_path / "o.csv").read_bytes()
+    line = one_error_line(cli("objects", tmp_path / "l.zarr", "--out", tmp_path / "o.csv"))
+    assert "already exists" in line and (tmp_path / "o.csv").read_bytes() == before
+    line = one_error_line(cli("objects", tmp_path / "l.zarr", "--out", tmp_path / "o.xlsx"))
+    assert ".csv or .parquet" in line
+    make_volume(tmp_path / "f.zarr", np.zeros((4, 4, 4), np.float32), 2)
+    line = one_error_line(cli("objects", tmp_path / "f.zarr", "--out", tmp_path / "p.csv"))
+    assert "integer ids" in line
+
+
+# -- match --------------------------------------------------------------------------------------
+def stardist_reference(t, p, thr):
+    """The dense IoU matrix and stardist's assignment (the naive reference)."""
+    tid, pid = np.unique(t[t > 0]), np.unique(p[p > 0])
+    inter = np.array([[np.sum((t == a) & (p == b)) for b in pid] for a in tid], float)
+    ta = np.array([np.sum(t == a) for a in tid])
+    pa = np.array([np.sum(p == b) for b in pid])
+    iou = inter / (ta[:, None] + pa[None, :] - inter)
+    n = min(tid.size, pid.size)
+    r, c = linear_sum_assignment(-(iou >= thr).astype(float) - iou / (2 * n))
+    ok = iou[r, c] >= thr
+    return int(ok.sum()), float(iou[r, c][ok].sum()), tid.size, pid.size
+
+
+def pair(seed):
+    t = instances((14, 28, 28), seed)
+    p = t.copy()
+    other = instances((14, 28, 28), seed + 100)
+    p[:, :, 14:] = other[:, :, 14:]  # half right, half another segmentation
+    p[p > 0] += 1000
+    p[ndimage.binary_erosion(p > 0, iterations=1) == 0] = 0  # shrunk objects
+    return t, p
+
+
+@pytest.mark.parametrize("chunks", [(5, 7, 8), (14, 28, 28), (3, 3, 3)])
+def test_match_equals_dense_references(tmp_path, chunks):
+    t, p = pair(4)
+    res = emarray.match(make_volume(tmp_path / "p.zarr", p, chunks),
+                        make_volume(tmp_path / "t.zarr", t, chunks), out=tmp_path / "m")
+    for row in res["matching"].itertuples():
+        tp, s, nt, npred = stardist_reference(t, p, row.threshold)
+        assert (row.tp, row.fp, row.fn) == (tp, npred - tp, nt - tp)
+        assert row.f1 == pytest.approx(2 * tp / (2 * tp + (npred - tp) + (nt - tp)))
+        assert row.mean_matched_score * row.tp == pytest.approx(s)
+    split, merge = variation_of_information(t, p)
+    assert res["voi_split"] == pytest.approx(split) and res["voi_merge"] == pytest.approx(merge)
+    are, prec, rec = adapted_rand_error(t, p)
+    assert res["adapted_rand_error"] == pytest.approx(are)
+    assert (res["adapted_rand_precision"], res["adapted_rand_recall"]) == pytest.approx((prec, rec))
+    objs = pd.read_csv(tmp_path / "m" / "objects.csv")
+    truth_rows = objs[objs["kind"] == "truth"]
+    assert len(truth_rows) == len(np.unique(t[t > 0]))
+    fp_rows = objs[objs["kind"] == "false_positive"]
+    assert len(fp_rows) == res["n_pred"] - res["matching"].set_index("threshold").loc[0.5, "tp"]
+    for f in ("match.json", "matching.csv", "objects.csv", "match.png"):
+        assert (tmp_path / "m" / f).stat().st_size > 0
+
+
+def test_match_per_object_flags_and_volume_difference(tmp_path):
+    t = np.zeros((4, 10, 30), np.uint32)
+    t[:, :, 0:8], t[:, :, 10:18], t[:, :, 20:24], t[:, :, 26:30] = 1, 2, 3, 4
+    p = np.zeros_like(t)
+    p[:, :, 0:7] = 11                                   # 1: matched, 1/8 smaller
+    p[:, :5, 10:18], p[:, 5:, 10:18] = 12, 13           # 2: split in two
+    p[:, :, 20:30] = 14                                 # 3 and 4: merged into one
+    res = emarray.match(make_volume(tmp_path / "p.zarr", p, (2, 5, 10)),
+                        make_volume(tmp_path / "t.zarr", t, (2, 5, 10)))
+    o = res["objects"].set_index("truth_id")
+    assert o.loc[1, "matched_pred_id"] == 11
+    assert o.loc[1, "relative_volume_difference"] == pytest.approx(-1 / 8)
+    assert o.loc[2, "split"] and not o.loc[1, "split"]
+    assert o.loc[3, "merged"] and o.loc[4, "merged"] and not o.loc[1, "merged"]
+    assert res["mean_abs_relative_volume_difference"] == pytest.approx(
+        o["relative_volume_difference"].abs().mean())
+
+
+def test_match_labels_masks_first(tmp_path):
+    t, p = pair(5)
+    make_volume(tmp_path / "p.zarr", (p > 0).astype(np.uint8), (7, 14, 14))
+    make_volume(tmp_path / "t.zarr", (t > 0).astype(np.uint8), (7, 14, 14))
+    r = cli("match", tmp_path / "p.zarr", tmp_path / "t.zarr", "--out", tmp_path / "m",
+            "--label", "--connectivity", "6", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "VOI split" in r.stdout
+    lt = emarray.open_volume(tmp_path / "m" / "truth-labels.zarr").read()
+    np.testing.assert_array_equal(lt, t)  # instances() numbers as label does
+    make_volume(tmp_path / "f.zarr", (p > 0).astype(np.float32), (7, 14, 14))
+    line = one_error_line(cli("match", tmp_path / "f.zarr", tmp_path / "t.zarr", "--out",
+                              tmp_path / "m2"))
+    assert "not instance ids; pass --label" in line
+    # a 0/1 mask taken as instances is one object: said, not silently scored
+    r = cli("match", tmp_path / "p.zarr", tmp_path / "t.zarr", "--out", tmp_path / "m3", "-q")
+    assert r.returncode == 0 and "warning: " in r.stderr and "--label" in r.stderr
+
+
+def test_match_refuses_mismatched_shapes_before_work(tmp_path):
+    a = make_volume(tmp_path / "a.zarr", np.zeros((4, 4, 4), np.uint32), 2)
+    b = make_volume(tmp_path / "b.zarr", np.zeros((4, 4, 5), np.uint32), 2)
+    with pytest.raises(emarray.errors.ShapeMismatchError):
+        emarray.match(a, b, out=tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(InvalidArgumentError, match="threshold"):
+        emarray.match(a, a, match_threshold=0)
+
+
+def test_gala_watershed_against_truth(tmp_path, shared_data):
+    gt = emarray.ingest(shared_data / "gala-flyem/train-gt.lzf.h5", tmp_path / "gt.zarr",
+                        chunks=(16, 50, 100), progress=False)
+    ws = emarray.ingest(shared_data / "gala-flyem/train-ws.lzf.h5", tmp_path / "ws.zarr",
+                        chunks=(16, 50, 100), progress=False)
+    res = emarray.match(ws, gt)
+    t, p = gt.read(), ws.read()
+    split, merge = variation_of_information(t, p)
+    assert (res["voi_split"], res["voi_merge"]) == pytest.approx((split, merge))
+    assert res["adapted_rand_error"] == pytest.approx(adapted_rand_error(t, p)[0])
+    assert res["n_true"] == 87 and res["n_pred"] == len(np.unique(p[p > 0]))
