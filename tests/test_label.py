@@ -260,3 +260,91 @@ def test_cli_label(tmp_path):
     assert f"{n} components" in r.stdout
     np.testing.assert_array_equal(emarray.open_volume(tmp_path / "l.zarr").read(),
                                   reference(a, 6, min_size=3))
+
+
+# -- the CUDA kernel ------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_cuda_labels_equal_cc3d(connectivity):
+    from emarray.backends import cuda_available
+    if not cuda_available():
+        pytest.skip("needs CuPy and a CUDA device")
+    from emarray.cuda.label import label_block_cuda
+    from emarray.ops.components import label_block_cpu
+    rng = np.random.default_rng(connectivity)
+    for shape in [(1, 1, 1), (1, 3, 1), (5, 7, 9), (33, 64, 65), (64, 128, 128)]:
+        for dtype in ["uint8", "int16", "uint32", "uint64", "int64"]:
+            a = (rng.integers(0, 3, shape) * (rng.random(shape) < 0.6)).astype(dtype)
+            for binary in (True, False):
+                kw = dict(connectivity=connectivity, binary=binary, background=0)
+                np.testing.assert_array_equal(label_block_cuda(a, **kw), label_block_cpu(a, **kw))
+
+
+@pytest.mark.gpu
+def test_label_with_the_cuda_backend_equals_cc3d(tmp_path):
+    from emarray.backends import cuda_available
+    if not cuda_available():
+        pytest.skip("needs CuPy and a CUDA device")
+    a = blobs((20, 40, 40), 0.5, 15)
+    got = run_label(tmp_path, a, (8, 16, 16), backend="cuda", connectivity=26).read()
+    np.testing.assert_array_equal(got, reference(a, 26))
+
+
+def emulate_label_cu(v, connectivity):
+    """kernels/label.cu's three kernels run one thread after another (in reverse voxel order,
+    so that links are not simply made in scan order), then the host's numbering of the roots."""
+    n, (nz, ny, nx) = v.size, v.shape
+    flat = v.reshape(-1)
+    parent = np.where(flat != 0, np.arange(n), -1)
+
+    def root(x):
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    order = RANK[connectivity]
+    for i in range(n - 1, -1, -1):
+        if flat[i] == 0:
+            continue
+        z, y, x = np.unravel_index(i, v.shape)
+        for dz in (-1, 0):
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    if dz == 0 and (dy > 0 or (dy == 0 and dx >= 0)):
+                        continue
+                    if (dz != 0) + (dy != 0) + (dx != 0) > order:
+                        continue
+                    zz, yy, xx = z + dz, y + dy, x + dx
+                    if zz < 0 or not (0 <= yy < ny and 0 <= xx < nx):
+                        continue
+                    j = (zz * ny + yy) * nx + xx
+                    if flat[j] == flat[i]:
+                        a, b = root(i), root(j)
+                        while a != b:
+                            a, b = min(a, b), max(a, b)
+                            old = parent[b]
+                            parent[b] = min(old, a)
+                            if old == b:
+                                break
+                            a, b = root(a), root(old)
+    for i in range(n):
+        if parent[i] >= 0:
+            parent[i] = root(i)
+    fg = parent >= 0
+    rank = np.cumsum(fg & (parent == np.arange(n)))
+    return np.where(fg, rank[np.where(fg, parent, 0)], 0).reshape(v.shape)
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_the_cuda_kernels_algorithm_numbers_as_cc3d(connectivity):
+    """The kernel's union-find and numbering, emulated on the CPU, equal cc3d (the GPU runs
+    the kernel itself in the gpu-marked tests above)."""
+    from emarray.ops.components import label_block_cpu
+    rng = np.random.default_rng(20 + connectivity)
+    for shape in [(1, 3, 1), (4, 5, 6), (6, 7, 5)]:
+        a = (rng.integers(1, 3, shape) * (rng.random(shape) < 0.55)).astype(np.uint8)
+        for binary in (True, False):
+            fg = (a != 0).astype(np.uint8) if binary else a
+            np.testing.assert_array_equal(
+                emulate_label_cu(fg, connectivity),
+                label_block_cpu(a, connectivity=connectivity, binary=binary, background=0))

@@ -53,6 +53,22 @@ def pool_name(dtype, mode: str, fz: int) -> str:
     return f"emarray_pool<{CTYPES[np.dtype(dtype)]}, {POOL_MODES[mode]}, {fz}>"
 
 
+#: labelling reads the binary mask (uint8) or the label values of any integer dtype
+LABEL_CTYPES: dict[np.dtype, str] = {
+    **{dt: c for dt, c in CTYPES.items() if dt.kind in "ui"},
+    np.dtype(np.uint64): "unsigned long long",
+}
+LABEL_CONNECTIVITY = (6, 18, 26)
+
+
+def ccl_init_name(dtype) -> str:
+    return f"emarray_ccl_init<{LABEL_CTYPES[np.dtype(dtype)]}>"
+
+
+def ccl_merge_name(dtype, connectivity: int) -> str:
+    return f"emarray_ccl_merge<{LABEL_CTYPES[np.dtype(dtype)]}, {int(connectivity)}>"
+
+
 #: kernel family file -> every name expression compiled from it.
 FAMILIES: dict[str, list[str]] = {
     "threshold.cu": [threshold_name(dt, op) for dt in CTYPES for op in THRESHOLD_OPS],
@@ -61,4 +77,7 @@ FAMILIES: dict[str, list[str]] = {
     + [level_hist_name(dt) for dt in HIST_LEVEL_DTYPES],
     "smooth.cu": [smooth_name(dt) for dt in SMOOTH_DTYPES],
     "pool.cu": [pool_name(dt, m, fz) for dt in CTYPES for m in POOL_MODES for fz in (1, 2)],
+    "label.cu": [ccl_init_name(dt) for dt in LABEL_CTYPES]
+    + [ccl_merge_name(dt, c) for dt in LABEL_CTYPES for c in LABEL_CONNECTIVITY]
+    + ["emarray_ccl_flatten"],
 }
