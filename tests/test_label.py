@@ -293,7 +293,7 @@ def test_label_with_the_cuda_backend_equals_cc3d(tmp_path):
 def emulate_label_cu(v, connectivity):
     """kernels/label.cu's three kernels run one thread after another (in reverse voxel order,
     so that links are not simply made in scan order), then the host's numbering of the roots."""
-    n, (nz, ny, nx) = v.size, v.shape
+    n, (_, ny, nx) = v.size, v.shape
     flat = v.reshape(-1)
     parent = np.where(flat != 0, np.arange(n), -1)
 
