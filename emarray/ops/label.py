@@ -102,13 +102,20 @@ def _concat(a: Any, b: Any) -> Any:
     return (a[0] + b[0], np.concatenate([a[1], b[1]]))
 
 
-def _label_block(ctx: Any, block: np.ndarray, *, p: dict[str, Any]) -> tuple:
+def _components(ctx: Any, block: np.ndarray, p: dict[str, Any]) -> tuple:
+    """Label a block (the same way in every stage) and list its kept interior components:
+    the block's facts, their local labels, first voxels and rows."""
     labels = ctx.state(block, connectivity=p["connectivity"], binary=p["binary"],
                        background=p["background"])
     comp = block_components(labels, ctx.region, p["shape"])
     kept = comp.interior_kept(p["min_size"])
     kf = comp.first[kept]
-    lz, ly = comp.rows(kf)
+    return comp, kept, kf, *comp.rows(kf)
+
+
+def _label_block(ctx: Any, block: np.ndarray, *, p: dict[str, Any]) -> tuple:
+    comp, kept, kf, lz, ly = _components(ctx, block, p)
+    labels = comp.labels
     zb, yb, _ = labels.shape
     rowcounts = np.bincount(lz * yb + ly, minlength=zb * yb).astype(np.uint32)
     planes = np.bincount(lz, minlength=zb).astype(np.int64)
@@ -254,12 +261,7 @@ def _join(acc: Any, *, scratch: Scratch, p: dict[str, Any]) -> dict[str, Any]:
 # -- stage 4: relabel -----------------------------------------------------------------------------
 def _relabel_block(ctx: Any, block: np.ndarray, rowoff: np.ndarray, *, scratch: Scratch,
                    p: dict[str, Any], dtype: str) -> np.ndarray:
-    labels = ctx.state(block, connectivity=p["connectivity"], binary=p["binary"],
-                       background=p["background"])
-    comp = block_components(labels, ctx.region, p["shape"])
-    kept = comp.interior_kept(p["min_size"])
-    kf = comp.first[kept]
-    lz, ly = comp.rows(kf)
+    comp, kept, kf, lz, ly = _components(ctx, block, p)
     lut = np.zeros(comp.n + 1, dtype)
     if kept.size:
         kept_keys = scratch.load("kept_keys")
@@ -272,7 +274,7 @@ def _relabel_block(ctx: Any, block: np.ndarray, rowoff: np.ndarray, *, scratch: 
         nodes = scratch.load("nodes")
         where = np.searchsorted(nodes, node_ids(flat, face))
         lut[face] = np.asarray(scratch.load("piece_ids"))[where]
-    return lut[labels]
+    return lut[comp.labels]
 
 
 def _retype(out: Volume, dtype: str) -> Volume:

@@ -35,7 +35,10 @@ def block_overlaps(truth: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]
     """(truth id, pred id, voxels) for every pair that overlaps in the block, 0s included."""
     tu, ti = dense_ids(truth)
     pu, pi = dense_ids(pred)
-    code = ti.astype(np.int64) * pu.size + pi.astype(np.int64)
+    if tu.size * pu.size < 2**31:
+        code = ti.astype(np.int32) * np.int32(pu.size) + pi.astype(np.int32)
+    else:
+        code = ti.astype(np.int64) * pu.size + pi.astype(np.int64)
     counts = np.bincount(code, minlength=tu.size * pu.size)
     nz = np.flatnonzero(counts)
     return {"t": tu[nz // pu.size].astype(np.uint64), "p": pu[nz % pu.size].astype(np.uint64),
