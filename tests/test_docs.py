@@ -8,7 +8,8 @@ import pytest
 
 MODULES = ["emarray.volume", "emarray.ops.threshold", "emarray.ops.convert", "emarray.ops.sweep",
            "emarray.ingest", "emarray.export", "emarray.info", "emarray.datasets",
-           "emarray._normalize", "emarray.cuda.streaming", "emarray.sources"]
+           "emarray._normalize", "emarray.cuda.streaming", "emarray.sources",
+           "emarray.ops.label", "emarray.ops.objects"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -178,3 +178,16 @@ def test_gala_watershed_against_truth(tmp_path, shared_data):
     assert (res["voi_split"], res["voi_merge"]) == pytest.approx((split, merge))
     assert res["adapted_rand_error"] == pytest.approx(adapted_rand_error(t, p)[0])
     assert res["n_true"] == 87 and res["n_pred"] == len(np.unique(p[p > 0]))
+
+
+def test_objects_parquet_or_a_clear_line_without_pyarrow(tmp_path):
+    make_volume(tmp_path / "l.zarr", instances((6, 8, 8), 6), 4)
+    r = cli("objects", tmp_path / "l.zarr", "--out", tmp_path / "o.parquet", "-q")
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        assert "needs pyarrow" in one_error_line(r)
+        assert not (tmp_path / "o.parquet").exists()
+        return
+    assert r.returncode == 0, r.stderr
+    assert len(pd.read_parquet(tmp_path / "o.parquet")) == len(np.unique(instances((6, 8, 8), 6))) - 1

@@ -190,8 +190,9 @@ def test_the_commands_the_readme_says_resume_do():
 
     from emarray.cli import cli as group
     text = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
-    names = ("ingest", "threshold", "rescale", "smooth", "pyramid", "upsample", "synthetic")
+    names = ("ingest", "threshold", "rescale", "smooth", "pyramid", "upsample", "label",
+             "synthetic")
     listed = "(" + ", ".join(f"`{n}`" for n in names) + ") takes"
     assert listed in " ".join(text.split())
-    for name in names + ("sweep",):
+    for name in names + ("sweep", "objects", "match"):
         assert "--resume" in CliRunner().invoke(group, [name, "--help"]).output, name
