@@ -111,6 +111,19 @@ def finite_number(value: Any, name: str) -> float:
     return f
 
 
+def whole_number(value: Any, name: str, minimum: int = 0) -> int:
+    """Return ``value`` (``3``, ``3.0`` or ``"3"``) as an int >= ``minimum`` or raise naming it
+    (``"levels must be a whole number >= 1, got 2.5"``)."""
+    try:
+        n = int(value)
+        whole = n == float(value)
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole or n < minimum:
+        raise InvalidArgumentError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return n
+
+
 def numeric_dtype(dtype: Any, what: str) -> np.dtype:
     """Check that ``dtype`` is a real integer or floating dtype (not bool, complex, text...)."""
     try:

@@ -372,17 +372,13 @@ def objects(obj: dict, labels: str, **kw: Any) -> None:
 def match(obj: dict, pred: str, truth: str, **kw: Any) -> None:
     """Match predicted instances PRED against ground truth TRUTH: F1 at IoU 0.1..0.9, VOI,
     adapted Rand error, per-object table."""
-    import numpy as np
-
     from .ops.match import match as _match
     r = _match(pred, truth, progress=obj["progress"], **kw)
-    m = r["matching"].set_index("threshold")
     thr = kw["match_threshold"]
-    row = m.loc[m.index[np.argmin(np.abs(m.index - thr))]] if len(m) else None
+    row = r["matching"].set_index("threshold").loc[thr]  # the match threshold is always a row
     click.echo(f"{r['n_true']} truth objects, {r['n_pred']} predicted")
-    if row is not None:
-        click.echo(f"at IoU {thr:g}: precision {row['precision']:.4f}, recall {row['recall']:.4f}, "
-                   f"F1 {row['f1']:.4f}")
+    click.echo(f"at IoU {thr:g}: precision {row['precision']:.4f}, recall {row['recall']:.4f}, "
+               f"F1 {row['f1']:.4f}")
     click.echo(f"VOI split {r['voi_split']:.4f}, merge {r['voi_merge']:.4f}; adapted Rand error "
                f"{r['adapted_rand_error']:.4f}")
     click.echo(f"wrote {kw['out']}/match.json, matching.csv, objects.csv and match.png")

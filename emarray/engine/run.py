@@ -158,9 +158,11 @@ def run_stages(stages: Sequence[StageSpec], runner: Runner, checkpoint: Checkpoi
             log.info("stage %s finished in an earlier run", spec.name)
             given = result
             continue
-        st = spec if isinstance(spec, Stage) else spec.build(given)
-        if not isinstance(spec, Stage):
+        if isinstance(spec, LaterStage):
+            st = spec.build(given)
             st.check()
+        else:
+            st = spec
         st.given = given
         n = len(st.grid)
         done, saved = checkpoint.load(st.name, n)

@@ -31,6 +31,7 @@ import numpy as np
 from .. import backends
 from ..engine import BlockGrid, LaterStage, Read, RunOptions, Stage, Write, read_padded, run_job
 from ..engine.checkpoint import PROGRESS_DIR, _atomic_write
+from .._normalize import finite_number, whole_number
 from ..errors import InvalidArgumentError
 from ..volume import Volume, create_volume, open_volume
 from .common import as_volume, backend_stage_setup, job_identity, layout_of, output_layout
@@ -99,7 +100,10 @@ class Scratch:
 
 # -- stage 1: label blocks ------------------------------------------------------------------------
 def _concat(a: Any, b: Any) -> Any:
-    return (a[0] + b[0], np.concatenate([a[1], b[1]]))
+    """The stages' combine: summaries (arrays, lists, or tuples of them) put end to end."""
+    if isinstance(a, tuple):
+        return tuple(_concat(x, y) for x, y in zip(a, b))
+    return a + b if isinstance(a, list) else np.concatenate([a, b])
 
 
 def _components(ctx: Any, block: np.ndarray, p: dict[str, Any]) -> tuple:
@@ -189,10 +193,6 @@ def _save_ranks(acc: Any, *, scratch: Scratch) -> dict[str, Any]:
     return {}
 
 
-def _concat_pair(a: Any, b: Any) -> Any:
-    return tuple(np.concatenate([x, y]) for x, y in zip(a, b))
-
-
 # -- stage 3: face pairs, then union-find -------------------------------------------------------
 def _face_block(ctx: Any, *, vols: dict[str, Volume], p: dict[str, Any]) -> np.ndarray:
     index = ctx.index
@@ -206,22 +206,20 @@ def _face_block(ctx: Any, *, vols: dict[str, Volume], p: dict[str, Any]) -> np.n
         own_region = list(ctx.region)
         own_region[axis] = slice(index[axis], index[axis] + 1)
         own = vols[f"lo_{a}"].read(tuple(own_region))
-        nb_region = [slice(s.start - 1, s.stop + 1) for s in ctx.region]
+        # the plane opposite, grown by a voxel in-plane for edge and corner neighbours (the
+        # margin stays 0 for 6-connectivity, which needs none: no neighbour chunk is read)
+        nb_region = [slice(s.start - grow, s.stop + grow) for s in ctx.region]
         nb_region[axis] = slice(index[axis] - 1, index[axis])
         nb = read_padded(vols[f"hi_{a}"], tuple(nb_region), "constant", 0)
         own2 = np.squeeze(own, axis=axis)
         nb2 = np.squeeze(nb, axis=axis)
-        if not grow:  # 6-connectivity: the plane opposite, nothing beside it
-            nb2 = np.pad(nb2[1:-1, 1:-1], 1)
+        if not grow:
+            nb2 = np.pad(nb2, 1)
         out.append(face_pairs(own2, nb2, own_block=flat, axis=axis, own_index=index,
                               origin=origin, block=p["block"], counts=p["counts"],
                               connectivity=p["connectivity"]))
     pairs = np.concatenate(out)
     return np.unique(pairs, axis=0) if pairs.size else pairs
-
-
-def _concat_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.concatenate([a, b])
 
 
 def _join(acc: Any, *, scratch: Scratch, p: dict[str, Any]) -> dict[str, Any]:
@@ -304,10 +302,10 @@ def check_params(src: Volume, connectivity: Any, mode: str, background: Any,
         raise InvalidArgumentError(
             f"label needs a z,y,x volume; {src.url} has shape {src.shape} (axes {src.axes})")
     try:
-        conn = int(connectivity)
-    except (TypeError, ValueError):
+        conn = whole_number(connectivity, "connectivity")
+    except InvalidArgumentError:
         conn = -1
-    if conn not in CONNECTIVITY_ORDER or conn != connectivity and str(conn) != str(connectivity):
+    if conn not in CONNECTIVITY_ORDER:
         raise InvalidArgumentError(f"connectivity must be 6, 18 or 26, got {connectivity!r}")
     if mode not in MODES:
         raise InvalidArgumentError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -315,10 +313,7 @@ def check_params(src: Volume, connectivity: Any, mode: str, background: Any,
     if not binary and src.dtype.kind not in "uib":
         raise InvalidArgumentError(
             f"multilabel needs integer labels; {src.url} holds {src.dtype} (use binary)")
-    try:
-        bg = float(background)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"background must be a number, got {background!r}") from None
+    bg = finite_number(background, "background")
     if src.dtype.kind in "uib":
         info = np.iinfo(src.dtype) if src.dtype.kind != "b" else None
         if bg != int(bg) or (info is not None and not info.min <= bg <= info.max) or (
@@ -327,15 +322,8 @@ def check_params(src: Volume, connectivity: Any, mode: str, background: Any,
                 f"background {background!r} is not a value of {src.dtype} data")
         bgv: Any = int(bg) if src.dtype.kind != "b" else bool(bg)
     else:
-        if not np.isfinite(bg):
-            raise InvalidArgumentError(f"background must be finite, got {background!r}")
         bgv = src.dtype.type(bg)
-    try:
-        ms = int(min_size)
-    except (TypeError, ValueError):
-        ms = -1
-    if ms < 0 or ms != min_size and str(ms) != str(min_size):
-        raise InvalidArgumentError(f"min-size must be a whole number >= 0, got {min_size!r}")
+    ms = whole_number(min_size, "min-size")
     return {"connectivity": conn, "binary": binary, "background": bgv, "min_size": ms}
 
 
@@ -421,10 +409,10 @@ def label(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, connectivi
             rows = vols["rowcounts"]
             offsets = Stage("offsets", partial(_row_offsets, scratch=scratch),
                             BlockGrid(rows.shape, (zb, yb, rows.shape[2])), [Read(rows)],
-                            [Write(vols["rowoffsets"])], combine=_concat_pair,
+                            [Write(vols["rowoffsets"])], combine=_concat,
                             finalize=partial(_save_ranks, scratch=scratch))
             faces = Stage("faces", partial(_face_block, vols=vols, p=p), grid,
-                          combine=_concat_pairs,
+                          combine=_concat,
                           finalize=partial(_join, scratch=scratch, p=p))
 
             def build_relabel(given: dict[str, Any]) -> Stage:

@@ -24,7 +24,9 @@ from ..engine import BlockGrid, Read, RunOptions
 from ..errors import EmarrayWarning, InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
 from .common import as_volume
-from .tables import SUM, dense_ids, fold_table, merge, write_frame, write_json
+from .._normalize import finite_number
+from ..engine.checkpoint import PROGRESS_DIR
+from .tables import SUM, check_out_folder, dense_ids, fold_table, merge, write_frame, write_json
 
 THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(1, 10))
 OUTPUTS = ("match.json", "matching.csv", "objects.csv", "match.png")
@@ -125,12 +127,14 @@ def assign(t: np.ndarray, p: np.ndarray, iou: np.ndarray, thr: float,
 
 
 def matching_table(pairs: dict, n_true: int, n_pred: int, thresholds=THRESHOLDS):
-    """Per IoU threshold: tp, fp, fn, precision, recall, accuracy, f1, mean scores, PQ."""
+    """Per IoU threshold: tp, fp, fn, precision, recall, accuracy, f1, mean scores, PQ; and
+    the matched pairs at each threshold."""
     import pandas as pd
     rows = []
+    matches = {}
     n_scale = max(min(n_true, n_pred), 1)
     for thr in thresholds:
-        m = assign(pairs["t"], pairs["p"], pairs["iou"], thr, n_scale)
+        m = matches[thr] = assign(pairs["t"], pairs["p"], pairs["iou"], thr, n_scale)
         tp = int(m.size)
         fp, fn = n_pred - tp, n_true - tp
         s = float(pairs["iou"][m].sum())
@@ -143,7 +147,7 @@ def matching_table(pairs: dict, n_true: int, n_pred: int, thresholds=THRESHOLDS)
                      "n_true": n_true, "n_pred": n_pred,
                      "mean_true_score": div(s, n_true), "mean_matched_score": div(s, tp),
                      "panoptic_quality": div(s, tp + fp / 2 + fn / 2)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), matches
 
 
 def variation_of_information(table: dict) -> tuple[float, float]:
@@ -256,13 +260,8 @@ def match(pred: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
     opts = RunOptions.make(options, **run)
     dirp = Path(out) if out is not None else None
     if dirp is not None:
-        if dirp.exists() and not dirp.is_dir():
-            raise InvalidArgumentError(f"--out {str(dirp)!r} is a file, not a folder")
-        existing = [dirp / f for f in OUTPUTS if (dirp / f).exists()]
-        if existing and not (opts.overwrite or opts.resume):
-            raise InvalidArgumentError(
-                f"{existing[0]} already exists; pass --overwrite to replace the match in {dirp}")
-    thr = float(match_threshold)
+        check_out_folder(dirp, opts.overwrite or opts.resume, OUTPUTS, "match")
+    thr = finite_number(match_threshold, "match threshold")
     if not 0 < thr <= 1:
         raise InvalidArgumentError(f"match threshold must be in (0, 1], got {match_threshold!r}")
     pv, tv = as_volume(pred, opts.allow_incomplete), as_volume(truth, opts.allow_incomplete)
@@ -285,7 +284,7 @@ def match(pred: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
     job = {"operator": "match", "inputs": [pv.fingerprint(), tv.fingerprint()]}
     table, checkpoint = fold_table(
         "match", _block, [Read(tv), Read(pv)], BlockGrid(pv.shape, pv.block_shape), _merge,
-        opts=opts, progress_dir=(dirp / ".emarray-progress") if dirp is not None else None,
+        opts=opts, progress_dir=(dirp / PROGRESS_DIR) if dirp is not None else None,
         job=job)
     if table is None:
         table = {"t": np.empty(0, np.uint64), "p": np.empty(0, np.uint64),
@@ -306,10 +305,10 @@ def evaluate(table: dict, match_threshold: float = 0.5) -> dict[str, Any]:
     pairs = pair_iou(table)
     ts, ps = sizes(table)
     n_true, n_pred = int((ts["id"] > 0).sum()), int((ps["id"] > 0).sum())
-    matching = matching_table(pairs, n_true, n_pred)
-    matched = assign(pairs["t"], pairs["p"], pairs["iou"], match_threshold,
-                     max(min(n_true, n_pred), 1))
-    objs = object_rows(table, pairs, matched)
+    # the match threshold is one of the rows (an extra one when it is off the 0.1 grid)
+    thresholds = sorted(set(THRESHOLDS) | {match_threshold})
+    matching, matches = matching_table(pairs, n_true, n_pred, thresholds)
+    objs = object_rows(table, pairs, matches[match_threshold])
     split, merge_ = variation_of_information(table)
     are, prec, rec = adapted_rand(table)
     rvd = objs["relative_volume_difference"].dropna()

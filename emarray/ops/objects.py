@@ -6,7 +6,6 @@ table of the ids in it, and the partial tables are merged in a tree.
 from __future__ import annotations
 
 import os
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +175,7 @@ def objects(labels: Volume | str | os.PathLike, *, raw: Volume | str | os.PathLi
     reads = [Read(lv)] + ([Read(rv)] if rv is not None else [])
     job = {"operator": "objects", "inputs": [v.fingerprint() for v in (lv, rv) if v is not None]}
     table, checkpoint = fold_table(
-        "objects", partial(_block), reads, BlockGrid(lv.shape, lv.block_shape), _merge,
+        "objects", _block, reads, BlockGrid(lv.shape, lv.block_shape), _merge,
         opts=opts, progress_dir=progress_beside(path) if path is not None else None, job=job)
     if table is None:
         table = block_table(np.zeros((0, 0, 0), lv.dtype), None, (0, 0, 0))

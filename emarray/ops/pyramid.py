@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import ome
-from .._normalize import parse_tuple
+from .._normalize import parse_tuple, whole_number
 from ..engine import BlockGrid, Read, RunOptions, Stage, Write
 from ..engine.checkpoint import PROGRESS_DIR, Checkpoint
 from ..engine.output import OutputLock, real_path
@@ -62,10 +62,10 @@ def plan_levels(shape: tuple[int, ...], voxel: tuple[float, ...], *, levels: int
         if any(f not in (1, 2) for f in fixed) or fixed == (1, 1, 1):
             raise InvalidArgumentError(
                 f"factors must be 1 or 2 per axis (and not all 1), got {factors!r}")
-    if levels is not None and (int(levels) != levels or levels < 1):
-        raise InvalidArgumentError(f"levels must be a whole number >= 1, got {levels!r}")
-    if until_size is not None and (int(until_size) != until_size or until_size < 1):
-        raise InvalidArgumentError(f"until-size must be a whole number >= 1, got {until_size!r}")
+    if levels is not None:
+        levels = whole_number(levels, "levels", 1)
+    if until_size is not None:
+        until_size = whole_number(until_size, "until-size", 1)
     if levels is None and until_size is None:
         until_size = 64
     out: list[tuple[int, ...]] = []

@@ -24,6 +24,7 @@ from ..engine.checkpoint import PROGRESS_DIR
 from ..errors import EmarrayWarning, InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
 from .common import as_volume, backend_stage_setup
+from .tables import check_out_folder
 
 #: truth classes per voxel: 0 negative, 1 positive, 2 not counted (mask / ignore value)
 NEG, POS, SKIP = 0, 1, 2
@@ -222,7 +223,8 @@ def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
         if v is not None:
             finite_number(v, name)
     if out is not None:
-        _check_out(Path(out), opts.overwrite or opts.resume)
+        check_out_folder(Path(out), opts.overwrite or opts.resume,
+                         ("sweep.csv", "sweep.json", "sweep.png"), "sweep")
     edges = exact_thresholds(pv.dtype, ts)
     from ._histogram_cpu import lookup_table
     table = lookup_table(edges) if pv.dtype not in LEVEL_DTYPES else None
@@ -272,15 +274,6 @@ def sweep_warnings(df) -> list[str]:
                        f"({ts[0]:g} to {ts[-1]:g}); the optimum may lie beyond: sweep --values "
                        "over a wider range")
     return out
-
-
-def _check_out(out: Path, replace: bool) -> None:
-    existing = [out / f for f in ("sweep.csv", "sweep.json", "sweep.png") if (out / f).exists()]
-    if existing and not replace:
-        raise InvalidArgumentError(
-            f"{existing[0]} already exists; pass --overwrite to replace the sweep in {out}")
-    if out.exists() and not out.is_dir():
-        raise InvalidArgumentError(f"--out {str(out)!r} is a file, not a folder")
 
 
 def predicted_counts(hist: np.ndarray, pv: Volume, ts: np.ndarray) -> np.ndarray:

@@ -69,6 +69,16 @@ def fold_table(name: str, fn: Any, reads: list[Read], grid: Any, combine: Any, *
     return table, checkpoint
 
 
+def check_out_folder(out: Path, replace: bool, files: Sequence[str], what: str) -> None:
+    """Refuse an output folder holding an earlier result (unless ``replace``), or a file."""
+    existing = [out / f for f in files if (out / f).exists()]
+    if existing and not replace:
+        raise InvalidArgumentError(
+            f"{existing[0]} already exists; pass --overwrite to replace the {what} in {out}")
+    if out.exists() and not out.is_dir():
+        raise InvalidArgumentError(f"--out {str(out)!r} is a file, not a folder")
+
+
 def check_out_file(path: Path, replace: bool, suffixes: Sequence[str]) -> None:
     """Refuse an output file with an unknown suffix, or one that exists (unless ``replace``)."""
     if path.suffix.lower() not in suffixes:
