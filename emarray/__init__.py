@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, errors
+from . import datasets, errors, models
 from .export import export
 from .info import info
 from .ingest import ingest
@@ -16,6 +16,7 @@ from .ops.convert import rescale
 from .ops.label import label
 from .ops.match import match
 from .ops.objects import objects
+from .ops.predict import predict
 from .ops.pyramid import pyramid
 from .ops.smooth import smooth
 from .ops.sweep import sweep
@@ -29,5 +30,5 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 __all__ = ["RunOptions", "Volume", "create_volume", "datasets", "errors", "export", "info", "ingest",
-           "label", "match", "objects", "open_volume", "pyramid", "rescale", "smooth", "sweep",
+           "label", "match", "models", "objects", "open_volume", "predict", "pyramid", "rescale", "smooth", "sweep",
            "threshold", "upsample", "__version__"]

@@ -384,6 +384,132 @@ def match(obj: dict, pred: str, truth: str, **kw: Any) -> None:
     click.echo(f"wrote {kw['out']}/match.json, matching.csv, objects.csv and match.png")
 
 
+@cli.group()
+def model() -> None:
+    """Make and inspect model files (3D U-Nets; needs PyTorch: pip install 'emarray[train]')."""
+
+
+@model.command("new")
+@click.argument("out")
+@click.option("--depth", type=int, default=3, help="Resolution levels (2: one pooling).")
+@click.option("--filters", type=int, default=16, help="Feature maps at the first level.")
+@click.option("--padding", type=click.Choice(["same", "valid"]), default="same",
+              help="same: output as large as the input; valid: no padding, tiles without blending.")
+@click.option("--anisotropic", is_flag=True,
+              help="Pool y,x only (1,2,2) but at the last level, for data such as 50x4x4 nm.")
+@click.option("--pool", default=None, help="Pooling per level, e.g. '1,2,2;2,2,2'.")
+@click.option("--channels-in", type=int, default=1, help="Input channels.")
+@click.option("--channels-out", type=int, default=1, help="Output channels.")
+@click.option("--norm", type=click.Choice(["batch", "instance", "group", "none"]), default="batch")
+@click.option("--residual", is_flag=True, help="Residual blocks.")
+@click.option("--dropout", type=float, default=0.0,
+              help="Channel dropout (what predict --mc-samples samples).")
+@click.option("--activation", type=click.Choice(["sigmoid", "softmax", "none"]), default="sigmoid")
+@click.option("--normalize", default="0,255",
+              help="MEAN,STD: the network sees (raw - MEAN) / STD (0,255: uint8 to [0,1]).")
+@click.option("--patch", default=None, help="Default input patch z,y,x (default: one near 64^3, "
+                                            "or 32,128,128 when anisotropic).")
+@click.option("--seed", type=int, default=0, help="Seed of the random initial weights.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@_verbosity_options
+@_friendly
+def model_new(out: str, **kw: Any) -> None:
+    """Write a seeded, randomly initialised 3D U-Net model file OUT."""
+    from .models import describe, new_model
+    path = new_model(out, **kw)
+    d = describe(path)
+    click.echo(f"wrote {path}: {d['parameters']:,} parameters, patch {_zyx(d['patch'])} -> "
+               f"output {_zyx(d['output'])}")
+
+
+def _zyx(v: Any) -> str:
+    return ",".join(str(int(x)) for x in v)
+
+
+@model.command("info")
+@click.argument("ckpt")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_verbosity_options
+@_friendly
+def model_info(ckpt: str, as_json: bool) -> None:
+    """Describe the model file CKPT: architecture, parameters, receptive field, input sizes."""
+    from .models import describe
+    d = describe(ckpt)
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    c = d["config"]
+    kind = "TorchScript archive" if d["torchscript"] else "model file"
+    click.echo(f"{d['path']} ({kind})")
+    click.echo(f"  3D U-Net: depth {c['depth']}, {c['filters']} filters, {c['padding']} padding, "
+               f"{c['norm']} norm{', residual' if c['residual'] else ''}"
+               f"{', dropout ' + str(c['dropout']) if c['dropout'] else ''}")
+    click.echo(f"  pooling: {' '.join(_zyx(p) for p in c['pool']) or '-'}; channels "
+               f"{c['in_channels']} -> {c['out_channels']} ({c['activation']})")
+    click.echo(f"  parameters: {d['parameters']:,}")
+    click.echo(f"  receptive field: {_zyx(d['receptive_field'])}; context per side "
+               f"{_zyx(d['context'])}; sizes in multiples of {_zyx(d['factor'])}")
+    n = d["normalize"]
+    click.echo(f"  input normalisation: (raw - {n['mean']:g}) / {n['std']:g}")
+    click.echo(f"  default patch: {_zyx(d['patch'])} -> output {_zyx(d['output'])}")
+    click.echo("  admissible input sizes -> output sizes:")
+    for ax, sizes in d["admissible"].items():
+        click.echo(f"    {ax}: " + ", ".join(f"{i}->{o}" for i, o in sizes) + ", ...")
+
+
+@cli.command()
+@click.argument("raw")
+@click.argument("model_file", metavar="MODEL")
+@click.argument("out")
+@click.option("--patch", default=None, help="Network input z,y,x (default: the model file's).")
+@click.option("--overlap", default=None,
+              help="Overlap of output tiles z,y,x in voxels (default: a quarter tile; 0 for "
+                   "valid nets).")
+@click.option("--blend", type=click.Choice(["gaussian", "bump", "constant"]), default=None,
+              help="Tile weights (default gaussian; constant for valid nets).")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "uint8"]), default="float32",
+              help="Output dtype (uint8: round(p*255), a quarter of the store).")
+@click.option("--channels", default=None, help="Output channels to write, e.g. 0,2 (default all).")
+@click.option("--batch", type=int, default=4, help="Patches per forward pass.")
+@click.option("--mc-samples", type=int, default=0,
+              help="Monte-Carlo dropout samples per patch: mean in OUT, variance in OUT/variance.")
+@click.option("--seed", type=int, default=0, help="Seed of the Monte-Carlo dropout samples.")
+@click.option("--block", default=None,
+              help="Voxels per task z,y,x, whole output chunks (default: four tiles per axis).")
+@click.option("--chunks", default=None, help="Output chunk shape z,y,x (default: RAW's).")
+@click.option("--compression", default="zstd", show_default=True,
+              type=click.Choice(["zstd", "blosc-zstd", "blosc-lz4", "gzip", "none"]))
+@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
+              help="auto: bfloat16 autocast on CUDA where the device has it, else float32.")
+@click.option("--threads", type=int, default=None,
+              help="PyTorch threads per worker process (default: its share of the cores).")
+@click.option("--backend", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              help="Where the network runs (auto: CUDA when PyTorch sees a device).")
+@_output_options
+@_incomplete_option
+@_engine_options
+@click.pass_obj
+@_friendly
+def predict(obj: dict, raw: str, model_file: str, out: str, **kw: Any) -> None:
+    """Run the 3D U-Net in MODEL over RAW into the OME-Zarr OUT, blended seamlessly.
+
+    Equals one sliding window over the whole volume with the same patches and weights,
+    for any chunking; resumable, on any scheduler.
+    """
+    import time
+
+    from .ops.predict import predict as _predict
+    t0 = time.monotonic()
+    v = _predict(raw, model_file, out, progress=obj["progress"], **kw)
+    about = v.attrs.get("emarray", {}).get("prediction", {})
+    dt = time.monotonic() - t0
+    tiles = about.get("tiles", 0) * max(1, kw["mc_samples"])
+    click.echo(f"wrote {v.url}: {v.shape} {v.dtype} in {dt:.1f} s "
+               f"({tiles:,} patches of a whole-volume sliding window)")
+    if kw["mc_samples"] > 1:
+        click.echo(f"wrote {v.url}/variance: the variance of {kw['mc_samples']} dropout samples")
+
+
 @cli.command()
 @click.argument("prob")
 @click.argument("truth")

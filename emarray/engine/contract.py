@@ -134,18 +134,37 @@ def read_padded(volume: Any, want: Region, boundary: str, cval: float = 0.0) -> 
 
 @dataclass(frozen=True)
 class Write:
-    """One output of a stage: ``volume`` and its write region, the grid region times ``scale``."""
+    """One output of a stage: ``volume`` and its write region, the grid region times ``scale``.
+
+    ``channels="all"``: the output has a leading channel axis the grid does not have, and each
+    block writes all of it (a network's output channels for a grid over space).
+    """
 
     volume: Any
     scale: tuple[Fraction, ...] | Fraction | int = 1
+    channels: str = "same"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scale", per_axis(self.scale, len(self.volume.shape), "scale",
+        if self.channels not in ("same", "all"):
+            raise InvalidArgumentError(
+                f"a write's channels must be 'same' or 'all', got {self.channels!r}")
+        object.__setattr__(self, "scale", per_axis(self.scale, len(self.spatial_shape), "scale",
                                                    Fraction))
 
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        shape = tuple(self.volume.shape)
+        return shape[1:] if self.channels == "all" else shape
+
+    @property
+    def spatial_unit(self) -> tuple[int, ...]:
+        unit = tuple(self.volume.block_shape)
+        return unit[1:] if self.channels == "all" else unit
+
     def region(self, write: Region) -> Region:
-        return tuple(slice(math.ceil(w.start * f), min(math.ceil(w.stop * f), n))
-                     for w, f, n in zip(write, self.scale, self.volume.shape))  # type: ignore[arg-type]
+        out = tuple(slice(math.ceil(w.start * f), min(math.ceil(w.stop * f), n))
+                    for w, f, n in zip(write, self.scale, self.spatial_shape))  # type: ignore[arg-type]
+        return ((slice(0, self.volume.shape[0]),) + out) if self.channels == "all" else out
 
 
 @dataclass
@@ -175,7 +194,8 @@ class Stage:
     and commutative) and turned by ``finalize`` (on the driver) into what the next stage gets
     as ``ctx.given`` and what the job returns. ``setup()`` runs once per worker process (and
     device) and its result reaches every block there as ``ctx.state``; ``setup_key`` names it
-    in that cache.
+    in that cache. ``work(index)`` is how many ``unit``s a block counts for in the progress
+    display (say, the patches a network runs on), when not one block each.
     """
 
     name: str
@@ -188,15 +208,16 @@ class Stage:
     setup: Callable[[], Any] | None = None
     setup_key: str = ""
     given: Any = field(default=None, repr=False)
+    work: Callable[[tuple[int, ...]], int] | None = field(default=None, repr=False)
+    unit: str = "block"
 
     def check(self) -> None:
         """Refuse a grid whose blocks would share an output's storage chunk or shard."""
         for w in self.writes:
-            unit = w.volume.block_shape
             block = tuple(max(1, math.ceil(b * f)) if b < s else n for b, f, s, n in
                           zip(self.grid.block, w.scale, self.grid.shape,  # type: ignore[arg-type]
-                              w.volume.shape))
-            check_aligned(BlockGrid(tuple(w.volume.shape), block), unit)
+                              w.spatial_shape))
+            check_aligned(BlockGrid(w.spatial_shape, block), w.spatial_unit)
         if not self.writes and self.combine is None:
             raise InvalidArgumentError(f"stage {self.name!r} writes nothing and combines nothing")
 

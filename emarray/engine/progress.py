@@ -46,7 +46,7 @@ class Progress:
     def _line(self, now: float) -> None:
         of = f"/{self.total}" if self.total else ""
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
-        print(f"{self.desc}: {self.n}{of} {self.unit}s{pct} in {now - self._t0:.1f} s",
+        print(f"{self.desc}: {self.n}{of} {_plural(self.unit)}{pct} in {now - self._t0:.1f} s",
               file=sys.stderr, flush=True)
 
     def __exit__(self, *exc: Any) -> None:
@@ -61,3 +61,7 @@ def _is_terminal() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def _plural(unit: str) -> str:
+    return unit + ("es" if unit.endswith(("ch", "sh", "s", "x")) else "s")

@@ -190,10 +190,17 @@ def run_stages(stages: Sequence[StageSpec], runner: Runner, checkpoint: Checkpoi
         def name(i: int, st: Stage = st, index: Callable = index) -> str:
             return _block_name(st, index(i))
 
+        weight = None
+        total = int(todo.size)
+        if st.work is not None:
+            def weight(i: int, st: Stage = st, index: Callable = index) -> int:
+                return st.work(index(i))  # type: ignore[misc]
+            total = sum(weight(i) for i in range(todo.size))
+
         runner.desc = st.name
         try:
-            runner.run(calls(), total=int(todo.size), retries=retries, on_result=on_result,
-                       name=name)
+            runner.run(calls(), total=total, retries=retries, on_result=on_result,
+                       name=name, weight=weight, unit=st.unit)
         except BaseException:  # a failed block or an interrupt: keep every finished block
             checkpoint.save(st.name, done, fold.stack if fold else None, force=True)
             raise
@@ -203,12 +210,32 @@ def run_stages(stages: Sequence[StageSpec], runner: Runner, checkpoint: Checkpoi
     return given
 
 
+def _nested_images(out: Volume) -> list[Any]:
+    """The zarr groups directly inside a local output (not its arrays, not its progress)."""
+    import json
+
+    import zarr
+    root = out.local_path
+    found = []
+    for child in sorted(root.iterdir()) if root is not None and root.is_dir() else []:
+        meta = child / "zarr.json"
+        if child.name.startswith(".") or not meta.is_file():
+            continue
+        if json.loads(meta.read_text()).get("node_type") == "group":
+            found.append(zarr.open_group(str(child), mode="r+"))
+    return found
+
+
 def mark_complete(out: Volume) -> None:
-    """Record in the output's metadata that every block of its job is written."""
+    """Record in the output's metadata (and its nested images') that every block is written."""
     import zarr
     group = zarr.open_group(out.url, mode="r+")
     old: Any = group.attrs.get("emarray") or {}
     meta = {**old, "complete": True}  # what stages recorded stays
+    for child in _nested_images(out):  # images the job wrote inside its output (a variance map)
+        em: Any = child.attrs.get("emarray")
+        if isinstance(em, dict) and "job" in em:
+            child.attrs["emarray"] = {**em, "complete": True}
     group.attrs["emarray"] = meta
     out.attrs["emarray"] = meta
 

@@ -182,14 +182,16 @@ class Runner:
     def run(self, calls: Iterable[Call], *, total: int | None = None,
             combine: Callable[[Any, Any], Any] | None = None, retries: int = 0,
             on_result: Callable[[int, Any], None] | None = None,
-            name: Callable[[int], str] = lambda i: f"task {i}") -> Any:
+            name: Callable[[int], str] = lambda i: f"task {i}",
+            weight: Callable[[int], int] | None = None, unit: str = "block") -> Any:
         """Run ``func(*args)`` for each call; return the results, or their ``combine``-d total.
 
         ``calls`` may be a lazy iterator (give ``total`` for the progress display); at most
         ``window`` calls are in flight. ``combine`` must be associative and commutative: results
         are folded in as they arrive. ``on_result(i, value)`` sees each result as it arrives
         (then nothing is kept here). A call that raises is run again up to ``retries`` times;
-        then :class:`BlockFailedError` names it (``name(i)``) and the last error.
+        then :class:`BlockFailedError` names it (``name(i)``) and the last error. The progress
+        display counts ``weight(i)`` ``unit``s per call (default: one block).
         """
         if total is None and hasattr(calls, "__len__"):
             total = len(calls)  # type: ignore[arg-type]
@@ -207,10 +209,10 @@ class Runner:
             else:
                 acc.append(value)
 
-        with Progress(total, self.desc, self.progress) as bar:
+        with Progress(total, self.desc, self.progress, unit) as bar:
             for i, value in self._completed(iter(calls), window, retries, name):
                 take(i, value)
-                bar.update(1)
+                bar.update(weight(i) if weight is not None else 1)
         if combine is not None:
             return acc[0] if acc else None
         return None if on_result is not None else [results[i] for i in sorted(results)]

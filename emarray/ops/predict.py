@@ -1,0 +1,473 @@
+"""Chunk-aware inference: a 3D U-Net over a volume larger than memory, blended into zarr.
+
+The network's output tiles lie on one grid over the whole volume (:class:`Tiling`): tile ``k``
+along an axis starts at ``k * stride`` (``stride = output - overlap``), the last one moved back
+to end at the volume's edge, as MONAI's sliding window places them. Each block of the output
+reads its region grown by a tile and the network's context (reflected past the volume's
+edges), runs every tile that touches it, blends them with the tile weights and keeps its own
+region. So the result equals one sliding window over the whole volume, for any chunking;
+overlap costs recomputation at block borders, never shared sum or weight arrays.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from .._normalize import parse_tuple, whole_number
+from ..engine import BlockGrid, Read, RunOptions, Stage, Write, run_job
+from ..errors import BackendUnavailableError, InvalidArgumentError, VolumeNotFoundError
+from ..volume import Volume, create_volume
+from .common import as_volume, job_identity, layout_of
+
+log = logging.getLogger("emarray")
+
+BLENDS = ("gaussian", "bump", "constant")
+DTYPES = ("float32", "float16", "uint8")
+PRECISIONS = ("auto", "float32", "bfloat16")
+MIN_WEIGHT = 1e-3  # MONAI's floor: no voxel's weight sum is ever zero
+
+
+# -- the tiles and their weights -----------------------------------------------------------------
+def tile_weights(size: Sequence[int], blend: str) -> np.ndarray:
+    """The weight of each voxel of an output tile (float32), floored at ``MIN_WEIGHT``.
+
+    ``gaussian`` is MONAI's importance map (sigma = size / 8 per axis, centred); ``bump`` the
+    smooth bump exp(4 - 1/(u(1-u))) with u = (i+1)/(size+1), which falls to the floor at the
+    tile's edges; ``constant`` weighs every voxel alike.
+
+    >>> tile_weights((1, 1, 4), "bump").round(3).tolist()
+    [[[0.089, 0.858, 0.858, 0.089]]]
+    """
+    if blend not in BLENDS:
+        raise InvalidArgumentError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
+    w = np.ones((), np.float32)
+    for n in size:
+        if blend == "gaussian":
+            x = np.arange(-(n - 1) / 2.0, (n - 1) / 2.0 + 1, dtype=np.float32)
+            sigma = np.float32(n * 0.125)
+            axis_w = np.exp(x * x / (np.float32(-2) * sigma * sigma)).astype(np.float32)
+        elif blend == "bump":
+            u = np.arange(1, n + 1, dtype=np.float64) / (n + 1)
+            axis_w = np.exp(4.0 - 1.0 / (u * (1.0 - u))).astype(np.float32)
+        else:
+            axis_w = np.ones(n, np.float32)
+        w = np.multiply.outer(w, axis_w).astype(np.float32)
+    return np.maximum(w, np.float32(max(float(w.min()), MIN_WEIGHT))).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Where the network's tiles lie over a volume: the same grid for every block.
+
+    ``out`` is a tile's output size, ``context`` what a valid net eats at each side of its
+    input, ``stride`` the step between tiles.
+    """
+
+    shape: tuple[int, ...]
+    out: tuple[int, ...]
+    context: tuple[int, ...]
+    stride: tuple[int, ...]
+
+    def starts(self, axis: int) -> np.ndarray:
+        """Every tile's first output voxel along ``axis`` (the last one ends at the edge)."""
+        n, o, s = self.shape[axis], self.out[axis], self.stride[axis]
+        if n <= o:
+            return np.zeros(1, np.int64)
+        k = -(-(n - o) // s)  # tiles 0..k; tile k is moved back to end at n
+        return np.unique(np.minimum(np.arange(k + 1, dtype=np.int64) * s, n - o))
+
+    def touching(self, region: Sequence[slice]) -> list[np.ndarray]:
+        """Per axis, the starts of the tiles whose output overlaps ``region``."""
+        out = []
+        for a, r in enumerate(region):
+            st = self.starts(a)
+            out.append(st[(st < r.stop) & (st + self.out[a] > r.start)])
+        return out
+
+    def count(self, region: Sequence[slice]) -> int:
+        return int(np.prod([t.size for t in self.touching(region)]))
+
+    @property
+    def halo(self) -> tuple[int, ...]:
+        """What a block reads beyond its region: a tile less one voxel, plus the context."""
+        return tuple(o - 1 + c for o, c in zip(self.out, self.context))
+
+    @property
+    def total(self) -> int:
+        """Tiles of one sliding window over the whole volume."""
+        return int(np.prod([self.starts(a).size for a in range(len(self.shape))]))
+
+
+def mc_seed(seed: int, start: Sequence[int], sample: int) -> int:
+    """The dropout seed of one tile and sample: fixed by position, not by block or batch."""
+    return int(np.random.SeedSequence([int(seed), *map(int, start), int(sample)])
+               .generate_state(1, np.uint64)[0] >> 1)
+
+
+# -- the network on a worker ---------------------------------------------------------------------
+class Predictor:
+    """The model, loaded once per worker (and device), that runs batches of tiles."""
+
+    def __init__(self, path: str, device: str, precision: str, threads: int | None):
+        import torch
+        from ..models import load_model
+        if threads:
+            torch.set_num_threads(int(threads))
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailableError("--backend cuda: PyTorch sees no CUDA device on this worker")
+        self.device = torch.device(device)
+        self.mf = load_model(path, self.device)
+        self.bf16 = (self.device.type == "cuda" and precision in ("auto", "bfloat16")
+                     and torch.cuda.is_bf16_supported())
+        if precision == "bfloat16" and self.device.type == "cpu":
+            self.bf16 = True
+
+    def __call__(self, x: np.ndarray, seeds: Sequence[int] | None = None) -> np.ndarray:
+        import contextlib
+
+        import torch
+        from ..models.unet import mc_seeds
+        t = torch.from_numpy(x).to(self.device, non_blocking=True)
+        amp = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16
+               else contextlib.nullcontext())
+        mc = mc_seeds(seeds) if seeds is not None else contextlib.nullcontext()
+        with torch.inference_mode(), amp, mc:
+            y = self.mf.module(t)
+        return y.float().cpu().numpy()
+
+
+def _predictor(path: str, device: str, precision: str, threads: int | None) -> Predictor:
+    return Predictor(path, device, precision, threads)
+
+
+# -- one block -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """Everything a block needs besides its data (small: it travels with every task)."""
+
+    tiling: Tiling
+    weights: np.ndarray
+    mean: float
+    std: float
+    channels: tuple[int, ...]
+    batch: int
+    samples: int
+    seed: int
+    dtype: str
+    var_dtype: str | None
+    in_channels_axis: bool
+
+    def batches(self, tiles: list[tuple[int, ...]]) -> Iterator[list[tuple[tuple[int, ...], int]]]:
+        items = [(t, k) for t in tiles for k in range(max(1, self.samples))]
+        for i in range(0, len(items), self.batch):
+            yield items[i:i + self.batch]
+
+
+def quantise(p: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 probabilities to the output dtype (uint8: round(p * 255), clipped)."""
+    if dtype == "uint8":
+        return np.clip(np.rint(p * np.float32(255)), 0, 255).astype(np.uint8)
+    return p.astype(dtype)
+
+
+def predict_block(ctx: Any, raw: np.ndarray, *, plan: Plan) -> Any:
+    """Run every tile touching this block, blend them, return the block's region."""
+    tiling = plan.tiling
+    region = ctx.region
+    read = ctx.reads[0][1:] if plan.in_channels_axis else ctx.reads[0]
+    x = (raw.astype(np.float32) - np.float32(plan.mean)) / np.float32(plan.std)
+    if not plan.in_channels_axis:
+        x = x[None]
+    shape = tuple(r.stop - r.start for r in region)
+    nch = len(plan.channels)
+    acc = np.zeros((nch, *shape), np.float32)
+    acc_var = np.zeros((nch, *shape), np.float32) if plan.samples > 1 else None
+    wsum = np.zeros(shape, np.float32)
+    tiles = list(itertools.product(*(t.tolist() for t in tiling.touching(region))))
+    # the per-tile sums of the Monte-Carlo samples (tiles of one batch finish together)
+    pending: dict[tuple[int, ...], list[np.ndarray]] = {}
+    for items in plan.batches(tiles):
+        inputs = np.stack([x[(slice(None),) + tuple(
+            slice(t - c - r.start, t + o + c - r.start)
+            for t, c, o, r in zip(tile, tiling.context, tiling.out, read))] for tile, _ in items])
+        seeds = [mc_seed(plan.seed, tile, k) for tile, k in items] if plan.samples > 1 else None
+        y = ctx.state(inputs, seeds)[:, list(plan.channels)]
+        for (tile, k), pred in zip(items, y):
+            if plan.samples > 1:
+                pending.setdefault(tile, []).append(pred)
+                if len(pending[tile]) < plan.samples:
+                    continue
+                stack = np.stack(pending.pop(tile))
+                pred = stack.mean(axis=0, dtype=np.float64).astype(np.float32)
+                var = stack.var(axis=0, dtype=np.float64).astype(np.float32)
+            else:
+                var = None
+            _blend(acc, acc_var, wsum, pred, var, tile, region, tiling, plan.weights)
+    mean = acc / wsum
+    out = quantise(mean if nch > 1 else mean[0], plan.dtype)
+    if acc_var is None:
+        return out
+    var = acc_var / wsum
+    return out, (var if nch > 1 else var[0]).astype(plan.var_dtype)
+
+
+def _blend(acc: np.ndarray, acc_var: np.ndarray | None, wsum: np.ndarray, pred: np.ndarray,
+           var: np.ndarray | None, tile: tuple[int, ...], region: Sequence[slice], tiling: Tiling,
+           weights: np.ndarray) -> None:
+    """Add one tile's weighted output to the part of the block it covers."""
+    dst, src = [], []
+    for t, o, r in zip(tile, tiling.out, region):
+        lo, hi = max(t, r.start), min(t + o, r.stop)
+        dst.append(slice(lo - r.start, hi - r.start))
+        src.append(slice(lo - t, hi - t))
+    d, s = tuple(dst), tuple(src)
+    w = weights[s]
+    acc[(slice(None),) + d] += w * pred[(slice(None),) + s]
+    if acc_var is not None and var is not None:
+        acc_var[(slice(None),) + d] += w * var[(slice(None),) + s]
+    wsum[d] += w
+
+
+# -- checks before any work ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelRef:
+    """The model file as an input: every worker must read the very file planned for."""
+
+    path: str
+    sha256: str
+
+    def check_handle(self) -> None:
+        if not os.path.isfile(self.path):
+            raise VolumeNotFoundError(f"no model file at {self.path!r}")
+        if file_sha256(self.path) != self.sha256:
+            raise InvalidArgumentError(f"the model file {self.path!r} differs from the planned one")
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            h.update(piece)
+    return h.hexdigest()
+
+
+def _channels(channels: Any, n: int) -> tuple[int, ...]:
+    if channels is None or channels == "all":
+        return tuple(range(n))
+    vals = channels.split(",") if isinstance(channels, str) else \
+        (list(channels) if isinstance(channels, (list, tuple)) else [channels])
+    out = tuple(whole_number(c, "channel", 0) for c in vals)
+    bad = [c for c in out if c >= n]
+    if bad or not out or len(set(out)) != len(out):
+        raise InvalidArgumentError(
+            f"channels must be distinct output channels of the model (0..{n - 1}), got {channels!r}")
+    return out
+
+
+def _per_axis(value: Any, name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    if value is None:
+        return default
+    return parse_tuple(value, name, 3, positive=False)
+
+
+def default_block(shape: Sequence[int], chunks: Sequence[int], out: Sequence[int]) -> tuple[int, ...]:
+    """Blocks of at least four tiles per axis (less recomputation at borders), whole chunks."""
+    blk = []
+    for n, c, o in zip(shape, chunks, out):
+        want = min(n, 4 * o)
+        blk.append(min(-(-want // c) * c, -(-n // c) * c))
+    return tuple(blk)
+
+
+# -- the operator --------------------------------------------------------------------------------
+def predict(raw: Volume | str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike, *,
+            patch: Any = None, overlap: Any = None, blend: str | None = None,
+            dtype: str = "float32", channels: Any = None, batch: int = 4, mc_samples: int = 0,
+            seed: int = 0, block: Any = None, chunks: Any = None, compression: str = "zstd",
+            precision: str = "auto", threads: int | None = None,
+            options: RunOptions | None = None, **run: Any) -> Volume:
+    """Predict ``raw`` with the network in the model file ``model`` into the OME-Zarr ``out``.
+
+    Equals a sliding window over the whole volume with the same tiles and weights (see
+    :class:`Tiling`, :func:`tile_weights`), for any chunking. Past the volume's edges the input
+    is reflected.
+
+    Parameters
+    ----------
+    raw : Volume or path
+        z,y,x (or c,z,y,x for a model of several input channels).
+    model : path
+        A model file (``emarray model new``, ``emarray train``) or an emarray TorchScript archive.
+    out : path
+        Output OME-Zarr image: z,y,x, or c,z,y,x when more than one channel is written.
+    patch : z,y,x
+        The network's input size (default: the model file's); a valid net's must be admissible.
+    overlap : z,y,x
+        Overlap of neighbouring output tiles in voxels (default: a quarter of the tile for
+        same-padded nets, 0 for valid ones).
+    blend : {"gaussian", "bump", "constant"}
+        Tile weights (default gaussian; constant for valid nets).
+    dtype : {"float32", "float16", "uint8"}
+        Output dtype; uint8 stores round(p * 255) and needs a sigmoid or softmax model.
+    channels : list of int, optional
+        The output channels to write (default all).
+    batch : int
+        Tiles per forward pass.
+    mc_samples : int
+        Monte-Carlo dropout: K > 1 samples per tile; ``out`` holds their mean and ``out/variance``
+        their variance (a model with dropout is needed). Samples are seeded by tile position
+        and ``seed``, so they do not depend on the chunking.
+    block : z,y,x
+        Voxels per task (whole output chunks; default: four tiles per axis).
+    precision : {"auto", "float32", "bfloat16"}
+        auto: bfloat16 autocast on a CUDA device that has it, float32 on the CPU.
+    threads : int, optional
+        PyTorch threads per worker process (default: the cores shared among its tasks).
+    options : RunOptions, optional
+        How the job runs (``backend`` picks the device: auto, cpu or cuda).
+
+    Examples
+    --------
+    >>> import emarray, numpy as np, tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> m = emarray.models.new_model(os.path.join(d, "m.pt"), depth=2, filters=2, patch=(8, 8, 8))
+    >>> raw = emarray.create_volume(os.path.join(d, "raw.zarr"), (12, 12, 12), "uint8", 6)
+    >>> raw.write((slice(0, 12),) * 3, np.arange(12**3, dtype=np.uint8).reshape(12, 12, 12))
+    >>> p = emarray.predict(raw, m, os.path.join(d, "p.zarr"))
+    >>> p.shape, p.dtype.name
+    ((12, 12, 12), 'float32')
+    """
+    from ..models import load_model, require_torch
+    require_torch()
+    opts = RunOptions.make(options, **run)
+    src = as_volume(raw, opts.allow_incomplete)
+    model_path = os.path.realpath(os.fspath(model))
+    mf = load_model(model_path)
+    cfg = mf.config
+    # -- the input and the network agree --
+    if src.ndim == 4 and src.axes[0] == "c":
+        have = src.shape[0]
+        channel_axis = True
+    elif src.ndim == 3:
+        have, channel_axis = 1, False
+    else:
+        raise InvalidArgumentError(f"raw must be z,y,x or c,z,y,x, got axes {','.join(src.axes)}")
+    if have != cfg.in_channels:
+        raise InvalidArgumentError(
+            f"the model expects {cfg.in_channels} input channel(s); {src.url} has {have}")
+    spatial = tuple(src.shape[1:]) if channel_axis else tuple(src.shape)
+    src_chunks = tuple(src.chunks[1:]) if channel_axis else tuple(src.chunks)
+    # -- tiles --
+    patch = tuple(parse_tuple(patch, "patch", 3)) if patch is not None else mf.patch
+    out_tile = cfg.check_patch(patch)
+    if mf.torchscript and patch != mf.patch:
+        raise InvalidArgumentError(
+            f"this TorchScript archive was traced at patch {','.join(map(str, mf.patch))} and takes "
+            "no other size")
+    valid = cfg.padding == "valid"
+    overlap = _per_axis(overlap, "overlap", tuple(0 if valid else o // 4 for o in out_tile))
+    bad = [(v, o) for v, o in zip(overlap, out_tile) if not 0 <= v < o]
+    if bad:
+        raise InvalidArgumentError(
+            f"overlap must be >= 0 and less than the output tile ({','.join(map(str, out_tile))}) on "
+            f"every axis, got {','.join(map(str, overlap))}")
+    blend = blend or ("constant" if valid else "gaussian")
+    weights = tile_weights(out_tile, blend)
+    tiling = Tiling(spatial, out_tile, cfg.context(), tuple(o - v for o, v in zip(out_tile, overlap)))
+    # -- output --
+    if dtype not in DTYPES:
+        raise InvalidArgumentError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype == "uint8" and cfg.activation == "none":
+        raise InvalidArgumentError(
+            "dtype uint8 stores probabilities as 0..255; this model's output has no sigmoid or "
+            "softmax (activation none): use float16 or float32")
+    chans = _channels(channels, cfg.out_channels)
+    batch = whole_number(batch, "batch", 1)
+    samples = whole_number(mc_samples, "mc-samples", 0)
+    if samples > 1 and (cfg.dropout == 0 or mf.torchscript):
+        raise InvalidArgumentError(
+            "--mc-samples needs a model with dropout (emarray model new --dropout P); this one "
+            + ("is a TorchScript archive, traced without it" if mf.torchscript else "has none"))
+    seed = whole_number(seed, "seed", 0)
+    if precision not in PRECISIONS:
+        raise InvalidArgumentError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    backend = str(opts.backend).lower()
+    if backend == "cuda":
+        import torch
+        if not torch.cuda.is_available() and opts.scheduler in (None, "threads", "processes",
+                                                                 "synchronous"):
+            raise BackendUnavailableError("--backend cuda: PyTorch sees no CUDA device here")
+    if threads is not None:
+        threads = whole_number(threads, "threads", 1)
+    out_chunks = parse_tuple(chunks, "chunks", 3) if chunks is not None else src_chunks
+    out_chunks = tuple(min(c, n) for c, n in zip(out_chunks, spatial))
+    blk = (parse_tuple(block, "block", 3) if block is not None
+           else default_block(spatial, out_chunks, out_tile))
+    grid = BlockGrid(spatial, tuple(min(b, n) for b, n in zip(blk, spatial)))
+    from ..engine import check_aligned
+    from ..volume import compressor_codecs
+    compressor_codecs(compression)
+    check_aligned(grid, out_chunks)
+    nch = len(chans)
+    var_dtype = (None if samples <= 1 else "float32" if dtype == "float32" else "float16")
+    plan = Plan(tiling, weights, mf.normalize["mean"], mf.normalize["std"], chans, batch, samples,
+                seed, dtype, var_dtype, channel_axis)
+    ref = ModelRef(model_path, file_sha256(model_path))
+    shape = ((nch,) if nch > 1 else ()) + spatial
+    axes = (("c",) if nch > 1 else ()) + tuple(src.axes[-3:])
+    vol_chunks = ((nch,) if nch > 1 else ()) + tuple(out_chunks)
+    ident = job_identity("predict", {
+        "model": ref.sha256, "patch": list(patch), "overlap": list(overlap), "blend": blend,
+        "dtype": dtype, "channels": list(chans), "mc_samples": samples, "seed": seed,
+        "block": list(grid.block), "precision": precision, "backend": backend}, [src],
+        layout_of(vol_chunks, None, compression))
+    about = {"model": model_path, "patch": list(patch), "output_tile": list(out_tile),
+             "overlap": list(overlap), "blend": blend, "mc_samples": samples,
+             "tiles": tiling.total}
+
+    def create(path: str) -> Volume:
+        v = create_volume(path, shape, dtype, vol_chunks, compression=compression,
+                          voxel_size=src.voxel_size, unit=src.unit, axes=axes,
+                          attrs={"job": ident, "prediction": about})
+        if samples > 1:
+            create_volume(os.path.join(path, "variance"), shape, var_dtype, vol_chunks,
+                          compression=compression, voxel_size=src.voxel_size, unit=src.unit,
+                          axes=axes, attrs={"job": ident, "prediction": {**about, "map": "variance"}})
+        return v
+
+    with opts.runner("predict") as runner:
+        n_tasks = runner._n_workers() if not runner.distributed else runner.processes_per_device()
+        torch_threads = threads or max(1, (os.cpu_count() or 1) // max(1, n_tasks))
+        device = {"auto": "auto", "cpu": "cpu", "cuda": "cuda"}[backend]
+        setup = partial(_predictor, model_path, device, precision, torch_threads)
+        key = f"predict:{ref.sha256}:{device}:{precision}:{torch_threads}"
+        runner.check_volumes([ref])
+        log.info("predict: %d tiles of %s (output %s) in %d blocks of %s", tiling.total, patch,
+                 out_tile, len(grid), grid.block)
+
+        def stages(vol: Volume) -> list[Stage]:
+            writes = [Write(vol, channels="all" if nch > 1 else "same")]
+            if samples > 1:
+                from ..volume import open_volume
+                var = open_volume(os.path.join(vol.url, "variance"))
+                writes.append(Write(var, channels="all" if nch > 1 else "same"))
+            reads = [Read(src, halo=tiling.halo, boundary="reflect",
+                          channels="all" if channel_axis else "same")]
+            return [Stage("predict", partial(predict_block, plan=plan), grid, reads, writes,
+                          setup=setup, setup_key=key,
+                          work=lambda i: tiling.count(grid.region(i)) * max(1, samples),
+                          unit="patch")]
+
+        result = run_job(out, create, job=ident, stages=stages, options=opts, inputs=[src],
+                         runner=runner)
+    return result
