@@ -30,5 +30,5 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 __all__ = ["RunOptions", "Volume", "create_volume", "datasets", "errors", "export", "info", "ingest",
-           "label", "match", "models", "objects", "open_volume", "predict", "pyramid", "rescale", "smooth", "sweep",
-           "threshold", "upsample", "__version__"]
+           "label", "match", "models", "objects", "open_volume", "predict", "pyramid", "rescale",
+           "smooth", "sweep", "threshold", "upsample", "__version__"]

@@ -13,5 +13,5 @@ fi
 out=${OUT:-gpu-compare}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/device.txt"
-python3 -m pytest -m gpu -p no:cacheprovider -v tests/test_cuda.py 2>&1 | tee "$out/gpu-tests.txt"
+python3 -m pytest -m gpu -p no:cacheprovider -v tests/ 2>&1 | tee "$out/gpu-tests.txt"
 python3 benchmarks/gpu_compare.py --out "$out" "$@" 2>&1 | tee "$out/gpu-compare.txt"

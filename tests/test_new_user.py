@@ -191,7 +191,7 @@ def test_the_commands_the_readme_says_resume_do():
     from emarray.cli import cli as group
     text = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
     names = ("ingest", "threshold", "rescale", "smooth", "pyramid", "upsample", "label",
-             "synthetic")
+             "predict", "synthetic")
     listed = "(" + ", ".join(f"`{n}`" for n in names) + ") takes"
     assert listed in " ".join(text.split())
     for name in names + ("sweep", "objects", "match"):

@@ -410,3 +410,31 @@ def test_cli_reports_patches(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "(4 patches of a whole-volume sliding window)" in r.stdout
     assert "4/4 patches (100%)" in r.stderr
+
+
+# -- on a CUDA device ------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision, atol", [("float32", 1e-4), ("bfloat16", 3e-2)])
+def test_cuda_equals_cpu(tmp_path, precision, atol):
+    if not torch.cuda.is_available():
+        pytest.skip("needs PyTorch with a CUDA device")
+    m = _model(tmp_path, depth=3, filters=8, patch=(8, 32, 32), anisotropic=True, channels_out=2)
+    a = _raw((20, 70, 66), seed=12)
+    v = make_volume(tmp_path / "raw.zarr", a, (10, 35, 33))
+    cpu = emarray.predict(v, m, tmp_path / "cpu.zarr", backend="cpu").read()
+    gpu = emarray.predict(v, m, tmp_path / "gpu.zarr", backend="cuda", precision=precision,
+                          batch=8).read()
+    np.testing.assert_allclose(gpu, cpu, atol=atol)
+
+
+@pytest.mark.gpu
+def test_cuda_scheduler_one_worker_per_gpu(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs PyTorch with a CUDA device")
+    pytest.importorskip("dask_cuda")
+    m = _model(tmp_path, patch=(8, 8, 8))
+    a = _raw((16, 16, 16), seed=13)
+    v = make_volume(tmp_path / "raw.zarr", a, 8)
+    want = emarray.predict(v, m, tmp_path / "cpu.zarr", backend="cpu").read()
+    got = emarray.predict(v, m, tmp_path / "cuda.zarr", scheduler="cuda", precision="float32").read()
+    np.testing.assert_allclose(got, want, atol=1e-4)

@@ -6,9 +6,12 @@ opening one runs no code from it). A TorchScript archive loads too when it carri
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +77,8 @@ def save(path: str | os.PathLike, module: Any, config: UNetConfig, *, normalize:
 
     Written beside the target and renamed over it, so a killed save leaves the old file."""
     import torch
-    mf = ModelFile(config, check_normalize(normalize), tuple(int(p) for p in patch), meta=meta or {})
+    p3 = tuple(int(p) for p in patch)
+    mf = ModelFile(config, check_normalize(normalize), (p3[0], p3[1], p3[2]), meta=meta or {})
     config.check_patch(mf.patch)
     payload = {**mf.settings(), "state_dict": {k: v.detach().cpu() for k, v in
                                                module.state_dict().items()}}
@@ -96,11 +100,20 @@ def export_torchscript(src: str | os.PathLike, dst: str | os.PathLike) -> str:
     import torch
     mf = load(src)
     example = torch.zeros((1, mf.config.in_channels, *mf.patch))
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_jit():
         scripted = torch.jit.trace(mf.module, example, check_trace=False)
-    torch.jit.save(scripted, os.fspath(dst),
-                   _extra_files={EXTRA: json.dumps({**mf.settings(), "torchscript": True})})
+        torch.jit.save(scripted, os.fspath(dst),
+                       _extra_files={EXTRA: json.dumps({**mf.settings(), "torchscript": True})})
     return os.fspath(dst)
+
+
+@contextlib.contextmanager
+def _quiet_jit() -> Iterator[None]:
+    """PyTorch 2.13 marks TorchScript deprecated; archives still load, and users need not be
+    told so on every run."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.jit.*")
+        yield
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -121,7 +134,8 @@ def load(path: str | os.PathLike, device: Any = "cpu") -> ModelFile:
     where = repr(os.fspath(path))
     if _is_torchscript(p):
         extra = {EXTRA: ""}
-        module = torch.jit.load(os.fspath(p), map_location=device, _extra_files=extra)
+        with _quiet_jit():
+            module = torch.jit.load(os.fspath(p), map_location=device, _extra_files=extra)
         if not extra[EXTRA]:
             raise InvalidArgumentError(
                 f"{where} is a TorchScript archive without emarray settings ({EXTRA}); export it "

@@ -92,7 +92,8 @@ class UNetConfig:
         if unknown:
             raise InvalidArgumentError(
                 f"unknown model setting {unknown[0]!r}; the settings are {', '.join(sorted(known))}")
-        return cls(**{k: (tuple(map(tuple, v)) if k == "pool" else v) for k, v in d.items()})
+        kw: dict[str, Any] = {k: (tuple(map(tuple, v)) if k == "pool" else v) for k, v in d.items()}
+        return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
