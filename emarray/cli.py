@@ -475,7 +475,9 @@ def model_info(ckpt: str, as_json: bool) -> None:
               help="Monte-Carlo dropout samples per patch: mean in OUT, variance in OUT/variance.")
 @click.option("--seed", type=int, default=0, help="Seed of the Monte-Carlo dropout samples.")
 @click.option("--block", default=None,
-              help="Voxels per task z,y,x, whole output chunks (default: four tiles per axis).")
+              help="Voxels per task z,y,x, whole output chunks (default: four to eight tiles "
+                   "per axis, up to 32 Mi voxels). Bigger blocks recompute fewer tiles at their "
+                   "borders and take more memory.")
 @click.option("--chunks", default=None, help="Output chunk shape z,y,x (default: RAW's).")
 @click.option("--compression", default="zstd", show_default=True,
               type=click.Choice(["zstd", "blosc-zstd", "blosc-lz4", "gzip", "none"]))

@@ -290,12 +290,26 @@ def _per_axis(value: Any, name: str, default: tuple[int, ...]) -> tuple[int, ...
     return parse_tuple(value, name, 3, positive=False)
 
 
+BLOCK_VOXELS = 32 * 2**20  # a default block's budget: ~0.5 GB of float32 maps per task
+
+
 def default_block(shape: Sequence[int], chunks: Sequence[int], out: Sequence[int]) -> tuple[int, ...]:
-    """Blocks of at least four tiles per axis (less recomputation at borders), whole chunks."""
-    blk = []
-    for n, c, o in zip(shape, chunks, out):
-        want = min(n, 4 * o)
-        blk.append(min(-(-want // c) * c, -(-n // c) * c))
+    """Whole chunks, at least four tiles per axis, grown (x, then y, then z) to up to eight
+    tiles while the block stays within :data:`BLOCK_VOXELS`: tiles crossing a block border run
+    once per block they touch, so bigger blocks recompute less.
+
+    >>> default_block((128, 1024, 1024), (32, 128, 128), (32, 64, 64))
+    (128, 512, 512)
+    """
+    def fit(n: int, c: int, want: int) -> int:
+        return min(-(-min(n, want) // c) * c, -(-n // c) * c)
+
+    blk = [fit(n, c, 4 * o) for n, c, o in zip(shape, chunks, out)]
+    for axis in reversed(range(len(blk))):
+        grown = fit(shape[axis], chunks[axis], 8 * out[axis])
+        trial = blk[:axis] + [grown] + blk[axis + 1:]
+        if int(np.prod(trial)) <= BLOCK_VOXELS:
+            blk = trial
     return tuple(blk)
 
 
@@ -338,7 +352,8 @@ def predict(raw: Volume | str | os.PathLike, model: str | os.PathLike, out: str 
         their variance (a model with dropout is needed). Samples are seeded by tile position
         and ``seed``, so they do not depend on the chunking.
     block : z,y,x
-        Voxels per task (whole output chunks; default: four tiles per axis).
+        Voxels per task (whole output chunks; default: four to eight tiles per axis, see
+        :func:`default_block`).
     precision : {"auto", "float32", "bfloat16"}
         auto: bfloat16 autocast on a CUDA device that has it, float32 on the CPU.
     threads : int, optional
