@@ -110,6 +110,33 @@ def test_a_grid_straddling_output_chunks_is_refused(tmp_path):
         stage.check()
 
 
+def _two_maps(ctx, block):
+    return np.stack([block * 2, block + 1]).astype(np.float32)
+
+
+def test_a_write_with_a_channel_axis_the_grid_lacks(tmp_path):
+    """Write(channels="all"): a 3-D grid writes all channels of a c,z,y,x output per block."""
+    from emarray.engine import Checkpoint as Ck
+    from emarray.engine.schedulers import Runner
+    from emarray.errors import ChunkAlignmentError
+    a = np.random.default_rng(0).random((6, 7, 9)).astype(np.float32)
+    v = make_volume(tmp_path / "a.zarr", a, (3, 4, 5))
+    out = emarray.create_volume(tmp_path / "o.zarr", (2, 6, 7, 9), "float32", (2, 3, 4, 5),
+                                axes=("c", "z", "y", "x"))
+    stage = Stage("two", _two_maps, BlockGrid(a.shape, (3, 4, 5)), [Read(v)],
+                  [Write(out, channels="all")])
+    with Runner("threads", 2) as r:
+        run_stages([stage], r, Ck(None))
+    np.testing.assert_array_equal(emarray.open_volume(tmp_path / "o.zarr").read(),
+                                  np.stack([a * 2, a + 1]))
+    bad = Stage("two", _two_maps, BlockGrid(a.shape, (3, 2, 5)), [Read(v)],
+                [Write(out, channels="all")])
+    with pytest.raises(ChunkAlignmentError, match="axis 1"):
+        bad.check()
+    with pytest.raises(InvalidArgumentError, match="channels must be 'same' or 'all'"):
+        Write(out, channels="drop")
+
+
 def test_tree_fold_equals_a_plain_fold():
     fold = TreeFold(lambda a, b: a + b)
     for i in range(1000):
