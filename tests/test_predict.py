@@ -3,6 +3,12 @@
 The reference here runs the network tile by tile over the whole (reflect-padded) volume in
 RAM, with tile positions computed by its own loop; MONAI's sliding_window_inference is a
 second, independent reference where its tiling is the same.
+
+Tolerance: ``predict`` runs its convolutions channels-last in batches (oneDNN), the references
+one contiguous patch at a time (PyTorch's own convolution), so their float32 sums differ a
+little: the check allows 1e-4 of the output's range. The test models see a high-contrast input
+(normalised by 128,16) so that their outputs vary: there a wrong blend or a tile misplaced by one
+voxel differs by 1e-2 to 1e-1 of the range, a hundred times the tolerance and more.
 """
 from __future__ import annotations
 
@@ -23,6 +29,13 @@ from emarray.ops.predict import mc_seed, tile_weights  # noqa: E402
 
 from .conftest import make_volume, real_dask_cluster  # noqa: E402
 from .test_hardening import cli, one_error_line, wait_for  # noqa: E402
+
+
+def assert_close(got, want):
+    assert got.shape == want.shape
+    spread = float(np.ptp(want))
+    assert spread > 1e-3  # the network's output varies: a wrong tiling would show
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * spread)
 
 
 def _starts(n: int, o: int, s: int) -> list[int]:
@@ -86,7 +99,7 @@ def _raw(shape, seed=0, dtype=np.uint8):
 
 
 def _model(tmp_path, name="m.pt", **kw):
-    kw = {"depth": 2, "filters": 4, "seed": 3, **kw}
+    kw = {"depth": 2, "filters": 4, "seed": 3, "normalize": "128,16", **kw}
     return new_model(tmp_path / name, **kw)
 
 
@@ -217,11 +230,11 @@ def test_equals_monai_sliding_window(tmp_path):
     for blend in ("gaussian", "constant"):
         out = emarray.predict(v, m, tmp_path / f"{blend}.zarr", overlap=(4, 8, 8), blend=blend,
                               block=(10, 20, 24)).read()
-        x = torch.from_numpy(((a.astype(np.float32) - 0) / 255)[None, None])
+        x = torch.from_numpy(((a.astype(np.float32) - 128) / 16)[None, None])
         with torch.no_grad():
             theirs = sliding_window_inference(x, (8, 16, 16), 4, mf.module, overlap=0.5,
                                               mode=blend)[0, 0].numpy()
-        np.testing.assert_allclose(out, theirs, atol=2e-5)
+        assert_close(out, theirs)
 
 
 # -- equality with the whole-volume window, for any chunking ---------------------------------------
@@ -253,7 +266,7 @@ def test_equals_whole_volume_window(tmp_path, case, chunks, block):
     want, _ = reference(a, mf, patch, ov, blend or ("constant" if cfg.padding == "valid" else "gaussian"))
     got = out.read()
     assert got.shape == want.shape and got.dtype == np.float32
-    np.testing.assert_allclose(got, want, atol=2e-5)
+    assert_close(got, want)
     if cfg.out_channels > 1:
         assert out.axes == ("c", "z", "y", "x") and out.chunks[0] == 2
 
@@ -265,7 +278,7 @@ def test_volume_smaller_than_a_tile_and_float_input(tmp_path):
     v = make_volume(tmp_path / "raw.zarr", a, (2, 4, 7))
     got = emarray.predict(v, m, tmp_path / "p.zarr", block=(2, 4, 14)).read()
     want, _ = reference(a, mf, (8, 16, 16), (2, 4, 4), "gaussian")
-    np.testing.assert_allclose(got, want, atol=2e-5)
+    assert_close(got, want)
 
 
 def test_channels_selection_and_quantised_outputs(tmp_path):
@@ -278,7 +291,9 @@ def test_channels_selection_and_quantised_outputs(tmp_path):
     assert one.shape == a.shape and one.axes == ("z", "y", "x")
     two = emarray.predict(v, m, tmp_path / "u8.zarr", channels="2,0", dtype="uint8")
     assert two.dtype == np.uint8 and two.shape == (2,) + a.shape
-    np.testing.assert_array_equal(two.read(), np.clip(np.rint(want * 255), 0, 255).astype(np.uint8))
+    q = np.clip(np.rint(want * 255), 0, 255).astype(np.int16)
+    diff = np.abs(two.read().astype(np.int16) - q)  # round(p * 255): a p on a .5 may round apart
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.999
     half = emarray.predict(v, m, tmp_path / "f16.zarr", channels="2,0", dtype="float16").read()
     assert half.dtype == np.float16
     np.testing.assert_allclose(half.astype(np.float32), want, atol=1e-3)
@@ -295,7 +310,7 @@ def test_multichannel_input(tmp_path):
     v.write(tuple(slice(0, s) for s in a.shape), a)
     got = emarray.predict(emarray.open_volume(tmp_path / "raw.zarr"), m, tmp_path / "p.zarr").read()
     want, _ = reference(a, mf, (8, 8, 8), (2, 2, 2), "gaussian")
-    np.testing.assert_allclose(got, want, atol=2e-5)
+    assert_close(got, want)
 
 
 def test_mc_dropout_mean_and_variance(tmp_path):
@@ -312,7 +327,7 @@ def test_mc_dropout_mean_and_variance(tmp_path):
         assert var.attrs["emarray"]["complete"]
     want_mean, want_var = reference(a, mf, (8, 8, 8), (2, 2, 2), "gaussian", samples=4, seed=9)
     for mean, var in outs:
-        np.testing.assert_allclose(mean, want_mean, atol=2e-5)
+        assert_close(mean, want_mean)
         np.testing.assert_allclose(var, want_var, rtol=1e-3, atol=1e-9)
     assert want_var.max() > 1e-7  # dropout did sample (a random net varies little)
     plain, _ = reference(a, mf, (8, 8, 8), (2, 2, 2), "gaussian")
