@@ -119,8 +119,7 @@ def _quiet_jit() -> Iterator[None]:
 def _is_torchscript(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
-            return any(n.endswith("/constants.pkl") or n.endswith("/code/__torch__.py")
-                       or "/code/" in n for n in z.namelist())
+            return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
     except zipfile.BadZipFile:
         return False
 

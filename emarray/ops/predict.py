@@ -10,6 +10,7 @@ overlap costs recomputation at block borders, never shared sum or weight arrays.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -22,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from .._normalize import parse_tuple, whole_number
-from ..engine import BlockGrid, Read, RunOptions, Stage, Write, run_job
+from ..engine import BlockGrid, Read, RunOptions, Stage, Write, check_aligned, run_job
 from ..errors import BackendUnavailableError, InvalidArgumentError, VolumeNotFoundError
-from ..volume import Volume, create_volume
+from ..volume import Volume, compressor_codecs, create_volume, open_volume
 from .common import as_volume, job_identity, layout_of
 
 log = logging.getLogger("emarray")
@@ -138,8 +139,6 @@ class Predictor:
             torch.backends.cuda.matmul.allow_tf32 = False
 
     def __call__(self, x: np.ndarray, seeds: Sequence[int] | None = None) -> np.ndarray:
-        import contextlib
-
         import torch
         from ..models.unet import mc_seeds
         n = x.shape[0]
@@ -154,10 +153,6 @@ class Predictor:
         with torch.inference_mode(), amp, mc:
             y = self.mf.module(t)
         return y[:n].float().cpu().numpy()
-
-
-def _predictor(path: str, device: str, precision: str, threads: int | None) -> Predictor:
-    return Predictor(path, device, precision, threads)
 
 
 # -- one block -----------------------------------------------------------------------------------
@@ -439,8 +434,6 @@ def predict(raw: Volume | str | os.PathLike, model: str | os.PathLike, out: str 
     blk = (parse_tuple(block, "block", 3) if block is not None
            else default_block(spatial, out_chunks, out_tile))
     grid = BlockGrid(spatial, tuple(min(b, n) for b, n in zip(blk, spatial)))
-    from ..engine import check_aligned
-    from ..volume import compressor_codecs
     compressor_codecs(compression)
     check_aligned(grid, out_chunks)
     nch = len(chans)
@@ -475,9 +468,8 @@ def predict(raw: Volume | str | os.PathLike, model: str | os.PathLike, out: str 
         at_once = runner.processes_per_device() if runner.distributed else \
             min(runner._n_workers(), len(grid))
         torch_threads = threads or max(1, (os.cpu_count() or 1) // max(1, at_once))
-        device = {"auto": "auto", "cpu": "cpu", "cuda": "cuda"}[backend]
-        setup = partial(_predictor, model_path, device, precision, torch_threads)
-        key = f"predict:{ref.sha256}:{device}:{precision}:{torch_threads}"
+        setup = partial(Predictor, model_path, backend, precision, torch_threads)
+        key = f"predict:{ref.sha256}:{backend}:{precision}:{torch_threads}"
         runner.check_volumes([ref])
         log.info("predict: %d tiles of %s (output %s) in %d blocks of %s", tiling.total, patch,
                  out_tile, len(grid), grid.block)
@@ -485,7 +477,6 @@ def predict(raw: Volume | str | os.PathLike, model: str | os.PathLike, out: str 
         def stages(vol: Volume) -> list[Stage]:
             writes = [Write(vol, channels="all" if nch > 1 else "same")]
             if samples > 1:
-                from ..volume import open_volume
                 var = open_volume(os.path.join(vol.url, "variance"))
                 writes.append(Write(var, channels="all" if nch > 1 else "same"))
             reads = [Read(src, halo=tiling.halo, boundary="reflect",
