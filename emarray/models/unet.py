@@ -122,7 +122,8 @@ class UNet3d(nn.Module):
             self.up.append(ConvBlock(2 * f[i - 1], f[i - 1], cfg))
         self.head = nn.Conv3d(f[0], cfg.out_channels, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The output before the activation (what training's losses take)."""
         skips = []
         for i, block in enumerate(self.down):
             if i:
@@ -134,7 +135,10 @@ class UNet3d(nn.Module):
             x = upconv(x)
             skip = skips.pop()
             x = block(drop(torch.cat([_crop_to(skip, x.shape[2:]), x], dim=1)))
-        x = self.head(x)
+        return self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.logits(x)
         if self.cfg.activation == "sigmoid":
             return torch.sigmoid(x)
         if self.cfg.activation == "softmax":

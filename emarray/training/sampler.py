@@ -1,0 +1,328 @@
+"""Chunk-aware patch sampling from zarr: random locations, decoded chunks kept for reuse.
+
+A :class:`ChunkCache` keeps decoded storage chunks (least recently used out first, within a
+byte budget), so patches that overlap, or land in chunks read before, decode nothing again. A
+:class:`PatchSampler` picks label windows (uniform, toward foreground, or class-balanced;
+inside the annotated mask; outside a held-out region), reads each window's input around it
+(grown by the network's context and by what the augmentation needs, reflected past the
+volume's edges) and returns a batch that depends only on ``(seed, step)``: a resumed run gets
+the same patches, whatever thread made them.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..engine.contract import read_padded
+from ..errors import InvalidArgumentError
+from .augment import AugmentConfig, draw
+
+Region = tuple[slice, ...]
+IGNORE = -1   # the target value of a voxel that counts nowhere
+
+
+class ArraySource:
+    """An in-RAM array with the interface the sampler reads (``shape``, ``dtype``, ``read``)."""
+
+    def __init__(self, array: np.ndarray, name: str = "array"):
+        self.array, self.url = array, name
+        self.shape, self.dtype = tuple(array.shape), array.dtype
+        self.chunks = tuple(min(64, n) for n in self.shape)
+
+    def read(self, region: Region) -> np.ndarray:
+        return self.array[region]
+
+
+class ChunkCache:
+    """Decoded storage chunks of one volume within ``budget`` bytes, least recently used out."""
+
+    def __init__(self, volume: Any, budget: int):
+        self.volume, self.budget = volume, int(budget)
+        self.shape, self.dtype, self.url = tuple(volume.shape), volume.dtype, volume.url
+        self.chunks = tuple(volume.chunks)
+        self._chunks: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def _chunk(self, idx: tuple[int, ...]) -> np.ndarray:
+        with self._lock:
+            got = self._chunks.get(idx)
+            if got is not None:
+                self._chunks.move_to_end(idx)
+                self.hits += 1
+                return got
+            self.misses += 1
+        region = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in
+                       zip(idx, self.chunks, self.shape))
+        data = np.asarray(self.volume.read(region))
+        with self._lock:
+            if idx not in self._chunks:
+                self._chunks[idx] = data
+                self._bytes += data.nbytes
+                while self._bytes > self.budget and len(self._chunks) > 1:
+                    self._bytes -= self._chunks.popitem(last=False)[1].nbytes
+        return data
+
+    def read(self, region: Region) -> np.ndarray:
+        """``region`` (inside the volume) assembled from cached chunks."""
+        ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(region, self.chunks)]
+        if all(len(r) == 1 for r in ranges):   # inside one chunk: a view of it
+            idx = tuple(r[0] for r in ranges)
+            ch = self._chunk(idx)
+            return ch[tuple(slice(s.start - i * c, s.stop - i * c)
+                            for s, i, c in zip(region, idx, self.chunks))]
+        out = np.empty(tuple(s.stop - s.start for s in region), self.dtype)
+        for idx in np.ndindex(*(len(r) for r in ranges)):
+            ci = tuple(r[k] for r, k in zip(ranges, idx))
+            lo = [max(s.start, i * c) for s, i, c in zip(region, ci, self.chunks)]
+            hi = [min(s.stop, (i + 1) * c) for s, i, c in zip(region, ci, self.chunks)]
+            ch = self._chunk(ci)
+            out[tuple(slice(a - s.start, b - s.start) for a, b, s in zip(lo, hi, region))] = \
+                ch[tuple(slice(a - i * c, b - i * c) for a, b, i, c in zip(lo, hi, ci, self.chunks))]
+        return out
+
+
+@dataclass
+class Target:
+    """How label values become the loss's classes: binary (foreground or not) for a sigmoid
+    net, the label value itself for a softmax net of ``classes`` classes. ``ignore`` labels and
+    voxels outside the mask become :data:`IGNORE`."""
+
+    classes: int = 2
+    foreground: tuple[int, ...] | None = None   # None: every label > 0
+    ignore: int | None = None
+    binary: bool = True
+
+    def __call__(self, labels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        if self.binary:
+            fg = np.isin(labels, self.foreground) if self.foreground else labels > 0
+            t = fg.astype(np.int8)
+        else:
+            t = labels.astype(np.int16)
+        if self.ignore is not None:
+            t[labels == self.ignore] = IGNORE
+        if mask is not None:
+            t[mask == 0] = IGNORE
+        return t
+
+    def check(self, labels: np.ndarray, where: str) -> None:
+        if self.binary:
+            return
+        valid = labels if self.ignore is None else labels[labels != self.ignore]
+        if valid.size and (valid.min() < 0 or valid.max() >= self.classes):
+            bad = int(valid.max() if valid.max() >= self.classes else valid.min())
+            raise InvalidArgumentError(
+                f"label value {bad} in {where} is not a class of this {self.classes}-class net "
+                f"(classes are 0..{self.classes - 1}; set data.ignore_label for unlabelled voxels)")
+
+
+@dataclass
+class Pair:
+    """One training volume: raw, labels, optional mask, and a region held out (validation)."""
+
+    raw: Any
+    labels: Any
+    mask: Any = None
+    exclude: Region | None = None
+
+
+class PatchSampler:
+    """Random training patches from volumes that stay on disk.
+
+    Parameters
+    ----------
+    pairs : list of Pair
+        Sources are Volumes (read through a :class:`ChunkCache`) or :class:`ArraySource`.
+    patch : z,y,x
+        The network's input size; ``output`` its output size (smaller for valid nets: labels
+        are cropped to it).
+    mode : {"uniform", "foreground", "balanced"}
+        uniform: every label window inside the mask equally likely (near enough: a window is
+        placed around a random annotated voxel); foreground: a ``foreground_fraction`` of
+        patches centred near a random foreground voxel; balanced: a class drawn uniformly, then
+        a voxel of it.
+    """
+
+    def __init__(self, pairs: Sequence[Pair], patch: Sequence[int], output: Sequence[int], *,
+                 target: Target, augment: AugmentConfig | None = None, mode: str = "uniform",
+                 foreground_fraction: float = 0.5, cache_bytes: int = 1 << 30, seed: int = 0,
+                 scale: float = 255.0, normalize: tuple[float, float] = (0.0, 1.0),
+                 threads: int = 2):
+        self.patch = tuple(int(p) for p in patch)
+        self.output = tuple(int(o) for o in output)
+        self.margin = tuple((p - o) // 2 for p, o in zip(self.patch, self.output))
+        self.target, self.mode, self.seed = target, mode, int(seed)
+        self.augment = augment or AugmentConfig.off()
+        self.fg_fraction = float(foreground_fraction)
+        self.scale, self.normalize = float(scale), normalize
+        n_sources = sum(2 + (p.mask is not None) for p in pairs)
+        each = max(1 << 20, int(cache_bytes) // max(1, n_sources))
+
+        def wrap(v: Any) -> Any:
+            return v if isinstance(v, ArraySource) or v is None else ChunkCache(v, each)
+
+        self.pairs = [Pair(wrap(p.raw), wrap(p.labels), wrap(p.mask), p.exclude) for p in pairs]
+        for p in self.pairs:
+            if any(o > n for o, n in zip(self.output, p.labels.shape)):
+                raise InvalidArgumentError(
+                    f"the net's output size {','.join(map(str, self.output))} (of patch "
+                    f"{','.join(map(str, self.patch))}) is larger than {p.labels.url}, shape "
+                    f"{','.join(map(str, p.labels.shape))}")
+        self.counts = [self._index(p, threads) for p in self.pairs]
+        total = np.array([c.sum(axis=tuple(range(c.ndim - 1))) for c in self.counts]).sum(axis=0)
+        self.class_voxels = total
+        if total.sum() == 0:
+            raise InvalidArgumentError("no annotated voxel to train on (the mask and ignore label "
+                                       "leave nothing)")
+        if mode in ("foreground", "balanced") and total[1:].sum() == 0:
+            raise InvalidArgumentError(f"sampling {mode!r} needs foreground, and the labels have none")
+
+    # -- the index: per storage chunk of the labels, the voxels of each class ----------------
+    def _index(self, p: Pair, threads: int) -> np.ndarray:
+        grid = tuple(-(-n // c) for n, c in zip(p.labels.shape, p.labels.chunks))
+        counts = np.zeros((*grid, self.target.classes), np.int64)
+
+        def one(idx: tuple[int, ...]) -> None:
+            region = self._chunk_region(p, idx)
+            lab = p.labels.volume.read(region) if isinstance(p.labels, ChunkCache) \
+                else p.labels.read(region)
+            mask = None if p.mask is None else (p.mask.volume.read(region)
+                                                 if isinstance(p.mask, ChunkCache)
+                                                 else p.mask.read(region))
+            self.target.check(lab, p.labels.url)
+            t = self.target(lab, mask)
+            if p.exclude is not None:
+                t = t.copy()
+                t[_local(p.exclude, region)] = IGNORE
+            counts[idx] = np.bincount(t[t >= 0].ravel(), minlength=self.target.classes)[
+                :self.target.classes]
+
+        with ThreadPoolExecutor(max(1, threads)) as ex:
+            list(ex.map(one, np.ndindex(*grid)))
+        return counts
+
+    @staticmethod
+    def _chunk_region(p: Pair, idx: Sequence[int]) -> Region:
+        return tuple(slice(i * c, min((i + 1) * c, n))
+                     for i, c, n in zip(idx, p.labels.chunks, p.labels.shape))
+
+    # -- locations ----------------------------------------------------------------------------
+    def location(self, rng: np.random.Generator) -> tuple[int, tuple[int, ...]]:
+        """(volume, start of the label window) for one patch."""
+        cls: int | None = None
+        if self.mode == "balanced":
+            present = np.flatnonzero(self.class_voxels > 0)
+            cls = int(rng.choice(present))
+        elif self.mode == "foreground" and rng.random() < self.fg_fraction:
+            present = np.flatnonzero(self.class_voxels[1:] > 0) + 1
+            cls = int(rng.choice(present))
+        for _ in range(1000):
+            k, start = self._candidate(rng, cls)
+            if self._acceptable(self.pairs[k], start):
+                return k, start
+        raise InvalidArgumentError(
+            f"found no label window of {','.join(map(str, self.output))} voxels inside the mask "
+            "and outside the validation region in 1000 tries: the patch is too large for the "
+            "annotated regions")
+
+    def _candidate(self, rng: np.random.Generator, cls: int | None) -> tuple[int, tuple[int, ...]]:
+        if cls is None and all(p.mask is None and p.exclude is None for p in self.pairs):
+            sizes = np.array([np.prod(p.labels.shape, dtype=np.float64) for p in self.pairs])
+            k = int(rng.choice(len(self.pairs), p=sizes / sizes.sum()))
+            shape = self.pairs[k].labels.shape
+            return k, tuple(int(rng.integers(0, n - o + 1)) for n, o in zip(shape, self.output))
+        # a random voxel of the class (or of any annotated class), then a window around it
+        w = np.array([c[..., cls].sum() if cls is not None else c.sum() for c in self.counts],
+                     np.float64)
+        k = int(rng.choice(len(self.pairs), p=w / w.sum()))
+        c = self.counts[k][..., cls] if cls is not None else self.counts[k].sum(axis=-1)
+        flat = c.ravel().astype(np.float64)
+        idx = np.unravel_index(int(rng.choice(flat.size, p=flat / flat.sum())), c.shape)
+        p = self.pairs[k]
+        region = self._chunk_region(p, [int(i) for i in idx])
+        lab = p.labels.read(region)
+        t = self.target(lab, None if p.mask is None else p.mask.read(region))
+        if p.exclude is not None:
+            t = t.copy()
+            t[_local(p.exclude, region)] = IGNORE
+        hits = np.flatnonzero(t == cls) if cls is not None else np.flatnonzero(t >= 0)
+        v = np.unravel_index(int(hits[int(rng.integers(hits.size))]), t.shape)
+        start = []
+        for a in range(3):
+            voxel = region[a].start + int(v[a])
+            lo = voxel - int(rng.integers(0, self.output[a]))
+            start.append(int(np.clip(lo, 0, p.labels.shape[a] - self.output[a])))
+        return k, tuple(start)
+
+    def _acceptable(self, p: Pair, start: Sequence[int]) -> bool:
+        window = tuple(slice(s, s + o) for s, o in zip(start, self.output))
+        if p.exclude is not None and all(w.start < e.stop and e.start < w.stop
+                                         for w, e in zip(window, p.exclude)):
+            return False
+        return p.mask is None or bool(np.all(p.mask.read(window)))
+
+    # -- patches ------------------------------------------------------------------------------
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One (input, target) pair: float32 (1, *patch) and int8/int16 (*output)."""
+        k, start = self.location(rng)
+        p = self.pairs[k]
+        t = draw(rng, self.patch, self.augment)  # type: ignore[arg-type]
+        origin = [s - m for s, m in zip(start, self.margin)]
+        box = tuple(slice(o + b.start, o + b.stop) for o, b in zip(origin, t.box))
+        raw = read_padded(p.raw, box, "reflect").astype(np.float32) / np.float32(self.scale)
+        lab = read_padded(p.labels, box, "reflect")
+        arrays = [lab] + ([read_padded(p.mask, box, "reflect")] if p.mask is not None else [])
+        x, *rest = t.apply(raw, *arrays)
+        crop = tuple(slice(m, m + o) for m, o in zip(self.margin, self.output))
+        target = self.target(rest[0][crop], rest[1][crop] if p.mask is not None else None)
+        mean, std = self.normalize
+        x = (x * np.float32(self.scale) - np.float32(mean)) / np.float32(std)
+        return x[None].astype(np.float32, copy=False), target
+
+    def batch(self, step: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The batch of ``step``: the same for the same ``(seed, step)``, on any run."""
+        rng = np.random.default_rng([self.seed, int(step)])
+        xs, ys = zip(*(self.sample(rng) for _ in range(size)))
+        return np.stack(xs), np.stack(ys)
+
+    def cache_stats(self) -> dict[str, int]:
+        caches = [c for p in self.pairs for c in (p.raw, p.labels, p.mask) if isinstance(c, ChunkCache)]
+        return {"hits": sum(c.hits for c in caches), "misses": sum(c.misses for c in caches)}
+
+
+def _local(region: Region, within: Region) -> Region:
+    """``region`` clipped to ``within``, in ``within``'s coordinates."""
+    return tuple(slice(min(max(r.start - w.start, 0), w.stop - w.start),
+                       min(max(r.stop - w.start, 0), w.stop - w.start)) for r, w in zip(region, within))
+
+
+class Prefetcher:
+    """Batches for steps ``first, first+1, ...`` made ahead by background threads, in order."""
+
+    def __init__(self, sampler: PatchSampler, batch: int, first: int, workers: int = 1,
+                 ahead: int = 4):
+        self.sampler, self.size = sampler, batch
+        self.pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="emarray-sampler")
+        self.next_step, self.ahead = first, max(1, ahead)
+        self.pending: list[Any] = []
+
+    def __iter__(self) -> Prefetcher:
+        return self
+
+    def __next__(self) -> tuple[np.ndarray, np.ndarray]:
+        while len(self.pending) < self.ahead:
+            self.pending.append(self.pool.submit(self.sampler.batch, self.next_step, self.size))
+            self.next_step += 1
+        return self.pending.pop(0).result()
+
+    def close(self) -> None:
+        for f in self.pending:
+            f.cancel()
+        self.pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,127 @@
+"""Validation during training: the held-out set as zarr, scored by ``predict`` + ``sweep``.
+
+The validation truth is written once per run as uint8: 1 foreground, 0 background, 255 not
+counted (ignore label, outside the mask), with one channel per class for softmax nets, so the
+one-pass sweep scores every threshold at once.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidArgumentError, ShapeMismatchError
+from ..volume import Volume, create_volume
+from .config import parse_region
+from .sampler import IGNORE, Target
+
+VALIDATION = "validation"
+
+
+def open_volumes(paths: list[str] | None, what: str) -> list[Volume]:
+    from ..ops.common import as_volume
+    return [as_volume(p) for p in paths or []]
+
+
+def check_pair(raw: Volume, lab: Volume, mask: Volume | None) -> None:
+    from .._normalize import numeric_dtype
+    if raw.ndim != 3:
+        raise InvalidArgumentError(f"training reads z,y,x raw volumes; {raw.url} has axes "
+                                   f"{','.join(raw.axes)}")
+    numeric_dtype(raw.dtype, f"the raw {raw.url}")
+    if lab.shape != raw.shape:
+        raise ShapeMismatchError(f"labels {lab.url} have shape {lab.shape} but raw {raw.url} has "
+                                 f"{raw.shape}; they must match")
+    if lab.dtype.kind not in "iub":
+        raise InvalidArgumentError(f"labels {lab.url} are {lab.dtype}; labels must be integers")
+    if mask is not None and mask.shape != raw.shape:
+        raise ShapeMismatchError(f"mask {mask.url} has shape {mask.shape} but raw {raw.url} has "
+                                 f"{raw.shape}; they must match")
+
+
+def _write_blocks(dst: Volume, fn: Any, shape: tuple[int, ...]) -> None:
+    step = tuple(min(n, c * max(1, 256 // c)) for n, c in zip(shape, dst.chunks[-3:]))
+    for idx in np.ndindex(*(-(-n // s) for n, s in zip(shape, step))):
+        reg = tuple(slice(i * s, min((i + 1) * s, n)) for i, s, n in zip(idx, step, shape))
+        block = fn(reg)
+        dst.write(((slice(None),) if block.ndim == 4 else ()) + reg, block)
+
+
+def validation_set(cfg: dict[str, Any], run: Path, raws: list[Volume], labs: list[Volume],
+                    masks: list[Volume | None], target: Target, softmax: bool
+                    ) -> tuple[Volume, Volume, tuple[slice, ...] | None] | None:
+    """(raw, truth) for the sweep: truth 1 = foreground, 0 = background, 255 = not counted
+    (one channel per class for softmax nets); the held-out region, if any."""
+    v = cfg["validation"]
+    if v["region"] is None and v["raw"] is None:
+        return None
+    folder = run / VALIDATION
+    folder.mkdir(exist_ok=True)
+    if v["region"] is not None:
+        region = parse_region(v["region"], raws[0].shape, "validation.region")
+        src_raw, src_lab, src_mask = raws[0], labs[0], masks[0]
+        shape = tuple(s.stop - s.start for s in region)
+        val_raw = _fresh(folder / "raw.zarr", shape, src_raw.dtype, src_raw)
+        _write_blocks(val_raw, lambda r: src_raw.read(_shift(r, region)), shape)
+    else:
+        region = None
+        (val_raw,) = open_volumes([v["raw"]], "validation.raw")
+        (src_lab,) = open_volumes([v["labels"]], "validation.labels")
+        src_mask = open_volumes([v["mask"]], "validation.mask")[0] if v["mask"] else None
+        check_pair(val_raw, src_lab, src_mask)
+        shape = val_raw.shape
+    classes = target.classes
+    tshape = ((classes,) if softmax else ()) + tuple(shape)
+    truth = _fresh(folder / "truth.zarr", tshape, np.uint8, val_raw, channels=softmax)
+
+    def block(r: tuple[slice, ...]) -> np.ndarray:
+        src = _shift(r, region) if region is not None else r
+        lab = src_lab.read(src)
+        target.check(lab, src_lab.url)
+        t = target(lab, src_mask.read(src) if src_mask is not None else None)
+        if softmax:
+            out = np.stack([(t == c).astype(np.uint8) for c in range(classes)])
+            out[:, t == IGNORE] = 255
+            return out
+        return np.where(t == IGNORE, 255, t).astype(np.uint8)
+
+    _write_blocks(truth, block, tuple(shape))
+    return val_raw, truth, region
+
+
+def _shift(r: tuple[slice, ...], region: tuple[slice, ...]) -> tuple[slice, ...]:
+    return tuple(slice(a.start + b.start, a.stop + b.start) for a, b in zip(r, region))
+
+
+def _fresh(path: Path, shape: tuple[int, ...], dtype: Any, like: Volume, channels: bool = False
+           ) -> Volume:
+    if path.exists():
+        shutil.rmtree(path)
+    chunks = tuple(min(c, n) for c, n in zip(like.chunks[-3:], shape[-3:]))
+    return create_volume(path, shape, dtype, ((shape[0],) if channels else ()) + chunks,
+                         voxel_size=like.voxel_size, unit=like.unit,
+                         axes=(("c",) if channels else ()) + ("z", "y", "x"))
+
+
+def evaluate(model_file: str, val_raw: Volume, truth: Volume, run: Path, thresholds: int,
+             backend: str, threads: int) -> dict[str, Any]:
+    """predict + sweep on the validation set: best F1 and IoU over the thresholds."""
+    from ..ops.predict import predict
+    from ..ops.sweep import sweep
+    pred = predict(val_raw, model_file, run / VALIDATION / "prediction.zarr", overwrite=True,
+                   backend=backend, threads=threads, scheduler="threads", workers=1)
+    df = sweep(pred, truth, thresholds=thresholds, truth_value=1, ignore_value=255,
+               scheduler="threads", workers=1)
+    df.to_csv(run / VALIDATION / "sweep.csv", index=False)
+    if "channel" in df and df["channel"].nunique() > 1:   # softmax: the foreground classes
+        df = df[df["channel"] > 0]
+    best: dict[str, Any] = {}
+    for m in ("f1", "iou"):
+        per = df.loc[df.groupby("channel")[m].idxmax()]
+        best[m] = float(per[m].mean())
+        best[f"threshold_{m}"] = float(per["threshold"].mean())
+    return best
+
+
