@@ -513,6 +513,39 @@ def predict(obj: dict, raw: str, model_file: str, out: str, **kw: Any) -> None:
 
 
 @cli.command()
+@click.argument("config", metavar="CONFIG.yaml")
+@click.option("--out", default=None, help="The run's folder (overrides the config's out).")
+@click.option("--steps", type=int, default=None, help="Train this many steps (overrides steps).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Change a config value, e.g. --set sampling.mode=balanced (repeatable).")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in OUT from its last checkpoint (only --steps may change).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier run in OUT (kept until the new run's first checkpoint).")
+@click.option("--print-config", is_flag=True, help="Print the whole config with defaults and stop.")
+@_verbosity_options
+@click.pass_obj
+@_friendly
+def train(obj: dict, config: str, sets: tuple[str, ...], print_config: bool, **kw: Any) -> None:
+    """Train the zoo's 3D U-Net on zarr volumes as CONFIG.yaml says; write checkpoints
+    (model.pt, best.pt: model files predict reads), metrics.csv/.json and training.png."""
+    from .training import load_config, train as _train
+    if print_config:
+        import yaml
+        extra = sets + ((f"out={kw['out']}",) if kw["out"] else ()) + \
+            ((f"steps={kw['steps']}",) if kw["steps"] is not None else ())
+        click.echo(yaml.safe_dump(load_config(config, extra), sort_keys=False), nl=False)
+        return
+    r = _train(config, sets=sets, progress=obj["progress"], **kw)
+    click.echo(f"{r.stopped}; model files in {r.out}: model.pt (latest)"
+               + (", best.pt" if r.best else ""))
+    if r.best:
+        b = r.best
+        click.echo(f"best validation at step {b['step']}: F1 {b['f1']:.4f} (threshold "
+                   f"{b['threshold_f1']:.2f}), IoU {b['iou']:.4f} (threshold {b['threshold_iou']:.2f})")
+
+
+@cli.command()
 @click.argument("prob")
 @click.argument("truth")
 @click.option("--out", required=True, help="Folder for sweep.csv, sweep.json and sweep.png.")

@@ -25,6 +25,7 @@ from .augment import AugmentConfig, draw
 
 Region = tuple[slice, ...]
 IGNORE = -1   # the target value of a voxel that counts nowhere
+CELL = 32     # the sampling index counts classes per cell of CELL^3 voxels
 
 
 class ArraySource:
@@ -184,34 +185,38 @@ class PatchSampler:
         if mode in ("foreground", "balanced") and total[1:].sum() == 0:
             raise InvalidArgumentError(f"sampling {mode!r} needs foreground, and the labels have none")
 
-    # -- the index: per storage chunk of the labels, the voxels of each class ----------------
+    # -- the index: voxels of each class per cell of a fixed grid (not the storage chunks, so
+    #    the same seed draws the same patches from any chunking) ------------------------------
     def _index(self, p: Pair, threads: int) -> np.ndarray:
-        grid = tuple(-(-n // c) for n, c in zip(p.labels.shape, p.labels.chunks))
-        counts = np.zeros((*grid, self.target.classes), np.int64)
+        shape, ncls = p.labels.shape, self.target.classes
+        cells = tuple(-(-n // CELL) for n in shape)
+        counts = np.zeros((*cells, ncls), np.int64)
+        chunks = tuple(max(CELL, c - c % CELL) for c in p.labels.chunks)  # whole cells per read
 
-        def one(idx: tuple[int, ...]) -> None:
-            region = self._chunk_region(p, idx)
-            lab = p.labels.volume.read(region) if isinstance(p.labels, ChunkCache) \
-                else p.labels.read(region)
-            mask = None if p.mask is None else (p.mask.volume.read(region)
-                                                 if isinstance(p.mask, ChunkCache)
-                                                 else p.mask.read(region))
+        def one(idx: tuple[int, ...]) -> np.ndarray:
+            region = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(idx, chunks, shape))
+            lab = p.labels.read(region)
             self.target.check(lab, p.labels.url)
-            t = self.target(lab, mask)
+            t = self.target(lab, None if p.mask is None else p.mask.read(region))
             if p.exclude is not None:
                 t = t.copy()
                 t[_local(p.exclude, region)] = IGNORE
-            counts[idx] = np.bincount(t[t >= 0].ravel(), minlength=self.target.classes)[
-                :self.target.classes]
+            ids = np.zeros(t.shape, np.int64)
+            for a, r in enumerate(region):
+                axis = np.arange(r.start, r.stop) // CELL
+                ids = ids * cells[a] + axis.reshape([-1 if b == a else 1 for b in range(3)])
+            ok = t >= 0
+            return np.bincount(ids[ok] * ncls + t[ok], minlength=counts.size)
 
+        grid = tuple(-(-n // c) for n, c in zip(shape, chunks))
         with ThreadPoolExecutor(max(1, threads)) as ex:
-            list(ex.map(one, np.ndindex(*grid)))
+            for part in ex.map(one, np.ndindex(*grid)):
+                counts += part.reshape(counts.shape)
         return counts
 
     @staticmethod
-    def _chunk_region(p: Pair, idx: Sequence[int]) -> Region:
-        return tuple(slice(i * c, min((i + 1) * c, n))
-                     for i, c, n in zip(idx, p.labels.chunks, p.labels.shape))
+    def _cell_region(p: Pair, idx: Sequence[int]) -> Region:
+        return tuple(slice(i * CELL, min((i + 1) * CELL, n)) for i, n in zip(idx, p.labels.shape))
 
     # -- locations ----------------------------------------------------------------------------
     def location(self, rng: np.random.Generator) -> tuple[int, tuple[int, ...]]:
@@ -246,7 +251,7 @@ class PatchSampler:
         flat = c.ravel().astype(np.float64)
         idx = np.unravel_index(int(rng.choice(flat.size, p=flat / flat.sum())), c.shape)
         p = self.pairs[k]
-        region = self._chunk_region(p, [int(i) for i in idx])
+        region = self._cell_region(p, [int(i) for i in idx])
         lab = p.labels.read(region)
         t = self.target(lab, None if p.mask is None else p.mask.read(region))
         if p.exclude is not None:
