@@ -28,7 +28,7 @@ from .losses import LossConfig, loss
 from .report import progress_bar, tensorboard, why_stopped, write_logs
 from .run import STATE, RunFolder, check_same_run
 from .sampler import Pair, PatchSampler, Prefetcher, Target
-from .validate import check_pair, evaluate, open_volumes, validation_set
+from .validate import Held, check_pair, evaluate, held_out, open_volumes, validation_set
 
 log = logging.getLogger("emarray")
 
@@ -183,45 +183,64 @@ def train(config: str | os.PathLike | dict[str, Any], *, out: str | os.PathLike 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise InvalidArgumentError("device cuda: PyTorch sees no CUDA device here")
-    val_given = cfg["validation"]["raw"]
+    held = held_out(cfg, raws, labs, masks)
+    threads = cfg["threads"] or os.cpu_count() or 1
+    # the sampler's index pass also checks the labels (classes, foreground, mask) before work
+    pairs = [Pair(r, lab, m, held.region if held is not None and i == 0 else None)
+             for i, (r, lab, m) in enumerate(zip(raws, labs, masks))]
+    s = cfg["sampling"]
+    sampler = PatchSampler(pairs, patch, output, target=target,
+                           augment=AugmentConfig.from_config(cfg["augment"], aniso),
+                           mode=s["mode"], foreground_fraction=s["foreground_fraction"],
+                           cache_bytes=s["cache_mb"] << 20, seed=cfg["seed"],
+                           scale=_scale(raws[0].dtype),
+                           normalize=(normalize["mean"], normalize["std"]), threads=threads)
     inputs = [*raws, *labs, *(m for m in masks if m is not None)] + \
-        ([val_given, cfg["validation"]["labels"]] if val_given else [])
+        ([held.raw, held.labels] if held is not None and held.region is None else [])
     folder = RunFolder(cfg["out"], inputs, resume=resume, overwrite=overwrite)
     folder.open()
     try:
-        return _train(cfg, folder, torch, save_model, raws, labs, masks, aniso, module, net,
-                      normalize, patch, output, target, softmax, device, progress)
+        return _train(Job(cfg, folder, sampler, held, module, net, normalize, patch, target,
+                          softmax, device, threads), torch, save_model, progress)
     finally:
         folder.close()
 
 
-def _train(cfg: dict[str, Any], folder: RunFolder, torch: Any, save_model: Any, raws: list,
-           labs: list, masks: list, aniso: bool, module: Any, net: Any, normalize: dict,
-           patch: tuple, output: tuple, target: Target, softmax: bool, device: str,
-           progress: bool) -> TrainResult:
+@dataclass
+class Job:
+    """Everything checked before the run folder is touched."""
+
+    cfg: dict[str, Any]
+    folder: RunFolder
+    sampler: PatchSampler
+    held: Held | None
+    module: Any
+    net: Any
+    normalize: dict[str, float]
+    patch: tuple[int, ...]
+    target: Target
+    softmax: bool
+    device: str
+    threads: int
+
+
+def _train(job: Job, torch: Any, save_model: Any, progress: bool) -> TrainResult:
     import yaml
+    cfg, folder, sampler, net, target = job.cfg, job.folder, job.sampler, job.net, job.target
+    normalize, patch, softmax, device, threads = (job.normalize, job.patch, job.softmax,
+                                                  job.device, job.threads)
     run = folder.path
     steps = cfg["steps"]
-    threads = cfg["threads"] or os.cpu_count() or 1
     torch.set_num_threads(threads)
     saved = None
     if folder.resume:
         saved = torch.load(run / STATE, map_location="cpu", weights_only=True)
         check_same_run(saved["config"], cfg, folder.shown)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    val = validation_set(cfg, run, raws, labs, masks, target, softmax)
-    exclude = val[2] if val is not None else None
-    pairs = [Pair(r, lab, m, exclude if i == 0 else None)
-             for i, (r, lab, m) in enumerate(zip(raws, labs, masks))]
-    aug = AugmentConfig.from_config(cfg["augment"], aniso)
+    val = validation_set(job.held, run, target, softmax) if job.held is not None else None
     s = cfg["sampling"]
-    sampler = PatchSampler(pairs, patch, output, target=target, augment=aug, mode=s["mode"],
-                           foreground_fraction=s["foreground_fraction"],
-                           cache_bytes=s["cache_mb"] << 20, seed=cfg["seed"],
-                           scale=_scale(raws[0].dtype),
-                           normalize=(normalize["mean"], normalize["std"]), threads=threads)
     # channels-last puts 3-D convolutions on oneDNN/cuDNN's fast kernels (x1.8 per CPU step)
-    module = module.to(device).to(memory_format=torch.channels_last_3d).train()
+    module = job.module.to(device).to(memory_format=torch.channels_last_3d).train()
     opt = _optimizer(torch, module.parameters(), cfg["optimizer"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg["schedule"], steps))
     lcfg = LossConfig(cfg["loss"]["kind"], tuple(cfg["loss"]["class_weights"] or ()) or None,

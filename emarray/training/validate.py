@@ -7,6 +7,7 @@ one-pass sweep scores every threshold at once.
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,29 +50,46 @@ def _write_blocks(dst: Volume, fn: Any, shape: tuple[int, ...]) -> None:
         dst.write(((slice(None),) if block.ndim == 4 else ()) + reg, block)
 
 
-def validation_set(cfg: dict[str, Any], run: Path, raws: list[Volume], labs: list[Volume],
-                    masks: list[Volume | None], target: Target, softmax: bool
-                    ) -> tuple[Volume, Volume, tuple[slice, ...] | None] | None:
-    """(raw, truth) for the sweep: truth 1 = foreground, 0 = background, 255 = not counted
-    (one channel per class for softmax nets); the held-out region, if any."""
+@dataclass
+class Held:
+    """The validation data, checked: a region held out of the first training volume, or a
+    separate volume (raw, labels, optional mask)."""
+
+    raw: Volume
+    labels: Volume
+    mask: Volume | None
+    region: tuple[slice, ...] | None
+
+
+def held_out(cfg: dict[str, Any], raws: list[Volume], labs: list[Volume],
+             masks: list[Volume | None]) -> Held | None:
+    """What ``validation`` names, checked before any work (None: no validation)."""
     v = cfg["validation"]
-    if v["region"] is None and v["raw"] is None:
-        return None
-    folder = run / VALIDATION
-    folder.mkdir(exist_ok=True)
     if v["region"] is not None:
         region = parse_region(v["region"], raws[0].shape, "validation.region")
-        src_raw, src_lab, src_mask = raws[0], labs[0], masks[0]
+        return Held(raws[0], labs[0], masks[0], region)
+    if v["raw"] is None:
+        return None
+    (raw,) = open_volumes([v["raw"]], "validation.raw")
+    (lab,) = open_volumes([v["labels"]], "validation.labels")
+    mask = open_volumes([v["mask"]], "validation.mask")[0] if v["mask"] else None
+    check_pair(raw, lab, mask)
+    return Held(raw, lab, mask, None)
+
+
+def validation_set(held: Held, run: Path, target: Target, softmax: bool) -> tuple[Volume, Volume]:
+    """(raw, truth) for the sweep, in ``run/validation``: truth 1 = foreground, 0 =
+    background, 255 = not counted (one channel per class for softmax nets)."""
+    folder = run / VALIDATION
+    folder.mkdir(exist_ok=True)
+    region, src_lab, src_mask = held.region, held.labels, held.mask
+    if region is not None:
+        src_raw = held.raw
         shape = tuple(s.stop - s.start for s in region)
         val_raw = _fresh(folder / "raw.zarr", shape, src_raw.dtype, src_raw)
         _write_blocks(val_raw, lambda r: src_raw.read(_shift(r, region)), shape)
     else:
-        region = None
-        (val_raw,) = open_volumes([v["raw"]], "validation.raw")
-        (src_lab,) = open_volumes([v["labels"]], "validation.labels")
-        src_mask = open_volumes([v["mask"]], "validation.mask")[0] if v["mask"] else None
-        check_pair(val_raw, src_lab, src_mask)
-        shape = val_raw.shape
+        val_raw, shape = held.raw, held.raw.shape
     classes = target.classes
     tshape = ((classes,) if softmax else ()) + tuple(shape)
     truth = _fresh(folder / "truth.zarr", tshape, np.uint8, val_raw, channels=softmax)
@@ -88,7 +106,7 @@ def validation_set(cfg: dict[str, Any], run: Path, raws: list[Volume], labs: lis
         return np.where(t == IGNORE, 255, t).astype(np.uint8)
 
     _write_blocks(truth, block, tuple(shape))
-    return val_raw, truth, region
+    return val_raw, truth
 
 
 def _shift(r: tuple[slice, ...], region: tuple[slice, ...]) -> tuple[slice, ...]:

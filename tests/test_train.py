@@ -1,0 +1,243 @@
+"""emarray train end to end: it learns, resumes exactly, writes what predict reads, and refuses
+bad configs before any work."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+torch = pytest.importorskip("torch")
+
+import emarray  # noqa: E402
+from tests.conftest import make_volume  # noqa: E402
+from tests.test_hardening import cli, one_error_line  # noqa: E402
+
+SHAPE = (32, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("train-data")
+    emarray.datasets.synthetic(d, SHAPE, chunks=(16, 32, 32), seed=3)
+    return d
+
+
+def _config(src: Path, out: Path, **over) -> dict:
+    cfg = {"out": str(out), "steps": 40, "batch": 2, "patch": "16,32,32", "threads": 2,
+           "log_every": 10, "checkpoint_every": 10,
+           "data": {"raw": str(src / "raw.zarr"), "labels": str(src / "truth.zarr")},
+           "model": {"depth": 2, "filters": 8},
+           "augment": {"elastic": 0.0},
+           "validation": {"region": "24:32,:,:", "every": 20}}
+    for k, v in over.items():
+        sec, _, key = k.partition("__")
+        if key:
+            cfg.setdefault(sec, {})[key] = v
+        else:
+            cfg[sec] = v
+    return cfg
+
+
+def _write(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _f1(model: Path, run: Path, tmp: Path) -> float:
+    p = emarray.predict(run / "validation" / "raw.zarr", model, tmp / f"p-{model.stem}.zarr",
+                        overwrite=True)
+    with warnings.catch_warnings():  # an untrained net's best F1 may lie at t=0
+        warnings.simplefilter("ignore", emarray.errors.EmarrayWarning)
+        df = emarray.sweep(p, run / "validation" / "truth.zarr", thresholds=100, truth_value=1,
+                           ignore_value=255)
+    return float(df["f1"].max())
+
+
+def test_a_short_run_learns_and_predict_reads_its_checkpoints(data, tmp_path):
+    """After 100 CPU steps the held-out F1 clears 0.85; the same net untrained stays below 0.6
+    (predicting foreground everywhere gives 2p/(1+p), about 0.4 here)."""
+    run = tmp_path / "run"
+    r = emarray.train(_config(data, run, steps=100, validation__every=50))
+    assert r.steps == 100 and r.best is not None
+    assert r.best["f1"] > 0.85, r.best
+    assert [e["step"] for e in r.evaluations] == [50, 100]
+    untrained = emarray.models.new_model(tmp_path / "untrained.pt", depth=2, filters=8,
+                                         patch=(16, 32, 32))
+    assert _f1(Path(untrained), run, tmp_path) < 0.6
+    truth = emarray.open_volume(run / "validation" / "truth.zarr").read()
+    p = (truth == 1).mean()
+    assert 2 * p / (1 + p) < 0.6
+    # best.pt is a model file predict reads, and gives the best F1 the run reported
+    assert _f1(run / "best.pt", run, tmp_path) == pytest.approx(r.best["f1"], abs=1e-9)
+    info = emarray.models.describe(run / "model.pt")
+    assert info["meta"]["trained"]["steps"] == 100 and info["patch"] == [16, 32, 32]
+    # the logs
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss,lr,elapsed_s,val_f1") and len(rows) == 11
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["best"]["f1"] == r.best["f1"] and summary["steps"] == 100
+    assert (run / "training.png").stat().st_size > 10_000
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def test_a_killed_run_resumes_into_the_same_run(data, tmp_path):
+    """SIGKILL after a checkpoint, then --resume: the same weights, metrics and evaluations as a
+    run that was never interrupted."""
+    clean = emarray.train(_config(data, tmp_path / "clean"))
+    cfg = _write(tmp_path / "c.yaml", _config(data, tmp_path / "run"))
+    proc = subprocess.Popen([sys.executable, "-m", "emarray", "train", str(cfg), "-q"],
+                            stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "run" / "state.pt"
+    t0 = time.time()
+    while not state.exists() and time.time() - t0 < 120 and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = torch.load(state, map_location="cpu", weights_only=True)["step"]
+    assert 10 <= step < 40, step
+    r = cli("train", cfg, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert f"resuming at step {step} of 40" in r.stderr
+    a, b = _weights(tmp_path / "clean" / "state.pt"), _weights(state)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    done = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [e["f1"] for e in done["evaluations"]] == [e["f1"] for e in clean.evaluations]
+    assert [h["loss"] for h in done["history"]] == [h["loss"] for h in clean.history]
+    # a resume may train longer, and nothing else
+    r = emarray.train(_config(data, tmp_path / "run"), resume=True, steps=50)
+    assert r.steps == 50
+    r = cli("train", cfg, "--resume", "--set", "optimizer.lr=0.5")
+    assert "optimizer.lr = 0.001" in one_error_line(r)
+
+
+def test_early_stopping_says_why(data, tmp_path):
+    r = emarray.train(_config(data, tmp_path / "run", steps=200, validation__every=10,
+                              validation__patience=2, validation__min_delta=0.99))
+    assert r.steps == 30
+    assert r.stopped.startswith("early stopping at step 30: validation f1 has not improved by "
+                                "more than 0.99 for 2 evaluations (best ")
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["stopped"] == r.stopped
+
+
+def test_valid_nets_softmax_classes_and_a_mask(data, tmp_path):
+    """A valid-padding net trains on labels cropped to its output; a 3-class softmax net with an
+    ignore label, balanced sampling, OHEM and an annotated mask trains and validates per class."""
+    r = emarray.train(_config(data, tmp_path / "valid", steps=20, patch="20,44,44",
+                              model={"depth": 2, "filters": 4, "padding": "valid"}))
+    assert r.steps == 20 and r.best is not None
+    # the synthetic voxels are anisotropic: (1,2,2) pooling
+    assert emarray.models.describe(tmp_path / "valid" / "model.pt")["output"] == [8, 28, 28]
+    truth = emarray.open_volume(data / "truth.zarr").read()
+    right = (np.arange(SHAPE[2]) // 8) % 2 == 1  # stripes: both classes in every region
+    lab = np.where(truth > 0, np.where(right, 2, 1), 0).astype(np.uint8)
+    lab[:, :4] = 7
+    mask = np.ones(SHAPE, np.uint8)
+    mask[:, :, 60:] = 0
+    make_volume(tmp_path / "lab.zarr", lab, (16, 32, 32))
+    make_volume(tmp_path / "mask.zarr", mask, (16, 32, 32))
+    cfg = _config(data, tmp_path / "soft", steps=20, validation__every=20,
+                  data__labels=str(tmp_path / "lab.zarr"), data__mask=str(tmp_path / "mask.zarr"),
+                  data__ignore_label=7,
+                  model={"depth": 2, "filters": 4, "activation": "softmax", "channels_out": 3},
+                  sampling={"mode": "balanced"}, loss={"kind": "bce+dice", "ohem": 3})
+    r = emarray.train(cfg)
+    assert r.best is not None and 0 <= r.best["f1"] <= 1
+    vt = emarray.open_volume(tmp_path / "soft" / "validation" / "truth.zarr")
+    assert vt.shape == (3, 8, 64, 64)
+    t = vt.read()
+    assert (t[:, :, :4] == 255).all() and (t[:, :, :, 60:] == 255).all()
+    np.testing.assert_array_equal(t[1, :, 4:, :60], (lab[24:32, 4:, :60] == 1))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"sampling": {"mdoe": "uniform"}}, "unknown config key 'sampling.mdoe'"),
+    ({"learning_rate": 1}, "unknown config key 'learning_rate'"),
+    ({"patch": "8,8,8", "model": {"padding": "valid"}},
+     "patch 8,8,8 is smaller than the smallest input this net takes (13,18,18)"),
+    ({"patch": "16,31,32"}, "patch 16,31,32 is not an input size this same-padded net takes"),
+    ({"sampling": {"mode": "foregound"}}, "sampling.mode: must be one of uniform, foreground, "
+                                          "balanced, got 'foregound'"),
+    ({"validation": {"region": "30:40,:,:"}}, "validation.region: '30:40' is empty or outside 0:32"),
+    ({"loss": {"class_weights": [1, 2, 3]}}, "loss.class_weights: 2 weights"),
+    ({"augment": {"elastic": 2}}, "augment.elastic: a probability in [0, 1], got 2"),
+    ({"optimizer": {"lr": 0}}, "optimizer.lr: must be > 0"),
+    ({"model": {"activation": "sigmoid", "channels_out": 2}}, "model.channels_out"),
+])
+def test_bad_configs_fail_before_any_work(data, tmp_path, change, message):
+    cfg = _config(data, tmp_path / "run")
+    for k, v in change.items():
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            cfg[k].update(v)
+        else:
+            cfg[k] = v
+    r = cli("train", _write(tmp_path / "c.yaml", cfg))
+    assert message in one_error_line(r)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_volumes_and_outputs_are_refused(data, tmp_path):
+    make_volume(tmp_path / "short.zarr", np.zeros((16, 64, 64), np.uint32), (16, 32, 32))
+    cfg = _config(data, tmp_path / "run")
+    cfg["data"]["labels"] = str(tmp_path / "short.zarr")
+    line = one_error_line(cli("train", _write(tmp_path / "c.yaml", cfg)))
+    assert "have shape (16, 64, 64) but raw" in line and "(32, 64, 64)" in line
+    cfg["data"]["labels"] = str(tmp_path / "missing.zarr")
+    assert "missing.zarr" in one_error_line(cli("train", _write(tmp_path / "c.yaml", cfg)))
+    assert not (tmp_path / "run").exists()
+    # the run folder: never an input, never a folder train did not make, never silently replaced
+    cfg = _config(data, data / "raw.zarr" / "run")
+    assert "overlaps the input" in one_error_line(cli("train", _write(tmp_path / "c.yaml", cfg)))
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    cfg = _config(data, other)
+    c = _write(tmp_path / "c.yaml", cfg)
+    assert "already exists" in one_error_line(cli("train", c))
+    assert "not a training run emarray made" in one_error_line(cli("train", c, "--overwrite"))
+    assert "nothing to resume" in one_error_line(cli("train", c, "--resume"))
+    assert (other / "notes.txt").read_text() == "keep me"
+    r = cli("train", c, "--steps", "0")
+    assert "steps must be" in one_error_line(r)
+
+
+def test_an_interrupted_overwrite_puts_the_old_run_back(data, tmp_path):
+    first = emarray.train(_config(data, tmp_path / "run", steps=10, validation={}))
+    before = (tmp_path / "run" / "state.pt").read_bytes()
+    cfg = _write(tmp_path / "c.yaml", _config(data, tmp_path / "run", steps=1000,
+                                              checkpoint_every=1000, validation={}))
+    proc = subprocess.Popen([sys.executable, "-m", "emarray", "train", str(cfg), "--overwrite",
+                             "-q"], stderr=subprocess.PIPE, text=True)
+    aside = tmp_path / ".run.emarray-old"
+    t0 = time.time()
+    while not aside.exists() and time.time() - t0 < 60 and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert aside.exists() and not (tmp_path / "run" / "state.pt").exists()
+    r = cli("train", cfg, "--resume", "--steps", "10")
+    assert "put back the run an interrupted --overwrite had set aside" in r.stderr
+    assert (tmp_path / "run" / "state.pt").read_bytes() == before and first.steps == 10
+    assert not aside.exists()
+
+
+def test_print_config_shows_every_default(data, tmp_path):
+    c = _write(tmp_path / "c.yaml", _config(data, tmp_path / "run"))
+    r = cli("train", c, "--print-config", "--set", "sampling.mode=balanced")
+    assert r.returncode == 0, r.stderr
+    full = yaml.safe_load(r.stdout)
+    assert full["sampling"]["mode"] == "balanced" and full["augment"]["elastic"] == 0.0
+    assert full["loss"]["kind"] == "bce+dice" and full["validation"]["every"] == 20
