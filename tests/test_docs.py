@@ -9,7 +9,8 @@ import pytest
 MODULES = ["emarray.volume", "emarray.ops.threshold", "emarray.ops.convert", "emarray.ops.sweep",
            "emarray.ingest", "emarray.export", "emarray.info", "emarray.datasets",
            "emarray._normalize", "emarray.cuda.streaming", "emarray.sources",
-           "emarray.ops.label", "emarray.ops.objects", "emarray.ops.predict", "emarray.models"]
+           "emarray.ops.label", "emarray.ops.objects", "emarray.ops.predict", "emarray.models",
+           "emarray.training.config"]
 
 
 @pytest.mark.parametrize("name", MODULES)

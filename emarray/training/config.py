@@ -113,7 +113,18 @@ def set_value(cfg: dict[str, Any], assignment: str) -> None:
 
 def load_config(config: str | os.PathLike | dict[str, Any], sets: tuple[str, ...] = ()
                 ) -> dict[str, Any]:
-    """The whole config, defaults filled in, paths absolute, every value checked."""
+    """The whole config, defaults filled in, paths absolute, every value checked.
+
+    >>> cfg = load_config({"out": "/tmp/run", "data": {"raw": "/r.zarr", "labels": "/l.zarr"}},
+    ...                   ("sampling.mode=balanced",))
+    >>> cfg["sampling"]["mode"], cfg["data"]["raw"], cfg["loss"]["kind"]
+    ('balanced', ['/r.zarr'], 'bce+dice')
+    >>> load_config({"out": "/tmp/run", "data": {"raw": "/r.zarr", "labels": "/l.zarr"},
+    ...              "sampling": {"mdoe": "uniform"}})
+    Traceback (most recent call last):
+    ...
+    emarray.errors.InvalidArgumentError: unknown config key 'sampling.mdoe'; sampling has: ...
+    """
     base = Path.cwd()
     if isinstance(config, dict):
         given = copy.deepcopy(config)
@@ -242,7 +253,11 @@ def _check(cfg: dict[str, Any]) -> None:
 
 
 def parse_region(text: Any, shape: tuple[int, ...], name: str) -> tuple[slice, ...]:
-    """``"16:20,:,:"`` -> slices inside ``shape`` (Python slice syntax, no steps)."""
+    """``"16:20,:,:"`` -> slices inside ``shape`` (Python slice syntax, no steps).
+
+    >>> parse_region("16:20,:,-8:", (20, 64, 64), "validation.region")
+    (slice(16, 20, None), slice(0, 64, None), slice(56, 64, None))
+    """
     parts = str(text).split(",")
     if len(parts) != len(shape):
         raise InvalidArgumentError(f"{name}: {len(shape)} ranges z0:z1,y0:y1,x0:x1, got {text!r}")
