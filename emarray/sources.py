@@ -70,14 +70,15 @@ def natural_key(name: str) -> tuple:
     return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name))
 
 
-def _png_array(path: str) -> np.ndarray:
+def _png_array(path: str, white: int = 1) -> np.ndarray:
+    """A PNG slice; a 1-bit one as 0/``white`` (255 among 8-bit greyscale slices)."""
     from PIL import Image
     with Image.open(path) as im:
         a = np.asarray(im)  # a palette ("P") image gives its palette indices
-    return a.astype(np.uint8) if a.dtype == np.bool_ else a
+    return a.astype(np.uint8) * np.uint8(white) if a.dtype == np.bool_ else a
 
 
-def _slice_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+def _slice_header(path: Path) -> tuple[tuple[int, ...], np.dtype, str]:
     if path.suffix.lower() == ".png":
         from PIL import Image
         with Image.open(path) as im:
@@ -87,11 +88,11 @@ def _slice_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
                 raise InvalidArgumentError(
                     f"{path} is a {im.mode} (colour) image; emarray ingests single-channel "
                     "slices: convert it to greyscale or labels first")
-            return (im.size[1], im.size[0]), np.dtype(mode)
+            return (im.size[1], im.size[0]), np.dtype(mode), im.mode
     import tifffile
     with tifffile.TiffFile(path) as tf:
         page = tf.pages[0]
-        return tuple(page.shape), np.dtype(page.dtype)
+        return tuple(page.shape), np.dtype(page.dtype), "tiff"
 
 
 class SliceFolder:
@@ -107,12 +108,21 @@ class SliceFolder:
             raise InvalidArgumentError(
                 f"{os.fspath(folder)!r} mixes slice formats {sorted(exts)}; keep one per folder")
         self.files = [str(p) for p in sorted(files, key=lambda p: natural_key(p.name))]
-        shape, dtype = _slice_header(Path(self.files[0]))
+        shape, dtype, mode = _slice_header(Path(self.files[0]))
+        modes = {mode}
         for f in self.files[1:]:
-            s, d = _slice_header(Path(f))
+            s, d, m = _slice_header(Path(f))
             if s != shape or d != dtype:
                 raise ShapeMismatchError(
                     f"slice {f} is {s} {d} but {self.files[0]} is {shape} {dtype}")
+            modes.add(m)
+        # 1-bit slices among 8-bit greyscale ones are white = 255, as the greyscale ones are
+        # (PIL's own conversion); a folder of 1-bit slices only stays 0/1
+        if "1" in modes and "P" in modes:
+            raise InvalidArgumentError(
+                f"{os.fspath(folder)!r} mixes 1-bit and palette (label index) PNG slices; their "
+                "values do not compare: convert them to one kind first")
+        self.white = 255 if modes == {"1", "L"} else 1
         if len(shape) != 2:
             raise InvalidArgumentError(f"slice {self.files[0]} has shape {shape}; expected 2D")
         self.shape = (len(self.files), *shape)
@@ -134,7 +144,7 @@ class SliceFolder:
         out = np.empty((z.stop - z.start, *(s.stop - s.start for s in yx)), self.dtype)
         for i, f in enumerate(self.files[z]):
             if f.lower().endswith(".png"):
-                out[i] = _png_array(f)[yx]  # PNG rows decode as a whole image
+                out[i] = _png_array(f, self.white)[yx]  # PNG rows decode as a whole image
             else:
                 out[i] = _tiff_region(f, yx)
         return out

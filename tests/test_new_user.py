@@ -129,6 +129,29 @@ def test_palette_png_labels_ingest_as_their_indices_and_rgb_is_refused(tmp_path)
     assert not (tmp_path / "rgb.zarr").exists()
 
 
+def test_one_bit_png_slices_among_greyscale_ones_are_white_255(tmp_path, shared_data):
+    """The VNC mitochondria folder saves slices 1, 7 and 18 as 1-bit PNGs and the rest as 8-bit
+    greyscale: read as 0/1, those slices vanished under the documented threshold > 127."""
+    masks = np.random.default_rng(1).random((4, 6, 8)) > 0.5
+    for name, modes in (("mixed", ("L", "1", "L", "1")), ("bilevel", ("1",) * 4)):
+        (tmp_path / name).mkdir()
+        for i, (m, sl) in enumerate(zip(modes, masks)):
+            a = sl.astype(np.uint8) * 255
+            (Image.fromarray(a, "L") if m == "L" else Image.fromarray(a, "L").convert("1")).save(
+                tmp_path / name / f"{i}.png")
+        v = emarray.ingest(tmp_path / name, tmp_path / f"{name}.zarr", voxel_size=1)
+        np.testing.assert_array_equal(v.read(), masks.astype(np.uint8) * (255 if name == "mixed" else 1))
+    (tmp_path / "pal").mkdir()
+    Image.fromarray(masks[0].astype(np.uint8), "P").save(tmp_path / "pal" / "0.png")
+    Image.fromarray(masks[1]).save(tmp_path / "pal" / "1.png")
+    with pytest.raises(InvalidArgumentError, match="mixes 1-bit and palette"):
+        emarray.ingest(tmp_path / "pal", tmp_path / "pal.zarr", voxel_size=1)
+    v = emarray.ingest(shared_data / "drosophila-vnc-stack1" / "stack1" / "mitochondria",
+                       tmp_path / "mito.zarr", voxel_size=1)
+    fraction = (v.read() > 127).mean(axis=(1, 2))
+    assert fraction.min() > 0.03, fraction   # every slice has its mitochondria
+
+
 def test_a_contiguous_single_page_stack_is_read_region_by_region(tmp_path):
     a = np.random.default_rng(1).integers(0, 60000, (9, 16, 20)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "v.tif", a, volumetric=True)  # one SGI volume page
