@@ -241,3 +241,27 @@ def test_print_config_shows_every_default(data, tmp_path):
     full = yaml.safe_load(r.stdout)
     assert full["sampling"]["mode"] == "balanced" and full["augment"]["elastic"] == 0.0
     assert full["loss"]["kind"] == "bce+dice" and full["validation"]["every"] == 20
+
+
+def test_tensorboard_events_when_installed(data, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    emarray.train(_config(data, tmp_path / "run", steps=20, validation__every=10))
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == [10, 20]
+    f1 = [e.value for e in acc.Scalars("validation/f1")]
+    ev = json.loads((tmp_path / "run" / "metrics.json").read_text())["evaluations"]
+    assert f1 == pytest.approx([e["f1"] for e in ev])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["auto", "float32"])
+def test_cuda_training_learns_like_the_cpu(data, tmp_path, precision):
+    """On a CUDA device (bfloat16 autocast by default) the short run clears the same bar."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    r = emarray.train(_config(data, tmp_path / "run", steps=100, validation__every=50,
+                              device="cuda", precision=precision))
+    assert r.best is not None and r.best["f1"] > 0.85, r.best
+    assert emarray.models.load_model(tmp_path / "run" / "best.pt").module is not None

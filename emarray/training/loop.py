@@ -9,6 +9,7 @@ and at which threshold. Early stopping follows ``validation.metric`` with ``pati
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -293,7 +294,7 @@ def _train(job: Job, torch: Any, save_model: Any, progress: bool) -> TrainResult
             yt = torch.from_numpy(y.astype(np.int64)).to(device)
             amp = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
             drop = mc_seeds(_dropout_seeds(cfg["seed"], step, x.shape[0])) if net.dropout > 0 \
-                else _null()
+                else contextlib.nullcontext()
             with amp, drop:
                 value = loss(module.logits(xt), yt, lcfg, softmax, target.classes)
             opt.zero_grad(set_to_none=True)
@@ -362,14 +363,6 @@ def _train(job: Job, torch: Any, save_model: Any, progress: bool) -> TrainResult
     checkpoint(state["step"])
     write_logs(run, state, cfg)
     return _result(run, state)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def _early_stopping(state: dict[str, Any], score: dict[str, Any], v: dict[str, Any],
