@@ -234,6 +234,29 @@ def test_an_interrupted_overwrite_puts_the_old_run_back(data, tmp_path):
     assert not aside.exists()
 
 
+def test_a_corrupt_chunk_stops_the_run_naming_it_and_the_last_checkpoint_stays(data, tmp_path):
+    import shutil
+    shutil.copytree(data, tmp_path / "d")
+    c = _write(tmp_path / "c.yaml", _config(tmp_path / "d", tmp_path / "run", steps=10,
+                                            validation={}))
+    assert cli("train", c, "-q").returncode == 0
+    before = (tmp_path / "run" / "state.pt").read_bytes()
+    (tmp_path / "d" / "raw.zarr" / "0" / "c" / "1" / "1" / "0").write_bytes(b"not zstd")
+    line = one_error_line(cli("train", c, "--resume", "--steps", "400", "-q"))
+    assert "raw.zarr" in line and "'0/c/1/1/0'" in line, line
+    # the last checkpoint is whole (written beside itself, then renamed) and resumes
+    state = torch.load(tmp_path / "run" / "state.pt", map_location="cpu", weights_only=True)
+    assert state["step"] >= 10 and (state["step"] > 10 or
+                                    (tmp_path / "run" / "state.pt").read_bytes() == before)
+
+
+def test_an_out_reached_through_a_symlink_into_the_data_is_refused(data, tmp_path):
+    (tmp_path / "link").symlink_to(data)
+    c = _write(tmp_path / "c.yaml", _config(data, tmp_path / "link" / "raw.zarr" / "run"))
+    assert "overlaps the input" in one_error_line(cli("train", c))
+    assert not (data / "raw.zarr" / "run").exists()
+
+
 def test_print_config_shows_every_default(data, tmp_path):
     c = _write(tmp_path / "c.yaml", _config(data, tmp_path / "run"))
     r = cli("train", c, "--print-config", "--set", "sampling.mode=balanced")

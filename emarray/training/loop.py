@@ -13,7 +13,6 @@ import contextlib
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from ..volume import Volume
 from .augment import AugmentConfig
 from .config import load_config
 from .losses import LossConfig, loss
-from .report import progress_bar, tensorboard, why_stopped, write_logs
+from .report import progress_bar, say, tensorboard, why_stopped, write_logs
 from .run import STATE, RunFolder, check_same_run
 from .sampler import Pair, PatchSampler, Prefetcher, Target
 from .validate import Held, check_pair, evaluate, held_out, open_volumes, validation_set
@@ -254,7 +253,7 @@ def _train(job: Job, torch: Any, save_model: Any, progress: bool) -> TrainResult
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["schedule"])
         state.update({k: saved[k] for k in state})
-        print(f"{folder.shown}: resuming at step {state['step']} of {steps}", file=sys.stderr)
+        say(f"{folder.shown}: resuming at step {state['step']} of {steps}", progress)
     bf16 = device == "cuda" and cfg["precision"] in ("auto", "bfloat16") or \
         cfg["precision"] == "bfloat16"
     tb = tensorboard(run)
@@ -281,7 +280,7 @@ def _train(job: Job, torch: Any, save_model: Any, progress: bool) -> TrainResult
 
     first = state["step"]
     if first >= steps or state["stopped"]:
-        print(f"{folder.shown}: nothing to do: {why_stopped(state)}", file=sys.stderr)
+        say(f"{folder.shown}: nothing to do: {why_stopped(state)}", progress)
         write_logs(run, state, cfg)
         return _result(run, state)
     feed = Prefetcher(sampler, cfg["batch"], first, workers=s["workers"])
@@ -338,7 +337,7 @@ def _train(job: Job, torch: Any, save_model: Any, progress: bool) -> TrainResult
                                     f1=f"{score['f1']:.3f}")
                 if stop:
                     state["stopped"] = stop
-                    print(stop, file=sys.stderr)
+                    say(stop, progress)
             elif bar is not None and state["history"] and state["history"][-1]["step"] == done:
                 bar.set_postfix(loss=f"{state['history'][-1]['loss']:.4f}")
             if bar is not None:

@@ -3,10 +3,19 @@ plot of loss and validation F1/IoU."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
+
+
+def say(line: str, progress: bool) -> None:
+    """A line for the user: printed beside the progress bar, else logged (silent under -q)."""
+    if progress:
+        print(line, file=sys.stderr)
+    else:
+        logging.getLogger("emarray").warning(line)
 
 
 def why_stopped(state: dict[str, Any]) -> str:

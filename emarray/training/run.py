@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +95,8 @@ class RunFolder:
             if self.path.exists():
                 _remove(self.path)
             os.rename(old, self.path)
-            print(f"{self.shown}: put back the run an interrupted --overwrite had set aside",
-                  file=sys.stderr)
+            logging.getLogger("emarray").warning(
+                "%s: put back the run an interrupted --overwrite had set aside", self.shown)
         else:
             _remove(old)
 
