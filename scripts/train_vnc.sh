@@ -13,3 +13,14 @@ mkdir -p "$W"
 emarray predict "$W/run/validation/raw.zarr" "$W/run/best.pt" "$W/heldout-prob.zarr" --overwrite -q
 emarray sweep "$W/heldout-prob.zarr" "$W/run/validation/truth.zarr" --truth-value 1 --ignore-value 255 \
     --out "$W/heldout-sweep" --overwrite
+# the same slices predicted inside the whole stack (raw context from the neighbouring slices,
+# which training saw; their labels it did not), scored on slices 16-19 only
+[ -d "$W/heldout-mask.zarr" ] || python -c "
+import emarray, numpy as np
+v = emarray.create_volume('$W/heldout-mask.zarr', (20, 1024, 1024), 'uint8', (20, 256, 256),
+                          voxel_size=(50, 4.6, 4.6), unit='nanometer')
+m = np.zeros((20, 1024, 1024), np.uint8); m[16:] = 1
+v.write((slice(0, 20), slice(0, 1024), slice(0, 1024)), m)"
+emarray predict "$W/raw.zarr" "$W/run/best.pt" "$W/stack-prob.zarr" --overwrite -q
+emarray sweep "$W/stack-prob.zarr" "$W/mito.zarr" --truth-value 1 --mask "$W/heldout-mask.zarr" \
+    --out "$W/stack-sweep" --overwrite

@@ -157,11 +157,13 @@ def test_patches_stay_inside_the_mask_and_outside_the_held_out_region(tmp_path):
     held = (slice(22, 30), slice(0, 40), slice(0, 40))
     vols = [make_volume(tmp_path / f"{n}.zarr", a, (7, 9, 11)) for n, a in
             (("r", raw), ("l", lab), ("m", mask))]
-    for mode in ("uniform", "foreground", "balanced"):
+    for mode, per_region in (("uniform", 0), ("foreground", 0), ("balanced", 0), ("uniform", 4),
+                             ("foreground", 4)):
         s = PatchSampler([Pair(*vols, exclude=held)], (6, 12, 12), (6, 12, 12), target=Target(),
-                         augment=AugmentConfig(elastic=1.0), mode=mode, seed=2)
+                         augment=AugmentConfig(elastic=1.0), mode=mode, seed=2,
+                         patches_per_region=per_region)
         for i in range(40):
-            k, start = s.location(np.random.default_rng([i]))
+            k, start = s.location(np.random.default_rng([i]), s.zone(i // 4))
             win = tuple(slice(a, a + 6 if j == 0 else a + 12) for j, a in enumerate(start))
             assert mask[win].all(), (mode, start)
             assert win[0].stop <= 22, (mode, start)
@@ -243,3 +245,30 @@ def test_softmax_cross_entropy_and_ohem_equal_numpy():
     got = float(loss(torch.tensor(zb, dtype=torch.float32), torch.tensor(tb),
                      LossConfig("bce", ohem=2.0, ohem_min=0), False, 2))
     assert abs(got - want) < 1e-5
+
+
+def test_several_patches_per_region_come_from_that_region(tmp_path):
+    """With patches_per_region K, patches i*K..i*K+K-1 lie in one region of whole cells (when a
+    window fits there), the regions move, and zarr still equals RAM."""
+    raw, lab = _pair_arrays((64, 160, 160))
+    lab[20:50, 60:140, 30:150] = 2
+    r = make_volume(tmp_path / "r.zarr", raw, (16, 32, 32))
+    lv = make_volume(tmp_path / "l.zarr", lab, (16, 32, 32))
+    kw = dict(target=Target(), mode="foreground", seed=5, patches_per_region=4)
+    s = PatchSampler([Pair(r, lv)], (8, 24, 24), (8, 24, 24), **kw)
+    ram = PatchSampler([Pair(ArraySource(raw), ArraySource(lab))], (8, 24, 24), (8, 24, 24), **kw)
+    assert s.region_cells == (1, 2, 2)
+    zones = set()
+    for group in range(12):
+        k, box = s.zone(group)
+        zones.add(tuple((b.start, b.stop) for b in box))
+        lo = [b.start * 32 for b in box]
+        hi = [min(n, b.stop * 32) for b, n in zip(box, raw.shape)]
+        for i in range(4):
+            _, start = s.location(np.random.default_rng([group, i]), (k, box))
+            for a, o in enumerate((8, 24, 24)):
+                assert lo[a] <= start[a] and start[a] + o <= hi[a], (box, start)
+    assert len(zones) > 4
+    for step in range(6):
+        for a, b in zip(s.batch(step, 3), ram.batch(step, 3)):
+            np.testing.assert_array_equal(a, b)

@@ -40,7 +40,9 @@ DEFAULTS: dict[str, Any] = {
         "channels_out": 1, "normalize": None,   # MEAN,STD (default: the raw's dtype range)
     },
     "sampling": {"mode": "foreground", "foreground_fraction": 0.5, "cache_mb": 1024,
-                 "workers": 1},
+                 "workers": 1,
+                 "patches_per_region": "auto",  # auto: 32 when the volumes outgrow the cache
+                 "region": None},               # z,y,x voxels (default: 2x the net's output)
     "augment": {
         "flip": True, "transpose": True, "rotate90": True,
         "elastic": 0.5, "elastic_magnitude": [2.0, 4.0, 4.0], "elastic_spacing": [8, 32, 32],
@@ -177,6 +179,12 @@ def _check(cfg: dict[str, Any]) -> None:
                           ("schedule", "step_every", 1), ("loss", "ohem_min", 0),
                           ("augment", "misalignment_shift", 0)):
         cfg[sec][key] = whole_number(cfg[sec][key], f"{sec}.{key}", low)
+    ppr = cfg["sampling"]["patches_per_region"]
+    if ppr != "auto":
+        cfg["sampling"]["patches_per_region"] = whole_number(ppr, "sampling.patches_per_region", 0)
+    if cfg["sampling"]["region"] is not None:
+        from .._normalize import parse_tuple
+        cfg["sampling"]["region"] = list(parse_tuple(cfg["sampling"]["region"], "sampling.region", 3))
     if cfg["threads"] is not None:
         cfg["threads"] = whole_number(cfg["threads"], "threads", 1)
     for key in PROBABILITIES:

@@ -189,7 +189,12 @@ def train(config: str | os.PathLike | dict[str, Any], *, out: str | os.PathLike 
     pairs = [Pair(r, lab, m, held.region if held is not None and i == 0 else None)
              for i, (r, lab, m) in enumerate(zip(raws, labs, masks))]
     s = cfg["sampling"]
-    sampler = PatchSampler(pairs, patch, output, target=target,
+    per_region = s["patches_per_region"]
+    if per_region == "auto":   # several patches per region once the chunks outgrow the cache
+        decoded = sum(v.nbytes for v in [*raws, *labs, *masks] if v is not None)
+        per_region = 32 if decoded > s["cache_mb"] << 20 else 0
+    sampler = PatchSampler(pairs, patch, output, target=target, patches_per_region=per_region,
+                           region=s["region"],
                            augment=AugmentConfig.from_config(cfg["augment"], aniso),
                            mode=s["mode"], foreground_fraction=s["foreground_fraction"],
                            cache_bytes=s["cache_mb"] << 20, seed=cfg["seed"],

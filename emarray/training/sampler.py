@@ -155,7 +155,8 @@ class PatchSampler:
                  target: Target, augment: AugmentConfig | None = None, mode: str = "uniform",
                  foreground_fraction: float = 0.5, cache_bytes: int = 1 << 30, seed: int = 0,
                  scale: float = 255.0, normalize: tuple[float, float] = (0.0, 1.0),
-                 threads: int = 2):
+                 threads: int = 2, patches_per_region: int = 0,
+                 region: Sequence[int] | None = None):
         self.patch = tuple(int(p) for p in patch)
         self.output = tuple(int(o) for o in output)
         self.margin = tuple((p - o) // 2 for p, o in zip(self.patch, self.output))
@@ -177,6 +178,12 @@ class PatchSampler:
                     f"{','.join(map(str, self.patch))}) is larger than {p.labels.url}, shape "
                     f"{','.join(map(str, p.labels.shape))}")
         self.counts = [self._index(p, threads) for p in self.pairs]
+        # several patches per region: consecutive patches come from one region of whole cells
+        # (2x the output per axis by default), so a volume larger than the cache decodes each
+        # of its chunks for many patches, not one
+        self.per_region = int(patches_per_region)
+        want = region if region is not None else tuple(2 * o for o in self.output)
+        self.region_cells = tuple(max(1, -(-int(w) // CELL)) for w in want)
         total = np.array([c.sum(axis=tuple(range(c.ndim - 1))) for c in self.counts]).sum(axis=0)
         self.class_voxels = total
         if total.sum() == 0:
@@ -219,8 +226,25 @@ class PatchSampler:
         return tuple(slice(i * CELL, min((i + 1) * CELL, n)) for i, n in zip(idx, p.labels.shape))
 
     # -- locations ----------------------------------------------------------------------------
-    def location(self, rng: np.random.Generator) -> tuple[int, tuple[int, ...]]:
-        """(volume, start of the label window) for one patch."""
+    def zone(self, group: int) -> tuple[int, Region] | None:
+        """The region (volume, cells) patch group ``group`` draws from; None: anywhere."""
+        if not self.per_region:
+            return None
+        rng = np.random.default_rng([self.seed, int(group), 0x5EED])
+        w = np.array([c.sum() for c in self.counts], np.float64)
+        k = int(rng.choice(len(self.pairs), p=w / w.sum()))
+        c = self.counts[k].sum(axis=-1)
+        flat = c.ravel().astype(np.float64)
+        centre = np.unravel_index(int(rng.choice(flat.size, p=flat / flat.sum())), c.shape)
+        box = []
+        for i, r, n in zip(centre, self.region_cells, c.shape):
+            lo = int(np.clip(int(i) - r // 2, 0, max(0, n - r)))
+            box.append(slice(lo, min(n, lo + r)))
+        return k, tuple(box)
+
+    def location(self, rng: np.random.Generator, zone: tuple[int, Region] | None = None
+                 ) -> tuple[int, tuple[int, ...]]:
+        """(volume, start of the label window) for one patch (inside ``zone`` when it can be)."""
         cls: int | None = None
         if self.mode == "balanced":
             present = np.flatnonzero(self.class_voxels > 0)
@@ -228,8 +252,8 @@ class PatchSampler:
         elif self.mode == "foreground" and rng.random() < self.fg_fraction:
             present = np.flatnonzero(self.class_voxels[1:] > 0) + 1
             cls = int(rng.choice(present))
-        for _ in range(1000):
-            k, start = self._candidate(rng, cls)
+        for attempt in range(1000):
+            k, start = self._candidate(rng, cls, zone if attempt < 100 else None)
             if self._acceptable(self.pairs[k], start):
                 return k, start
         raise InvalidArgumentError(
@@ -237,7 +261,12 @@ class PatchSampler:
             "and outside the validation region in 1000 tries: the patch is too large for the "
             "annotated regions")
 
-    def _candidate(self, rng: np.random.Generator, cls: int | None) -> tuple[int, tuple[int, ...]]:
+    def _candidate(self, rng: np.random.Generator, cls: int | None,
+                   zone: tuple[int, Region] | None = None) -> tuple[int, tuple[int, ...]]:
+        if zone is not None:
+            got = self._in_zone(rng, cls, *zone)
+            if got is not None:
+                return got
         if cls is None and all(p.mask is None and p.exclude is None for p in self.pairs):
             sizes = np.array([np.prod(p.labels.shape, dtype=np.float64) for p in self.pairs])
             k = int(rng.choice(len(self.pairs), p=sizes / sizes.sum()))
@@ -248,10 +277,25 @@ class PatchSampler:
                      np.float64)
         k = int(rng.choice(len(self.pairs), p=w / w.sum()))
         c = self.counts[k][..., cls] if cls is not None else self.counts[k].sum(axis=-1)
+        return self._around(rng, k, cls, c, (slice(None),) * 3)
+
+    def _in_zone(self, rng: np.random.Generator, cls: int | None, k: int, box: Region
+                 ) -> tuple[int, tuple[int, ...]] | None:
+        counts = self.counts[k][box]
+        c = counts[..., cls] if cls is not None and counts[..., cls].sum() else counts.sum(axis=-1)
+        if not c.sum():
+            return None
+        cls = cls if cls is not None and counts[..., cls].sum() else None
+        return self._around(rng, k, cls, c, box)
+
+    def _around(self, rng: np.random.Generator, k: int, cls: int | None, c: np.ndarray,
+                box: Region) -> tuple[int, tuple[int, ...]]:
+        """A window around a random voxel of class ``cls`` (any annotated one: None) in a cell
+        drawn by ``c`` (counts over the cells ``box``), kept inside the box where it fits."""
         flat = c.ravel().astype(np.float64)
-        idx = np.unravel_index(int(rng.choice(flat.size, p=flat / flat.sum())), c.shape)
+        pick = np.unravel_index(int(rng.choice(flat.size, p=flat / flat.sum())), c.shape)
         p = self.pairs[k]
-        region = self._cell_region(p, [int(i) for i in idx])
+        region = self._cell_region(p, [int(i) + (b.start or 0) for i, b in zip(pick, box)])
         lab = p.labels.read(region)
         t = self.target(lab, None if p.mask is None else p.mask.read(region))
         if p.exclude is not None:
@@ -261,9 +305,14 @@ class PatchSampler:
         v = np.unravel_index(int(hits[int(rng.integers(hits.size))]), t.shape)
         start = []
         for a in range(3):
+            n, o = p.labels.shape[a], self.output[a]
             voxel = region[a].start + int(v[a])
-            lo = voxel - int(rng.integers(0, self.output[a]))
-            start.append(int(np.clip(lo, 0, p.labels.shape[a] - self.output[a])))
+            lo = voxel - int(rng.integers(0, o))
+            z0 = (box[a].start or 0) * CELL
+            z1 = min(n, box[a].stop * CELL) if box[a].stop is not None else n
+            if z1 - z0 >= o:
+                lo = int(np.clip(lo, z0, z1 - o))
+            start.append(int(np.clip(lo, 0, n - o)))
         return k, tuple(start)
 
     def _acceptable(self, p: Pair, start: Sequence[int]) -> bool:
@@ -274,9 +323,10 @@ class PatchSampler:
         return p.mask is None or bool(np.all(p.mask.read(window)))
 
     # -- patches ------------------------------------------------------------------------------
-    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, rng: np.random.Generator, zone: tuple[int, Region] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """One (input, target) pair: float32 (1, *patch) and int8/int16 (*output)."""
-        k, start = self.location(rng)
+        k, start = self.location(rng, zone)
         p = self.pairs[k]
         t = draw(rng, self.patch, self.augment)  # type: ignore[arg-type]
         origin = [s - m for s, m in zip(start, self.margin)]
@@ -294,7 +344,9 @@ class PatchSampler:
     def batch(self, step: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         """The batch of ``step``: the same for the same ``(seed, step)``, on any run."""
         rng = np.random.default_rng([self.seed, int(step)])
-        xs, ys = zip(*(self.sample(rng) for _ in range(size)))
+        first = int(step) * size
+        xs, ys = zip(*(self.sample(rng, self.zone((first + i) // self.per_region)
+                                   if self.per_region else None) for i in range(size)))
         return np.stack(xs), np.stack(ys)
 
     def cache_stats(self) -> dict[str, int]:
