@@ -124,12 +124,15 @@ def test_a_killed_run_resumes_into_the_same_run(data, tmp_path):
 
 
 def test_early_stopping_says_why(data, tmp_path):
+    from emarray.engine.run import _STATE
+    before = set(_STATE)
     r = emarray.train(_config(data, tmp_path / "run", steps=200, validation__every=10,
                               validation__patience=2, validation__min_delta=0.99))
     assert r.steps == 30
     assert r.stopped.startswith("early stopping at step 30: validation f1 has not improved by "
                                 "more than 0.99 for 2 evaluations (best ")
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["stopped"] == r.stopped
+    assert set(_STATE) == before  # no network kept per evaluation
 
 
 def test_valid_nets_softmax_classes_and_a_mask(data, tmp_path):

@@ -52,6 +52,16 @@ def worker_state(key: str, setup: Callable[[], Any]) -> Any:
         return _STATE[k]
 
 
+def forget_worker_state(prefix: str) -> int:
+    """Drop this process's per-worker states whose key starts with ``prefix`` (a model that
+    will not be used again); return how many."""
+    with _STATE_LOCK:
+        gone = [k for k in _STATE if k[0].startswith(prefix)]
+        for k in gone:
+            del _STATE[k]
+    return len(gone)
+
+
 # -- one block -----------------------------------------------------------------------------------
 def _shape(region: Region) -> tuple[int, ...]:
     return tuple(s.stop - s.start for s in region)

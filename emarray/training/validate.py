@@ -126,10 +126,14 @@ def _fresh(path: Path, shape: tuple[int, ...], dtype: Any, like: Volume, channel
 def evaluate(model_file: str, val_raw: Volume, truth: Volume, run: Path, thresholds: int,
              backend: str, threads: int) -> dict[str, Any]:
     """predict + sweep on the validation set: best F1 and IoU over the thresholds."""
-    from ..ops.predict import predict
+    from ..engine.run import forget_worker_state
+    from ..ops.predict import file_sha256, predict
     from ..ops.sweep import sweep
-    pred = predict(val_raw, model_file, run / VALIDATION / "prediction.zarr", overwrite=True,
-                   backend=backend, threads=threads, scheduler="threads", workers=1)
+    try:
+        pred = predict(val_raw, model_file, run / VALIDATION / "prediction.zarr", overwrite=True,
+                       backend=backend, threads=threads, scheduler="threads", workers=1)
+    finally:  # these weights are never loaded again: do not keep one network per evaluation
+        forget_worker_state(f"predict:{file_sha256(model_file)}")
     df = sweep(pred, truth, thresholds=thresholds, truth_value=1, ignore_value=255,
                scheduler="threads", workers=1)
     df.to_csv(run / VALIDATION / "sweep.csv", index=False)
