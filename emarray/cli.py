@@ -529,12 +529,11 @@ def predict(obj: dict, raw: str, model_file: str, out: str, **kw: Any) -> None:
 def train(obj: dict, config: str, sets: tuple[str, ...], print_config: bool, **kw: Any) -> None:
     """Train the zoo's 3D U-Net on zarr volumes as CONFIG.yaml says; write checkpoints
     (model.pt, best.pt: model files predict reads), metrics.csv/.json and training.png."""
-    from .training import load_config, train as _train
+    from .training import resolve_config, train as _train
     if print_config:
         import yaml
-        extra = sets + ((f"out={kw['out']}",) if kw["out"] else ()) + \
-            ((f"steps={kw['steps']}",) if kw["steps"] is not None else ())
-        click.echo(yaml.safe_dump(load_config(config, extra), sort_keys=False), nl=False)
+        full = resolve_config(config, out=kw["out"], steps=kw["steps"], sets=sets)
+        click.echo(yaml.safe_dump(full, sort_keys=False), nl=False)
         return
     r = _train(config, sets=sets, progress=obj["progress"], **kw)
     click.echo(f"{r.stopped}; model files in {r.out}: model.pt (latest)"

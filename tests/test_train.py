@@ -265,6 +265,11 @@ def test_print_config_shows_every_default(data, tmp_path):
     r = cli("train", c, "--print-config", "--set", "sampling.mode=balanced")
     assert r.returncode == 0, r.stderr
     full = yaml.safe_load(r.stdout)
+    assert full["out"] == str(tmp_path / "run")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    r = cli("train", c, "--print-config", "--out", "mine", cwd=elsewhere)
+    assert yaml.safe_load(r.stdout)["out"] == str(elsewhere / "mine")   # --out: from the cwd
     assert full["sampling"]["mode"] == "balanced" and full["augment"]["elastic"] == 0.0
     assert full["loss"]["kind"] == "bce+dice" and full["validation"]["every"] == 20
 

@@ -8,6 +8,6 @@ and resumes exactly (:mod:`.loop`, :mod:`.run`). The config is described in :mod
 from __future__ import annotations
 
 from .config import DEFAULTS, load_config
-from .loop import TrainResult, train
+from .loop import TrainResult, resolve_config, train
 
-__all__ = ["train", "TrainResult", "load_config", "DEFAULTS"]
+__all__ = ["train", "TrainResult", "load_config", "resolve_config", "DEFAULTS"]

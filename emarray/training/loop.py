@@ -135,6 +135,16 @@ def _dropout_seeds(seed: int, step: int, n: int) -> list[int]:
     return [int(s >> 1) for s in ss.generate_state(n, np.uint64)]
 
 
+def resolve_config(config: str | os.PathLike | dict[str, Any], *,
+                   out: str | os.PathLike | None = None, steps: int | None = None,
+                   sets: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The whole checked config with ``--set`` changes, ``out`` and ``steps`` applied."""
+    # --out is the user's path (from the working folder), not the config's
+    extra = tuple(sets) + ((f"out={os.path.abspath(os.fspath(out))}",) if out is not None else ()) \
+        + ((f"steps={steps}",) if steps is not None else ())
+    return load_config(config, extra)
+
+
 def train(config: str | os.PathLike | dict[str, Any], *, out: str | os.PathLike | None = None,
           steps: int | None = None, resume: bool = False, overwrite: bool = False,
           sets: tuple[str, ...] = (), progress: bool = False) -> TrainResult:
@@ -159,9 +169,7 @@ def train(config: str | os.PathLike | dict[str, Any], *, out: str | os.PathLike 
     """
     from ..models import require_torch, save_model
     torch = require_torch()
-    extra = tuple(sets) + ((f"out={os.fspath(out)}",) if out is not None else ()) \
-        + ((f"steps={steps}",) if steps is not None else ())
-    cfg = load_config(config, extra)
+    cfg = resolve_config(config, out=out, steps=steps, sets=sets)
     d = cfg["data"]
     raws, labs = open_volumes(d["raw"], "data.raw"), open_volumes(d["labels"], "data.labels")
     masks: list[Volume | None] = list(open_volumes(d["mask"], "data.mask")) if d["mask"] else \
