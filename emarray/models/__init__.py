@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import BackendUnavailableError, InvalidArgumentError
 from .geometry import UNetConfig
 
-__all__ = ["UNetConfig", "new_model", "load_model", "save_model", "describe", "build_model",
+__all__ = ["UNetConfig", "unet_config", "new_model", "load_model", "save_model", "describe", "build_model",
            "export_torchscript", "require_torch", "anisotropic_pool"]
 
 
@@ -67,6 +67,22 @@ def export_torchscript(src: str | os.PathLike, dst: str | os.PathLike) -> str:
     return checkpoint.export_torchscript(src, dst)
 
 
+def unet_config(*, depth: int = 3, filters: int = 16, padding: str = "same",
+                anisotropic: bool = False, pool: Any = None, channels_in: int = 1,
+                channels_out: int = 1, norm: str = "batch", residual: bool = False,
+                dropout: float = 0.0, activation: str = "sigmoid", name: str = "pool"
+                ) -> UNetConfig:
+    """The :class:`UNetConfig` of ``model new``'s settings: ``pool`` as a list or as
+    ``"1,2,2;2,2,2"`` (named ``name`` in errors); else anisotropic or isotropic pooling."""
+    from .._normalize import parse_tuple
+    if isinstance(pool, str):
+        pool = [parse_tuple(p, name, 3, positive=True) for p in pool.split(";") if p.strip()]
+    return UNetConfig(depth=depth, filters=filters, padding=padding,
+                      pool=pool or (anisotropic_pool(depth) if anisotropic else ()),
+                      in_channels=channels_in, out_channels=channels_out, norm=norm,
+                      residual=residual, dropout=dropout, activation=activation)
+
+
 def new_model(out: str | os.PathLike, *, depth: int = 3, filters: int = 16, padding: str = "same",
               anisotropic: bool = False, pool: Any = None, channels_in: int = 1,
               channels_out: int = 1, norm: str = "batch", residual: bool = False,
@@ -86,12 +102,9 @@ def new_model(out: str | os.PathLike, *, depth: int = 3, filters: int = 16, padd
         raise InvalidArgumentError(f"{os.fspath(out)!r} exists; pass --overwrite to replace it")
     if pool is not None and anisotropic:
         raise InvalidArgumentError("give either anisotropic or pool, not both")
-    if isinstance(pool, str):
-        pool = [parse_tuple(p, "pool", 3, positive=True) for p in pool.split(";") if p.strip()]
-    cfg = UNetConfig(depth=depth, filters=filters, padding=padding,
-                     pool=anisotropic_pool(depth) if anisotropic else (pool or ()),
-                     in_channels=channels_in, out_channels=channels_out, norm=norm,
-                     residual=residual, dropout=dropout, activation=activation)
+    cfg = unet_config(depth=depth, filters=filters, padding=padding, anisotropic=anisotropic,
+                      pool=pool, channels_in=channels_in, channels_out=channels_out, norm=norm,
+                      residual=residual, dropout=dropout, activation=activation)
     seed = whole_number(seed, "seed", 0)
     if patch is not None:
         patch = parse_tuple(patch, "patch", 3)

@@ -63,9 +63,8 @@ def _scale(dtype: np.dtype) -> float:
 
 def _model(cfg: dict[str, Any], anisotropic: bool, raw: Volume) -> tuple[Any, Any, dict, Any]:
     """(network, UNetConfig, normalize, default patch) from ``model.file`` or a new net."""
-    from ..models import anisotropic_pool, build_model, default_patch, load_model
+    from ..models import build_model, default_patch, load_model, unet_config
     from ..models.checkpoint import check_normalize
-    from ..models.geometry import UNetConfig
     m = cfg["model"]
     if m["file"]:
         mf = load_model(m["file"])
@@ -76,15 +75,10 @@ def _model(cfg: dict[str, Any], anisotropic: bool, raw: Volume) -> tuple[Any, An
             raise InvalidArgumentError("model.file has no sigmoid or softmax; train one that has")
         return mf.module, mf.config, mf.normalize, mf.patch
     aniso = anisotropic if m["anisotropic"] is None else bool(m["anisotropic"])
-    pool = m["pool"]
-    if isinstance(pool, str):
-        from .._normalize import parse_tuple
-        pool = [parse_tuple(p, "model.pool", 3) for p in pool.split(";") if p.strip()]
-    net = UNetConfig(depth=m["depth"], filters=m["filters"], padding=m["padding"],
-                     pool=tuple(map(tuple, pool)) if pool else
-                     (anisotropic_pool(m["depth"]) if aniso else ()),
-                     in_channels=1, out_channels=m["channels_out"], norm=m["norm"],
-                     residual=m["residual"], dropout=m["dropout"], activation=m["activation"])
+    net = unet_config(depth=m["depth"], filters=m["filters"], padding=m["padding"],
+                      anisotropic=aniso, pool=m["pool"], channels_out=m["channels_out"],
+                      norm=m["norm"], residual=m["residual"], dropout=m["dropout"],
+                      activation=m["activation"], name="model.pool")
     if net.activation == "sigmoid" and net.out_channels != 1:
         raise InvalidArgumentError("model.channels_out: a sigmoid net trains one foreground "
                                    f"channel, got {net.out_channels}; use softmax for several classes")
@@ -171,8 +165,8 @@ def train(config: str | os.PathLike | dict[str, Any], *, out: str | os.PathLike 
     torch = require_torch()
     cfg = resolve_config(config, out=out, steps=steps, sets=sets)
     d = cfg["data"]
-    raws, labs = open_volumes(d["raw"], "data.raw"), open_volumes(d["labels"], "data.labels")
-    masks: list[Volume | None] = list(open_volumes(d["mask"], "data.mask")) if d["mask"] else \
+    raws, labs = open_volumes(d["raw"]), open_volumes(d["labels"])
+    masks: list[Volume | None] = list(open_volumes(d["mask"])) if d["mask"] else \
         [None] * len(raws)
     for r, lab, m in zip(raws, labs, masks):
         check_pair(r, lab, m)
@@ -273,13 +267,9 @@ def _train(job: Job, torch: Any, save_model: Any, progress: bool) -> TrainResult
     meta = {"trained": {"config": os.fspath(run / "config.yaml")}}
     from ..models.unet import mc_seeds
 
-    def save_models(step: int, best: bool = False) -> str:
+    def save_models(step: int, name: str = "model.pt") -> str:
         info = {**meta, "trained": {**meta["trained"], "steps": step}}
-        path = save_model(run / "model.pt", module, net, normalize=normalize, patch=patch,
-                          meta=info)
-        if best:
-            save_model(run / "best.pt", module, net, normalize=normalize, patch=patch, meta=info)
-        return path
+        return save_model(run / name, module, net, normalize=normalize, patch=patch, meta=info)
 
     def checkpoint(step: int) -> None:
         state["step"] = step
@@ -331,8 +321,7 @@ def _train(job: Job, torch: Any, save_model: Any, progress: bool) -> TrainResult
                 assert val is not None
                 module.eval()
                 path = save_models(done)
-                score = evaluate(path, val[0], val[1], run, v["thresholds"],
-                                 "cuda" if device == "cuda" else "cpu", threads)
+                score = evaluate(path, val[0], val[1], run, v["thresholds"], device, threads)
                 torch.set_num_threads(threads)
                 module.train()
                 score["step"] = done
@@ -342,7 +331,7 @@ def _train(job: Job, torch: Any, save_model: Any, progress: bool) -> TrainResult
                         tb.add_scalar(f"validation/{m}", score[m], done)
                 stop = _early_stopping(state, score, v, done)
                 if state["best"] is not None and state["best"]["step"] == done:
-                    save_models(done, best=True)
+                    save_models(done, "best.pt")
                 log.info("step %d: validation f1 %.4f (t=%.2f), iou %.4f", done, score["f1"],
                          score["threshold_f1"], score["iou"])
                 if bar is not None:
@@ -372,9 +361,7 @@ def _train(job: Job, torch: Any, save_model: Any, progress: bool) -> TrainResult
             bar.close()
         if tb is not None:
             tb.close()
-    checkpoint(state["step"])
-    write_logs(run, state, cfg)
-    return _result(run, state)
+    return _result(run, state)   # the last step (or the stop) was checkpointed in the loop
 
 
 def _early_stopping(state: dict[str, Any], score: dict[str, Any], v: dict[str, Any],

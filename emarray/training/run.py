@@ -7,13 +7,13 @@ state and the metrics so far, written beside itself and renamed over the old one
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
-from ..engine.output import OLD_SUFFIX, OutputLock, check_no_overlap, real_path
+from ..engine.output import (OLD_SUFFIX, OutputLock, _check_writable, _remove, _sibling,
+                             check_no_overlap, real_path)
 from ..errors import InvalidArgumentError, OutputExistsError, ResumeMismatchError
 
 MARKER = "emarray-train.json"
@@ -23,18 +23,11 @@ OURS = {MARKER, STATE, "model.pt", "best.pt", "config.yaml", "metrics.csv", "met
 
 
 def _old(path: Path) -> Path:
-    return path.with_name(f".{path.name}{OLD_SUFFIX}")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+    return _sibling(path, OLD_SUFFIX)
 
 
 class RunFolder:
-    """``OUT``, locked for the job. ``replaced`` keeps an old run aside until the new one has
+    """``OUT``, locked for the job. ``overwrite`` keeps an old run aside until the new one has
     its first checkpoint (then :meth:`checkpointed` removes it); a run killed before that finds
     the old one put back."""
 
@@ -44,9 +37,7 @@ class RunFolder:
         self.shown = os.fspath(out)
         self.path = real_path(out)
         check_no_overlap(self.path, inputs, self.shown)
-        if not self.path.parent.is_dir():
-            raise InvalidArgumentError(
-                f"cannot create {self.shown!r}: the folder {str(self.path.parent)!r} does not exist")
+        _check_writable(self.path, self.shown)
         if self.path.exists() and not self.path.is_dir():
             raise InvalidArgumentError(f"out {self.shown!r} is a file, not a folder")
         self.resume, self.overwrite = resume, overwrite

@@ -178,14 +178,17 @@ class PatchSampler:
                     f"{','.join(map(str, self.patch))}) is larger than {p.labels.url}, shape "
                     f"{','.join(map(str, p.labels.shape))}")
         self.counts = [self._index(p, threads) for p in self.pairs]
+        # what every draw weighs by, summed once: annotated voxels per cell, class voxels per volume
+        self.annotated = [c.sum(axis=-1) for c in self.counts]
+        self.per_volume = np.array([c.reshape(-1, c.shape[-1]).sum(axis=0) for c in self.counts])
+        self._zone: tuple[int, Any] = (-1, None)   # the last zone drawn, for its next patches
         # several patches per region: consecutive patches come from one region of whole cells
         # (2x the output per axis by default), so a volume larger than the cache decodes each
         # of its chunks for many patches, not one
         self.per_region = int(patches_per_region)
         want = region if region is not None else tuple(2 * o for o in self.output)
         self.region_cells = tuple(max(1, -(-int(w) // CELL)) for w in want)
-        total = np.array([c.sum(axis=tuple(range(c.ndim - 1))) for c in self.counts]).sum(axis=0)
-        self.class_voxels = total
+        total = self.class_voxels = self.per_volume.sum(axis=0)
         if total.sum() == 0:
             raise InvalidArgumentError("no annotated voxel to train on (the mask and ignore label "
                                        "leave nothing)")
@@ -202,12 +205,7 @@ class PatchSampler:
 
         def one(idx: tuple[int, ...]) -> np.ndarray:
             region = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(idx, chunks, shape))
-            lab = p.labels.read(region)
-            self.target.check(lab, p.labels.url)
-            t = self.target(lab, None if p.mask is None else p.mask.read(region))
-            if p.exclude is not None:
-                t = t.copy()
-                t[_local(p.exclude, region)] = IGNORE
+            t = self._region_target(p, region, check=True)
             ids = np.zeros(t.shape, np.int64)
             for a, r in enumerate(region):
                 axis = np.arange(r.start, r.stop) // CELL
@@ -221,6 +219,17 @@ class PatchSampler:
                 counts += part.reshape(counts.shape)
         return counts
 
+    def _region_target(self, p: Pair, region: Region, check: bool = False) -> np.ndarray:
+        """The target classes of ``region``: IGNORE outside the mask and in the held-out region."""
+        lab = p.labels.read(region)
+        if check:
+            self.target.check(lab, p.labels.url)
+        t = self.target(lab, None if p.mask is None else p.mask.read(region))
+        if p.exclude is not None:
+            t = t.copy()
+            t[_local(p.exclude, region)] = IGNORE
+        return t
+
     @staticmethod
     def _cell_region(p: Pair, idx: Sequence[int]) -> Region:
         return tuple(slice(i * CELL, min((i + 1) * CELL, n)) for i, n in zip(idx, p.labels.shape))
@@ -230,17 +239,22 @@ class PatchSampler:
         """The region (volume, cells) patch group ``group`` draws from; None: anywhere."""
         if not self.per_region:
             return None
+        last = self._zone
+        if last[0] == group:
+            return last[1]
         rng = np.random.default_rng([self.seed, int(group), 0x5EED])
-        w = np.array([c.sum() for c in self.counts], np.float64)
+        w = self.per_volume.sum(axis=1).astype(np.float64)
         k = int(rng.choice(len(self.pairs), p=w / w.sum()))
-        c = self.counts[k].sum(axis=-1)
+        c = self.annotated[k]
         flat = c.ravel().astype(np.float64)
         centre = np.unravel_index(int(rng.choice(flat.size, p=flat / flat.sum())), c.shape)
         box = []
         for i, r, n in zip(centre, self.region_cells, c.shape):
             lo = int(np.clip(int(i) - r // 2, 0, max(0, n - r)))
             box.append(slice(lo, min(n, lo + r)))
-        return k, tuple(box)
+        zone = (k, tuple(box))
+        self._zone = (group, zone)
+        return zone
 
     def location(self, rng: np.random.Generator, zone: tuple[int, Region] | None = None
                  ) -> tuple[int, tuple[int, ...]]:
@@ -273,20 +287,18 @@ class PatchSampler:
             shape = self.pairs[k].labels.shape
             return k, tuple(int(rng.integers(0, n - o + 1)) for n, o in zip(shape, self.output))
         # a random voxel of the class (or of any annotated class), then a window around it
-        w = np.array([c[..., cls].sum() if cls is not None else c.sum() for c in self.counts],
-                     np.float64)
+        w = (self.per_volume[:, cls] if cls is not None else self.per_volume.sum(axis=1))
+        w = w.astype(np.float64)
         k = int(rng.choice(len(self.pairs), p=w / w.sum()))
-        c = self.counts[k][..., cls] if cls is not None else self.counts[k].sum(axis=-1)
+        c = self.counts[k][..., cls] if cls is not None else self.annotated[k]
         return self._around(rng, k, cls, c, (slice(None),) * 3)
 
     def _in_zone(self, rng: np.random.Generator, cls: int | None, k: int, box: Region
                  ) -> tuple[int, tuple[int, ...]] | None:
-        counts = self.counts[k][box]
-        c = counts[..., cls] if cls is not None and counts[..., cls].sum() else counts.sum(axis=-1)
-        if not c.sum():
-            return None
-        cls = cls if cls is not None and counts[..., cls].sum() else None
-        return self._around(rng, k, cls, c, box)
+        if cls is not None and self.counts[k][box][..., cls].any():
+            return self._around(rng, k, cls, self.counts[k][box][..., cls], box)
+        c = self.annotated[k][box]   # no voxel of the class here: any annotated one
+        return self._around(rng, k, None, c, box) if c.any() else None
 
     def _around(self, rng: np.random.Generator, k: int, cls: int | None, c: np.ndarray,
                 box: Region) -> tuple[int, tuple[int, ...]]:
@@ -296,11 +308,7 @@ class PatchSampler:
         pick = np.unravel_index(int(rng.choice(flat.size, p=flat / flat.sum())), c.shape)
         p = self.pairs[k]
         region = self._cell_region(p, [int(i) + (b.start or 0) for i, b in zip(pick, box)])
-        lab = p.labels.read(region)
-        t = self.target(lab, None if p.mask is None else p.mask.read(region))
-        if p.exclude is not None:
-            t = t.copy()
-            t[_local(p.exclude, region)] = IGNORE
+        t = self._region_target(p, region)
         hits = np.flatnonzero(t == cls) if cls is not None else np.flatnonzero(t >= 0)
         v = np.unravel_index(int(hits[int(rng.integers(hits.size))]), t.shape)
         start = []

@@ -21,7 +21,7 @@ from .sampler import IGNORE, Target
 VALIDATION = "validation"
 
 
-def open_volumes(paths: list[str] | None, what: str) -> list[Volume]:
+def open_volumes(paths: list[str] | None) -> list[Volume]:
     from ..ops.common import as_volume
     return [as_volume(p) for p in paths or []]
 
@@ -70,9 +70,8 @@ def held_out(cfg: dict[str, Any], raws: list[Volume], labs: list[Volume],
         return Held(raws[0], labs[0], masks[0], region)
     if v["raw"] is None:
         return None
-    (raw,) = open_volumes([v["raw"]], "validation.raw")
-    (lab,) = open_volumes([v["labels"]], "validation.labels")
-    mask = open_volumes([v["mask"]], "validation.mask")[0] if v["mask"] else None
+    raw, lab = open_volumes([v["raw"], v["labels"]])
+    mask = open_volumes([v["mask"]])[0] if v["mask"] else None
     check_pair(raw, lab, mask)
     return Held(raw, lab, mask, None)
 
@@ -128,7 +127,7 @@ def evaluate(model_file: str, val_raw: Volume, truth: Volume, run: Path, thresho
     """predict + sweep on the validation set: best F1 and IoU over the thresholds."""
     from ..engine.run import forget_worker_state
     from ..ops.predict import file_sha256, predict
-    from ..ops.sweep import sweep
+    from ..ops.sweep import best_rows, sweep
     try:
         pred = predict(val_raw, model_file, run / VALIDATION / "prediction.zarr", overwrite=True,
                        backend=backend, threads=threads, scheduler="threads", workers=1)
@@ -137,13 +136,13 @@ def evaluate(model_file: str, val_raw: Volume, truth: Volume, run: Path, thresho
     df = sweep(pred, truth, thresholds=thresholds, truth_value=1, ignore_value=255,
                scheduler="threads", workers=1)
     df.to_csv(run / VALIDATION / "sweep.csv", index=False)
-    if "channel" in df and df["channel"].nunique() > 1:   # softmax: the foreground classes
-        df = df[df["channel"] > 0]
+    rows = best_rows(df)
+    if len(rows) > 1:   # softmax: the foreground classes
+        rows = {ch: r for ch, r in rows.items() if ch > 0}
     best: dict[str, Any] = {}
     for m in ("f1", "iou"):
-        per = df.loc[df.groupby("channel")[m].idxmax()]
-        best[m] = float(per[m].mean())
-        best[f"threshold_{m}"] = float(per["threshold"].mean())
+        best[m] = float(np.mean([r[m][m] for r in rows.values()]))
+        best[f"threshold_{m}"] = float(np.mean([r[m]["threshold"] for r in rows.values()]))
     return best
 
 
