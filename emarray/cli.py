@@ -215,8 +215,9 @@ def export(obj: dict, src: str, dst: str, **kw: Any) -> None:
 @click.argument("src")
 @click.argument("dst")
 @click.option("--value", "-t", required=True, type=float, help="The threshold.")
-@click.option("--op", type=click.Choice(["gt", "ge"]), default="gt",
-              help="gt: SRC > value; ge: SRC >= value.")
+@click.option("--op", type=click.Choice(["gt", "ge", "lt", "le"]), default="gt",
+              help="gt: SRC > value; ge: SRC >= value; lt: SRC < value (cell interiors of a "
+                   "boundary map); le: SRC <= value.")
 @_elementwise_options
 @click.pass_obj
 @_friendly

@@ -1,4 +1,5 @@
-// Threshold family: out[i] = in[i] > t (OP 0) or in[i] >= t (OP 1), uint8 0/1 output.
+// Threshold family: out[i] = in[i] > t (OP 0), >= t (OP 1), < t (OP 2) or <= t (OP 3), as
+// uint8 0/1 (NaN gives 0 for every OP).
 //
 // Instantiated by name expression, e.g. "emarray_threshold<float, 0>". Grid-stride loops with
 // 64-bit indices. When `aligned` is set (input 16-byte aligned, output aligned to one vector
@@ -8,7 +9,10 @@
 
 template <typename T, int OP>
 __device__ __forceinline__ unsigned char emarray_cmp(T x, T t) {
-  return OP == 0 ? (unsigned char)(x > t) : (unsigned char)(x >= t);
+  return OP == 0 ? (unsigned char)(x > t)
+       : OP == 1 ? (unsigned char)(x >= t)
+       : OP == 2 ? (unsigned char)(x < t)
+                 : (unsigned char)(x <= t);
 }
 
 template <typename T, int OP>

@@ -49,7 +49,7 @@ def _data(n, dtype, seed=0):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("op", ["gt", "ge"])
+@pytest.mark.parametrize("op", ["gt", "ge", "lt", "le"])
 @pytest.mark.parametrize("offset", [0, 1, 3])
 def test_threshold_kernel_parity(dtype, op, offset):
     import cupy

@@ -18,7 +18,8 @@ DTYPES = ["uint8", "uint16", "int16", "int32", "float32", "float64"]
 def reference(a: np.ndarray, t: float, op: str) -> np.ndarray:
     """Exact comparison as real numbers (float64 holds every value of these dtypes exactly)."""
     x = a.astype(np.float64)
-    return ((x > t) if op == "gt" else (x >= t)).astype(np.uint8)
+    compare = {"gt": np.greater, "ge": np.greater_equal, "lt": np.less, "le": np.less_equal}
+    return compare[op](x, t).astype(np.uint8)
 
 
 def random_map(rng, shape, dtype):
@@ -33,7 +34,7 @@ def random_map(rng, shape, dtype):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(shape=st.tuples(*[st.integers(1, 23)] * 3), chunks=st.tuples(*[st.integers(1, 9)] * 3),
-       dtype=st.sampled_from(DTYPES), op=st.sampled_from(["gt", "ge"]),
+       dtype=st.sampled_from(DTYPES), op=st.sampled_from(["gt", "ge", "lt", "le"]),
        t=st.sampled_from([0.5, 0.1, 0.3, 0.0, 1.0, 100.0, 127.5, -3.0, 0.7000000000000001]),
        seed=st.integers(0, 2**16))
 def test_threshold_equals_numpy(tmp_path_factory, shape, chunks, dtype, op, t, seed):
@@ -50,7 +51,7 @@ def test_threshold_equals_numpy(tmp_path_factory, shape, chunks, dtype, op, t, s
 def test_float_threshold_is_exact_not_rounded_to_dtype(dtype):
     # 0.1 is not a float32: float32(0.1) > 0.1 as reals, so it must pass "gt 0.1"
     x = np.array([np.float32(0.1), np.nextafter(np.float32(0.1), np.float32(0)), 0.2], dtype)
-    for op in ("gt", "ge"):
+    for op in ("gt", "ge", "lt", "le"):
         o, v = normalize_threshold(dtype, 0.1, op)
         np.testing.assert_array_equal(threshold_block_cpu(x, op=o, value=v), reference(x, 0.1, op))
 
@@ -60,6 +61,9 @@ def test_float_threshold_is_exact_not_rounded_to_dtype(dtype):
     ("uint8", 255, "ge", ("ge", 255)), ("int8", -128.5, "ge", ("all", 1)),
     ("uint16", 2.2, "gt", ("ge", 3)), ("uint16", 2.2, "ge", ("ge", 3)),
     ("int32", -2.5, "gt", ("ge", -2)),
+    ("uint8", 0, "lt", ("none", 0)), ("uint8", 255, "le", ("all", 1)),
+    ("uint8", 254.5, "le", ("lt", 255)), ("uint16", 2.2, "lt", ("lt", 3)),
+    ("int32", -2.5, "le", ("lt", -2)), ("int8", -128, "le", ("lt", -127)),
 ])
 def test_integer_threshold_normalisation(dtype, t, op, expect):
     assert normalize_threshold(dtype, t, op) == expect
@@ -69,6 +73,9 @@ def test_nan_voxels_give_zero(tmp_path):
     a = np.array([[[np.nan, 0.9, 0.1, np.inf, -np.inf]]], np.float32)
     m = emarray.threshold(make_volume(tmp_path / "p.zarr", a, (1, 1, 2)), tmp_path / "m.zarr", 0.5)
     np.testing.assert_array_equal(m.read().ravel(), [0, 1, 0, 1, 0])
+    m = emarray.threshold(make_volume(tmp_path / "q.zarr", a, (1, 1, 2)), tmp_path / "n.zarr", 0.5,
+                          "lt")
+    np.testing.assert_array_equal(m.read().ravel(), [0, 0, 1, 0, 1])
 
 
 @pytest.mark.parametrize("scheduler", ["synchronous", "processes", "local-cluster"])
@@ -131,8 +138,8 @@ def test_non_numeric_input_is_refused(tmp_path):
 
 def test_bad_op_backend_and_scheduler_are_named(tmp_path):
     src = make_volume(tmp_path / "p.zarr", np.ones((4, 4, 4), np.float32), 2)
-    with pytest.raises(InvalidArgumentError, match="'lt'"):
-        emarray.threshold(src, tmp_path / "m.zarr", 0.5, op="lt")
+    with pytest.raises(InvalidArgumentError, match="'lessthan'"):
+        emarray.threshold(src, tmp_path / "m.zarr", 0.5, op="lessthan")
     with pytest.raises(InvalidArgumentError, match="'tpu'"):
         emarray.threshold(src, tmp_path / "m.zarr", 0.5, backend="tpu")
     with pytest.raises(InvalidArgumentError, match="'fast'"):

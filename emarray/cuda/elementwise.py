@@ -31,7 +31,7 @@ def _grid(n: int) -> tuple[int]:
 
 
 def threshold_device(a: Any, op: str, value: Any, out: Any = None, stream: Any = None) -> Any:
-    """``out = a > value`` (op ``gt``) or ``a >= value`` (``ge``) as uint8 0/1, on the device.
+    """``out = a > value`` (op ``gt``; ``ge``, ``lt``, ``le`` alike) as uint8 0/1, on the device.
 
     ``value`` must already be exact in ``a``'s dtype (see ``normalize_threshold``); ``a`` must be
     C-contiguous. Uses 16-byte vector loads when both pointers are aligned.

@@ -14,7 +14,7 @@ CTYPES: dict[np.dtype, str] = {
     np.dtype(np.int64): "long long", np.dtype(np.float32): "float",
     np.dtype(np.float64): "double",
 }
-THRESHOLD_OPS = {"gt": 0, "ge": 1}
+THRESHOLD_OPS = {"gt": 0, "ge": 1, "lt": 2, "le": 3}
 
 
 def threshold_name(dtype, op: str) -> str:

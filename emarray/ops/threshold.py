@@ -15,21 +15,23 @@ from ..volume import Volume
 from ..cuda.instantiations import CTYPES as CUDA_DTYPES
 from .common import as_volume, run_elementwise
 
-OPS = ("gt", "ge")
+OPS = ("gt", "ge", "lt", "le")
 
 
 def normalize_threshold(dtype: Any, value: Any, op: str = "gt") -> tuple[str, Any]:
-    """Rewrite ``x > value`` (or ``>=``) as an exact comparison in ``dtype`` itself.
+    """Rewrite ``x > value`` (``>=``, ``<``, ``<=``) as an exact comparison in ``dtype`` itself.
 
     The result compares the stored values exactly as real numbers, with no upcast per voxel:
     float32 data get the nearest float32 threshold on the correct side, integer data an integer
-    threshold with ``ge``. Returns ``(op, scalar)`` with op ``gt``/``ge``, or ``("all", 1)`` /
-    ``("none", 0)`` when every / no value of the dtype passes.
+    threshold with ``ge`` (``lt`` for the lower side). Returns ``(op, scalar)``, or
+    ``("all", 1)`` / ``("none", 0)`` when every / no value of the dtype passes.
 
     >>> normalize_threshold("uint8", 127.5)
     ('ge', np.uint8(128))
     >>> normalize_threshold("uint8", 255)
     ('none', 0)
+    >>> normalize_threshold("uint8", 127.5, "lt")
+    ('lt', np.uint8(128))
     """
     if op not in OPS:
         raise InvalidArgumentError(f"op must be one of {', '.join(OPS)}, got {op!r}")
@@ -41,9 +43,20 @@ def normalize_threshold(dtype: Any, value: Any, op: str = "gt") -> tuple[str, An
             f = np.nextafter(f, dt.type(-np.inf))
         if op == "ge" and float(f) < t:
             f = np.nextafter(f, dt.type(np.inf))
+        if op == "lt" and float(f) < t:
+            f = np.nextafter(f, dt.type(np.inf))
+        if op == "le" and float(f) > t:
+            f = np.nextafter(f, dt.type(-np.inf))
         return op, f
-    k = math.floor(t) + 1 if op == "gt" else math.ceil(t)
     info = np.iinfo(dt)
+    if op in ("lt", "le"):  # x < k with k = ceil(t) (lt) or floor(t) + 1 (le)
+        k = math.ceil(t) if op == "lt" else math.floor(t) + 1
+        if k > info.max:
+            return "all", 1
+        if k <= info.min:
+            return "none", 0
+        return "lt", dt.type(k)
+    k = math.floor(t) + 1 if op == "gt" else math.ceil(t)
     if k <= info.min:
         return "all", 1
     if k > info.max:
@@ -56,10 +69,9 @@ def threshold_block_cpu(block: np.ndarray, *, op: str, value: Any, region: Any =
     out = np.empty(block.shape, np.uint8)
     if op == "all" or op == "none":
         out.fill(1 if op == "all" else 0)
-    elif op == "gt":
-        np.greater(block, value, out=out.view(np.bool_))
     else:
-        np.greater_equal(block, value, out=out.view(np.bool_))
+        compare = {"gt": np.greater, "ge": np.greater_equal, "lt": np.less, "le": np.less_equal}
+        compare[op](block, value, out=out.view(np.bool_))
     return out
 
 
@@ -81,8 +93,9 @@ def threshold(src: Volume | str | os.PathLike, dst: str | os.PathLike, value: fl
         Output OME-Zarr image (voxel size and axes copied from ``src``).
     value : float
         The threshold, compared exactly against the stored values. NaN voxels give 0.
-    op : {"gt", "ge"}
-        ``src > value`` or ``src >= value``.
+    op : {"gt", "ge", "lt", "le"}
+        ``src > value``, ``src >= value``, ``src < value`` or ``src <= value`` (``lt``: the
+        cell interiors of a boundary map). NaN voxels give 0 for every op.
     chunks, shards : z,y,x, optional
         Output storage layout (default: the input's). Must not split a processing block's write.
     compression : str
