@@ -22,6 +22,7 @@ from .ops.smooth import smooth
 from .ops.sweep import sweep
 from .ops.threshold import threshold
 from .ops.upsample import upsample
+from .pipeline import run_pipeline
 from .training import train
 from .volume import Volume, create_volume, open_volume
 
@@ -32,4 +33,4 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = ["RunOptions", "Volume", "create_volume", "datasets", "errors", "export", "info", "ingest",
            "label", "match", "models", "objects", "open_volume", "predict", "pyramid", "rescale",
-           "smooth", "sweep", "threshold", "train", "upsample", "__version__"]
+           "run_pipeline", "smooth", "sweep", "threshold", "train", "upsample", "__version__"]

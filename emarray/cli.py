@@ -13,7 +13,8 @@ import click
 from .errors import EmarrayError, EmarrayWarning
 
 _SCHED_HELP = ("threads (default), processes, synchronous, local-cluster, cuda (one worker per "
-               "GPU, dask-cuda), or a scheduler address tcp://host:port (default: "
+               "GPU, dask-cuda), slurm (workers in SLURM jobs, dask-jobqueue; see "
+               "--slurm-config), or a scheduler address tcp://host:port (default: "
                "$DASK_SCHEDULER_ADDRESS when set)")
 
 
@@ -65,6 +66,9 @@ def _engine_options(f):
                      help="Seconds to wait for a scheduler address to answer (default 10).")(f)
     f = click.option("--retries", type=click.IntRange(min=0), default=2,
                      help="Run a failed block again this often before stopping with its name.")(f)
+    f = click.option("--slurm-config", "slurm", default=None, metavar="FILE",
+                     help="--scheduler slurm: a YAML file of SLURM settings (partition, account, "
+                          "walltime, cores, memory, gres, jobs, prologue; see the README).")(f)
     f = _verbosity_options(f)
     return f
 
@@ -543,6 +547,73 @@ def train(obj: dict, config: str, sets: tuple[str, ...], print_config: bool, **k
         b = r.best
         click.echo(f"best validation at step {b['step']}: F1 {b['f1']:.4f} (threshold "
                    f"{b['threshold_f1']:.2f}), IoU {b['iou']:.4f} (threshold {b['threshold_iou']:.2f})")
+
+
+def _slurm_options(f):
+    """--slurm-* options: the SLURM settings, over --slurm-config and the recipe's run.slurm."""
+    opts = [("partition", str, "Partition (sbatch -p)."), ("account", str, "Account (sbatch -A)."),
+            ("walltime", str, "Wall time per worker job, e.g. 02:00:00."),
+            ("cores", int, "CPUs per job (default 1)."),
+            ("processes", int, "dask workers per job (default 1)."),
+            ("memory", str, "Memory per job, e.g. 16GB (default 4GB)."),
+            ("gres", str, "Generic resources per job, e.g. gpu:1."),
+            ("jobs", int, "Scale to N worker jobs (default: --workers, else 1)."),
+            ("adapt", str, "MIN:MAX: scale the jobs to the work instead of --slurm-jobs."),
+            ("interface", str, "Network interface the workers reach the scheduler on (ib0)."),
+            ("log-directory", str, "Folder for the jobs' stdout/stderr."),
+            ("start-timeout", float, "Seconds to wait for the first worker job (default 300).")]
+    for name, kind, text in reversed(opts):
+        f = click.option(f"--slurm-{name}", f"slurm_{name.replace('-', '_')}", type=kind,
+                         default=None, help=text)(f)
+    f = click.option("--slurm-prologue", multiple=True, metavar="LINE",
+                     help="A shell line each job runs first, e.g. 'module load cuda' "
+                          "(repeatable).")(f)
+    f = click.option("--slurm-directive", multiple=True, metavar="OPTION",
+                     help="An extra #SBATCH option, e.g. --qos=short (repeatable).")(f)
+    return f
+
+
+@cli.command("run")
+@click.argument("recipe", metavar="RECIPE.yaml")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Change the recipe: STEP.KEY=VALUE, VAR=VALUE, workdir=PATH or any dotted "
+                   "key (repeatable).")
+@click.option("--workdir", default=None, help="Folder for the steps' outputs (overrides the "
+                                              "recipe's workdir).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (each step, its inputs, outputs "
+                                              "and whether it runs) and stop.")
+@click.option("--resume", is_flag=True, help="Finish a step that was interrupted (its finished "
+                                             "blocks are kept).")
+@click.option("--overwrite", is_flag=True, help="Run every step again, replacing the outputs "
+                                                "an earlier run made.")
+@click.option("--backend", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="Where blocks are computed (default: the recipe's run.backend, else auto).")
+@_slurm_options
+@_engine_options
+@click.pass_context
+@_friendly
+def run_recipe(ctx: click.Context, recipe: str, sets: tuple[str, ...], **kw: Any) -> None:
+    """Run the pipeline RECIPE.yaml: its steps in order, each one's output the next one's input.
+
+    Steps that finished in an earlier run are skipped; a step whose recipe or inputs changed
+    runs again, with every step after it. See pipelines/ for recipes.
+    """
+    from .pipeline import run_pipeline
+    if ctx.get_parameter_source("retries") == click.core.ParameterSource.DEFAULT:
+        kw["retries"] = None  # the recipe's run.retries, else the default
+    slurm = {k[len("slurm_"):]: kw.pop(k) for k in list(kw) if k.startswith("slurm_")}
+    slurm["prologue"] = list(slurm["prologue"]) or None
+    slurm["directives"] = list(slurm.pop("directive")) or None
+    given = {k: v for k, v in slurm.items() if v is not None}
+    config = kw.pop("slurm")
+    if config is not None or given:  # defaults < recipe's run.slurm < --slurm-config < options
+        from .engine.slurm import read_given
+        kw["slurm"] = {**read_given(config), **given}
+    r = run_pipeline(recipe, sets, progress=ctx.obj["progress"], echo=click.echo, **kw)
+    if not kw["dry_run"]:
+        n = len(r.ran)
+        click.echo(f"pipeline done: {n} step{'s' if n != 1 else ''} run, "
+                   f"{len(r.plan) - n} finished before; outputs in {r.recipe.workdir}")
 
 
 @cli.command()

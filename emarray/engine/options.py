@@ -19,8 +19,8 @@ class RunOptions:
     Attributes
     ----------
     scheduler : str or distributed.Client, optional
-        ``threads`` (default), ``processes``, ``synchronous``, ``local-cluster``, ``cuda`` or a
-        scheduler address; None reads ``DASK_SCHEDULER_ADDRESS``.
+        ``threads`` (default), ``processes``, ``synchronous``, ``local-cluster``, ``cuda``,
+        ``slurm`` or a scheduler address; None reads ``DASK_SCHEDULER_ADDRESS``.
     workers : int, optional
         Threads, processes or local-cluster workers (default: all cores).
     backend : {"auto", "cpu", "cuda"}
@@ -39,6 +39,9 @@ class RunOptions:
         How often a failed block is run again before the job stops naming it (default 2).
     window : int, optional
         Tasks in flight at most (default: 4 per worker, at least 8).
+    slurm : dict or path, optional
+        ``scheduler="slurm"``: the SLURM settings (see :mod:`emarray.engine.slurm`), or a YAML
+        file of them.
     """
 
     scheduler: Any = None
@@ -52,9 +55,13 @@ class RunOptions:
     allow_incomplete: bool = False
     retries: int = 2
     window: int | None = None
+    slurm: Any = None
 
     def __post_init__(self) -> None:
         check_scheduler(self.scheduler)
+        if self.slurm is not None:
+            from .slurm import read_settings
+            object.__setattr__(self, "slurm", read_settings(self.slurm))
         from ..backends import BACKENDS
         if str(self.backend).lower() not in BACKENDS:
             raise InvalidArgumentError(
@@ -88,4 +95,5 @@ class RunOptions:
     def runner(self, desc: str = "blocks") -> Runner:
         """The (not yet entered) Runner for these options."""
         return Runner(self.scheduler, self.workers, self.progress, desc,
-                      connect_timeout=self.connect_timeout, window=self.window)
+                      connect_timeout=self.connect_timeout, window=self.window,
+                      slurm=self.slurm)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..volume import Volume
+from . import faults
 from .checkpoint import PROGRESS_DIR, Checkpoint
 from .contract import BlockContext, LaterStage, Read, Stage
 from .grid import Region
@@ -100,6 +101,7 @@ def run_block(stage: Stage, index: tuple[int, ...]) -> Any:
                        stage.given)
     result = stage.fn(ctx, *arrays)
     if not stage.writes:
+        _trace(stage, index)
         return result
     results = result if isinstance(result, tuple) else (result,)
     summary = None
@@ -110,8 +112,15 @@ def run_block(stage: Stage, index: tuple[int, ...]) -> Any:
             f"stage {stage.name!r} returned {len(results)} arrays for {len(stage.writes)} outputs")
     fitted = [_fit(res, stage, j, ctx) for j, res in enumerate(results)]
     for w, region_j, data in zip(stage.writes, ctx.writes, fitted):
-        w.volume.write(region_j, data)
+        faults.write(w.volume, region_j, data, _block_name(stage, index))
+    _trace(stage, index)
     return summary
+
+
+def _trace(stage: Stage, index: tuple[int, ...]) -> None:
+    if os.environ.get(faults.TRACE_VAR):
+        out = str(getattr(stage.writes[0].volume, "url", "")) if stage.writes else ""
+        faults.trace(stage.name, int(np.ravel_multi_index(index, stage.grid.counts)), out)
 
 
 # -- summaries: folded in a tree -----------------------------------------------------------------
@@ -158,6 +167,7 @@ def run_stages(stages: Sequence[StageSpec], runner: Runner, checkpoint: Checkpoi
     is folded on from there. A :class:`LaterStage` is built (and checked) from the result of
     the stage before it, once that has finished.
     """
+    faults.fault_fraction()  # a bad EMARRAY_FAULT_WRITES is refused before any block runs
     for spec in stages:
         if isinstance(spec, Stage):
             spec.check()

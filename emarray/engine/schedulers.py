@@ -16,7 +16,7 @@ from ..errors import (BackendUnavailableError, BlockFailedError, InputChangedErr
 from .progress import Progress
 
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
-SCHEDULERS = LOCAL_SCHEDULERS + ("local-cluster", "cuda")
+SCHEDULERS = LOCAL_SCHEDULERS + ("local-cluster", "cuda", "slurm")
 DEFAULT_CONNECT_TIMEOUT = 10.0
 Call = tuple[Callable[..., Any], tuple]
 log = logging.getLogger("emarray")
@@ -84,8 +84,10 @@ class Runner:
 
     def __init__(self, scheduler: Any = None, workers: int | None = None,
                  progress: bool = False, desc: str = "blocks", *,
-                 connect_timeout: float | None = None, window: int | None = None):
+                 connect_timeout: float | None = None, window: int | None = None,
+                 slurm: dict[str, Any] | None = None):
         self.scheduler = check_scheduler(scheduler)
+        self.slurm = slurm
         if workers is not None and int(workers) < 1:
             raise InvalidArgumentError(f"workers must be at least 1, got {workers!r}")
         if connect_timeout is None:
@@ -118,6 +120,14 @@ class Runner:
             self._owned.append(_cuda_cluster(self.workers))
             self._client = Client(self._owned[0])
             self._owned.insert(0, self._client)
+        elif s == "slurm":
+            from . import slurm
+            settings = slurm.read_settings(self.slurm)
+            cluster = slurm.start_cluster(settings, self.workers)
+            self._owned.append(cluster)
+            self._client = Client(cluster)
+            self._owned.insert(0, self._client)
+            slurm.wait_for_first_worker(self._client, cluster, settings["start_timeout"])
         elif s == "local-cluster":
             cluster = LocalCluster(n_workers=self.workers or os.cpu_count() or 1,
                                    threads_per_worker=1, dashboard_address=":0",
@@ -148,6 +158,12 @@ class Runner:
     @property
     def distributed(self) -> bool:
         return self._client is not None
+
+    @property
+    def client(self) -> Any:
+        """The dask.distributed Client while entered (None for threads, processes, synchronous):
+        pass it as the scheduler of several jobs to share one cluster."""
+        return self._client
 
     def _n_workers(self) -> int:
         if self._client is not None:

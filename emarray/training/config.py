@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .._yaml import read_mapping, set_value
 from ..errors import InvalidArgumentError
 
 DEFAULTS: dict[str, Any] = {
@@ -98,21 +99,6 @@ def _merge(defaults: dict[str, Any], given: dict[str, Any], where: str) -> dict[
     return out
 
 
-def set_value(cfg: dict[str, Any], assignment: str) -> None:
-    """Apply ``--set section.key=value`` (the value read as YAML)."""
-    import yaml
-    if "=" not in assignment:
-        raise InvalidArgumentError(f"--set takes KEY=VALUE, got {assignment!r}")
-    key, text = assignment.split("=", 1)
-    *parents, leaf = key.strip().split(".")
-    d = cfg
-    for p in parents:
-        d = d.setdefault(p, {})
-        if not isinstance(d, dict):
-            raise InvalidArgumentError(f"--set {key}: {p!r} is not a section")
-    d[leaf] = yaml.safe_load(text)
-
-
 def load_config(config: str | os.PathLike | dict[str, Any], sets: tuple[str, ...] = ()
                 ) -> dict[str, Any]:
     """The whole config, defaults filled in, paths absolute, every value checked.
@@ -131,18 +117,9 @@ def load_config(config: str | os.PathLike | dict[str, Any], sets: tuple[str, ...
     if isinstance(config, dict):
         given = copy.deepcopy(config)
     else:
-        import yaml
         path = Path(config)
-        if not path.is_file():
-            raise InvalidArgumentError(f"no training config at {os.fspath(config)!r}")
-        try:
-            given = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise InvalidArgumentError(f"{os.fspath(config)} is not valid YAML: "
-                                       f"{str(exc).splitlines()[0]}") from None
+        given = read_mapping(path, "training config")
         base = path.resolve().parent
-        if not isinstance(given, dict):
-            raise InvalidArgumentError(f"{os.fspath(config)} must hold a mapping of config keys")
     for s in sets:
         set_value(given, s)
     cfg = _merge(DEFAULTS, given, "")

@@ -1,0 +1,60 @@
+"""YAML files a user writes (training configs, pipeline recipes): read one, change a key."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidArgumentError
+
+
+def read_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """The mapping in the YAML file ``path`` (``what`` names it in errors: "training config").
+
+    >>> read_mapping("/no/such.yaml", "pipeline recipe")
+    Traceback (most recent call last):
+    ...
+    emarray.errors.InvalidArgumentError: no pipeline recipe at '/no/such.yaml'
+    """
+    import yaml
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidArgumentError(f"no {what} at {os.fspath(path)!r}")
+    try:
+        given = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InvalidArgumentError(f"{os.fspath(path)} is not valid YAML: "
+                                   f"{str(exc).splitlines()[0]}") from None
+    if not isinstance(given, dict):
+        raise InvalidArgumentError(f"{os.fspath(path)} must hold a mapping of keys, not "
+                                   f"{type(given).__name__}")
+    return given
+
+
+def split_assignment(assignment: str) -> tuple[list[str], Any]:
+    """``"a.b=3"`` -> ``(["a", "b"], 3)`` (the value read as YAML)."""
+    import yaml
+    if "=" not in assignment:
+        raise InvalidArgumentError(f"--set takes KEY=VALUE, got {assignment!r}")
+    key, text = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise InvalidArgumentError(f"--set {key}: {text!r} is not a YAML value") from None
+    return key.strip().split("."), value
+
+
+def set_value(cfg: dict[str, Any], assignment: str) -> None:
+    """Apply ``--set section.key=value`` (the value read as YAML).
+
+    >>> cfg = {"a": {"b": 1}}
+    >>> set_value(cfg, "a.b=0.5"); cfg
+    {'a': {'b': 0.5}}
+    """
+    (*parents, leaf), value = split_assignment(assignment)
+    d = cfg
+    for p in parents:
+        d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise InvalidArgumentError(f"--set {assignment.split('=')[0]}: {p!r} is not a section")
+    d[leaf] = value

@@ -1,0 +1,84 @@
+"""Test modes for faults: fail a fraction of block writes, and trace every block computed.
+
+``EMARRAY_FAULT_WRITES=0.2`` makes each block write fail with that probability: the block writes
+the first half of its region, then raises :class:`InjectedFault` (a torn write, as a worker that
+dies mid-write leaves). The engine retries the block (``retries``), so a job with enough
+retries still finishes with the exact output. ``EMARRAY_FAULT_SEED`` makes the draws repeatable
+per process.
+
+``EMARRAY_TRACE=FILE`` appends one line per block that finished computing (on whichever worker):
+``stage<TAB>flat block index<TAB>first output<TAB>pid``. Counting the lines of a job killed and
+resumed shows which blocks were computed more than once.
+
+Both are read from the environment of the process that runs the block (set them for the
+workers too on a cluster).
+"""
+from __future__ import annotations
+
+import os
+import random
+import threading
+from typing import Any
+
+import numpy as np
+
+FAULT_VAR = "EMARRAY_FAULT_WRITES"
+SEED_VAR = "EMARRAY_FAULT_SEED"
+TRACE_VAR = "EMARRAY_TRACE"
+
+_rng: random.Random | None = None
+_rng_lock = threading.Lock()
+_trace_lock = threading.Lock()
+
+
+class InjectedFault(RuntimeError):
+    """A block write failed on purpose (``EMARRAY_FAULT_WRITES``)."""
+
+
+def fault_fraction() -> float:
+    """The fraction of block writes to fail (0 when the variable is unset)."""
+    text = os.environ.get(FAULT_VAR, "")
+    if not text:
+        return 0.0
+    try:
+        p = float(text)
+    except ValueError:
+        p = -1.0
+    if not 0.0 <= p < 1.0:
+        from ..errors import InvalidArgumentError
+        raise InvalidArgumentError(f"{FAULT_VAR} must be a fraction in [0, 1), got {text!r}")
+    return p
+
+
+def _draw() -> float:
+    global _rng
+    with _rng_lock:
+        if _rng is None:
+            seed = os.environ.get(SEED_VAR)
+            _rng = random.Random(f"{seed}:{os.getpid()}" if seed is not None else None)
+        return _rng.random()
+
+
+def write(volume: Any, region: tuple[slice, ...], data: np.ndarray, what: str) -> None:
+    """``volume.write(region, data)``, failing (torn) as ``EMARRAY_FAULT_WRITES`` asks."""
+    p = fault_fraction()
+    if p and _draw() < p:
+        half = (data.shape[0] + 1) // 2
+        r0 = region[0]
+        volume.write((slice(r0.start, r0.start + half),) + tuple(region[1:]), data[:half])
+        raise InjectedFault(f"injected write fault ({FAULT_VAR}={p:g}) in {what}")
+    volume.write(region, data)
+
+
+def trace(stage: str, flat: int, out: str) -> None:
+    """Record that a block finished computing, when ``EMARRAY_TRACE`` names a file."""
+    path = os.environ.get(TRACE_VAR)
+    if not path:
+        return
+    line = f"{stage}\t{flat}\t{out}\t{os.getpid()}\n".encode()
+    with _trace_lock:  # one write(2) per line on an O_APPEND file: lines never interleave
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
