@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine: creates .venv, installs emarray, then runs a job.
 #   bash scripts/dev.sh demo [emarray demo options]   set up and run the demo
-#   bash scripts/dev.sh test [pytest options]         set up, lint (ruff), type-check (mypy), test
+#   bash scripts/dev.sh test [pytest options]         set up, lint (ruff), type-check (mypy), start
+#                                                     a one-node SLURM (scripts/slurm-local.sh), test
 #   bash scripts/dev.sh bench                         set up and run the asv suite (quick)
 #   bash scripts/dev.sh compare [compare.py options]  side-by-side threshold comparison
 set -euo pipefail
@@ -19,7 +20,8 @@ esac
   | grep -v -e "^\s*$" -e "!!" -e "WheelFile" -e "^\s*\*\*\*" -e "^\s*####" || true
 case "$what" in
   demo) exec .venv/bin/emarray demo "$@" ;;
-  test) .venv/bin/ruff check . && .venv/bin/mypy && exec .venv/bin/python -m pytest "$@" ;;
+  test) .venv/bin/ruff check . && .venv/bin/mypy && bash scripts/slurm-local.sh \
+          && exec .venv/bin/python -m pytest "$@" ;;
   bench) .venv/bin/asv machine --yes >/dev/null && exec .venv/bin/asv run --python=same --quick "$@" ;;
   compare) exec .venv/bin/python benchmarks/compare.py "$@" ;;
   *) echo "usage: bash scripts/dev.sh demo|test|bench|compare [options]" >&2; exit 2 ;;

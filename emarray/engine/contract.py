@@ -210,6 +210,7 @@ class Stage:
     given: Any = field(default=None, repr=False)
     work: Callable[[tuple[int, ...]], int] | None = field(default=None, repr=False)
     unit: str = "block"
+    job: str = field(default="", repr=False)  # where the job's progress is kept (set by the engine)
 
     def check(self) -> None:
         """Refuse a grid whose blocks would share an output's storage chunk or shard."""

@@ -7,8 +7,9 @@ retries still finishes with the exact output. ``EMARRAY_FAULT_SEED`` makes the d
 per process.
 
 ``EMARRAY_TRACE=FILE`` appends one line per block that finished computing (on whichever worker):
-``stage<TAB>flat block index<TAB>first output<TAB>pid``. Counting the lines of a job killed and
-resumed shows which blocks were computed more than once.
+``job<TAB>stage<TAB>flat block index<TAB>pid``, where ``job`` is the folder that keeps the job's
+progress. Comparing the lines of a job killed and resumed with its saved progress shows which
+blocks were computed more than once.
 
 Both are read from the environment of the process that runs the block (set them for the
 workers too on a cluster).
@@ -70,12 +71,12 @@ def write(volume: Any, region: tuple[slice, ...], data: np.ndarray, what: str) -
     volume.write(region, data)
 
 
-def trace(stage: str, flat: int, out: str) -> None:
+def trace(job: str, stage: str, flat: int) -> None:
     """Record that a block finished computing, when ``EMARRAY_TRACE`` names a file."""
     path = os.environ.get(TRACE_VAR)
     if not path:
         return
-    line = f"{stage}\t{flat}\t{out}\t{os.getpid()}\n".encode()
+    line = f"{job}\t{stage}\t{flat}\t{os.getpid()}\n".encode()
     with _trace_lock:  # one write(2) per line on an O_APPEND file: lines never interleave
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:

@@ -119,8 +119,7 @@ def run_block(stage: Stage, index: tuple[int, ...]) -> Any:
 
 def _trace(stage: Stage, index: tuple[int, ...]) -> None:
     if os.environ.get(faults.TRACE_VAR):
-        out = str(getattr(stage.writes[0].volume, "url", "")) if stage.writes else ""
-        faults.trace(stage.name, int(np.ravel_multi_index(index, stage.grid.counts)), out)
+        faults.trace(stage.job, stage.name, int(np.ravel_multi_index(index, stage.grid.counts)))
 
 
 # -- summaries: folded in a tree -----------------------------------------------------------------
@@ -184,6 +183,7 @@ def run_stages(stages: Sequence[StageSpec], runner: Runner, checkpoint: Checkpoi
         else:
             st = spec
         st.given = given
+        st.job = str(checkpoint.root or "")
         n = len(st.grid)
         done, saved = checkpoint.load(st.name, n)
         fold = TreeFold(st.combine, saved) if st.combine is not None else None

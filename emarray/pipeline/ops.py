@@ -93,3 +93,73 @@ OPS: dict[str, Op] = {
     "sweep": Op("emarray.ops.sweep:sweep", inputs=("prob", "truth"), optional=("mask",),
                 output="folder", out_arg="out", about="threshold sweep against ground truth"),
 }
+
+
+# -- values checked before any work ----------------------------------------------------------
+# Each operator checks all its arguments when it starts; a pipeline checks these beforehand, so
+# that a typo in the last step does not surface after the first steps ran for an hour.
+def _number(v: Any, name: str) -> None:
+    from .._normalize import finite_number
+    finite_number(v, name)
+
+
+def _whole(minimum: int) -> Callable[[Any, str], None]:
+    def check(v: Any, name: str) -> None:
+        from .._normalize import whole_number
+        whole_number(v, name, minimum)
+    return check
+
+
+def _zyx(kind: type = int) -> Callable[[Any, str], None]:
+    def check(v: Any, name: str) -> None:
+        from .._normalize import parse_tuple
+        parse_tuple(v, name, 3, kind=kind)
+    return check
+
+
+def _one_of(*choices: Any) -> Callable[[Any, str], None]:
+    def check(v: Any, name: str) -> None:
+        if v not in choices:
+            from ..errors import InvalidArgumentError
+            raise InvalidArgumentError(f"{name} must be one of {', '.join(map(str, choices))}, "
+                                       f"got {v!r}")
+    return check
+
+
+_COMPRESSION = _one_of("zstd", "blosc-zstd", "blosc-lz4", "gzip", "none")
+#: per key (any op), or per "op.key": a check of the value alone
+CHECKS: dict[str, Callable[[Any, str], None]] = {
+    "chunks": _zyx(), "shards": _zyx(), "shape": _zyx(), "patch": _zyx(), "block": _zyx(),
+    "voxel_size": _zyx(float), "compression": _COMPRESSION, "seed": _whole(0),
+    "backend": _one_of("auto", "cpu", "cuda"),
+    "threshold.value": _number, "threshold.compare": _one_of("gt", "ge", "lt", "le"),
+    "rescale.lo": _number, "rescale.hi": _number,
+    "smooth.sigma": _zyx(float), "smooth.truncate": _number,
+    "smooth.unit": _one_of("voxel", "physical"),
+    "label.connectivity": _one_of(6, 18, 26), "label.min_size": _whole(0),
+    "label.mode": _one_of("auto", "binary", "multilabel"), "label.background": _number,
+    "pyramid.levels": _whole(1), "pyramid.until_size": _whole(1),
+    "pyramid.mode": _one_of("auto", "mean", "mode", "max", "min", "nearest"),
+    "upsample.mode": _one_of("auto", "nearest", "linear"),
+    "predict.batch": _whole(1), "predict.mc_samples": _whole(0), "predict.overlap": _zyx(),
+    "predict.blend": _one_of("gaussian", "bump", "constant"),
+    "predict.dtype": _one_of("float32", "float16", "uint8"),
+    "predict.precision": _one_of("auto", "float32", "bfloat16"), "predict.threads": _whole(1),
+    "match.connectivity": _one_of(6, 18, 26), "match.match_threshold": _number,
+    "match.label_first": _one_of(True, False),
+    "sweep.thresholds": _whole(1), "sweep.channel": _whole(0),
+    "sweep.truth_value": _number, "sweep.ignore_value": _number,
+}
+
+
+def check_values(op_name: str, step: str, params: dict[str, Any]) -> None:
+    """Check the values of a step's keys that can be checked without its inputs."""
+    for key, value in params.items():
+        check = CHECKS.get(f"{op_name}.{key}") or CHECKS.get(key)
+        if check is not None and value is not None:
+            try:
+                check(value, key)
+            except Exception as exc:
+                from ..errors import EmarrayError, InvalidArgumentError
+                msg = str(exc) if isinstance(exc, EmarrayError) else f"{key}: {exc}"
+                raise InvalidArgumentError(f"step {step!r} ({op_name}): {msg}") from None

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidArgumentError
-from .ops import OPS, Op
+from .ops import OPS, Op, check_values
 
 TOP_KEYS = ("about", "workdir", "vars", "run", "steps")
 RUN_KEYS = ("scheduler", "workers", "retries", "backend", "gpu_memory_limit", "connect_timeout",
@@ -199,6 +199,7 @@ def _parse_step(name: Any, spec: Any, workdir: str, base: Path) -> Step:
     missing = [k for k in required if k not in spec]
     if missing:
         raise InvalidArgumentError(f"step {name!r} ({op_name}) needs {missing[0]!r}")
+    check_values(op_name, name, spec)
     return Step(name, op_name, op, inputs, spec, out)
 
 
