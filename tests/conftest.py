@@ -46,12 +46,14 @@ def tree_digest(path) -> dict[str, bytes]:
 
 
 @contextlib.contextmanager
-def real_dask_cluster(tmp_path: Path, workers: int = 2, cwd: Path | None = None):
+def real_dask_cluster(tmp_path: Path, workers: int = 2, cwd: Path | None = None,
+                      procs: list | None = None):
     """A real `dask scheduler` and `workers` `dask worker` processes on 127.0.0.1 (the workers
-    run in ``cwd``); yields the scheduler's address."""
+    run in ``cwd``); yields the scheduler's address. ``procs`` receives the processes
+    (scheduler first), for tests that kill one."""
     bin_dir = Path(sys.executable).parent
     sched_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
+    started = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
                                "0", "--dashboard-address", "127.0.0.1:0", "--scheduler-file",
                                str(sched_file)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)]
@@ -61,18 +63,20 @@ def real_dask_cluster(tmp_path: Path, workers: int = 2, cwd: Path | None = None)
             time.sleep(0.1)
         address = json.loads(sched_file.read_text())["address"]
         for _ in range(workers):
-            procs.append(subprocess.Popen(
+            started.append(subprocess.Popen(
                 [str(bin_dir / "dask"), "worker", address, "--nthreads", "1", "--host",
                  "127.0.0.1", "--no-dashboard"], cwd=cwd, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL))
         from distributed import Client
         with Client(address, timeout="30s") as c:
             c.wait_for_workers(workers, timeout=60)
+        if procs is not None:
+            procs.extend(started)
         yield address
     finally:
-        for p in procs[::-1]:
+        for p in started[::-1]:
             p.terminate()
-        for p in procs:
+        for p in started:
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:

@@ -1,10 +1,10 @@
 """Test modes for faults: fail a fraction of block writes, and trace every block computed.
 
-``EMARRAY_FAULT_WRITES=0.2`` makes each block write fail with that probability: the block writes
-the first half of its region, then raises :class:`InjectedFault` (a torn write, as a worker that
-dies mid-write leaves). The engine retries the block (``retries``), so a job with enough
-retries still finishes with the exact output. ``EMARRAY_FAULT_SEED`` makes the draws repeatable
-per process.
+``EMARRAY_FAULT_WRITES=0.2`` makes each block's write fail with that probability: the block
+writes the first half of its first output's region, then raises :class:`InjectedFault` (a torn
+write, as a worker that dies mid-write leaves). The engine retries the block (``retries``), so a
+job with enough retries still finishes with the exact output. ``EMARRAY_FAULT_SEED`` makes the
+draws repeatable per process.
 
 ``EMARRAY_TRACE=FILE`` appends one line per block that finished computing (on whichever worker):
 ``job<TAB>stage<TAB>flat block index<TAB>pid``, where ``job`` is the folder that keeps the job's
@@ -60,15 +60,18 @@ def _draw() -> float:
         return _rng.random()
 
 
-def write(volume: Any, region: tuple[slice, ...], data: np.ndarray, what: str) -> None:
-    """``volume.write(region, data)``, failing (torn) as ``EMARRAY_FAULT_WRITES`` asks."""
+def write_block(writes: list[tuple[Any, tuple[slice, ...], np.ndarray]], what: str) -> None:
+    """Write a block's outputs (``(volume, region, data)`` each), failing (torn) as
+    ``EMARRAY_FAULT_WRITES`` asks: one draw per block, however many outputs it writes."""
     p = fault_fraction()
     if p and _draw() < p:
+        volume, region, data = writes[0]
         half = (data.shape[0] + 1) // 2
         r0 = region[0]
         volume.write((slice(r0.start, r0.start + half),) + tuple(region[1:]), data[:half])
         raise InjectedFault(f"injected write fault ({FAULT_VAR}={p:g}) in {what}")
-    volume.write(region, data)
+    for volume, region, data in writes:
+        volume.write(region, data)
 
 
 def trace(job: str, stage: str, flat: int) -> None:

@@ -111,8 +111,8 @@ def run_block(stage: Stage, index: tuple[int, ...]) -> Any:
         raise InvalidArgumentError(
             f"stage {stage.name!r} returned {len(results)} arrays for {len(stage.writes)} outputs")
     fitted = [_fit(res, stage, j, ctx) for j, res in enumerate(results)]
-    for w, region_j, data in zip(stage.writes, ctx.writes, fitted):
-        faults.write(w.volume, region_j, data, _block_name(stage, index))
+    faults.write_block([(w.volume, region_j, data) for w, region_j, data in
+                        zip(stage.writes, ctx.writes, fitted)], _block_name(stage, index))
     _trace(stage, index)
     return summary
 
@@ -166,7 +166,6 @@ def run_stages(stages: Sequence[StageSpec], runner: Runner, checkpoint: Checkpoi
     is folded on from there. A :class:`LaterStage` is built (and checked) from the result of
     the stage before it, once that has finished.
     """
-    faults.fault_fraction()  # a bad EMARRAY_FAULT_WRITES is refused before any block runs
     for spec in stages:
         if isinstance(spec, Stage):
             spec.check()

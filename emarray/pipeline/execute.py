@@ -80,9 +80,7 @@ def plan(recipe: Recipe, state: State, *, resume: bool = False,
             action, why = "skip", "finished in an earlier run"
         elif e["status"] == "done":
             action, why = "run", ("its output is gone" if not exists else "its input is run again")
-        elif not exists:
-            action, why = "run", "interrupted before it wrote anything"
-        elif resume:
+        elif resume:  # its progress may be kept beside a table not yet written: always resume
             action, why = "resume", "interrupted: finishing it"
         else:
             raise InvalidArgumentError(
