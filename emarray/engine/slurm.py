@@ -119,6 +119,22 @@ def _adapt_range(value: Any) -> tuple[int, int]:
     return mn, mx
 
 
+def cluster_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
+    """dask-jobqueue ``SLURMCluster`` arguments for checked ``settings``."""
+    s = settings
+    kwargs: dict[str, Any] = {
+        "cores": s["cores"], "processes": s["processes"], "memory": s["memory"],
+        "walltime": s["walltime"], "queue": s["partition"], "account": s["account"],
+        "job_script_prologue": s["prologue"],
+        "job_extra_directives": s["directives"] + ([f"--gres={s['gres']}"] if s["gres"] else []),
+        "python": s["python"] or sys.executable, "interface": s["interface"],
+        "local_directory": s["local_directory"], "log_directory": s["log_directory"],
+        "job_name": "emarray-worker", "silence_logs": "error",
+        "scheduler_options": {"dashboard_address": ":0"},
+    }
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
 def start_cluster(settings: dict[str, Any], workers: int | None) -> Any:
     """Submit the worker jobs; return the ``SLURMCluster`` (its client connects to it)."""
     try:
@@ -131,23 +147,38 @@ def start_cluster(settings: dict[str, Any], workers: int | None) -> Any:
             "--scheduler slurm needs SLURM's sbatch on PATH (run emarray on the cluster's "
             "login node; scripts/slurm-local.sh starts a one-node SLURM for trying it out)")
     s = settings
-    kwargs: dict[str, Any] = {
-        "cores": s["cores"], "processes": s["processes"], "memory": s["memory"],
-        "walltime": s["walltime"], "queue": s["partition"], "account": s["account"],
-        "job_script_prologue": s["prologue"],
-        "job_extra_directives": s["directives"] + ([f"--gres={s['gres']}"] if s["gres"] else []),
-        "python": s["python"] or sys.executable, "interface": s["interface"],
-        "local_directory": s["local_directory"], "log_directory": s["log_directory"],
-        "job_name": "emarray-worker", "silence_logs": "error",
-        "scheduler_options": {"dashboard_address": ":0"},
-    }
-    cluster = SLURMCluster(**{k: v for k, v in kwargs.items() if v is not None})
-    log.info("slurm job script:\n%s", cluster.job_script())
+    cluster = SLURMCluster(**cluster_kwargs(settings))
+    script = cluster.job_script()
+    log.info("slurm job script:\n%s", script)
+    problem = _refused(script)
+    if problem:
+        cluster.close()
+        asked = ", ".join(f"{k} {s[k]}" for k in ("partition", "account", "cores", "memory",
+                                                   "walltime", "gres") if s[k])
+        raise InvalidArgumentError(f"SLURM refuses the worker job ({asked}): {problem}")
     if s["adapt"] is not None:
         cluster.adapt(minimum_jobs=s["adapt"][0], maximum_jobs=s["adapt"][1])
     else:
         cluster.scale(jobs=s["jobs"] or workers or 1)
     return cluster
+
+
+def _refused(script: str) -> str:
+    """What ``sbatch --test-only`` says against the job script ('' when SLURM would take it)."""
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as f:
+        f.write(script)
+    try:
+        r = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True,
+                           timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"sbatch --test-only did not answer ({exc})"
+    finally:
+        os.unlink(f.name)
+    if r.returncode == 0:
+        return ""
+    lines = [ln.removeprefix("sbatch: error: ").strip() for ln in r.stderr.splitlines()]
+    return "; ".join(ln for ln in lines if ln) or f"sbatch exit {r.returncode}"
 
 
 def wait_for_first_worker(client: Any, cluster: Any, timeout: float) -> None:

@@ -174,8 +174,8 @@ def run_pipeline(recipe: str | os.PathLike | dict[str, Any], sets: tuple[str, ..
             for line in describe_plan(rec, planned):
                 say(line)
             return result
-        os.makedirs(rec.workdir, exist_ok=True)
         with opts.runner("pipeline") as runner:
+            os.makedirs(rec.workdir, exist_ok=True)
             shared = runner.client if runner.client is not None else opts.scheduler
             for k, p in enumerate(planned, 1):
                 _run_step(p, k, len(planned), state, opts, shared, result, say)
