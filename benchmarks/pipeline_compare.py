@@ -63,16 +63,8 @@ def lines(trace: Path) -> list[tuple[str, str, str]]:
 
 
 def operators(work: Path, shape: tuple[int, ...], chunks: tuple[int, ...]) -> None:
-    import emarray
-    work.mkdir(parents=True)
-    vols = emarray.datasets.synthetic(work / "synthetic", shape, chunks=chunks, seed=0)
-    mask = emarray.threshold(vols["prob"], work / "mask.zarr", 0.5)
-    cells = emarray.label(mask, work / "cells.zarr", connectivity=26, min_size=200)
-    emarray.objects(cells, raw=vols["raw"], out=work / "objects.csv")
-    truth = emarray.label(vols["truth"], work / "truth_cells.zarr", connectivity=26)
-    emarray.match(cells, truth, out=work / "match")
-    emarray.sweep(vols["prob"], vols["truth"], thresholds=100, out=work / "sweep")
-    emarray.pyramid(cells, levels=2)
+    from tests.test_pipeline import demo_by_operators
+    demo_by_operators(work, shape, chunks)
 
 
 def main() -> None:

@@ -10,7 +10,8 @@ MODULES = ["emarray.volume", "emarray.ops.threshold", "emarray.ops.convert", "em
            "emarray.ingest", "emarray.export", "emarray.info", "emarray.datasets",
            "emarray._normalize", "emarray.cuda.streaming", "emarray.sources",
            "emarray.ops.label", "emarray.ops.objects", "emarray.ops.predict", "emarray.models",
-           "emarray.training.config"]
+           "emarray.training.config", "emarray._yaml", "emarray.engine.slurm",
+           "emarray.engine.options", "emarray.pipeline.execute"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -54,6 +54,19 @@ def assert_same_outputs(a: Path, b: Path) -> None:
         pd.testing.assert_frame_equal(ta[k], tb[k], obj=k)
 
 
+def demo_by_operators(ref: Path, shape, chunks, min_size: int = 200) -> None:
+    """The demo recipe's chain, operator by operator, through the Python API."""
+    ref.mkdir(parents=True)
+    vols = emarray.datasets.synthetic(ref / "synthetic", shape, chunks=chunks, seed=0)
+    mask = emarray.threshold(vols["prob"], ref / "mask.zarr", 0.5)
+    cells = emarray.label(mask, ref / "cells.zarr", connectivity=26, min_size=min_size)
+    emarray.objects(cells, raw=vols["raw"], out=ref / "objects.csv")
+    truth = emarray.label(vols["truth"], ref / "truth_cells.zarr", connectivity=26)
+    emarray.match(cells, truth, out=ref / "match")
+    emarray.sweep(vols["prob"], vols["truth"], thresholds=100, out=ref / "sweep")
+    emarray.pyramid(cells, levels=2)
+
+
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     """The same objects, whatever their ids."""
     if not np.array_equal(a == 0, b == 0):
@@ -69,16 +82,8 @@ def test_demo_recipe_equals_its_operators_and_numpy(tmp_path, shape, chunks):
     r = cli("run", DEMO, "--workdir", work, *demo_sets(shape, chunks), "-q")
     assert r.returncode == 0, r.stderr
     assert "pipeline done: 8 steps run" in r.stdout
-    # the same chain, operator by operator, through the Python API
     ref = tmp_path / "ref"
-    vols = emarray.datasets.synthetic(ref / "synthetic", shape, chunks=chunks, seed=0)
-    mask = emarray.threshold(vols["prob"], ref / "mask.zarr", 0.5)
-    cells = emarray.label(mask, ref / "cells.zarr", connectivity=26, min_size=20)
-    emarray.objects(cells, raw=vols["raw"], out=ref / "objects.csv")
-    truth = emarray.label(vols["truth"], ref / "truth_cells.zarr", connectivity=26)
-    emarray.match(cells, truth, out=ref / "match")
-    emarray.sweep(vols["prob"], vols["truth"], thresholds=100, out=ref / "sweep")
-    emarray.pyramid(cells, levels=2)
+    demo_by_operators(ref, shape, chunks, min_size=20)
     assert_same_outputs(work, ref)
     # and against NumPy and cc3d on the whole arrays
     prob = emarray.open_volume(work / "synthetic" / "prob.zarr").read()
