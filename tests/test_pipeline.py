@@ -302,3 +302,16 @@ def test_mitochondria_recipe_on_a_small_stack(tmp_path):
                                   prob.read() > 0.5)
     t = emarray.open_volume(work / "truth.zarr").read()
     assert same_partition(t, cc3d.connected_components(truth > 127, connectivity=26))
+
+
+def test_a_workdir_inside_an_input_through_a_symlink_is_refused(tmp_path):
+    data = tmp_path / "data"
+    src = make_volume(data / "p.zarr", np.random.default_rng(0).random((8, 8, 8), np.float32), 4)
+    before = sorted(p.name for p in Path(src.url).rglob("*"))
+    (tmp_path / "link").symlink_to(data / "p.zarr")
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"steps": {"m": {"op": "threshold", "src": src.url,
+                                                    "value": 0.5}}}))
+    line = one_error_line(cli("run", path, "--workdir", tmp_path / "link"))
+    assert "holds (or is inside) the input src" in line
+    assert sorted(p.name for p in Path(src.url).rglob("*")) == before

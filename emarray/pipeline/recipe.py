@@ -278,11 +278,18 @@ def _check_inputs(steps: list[Step]) -> None:
             if p in made:
                 raise InvalidArgumentError(f"steps {made[p]!r} and {st.name!r} both write {p}")
             made[p] = st.name
+    real_outs = {os.path.realpath(p): name for p, name in made.items()}
     for st in steps:
         for key, (kind, *ref) in st.inputs.items():
             if kind == "step":
                 continue
             p, shown = ref[0], (ref[1] if len(ref) > 1 else ref[0])
+            rp = os.path.realpath(p)
+            for out, name in real_outs.items():  # through symlinks too: never write an input
+                if rp == out or rp.startswith(out + os.sep) or out.startswith(rp + os.sep):
+                    raise InvalidArgumentError(
+                        f"step {name!r} would write {out}, which holds (or is inside) the input "
+                        f"{key} {shown!r} of step {st.name!r}; choose another workdir or out")
             if p in made:
                 raise InvalidArgumentError(
                     f"step {st.name!r}: {key} {p} is step {made[p]!r}'s output: name the step "
