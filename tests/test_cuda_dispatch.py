@@ -89,7 +89,7 @@ def test_bad_memory_limit_is_refused_before_work(tmp_path, bad):
 def test_instantiation_table_covers_the_issue_dtypes():
     for dt in ("uint8", "uint16", "int32", "float32", "float64"):
         assert np.dtype(dt) in CTYPES
-    assert len(FAMILIES["threshold.cu"]) == 2 * len(CTYPES)
+    assert len(FAMILIES["threshold.cu"]) == 4 * len(CTYPES)  # gt, ge, lt, le
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "int32", "float32", "float64"])
