@@ -111,3 +111,12 @@ def test_bad_settings_are_named(given, expect):
         return
     with pytest.raises(InvalidArgumentError, match=expect.replace("(", r"\(").replace(")", r"\)")):
         slurm.read_settings(given)
+
+
+def test_settings_read_again_stay_the_same():
+    # RunOptions reads them in __post_init__, and again on every RunOptions.make
+    from emarray import RunOptions
+    opts = RunOptions(scheduler="slurm", slurm={"adapt": "1:4", "prologue": "module load x"})
+    again = RunOptions.make(opts, workers=2)
+    assert again.slurm == opts.slurm and again.slurm["adapt"] == (1, 4)
+    assert again.slurm["prologue"] == ["module load x"]

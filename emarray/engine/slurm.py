@@ -107,7 +107,8 @@ def read_given(source: Any) -> dict[str, Any]:
 
 
 def _adapt_range(value: Any) -> tuple[int, int]:
-    text = str(value)
+    read = isinstance(value, (tuple, list)) and len(value) == 2  # already read: (MIN, MAX)
+    text = f"{value[0]}:{value[1]}" if read else str(value)
     lo, sep, hi = text.partition(":")
     try:
         mn, mx = int(lo), int(hi if sep else lo)
