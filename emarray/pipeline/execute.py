@@ -18,15 +18,15 @@ from typing import Any
 from ..engine import RunOptions
 from ..engine.output import OutputLock
 from ..errors import EmarrayError, InvalidArgumentError, OutputExistsError
+from .ops import STEP_RUN_KEYS
 from .recipe import Recipe, Step, load_recipe
 from .state import State, fingerprint
 
-#: what a plan does with a step
-ACTIONS = ("skip", "run", "resume", "rerun")
-
-
 @dataclass
 class Planned:
+    """What this run does with a step: ``action`` is skip, run, resume or rerun (replacing the
+    output an earlier run made), ``why`` says why."""
+
     step: Step
     action: str
     why: str
@@ -122,15 +122,12 @@ def _input_text(st: Step, key: str) -> str:
 
 def _merged_options(recipe: Recipe, options: RunOptions | None, run: dict[str, Any]) -> RunOptions:
     """The recipe's ``run`` section, then ``options``/``run`` (the command line) over it."""
+    from ..engine.slurm import read_given
     base = dict(recipe.run)
     given = {k: v for k, v in run.items() if v is not None}
     slurm = dict(base.pop("slurm", None) or {})
-    from ..engine.slurm import read_given
     slurm.update({k: v for k, v in read_given(given.pop("slurm", None)).items() if v is not None})
-    opts = RunOptions.make(options, **{**base, **given})
-    if slurm:
-        opts = RunOptions.make(opts, slurm=slurm)
-    return opts
+    return RunOptions.make(options, **{**base, **given}, slurm=slurm or None)
 
 
 def run_pipeline(recipe: str | os.PathLike | dict[str, Any], sets: tuple[str, ...] = (), *,
@@ -162,9 +159,9 @@ def run_pipeline(recipe: str | os.PathLike | dict[str, Any], sets: tuple[str, ..
         raise InvalidArgumentError("choose either --resume or --overwrite, not both")
     rec = load_recipe(recipe, sets, workdir=workdir)
     opts = _merged_options(rec, options, run)
-    os.makedirs(os.path.dirname(rec.workdir) or ".", exist_ok=True)
     lock = OutputLock(Path(rec.workdir), rec.workdir)
-    if not dry_run:
+    if not dry_run:  # a dry run creates nothing, not even the workdir's parent
+        os.makedirs(os.path.dirname(rec.workdir) or ".", exist_ok=True)
         lock.acquire()
     try:
         state = State(rec.workdir)
@@ -194,7 +191,7 @@ def _run_step(p: Planned, k: int, n: int, state: State, opts: RunOptions, schedu
         return
     say(f"{head}: {'resuming' if p.action == 'resume' else 'running'}"
         + (f" ({p.why})" if p.action == "rerun" else ""))
-    step_run = {k2: st.params[k2] for k2 in ("backend", "gpu_memory_limit") if k2 in st.params}
+    step_run = {k2: st.params[k2] for k2 in STEP_RUN_KEYS if k2 in st.params}
     step_opts = RunOptions.make(opts, scheduler=scheduler, resume=p.action == "resume",
                                 overwrite=p.action == "rerun", **step_run)
     args: dict[str, Any] = {}
@@ -233,7 +230,7 @@ def summarize(st: Step, value: Any) -> str:
     """One line on what a step produced."""
     from ..volume import Volume
     if isinstance(value, Volume):
-        em = value.attrs.get("emarray", {}) if hasattr(value, "attrs") else {}
+        em = value.attrs.get("emarray", {})
         extra = f", {em['components']} components" if "components" in em else ""
         levels = f", {len(value.levels)} levels" if st.op.output == "inplace" else ""
         return f"{value.url}: {value.shape} {value.dtype}{extra}{levels}"
@@ -250,7 +247,8 @@ def summarize(st: Step, value: Any) -> str:
                 f"(in {st.out})")
     if st.op_name == "sweep":
         from ..ops.sweep import best_rows
-        b = best_rows(value)[min(best_rows(value))]
+        rows = best_rows(value)
+        b = rows[min(rows)]
         return (f"best F1 {b['f1']['f1']:.4f} at t={b['f1']['threshold']:g}, best IoU "
                 f"{b['iou']['iou']:.4f} (in {st.out})")
     return str(st.out)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..engine.output import check_no_overlap, real_path
 from ..errors import InvalidArgumentError
 from .ops import OPS, Op, check_values
 
@@ -278,22 +279,23 @@ def _check_inputs(steps: list[Step]) -> None:
             if p in made:
                 raise InvalidArgumentError(f"steps {made[p]!r} and {st.name!r} both write {p}")
             made[p] = st.name
-    real_outs = {os.path.realpath(p): name for p, name in made.items()}
     for st in steps:
         for key, (kind, *ref) in st.inputs.items():
             if kind == "step":
                 continue
             p, shown = ref[0], (ref[1] if len(ref) > 1 else ref[0])
-            rp = os.path.realpath(p)
-            for out, name in real_outs.items():  # through symlinks too: never write an input
-                if rp == out or rp.startswith(out + os.sep) or out.startswith(rp + os.sep):
-                    raise InvalidArgumentError(
-                        f"step {name!r} would write {out}, which holds (or is inside) the input "
-                        f"{key} {shown!r} of step {st.name!r}; choose another workdir or out")
             if p in made:
                 raise InvalidArgumentError(
                     f"step {st.name!r}: {key} {p} is step {made[p]!r}'s output: name the step "
                     f"({made[p]}) so that it runs first")
+            for out, name in made.items():  # the engine's own check, links resolved
+                try:
+                    check_no_overlap(real_path(out), [p], out)
+                except InvalidArgumentError:
+                    raise InvalidArgumentError(
+                        f"step {name!r} would write {real_path(out)}, which holds (or is inside) "
+                        f"the input {key} {shown!r} of step {st.name!r}; choose another workdir "
+                        "or out") from None
             if "://" not in p and not os.path.exists(p):
                 what = (f"no file {p}" if kind == "file" else
                         f"no step named {shown!r} and no path {p}")

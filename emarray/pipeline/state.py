@@ -66,7 +66,3 @@ class State:
         tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"format": FORMAT, "steps": self.steps}, indent=1))
         os.replace(tmp, self.path)
-
-    def owns(self, out: str) -> bool:
-        """Whether an earlier run of this pipeline wrote ``out``."""
-        return any(e.get("out") == out for e in self.steps.values())
