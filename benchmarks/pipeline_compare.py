@@ -128,7 +128,8 @@ def main() -> None:
 
         if a.slurm:
             _, res["slurm_s"] = run(tmp / "slurm", sets, "--scheduler", "slurm", "--slurm-jobs",
-                                    "2", "--slurm-memory", "4GB")
+                                    "2", "--slurm-memory", "4GB", "--slurm-log-directory",
+                                    str(tmp / "slurm-logs"))
             assert_same_outputs(tmp / "slurm", tmp / "clean")
             print(f"slurm, 2 jobs x 1 core: {res['slurm_s']:.1f} s "
                   f"({res['slurm_s'] / res['clean_s']:.2f}x threads); output identical")
