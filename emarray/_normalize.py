@@ -107,8 +107,35 @@ def finite_number(value: Any, name: str) -> float:
     except (TypeError, ValueError):
         raise InvalidArgumentError(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(f):
-        raise InvalidArgumentError(f"{name} must be finite, got {value!r}")
+        shown = value.strip() if isinstance(value, str) else repr(value)
+        raise InvalidArgumentError(f"{name} must be finite, got {shown}")
     return f
+
+
+def real_number(value: Any, name: str) -> int | float:
+    """``value`` as an exact number: an ``int`` when it is a whole number (any size: 2**64 - 2
+    stays itself), else a finite ``float``; raises naming it otherwise.
+
+    >>> real_number("18446744073709551615", "value"), real_number("0.5", "value")
+    (18446744073709551615, 0.5)
+    >>> real_number(np.uint64(2**64 - 1), "value"), real_number("1e3", "value")
+    (18446744073709551615, 1000)
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise InvalidArgumentError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, str):
+        from fractions import Fraction
+        text = value.strip().replace("_", "")
+        try:
+            exact = Fraction(text)
+        except (ValueError, ZeroDivisionError):
+            exact = None
+        if exact is not None:
+            return int(exact) if exact.denominator == 1 else float(exact)
+    f = finite_number(value, name)
+    return int(f) if f == int(f) and abs(f) < 2**53 else f
 
 
 def whole_number(value: Any, name: str, minimum: int = 0) -> int:

@@ -32,7 +32,12 @@ def read_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
 
 
 def split_assignment(assignment: str) -> tuple[list[str], Any]:
-    """``"a.b=3"`` -> ``(["a", "b"], 3)`` (the value read as YAML)."""
+    """``"a.b=3"`` -> ``(["a", "b"], 3)`` (the value read as YAML; a mapping or list only when
+    written as one, in braces or brackets: ``40:50,:,:`` stays text).
+
+    >>> split_assignment("validation.region=40:50,:,:")
+    (['validation', 'region'], '40:50,:,:')
+    """
     import yaml
     if "=" not in assignment:
         raise InvalidArgumentError(f"--set takes KEY=VALUE, got {assignment!r}")
@@ -40,7 +45,9 @@ def split_assignment(assignment: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
-        raise InvalidArgumentError(f"--set {key}: {text!r} is not a YAML value") from None
+        value = text  # not YAML: the text itself (a region such as 40:50,:,:)
+    if isinstance(value, (dict, list)) and not text.lstrip().startswith(("{", "[")):
+        value = text  # "40:50,:,:" is a region, not the mapping YAML reads in it
     return key.strip().split("."), value
 
 

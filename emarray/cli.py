@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 import warnings
 from typing import Any
@@ -123,6 +124,9 @@ def _friendly(f):
                 warnings.simplefilter("always", EmarrayWarning)
                 warnings.showwarning = _show_warning
                 return f(*args, **kwargs)
+        except BrokenPipeError:  # `emarray info X | head`: the reader left; not an error
+            _quiet_stdout()
+            sys.exit(0)
         except EmarrayError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
@@ -132,6 +136,12 @@ def _friendly(f):
             click.echo(f"error: {reason}{where}", err=True)
             sys.exit(2)
     return wrapper
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
@@ -171,6 +181,9 @@ def info(path: str, as_json: bool) -> None:
     for lv in d["level_info"]:
         click.echo(f"{'':>12}  {lv['path']}: {lv['shape']} voxel {lv['voxel_size']}")
     click.echo(f"{'codecs':>12}: {', '.join(d['codecs']) or '-'}")
+    if d["chunks_stored"] is not None:
+        click.echo(f"{'stored as':>12}: {d['chunks_stored']:,} of {d['chunks_expected']:,} "
+                   f"{'shards' if d['shards'] else 'chunks'}")
     click.echo(f"{'status':>12}: {d['status']}")
     click.echo(f"{'bytes':>12}: {d['nbytes']:,} uncompressed")
     if d["stored_bytes"] is not None:
@@ -218,7 +231,8 @@ def export(obj: dict, src: str, dst: str, **kw: Any) -> None:
 @cli.command()
 @click.argument("src")
 @click.argument("dst")
-@click.option("--value", "-t", required=True, type=float, help="The threshold.")
+@click.option("--value", "-t", required=True,
+              help="The threshold (whole numbers are exact at any size: 18446744073709551614).")
 @click.option("--op", type=click.Choice(["gt", "ge", "lt", "le"]), default="gt",
               help="gt: SRC > value; ge: SRC >= value; lt: SRC < value (cell interiors of a "
                    "boundary map); le: SRC <= value.")
@@ -241,9 +255,12 @@ def threshold(obj: dict, src: str, dst: str, **kw: Any) -> None:
 @_friendly
 def rescale(obj: dict, src: str, dst: str, lo_hi: str, **kw: Any) -> None:
     """Rescale SRC linearly to uint8 DST: --range lo,hi maps to 0..255 (clipped, NaN -> 0)."""
-    from ._normalize import parse_tuple
+    from ._normalize import real_number
     from .ops.convert import rescale as _rescale
-    lo, hi = parse_tuple(lo_hi, "range", 2, kind=float, positive=False)
+    parts = [p for p in str(lo_hi).split(",") if p.strip()]
+    if len(parts) != 2:
+        raise click.UsageError(f"--range takes lo,hi, got {lo_hi!r}")
+    lo, hi = (real_number(p, "range") for p in parts)
     v = _rescale(src, dst, lo, hi, progress=obj["progress"], **kw)
     click.echo(f"wrote {v.url}: {v.shape} uint8")
 
@@ -319,7 +336,7 @@ def upsample(obj: dict, src: str, dst: str, **kw: Any) -> None:
               help="Every voxel other than --background is foreground.")
 @click.option("--multilabel", "mode", flag_value="multilabel",
               help="Each distinct value has its own components.")
-@click.option("--background", type=float, default=0, help="The background value.")
+@click.option("--background", default="0", help="The background value (exact at any size).")
 @click.option("--min-size", type=int, default=0,
               help="Remove components of fewer voxels than this (before numbering).")
 @_elementwise_options
@@ -386,7 +403,8 @@ def match(obj: dict, pred: str, truth: str, **kw: Any) -> None:
                f"F1 {row['f1']:.4f}")
     click.echo(f"VOI split {r['voi_split']:.4f}, merge {r['voi_merge']:.4f}; adapted Rand error "
                f"{r['adapted_rand_error']:.4f}")
-    click.echo(f"wrote {kw['out']}/match.json, matching.csv, objects.csv and match.png")
+    click.echo(f"wrote {os.path.join(kw['out'], 'match.json')}, matching.csv, objects.csv and "
+               "match.png")
 
 
 @cli.group()
@@ -624,11 +642,11 @@ def run_recipe(ctx: click.Context, recipe: str, sets: tuple[str, ...], **kw: Any
               help="Sweep N thresholds evenly over the map's range: k/N for float maps, every "
                    "level of 8-bit maps (default 100, or 256 for 8-bit maps).")
 @click.option("--values", default=None, help="Explicit thresholds, e.g. 0.1,0.25,0.5.")
-@click.option("--truth-value", type=float, default=None,
+@click.option("--truth-value", default=None,
               help="Truth is positive where it equals V (default: where it is nonzero).")
 @click.option("--truth-nonzero", is_flag=True, help="Truth is positive where nonzero (default).")
 @click.option("--mask", default=None, help="ROI volume: voxels where it is 0 are not counted.")
-@click.option("--ignore-value", type=float, default=None,
+@click.option("--ignore-value", default=None,
               help="Voxels whose truth equals V are not counted.")
 @click.option("--channel", type=int, default=None, help="Sweep one channel of a C,Z,Y,X map.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier sweep in --out.")
@@ -652,7 +670,7 @@ def sweep(obj: dict, prob: str, truth: str, truth_nonzero: bool, **kw: Any) -> N
     nan = sum(df.attrs["nan_voxels"].values())
     if nan:
         click.echo(f"{nan:,} NaN voxels in the map were not counted")
-    click.echo(f"wrote {kw['out']}/sweep.csv, sweep.json and sweep.png")
+    click.echo(f"wrote {os.path.join(kw['out'], 'sweep.csv')}, sweep.json and sweep.png")
 
 
 @cli.command()

@@ -64,3 +64,19 @@ class EmarrayWarning(UserWarning):
 
 class BlockFailedError(EmarrayError, RuntimeError):
     """A block kept failing after its retries; the message names the block and the last error."""
+
+
+class TrainingDivergedError(EmarrayError, FloatingPointError):
+    """Training's loss became NaN or infinite (too high a learning rate, or bad data)."""
+
+
+class CorruptStateError(EmarrayError, ValueError):
+    """A saved progress, result or state file is damaged or not emarray's (the message names it)."""
+
+
+class WorkersLostError(EmarrayError, RuntimeError):
+    """Every dask worker left and none came back in time; finished blocks are kept."""
+
+
+class JobFailedError(EmarrayError, RuntimeError):
+    """A job failed part way; the message says what it left and how to go on."""

@@ -5,12 +5,12 @@ import errno
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 from ._normalize import micrometres
-from .engine.output import check_no_overlap, real_path
+from .engine.output import check_no_overlap, reading, real_path
+from .engine.progress import Progress
 from .errors import InvalidArgumentError, OutputExistsError
 from .ops.common import as_volume
 from .volume import Volume
@@ -96,9 +96,16 @@ def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: A
     tmp = dst.with_name(f".{dst.name}.partial")
     slab = vol.block_shape[0]
     zs = range(reg[0].start, reg[0].stop, slab)
-    from tqdm.auto import tqdm
-    bar = tqdm(total=len(zs), desc="export", unit="slab", disable=not progress, file=sys.stderr)
     out_shape = tuple(s.stop - s.start for s in reg)
+    with reading([vol]), Progress(len(zs), "export", progress, unit="slab") as bar:
+        _write(vol, dst, tmp, fmt, reg, zs, slab, out_shape, dataset, bar, shown)
+    return dst
+
+
+def _write(vol: Volume, dst: Path, tmp: Path, fmt: str, reg: tuple[slice, ...], zs: range,
+           slab: int, out_shape: tuple[int, ...], dataset: str, bar: Progress,
+           shown: str) -> None:
+    """Write the slabs to ``tmp`` and rename it to ``dst`` when complete."""
     try:
         if fmt == "tiff":
             import tifffile
@@ -135,7 +142,5 @@ def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: A
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), shown) from None
         raise
     finally:
-        bar.close()
         if tmp.exists():
             tmp.unlink()
-    return dst

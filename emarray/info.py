@@ -12,8 +12,9 @@ def info(path: Volume | str | os.PathLike) -> dict[str, Any]:
 
     Keys: ``url``, ``format``, ``shape``, ``dtype``, ``axes``, ``chunks``, ``shards``,
     ``voxel_size``, ``unit``, ``levels``, ``codecs``, ``nbytes``, ``stored_bytes``,
-    ``compression_ratio`` (the last two are None for remote stores) and ``status``
-    (``complete``, or what is unfinished and how to finish it).
+    ``compression_ratio`` (the last two are None for remote stores), ``chunks_stored`` and
+    ``chunks_expected`` (chunk or shard files found and expected; None where not counted) and
+    ``status`` (``complete``, or what is unfinished, missing or damaged, and what to do).
 
     Examples
     --------
@@ -39,6 +40,17 @@ def info(path: Volume | str | os.PathLike) -> dict[str, Any]:
             inner = getattr(c, "codecs", None)
             if inner:
                 codecs += ["shard:" + type(i).__name__.replace("Codec", "").lower() for i in inner]
+    stored_chunks = vol.listing()["count"] if vol.kind in ("zarr3", "zarr2") else None
+    expected = vol.expected_chunks
+    status = (f"UNFINISHED: an interrupted emarray {vol.unfinished_job} job; missing chunks "
+              "read as 0. Run that command again with --resume" if vol.unfinished_job
+              else "complete")
+    if stored_chunks is not None and stored_chunks < expected:
+        missing = expected - stored_chunks
+        status = (f"DAMAGED: {missing:,} of its {expected:,} chunks are missing (emarray wrote "
+                  "every one): reading them fails; make the volume again" if vol.every_chunk else
+                  f"{status}; {missing:,} of {expected:,} chunks are not stored (they read as the "
+                  "fill value, 0)" if not vol.unfinished_job else status)
     return {
         "url": vol.url, "format": vol.kind, "shape": vol.shape, "dtype": str(vol.dtype),
         "axes": vol.axes, "chunks": vol.chunks, "shards": vol.shards,
@@ -46,7 +58,6 @@ def info(path: Volume | str | os.PathLike) -> dict[str, Any]:
         "level_info": level_info,
         "codecs": codecs, "nbytes": vol.nbytes, "stored_bytes": stored,
         "compression_ratio": (vol.nbytes / stored) if stored else None,
-        "status": (f"UNFINISHED: an interrupted emarray {vol.unfinished_job} job; missing chunks "
-                   "read as 0. Run that command again with --resume"
-                   if vol.unfinished_job else "complete"),
+        "chunks_stored": stored_chunks, "chunks_expected": expected,
+        "status": status,
     }

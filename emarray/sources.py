@@ -136,8 +136,14 @@ class SliceFolder:
             return tiff_voxel_size(tf)
 
     def fingerprint(self) -> list:
-        return [[os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns]
-                for f in (self.files[0], self.files[-1])] + [len(self.files)]
+        """Every slice's name, size and modification time, hashed (a slice replaced in the
+        middle of the stack changes it too)."""
+        import hashlib
+        h = hashlib.blake2b(digest_size=16)
+        for f in self.files:
+            st = os.stat(f)
+            h.update(f"{os.path.basename(f)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return [len(self.files), h.hexdigest()]
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         z, yx = region[0], region[1:]
@@ -235,8 +241,11 @@ class Hdf5Dataset:
 
 
 def open_source(src: str | os.PathLike, dataset: str | None = None):
-    """Pick the reader for ``src``: a slice folder, a TIFF stack, or an HDF5 dataset."""
-    p = Path(src)
+    """Pick the reader for ``src``: a slice folder, a TIFF stack, or an HDF5 dataset.
+
+    A relative path is made absolute here, on the client: workers in another folder read the
+    same source."""
+    p = Path(os.path.abspath(os.fspath(src)))
     if not p.exists():
         raise VolumeNotFoundError(f"no such file or folder: {os.fspath(src)!r}")
     if p.is_dir():

@@ -5,7 +5,9 @@ precomputed volumes are read through tensorstore (:mod:`emarray._tensorstore`).
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +25,9 @@ Region = tuple[slice, ...]
 
 _SCHEMES = {"zarr3": "zarr3", "zarr": "zarr3", "zarr2": "zarr2", "n5": "n5",
             "precomputed": "precomputed"}
+#: array attributes of what emarray writes: every chunk is stored (zeros too), so a chunk that
+#: is missing once the job finished was lost, and is named when read
+EVERY_CHUNK: dict[str, Any] = {"emarray": {"every_chunk": True}}
 COMPRESSIONS = ("zstd", "blosc-zstd", "blosc-lz4", "gzip", "none")
 
 
@@ -48,6 +53,9 @@ class Volume:
         Paths of the pyramid levels (level 0 is the one this Volume reads).
     translation : tuple of float, optional
         Physical position of the first voxel's centre per spatial axis (None: the origin).
+    every_chunk : bool
+        True for a finished emarray output, whose every chunk was written (zeros included):
+        a missing chunk is then an error naming it, not a block of zeros.
 
     Examples
     --------
@@ -72,6 +80,7 @@ class Volume:
     levels: tuple[str, ...] = ("0",)
     attrs: dict[str, Any] = field(default_factory=dict)
     translation: tuple[float, ...] | None = None
+    every_chunk: bool = False
     _handle: Any = field(default=None, repr=False, compare=False)
 
     # -- pickling: handles are reopened where the block runs (threads, processes, workers) --
@@ -122,6 +131,8 @@ class Volume:
                 h = zarr.open_array(os.path.join(self.url, self.array_path)
                                     if self.array_path else self.url,
                                     mode="r+" if os.access(self.url, os.W_OK) else "r")
+                # every chunk is stored, zeros too: a missing chunk then means a lost one
+                h = h.with_config({"write_empty_chunks": True})
                 shape, dtype = tuple(h.shape), np.dtype(h.dtype)
             else:
                 from ._tensorstore import open_tensorstore
@@ -153,25 +164,45 @@ class Volume:
                 "with --resume, or pass --allow-incomplete to use it as it is")
         return self
 
-    def fingerprint(self) -> dict[str, Any]:
-        """What identifies this input for ``resume``: location, layout and its metadata files.
+    def fingerprint(self, listing: bool = False) -> dict[str, Any]:
+        """What identifies this input for ``resume`` and a recipe's "unchanged" check: location,
+        layout, voxel grid and its array's metadata (adding pyramid levels beside it does not
+        change it), and with ``listing`` its stored chunks: each chunk file's key, size and
+        modification time, hashed, which a chunk rewritten in place by any tool changes.
 
-        The metadata files' size and modification time change whenever the volume is rewritten
-        (by emarray or another tool), so a resume after the input changed is refused.
+        Resumed jobs look at the chunks one by one instead (see
+        :meth:`emarray.engine.checkpoint.Checkpoint.start`): blocks that read a chunk changed
+        since the job started are computed again.
         """
         meta = []
         root = self.local_path
         if root is not None:
-            names = ("zarr.json", ".zarray", ".zattrs", "attributes.json", "info")
-            for d in (root, root / self.array_path) if self.array_path else (root,):
-                for n in names:
-                    p = d / n
-                    if p.is_file():
-                        st = p.stat()
-                        meta.append(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}")
-        return {"url": self.url, "shape": list(self.shape), "dtype": self.dtype.str,
-                "chunks": list(self.chunks), "shards": list(self.shards) if self.shards else None,
-                "metadata": meta}
+            arr = root / self.array_path if self.array_path else root
+            for n in ("zarr.json", ".zarray", "attributes.json", "info"):
+                p = arr / n
+                if p.is_file():
+                    meta.append(f"{n}:{hashlib.sha256(p.read_bytes()).hexdigest()[:16]}")
+        out = {"url": self.url, "shape": list(self.shape), "dtype": self.dtype.str,
+               "chunks": list(self.chunks), "shards": list(self.shards) if self.shards else None,
+               "voxel_size": list(self.voxel_size), "unit": self.unit,
+               "translation": list(self.translation) if self.translation else None,
+               "metadata": meta}
+        if listing and root is not None:
+            out["stored"] = self.listing()["digest"]
+        return out
+
+    def listing(self) -> dict[str, Any]:
+        """The chunk files of this array on local disk: ``count``, ``bytes`` and a ``digest``
+        of every (key, size, mtime). About a second per million chunks (one stat each)."""
+        root = self.local_path
+        if root is None:
+            return {"count": None, "bytes": None, "digest": None}
+        return chunk_listing(root / self.array_path if self.array_path else root)
+
+    @property
+    def expected_chunks(self) -> int:
+        """How many chunk (or shard) objects a fully written array has."""
+        return math.prod(-(-n // b) for n, b in zip(self.shape, self.block_shape))
 
     # -- reading and writing -------------------------------------------------------------
     def read(self, region: Region | None = None) -> np.ndarray:
@@ -189,6 +220,8 @@ class Volume:
 
     def _read(self, region: Region) -> np.ndarray:
         h = self.handle()
+        if self.every_chunk:
+            self._check_stored(region)
         if self.kind == "zarr3":
             return np.asarray(h[region])
         return np.asarray(h[region].read().result())
@@ -206,6 +239,19 @@ class Volume:
                     f"(voxels {_fmt_region(sub)}): {type(inner).__name__}: {inner}")
         return ChunkReadError(f"cannot read voxels {_fmt_region(region)} of {self.url}: "
                               f"{type(exc).__name__}: {exc}")
+
+    def _check_stored(self, region: Region) -> None:
+        """Refuse to read a missing chunk of a volume whose every chunk was written."""
+        grid = self.block_shape
+        ranges = [range(s.start // g, -(-s.stop // g)) for s, g in zip(region, grid)]
+        for idx in itertools.product(*ranges):
+            key = self.chunk_key(idx)
+            if not os.path.exists(os.path.join(self.url, key)):
+                sub = tuple(slice(i * g, min((i + 1) * g, n)) for i, g, n in zip(idx, grid, self.shape))
+                raise ChunkReadError(
+                    f"chunk {key!r} of {self.url} (voxels {_fmt_region(sub)}) is missing: emarray "
+                    "wrote every chunk of this volume, so it was deleted or lost; make the volume "
+                    "again (run its job with --overwrite)")
 
     def chunk_key(self, index: Sequence[int]) -> str:
         """The storage key of the chunk (or shard) at grid ``index``, relative to the volume."""
@@ -252,6 +298,64 @@ class _Reader:
 
     def __getitem__(self, region: Region) -> np.ndarray:
         return self.volume.read(tuple(region))
+
+
+_METADATA = ("zarr.json", ".zarray", ".zattrs", "attributes.json", "info")
+
+
+def chunk_entries(array: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Every file under the array folder ``array`` except its metadata, in key order: the keys
+    (relative paths), their sizes and their modification times (ns)."""
+    keys: list[str] = []
+    sizes: list[int] = []
+    mtimes: list[int] = []
+    stack = [(array, "")]
+    while stack:
+        folder, rel = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
+        except OSError:
+            continue
+        for e in entries:
+            key = f"{rel}{e.name}"
+            if e.is_dir(follow_symlinks=False):
+                stack.append((Path(e.path), key + "/"))
+                continue
+            if not rel and e.name in _METADATA:
+                continue
+            st = e.stat()
+            keys.append(key)
+            sizes.append(st.st_size)
+            mtimes.append(st.st_mtime_ns)
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    return ([keys[i] for i in order], np.array(sizes, np.int64)[order],
+            np.array(mtimes, np.int64)[order])
+
+
+def chunk_listing(array: Path) -> dict[str, Any]:
+    """``count``, ``bytes`` and a ``digest`` of the (key, size, mtime) of every file under
+    the array folder ``array`` except its metadata."""
+    keys, sizes, mtimes = chunk_entries(array)
+    h = hashlib.blake2b(digest_size=16)
+    h.update("\n".join(keys).encode())
+    h.update(sizes.tobytes())
+    h.update(mtimes.tobytes())
+    return {"count": len(keys), "bytes": int(sizes.sum()), "digest": h.hexdigest()}
+
+
+def chunk_index(key: str) -> tuple[int, ...] | None:
+    """The grid index a chunk key names (``c/1/2/3``, ``1.2.3``, ``1/2/3``); None when it
+    names none (a file that is not a chunk).
+
+    >>> chunk_index("c/1/0/12"), chunk_index("3.4.5"), chunk_index("notes.txt")
+    ((1, 0, 12), (3, 4, 5), None)
+    """
+    parts = key.split("/")
+    if parts and parts[0] == "c":
+        parts = parts[1:]
+    if len(parts) == 1:
+        parts = parts[0].split(".")
+    return tuple(int(p) for p in parts) if parts and all(p.isdigit() for p in parts) else None
 
 
 def _fmt_region(region: Region) -> str:
@@ -378,6 +482,9 @@ def _open_zarr3(path: str, level: int) -> Volume:
             raise VolumeNotFoundError(f"level {levels[level]!r} of {path!r} is not an array")
         array_path = levels[level]
     else:
+        parent = _image_holding(Path(path))
+        if parent is not None:  # a level of an OME-Zarr image, named by its path
+            return _open_zarr3(os.fspath(parent[0]), parent[1])
         arr = node
         array_path = ""
     names = getattr(arr.metadata, "dimension_names", None)
@@ -387,7 +494,38 @@ def _open_zarr3(path: str, level: int) -> Volume:
     return Volume(url=path, kind="zarr3", array_path=array_path, shape=tuple(arr.shape),
                   dtype=np.dtype(arr.dtype), chunks=tuple(arr.chunks), shards=shards, axes=axes,
                   voxel_size=voxel_size or (1.0,) * n_space, unit=unit, levels=levels,
-                  attrs=attrs, translation=translation)
+                  attrs=attrs, translation=translation,
+                  every_chunk=_every_chunk_written(attrs, dict(arr.attrs), array_path, levels))
+
+
+def _image_holding(array: Path) -> tuple[Path, int] | None:
+    """The OME-Zarr image whose multiscales list the array at ``array`` (its folder's parent),
+    and the array's level there; None when it is a bare array."""
+    meta = array.parent / "zarr.json"
+    try:
+        import json
+        d = json.loads(meta.read_text())
+        ms = ome.read_multiscales(d.get("attributes") or {})
+        paths = [ds["path"] for ds in ms["datasets"]] if ms else []
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return (array.parent, paths.index(array.name)) if array.name in paths else None
+
+
+def _every_chunk_written(group: dict[str, Any], array: dict[str, Any], path: str,
+                         levels: tuple[str, ...]) -> bool:
+    """Whether a finished emarray job wrote every chunk of this array (its missing chunks are
+    then lost ones): the array says so, and the job (or the pyramid) that wrote it finished."""
+    mine = array.get("emarray")
+    if not (isinstance(mine, dict) and mine.get("every_chunk") is True):
+        return False
+    em = group.get("emarray")
+    if not isinstance(em, dict):
+        return False
+    if path == levels[0]:
+        return "job" in em and em.get("complete") is True
+    pyr = em.get("pyramid")
+    return isinstance(pyr, dict) and pyr.get("complete") is True and path in pyr.get("paths", [])
 
 
 # -- creating -----------------------------------------------------------------------------
@@ -414,7 +552,8 @@ def create_volume(path: str | os.PathLike, shape: Sequence[int], dtype: Any,
                   compression: str = "zstd", compression_level: int | None = None,
                   voxel_size: Sequence[float] | str | None = None, unit: str = "nanometer",
                   axes: Sequence[str] | None = None, name: str | None = None,
-                  attrs: dict[str, Any] | None = None) -> Volume:
+                  attrs: dict[str, Any] | None = None,
+                  translation: Sequence[float] | None = None) -> Volume:
     """Create an empty OME-Zarr 0.5 image (zarr v3 group with one array, ``0``).
 
     The caller decides what to do with an existing path (see :func:`emarray.engine.prepare_output`);
@@ -447,14 +586,17 @@ def create_volume(path: str | os.PathLike, shape: Sequence[int], dtype: Any,
     codecs = compressor_codecs(compression, compression_level)
     if Path(path).exists():
         raise InvalidArgumentError(f"create_volume will not replace the existing {os.fspath(path)!r}")
-    scale = []
+    scale, shift = [], []
     it = iter(voxel)
+    moved = iter(translation) if translation is not None else iter(())
     for a in axes:
         scale.append(next(it) if a in ("z", "y", "x") else 1.0)
+        shift.append(float(next(moved, 0.0)) if a in ("z", "y", "x") else 0.0)
     group = zarr.open_group(os.fspath(path), mode="w-")
     group.attrs.update({"ome": ome.multiscales(name or Path(path).name, axes, unit,
-                                               [("0", scale)]),
+                                               [("0", scale, shift)]),
                         **({"emarray": attrs} if attrs else {})})
     group.create_array("0", shape=shape, dtype=dt, chunks=chunks, shards=shards,
-                       compressors=codecs, fill_value=0, dimension_names=axes)
+                       compressors=codecs, fill_value=0, dimension_names=axes,
+                       attributes=EVERY_CHUNK)
     return open_volume(path)

@@ -4,7 +4,7 @@ clean run, and finished blocks are counted to show they were not computed again.
 from __future__ import annotations
 
 import os
-import pickle
+
 import random
 import signal
 import subprocess
@@ -17,6 +17,7 @@ import pytest
 
 import emarray
 from emarray.engine.checkpoint import PROGRESS_DIR
+from emarray.engine.serialize import loads
 
 from .conftest import make_volume, real_dask_cluster
 from .test_hardening import cli, one_error_line
@@ -49,8 +50,8 @@ def saved_done(workdir: Path, earlier: list[tuple[str, str, int]]) -> set[tuple[
     done = set()
     for prog in workdir.rglob(PROGRESS_DIR):
         for f in prog.glob("*.progress"):
-            st = pickle.loads(f.read_bytes())
-            bits = np.unpackbits(np.frombuffer(st["done"], np.uint8), count=st["nblocks"])
+            st = loads(f.read_bytes())
+            bits = np.unpackbits(np.asarray(st["done"], np.uint8), count=st["nblocks"])
             done |= {(str(prog), f.stem, int(i)) for i in np.flatnonzero(bits)}
     for job, stage, flat in earlier:
         finished_stage = (Path(job) / f"{_safe(stage)}.result").exists()

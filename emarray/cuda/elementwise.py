@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..ops.convert import rescale_params
+from ..ops.convert import integer_steps, rescale_params
 from .instantiations import rescale_name, threshold_name
 from .modules import get_kernel
 
@@ -51,11 +51,17 @@ def threshold_device(a: Any, op: str, value: Any, out: Any = None, stream: Any =
 
 
 def rescale_u8_device(a: Any, lo: float, hi: float, out: Any = None, stream: Any = None) -> Any:
-    """``clip(rint(a * scale - offset), 0, 255)`` as uint8 (NaN -> 0), on the device."""
+    """``clip(rint(a * scale - offset), 0, 255)`` as uint8 (NaN -> 0), on the device; integer
+    data exactly, by the CPU's steps (:func:`emarray.ops.convert.integer_steps`)."""
     import cupy
     a = cupy.ascontiguousarray(a)
     out = cupy.empty(a.shape, cupy.uint8) if out is None else out
-    if a.size:
+    if a.size and a.dtype.kind in "ui":
+        base, steps = integer_steps(a.dtype, lo, hi)
+        with cupy.cuda.Stream.null if stream is None else stream:
+            out[...] = (cupy.searchsorted(cupy.asarray(steps), a, side="right") + base).astype(
+                cupy.uint8)
+    elif a.size:
         offset, scale = rescale_params(lo, hi)
         get_kernel("convert.cu", rescale_name(a.dtype))(
             _grid(a.size), (THREADS,), (a, out, np.int64(a.size), offset, scale), stream=stream)

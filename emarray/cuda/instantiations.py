@@ -72,7 +72,7 @@ def ccl_merge_name(dtype, connectivity: int) -> str:
 #: kernel family file -> every name expression compiled from it.
 FAMILIES: dict[str, list[str]] = {
     "threshold.cu": [threshold_name(dt, op) for dt in CTYPES for op in THRESHOLD_OPS],
-    "convert.cu": [rescale_name(dt) for dt in CTYPES],
+    "convert.cu": [rescale_name(dt) for dt in CTYPES if dt.kind == "f"],  # integers: exact steps
     "histogram.cu": [bucket_hist_name(dt) for dt in HIST_BUCKET_DTYPES]
     + [level_hist_name(dt) for dt in HIST_LEVEL_DTYPES],
     "smooth.cu": [smooth_name(dt) for dt in SMOOTH_DTYPES],

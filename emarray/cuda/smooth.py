@@ -5,22 +5,22 @@ from typing import Any
 
 import numpy as np
 
-from ..ops.smooth import gaussian_weights
 from .elementwise import THREADS, _grid
 from .instantiations import smooth_name
 from .modules import get_kernel
 
 
-def smooth_device(a: Any, sigma: tuple[float, ...], truncate: float, stream: Any = None) -> Any:
-    """float32 Gaussian smoothing of the 3-D device array ``a`` (reflect inside the block)."""
+def smooth_device(a: Any, weights: tuple[np.ndarray | None, ...], stream: Any = None) -> Any:
+    """float32 separable smoothing of the 3-D device array ``a`` with each axis's weights
+    (reflect inside the block)."""
     import cupy
     cur = cupy.ascontiguousarray(a)
     nz, ny, nx = cur.shape
     n = cur.size
-    for axis, s in enumerate(sigma):
-        if s <= 0:
+    for axis, w64 in enumerate(weights):
+        if w64 is None:
             continue
-        w = cupy.asarray(gaussian_weights(s, truncate).astype(np.float32))
+        w = cupy.asarray(w64.astype(np.float32))
         out = cupy.empty(cur.shape, cupy.float32)
         k = get_kernel("smooth.cu", smooth_name(cur.dtype))
         k(_grid(n), (THREADS,), (cur, out, np.int64(nz), np.int64(ny), np.int64(nx),
@@ -29,11 +29,11 @@ def smooth_device(a: Any, sigma: tuple[float, ...], truncate: float, stream: Any
     return cur if cur.dtype == cupy.float32 else cur.astype(cupy.float32)
 
 
-def smooth_block_cuda(block: np.ndarray, *, sigma: tuple[float, ...], truncate: float,
+def smooth_block_cuda(block: np.ndarray, *, weights: tuple[np.ndarray | None, ...],
                       memory_limit: Any = None) -> np.ndarray:
     """CUDA twin of :func:`emarray.ops.smooth.smooth_block_twin` for one (grown) block."""
     import cupy
     if block.ndim == 4:  # channels: each smoothed alone
-        return np.stack([smooth_block_cuda(c, sigma=sigma[1:], truncate=truncate) for c in block])
-    out = smooth_device(cupy.asarray(block), sigma, truncate)
+        return np.stack([smooth_block_cuda(c, weights=weights[1:]) for c in block])
+    out = smooth_device(cupy.asarray(block), weights)
     return cupy.asnumpy(out)

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .invalidate import volume_key
+from .serialize import CorruptStateError, dumps, loads
+
 PROGRESS_DIR = ".emarray-progress"
-FORMAT = 1
+FORMAT = 2  # 1 was pickled (never loaded now: a planted pickle would run code)
 #: seconds between saves (``EMARRAY_CHECKPOINT_SECONDS`` overrides it; 0 saves every block)
 DEFAULT_INTERVAL = 1.0
 
@@ -31,6 +34,8 @@ class Checkpoint:
 
     def __init__(self, root: str | os.PathLike | None, interval: float | None = None):
         self.root = Path(root) if root is not None else None
+        #: input key -> regions of its chunks changed since the job started (see :meth:`start`)
+        self.changed: dict[str, list[tuple[slice, ...]]] = {}
         if interval is None:
             interval = float(os.environ.get("EMARRAY_CHECKPOINT_SECONDS", DEFAULT_INTERVAL))
         self.interval = interval
@@ -41,23 +46,41 @@ class Checkpoint:
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stage)
         return self.root / f"{safe}.{part}"
 
-    def load(self, stage: str, nblocks: int) -> tuple[np.ndarray, Any]:
+    def load(self, stage: str, nblocks: int) -> tuple[Bitmap, Any]:
         """The done-bitmap and the folded summary saved for ``stage`` (empty when none)."""
-        done = np.zeros(nblocks, np.bool_)
         state = self._progress(stage)
         if state is None or state.get("format") != FORMAT or state.get("nblocks") != nblocks:
-            return done, None  # another grid: start the stage again
-        done[:] = np.unpackbits(np.frombuffer(state["done"], np.uint8), count=nblocks).view(np.bool_)
-        return done, state["acc"]
+            return Bitmap(nblocks), None  # another grid: start the stage again
+        bits = np.asarray(state["done"], np.uint8)
+        if bits.size != (nblocks + 7) // 8:
+            raise CorruptStateError(f"{self._file(stage, 'progress')} is damaged (its bitmap "
+                                    f"has {bits.size} bytes for {nblocks} blocks); remove it")
+        return Bitmap(nblocks, bits.copy()), state["acc"]
+
+    def _read(self, stage: str, part: str) -> tuple[bool, Any]:
+        if self.root is None:
+            return False, None
+        return self._read_file(self._file(stage, part))
+
+    def _read_file(self, path: Path) -> tuple[bool, Any]:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return False, None
+        if data[:2] != b"PK":  # an .npz is a zip archive; anything else is not ours
+            raise CorruptStateError(
+                f"{path} is not an emarray progress file (it may be from an older emarray, or "
+                "planted there); remove it, or the folder it is in, to start that job again")
+        return True, loads(data, os.fspath(path))
 
     def _progress(self, stage: str) -> dict[str, Any] | None:
         """The saved progress state of ``stage`` (None when nothing is saved)."""
-        if self.root is None or not self._file(stage, "progress").is_file():
-            return None
-        with open(self._file(stage, "progress"), "rb") as f:
-            return pickle.load(f)
+        found, state = self._read(stage, "progress")
+        if found and not isinstance(state, dict):
+            raise CorruptStateError(f"{self._file(stage, 'progress')} is damaged; remove it")
+        return state if found else None
 
-    def save(self, stage: str, done: np.ndarray, acc: Any, *, force: bool = False) -> None:
+    def save(self, stage: str, done: Bitmap, acc: Any, *, force: bool = False) -> None:
         """Save the stage's progress (at most every ``interval`` seconds unless ``force``)."""
         if self.root is None:
             return
@@ -65,35 +88,57 @@ class Checkpoint:
         if not force and now - self._last < self.interval:
             return
         self._last = now
-        state = {"format": FORMAT, "nblocks": int(done.size),
-                 "done": np.packbits(done).tobytes(), "acc": acc}
-        _atomic_write(self._file(stage, "progress"), pickle.dumps(state, protocol=5))
+        state = {"format": FORMAT, "nblocks": int(done.size), "done": done.bits, "acc": acc}
+        _atomic_write(self._file(stage, "progress"), dumps(state))
 
     def finished(self, stage: str) -> tuple[bool, Any]:
         """Whether ``stage`` finished in an earlier run, and what its ``finalize`` returned."""
-        if self.root is None:
+        found, value = self._read(stage, "result")
+        if not found:
             return False, None
-        path = self._file(stage, "result")
-        if not path.is_file():
-            return False, None
-        with open(path, "rb") as f:
-            return True, pickle.load(f)
+        if not (isinstance(value, dict) and value.get("format") == FORMAT):
+            raise CorruptStateError(f"{self._file(stage, 'result')} is damaged; remove it")
+        return True, value["result"]
 
     def finish(self, stage: str, result: Any) -> None:
         """Record a finished stage and its result; its block progress is no longer needed."""
         if self.root is None:
             return
-        _atomic_write(self._file(stage, "result"), pickle.dumps(result, protocol=5))
+        _atomic_write(self._file(stage, "result"), dumps({"format": FORMAT, "result": result}))
         self._file(stage, "progress").unlink(missing_ok=True)
+
+    def forget(self, stage: str) -> None:
+        """Drop everything saved of ``stage``: it runs again from its first block."""
+        if self.root is not None:
+            self._file(stage, "result").unlink(missing_ok=True)
+            self._file(stage, "progress").unlink(missing_ok=True)
+
+    def reopen(self, stage: str, nblocks: int, redo: set[int]) -> None:
+        """Turn a finished stage that folds nothing back into one with every block done but
+        ``redo``: those blocks run again."""
+        done = Bitmap(nblocks, np.packbits(np.ones(nblocks, np.bool_)))
+        for i in redo:
+            done.unset(i)
+        self.save(stage, done, None, force=True)
+        if self.root is not None:
+            self._file(stage, "result").unlink(missing_ok=True)
 
     def done_count(self, stage: str) -> int:
         """How many blocks of ``stage`` the saved progress counts as done (0 when none)."""
         state = self._progress(stage)
-        return 0 if state is None else int(np.unpackbits(np.frombuffer(state["done"], np.uint8)).sum())
+        return 0 if state is None else Bitmap(int(state["nblocks"]), state["done"]).count()
 
-    def start(self, job: dict[str, Any] | None = None) -> bool:
+    def start(self, job: dict[str, Any] | None = None, inputs: Sequence[Any] = ()) -> bool:
         """Create the folder; with ``job``, return whether saved progress belongs to that job
-        (progress of another job is cleared)."""
+        (progress of another job is cleared).
+
+        ``inputs`` (Volumes) are the job's inputs on local disk: a new job records every
+        stored chunk of each (key, size, mtime); a resumed one compares them with that record
+        and keeps, in :attr:`changed`, the regions of the chunks changed, added or removed
+        since, so that :func:`~emarray.engine.run.run_stages` computes the blocks that read
+        them again (a chunk rewritten in place never mixes two inputs into one output).
+        """
+        self.changed = {}
         if self.root is None:
             return False
         same = True
@@ -105,14 +150,61 @@ class Checkpoint:
                 same = False
             if not same:
                 self.clear()
+        fresh = not (self.root / INPUTS).is_file()
         self.root.mkdir(parents=True, exist_ok=True)
         if job is not None:
             _atomic_write(self.root / "job.json", json.dumps(job).encode())
+        vols = [v for v in inputs if getattr(v, "local_path", None) is not None]
+        if fresh:
+            _atomic_write(self.root / INPUTS, dumps({volume_key(v): _snapshot(v) for v in vols}))
+        else:
+            found, before = self._read_file(self.root / INPUTS)
+            for v in vols:
+                old = before.get(volume_key(v)) if found else None
+                if old is not None:
+                    regions = _changed_regions(v, old)
+                    if regions:
+                        self.changed[volume_key(v)] = regions
         return same
 
     def clear(self) -> None:
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+INPUTS = "inputs.npz"
+
+
+def _snapshot(v: Any) -> dict[str, Any]:
+    from ..volume import chunk_entries
+    keys, sizes, mtimes = chunk_entries(v.local_path / v.array_path if v.array_path
+                                        else v.local_path)
+    return {"keys": np.frombuffer("\n".join(keys).encode(), np.uint8), "sizes": sizes,
+            "mtimes": mtimes, "block": list(v.block_shape), "shape": list(v.shape)}
+
+
+def _changed_regions(v: Any, old: dict[str, Any]) -> list[tuple[slice, ...]]:
+    """The regions of ``v``'s chunks whose (size, mtime) differ from the record ``old``, or
+    that were added or removed since; the whole volume when a changed file names no chunk."""
+    from ..volume import chunk_index
+    now = _snapshot(v)
+    whole = [tuple(slice(0, n) for n in v.shape)]
+    if now["block"] != list(old["block"]) or now["shape"] != [int(n) for n in old["shape"]]:
+        return whole
+    def table(snap: dict[str, Any]) -> dict[str, tuple[int, int]]:
+        text = bytes(np.asarray(snap["keys"], np.uint8)).decode()
+        keys = text.split("\n") if text else []
+        return dict(zip(keys, zip(snap["sizes"].tolist(), snap["mtimes"].tolist())))
+    a, b = table(old), table(now)
+    diff = [k for k in set(a) | set(b) if a.get(k) != b.get(k)]
+    out = []
+    for k in sorted(diff):
+        idx = chunk_index(k)
+        if idx is None or len(idx) != len(v.block_shape):
+            return whole
+        out.append(tuple(slice(i * s, min((i + 1) * s, n))
+                         for i, s, n in zip(idx, v.block_shape, v.shape)))
+    return out
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -127,3 +219,33 @@ def _atomic_write(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+class Bitmap:
+    """One bit per block: which blocks of a stage are done (a grid of 134 million blocks is
+    16 MiB here, not the 1.2 GB a byte and an index per block would take)."""
+
+    def __init__(self, size: int, bits: np.ndarray | None = None):
+        self.size = int(size)
+        self.bits = bits if bits is not None else np.zeros((self.size + 7) // 8, np.uint8)
+
+    def set(self, i: int) -> None:
+        self.bits[i >> 3] |= np.uint8(0x80 >> (i & 7))
+
+    def unset(self, i: int) -> None:
+        self.bits[i >> 3] &= np.uint8(~(0x80 >> (i & 7)) & 0xFF)
+
+    def __getitem__(self, i: int) -> bool:
+        return bool(self.bits[i >> 3] & (0x80 >> (i & 7)))
+
+    def count(self) -> int:
+        """How many bits are set."""
+        return int(np.unpackbits(self.bits, count=self.size).sum()) if self.size else 0
+
+    def missing(self, step: int = 1 << 20):
+        """The indices of the unset bits, in order, a slice of ``step`` blocks at a time."""
+        for start in range(0, self.size, step):
+            stop = min(start + step, self.size)
+            part = np.unpackbits(self.bits[start >> 3:(stop + 7) >> 3], count=stop - start)
+            for i in np.flatnonzero(part == 0):
+                yield start + int(i)

@@ -27,6 +27,8 @@ from .grid import BlockGrid, Region, check_aligned
 #: boundary modes for reads past the volume edge (``reflect`` is SciPy's: d c b a | a b c d)
 BOUNDARIES = ("reflect", "nearest", "constant", "none")
 CHANNELS = ("same", "all", "drop")
+#: most blocks a stage may have (its done-bitmap then takes 256 MiB on the driver)
+MAX_BLOCKS = 2**31
 
 
 def per_axis(value: Any, ndim: int, what: str, kind: Callable = int) -> tuple:
@@ -213,7 +215,13 @@ class Stage:
     job: str = field(default="", repr=False)  # where the job's progress is kept (set by the engine)
 
     def check(self) -> None:
-        """Refuse a grid whose blocks would share an output's storage chunk or shard."""
+        """Refuse a grid whose blocks would share an output's storage chunk or shard, or one
+        of more blocks than the driver keeps track of."""
+        if len(self.grid) > MAX_BLOCKS:
+            raise InvalidArgumentError(
+                f"stage {self.name!r} would run {len(self.grid):,} blocks of "
+                f"{','.join(map(str, self.grid.block))} voxels; at most {MAX_BLOCKS:,} are "
+                "tracked: store the volume in larger chunks or shards")
         for w in self.writes:
             block = tuple(max(1, math.ceil(b * f)) if b < s else n for b, f, s, n in
                           zip(self.grid.block, w.scale, self.grid.shape,  # type: ignore[arg-type]

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import (InvalidArgumentError, OutputExistsError, OutputLockedError,
-                      ResumeMismatchError)
+from ..errors import (EmarrayError, InvalidArgumentError, JobFailedError, OutputExistsError,
+                      OutputLockedError, ResumeMismatchError)
 from ..volume import Volume, open_volume
 from .checkpoint import PROGRESS_DIR as MARKER_DIR
 
@@ -89,17 +89,18 @@ class OutputLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                readers = _only_readers(fd)
                 holder = _read_holder(fd)
                 os.close(fd)
+                if readers:
+                    raise OutputLockedError(
+                        f"{self.shown!r} is being read by another emarray job; replacing it now "
+                        "would give that job a mix of old and new data: wait for it to end or "
+                        "stop it") from None
                 raise OutputLockedError(
                     f"output {self.shown!r} is being written by another emarray job "
                     f"({holder}); wait for it to end or stop it") from None
-            # the holder before us may have removed the file after we opened it: retry then
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
+            if _same_file(fd, self.path):  # the holder before us may have removed it: retry
                 break
             os.close(fd)
         os.ftruncate(fd, 0)
@@ -114,6 +115,95 @@ class OutputLock:
                 os.unlink(self.path)  # while still holding it: see the inode check above
             os.close(self._fd)
             self._fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _only_readers(fd: int) -> bool:
+    """Whether the lock on ``fd``'s file is held by readers (shared) rather than a writer."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return True
+
+
+class ReadLock:
+    """A shared ``flock`` on an input's lock file (the one writers hold exclusively), held while
+    a job reads it: a job that would replace the input (``--overwrite``) is refused meanwhile,
+    and a reader is refused while a writer holds it, so a job never reads a mix of two versions.
+
+    Inputs in a folder emarray cannot write (read-only data), or inside a zarr store, are read
+    without a lock: no emarray job can replace them from here either.
+    """
+
+    def __init__(self, path: Path, shown: str):
+        self.path = _sibling(path, LOCK_SUFFIX)
+        self.shown = shown
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if (self.path.parent / "zarr.json").exists():
+            return
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise OutputLockedError(
+                    f"the input {self.shown!r} is being written by another emarray job "
+                    f"({holder}); wait for it to end before reading it") from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:  # the last reader out removes the file (a writer's inode check covers the race)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+        except BlockingIOError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+
+@contextlib.contextmanager
+def reading(inputs: Sequence[Any]) -> Iterator[None]:
+    """Hold a :class:`ReadLock` on every local input (Volumes or paths) for the block."""
+    locks: list[ReadLock] = []
+    seen: set[Path] = set()
+    try:
+        for v in inputs:
+            src = v.local_path if isinstance(v, Volume) else (
+                Path(os.fspath(v)) if isinstance(v, (str, os.PathLike)) else None)
+            if src is None or not src.exists():
+                continue
+            real = real_path(src)
+            if real in seen:
+                continue
+            seen.add(real)
+            lock = ReadLock(real, os.fspath(src))
+            lock.acquire()
+            locks.append(lock)
+        yield
+    finally:
+        for lock in locks:
+            lock.release()
 
 
 def _read_holder(fd: int) -> str:
@@ -147,21 +237,121 @@ def emarray_job_of(path: Path, attrs: dict[str, Any] | None = None) -> dict[str,
     return em if isinstance(em, dict) and "job" in em else None
 
 
-def _own_entries(attrs: dict[str, Any]) -> set[str]:
-    """The top-level names an emarray-made store may hold: metadata, its levels, its progress."""
+def _levels(attrs: dict[str, Any]) -> set[str]:
+    """The array paths an OME-Zarr group lists (and levels a killed pyramid job made but did
+    not yet list)."""
     try:
-        levels = {d["path"].split("/")[0] for m in attrs["ome"]["multiscales"]
-                  for d in m["datasets"]}
+        levels = {d["path"] for m in attrs["ome"]["multiscales"] for d in m["datasets"]}
     except (KeyError, TypeError):
         levels = set()
     pyramid = (attrs.get("emarray") or {}).get("pyramid") if isinstance(attrs, dict) else None
-    if isinstance(pyramid, dict):  # levels a killed pyramid job made but did not yet list
+    if isinstance(pyramid, dict):
         levels |= {str(p) for p in pyramid.get("paths", [])}
-    return {"zarr.json", MARKER_DIR, *levels}
+    return levels
+
+
+#: files emarray keeps in a job's progress folder (and the temporary names it writes them as)
+PROGRESS_FILES = ("*.progress", "*.result", "job.json", "*.npy", ".tmp-*")
+
+
+def _array_keys(array: Path) -> tuple[Any, str, str] | None:
+    """How the chunk keys of the zarr v3 array at ``array`` look: (grid counts, prefix,
+    separator); None when it is not a zarr v3 array."""
+    try:
+        meta = json.loads((array / "zarr.json").read_text())
+        if meta.get("node_type") != "array":
+            return None
+        shape = [int(n) for n in meta["shape"]]
+        chunk = [int(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"]]
+        enc = meta.get("chunk_key_encoding") or {"name": "default"}
+        sep = (enc.get("configuration") or {}).get("separator")
+        if enc.get("name") == "v2":
+            return [-(-n // c) for n, c in zip(shape, chunk)], "", sep or "."
+        return [-(-n // c) for n, c in zip(shape, chunk)], "c", sep or "/"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError):
+        return None
+
+
+def _valid_key(rel: str, counts: list[int], prefix: str, sep: str) -> bool:
+    """Whether ``rel`` (a path inside the array folder, '/'-separated) is one of its chunk keys
+    (or a key a killed write left as ``KEY.partial``)."""
+    if rel.endswith(".partial"):
+        rel = rel[:-len(".partial")]
+    text = rel.replace("/", sep) if sep != "/" else rel
+    parts = text.split(sep)
+    if prefix:
+        if not parts or parts[0] != prefix:
+            return False
+        parts = parts[1:]
+    if len(parts) != len(counts) or not all(p.isdigit() for p in parts):
+        return len(counts) == 0 and parts == ["0"]
+    return all(int(p) < n for p, n in zip(parts, counts))
+
+
+def foreign_in_array(array: Path, shown: str) -> list[str]:
+    keys = _array_keys(array)
+    if keys is None:
+        return [f"{shown}/ (not a zarr array)"]
+    counts, prefix, sep = keys
+    found = []
+    for dirpath, dirs, files in os.walk(array):
+        here = Path(dirpath)
+        for d in list(dirs):
+            if (here / d).is_symlink():
+                found.append(f"{shown}/{(here / d).relative_to(array)} (a link)")
+                dirs.remove(d)
+        for f in files:
+            rel = (here / f).relative_to(array).as_posix()
+            if rel == "zarr.json" and not (here / f).is_symlink():
+                continue
+            if (here / f).is_symlink() or not _valid_key(rel, counts, prefix, sep):
+                found.append(f"{shown}/{rel}")
+    return found
+
+
+def _foreign_in_progress(folder: Path, shown: str) -> list[str]:
+    import fnmatch
+    found = []
+    for entry in sorted(folder.iterdir()):
+        where = f"{shown}/{entry.name}"
+        if entry.is_symlink():
+            found.append(where + " (a link)")
+        elif entry.is_dir():
+            if (entry / "zarr.json").is_file():
+                found += _foreign_in_store(entry, where, attrs=_attributes(entry))
+            else:
+                found += _foreign_in_progress(entry, where)
+        elif not any(fnmatch.fnmatch(entry.name, pat) for pat in PROGRESS_FILES):
+            found.append(where)
+    return found
+
+
+def _foreign_in_store(path: Path, shown: str, attrs: dict[str, Any]) -> list[str]:
+    """Every file under the store ``path`` that its metadata does not account for: not its
+    metadata, not a chunk key of its arrays, not its own progress, not an image emarray made
+    inside it (a variance map)."""
+    levels = _levels(attrs)
+    found = []
+    for entry in sorted(path.iterdir()):
+        name, where = entry.name, f"{shown}/{entry.name}" if shown else entry.name
+        if entry.is_symlink():
+            found.append(where + " (a link)")
+        elif name == "zarr.json" and entry.is_file():
+            continue
+        elif name == MARKER_DIR and entry.is_dir():
+            found += _foreign_in_progress(entry, where)
+        elif name in levels and entry.is_dir():
+            found += foreign_in_array(entry, where)
+        elif entry.is_dir() and (entry / "zarr.json").is_file() and emarray_job_of(entry):
+            found += _foreign_in_store(entry, where, _attributes(entry))
+        else:
+            found.append(where + ("/" if entry.is_dir() else ""))
+    return found
 
 
 def check_replaceable(path: Path, shown: str) -> None:
-    """Refuse to replace anything but a store emarray made that holds only its own files."""
+    """Refuse to replace anything but a store emarray made whose every file its metadata
+    accounts for (metadata, the chunk keys of its arrays, its progress files)."""
     if not path.is_dir() or not (path / "zarr.json").is_file():
         raise InvalidArgumentError(
             f"refusing to overwrite {shown!r}: it is not a zarr store emarray made")
@@ -170,12 +360,7 @@ def check_replaceable(path: Path, shown: str) -> None:
         raise InvalidArgumentError(
             f"refusing to overwrite {shown!r}: it was not made by emarray; move it away or "
             "choose another output")
-    own = _own_entries(attrs)
-    foreign = sorted(p.name for p in path.iterdir() if p.name not in own)
-    for level in own - {"zarr.json", MARKER_DIR}:
-        d = path / level
-        if d.is_dir():
-            foreign += [f"{level}/{p.name}" for p in d.iterdir() if p.name not in ("zarr.json", "c")]
+    foreign = _foreign_in_store(path, "", attrs)
     if foreign:
         raise InvalidArgumentError(
             f"refusing to overwrite {shown!r}: it holds files emarray did not write "
@@ -225,6 +410,23 @@ class Output:
     @property
     def staged(self) -> bool:
         return real_path(self.volume.url) != self.path
+
+    def discard(self) -> None:
+        """Remove what this run created (a new output, or a replacement being built) before
+        any block was written; an output that existed, or one being resumed, stays."""
+        if self.resumed:
+            return
+        _remove(real_path(self.volume.url) if self.staged else self.path)
+
+    def kept_note(self, exc: BaseException) -> EmarrayError:
+        """The error of a failed replacement, saying where its unfinished new output is kept."""
+        new = real_path(self.volume.url)
+        size = sum(f.stat().st_size for f in new.rglob("*") if f.is_file()) if new.exists() else 0
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return JobFailedError(
+            f"{reason}; {self.shown!r} is unchanged, and its unfinished replacement is kept at "
+            f"{new} ({size / 2**20:.1f} MiB): run the same command with --resume to finish it, "
+            f"or remove it with: rm -r '{new}'")
 
     def commit(self) -> Volume:
         """Put a staged output in place (old one aside, new one in, old one deleted)."""

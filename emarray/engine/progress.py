@@ -17,19 +17,24 @@ class Progress:
     carriage-return updates that turn into one endless line in a log.
     """
 
-    def __init__(self, total: int | None, desc: str, enabled: bool = True, unit: str = "block"):
+    def __init__(self, total: int | None, desc: str, enabled: bool = True, unit: str = "block",
+                 initial: int = 0):
         self.total, self.desc, self.enabled, self.unit = total, desc, enabled, unit
-        self.n = 0
+        self.n = self.first = int(initial)
+        self.postfix = ""
         self._bar: Any = None
         self._t0 = time.monotonic()
         self._last_line = self._t0
-        self._last_decile = 0
+        self._last_decile = int(10 * self.n / self.total) if self.total else 0
 
     def __enter__(self) -> Progress:
         if self.enabled and _is_terminal():
             from tqdm.auto import tqdm
-            self._bar = tqdm(total=self.total, desc=self.desc, unit=self.unit, file=sys.stderr,
-                             dynamic_ncols=True)
+            self._bar = tqdm(total=self.total, initial=self.n, desc=self.desc, unit=self.unit,
+                             file=sys.stderr, dynamic_ncols=True)
+        elif self.enabled and self.total:  # a log says at once what the job is doing
+            print(f"{self.desc}: {self.total - self.n} {_plural(self.unit)} to do"
+                  + (f" ({self.n} done before)" if self.n else ""), file=sys.stderr, flush=True)
         return self
 
     def update(self, n: int = 1) -> None:
@@ -43,16 +48,28 @@ class Progress:
                 self._last_decile, self._last_line = decile, now
                 self._line(now)
 
+    def set_postfix(self, **values: Any) -> None:
+        """Figures shown after the count (``loss=0.1234``): on the bar, or in the next line."""
+        self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+        if self._bar is not None:
+            self._bar.set_postfix(values)
+
     def _line(self, now: float) -> None:
         of = f"/{self.total}" if self.total else ""
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
-        print(f"{self.desc}: {self.n}{of} {_plural(self.unit)}{pct} in {now - self._t0:.1f} s",
-              file=sys.stderr, flush=True)
+        rest = f"; {self.postfix}" if self.postfix else ""
+        print(f"{self.desc}: {self.n}{of} {_plural(self.unit)}{pct} in {now - self._t0:.1f} s"
+              f"{rest}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.__exit__(None, None, None)
 
     def __exit__(self, *exc: Any) -> None:
         if self._bar is not None:
             self._bar.close()
-        elif self.enabled and exc[0] is None and self._last_decile < 10:
+            self._bar = None
+        elif self.enabled and exc[0] is None and self._last_decile < 10 and self.n > self.first:
+            self._last_decile = 10
             self._line(time.monotonic())
 
 

@@ -18,14 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidArgumentError
+from ..errors import EmarrayError, InvalidArgumentError
 from ..volume import Volume
 from . import faults
 from .checkpoint import PROGRESS_DIR, Checkpoint
 from .contract import BlockContext, LaterStage, Read, Stage
 from .grid import Region
+from .invalidate import affected_blocks, mark_written
 from .options import RunOptions
-from .output import open_output
+from .output import open_output, reading
 from .schedulers import Runner
 
 log = logging.getLogger("emarray")
@@ -170,9 +171,14 @@ def run_stages(stages: Sequence[StageSpec], runner: Runner, checkpoint: Checkpoi
         if isinstance(spec, Stage):
             spec.check()
     given: Any = None
+    changed = {k: list(v) for k, v in checkpoint.changed.items()}  # inputs changed since start
+    restart = False  # an earlier stage starts again: so does every one after it
     for spec in stages:
         finished, result = checkpoint.finished(spec.name)
-        if finished:
+        if finished and restart:
+            checkpoint.forget(spec.name)
+            finished = False
+        if finished and not changed:
             log.info("stage %s finished in an earlier run", spec.name)
             given = result
             continue
@@ -181,52 +187,98 @@ def run_stages(stages: Sequence[StageSpec], runner: Runner, checkpoint: Checkpoi
             st.check()
         else:
             st = spec
+        redo = affected_blocks(st, changed) if changed else set()
+        if finished:
+            if not redo:
+                given = result
+                continue
+            log.warning("%s: %d finished blocks read input chunks changed since the job started; "
+                        "computing them again", st.name, len(redo))
+            if st.combine is not None:
+                checkpoint.forget(st.name)
+                restart = True
+            else:
+                checkpoint.reopen(st.name, len(st.grid), redo)
         st.given = given
         st.job = str(checkpoint.root or "")
-        n = len(st.grid)
-        done, saved = checkpoint.load(st.name, n)
-        fold = TreeFold(st.combine, saved) if st.combine is not None else None
-        todo = np.flatnonzero(~done)
-        if todo.size < n and runner.progress:
-            print(f"resuming: {n - todo.size} of {n} blocks already done", file=sys.stderr)
-        log.info("%s: %d blocks of %s (%d already done)", st.name, n, st.grid.block, n - todo.size)
-        counts = st.grid.counts
-
-        def index(i: int, todo: np.ndarray = todo, counts: tuple = counts) -> tuple[int, ...]:
-            return tuple(int(k) for k in np.unravel_index(int(todo[i]), counts))
-
-        def calls(st: Stage = st, index: Callable = index, m: int = int(todo.size)) -> Any:
-            for i in range(m):
-                yield run_block, (st, index(i))
-
-        def on_result(i: int, value: Any, done: np.ndarray = done, todo: np.ndarray = todo,
-                      fold: TreeFold | None = fold, name: str = st.name) -> None:
-            done[todo[i]] = True
-            if fold is not None:
-                fold.add(value)
-            checkpoint.save(name, done, fold.stack if fold else None)
-
-        def name(i: int, st: Stage = st, index: Callable = index) -> str:
-            return _block_name(st, index(i))
-
-        weight = None
-        total = int(todo.size)
-        if st.work is not None:
-            def weight(i: int, st: Stage = st, index: Callable = index) -> int:
-                return st.work(index(i))  # type: ignore[misc]
-            total = sum(weight(i) for i in range(todo.size))
-
-        runner.desc = st.name
-        try:
-            runner.run(calls(), total=total, retries=retries, on_result=on_result,
-                       name=name, weight=weight, unit=st.unit)
-        except BaseException:  # a failed block or an interrupt: keep every finished block
-            checkpoint.save(st.name, done, fold.stack if fold else None, force=True)
-            raise
-        acc = fold.result() if fold is not None else None
+        acc, restarted = _run_stage(st, runner, checkpoint, retries, redo)
+        restart = restart or restarted
+        mark_written(st, redo, changed)
         given = st.finalize(acc) if st.finalize is not None else acc
         checkpoint.finish(st.name, given)
     return given
+
+
+class _InFlight:
+    """The blocks of one stage run: which are done (a bitmap), which are in flight (call
+    number -> flat block index), and the summaries folded so far."""
+
+    def __init__(self, st: Stage, checkpoint: Checkpoint, redo: set[int]):
+        self.st, self.checkpoint = st, checkpoint
+        self.done, saved = checkpoint.load(st.name, len(st.grid))
+        self.restarted = False
+        stale = [i for i in redo if self.done[i]]
+        if stale and st.combine is not None:  # a block's share cannot be taken out of the fold
+            log.warning("%s: blocks already folded read input chunks changed since the job "
+                        "started; the stage starts again", st.name)
+            checkpoint.forget(st.name)
+            self.done, saved = checkpoint.load(st.name, len(st.grid))
+            self.restarted = True
+        else:
+            for i in stale:
+                self.done.unset(i)
+        self.fold = TreeFold(st.combine, saved) if st.combine is not None else None
+        self.flat_of: dict[int, int] = {}
+
+    def index(self, i: int) -> tuple[int, ...]:
+        return tuple(int(k) for k in np.unravel_index(self.flat_of[i], self.st.grid.counts))
+
+    def calls(self) -> Any:
+        for i, flat in enumerate(self.done.missing()):
+            self.flat_of[i] = flat
+            yield run_block, (self.st, self.index(i))
+
+    def on_result(self, i: int, value: Any) -> None:
+        self.done.set(self.flat_of.pop(i))
+        if self.fold is not None:
+            self.fold.add(value)
+        self.save()
+
+    def save(self, force: bool = False) -> None:
+        self.checkpoint.save(self.st.name, self.done, self.fold.stack if self.fold else None,
+                             force=force)
+
+    def name(self, i: int) -> str:
+        return _block_name(self.st, self.index(i))
+
+    def weight(self, i: int) -> int:
+        return self.st.work(self.index(i))  # type: ignore[misc]
+
+
+def _run_stage(st: Stage, runner: Runner, checkpoint: Checkpoint, retries: int,
+               redo: set[int]) -> tuple[Any, bool]:
+    """Run the blocks of ``st`` not yet done (``redo``: done ones to compute again); return the
+    folded summary, and whether the stage had to start again."""
+    job = _InFlight(st, checkpoint, redo)
+    n = len(st.grid)
+    already = job.done.count()
+    if already and runner.progress:
+        print(f"resuming: {already} of {n} blocks already done", file=sys.stderr)
+    log.info("%s: %d blocks of %s (%d already done)", st.name, n, st.grid.block, already)
+    total = n - already
+    if st.work is not None:
+        counts = st.grid.counts
+        total = sum(st.work(tuple(int(k) for k in np.unravel_index(f, counts)))
+                    for f in job.done.missing())
+    runner.desc = st.name
+    try:
+        runner.run(job.calls(), total=total, retries=retries, on_result=job.on_result,
+                   name=job.name, weight=job.weight if st.work is not None else None,
+                   unit=st.unit)
+    except BaseException:  # a failed block or an interrupt: keep every finished block
+        job.save(force=True)
+        raise
+    return (job.fold.result() if job.fold is not None else None), job.restarted
 
 
 def _nested_images(out: Volume) -> list[Any]:
@@ -273,15 +325,29 @@ def run_job(dst: str | os.PathLike, create: Callable[[str], Volume], *, job: dic
     """
     with contextlib.nullcontext(runner) if runner is not None else options.runner(desc) as runner:
         runner.check_volumes(inputs)
-        with open_output(dst, create, inputs=[v for v in inputs if isinstance(v, (Volume, str))],
-                         job=job, overwrite=options.overwrite, resume=options.resume) as target:
+        with reading(inputs), open_output(
+                dst, create, inputs=[v for v in inputs if isinstance(v, (Volume, str))],
+                job=job, overwrite=options.overwrite, resume=options.resume) as target:
             out = target.volume
             if not (target.resumed and out.attrs.get("emarray", {}).get("complete")):
                 checkpoint = Checkpoint(Path(out.url) / PROGRESS_DIR)
                 if not target.resumed:
                     checkpoint.clear()
-                checkpoint.start()
-                run_stages(stages(out), runner, checkpoint, retries=options.retries)
+                checkpoint.start(inputs=[v for v in inputs if isinstance(v, Volume)])
+                try:
+                    built = stages(out)
+                    for st in built:
+                        if isinstance(st, Stage):
+                            st.check()
+                except BaseException:
+                    target.discard()  # nothing was written: leave nothing behind
+                    raise
+                try:
+                    run_stages(built, runner, checkpoint, retries=options.retries)
+                except (OSError, EmarrayError) as exc:
+                    if target.staged:
+                        raise target.kept_note(exc) from exc
+                    raise
                 mark_complete(out)
                 checkpoint.clear()
             return target.commit()
@@ -300,4 +366,5 @@ def reduce_blocks(fn: Callable[..., Any], volumes: Sequence[Any], combine: Calla
     stage = Stage(desc, fn, grid, [Read(v) for v in volumes], combine=combine)
     with contextlib.nullcontext(runner) if runner is not None else opts.runner(desc) as r:
         r.check_volumes(volumes)
-        return run_stages([stage], r, Checkpoint(None), retries=opts.retries)
+        with reading(volumes):
+            return run_stages([stage], r, Checkpoint(None), retries=opts.retries)

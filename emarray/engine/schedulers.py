@@ -12,12 +12,16 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..errors import (BackendUnavailableError, BlockFailedError, InputChangedError,
-                      InvalidArgumentError, SchedulerUnreachableError)
+                      InvalidArgumentError, SchedulerUnreachableError, WorkersLostError)
 from .progress import Progress
 
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
 SCHEDULERS = LOCAL_SCHEDULERS + ("local-cluster", "cuda", "slurm")
+#: the protocols a dask scheduler address may use (distributed's comm backends)
+PROTOCOLS = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
 DEFAULT_CONNECT_TIMEOUT = 10.0
+#: seconds a distributed job waits with no worker left (EMARRAY_WORKER_TIMEOUT overrides it)
+DEFAULT_LOST_WORKERS_TIMEOUT = 60.0
 Call = tuple[Callable[..., Any], tuple]
 log = logging.getLogger("emarray")
 
@@ -31,8 +35,16 @@ def check_scheduler(scheduler: Any) -> Any:
     if scheduler is None:
         scheduler = os.environ.get("DASK_SCHEDULER_ADDRESS") or "threads"
     if isinstance(scheduler, str):
-        if scheduler in SCHEDULERS or "://" in scheduler:
+        if scheduler in SCHEDULERS:
             return scheduler
+        scheme, sep, rest = scheduler.partition("://")
+        if sep and scheme.lower() in PROTOCOLS and rest:
+            return scheduler
+        if sep:
+            raise InvalidArgumentError(
+                f"scheduler address {scheduler!r} has an unknown protocol {scheme!r}; dask "
+                f"schedulers listen on {', '.join(p + '://' for p in PROTOCOLS)} (e.g. "
+                "tcp://host:8786)")
         raise InvalidArgumentError(
             f"scheduler must be one of {', '.join(SCHEDULERS)} or an address such as "
             f"tcp://host:8786, got {scheduler!r}")
@@ -138,7 +150,7 @@ class Runner:
         else:
             try:
                 self._client = Client(s, timeout=f"{self.connect_timeout}s")
-            except (OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError, ValueError) as exc:
                 raise SchedulerUnreachableError(
                     f"cannot reach the dask scheduler at {s} within {self.connect_timeout:g} s "
                     f"({type(exc).__name__}); is it running? (--connect-timeout sets the wait)"
@@ -227,8 +239,9 @@ class Runner:
 
         with Progress(total, self.desc, self.progress, unit) as bar:
             for i, value in self._completed(iter(calls), window, retries, name):
+                w = weight(i) if weight is not None else 1
                 take(i, value)
-                bar.update(weight(i) if weight is not None else 1)
+                bar.update(w)
         if combine is not None:
             return acc[0] if acc else None
         return None if on_result is not None else [results[i] for i in sorted(results)]
@@ -299,39 +312,93 @@ class Runner:
 
     def _completed_distributed(self, calls: Iterator[Call], window: int, retries: int,
                                name: Callable[[int], str]) -> Iterator[tuple[int, Any]]:
-        from distributed import as_completed
+        from distributed import wait
         client = self._client
         index: dict[Any, tuple[int, Call, int]] = {}
+        pending: set[Any] = set()
         it = enumerate(calls)
 
-        def submit(i: int, call: Call, attempt: int, ac: Any | None) -> Any:
+        def submit(i: int, call: Call, attempt: int) -> None:
             f, args = call
             fut = client.submit(f, *args, pure=False)
             index[fut.key] = (i, call, attempt)
-            if ac is not None:
-                ac.add(fut)
-            return fut
+            pending.add(fut)
 
-        def submit_next(ac: Any | None) -> Any:
+        def submit_next() -> None:
             nxt = next(it, None)
-            return None if nxt is None else submit(nxt[0], nxt[1], 0, ac)
+            if nxt is not None:
+                submit(nxt[0], nxt[1], 0)
 
-        first = [f for f in (submit_next(None) for _ in range(window)) if f is not None]
-        if not first:
-            return
-        ac = as_completed(first)
-        for fut in ac:
-            i, call, attempt = index.pop(fut.key)
-            if fut.status == "error":
-                exc = fut.exception()
-                fut.release()
-                _retry_or_fail(exc, attempt, retries, name(i))
-                submit(i, call, attempt + 1, ac)
+        for _ in range(window):
+            submit_next()
+        watch = _WorkerWatch(client, self._lost_timeout())
+        while pending:
+            try:
+                done, _ = wait(list(pending), timeout=2.0, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                done = set()
+            if not done:
+                watch.check(len(pending))
                 continue
-            value = fut.result()
-            fut.release()
-            submit_next(ac)
-            yield i, value
+            watch.seen()
+            for fut in done:
+                pending.discard(fut)
+                i, call, attempt = index.pop(fut.key)
+                if fut.status == "error":
+                    exc = fut.exception()
+                    fut.release()
+                    _retry_or_fail(exc, attempt, retries, name(i))
+                    submit(i, call, attempt + 1)
+                    continue
+                value = fut.result()
+                fut.release()
+                submit_next()
+                yield i, value
+
+    def _lost_timeout(self) -> float:
+        """Seconds a job waits with no dask worker left before it stops (``--scheduler slurm``:
+        the SLURM start timeout, as queued replacement jobs may take that long)."""
+        text = os.environ.get("EMARRAY_WORKER_TIMEOUT")
+        if text:
+            try:
+                return float(text)
+            except ValueError:
+                raise InvalidArgumentError(
+                    f"EMARRAY_WORKER_TIMEOUT must be a number of seconds, got {text!r}") from None
+        if self.scheduler == "slurm" and self.slurm:
+            return float(self.slurm.get("start_timeout") or 300)
+        return DEFAULT_LOST_WORKERS_TIMEOUT
+
+
+class _WorkerWatch:
+    """Stops a distributed job that has had no worker for ``timeout`` seconds, with one line."""
+
+    def __init__(self, client: Any, timeout: float):
+        self.client, self.timeout = client, timeout
+        self.lost_at: float | None = None
+
+    def seen(self) -> None:
+        self.lost_at = None
+
+    def check(self, in_flight: int) -> None:
+        import time
+        try:
+            workers = len(self.client.scheduler_info()["workers"])
+        except Exception:  # the scheduler itself is gone
+            workers = 0
+        if workers:
+            self.lost_at = None
+            return
+        now = time.monotonic()
+        if self.lost_at is None:
+            self.lost_at = now
+            log.warning("no dask worker is left; waiting up to %.0f s for one", self.timeout)
+        elif now - self.lost_at >= self.timeout:
+            raise WorkersLostError(
+                f"every dask worker of {getattr(self.client.scheduler, 'address', 'the cluster')} "
+                f"is gone and none came back within {self.timeout:g} s ({in_flight} blocks were "
+                "running); the finished blocks are kept: run the same command with --resume once "
+                "workers are up")
 
 
 def _retry_or_fail(exc: BaseException, attempt: int, retries: int, what: str) -> None:

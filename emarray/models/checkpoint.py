@@ -124,13 +124,32 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
+def verify_archive(path: Path, where: str) -> None:
+    """Refuse a model file whose archive is damaged: every member's CRC-32 is checked (PyTorch
+    itself loads weights with flipped bytes without a word)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise InvalidArgumentError(f"{where} is not a readable model file: the archive is "
+                                   f"damaged ({type(exc).__name__}: {exc})") from None
+    if bad is not None:
+        raise InvalidArgumentError(
+            f"{where} is damaged: its member {bad!r} fails its CRC check (a corrupt copy or "
+            "download?); copy the model file again")
+
+
 def load(path: str | os.PathLike, device: Any = "cpu") -> ModelFile:
-    """Open a model file (or an emarray TorchScript archive); the network is in eval mode."""
+    """Open a model file (or an emarray TorchScript archive); the network is in eval mode.
+
+    The archive is verified first (every member's checksum), so a damaged file is refused
+    instead of predicting with corrupt weights."""
     import torch
     p = Path(path)
     if not p.is_file():
         raise VolumeNotFoundError(f"no model file at {os.fspath(path)!r}")
     where = repr(os.fspath(path))
+    verify_archive(p, where)
     if _is_torchscript(p):
         extra = {EXTRA: ""}
         with _quiet_jit():

@@ -91,7 +91,7 @@ def run_elementwise(op: str, src: Volume, dst: str | os.PathLike, out_dtype: Any
     def create(path: str) -> Volume:
         return create_volume(path, src.shape, out_dtype, out_chunks, shards=out_shards,
                              compression=compression, voxel_size=src.voxel_size, unit=src.unit,
-                             axes=src.axes, attrs={"job": ident})
+                             translation=src.translation, axes=src.axes, attrs={"job": ident})
 
     with options.runner(op) as runner:
         setup = backend_stage_setup(op, src.dtype, options, runner)

@@ -48,6 +48,11 @@ def label_block_cpu(block: np.ndarray, *, connectivity: int, binary: bool,
     """cc3d's labels of one block (uint32, 1..n in C order of first voxel, 0 = background)."""
     import cc3d
     fg = foreground(block, binary=binary, background=background)
+    if fg.dtype == np.uint64 and fg.size and int(fg.max()) >= 2**63:
+        # cc3d reads uint64 values through a C long and fails at 2**63 and above; components
+        # only depend on which values are equal, so dense ids (0 kept) label the same
+        import fastremap
+        fg = fastremap.renumber(np.array(fg, order="C"), preserve_zero=True)[0]
     labels: np.ndarray = cc3d.connected_components(  # type: ignore[call-overload]
         np.ascontiguousarray(fg), connectivity=connectivity, out_dtype=np.uint32)
     return labels

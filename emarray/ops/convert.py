@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import math
 import os
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from .. import backends
-from .._normalize import finite_number
+from .._normalize import real_number
 from ..errors import InvalidArgumentError
 from ..engine import RunOptions
 from ..volume import Volume
@@ -42,13 +43,59 @@ def rescale_params(lo: float, hi: float) -> tuple[np.float32, np.float32]:
     return offset32, scale32
 
 
+def integer_steps(dtype: Any, lo: Any, hi: Any) -> tuple[int, np.ndarray]:
+    """Exact rescaling of integer data: ``(base, steps)`` such that the output of ``x`` is
+    ``base + searchsorted(steps, x, "right")``, the count of levels ``k`` whose least input
+    ``b_k`` is at most ``x``.
+
+    ``b_k`` is the least integer ``x`` with ``rint((x - lo) * 255 / (hi - lo)) >= k``, computed in
+    rational arithmetic (``rint`` rounds half to even, as NumPy's): exact for every integer
+    dtype, int64 and uint64 at their extremes included. ``base`` counts the ``b_k`` at or below
+    the dtype's least value; ``steps`` holds the rest that the dtype can hold.
+
+    >>> base, steps = integer_steps("uint8", 0, 255); base, steps[:3].tolist(), steps.size
+    (0, [1, 2, 3], 255)
+    """
+    dt = np.dtype(dtype)
+    info = np.iinfo(dt)
+    flo, fhi = Fraction(lo), Fraction(hi)
+    bounds = []
+    for k in range(1, 256):
+        t = flo + (k - Fraction(1, 2)) * (fhi - flo) / 255  # x >= k iff x > t, or x == t and k even
+        b = t.numerator // t.denominator + 1
+        if t.denominator == 1 and k % 2 == 0:
+            b = int(t)
+        bounds.append(b)
+    base = sum(b <= info.min for b in bounds)
+    steps = np.array([b for b in bounds if info.min < b <= info.max], dt)
+    return base, steps
+
+
+def rescale_integers(block: np.ndarray, lo: Any, hi: Any) -> np.ndarray:
+    """The exact rescaling of an integer block (see :func:`integer_steps`); a table of every
+    value for 8 and 16-bit data."""
+    base, steps = integer_steps(block.dtype, lo, hi)
+    if block.dtype.itemsize <= 2:
+        info = np.iinfo(block.dtype)
+        every = np.arange(info.min, info.max + 1, dtype=np.int64)
+        table = (base + np.searchsorted(steps, every, "right")).astype(np.uint8)
+        return table[block.astype(np.int64) - info.min] if info.min else table[block]
+    return (base + np.searchsorted(steps, block, "right")).astype(np.uint8)
+
+
 def rescale_block_cpu(block: np.ndarray, *, lo: float, hi: float, region: Any = None) -> np.ndarray:
-    """``clip(rint(x * scale - offset), 0, 255)`` as uint8 in float32 arithmetic, NaN -> 0:
-    ``(x - lo) * 255 / (hi - lo)`` with no intermediate overflow (see :func:`rescale_params`).
+    """Float data: ``clip(rint(x * scale - offset), 0, 255)`` as uint8 in float32 arithmetic,
+    NaN -> 0: ``(x - lo) * 255 / (hi - lo)`` with no intermediate overflow (see
+    :func:`rescale_params`). Integer data: the same formula in exact arithmetic
+    (:func:`integer_steps`), so that values above 2**24 are not rounded first.
 
     >>> rescale_block_cpu(np.array([0.0, 0.5, 1.0, 2.0, np.nan]), lo=0, hi=1)
     array([  0, 128, 255, 255,   0], dtype=uint8)
+    >>> rescale_block_cpu(np.array([2**62, 2**62 + 1], np.int64), lo=2**62, hi=2**62 + 2)
+    array([  0, 128], dtype=uint8)
     """
+    if block.dtype.kind in "ui":
+        return rescale_integers(block, lo, hi)
     offset, scale = rescale_params(lo, hi)
     v = block.astype(np.float32, copy=True)
     with np.errstate(over="ignore", invalid="ignore"):  # +-inf saturate to 255 / 0 below
@@ -61,6 +108,7 @@ def rescale_block_cpu(block: np.ndarray, *, lo: float, hi: float, region: Any = 
 
 
 backends.register("rescale", "cpu", rescale_block_cpu)
+# floats: the kernel; integers: the same exact steps on the device
 backends.register("rescale", "cuda", "emarray.cuda.ops:rescale_block_cuda", CUDA_DTYPES)
 
 
@@ -82,10 +130,11 @@ def rescale(src: Volume | str | os.PathLike, dst: str | os.PathLike, lo: float, 
     """
     opts = RunOptions.make(options, **run)
     src = as_volume(src, opts.allow_incomplete)
-    lo, hi = finite_number(lo, "lo"), finite_number(hi, "hi")
+    lo, hi = real_number(lo, "lo"), real_number(hi, "hi")  # exact for integer data
     if not hi > lo:
         raise InvalidArgumentError(f"rescale needs lo < hi, got lo={lo!r} hi={hi!r}")
-    rescale_params(lo, hi)  # refuse a range float32 cannot represent, before any work
+    if src.dtype.kind == "f":
+        rescale_params(lo, hi)  # refuse a range float32 cannot represent, before any work
     return run_elementwise("rescale", src, dst, np.uint8, {"lo": lo, "hi": hi},
                            {"lo": lo, "hi": hi}, opts, chunks=chunks, shards=shards,
                            compression=compression)

@@ -31,7 +31,7 @@ import numpy as np
 from .. import backends
 from ..engine import BlockGrid, LaterStage, Read, RunOptions, Stage, Write, read_padded, run_job
 from ..engine.checkpoint import PROGRESS_DIR, _atomic_write
-from .._normalize import finite_number, whole_number
+from .._normalize import real_number, whole_number
 from ..errors import InvalidArgumentError
 from ..volume import Volume, create_volume, open_volume
 from .common import as_volume, backend_stage_setup, job_identity, layout_of, output_layout
@@ -313,13 +313,13 @@ def check_params(src: Volume, connectivity: Any, mode: str, background: Any,
     if not binary and src.dtype.kind not in "uib":
         raise InvalidArgumentError(
             f"multilabel needs integer labels; {src.url} holds {src.dtype} (use binary)")
-    bg = finite_number(background, "background")
+    bg = real_number(background, "background")  # 2**64 - 1 stays exact
     if src.dtype.kind in "uib":
         info = np.iinfo(src.dtype) if src.dtype.kind != "b" else None
-        if bg != int(bg) or (info is not None and not info.min <= bg <= info.max) or (
+        if not isinstance(bg, int) or (info is not None and not info.min <= bg <= info.max) or (
                 info is None and bg not in (0, 1)):
             raise InvalidArgumentError(
-                f"background {background!r} is not a value of {src.dtype} data")
+                f"background {bg} is not a value of {src.dtype} data")
         bgv: Any = int(bg) if src.dtype.kind != "b" else bool(bg)
     else:
         bgv = src.dtype.type(bg)
@@ -380,7 +380,8 @@ def label(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, connectivi
     if len(grid) >= 2**31:
         raise InvalidArgumentError(f"{len(grid)} blocks are too many; store larger chunks")
     out_chunks, out_shards = output_layout(src, chunks, shards, compression)
-    ident = job_identity("label", {**{k: (v if k != "background" else float(v))
+    ident = job_identity("label", {**{k: (v if k != "background" else
+                                          (int(v) if src.dtype.kind in "uib" else float(v)))
                                       for k, v in prm.items()}, "dtype": "auto"}, [src],
                          layout_of(out_chunks, out_shards, compression))
     p = {**prm, "shape": src.shape, "block": src.block_shape, "counts": grid.counts}
@@ -388,7 +389,7 @@ def label(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, connectivi
     def create(path: str) -> Volume:
         return create_volume(path, src.shape, np.uint32, out_chunks, shards=out_shards,
                              compression=compression, voxel_size=src.voxel_size, unit=src.unit,
-                             axes=src.axes, attrs={"job": ident, "labels": True})
+                             translation=src.translation, axes=src.axes, attrs={"job": ident, "labels": True})
 
     with opts.runner("label") as runner:
         setup = backend_stage_setup("label", src.dtype, opts, runner)

@@ -259,12 +259,14 @@ def match(pred: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
     """
     opts = RunOptions.make(options, **run)
     dirp = Path(out) if out is not None else None
-    if dirp is not None:
-        check_out_folder(dirp, opts.overwrite or opts.resume, OUTPUTS, "match")
     thr = finite_number(match_threshold, "match threshold")
     if not 0 < thr <= 1:
         raise InvalidArgumentError(f"match threshold must be in (0, 1], got {match_threshold!r}")
     pv, tv = as_volume(pred, opts.allow_incomplete), as_volume(truth, opts.allow_incomplete)
+    if dirp is not None:
+        check_out_folder(dirp, opts.overwrite or opts.resume,
+                         OUTPUTS + (("pred-labels.zarr", "truth-labels.zarr") if label_first
+                                    else ()), "match", inputs=[pv, tv])
     if pv.shape != tv.shape:
         raise ShapeMismatchError(f"prediction has shape {pv.shape} but truth has {tv.shape}")
     if label_first:

@@ -171,7 +171,8 @@ def objects(labels: Volume | str | os.PathLike, *, raw: Volume | str | os.PathLi
         raise ShapeMismatchError(f"raw has shape {rv.shape} but labels have {lv.shape}")
     path = Path(out) if out is not None else None
     if path is not None:
-        check_out_file(path, opts.overwrite or opts.resume, SUFFIXES)
+        check_out_file(path, opts.overwrite or opts.resume, SUFFIXES, (".json", ".png"),
+                       inputs=[lv, rv])
     reads = [Read(lv)] + ([Read(rv)] if rv is not None else [])
     job = {"operator": "objects", "inputs": [v.fingerprint() for v in (lv, rv) if v is not None]}
     table, checkpoint = fold_table(

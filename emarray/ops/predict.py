@@ -24,7 +24,8 @@ import numpy as np
 
 from .._normalize import parse_tuple, whole_number
 from ..engine import BlockGrid, Read, RunOptions, Stage, Write, check_aligned, run_job
-from ..errors import BackendUnavailableError, InvalidArgumentError, VolumeNotFoundError
+from ..errors import (BackendUnavailableError, EmarrayWarning, InvalidArgumentError,
+                      VolumeNotFoundError)
 from ..volume import Volume, compressor_codecs, create_volume, open_volume
 from .common import as_volume, job_identity, layout_of
 
@@ -224,6 +225,42 @@ def predict_block(ctx: Any, raw: np.ndarray, *, plan: Plan) -> Any:
         return out
     var = acc_var / wsum
     return out, (var if nch > 1 else var[0]).astype(plan.var_dtype)
+
+
+def predict_counting_nan(ctx: Any, raw: np.ndarray, *, plan: Plan) -> tuple:
+    """:func:`predict_block` on a float raw volume, with the block's NaN voxels counted: its
+    own raw voxels (not the halo) and its output voxels, summed over the job."""
+    result = predict_block(ctx, raw, plan=plan)
+    arrays = result if isinstance(result, tuple) else (result,)
+    own = tuple(slice(w.start - r.start, w.stop - r.start)
+                for w, r in zip(ctx.region, ctx.reads[0][-3:]))
+    mine = raw[(slice(None),) + own] if plan.in_channels_axis else raw[own]
+    out = arrays[0]
+    nan_out = int(np.isnan(out).any(axis=0).sum()) if out.ndim == 4 else int(np.isnan(out).sum())
+    return (*arrays, np.array([int(np.isnan(mine).sum()), nan_out], np.int64))
+
+
+def _record_nan(acc: Any, *, vol: Volume) -> dict[str, int]:
+    """Driver: keep the NaN counts in the output's metadata (for the warning, and for later)."""
+    import zarr
+    counts = {"nan_input_voxels": int(acc[0]), "nan_output_voxels": int(acc[1])} \
+        if acc is not None else {"nan_input_voxels": 0, "nan_output_voxels": 0}
+    g = zarr.open_group(vol.url, mode="r+")
+    g.attrs["emarray"] = {**dict(g.attrs.get("emarray") or {}), **counts}  # type: ignore[arg-type]
+    return counts
+
+
+def warn_nan(result: Volume, raw: Volume) -> None:
+    """One warning line when NaN voxels of the raw volume spread into the prediction."""
+    em = result.attrs.get("emarray", {})
+    n_in, n_out = int(em.get("nan_input_voxels", 0)), int(em.get("nan_output_voxels", 0))
+    if n_in or n_out:
+        import warnings
+        total = int(np.prod(result.shape[-3:]))
+        warnings.warn(
+            f"{raw.url} holds {n_in:,} NaN voxels: the network turns every output voxel within "
+            f"its reach of one into NaN, here {n_out:,} of {total:,} ({100 * n_out / total:.2g} %); "
+            "replace them first (e.g. with the volume's mean)", EmarrayWarning, stacklevel=3)
 
 
 def _blend(acc: np.ndarray, acc_var: np.ndarray | None, wsum: np.ndarray, pred: np.ndarray,
@@ -456,11 +493,12 @@ def predict(raw: Volume | str | os.PathLike, model: str | os.PathLike, out: str 
     def create(path: str) -> Volume:
         v = create_volume(path, shape, dtype, vol_chunks, compression=compression,
                           voxel_size=src.voxel_size, unit=src.unit, axes=axes,
-                          attrs={"job": ident, "prediction": about})
+                          translation=src.translation, attrs={"job": ident, "prediction": about})
         if samples > 1:
             create_volume(os.path.join(path, "variance"), shape, var_dtype, vol_chunks,
                           compression=compression, voxel_size=src.voxel_size, unit=src.unit,
-                          axes=axes, attrs={"job": ident, "prediction": {**about, "map": "variance"}})
+                          translation=src.translation, axes=axes,
+                          attrs={"job": ident, "prediction": {**about, "map": "variance"}})
         return v
 
     with opts.runner("predict") as runner:
@@ -481,11 +519,17 @@ def predict(raw: Volume | str | os.PathLike, model: str | os.PathLike, out: str 
                 writes.append(Write(var, channels="all" if nch > 1 else "same"))
             reads = [Read(src, halo=tiling.halo, boundary="reflect",
                           channels="all" if channel_axis else "same")]
-            return [Stage("predict", partial(predict_block, plan=plan), grid, reads, writes,
+            fold: dict[str, Any] = {}
+            fn: Any = predict_block
+            if src.dtype.kind == "f":  # NaN can only come from a float raw volume
+                fn = predict_counting_nan
+                fold = {"combine": np.add, "finalize": partial(_record_nan, vol=vol)}
+            return [Stage("predict", partial(fn, plan=plan), grid, reads, writes,
                           setup=setup, setup_key=key,
                           work=lambda i: tiling.count(grid.region(i)) * max(1, samples),
-                          unit="patch")]
+                          unit="patch", **fold)]
 
         result = run_job(out, create, job=ident, stages=stages, options=opts, inputs=[src],
                          runner=runner)
+    warn_nan(result, src)
     return result

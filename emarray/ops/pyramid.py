@@ -20,10 +20,10 @@ from .. import ome
 from .._normalize import parse_tuple, whole_number
 from ..engine import BlockGrid, Read, RunOptions, Stage, Write
 from ..engine.checkpoint import PROGRESS_DIR, Checkpoint
-from ..engine.output import OutputLock, real_path
+from ..engine.output import OutputLock, foreign_in_array, real_path
 from ..engine.run import run_stages
 from ..errors import InvalidArgumentError, OutputExistsError, ResumeMismatchError
-from ..volume import Volume, open_volume
+from ..volume import EVERY_CHUNK, Volume, open_volume
 from .common import as_volume, backend_stage_setup
 from .pool import MODES, pooled_shape
 
@@ -82,10 +82,14 @@ def plan_levels(shape: tuple[int, ...], voxel: tuple[float, ...], *, levels: int
         out.append(f)
         cur = pooled_shape(cur, f)
         vox = tuple(v * k for v, k in zip(vox, f))
+    if levels is not None and not out:
+        raise InvalidArgumentError(
+            f"no level can be added to a volume of {','.join(map(str, shape))} voxels: every "
+            "axis that may be pooled is already 1 voxel")
     if not out:
         raise InvalidArgumentError(
-            f"the volume {shape} is already at most {until_size} voxels along every axis; "
-            "ask for --levels N to add levels anyway")
+            f"the volume {','.join(map(str, shape))} is already at most {until_size} voxels along "
+            "every axis; ask for --levels N to add levels anyway")
     return out
 
 
@@ -168,6 +172,10 @@ def pyramid(path: Volume | str | os.PathLike, *, levels: int | None = None,
         raise InvalidArgumentError(
             f"{src.url} is not an OME-Zarr image group on local disk; pyramids are added to "
             "the groups emarray writes (ingest it first)")
+    if src.array_path != src.levels[0]:
+        raise InvalidArgumentError(
+            f"{src.url}/{src.array_path} is level {src.levels.index(src.array_path)} of a pyramid; "
+            f"pyramid adds levels to the image itself: pass {src.url}")
     if len(src.spatial_axes) != 3 or src.ndim != 3:
         raise InvalidArgumentError(f"pyramids are made of z,y,x volumes; {src.url} has axes {src.axes}")
     is_lab = is_labels(src) if labels is None else bool(labels)
@@ -216,7 +224,7 @@ def pyramid(path: Volume | str | os.PathLike, *, levels: int | None = None,
             checkpoint = Checkpoint(group / PROGRESS_DIR)
             if not opts.resume:
                 checkpoint.clear()
-            checkpoint.start()
+            checkpoint.start(inputs=[src])
             run_stages(stages, runner, checkpoint, retries=opts.retries)
             _publish(src, group, paths, plan, pool_mode, job)
             checkpoint.clear()
@@ -249,6 +257,12 @@ def _prepare_levels(src: Volume, group: Path, paths: list[str], shapes: list[tup
         if foreign and not made.issuperset(listed):
             raise InvalidArgumentError(
                 f"refusing to replace levels {foreign} of {src.url}: emarray did not make them")
+        user = [f for p in existing if (group / p).is_dir()
+                for f in foreign_in_array(group / p, p)]
+        if user:
+            raise InvalidArgumentError(
+                f"refusing to replace levels of {src.url}: they hold files emarray did not write "
+                f"({', '.join(user[:5])}{', ...' if len(user) > 5 else ''}); move them away first")
         for p in existing:
             del g[p]
         _publish_levels(g, src, [], [], "none")
@@ -261,7 +275,7 @@ def _prepare_levels(src: Volume, group: Path, paths: list[str], shapes: list[tup
             chunks = tuple(min(c, s) for c, s in zip(src.chunks, shape))
             g.create_array(p, shape=shape, dtype=src.dtype, chunks=chunks,
                            compressors=arr0.compressors, fill_value=0,
-                           dimension_names=src.axes)
+                           dimension_names=src.axes, attributes=EVERY_CHUNK)
         level: Any = g[p]
         vols.append(Volume(url=src.url, kind="zarr3", array_path=p, shape=tuple(shape),
                            dtype=src.dtype, chunks=tuple(level.chunks), shards=None,

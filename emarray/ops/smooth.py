@@ -7,6 +7,7 @@ reflection, then crops the filtered block back to its write region.
 """
 from __future__ import annotations
 
+import math
 import os
 from functools import partial
 from typing import Any
@@ -25,21 +26,71 @@ from .common import as_volume, backend_stage_setup, job_identity, layout_of, out
 UNITS = ("voxel", "physical")
 
 
+#: at this many sigmas the Gaussian's float64 weights are exactly 0 (exp(-746) underflows),
+#: so no filter is longer than this whatever truncate says
+ZERO_BEYOND = 38.7
+#: longest weight vector computed (a sigma of ~430,000 voxels); longer ones are refused
+MAX_WEIGHTS = 2**25
+
+
 def gaussian_weights(sigma: float, truncate: float = 4.0) -> np.ndarray:
-    """The normalised 1-D Gaussian SciPy uses: radius ``int(truncate * sigma + 0.5)``.
+    """The normalised 1-D Gaussian SciPy uses: radius ``int(truncate * sigma + 0.5)``
+    (the weights past ``38.7 sigma``, exactly 0 in float64, left out).
 
     >>> gaussian_weights(1.0, 1.0).round(4).tolist()
     [0.2741, 0.4519, 0.2741]
     """
-    radius = int(truncate * sigma + 0.5)
+    radius = min(int(truncate * sigma + 0.5), math.ceil(ZERO_BEYOND * sigma))
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     phi = np.exp(-0.5 / (sigma * sigma) * x * x)
     return phi / phi.sum()
 
 
-def smooth_halo(sigma: tuple[float, ...], truncate: float) -> tuple[int, ...]:
-    """Voxels of context each axis needs: the filter radius (0 where sigma is 0)."""
-    return tuple(int(truncate * s + 0.5) if s > 0 else 0 for s in sigma)
+def fold_weights(w: np.ndarray, n: int) -> np.ndarray:
+    """The same filter for an axis of ``n`` voxels, at most ``n`` voxels long each side.
+
+    Under SciPy's ``reflect`` boundary the extended axis repeats every ``2 n`` voxels, so
+    weights ``2 n`` apart always meet the same voxel: they are summed into one (radius ``n``,
+    the two ends sharing the class ``n`` half and half). The result equals the long filter's
+    within float rounding, while reading no more than the volume's own extent as halo.
+
+    >>> fold_weights(np.full(9, 1 / 9), 2).round(4).tolist()
+    [0.1111, 0.2222, 0.3333, 0.2222, 0.1111]
+    """
+    r = w.size // 2
+    if r <= n:
+        return w
+    period = 2 * n
+    classes = np.zeros(period, np.float64)
+    np.add.at(classes, np.arange(-r, r + 1) % period, w)
+    out = np.empty(2 * n + 1, np.float64)
+    out[n:2 * n] = classes[:n]          # offsets 0 .. n-1
+    out[:n] = classes[np.arange(-n, 0) % period]  # offsets -n .. -1
+    out[0] = out[2 * n] = classes[n] / 2  # offset n and -n: one class, shared
+    return out
+
+
+def axis_weights(sigma: tuple[float, ...], truncate: float,
+                 shape: tuple[int, ...]) -> tuple[np.ndarray | None, ...]:
+    """Per axis, the weights the volume of ``shape`` is filtered with (None: not filtered),
+    folded on axes shorter than the filter; refused when a sigma is too large to compute."""
+    out: list[np.ndarray | None] = []
+    for s, n in zip(sigma, shape):
+        if s <= 0:
+            out.append(None)
+            continue
+        length = 2 * min(int(truncate * s + 0.5), math.ceil(ZERO_BEYOND * s)) + 1
+        if length > MAX_WEIGHTS:
+            raise InvalidArgumentError(
+                f"sigma {s:g} voxels is too large: its filter would need {length:,} weights "
+                f"(at most {MAX_WEIGHTS:,}); the result would be almost constant anyway")
+        out.append(fold_weights(gaussian_weights(s, truncate), n))
+    return tuple(out)
+
+
+def smooth_halo(weights: tuple[np.ndarray | None, ...]) -> tuple[int, ...]:
+    """Voxels of context each axis needs: the filter's radius (0 on axes not filtered)."""
+    return tuple(0 if w is None else w.size // 2 for w in weights)
 
 
 def output_dtype(dtype: Any) -> np.dtype:
@@ -47,20 +98,24 @@ def output_dtype(dtype: Any) -> np.dtype:
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 
-def smooth_block_cpu(block: np.ndarray, *, sigma: tuple[float, ...], truncate: float) -> np.ndarray:
-    """The CPU path: SciPy's ``gaussian_filter`` on the block (grown by its halo)."""
+def smooth_block_cpu(block: np.ndarray, *, weights: tuple[np.ndarray | None, ...]) -> np.ndarray:
+    """The CPU path: SciPy's ``correlate1d`` with each axis's weights on the block (grown by
+    its halo), axis after axis as ``gaussian_filter`` does."""
     from scipy import ndimage
-    return ndimage.gaussian_filter(block.astype(output_dtype(block.dtype), copy=False), sigma,
-                                   mode="reflect", truncate=truncate)
+    v = block.astype(output_dtype(block.dtype), copy=False)
+    for axis, w in enumerate(weights):
+        if w is not None:
+            v = ndimage.correlate1d(v, w, axis, mode="reflect")
+    return v
 
 
-def smooth_block_twin(block: np.ndarray, *, sigma: tuple[float, ...], truncate: float) -> np.ndarray:
+def smooth_block_twin(block: np.ndarray, *, weights: tuple[np.ndarray | None, ...]) -> np.ndarray:
     """NumPy twin of ``kernels/smooth.cu``: the same float32 sums in the same order, per axis."""
     v = block.astype(np.float32)
-    for axis, s in enumerate(sigma):
-        if s <= 0:
+    for axis, w64 in enumerate(weights):
+        if w64 is None:
             continue
-        w = gaussian_weights(s, truncate).astype(np.float32)
+        w = w64.astype(np.float32)
         r, n = w.size // 2, v.shape[axis]
         padded = np.take(v, _source_index(np.arange(-r, n + r), n, "reflect"), axis=axis)
         acc = np.zeros_like(v)
@@ -75,8 +130,8 @@ backends.register("smooth", "cpu", smooth_block_cpu)
 backends.register("smooth", "cuda", "emarray.cuda.smooth:smooth_block_cuda", SMOOTH_DTYPES)
 
 
-def _smooth(ctx: Any, block: np.ndarray, *, sigma: tuple[float, ...], truncate: float) -> np.ndarray:
-    return ctx.state(block, sigma=sigma, truncate=truncate)
+def _smooth(ctx: Any, block: np.ndarray, *, weights: tuple[np.ndarray | None, ...]) -> np.ndarray:
+    return ctx.state(block, weights=weights)
 
 
 def voxel_sigma(src: Volume, sigma: Any, unit: str) -> tuple[float, ...]:
@@ -94,6 +149,21 @@ def voxel_sigma(src: Volume, sigma: Any, unit: str) -> tuple[float, ...]:
         s = tuple(v / size for v, size in zip(s, src.voxel_size))
     it = iter(s)
     return tuple(next(it) if i in src.spatial_axes else 0.0 for i in range(src.ndim))
+
+
+def check_block_memory(src: Volume, halo: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse, before any work, a filter whose blocks grown by the halo would not fit in memory
+    (the read, its float copy and the result: three arrays of the grown block)."""
+    import psutil
+    grown = [min(b, n) + 2 * h for b, n, h in zip(src.block_shape, src.shape, halo)]
+    need = 3 * math.prod(grown) * dtype.itemsize
+    budget = psutil.virtual_memory().total // 4
+    if need > budget:
+        raise InvalidArgumentError(
+            f"smoothing {src.url} with a halo of {','.join(map(str, halo))} voxels would read blocks "
+            f"of {','.join(map(str, grown))} voxels: {need / 2**30:.1f} GiB each, more than the "
+            f"{budget / 2**30:.1f} GiB a block may take here; use a smaller sigma or truncate, "
+            "or store the volume in smaller chunks")
 
 
 def smooth(src: Volume | str | os.PathLike, dst: str | os.PathLike, sigma: Any, *,
@@ -137,8 +207,10 @@ def smooth(src: Volume | str | os.PathLike, dst: str | os.PathLike, sigma: Any, 
     truncate = float(truncate)
     if not truncate > 0:
         raise InvalidArgumentError(f"truncate must be > 0, got {truncate!r}")
-    halo = smooth_halo(sig, truncate)
+    weights = axis_weights(sig, truncate, src.shape)
+    halo = smooth_halo(weights)
     out_dtype = output_dtype(src.dtype)
+    check_block_memory(src, halo, out_dtype)
     out_chunks, out_shards = output_layout(src, chunks, shards, compression)
     ident = job_identity("smooth", {"sigma": list(sig), "truncate": truncate,
                                     "dtype": out_dtype.str}, [src],
@@ -147,13 +219,13 @@ def smooth(src: Volume | str | os.PathLike, dst: str | os.PathLike, sigma: Any, 
     def create(path: str) -> Volume:
         return create_volume(path, src.shape, out_dtype, out_chunks, shards=out_shards,
                              compression=compression, voxel_size=src.voxel_size, unit=src.unit,
-                             axes=src.axes, attrs={"job": ident})
+                             translation=src.translation, axes=src.axes, attrs={"job": ident})
 
     with opts.runner("smooth") as runner:
         setup = backend_stage_setup("smooth", src.dtype, opts, runner)
 
         def stages(out: Volume) -> list[Stage]:
-            return [Stage("smooth", partial(_smooth, sigma=sig, truncate=truncate),
+            return [Stage("smooth", partial(_smooth, weights=weights),
                           BlockGrid(src.shape, src.block_shape),
                           [Read(src, halo=halo, boundary="reflect")], [Write(out)], **setup)]
 

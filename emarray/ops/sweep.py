@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from .. import backends
-from .._normalize import finite_number, micrometres
+from .._normalize import finite_number, micrometres, real_number
 from ..engine import BlockGrid, Checkpoint, Read, RunOptions, Stage, run_stages
 from ..engine.checkpoint import PROGRESS_DIR
+from ..engine.output import reading
 from ..errors import EmarrayWarning, InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
 from .common import as_volume, backend_stage_setup
@@ -97,10 +98,10 @@ def _typed(value: Any, dtype: np.dtype) -> Any:
     """``value`` for comparing with ``dtype`` data without wrap-around (as a float if need be)."""
     if dtype.kind in "ui":
         info = np.iinfo(dtype)
-        v = float(value)
-        if v == math.floor(v) and info.min <= v <= info.max:
-            return dtype.type(int(v))
-        return v  # compares as a float: equal to no integer
+        v = real_number(value, "value")  # 2**53 + 1 stays itself
+        if isinstance(v, int) and info.min <= v <= info.max:
+            return dtype.type(v)
+        return float(v) + 0.5 if isinstance(v, int) else v  # equal to no value of the dtype
     return dtype.type(value)
 
 
@@ -219,12 +220,11 @@ def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
         channels: tuple[int, ...] = (int(channel),)
     else:
         channels = tuple(range(pv.shape[0])) if channel_axis else (0,)
-    for name, v in (("truth_value", truth_value), ("ignore_value", ignore_value)):
-        if v is not None:
-            finite_number(v, name)
+    truth_value = real_number(truth_value, "truth_value") if truth_value is not None else None
+    ignore_value = real_number(ignore_value, "ignore_value") if ignore_value is not None else None
     if out is not None:
         check_out_folder(Path(out), opts.overwrite or opts.resume,
-                         ("sweep.csv", "sweep.json", "sweep.png"), "sweep")
+                         ("sweep.csv", "sweep.json", "sweep.png"), "sweep", inputs=[pv, tv, mv])
     edges = exact_thresholds(pv.dtype, ts)
     from ._histogram_cpu import lookup_table
     table = lookup_table(edges) if pv.dtype not in LEVEL_DTYPES else None
@@ -240,13 +240,13 @@ def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
            "ignore_value": ignore_value, "channels": list(channels),
            "inputs": [v.fingerprint() for v in (pv, tv, mv) if v is not None]}
     checkpoint = Checkpoint(Path(out) / PROGRESS_DIR if out is not None else None)
-    with opts.runner("sweep") as runner:
+    with opts.runner("sweep") as runner, reading([pv, tv, mv]):
         runner.check_volumes([pv, tv] + ([mv] if mv is not None else []))
         stage = Stage("sweep", fn, BlockGrid(pv.shape, pv.block_shape), reads, combine=np.add,
                       **backend_stage_setup("histogram", pv.dtype, opts, runner))
         if not opts.resume:
             checkpoint.clear()
-        checkpoint.start(job)
+        checkpoint.start(job, inputs=[v for v in (pv, tv, mv) if v is not None])
         hist = run_stages([stage], runner, checkpoint, retries=opts.retries)
     df = metrics_table(hist, ts, pv, channels)
     df.attrs["warnings"] = sweep_warnings(df)

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..engine import Checkpoint, Read, RunOptions, Stage, run_stages
 from ..engine.checkpoint import PROGRESS_DIR
+from ..engine.output import reading
 from ..errors import InvalidArgumentError
 
 #: how each column of a table is merged when two tables hold the same id
@@ -59,18 +60,28 @@ def fold_table(name: str, fn: Any, reads: list[Read], grid: Any, combine: Any, *
     """Run one summarising stage over ``grid`` and return the folded table (resumable when
     ``progress_dir`` is given)."""
     checkpoint = Checkpoint(progress_dir)
-    with opts.runner(name) as runner:
+    with opts.runner(name) as runner, reading([r.volume for r in reads]):
         runner.check_volumes([r.volume for r in reads])
         if not opts.resume:
             checkpoint.clear()
-        checkpoint.start(job)
+        checkpoint.start(job, inputs=[r.volume for r in reads])
         table = run_stages([Stage(name, fn, grid, reads, combine=combine)], runner, checkpoint,
                            retries=opts.retries)
     return table, checkpoint
 
 
-def check_out_folder(out: Path, replace: bool, files: Sequence[str], what: str) -> None:
-    """Refuse an output folder holding an earlier result (unless ``replace``), or a file."""
+def _check_beside_inputs(paths: Sequence[Path], inputs: Sequence[Any], what: str) -> None:
+    """Refuse an output file or folder that is, holds or lies inside an input (links resolved)."""
+    from ..engine.output import check_no_overlap, real_path
+    for p in paths:
+        check_no_overlap(real_path(p), [v for v in inputs if v is not None], f"{what} {p}")
+
+
+def check_out_folder(out: Path, replace: bool, files: Sequence[str], what: str,
+                     inputs: Sequence[Any] = ()) -> None:
+    """Refuse an output folder holding an earlier result (unless ``replace``), a file, or a
+    folder inside (or holding) an input."""
+    _check_beside_inputs([out], inputs, "--out")
     existing = [out / f for f in files if (out / f).exists()]
     if existing and not replace:
         raise InvalidArgumentError(
@@ -79,17 +90,24 @@ def check_out_folder(out: Path, replace: bool, files: Sequence[str], what: str) 
         raise InvalidArgumentError(f"--out {str(out)!r} is a file, not a folder")
 
 
-def check_out_file(path: Path, replace: bool, suffixes: Sequence[str]) -> None:
-    """Refuse an output file with an unknown suffix, or one that exists (unless ``replace``)."""
+def check_out_file(path: Path, replace: bool, suffixes: Sequence[str],
+                   beside: Sequence[str] = (), inputs: Sequence[Any] = ()) -> None:
+    """Refuse an output file with an unknown suffix, one that exists (unless ``replace``), or
+    one inside an input; the same for the files written ``beside`` it (other suffixes)."""
     if path.suffix.lower() not in suffixes:
         raise InvalidArgumentError(
             f"--out {str(path)!r} must end in {' or '.join(suffixes)}")
-    if path.exists() and not replace:
-        raise InvalidArgumentError(f"{path} already exists; pass --overwrite to replace it")
-    if path.is_dir():
-        raise InvalidArgumentError(f"--out {str(path)!r} is a folder, not a file")
     if not path.parent.is_dir():
         raise InvalidArgumentError(f"the folder of --out {str(path)!r} does not exist")
+    files = [path] + [path.with_suffix(s) for s in beside]
+    _check_beside_inputs(files + [progress_beside(path)], inputs, "output")
+    for f in files:
+        if f.is_dir() or (f.is_symlink() and not f.exists()):
+            raise InvalidArgumentError(f"{str(f)!r} is a folder or a broken link, not a file: "
+                                       "choose another --out")
+        if f.exists() and not replace:
+            what = "" if f == path else f" (written beside --out {path.name})"
+            raise InvalidArgumentError(f"{f}{what} already exists; pass --overwrite to replace it")
 
 
 def write_frame(df: Any, path: Path) -> None:

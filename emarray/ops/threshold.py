@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import backends
-from .._normalize import finite_number, numeric_dtype
+from .._normalize import numeric_dtype, real_number
 from ..errors import InvalidArgumentError
 from ..engine import RunOptions
 from ..volume import Volume
@@ -35,10 +35,13 @@ def normalize_threshold(dtype: Any, value: Any, op: str = "gt") -> tuple[str, An
     """
     if op not in OPS:
         raise InvalidArgumentError(f"op must be one of {', '.join(OPS)}, got {op!r}")
-    t = finite_number(value, "threshold")
+    t = real_number(value, "threshold")  # an int stays exact: 2**64 - 2 is not 2**64
     dt = numeric_dtype(dtype, "the input")
     if dt.kind == "f":
-        f = dt.type(t)
+        try:
+            f = dt.type(t)
+        except OverflowError:  # a whole number beyond every float: compares as +-inf
+            f = dt.type(np.inf if t > 0 else -np.inf)
         if op == "gt" and float(f) > t:
             f = np.nextafter(f, dt.type(-np.inf))
         if op == "ge" and float(f) < t:
@@ -123,5 +126,6 @@ def threshold(src: Volume | str | os.PathLike, dst: str | os.PathLike, value: fl
     src = as_volume(src, opts.allow_incomplete)
     op_n, value_n = normalize_threshold(src.dtype, value, op)
     return run_elementwise("threshold", src, dst, np.uint8, {"op": op_n, "value": value_n},
-                           {"value": float(value), "op": op}, opts, chunks=chunks, shards=shards,
+                           {"value": real_number(value, "threshold"), "op": op}, opts,
+                           chunks=chunks, shards=shards,
                            compression=compression)

@@ -49,6 +49,21 @@ def _upsample(ctx: Any, block: np.ndarray, *, scales: tuple[float, ...],
     return out.astype(block.dtype)
 
 
+def _check_covers(src: Volume, ref: Volume, scales: tuple[float, ...],
+                  offsets: tuple[float, ...], f: float) -> None:
+    """Refuse a source whose voxels do not cover every voxel centre of the reference grid
+    (half a source voxel past its edge at most), before any work."""
+    for axis, (a, s, o, n, m) in enumerate(zip("zyx", scales, offsets, src.shape, ref.shape)):
+        lo, hi = o, (m - 1) * s + o  # the reference's first and last centres, in src voxels
+        if lo < -0.5 - 1e-6 or hi > n - 0.5 + 1e-6:
+            t = (src.translation or (0.0,) * 3)[axis]
+            v = src.voxel_size[axis]
+            raise InvalidArgumentError(
+                f"{src.url} covers {a} = {t - v / 2:g} to {t + (n - 0.5) * v:g} {src.unit}, but "
+                f"the grid of {ref.url} reaches {a} = {t + lo * v:g} to {t + hi * v:g}: the "
+                "source does not cover it (is it a level of another volume, or the wrong one?)")
+
+
 def upsample(src: Volume | str | os.PathLike, dst: str | os.PathLike,
              like: Volume | str | os.PathLike, *, mode: str = "auto", chunks: Any = None,
              compression: str = "zstd", options: RunOptions | None = None, **run: Any) -> Volume:
@@ -88,6 +103,7 @@ def upsample(src: Volume | str | os.PathLike, dst: str | os.PathLike,
     t_src = list(src.translation or (0.0,) * 3)
     scales = tuple(r / s for r, s in zip(s_ref, src.voxel_size))
     offsets = tuple((tr - ts) / s for tr, ts, s in zip(t_ref, t_src, src.voxel_size))
+    _check_covers(src, ref, scales, offsets, f)
     out_chunks = (parse_tuple(chunks, "chunks", 3) if chunks is not None else ref.chunks)
     out_chunks = tuple(min(c, s) for c, s in zip(out_chunks, ref.shape))
     ident = job_identity("upsample", {"mode": how, "like": ref.fingerprint()}, [src],

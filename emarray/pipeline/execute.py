@@ -20,7 +20,7 @@ from ..engine.output import OutputLock
 from ..errors import EmarrayError, InvalidArgumentError, OutputExistsError
 from .ops import STEP_RUN_KEYS
 from .recipe import Recipe, Step, load_recipe
-from .state import State, fingerprint
+from .state import State, fingerprint, stored
 
 @dataclass
 class Planned:
@@ -32,6 +32,7 @@ class Planned:
     why: str
     fingerprint: str
     summary: str = ""
+    stored: str = ""
 
 
 @dataclass
@@ -61,6 +62,7 @@ def plan(recipe: Recipe, state: State, *, resume: bool = False,
     for st in recipe.steps:
         fp = fingerprint(st, fps)
         fps[st.name] = fp
+        chunks = stored(st)
         e = state.entry(st.name)
         ours = e is not None and e.get("out") == st.out
         exists = _exists(st.out)
@@ -76,6 +78,8 @@ def plan(recipe: Recipe, state: State, *, resume: bool = False,
             action, why = ("rerun", "--overwrite") if exists else ("run", "--overwrite")
         elif e["fingerprint"] != fp:
             action, why = "rerun", "its recipe or inputs changed"
+        elif e["status"] == "done" and e.get("stored", chunks) != chunks:
+            action, why = "rerun", "chunks of its input were rewritten since it ran"
         elif e["status"] == "done" and (exists or inplace) and not upstream_rerun:
             action, why = "skip", "finished in an earlier run"
         elif e["status"] == "done":
@@ -92,7 +96,7 @@ def plan(recipe: Recipe, state: State, *, resume: bool = False,
             action = "rerun"  # pyramid levels made before are replaced
         if action in ("run", "rerun"):
             rerun.add(st.name)
-        out.append(Planned(st, action, why, fp, e.get("summary", "") if e else ""))
+        out.append(Planned(st, action, why, fp, e.get("summary", "") if e else "", chunks))
     return out
 
 
@@ -212,7 +216,7 @@ def _run_step(p: Planned, k: int, n: int, state: State, opts: RunOptions, schedu
         raise _naming(exc, f"step {st.name!r} ({st.op_name}): {exc}") from exc
     dt = time.monotonic() - t0
     summary = summarize(st, value)
-    state.mark(st.name, "done", p.fingerprint, st.out, summary)
+    state.mark(st.name, "done", p.fingerprint, st.out, summary, stored(st))
     result.results[st.name] = value
     result.seconds[st.name] = dt
     p.summary = summary

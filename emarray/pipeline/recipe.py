@@ -123,7 +123,7 @@ def load_recipe(recipe: str | os.PathLike | dict[str, Any], sets: tuple[str, ...
         wd = os.path.abspath(f"{stem}-out")
     steps = [_parse_step(name, spec, wd, base) for name, spec in given["steps"].items()]
     ordered = _order(steps)
-    _check_inputs(ordered)
+    _check_inputs(ordered, wd)
     return Recipe(path, str(given.get("about") or ""), wd, run, ordered)
 
 
@@ -269,7 +269,25 @@ def _order(steps: list[Step]) -> list[Step]:
     return order
 
 
-def _check_inputs(steps: list[Step]) -> None:
+def _check_outputs(steps: list[Step], workdir: str) -> None:
+    """No step writes the workdir itself (or a folder holding it), or inside another step's
+    output: checked for every step before the first one runs (links resolved)."""
+    wd = real_path(workdir)
+    outs = [(st, real_path(st.out)) for st in steps if st.op.output != "inplace"]
+    for st, o in outs:
+        if o == wd or o in wd.parents:
+            raise InvalidArgumentError(
+                f"step {st.name!r} would write {st.out}, which is (or holds) the workdir "
+                f"{workdir}; give the step an out inside it, or leave out out")
+    for st, o in outs:
+        for other, o2 in outs:
+            if other is not st and o2 in o.parents:
+                raise InvalidArgumentError(
+                    f"step {st.name!r} would write {st.out}, inside the output of step "
+                    f"{other.name!r} ({other.out}); choose another out")
+
+
+def _check_inputs(steps: list[Step], workdir: str) -> None:
     """Every path input exists (or is made by a step); no two steps write one output."""
     made: dict[str, str] = {}
     for st in steps:
@@ -279,6 +297,7 @@ def _check_inputs(steps: list[Step]) -> None:
             if p in made:
                 raise InvalidArgumentError(f"steps {made[p]!r} and {st.name!r} both write {p}")
             made[p] = st.name
+    _check_outputs(steps, workdir)
     for st in steps:
         for key, (kind, *ref) in st.inputs.items():
             if kind == "step":

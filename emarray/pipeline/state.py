@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import CorruptStateError
 from .recipe import Step
 
 STATE_FILE = ".emarray-pipeline.json"
@@ -20,15 +21,51 @@ FORMAT = 1
 
 
 def _stamp(path: str) -> list[Any]:
-    """A file input's identity: size and mtime (for a folder, also its zarr metadata's)."""
-    out: list[Any] = [path]
-    for p in (path, os.path.join(path, "zarr.json"), os.path.join(path, ".zarray")):
+    """A path input's identity. A volume: its level 0's fingerprint (metadata, voxel grid and
+    every stored chunk's key, size and mtime: a chunk rewritten in place counts, pyramid levels
+    added beside it do not). A file: its size and mtime. A folder: each file's."""
+    from ..errors import EmarrayError
+    from ..volume import open_volume
+    if any(os.path.isfile(os.path.join(path, m)) for m in ("zarr.json", ".zarray",
+                                                           "attributes.json", "info")):
         try:
-            st = os.stat(p)
-        except OSError:
-            continue
+            return [path, open_volume(path).fingerprint()]
+        except EmarrayError:
+            pass  # not readable as a volume: its files are its identity
+    out: list[Any] = [path]
+    if os.path.isdir(path):
+        import hashlib
+        h = hashlib.blake2b(digest_size=16)
+        for dirpath, dirs, files in os.walk(path):
+            dirs.sort()
+            for f in sorted(files):
+                st = os.stat(os.path.join(dirpath, f))
+                rel = os.path.relpath(os.path.join(dirpath, f), path)
+                h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return out + [h.hexdigest()]
+    try:
+        st = os.stat(path)
         out += [st.st_size, st.st_mtime_ns]
+    except OSError:
+        pass
     return out
+
+
+def stored(step: Step) -> str:
+    """The stored chunks of the step's path inputs that are volumes: each chunk file's key,
+    size and mtime, hashed. A finished step whose input chunks were rewritten in place runs
+    again; an interrupted one resumes, computing again the blocks that read them."""
+    from ..errors import EmarrayError
+    from ..volume import open_volume
+    parts = []
+    for key, (kind, *ref) in sorted(step.inputs.items()):
+        if kind == "step" or not os.path.isdir(ref[0]):
+            continue
+        try:
+            parts.append(f"{key}:{open_volume(ref[0]).listing()['digest']}")
+        except EmarrayError:
+            continue
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def fingerprint(step: Step, upstream: dict[str, str]) -> str:
@@ -48,17 +85,34 @@ class State:
         self.path = Path(workdir) / STATE_FILE
         self.steps: dict[str, dict[str, Any]] = {}
         try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            data = {}
-        if data.get("format") == FORMAT:
-            self.steps = data.get("steps", {})
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise CorruptStateError(f"cannot read the pipeline state {self.path}: "
+                                    f"{exc.strerror or exc}") from None
+        try:
+            data = json.loads(text)
+            ok = data.get("format") == FORMAT and isinstance(data.get("steps"), dict) and all(
+                isinstance(e, dict) and {"status", "fingerprint", "out"} <= set(e)
+                for e in data["steps"].values())
+        except (ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise CorruptStateError(
+                f"the pipeline state {self.path} is damaged or from another emarray version: "
+                "without it the outputs in this workdir cannot be told apart from files emarray "
+                "did not make. Restore it, or move the workdir's outputs away and remove it to "
+                "start the pipeline again")
+        self.steps = data["steps"]
 
     def entry(self, name: str) -> dict[str, Any] | None:
         return self.steps.get(name)
 
-    def mark(self, name: str, status: str, fp: str, out: str, summary: str = "") -> None:
-        self.steps[name] = {"status": status, "fingerprint": fp, "out": out, "summary": summary}
+    def mark(self, name: str, status: str, fp: str, out: str, summary: str = "",
+             chunks: str = "") -> None:
+        self.steps[name] = {"status": status, "fingerprint": fp, "out": out, "summary": summary,
+                            "stored": chunks}
         self._save()
 
     def _save(self) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, TrainingDivergedError
 from ..volume import Volume
 from .augment import AugmentConfig
 from .config import load_config
@@ -305,8 +305,10 @@ def _train(job: Job, torch: Any, save_model: Any, progress: bool) -> TrainResult
             sched.step()
             lv = float(value.detach())
             if not math.isfinite(lv):
-                raise FloatingPointError(f"the loss became {lv} at step {step + 1}; lower "
-                                         "optimizer.lr or check the data")
+                raise TrainingDivergedError(
+                    f"the loss became {lv} at step {step + 1} (optimizer.lr is "
+                    f"{cfg['optimizer']['lr']:g}): lower optimizer.lr or check the data; "
+                    f"--resume continues from the last checkpoint")
             run_loss, n_loss = run_loss + lv, n_loss + 1
             done = step + 1
             evaluate_now = val is not None and (done % v["every"] == 0 or done == steps)

@@ -24,11 +24,11 @@ def why_stopped(state: dict[str, Any]) -> str:
 
 
 def progress_bar(progress: bool, first: int, steps: int) -> Any:
+    """The engine's progress display (a bar on a terminal, a line per 10 % in a log)."""
     if not progress:
         return None
-    from tqdm import tqdm
-    return tqdm(total=steps, initial=first, unit="step", desc="train", file=sys.stderr,
-                dynamic_ncols=True)
+    from ..engine.progress import Progress
+    return Progress(steps, "train", True, unit="step", initial=first).__enter__()
 
 
 def tensorboard(run: Path) -> Any:
@@ -66,7 +66,9 @@ def plot(state: dict[str, Any], path: Path, metric: str) -> None:
     import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     h = state["history"]
-    a.plot([r["step"] for r in h], [r["loss"] for r in h], lw=1)
+    # a marker per point while there are few: one logged step is a point, not an empty panel
+    a.plot([r["step"] for r in h], [r["loss"] for r in h], lw=1,
+           marker="o" if len(h) <= 30 else None, ms=3)
     a.set_xlabel("step")
     a.set_ylabel("training loss")
     ev = state["evaluations"]

@@ -340,6 +340,12 @@ class PatchSampler:
         origin = [s - m for s, m in zip(start, self.margin)]
         box = tuple(slice(o + b.start, o + b.stop) for o, b in zip(origin, t.box))
         raw = read_padded(p.raw, box, "reflect").astype(np.float32) / np.float32(self.scale)
+        if p.raw.dtype.kind == "f" and not np.isfinite(raw).all():
+            bad = np.argwhere(~np.isfinite(raw))[0]
+            at = ",".join(str(int(b) + int(s.start)) for b, s in zip(bad, box))
+            raise InvalidArgumentError(
+                f"the raw volume {getattr(p.raw, 'url', '')} holds NaN or infinite values "
+                f"(one at z,y,x {at}): a network cannot learn from them; replace them first")
         lab = read_padded(p.labels, box, "reflect")
         arrays = [lab] + ([read_padded(p.mask, box, "reflect")] if p.mask is not None else [])
         x, *rest = t.apply(raw, *arrays)
