@@ -224,7 +224,9 @@ class _InFlight:
             checkpoint.forget(st.name)
             self.done, saved = checkpoint.load(st.name, len(st.grid))
             self.restarted = True
-        else:
+        elif stale:
+            log.warning("%s: %d finished blocks read input chunks changed since the job "
+                        "started; computing them again", st.name, len(stale))
             for i in stale:
                 self.done.unset(i)
         self.fold = TreeFold(st.combine, saved) if st.combine is not None else None
