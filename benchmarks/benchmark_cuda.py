@@ -43,6 +43,6 @@ class ThresholdStreamed:
 
     def time_threshold_streamed(self, n):
         import cupy
-        from emarray.cuda.ops import threshold_block_cuda
+        from emarray.cuda.elementwise import threshold_block_cuda
         threshold_block_cuda(self.host, op="gt", value=np.float32(0.5))
         cupy.cuda.Device().synchronize()

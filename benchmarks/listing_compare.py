@@ -1,7 +1,8 @@
-"""What identifying an input by its stored chunks costs: ``Volume.fingerprint()`` (every chunk
-file's key, size and mtime, hashed) on arrays of 10^4 to 10^6 chunks, against a bare
-``os.walk`` + ``stat`` of the same files (the floor any listing pays) and against the old
-identity (the metadata file alone).
+"""What watching an input's stored chunks costs, on arrays of 10^4 to 10^6 chunks: the record a
+job makes when it starts (every chunk file's key, size and mtime), the comparison a resumed job
+makes with it (which chunks changed), and the digest a recipe keeps per step, each against a
+bare ``os.walk`` + ``stat`` of the same files (the floor any listing pays) and against the
+metadata-only identity.
 
     python benchmarks/listing_compare.py [--chunks 10000,100000,1000000] [--dir /tmp/x]
 
@@ -15,9 +16,11 @@ import os
 import shutil
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import emarray
+from emarray.engine.checkpoint import changed_regions, chunk_record
 
 
 def make(root: Path, n: int) -> Path:
@@ -58,17 +61,20 @@ def main() -> None:
     ap.add_argument("--dir", default=None)
     args = ap.parse_args()
     root = Path(args.dir or tempfile.mkdtemp(prefix="listing-"))
-    print(f"{'chunks':>9} {'fingerprint s':>14} {'os.walk+stat s':>15} {'ratio':>6} "
-          f"{'metadata only s':>16}")
+    print(f"{'chunks':>9} {'record s':>9} {'compare s':>10} {'digest s':>9} "
+          f"{'os.walk+stat s':>15} {'compare/floor':>14} {'metadata s':>11}")
     try:
         for n in (int(c) for c in args.chunks.split(",")):
             path = make(root, n)
             v = emarray.open_volume(path)
-            t_fp = best(v.fingerprint)
-            t_floor = best(lambda: floor(path))
-            t_meta = best(lambda: v.fingerprint(listing=False))
-            print(f"{v.listing()['count']:>9,} {t_fp:>14.3f} {t_floor:>15.3f} "
-                  f"{t_fp / t_floor:>6.2f} {t_meta:>16.5f}", flush=True)
+            rec = chunk_record(v)
+            t_rec = best(partial(chunk_record, v))
+            t_cmp = best(partial(changed_regions, v, rec))
+            t_dig = best(v.listing)
+            t_floor = best(partial(floor, path))
+            t_meta = best(v.fingerprint)
+            print(f"{v.listing()['count']:>9,} {t_rec:>9.3f} {t_cmp:>10.3f} {t_dig:>9.3f} "
+                  f"{t_floor:>15.3f} {t_cmp / t_floor:>14.2f} {t_meta:>11.5f}", flush=True)
             shutil.rmtree(path)
     finally:
         if args.dir is None:

@@ -12,7 +12,7 @@ from .export import export
 from .info import info
 from .ingest import ingest
 from .engine import RunOptions
-from .ops.convert import rescale
+from .ops.rescale import rescale
 from .ops.label import label
 from .ops.match import match
 from .ops.objects import objects

@@ -7,6 +7,7 @@ import numpy as np
 
 from ._normalize import parse_unit
 from .errors import VolumeNotFoundError
+from .ome import default_axes
 
 _DRIVERS = {"zarr2": "zarr", "n5": "n5", "precomputed": "neuroglancer_precomputed"}
 
@@ -36,7 +37,6 @@ def open_tensorstore(kind: str, location: str) -> tuple[Any, dict[str, Any]]:
         arr = arr.T
         labels = labels[::-1]
     ndim = arr.rank
-    from .volume import default_axes
     axes = tuple(labels) if all(labels) and set(labels) <= {"c", "z", "y", "x"} else default_axes(ndim)
     chunks = tuple(int(c or 1) for c in arr.chunk_layout.read_chunk.shape or ())
     voxel, unit = [], "nanometer"

@@ -256,7 +256,7 @@ def threshold(obj: dict, src: str, dst: str, **kw: Any) -> None:
 def rescale(obj: dict, src: str, dst: str, lo_hi: str, **kw: Any) -> None:
     """Rescale SRC linearly to uint8 DST: --range lo,hi maps to 0..255 (clipped, NaN -> 0)."""
     from ._normalize import real_number
-    from .ops.convert import rescale as _rescale
+    from .ops.rescale import rescale as _rescale
     parts = [p for p in str(lo_hi).split(",") if p.strip()]
     if len(parts) != 2:
         raise click.UsageError(f"--range takes lo,hi, got {lo_hi!r}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .errors import InvalidArgumentError
+
 OME_VERSION = "0.5"
 
 
@@ -81,3 +83,13 @@ def level_scale(multiscale: dict[str, Any], index: int = 0) -> list[float] | Non
         if tr.get("type") == "scale" and scale is not None:
             scale = [a * float(b) for a, b in zip(scale, tr["scale"])]
     return scale
+
+
+def default_axes(ndim: int) -> tuple[str, ...]:
+    if ndim == 3:
+        return ("z", "y", "x")
+    if ndim == 4:
+        return ("c", "z", "y", "x")
+    if ndim == 2:
+        return ("y", "x")
+    raise InvalidArgumentError(f"emarray volumes are 2D, 3D or channel+3D, got {ndim} dimensions")

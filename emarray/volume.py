@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import ome
+from .ome import default_axes
 from ._normalize import numeric_dtype, parse_tuple, parse_unit
 from .errors import (ChunkReadError, EmarrayError, IncompleteVolumeError, InputChangedError,
                      InvalidArgumentError, VolumeNotFoundError)
@@ -360,16 +361,6 @@ def chunk_index(key: str) -> tuple[int, ...] | None:
 
 def _fmt_region(region: Region) -> str:
     return ",".join(f"{s.start}:{s.stop}" for s in region)
-
-
-def default_axes(ndim: int) -> tuple[str, ...]:
-    if ndim == 3:
-        return ("z", "y", "x")
-    if ndim == 4:
-        return ("c", "z", "y", "x")
-    if ndim == 2:
-        return ("y", "x")
-    raise InvalidArgumentError(f"emarray volumes are 2D, 3D or channel+3D, got {ndim} dimensions")
 
 
 # -- opening ------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ import pytest
 
 import emarray
 from emarray.backends import cuda_available
-from emarray.cuda.instantiations import CTYPES
-from emarray.ops.convert import rescale_block_cpu
+from emarray.kernel_table import CTYPES
+from emarray.ops.rescale import rescale_block_cpu
 from emarray.ops.threshold import normalize_threshold, threshold_block_cpu
 
 from .conftest import make_volume

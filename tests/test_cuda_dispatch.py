@@ -11,10 +11,10 @@ import pytest
 
 import emarray
 from emarray import backends
-from emarray.cuda.instantiations import CTYPES, FAMILIES
-from emarray.cuda.streaming import parse_memory_limit
+from emarray.kernel_table import CTYPES, FAMILIES
+from emarray.engine.memory import parse_memory_limit
 from emarray.errors import BackendUnavailableError, InvalidArgumentError
-from emarray.ops.convert import rescale_block_cpu
+from emarray.ops.rescale import rescale_block_cpu
 
 from .conftest import make_volume, tree_digest
 
@@ -30,7 +30,7 @@ def _has_cupy() -> bool:
 
 
 def test_importing_emarray_does_not_import_cupy_or_torch():
-    code = ("import emarray, emarray.cuda.ops, sys; "
+    code = ("import emarray, emarray.cuda.elementwise, sys; "
             "print(sorted(m for m in ('cupy', 'torch') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -163,4 +163,4 @@ def test_wheel_ships_the_kernel_sources(tmp_path):
         key = f"emarray/kernels/{src.name}"
         assert key in found, (key, sorted(found), names)
         assert eval(found[key]) == src.read_text()
-    assert "emarray/cuda/instantiations.py" in names
+    assert "emarray/kernel_table.py" in names

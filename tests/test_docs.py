@@ -6,9 +6,9 @@ import importlib
 
 import pytest
 
-MODULES = ["emarray.volume", "emarray.ops.threshold", "emarray.ops.convert", "emarray.ops.sweep",
+MODULES = ["emarray.volume", "emarray.ops.threshold", "emarray.ops.rescale", "emarray.ops.sweep",
            "emarray.ingest", "emarray.export", "emarray.info", "emarray.datasets",
-           "emarray._normalize", "emarray.cuda.streaming", "emarray.sources",
+           "emarray._normalize", "emarray.engine.memory", "emarray.sources",
            "emarray.ops.label", "emarray.ops.objects", "emarray.ops.predict", "emarray.models",
            "emarray.training.config", "emarray._yaml", "emarray.engine.slurm",
            "emarray.engine.options", "emarray.pipeline.execute"]

@@ -569,7 +569,7 @@ def test_17_out_of_memory_halving_stops_at_the_minimum_and_never_redoes_work():
 
 
 def test_17_the_gpu_memory_cap_is_split_between_processes_sharing_a_device():
-    from emarray.cuda.streaming import split_memory_limit
+    from emarray.engine.memory import split_memory_limit
     assert split_memory_limit(None, 1) == 0.5 and split_memory_limit(0.8, 4) == pytest.approx(0.2)
     assert split_memory_limit(8 * 2**30, 2) == 4 * 2**30
     assert Runner("processes", workers=3).processes_per_device() == 3

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from emarray.cuda.instantiations import FAMILIES
+from emarray.kernel_table import FAMILIES
 
 KERNELS = Path(__file__).resolve().parents[1] / "kernels"
 NVCC = shutil.which("nvcc")

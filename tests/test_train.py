@@ -124,7 +124,7 @@ def test_a_killed_run_resumes_into_the_same_run(data, tmp_path):
 
 
 def test_early_stopping_says_why(data, tmp_path):
-    from emarray.engine.run import _STATE
+    from emarray.engine.stages import _STATE
     before = set(_STATE)
     r = emarray.train(_config(data, tmp_path / "run", steps=200, validation__every=10,
                               validation__patience=2, validation__min_delta=0.99))

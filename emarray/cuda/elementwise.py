@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from ..ops.convert import integer_steps, rescale_params
-from .instantiations import rescale_name, threshold_name
+from ..ops.rescale import integer_steps, rescale_params
+from ..kernel_table import rescale_name, threshold_name
 from .modules import get_kernel
+from .streaming import run_steps
 
 THREADS = 256
 
@@ -23,7 +24,7 @@ def _sm_count(device: int) -> int:
     return cupy.cuda.Device(device).attributes["MultiProcessorCount"]
 
 
-def _grid(n: int) -> tuple[int]:
+def launch_grid(n: int) -> tuple[int]:
     import cupy
     sms = _sm_count(cupy.cuda.Device().id)
     # enough blocks to fill the device; grid-stride loops cover the rest
@@ -45,14 +46,14 @@ def threshold_device(a: Any, op: str, value: Any, out: Any = None, stream: Any =
     vec = 16 // a.dtype.itemsize
     aligned = int(a.data.ptr % 16 == 0 and out.data.ptr % vec == 0)
     k = get_kernel("threshold.cu", threshold_name(a.dtype, op))
-    k(_grid(n // vec if aligned else n), (THREADS,),
+    k(launch_grid(n // vec if aligned else n), (THREADS,),
       (a, out, np.int64(n), a.dtype.type(value), np.int32(aligned)), stream=stream)
     return out
 
 
 def rescale_u8_device(a: Any, lo: float, hi: float, out: Any = None, stream: Any = None) -> Any:
     """``clip(rint(a * scale - offset), 0, 255)`` as uint8 (NaN -> 0), on the device; integer
-    data exactly, by the CPU's steps (:func:`emarray.ops.convert.integer_steps`)."""
+    data exactly, by the CPU's steps (:func:`emarray.ops.rescale.integer_steps`)."""
     import cupy
     a = cupy.ascontiguousarray(a)
     out = cupy.empty(a.shape, cupy.uint8) if out is None else out
@@ -64,5 +65,23 @@ def rescale_u8_device(a: Any, lo: float, hi: float, out: Any = None, stream: Any
     elif a.size:
         offset, scale = rescale_params(lo, hi)
         get_kernel("convert.cu", rescale_name(a.dtype))(
-            _grid(a.size), (THREADS,), (a, out, np.int64(a.size), offset, scale), stream=stream)
+            launch_grid(a.size), (THREADS,), (a, out, np.int64(a.size), offset, scale), stream=stream)
     return out
+
+
+# -- the per-block functions the operators register (twins of the CPU ones) ------------------
+def threshold_block_cuda(block: np.ndarray, *, op: str, value: Any, region: Any = None,
+                         memory_limit: Any = None) -> np.ndarray:
+    """CUDA twin of :func:`emarray.ops.threshold.threshold_block_cpu`."""
+    if op in ("all", "none"):  # the answer does not depend on the data: no device needed
+        from ..ops.threshold import threshold_block_cpu
+        return threshold_block_cpu(block, op=op, value=value)
+    return run_steps(block, [lambda d, s: threshold_device(d, op, value, stream=s)], np.uint8,
+                     memory_limit=memory_limit, region=region)
+
+
+def rescale_block_cuda(block: np.ndarray, *, lo: float, hi: float, region: Any = None,
+                       memory_limit: Any = None) -> np.ndarray:
+    """CUDA twin of :func:`emarray.ops.rescale.rescale_block_cpu`."""
+    return run_steps(block, [lambda d, s: rescale_u8_device(d, lo, hi, stream=s)], np.uint8,
+                     memory_limit=memory_limit, region=region)

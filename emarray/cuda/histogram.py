@@ -5,8 +5,8 @@ from typing import Any
 
 import numpy as np
 
-from .elementwise import THREADS, _grid
-from .instantiations import (HIST_BUCKET_DTYPES, HIST_LEVEL_DTYPES, bucket_hist_name,
+from .elementwise import THREADS, launch_grid
+from ..kernel_table import (HIST_BUCKET_DTYPES, HIST_LEVEL_DTYPES, bucket_hist_name,
                              level_hist_name)
 from .modules import get_kernel
 from .streaming import apply_memory_limit
@@ -50,7 +50,7 @@ def histogram_device(x: Any, cls: Any, edges: np.ndarray, stream: Any = None) ->
         hist = cupy.zeros(levels * 3, cupy.uint64)
         shared = levels * 3 * 4 <= SHARED_BYTES
         get_kernel("histogram.cu", level_hist_name(dt))(
-            _grid(x.size), (THREADS,), (x, cls, n, np.int32(levels), hist, np.int32(shared)),
+            launch_grid(x.size), (THREADS,), (x, cls, n, np.int32(levels), hist, np.int32(shared)),
             shared_mem=levels * 3 * 4 if shared else 0, stream=stream)
     else:
         k = edges.size
@@ -58,6 +58,6 @@ def histogram_device(x: Any, cls: Any, edges: np.ndarray, stream: Any = None) ->
         shared = (k + 1) * 3 * 4 <= SHARED_BYTES
         ts = cupy.asarray(edges.astype(dt))
         get_kernel("histogram.cu", bucket_hist_name(dt))(
-            _grid(x.size), (THREADS,), (x, cls, n, ts, np.int32(k), hist, nan, np.int32(shared)),
+            launch_grid(x.size), (THREADS,), (x, cls, n, ts, np.int32(k), hist, nan, np.int32(shared)),
             shared_mem=(k + 1) * 3 * 4 if shared else 0, stream=stream)
     return hist, nan

@@ -6,8 +6,8 @@ from typing import Any
 import numpy as np
 
 from ..ops.components import foreground
-from .elementwise import THREADS, _grid
-from .instantiations import ccl_init_name, ccl_merge_name
+from .elementwise import THREADS, launch_grid
+from ..kernel_table import ccl_init_name, ccl_merge_name
 from .modules import get_kernel
 
 NONE = 0xFFFFFFFF
@@ -25,7 +25,7 @@ def label_device(v: Any, connectivity: int, stream: Any = None) -> Any:
     if n == 0:
         return parent.reshape(v.shape)
     nz, ny, nx = (np.int64(s) for s in v.shape)
-    grid, block = _grid(n), (THREADS,)
+    grid, block = launch_grid(n), (THREADS,)
     get_kernel("label.cu", ccl_init_name(v.dtype))(grid, block, (v, parent, np.int64(n)),
                                                    stream=stream)
     get_kernel("label.cu", ccl_merge_name(v.dtype, connectivity))(

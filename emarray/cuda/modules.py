@@ -5,7 +5,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .instantiations import FAMILIES
+from ..kernel_table import FAMILIES
 
 _lock = threading.Lock()
 _modules: dict[tuple[str, int], Any] = {}

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from ..ops.pool import pool_twin, pooled_shape
-from .elementwise import THREADS, _grid
-from .instantiations import pool_name
+from .elementwise import THREADS, launch_grid
+from ..kernel_table import pool_name
 from .modules import get_kernel
 
 
@@ -20,7 +20,7 @@ def pool_device(a: Any, factors: Sequence[int], mode: str, stream: Any = None) -
     out = cupy.empty((oz, oy, ox), a.dtype)
     if out.size:
         k = get_kernel("pool.cu", pool_name(a.dtype, mode, int(factors[0])))
-        k(_grid(out.size), (THREADS,), (a, out, *(np.int64(s) for s in a.shape),
+        k(launch_grid(out.size), (THREADS,), (a, out, *(np.int64(s) for s in a.shape),
                                         np.int64(oz), np.int64(oy), np.int64(ox)),
           stream=stream)
     return out

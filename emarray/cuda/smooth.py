@@ -5,8 +5,8 @@ from typing import Any
 
 import numpy as np
 
-from .elementwise import THREADS, _grid
-from .instantiations import smooth_name
+from .elementwise import THREADS, launch_grid
+from ..kernel_table import smooth_name
 from .modules import get_kernel
 
 
@@ -23,7 +23,7 @@ def smooth_device(a: Any, weights: tuple[np.ndarray | None, ...], stream: Any = 
         w = cupy.asarray(w64.astype(np.float32))
         out = cupy.empty(cur.shape, cupy.float32)
         k = get_kernel("smooth.cu", smooth_name(cur.dtype))
-        k(_grid(n), (THREADS,), (cur, out, np.int64(nz), np.int64(ny), np.int64(nx),
+        k(launch_grid(n), (THREADS,), (cur, out, np.int64(nz), np.int64(ny), np.int64(nx),
                                  np.int32(axis), w, np.int32(w.size // 2)), stream=stream)
         cur = out
     return cur if cur.dtype == cupy.float32 else cur.astype(cupy.float32)

@@ -6,7 +6,7 @@ from .contract import BOUNDARIES, BlockContext, LaterStage, Read, Stage, Write, 
 from .grid import BlockGrid, check_aligned
 from .options import RunOptions
 from .output import Output, open_output
-from .run import (TreeFold, mark_complete, reduce_blocks, run_block, run_job, run_stages,
+from .stages import (TreeFold, mark_complete, reduce_blocks, run_block, run_job, run_stages,
                   worker_state)
 from .schedulers import SCHEDULERS, Runner, check_scheduler
 

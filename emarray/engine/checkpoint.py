@@ -89,7 +89,7 @@ class Checkpoint:
             return
         self._last = now
         state = {"format": FORMAT, "nblocks": int(done.size), "done": done.bits, "acc": acc}
-        _atomic_write(self._file(stage, "progress"), dumps(state))
+        atomic_write(self._file(stage, "progress"), dumps(state))
 
     def finished(self, stage: str) -> tuple[bool, Any]:
         """Whether ``stage`` finished in an earlier run, and what its ``finalize`` returned."""
@@ -104,7 +104,7 @@ class Checkpoint:
         """Record a finished stage and its result; its block progress is no longer needed."""
         if self.root is None:
             return
-        _atomic_write(self._file(stage, "result"), dumps({"format": FORMAT, "result": result}))
+        atomic_write(self._file(stage, "result"), dumps({"format": FORMAT, "result": result}))
         self._file(stage, "progress").unlink(missing_ok=True)
 
     def forget(self, stage: str) -> None:
@@ -135,7 +135,7 @@ class Checkpoint:
         ``inputs`` (Volumes) are the job's inputs on local disk: a new job records every
         stored chunk of each (key, size, mtime); a resumed one compares them with that record
         and keeps, in :attr:`changed`, the regions of the chunks changed, added or removed
-        since, so that :func:`~emarray.engine.run.run_stages` computes the blocks that read
+        since, so that :func:`~emarray.engine.stages.run_stages` computes the blocks that read
         them again (a chunk rewritten in place never mixes two inputs into one output).
         """
         self.changed = {}
@@ -153,16 +153,16 @@ class Checkpoint:
         fresh = not (self.root / INPUTS).is_file()
         self.root.mkdir(parents=True, exist_ok=True)
         if job is not None:
-            _atomic_write(self.root / "job.json", json.dumps(job).encode())
+            atomic_write(self.root / "job.json", json.dumps(job).encode())
         vols = [v for v in inputs if getattr(v, "local_path", None) is not None]
         if fresh:
-            _atomic_write(self.root / INPUTS, dumps({volume_key(v): _snapshot(v) for v in vols}))
+            atomic_write(self.root / INPUTS, dumps({volume_key(v): chunk_record(v) for v in vols}))
         else:
             found, before = self._read_file(self.root / INPUTS)
             for v in vols:
                 old = before.get(volume_key(v)) if found else None
                 if old is not None:
-                    regions = _changed_regions(v, old)
+                    regions = changed_regions(v, old)
                     if regions:
                         self.changed[volume_key(v)] = regions
         return same
@@ -175,7 +175,7 @@ class Checkpoint:
 INPUTS = "inputs.npz"
 
 
-def _snapshot(v: Any) -> dict[str, Any]:
+def chunk_record(v: Any) -> dict[str, Any]:
     from ..volume import chunk_entries
     keys, sizes, mtimes = chunk_entries(v.local_path / v.array_path if v.array_path
                                         else v.local_path)
@@ -183,20 +183,26 @@ def _snapshot(v: Any) -> dict[str, Any]:
             "mtimes": mtimes, "block": list(v.block_shape), "shape": list(v.shape)}
 
 
-def _changed_regions(v: Any, old: dict[str, Any]) -> list[tuple[slice, ...]]:
+def changed_regions(v: Any, old: dict[str, Any]) -> list[tuple[slice, ...]]:
     """The regions of ``v``'s chunks whose (size, mtime) differ from the record ``old``, or
     that were added or removed since; the whole volume when a changed file names no chunk."""
     from ..volume import chunk_index
-    now = _snapshot(v)
+    now = chunk_record(v)
     whole = [tuple(slice(0, n) for n in v.shape)]
     if now["block"] != list(old["block"]) or now["shape"] != [int(n) for n in old["shape"]]:
         return whole
-    def table(snap: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    def keys(snap: dict[str, Any]) -> list[str]:
         text = bytes(np.asarray(snap["keys"], np.uint8)).decode()
-        keys = text.split("\n") if text else []
-        return dict(zip(keys, zip(snap["sizes"].tolist(), snap["mtimes"].tolist())))
-    a, b = table(old), table(now)
-    diff = [k for k in set(a) | set(b) if a.get(k) != b.get(k)]
+        return text.split("\n") if text else []
+
+    if np.array_equal(old["keys"], now["keys"]):  # the usual case: the same files, compared as arrays
+        moved = (np.asarray(old["sizes"]) != now["sizes"]) | (np.asarray(old["mtimes"]) != now["mtimes"])
+        names = keys(now) if moved.any() else []
+        diff = [names[i] for i in np.flatnonzero(moved)]
+    else:
+        a = dict(zip(keys(old), zip(np.asarray(old["sizes"]).tolist(), np.asarray(old["mtimes"]).tolist())))
+        b = dict(zip(keys(now), zip(now["sizes"].tolist(), now["mtimes"].tolist())))
+        diff = [k for k in set(a) | set(b) if a.get(k) != b.get(k)]
     out = []
     for k in sorted(diff):
         idx = chunk_index(k)
@@ -207,7 +213,7 @@ def _changed_regions(v: Any, old: dict[str, Any]) -> list[tuple[slice, ...]]:
     return out
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as f:

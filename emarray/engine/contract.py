@@ -103,7 +103,7 @@ class Read:
         return read_padded(self.volume, want, self.boundary, self.cval), want
 
 
-def _source_index(i: np.ndarray, n: int, boundary: str) -> np.ndarray:
+def source_index(i: np.ndarray, n: int, boundary: str) -> np.ndarray:
     """Where voxel ``i`` (possibly outside ``[0, n)``) comes from under ``boundary``."""
     if boundary == "nearest":
         return np.clip(i, 0, n - 1)
@@ -128,7 +128,7 @@ def read_padded(volume: Any, want: Region, boundary: str, cval: float = 0.0) -> 
             inner = tuple(slice(h.start - w.start, h.stop - w.start) for h, w in zip(have, want))
             out[inner] = volume.read(have)
         return out
-    idx = [_source_index(np.arange(s.start, s.stop), n, boundary) for s, n in zip(want, shape)]
+    idx = [source_index(np.arange(s.start, s.stop), n, boundary) for s, n in zip(want, shape)]
     hull = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
     data = volume.read(hull)
     return data[np.ix_(*(i - h.start for i, h in zip(idx, hull)))]

@@ -46,7 +46,7 @@ def real_path(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(os.fspath(path)))
 
 
-def _sibling(path: Path, suffix: str) -> Path:
+def sibling(path: Path, suffix: str) -> Path:
     return path.with_name(f".{path.name}{suffix}")
 
 
@@ -76,7 +76,7 @@ class OutputLock:
     """
 
     def __init__(self, path: Path, shown: str):
-        self.path = _sibling(path, LOCK_SUFFIX)
+        self.path = sibling(path, LOCK_SUFFIX)
         self.shown = shown
         self._fd: int | None = None
 
@@ -144,7 +144,7 @@ class ReadLock:
     """
 
     def __init__(self, path: Path, shown: str):
-        self.path = _sibling(path, LOCK_SUFFIX)
+        self.path = sibling(path, LOCK_SUFFIX)
         self.shown = shown
         self._fd: int | None = None
 
@@ -368,7 +368,7 @@ def check_replaceable(path: Path, shown: str) -> None:
             "or choose another output")
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
     if path.is_symlink() or path.is_file():
         path.unlink()
     elif path.exists():
@@ -381,7 +381,7 @@ def recover(path: Path) -> str | None:
     Called with the lock held. A finished new output waiting beside a missing one is moved in;
     an old output set aside with no finished new one is put back; a leftover old one is removed.
     """
-    new, old = _sibling(path, NEW_SUFFIX), _sibling(path, OLD_SUFFIX)
+    new, old = sibling(path, NEW_SUFFIX), sibling(path, OLD_SUFFIX)
     done = None
     if old.exists() and not path.exists():
         em = emarray_job_of(new) if new.exists() else None
@@ -392,7 +392,7 @@ def recover(path: Path) -> str | None:
             os.rename(old, path)
             done = "rolled back an interrupted replacement"
     if old.exists():
-        _remove(old)
+        remove_path(old)
         done = done or "removed the rest of a replaced output"
     return done
 
@@ -416,7 +416,7 @@ class Output:
         any block was written; an output that existed, or one being resumed, stays."""
         if self.resumed:
             return
-        _remove(real_path(self.volume.url) if self.staged else self.path)
+        remove_path(real_path(self.volume.url) if self.staged else self.path)
 
     def kept_note(self, exc: BaseException) -> EmarrayError:
         """The error of a failed replacement, saying where its unfinished new output is kept."""
@@ -431,16 +431,16 @@ class Output:
     def commit(self) -> Volume:
         """Put a staged output in place (old one aside, new one in, old one deleted)."""
         if self.staged:
-            old = _sibling(self.path, OLD_SUFFIX)
+            old = sibling(self.path, OLD_SUFFIX)
             if self.path.exists():
                 os.rename(self.path, old)
             os.rename(self.volume.url, self.path)
             if old.exists():
-                _remove(old)
+                remove_path(old)
         return open_volume(self.path)
 
 
-def _check_writable(dst: Path, shown: str) -> None:
+def check_writable(dst: Path, shown: str) -> None:
     parent = dst.parent
     if not parent.is_dir():
         raise InvalidArgumentError(
@@ -503,14 +503,14 @@ def open_output(path: str | os.PathLike, create: Callable[[str], Volume], *,
     shown = os.fspath(path)
     dst = real_path(path)
     check_no_overlap(dst, inputs, shown)
-    _check_writable(dst, shown)
+    check_writable(dst, shown)
     lock = OutputLock(dst, shown)
     lock.acquire()
     try:
         note = recover(dst)
         if note:
             print(f"{shown}: {note}", file=sys.stderr)
-        new = _sibling(dst, NEW_SUFFIX)
+        new = sibling(dst, NEW_SUFFIX)
         if resume and new.exists() and (emarray_job_of(new) or {}).get("job") == job:
             yield Output(dst, _reopen_for_resume(new, job, shown), True, shown)
             return
@@ -524,11 +524,11 @@ def open_output(path: str | os.PathLike, create: Callable[[str], Volume], *,
                     "replace it, or resume (--resume) to finish an interrupted run")
             check_replaceable(dst, shown)
         if new.exists():
-            _remove(new)  # a stale, unfinished new output of ours: start it again
+            remove_path(new)  # a stale, unfinished new output of ours: start it again
         try:
             vol = create(os.fspath(new))
         except OSError as exc:
-            _remove(new)
+            remove_path(new)
             raise _os_error(exc, f"cannot create the output {shown!r}") from None
         if dst.exists():  # overwrite: the job writes beside the old output until commit
             log.info("building the new %s beside the old one (%s) until it is complete",

@@ -177,7 +177,7 @@ class Runner:
         pass it as the scheduler of several jobs to share one cluster."""
         return self._client
 
-    def _n_workers(self) -> int:
+    def n_workers(self) -> int:
         if self._client is not None:
             return max(1, sum(w.get("nthreads", 1) for w in
                               self._client.scheduler_info()["workers"].values()))
@@ -223,7 +223,7 @@ class Runner:
         """
         if total is None and hasattr(calls, "__len__"):
             total = len(calls)  # type: ignore[arg-type]
-        window = self.window or max(8, 4 * self._n_workers())
+        window = self.window or max(8, 4 * self.n_workers())
         results: dict[int, Any] = {}
         acc: list[Any] = []
 

@@ -49,22 +49,22 @@ def build_model(cfg: UNetConfig, seed: int | None = None) -> Any:
 def save_model(path: str | os.PathLike, module: Any, cfg: UNetConfig, *, normalize: Any = "0,255",
                patch: Any = None, meta: dict[str, Any] | None = None) -> str:
     require_torch()
-    from . import checkpoint
-    return checkpoint.save(path, module, cfg, normalize=normalize,
+    from . import modelfile
+    return modelfile.save(path, module, cfg, normalize=normalize,
                            patch=patch if patch is not None else default_patch(cfg), meta=meta)
 
 
 def load_model(path: str | os.PathLike, device: Any = "cpu") -> Any:
-    """A :class:`~emarray.models.checkpoint.ModelFile` (``.module`` is the network, in eval mode)."""
+    """A :class:`~emarray.models.modelfile.ModelFile` (``.module`` is the network, in eval mode)."""
     require_torch()
-    from . import checkpoint
-    return checkpoint.load(path, device)
+    from . import modelfile
+    return modelfile.load(path, device)
 
 
 def export_torchscript(src: str | os.PathLike, dst: str | os.PathLike) -> str:
     require_torch()
-    from . import checkpoint
-    return checkpoint.export_torchscript(src, dst)
+    from . import modelfile
+    return modelfile.export_torchscript(src, dst)
 
 
 def unet_config(*, depth: int = 3, filters: int = 16, padding: str = "same",

@@ -55,7 +55,7 @@ def backend_setup(op: str, backend: str, dtype: Any, memory_limit: Any,
     name = backends.resolve_backend(backend, op=op, dtype=dtype)
     impl = backends.implementation(op, name)
     if name == "cuda":
-        from ..cuda.streaming import split_memory_limit
+        from ..engine.memory import split_memory_limit
         impl = partial(impl, memory_limit=split_memory_limit(memory_limit, processes_per_device))
     return impl
 
@@ -66,7 +66,7 @@ def backend_stage_setup(op: str, dtype: Any, options: RunOptions, runner: Any) -
     The choice is checked on the driver first (an explicit ``cuda`` without a kernel for the
     dtype, or without a device here when blocks run here, is refused before any work)."""
     from .. import backends
-    from ..cuda.streaming import parse_memory_limit
+    from ..engine.memory import parse_memory_limit
     mem = parse_memory_limit(options.gpu_memory_limit)  # checked whatever the backend
     backends.check_backend(options.backend, op, dtype, local=not runner.distributed)
     ppd = runner.processes_per_device()

@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import backends
 from ..engine import BlockGrid, LaterStage, Read, RunOptions, Stage, Write, read_padded, run_job
-from ..engine.checkpoint import PROGRESS_DIR, _atomic_write
+from ..engine.checkpoint import PROGRESS_DIR, atomic_write
 from .._normalize import real_number, whole_number
 from ..errors import InvalidArgumentError
 from ..volume import Volume, create_volume, open_volume
@@ -92,7 +92,7 @@ class Scratch:
         import io
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(arr))
-        _atomic_write(self.root / f"{name}.npy", buf.getvalue())
+        atomic_write(self.root / f"{name}.npy", buf.getvalue())
 
     def load(self, name: str) -> np.ndarray:
         return np.load(self.root / f"{name}.npy", mmap_mode="r")
@@ -282,7 +282,7 @@ def _retype(out: Volume, dtype: str) -> Volume:
     meta_path = Path(out.url) / out.array_path / "zarr.json"
     meta = json.loads(meta_path.read_text())
     meta["data_type"] = dtype
-    _atomic_write(meta_path, json.dumps(meta, indent=2).encode())
+    atomic_write(meta_path, json.dumps(meta, indent=2).encode())
     return open_volume(out.url)
 
 

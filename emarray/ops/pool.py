@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import backends
-from ..cuda.instantiations import CTYPES
+from ..kernel_table import CTYPES
 from ..errors import InvalidArgumentError
 
 MODES = ("mean", "mode", "max", "min", "nearest")

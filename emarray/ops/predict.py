@@ -504,7 +504,7 @@ def predict(raw: Volume | str | os.PathLike, model: str | os.PathLike, out: str 
     with opts.runner("predict") as runner:
         # PyTorch's threads: this machine's cores shared among the blocks that run at once
         at_once = runner.processes_per_device() if runner.distributed else \
-            min(runner._n_workers(), len(grid))
+            min(runner.n_workers(), len(grid))
         torch_threads = threads or max(1, (os.cpu_count() or 1) // max(1, at_once))
         setup = partial(Predictor, model_path, backend, precision, torch_threads)
         key = f"predict:{ref.sha256}:{backend}:{precision}:{torch_threads}"

@@ -21,7 +21,7 @@ from .._normalize import parse_tuple, whole_number
 from ..engine import BlockGrid, Read, RunOptions, Stage, Write
 from ..engine.checkpoint import PROGRESS_DIR, Checkpoint
 from ..engine.output import OutputLock, foreign_in_array, real_path
-from ..engine.run import run_stages
+from ..engine.stages import run_stages
 from ..errors import InvalidArgumentError, OutputExistsError, ResumeMismatchError
 from ..volume import EVERY_CHUNK, Volume, open_volume
 from .common import as_volume, backend_stage_setup

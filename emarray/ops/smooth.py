@@ -16,9 +16,9 @@ import numpy as np
 
 from .. import backends
 from .._normalize import parse_tuple
-from ..cuda.instantiations import SMOOTH_DTYPES
+from ..kernel_table import SMOOTH_DTYPES
 from ..engine import BlockGrid, Read, RunOptions, Stage, Write, run_job
-from ..engine.contract import _source_index
+from ..engine.contract import source_index
 from ..errors import InvalidArgumentError
 from ..volume import Volume, create_volume
 from .common import as_volume, backend_stage_setup, job_identity, layout_of, output_layout
@@ -117,7 +117,7 @@ def smooth_block_twin(block: np.ndarray, *, weights: tuple[np.ndarray | None, ..
             continue
         w = w64.astype(np.float32)
         r, n = w.size // 2, v.shape[axis]
-        padded = np.take(v, _source_index(np.arange(-r, n + r), n, "reflect"), axis=axis)
+        padded = np.take(v, source_index(np.arange(-r, n + r), n, "reflect"), axis=axis)
         acc = np.zeros_like(v)
         for j in range(w.size):
             part = np.take(padded, np.arange(j, j + n), axis=axis)

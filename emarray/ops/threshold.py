@@ -12,7 +12,7 @@ from .._normalize import numeric_dtype, real_number
 from ..errors import InvalidArgumentError
 from ..engine import RunOptions
 from ..volume import Volume
-from ..cuda.instantiations import CTYPES as CUDA_DTYPES
+from ..kernel_table import CTYPES as CUDA_DTYPES
 from .common import as_volume, run_elementwise
 
 OPS = ("gt", "ge", "lt", "le")
@@ -79,7 +79,7 @@ def threshold_block_cpu(block: np.ndarray, *, op: str, value: Any, region: Any =
 
 
 backends.register("threshold", "cpu", threshold_block_cpu)
-backends.register("threshold", "cuda", "emarray.cuda.ops:threshold_block_cuda", CUDA_DTYPES)
+backends.register("threshold", "cuda", "emarray.cuda.elementwise:threshold_block_cuda", CUDA_DTYPES)
 
 
 def threshold(src: Volume | str | os.PathLike, dst: str | os.PathLike, value: float,

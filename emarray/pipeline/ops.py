@@ -79,7 +79,7 @@ OPS: dict[str, Op] = {
     "threshold": Op("emarray.ops.threshold:threshold", inputs=("src",),
                     args=(("compare", "op"),),  # `op` names a step's operator
                     about="uint8 0/1 mask"),
-    "rescale": Op("emarray.ops.convert:rescale", inputs=("src",), about="linear map to uint8"),
+    "rescale": Op("emarray.ops.rescale:rescale", inputs=("src",), about="linear map to uint8"),
     "smooth": Op("emarray.ops.smooth:smooth", inputs=("src",), about="Gaussian smoothing"),
     "label": Op("emarray.ops.label:label", inputs=("src",), about="connected components"),
     "upsample": Op("emarray.ops.upsample:upsample", inputs=("src", "like"),

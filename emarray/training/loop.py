@@ -26,7 +26,7 @@ from .augment import AugmentConfig
 from .config import load_config
 from .losses import LossConfig, loss
 from .report import progress_bar, say, tensorboard, why_stopped, write_logs
-from .run import STATE, RunFolder, check_same_run
+from .folder import STATE, RunFolder, check_same_run
 from .sampler import Pair, PatchSampler, Prefetcher, Target
 from .validate import Held, check_pair, evaluate, held_out, open_volumes, validation_set
 
@@ -64,7 +64,7 @@ def _scale(dtype: np.dtype) -> float:
 def _model(cfg: dict[str, Any], anisotropic: bool, raw: Volume) -> tuple[Any, Any, dict, Any]:
     """(network, UNetConfig, normalize, default patch) from ``model.file`` or a new net."""
     from ..models import build_model, default_patch, load_model, unet_config
-    from ..models.checkpoint import check_normalize
+    from ..models.modelfile import check_normalize
     m = cfg["model"]
     if m["file"]:
         mf = load_model(m["file"])

@@ -125,7 +125,7 @@ def _fresh(path: Path, shape: tuple[int, ...], dtype: Any, like: Volume, channel
 def evaluate(model_file: str, val_raw: Volume, truth: Volume, run: Path, thresholds: int,
              backend: str, threads: int) -> dict[str, Any]:
     """predict + sweep on the validation set: best F1 and IoU over the thresholds."""
-    from ..engine.run import forget_worker_state
+    from ..engine.stages import forget_worker_state
     from ..ops.predict import file_sha256, predict
     from ..ops.sweep import best_rows, sweep
     try:

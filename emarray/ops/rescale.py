@@ -13,7 +13,7 @@ from .._normalize import real_number
 from ..errors import InvalidArgumentError
 from ..engine import RunOptions
 from ..volume import Volume
-from ..cuda.instantiations import CTYPES as CUDA_DTYPES
+from ..kernel_table import CTYPES as CUDA_DTYPES
 from .common import as_volume, run_elementwise
 
 
@@ -109,7 +109,7 @@ def rescale_block_cpu(block: np.ndarray, *, lo: float, hi: float, region: Any = 
 
 backends.register("rescale", "cpu", rescale_block_cpu)
 # floats: the kernel; integers: the same exact steps on the device
-backends.register("rescale", "cuda", "emarray.cuda.ops:rescale_block_cuda", CUDA_DTYPES)
+backends.register("rescale", "cuda", "emarray.cuda.elementwise:rescale_block_cuda", CUDA_DTYPES)
 
 
 def rescale(src: Volume | str | os.PathLike, dst: str | os.PathLike, lo: float, hi: float, *,

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..engine.output import (OLD_SUFFIX, OutputLock, _check_writable, _remove, _sibling,
+from ..engine.output import (OLD_SUFFIX, OutputLock, check_writable, remove_path, sibling,
                              check_no_overlap, real_path)
 from ..errors import InvalidArgumentError, OutputExistsError, ResumeMismatchError
 
@@ -23,7 +23,7 @@ OURS = {MARKER, STATE, "model.pt", "best.pt", "config.yaml", "metrics.csv", "met
 
 
 def _old(path: Path) -> Path:
-    return _sibling(path, OLD_SUFFIX)
+    return sibling(path, OLD_SUFFIX)
 
 
 class RunFolder:
@@ -37,7 +37,7 @@ class RunFolder:
         self.shown = os.fspath(out)
         self.path = real_path(out)
         check_no_overlap(self.path, inputs, self.shown)
-        _check_writable(self.path, self.shown)
+        check_writable(self.path, self.shown)
         if self.path.exists() and not self.path.is_dir():
             raise InvalidArgumentError(f"out {self.shown!r} is a file, not a folder")
         self.resume, self.overwrite = resume, overwrite
@@ -84,17 +84,17 @@ class RunFolder:
             return
         if not (self.path / STATE).is_file():   # the replacement never reached a checkpoint
             if self.path.exists():
-                _remove(self.path)
+                remove_path(self.path)
             os.rename(old, self.path)
             logging.getLogger("emarray").warning(
                 "%s: put back the run an interrupted --overwrite had set aside", self.shown)
         else:
-            _remove(old)
+            remove_path(old)
 
     def checkpointed(self) -> None:
         old = _old(self.path)
         if old.exists():
-            _remove(old)
+            remove_path(old)
 
     def close(self) -> None:
         self.lock.release()
