@@ -11,13 +11,9 @@ from typing import Any
 
 import click
 
+from .commands import command, run_options
 from .errors import EmarrayError, EmarrayWarning
-
-_SCHED_HELP = ("threads (default), processes, synchronous, local-cluster, cuda (one worker per "
-               "GPU, dask-cuda), slurm (workers in SLURM jobs, dask-jobqueue; see "
-               "--slurm-config), or a scheduler address tcp://host:port (default: "
-               "$DASK_SCHEDULER_ADDRESS when set)")
-
+from .spec import ENGINE
 
 def _set_verbosity(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     """-v/-q work before or after the subcommand; the last one given wins."""
@@ -30,6 +26,7 @@ def _set_verbosity(ctx: click.Context, param: click.Parameter, value: Any) -> An
 
 def _verbosity_options(f):
     f = click.option("-v", "--verbose", count=True, expose_value=False, callback=_set_verbosity,
+                     show_default=False,
                      help="More log output: -v emarray's steps, -vv its debug, -vvv also dask/zarr.")(f)
     f = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_verbosity,
                      help="No progress display, errors only.")(f)
@@ -60,59 +57,8 @@ def _configure_logging(root: click.Context) -> None:
 
 
 def _engine_options(f):
-    f = click.option("--scheduler", default=None, help=_SCHED_HELP)(f)
-    f = click.option("--workers", type=int, default=None,
-                     help="Threads, processes or local-cluster workers (default: all cores).")(f)
-    f = click.option("--connect-timeout", type=float, default=None,
-                     help="Seconds to wait for a scheduler address to answer (default 10).")(f)
-    f = click.option("--retries", type=click.IntRange(min=0), default=2,
-                     help="Run a failed block again this often before stopping with its name.")(f)
-    f = click.option("--slurm-config", "slurm", default=None, metavar="FILE",
-                     help="--scheduler slurm: a YAML file of SLURM settings (partition, account, "
-                          "walltime, cores, memory, gres, jobs, prologue; see the README).")(f)
-    f = _verbosity_options(f)
-    return f
-
-
-def _incomplete_option(f):
-    return click.option("--allow-incomplete", is_flag=True,
-                        help="Accept inputs that are unfinished outputs of an interrupted job "
-                             "(their missing chunks read as 0).")(f)
-
-
-def _output_options(f):
-    f = click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")(f)
-    f = click.option("--resume", is_flag=True,
-                     help="Finish an interrupted run into DST, skipping finished chunks.")(f)
-    return f
-
-
-def _layout_options(default_chunks: str | None):
-    def deco(f):
-        f = click.option("--chunks", default=default_chunks, show_default=bool(default_chunks),
-                         help="Storage chunk shape z,y,x.")(f)
-        f = click.option("--shards", default=None, help="Shard shape z,y,x (multiples of chunks).")(f)
-        f = click.option("--compression", default="zstd", show_default=True,
-                         type=click.Choice(["zstd", "blosc-zstd", "blosc-lz4", "gzip", "none"]))(f)
-        return f
-    return deco
-
-
-def _backend_options(f):
-    f = click.option("--backend", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-                     help="Where blocks are computed (auto: CUDA when CuPy sees a device).")(f)
-    f = click.option("--gpu-memory-limit", default=None,
-                     help="CUDA: device memory cap, a fraction of the card or a size "
-                          "(8GB). Default 0.5.")(f)
-    return f
-
-
-def _elementwise_options(f):
-    """The options of every elementwise operator: backend, output layout, output policy, engine."""
-    for deco in (_engine_options, _output_options, _layout_options(None), _backend_options,
-                 _incomplete_option):
-        f = deco(f)
-    return f
+    """The engine's run options and -v/-q, for the commands that are not operators."""
+    return _verbosity_options(run_options(*ENGINE)(f))
 
 
 def _friendly(f):
@@ -191,222 +137,6 @@ def info(path: str, as_json: bool) -> None:
                    f"(compression ratio {d['compression_ratio']:.2f})")
 
 
-@cli.command()
-@click.argument("src")
-@click.argument("dst")
-@click.option("--dataset", default=None, help="HDF5 dataset name (when the file holds several).")
-@click.option("--voxel-size", default=None,
-              help="Voxel size z,y,x in --unit (default: read from SRC, else 1,1,1 with a warning).")
-@click.option("--unit", default=None, help="Spatial unit (nanometer, micrometer, nm, um...).")
-@_layout_options("64,256,256")
-@click.option("--level", "compression_level", type=int, default=None, help="Compression level.")
-@_output_options
-@_engine_options
-@click.pass_obj
-@_friendly
-def ingest(obj: dict, src: str, dst: str, **kw: Any) -> None:
-    """Ingest SRC (slice folder, TIFF stack or HDF5 file) into an OME-Zarr volume DST."""
-    from .ingest import ingest as _ingest
-    v = _ingest(src, dst, progress=obj["progress"], **kw)
-    click.echo(f"wrote {v.url}: {v.shape} {v.dtype}, chunks {v.chunks}")
-
-
-@cli.command()
-@click.argument("src")
-@click.argument("dst")
-@click.option("--region", default=None, help="z0:z1,y0:y1,x0:x1 (empty parts mean all).")
-@click.option("--dataset", default="data", help="Dataset name in an HDF5 output.")
-@click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
-@_incomplete_option
-@_verbosity_options
-@click.pass_obj
-@_friendly
-def export(obj: dict, src: str, dst: str, **kw: Any) -> None:
-    """Export a region of volume SRC to DST (.tif stack or .h5)."""
-    from .export import export as _export
-    p = _export(src, dst, progress=obj["progress"], **kw)
-    click.echo(f"wrote {p}")
-
-
-@cli.command()
-@click.argument("src")
-@click.argument("dst")
-@click.option("--value", "-t", required=True,
-              help="The threshold (whole numbers are exact at any size: 18446744073709551614).")
-@click.option("--op", type=click.Choice(["gt", "ge", "lt", "le"]), default="gt",
-              help="gt: SRC > value; ge: SRC >= value; lt: SRC < value (cell interiors of a "
-                   "boundary map); le: SRC <= value.")
-@_elementwise_options
-@click.pass_obj
-@_friendly
-def threshold(obj: dict, src: str, dst: str, **kw: Any) -> None:
-    """Threshold probability map SRC into a uint8 0/1 mask DST."""
-    from .ops.threshold import threshold as _threshold
-    v = _threshold(src, dst, progress=obj["progress"], **kw)
-    click.echo(f"wrote {v.url}: {v.shape} uint8 mask")
-
-
-@cli.command()
-@click.argument("src")
-@click.argument("dst")
-@click.option("--range", "lo_hi", required=True, help="lo,hi: the values mapped to 0 and 255.")
-@_elementwise_options
-@click.pass_obj
-@_friendly
-def rescale(obj: dict, src: str, dst: str, lo_hi: str, **kw: Any) -> None:
-    """Rescale SRC linearly to uint8 DST: --range lo,hi maps to 0..255 (clipped, NaN -> 0)."""
-    from ._normalize import real_number
-    from .ops.rescale import rescale as _rescale
-    parts = [p for p in str(lo_hi).split(",") if p.strip()]
-    if len(parts) != 2:
-        raise click.UsageError(f"--range takes lo,hi, got {lo_hi!r}")
-    lo, hi = (real_number(p, "range") for p in parts)
-    v = _rescale(src, dst, lo, hi, progress=obj["progress"], **kw)
-    click.echo(f"wrote {v.url}: {v.shape} uint8")
-
-
-@cli.command()
-@click.argument("src")
-@click.argument("dst")
-@click.option("--sigma", required=True, help="Gaussian sigma: one number or z,y,x.")
-@click.option("--unit", type=click.Choice(["voxel", "physical"]), default="voxel",
-              help="Sigma in voxels, or in the volume's physical unit (e.g. nanometer).")
-@click.option("--truncate", type=float, default=4.0, help="Cut the filter at this many sigmas.")
-@_elementwise_options
-@click.pass_obj
-@_friendly
-def smooth(obj: dict, src: str, dst: str, sigma: str, **kw: Any) -> None:
-    """Gaussian-smooth SRC into DST (float32), equal to scipy's gaussian_filter on the whole."""
-    from .ops.smooth import smooth as _smooth
-    v = _smooth(src, dst, sigma, progress=obj["progress"], **kw)
-    click.echo(f"wrote {v.url}: {v.shape} {v.dtype}")
-
-
-@cli.command()
-@click.argument("path")
-@click.option("--levels", type=int, default=None, help="Number of levels to add.")
-@click.option("--until-size", type=int, default=None,
-              help="Add levels until every axis is at most S voxels (default 64).")
-@click.option("--mode", type=click.Choice(["auto", "mean", "mode", "max", "min", "nearest"]),
-              default="auto", help="auto: mode for labels, mean for images.")
-@click.option("--factors", default="auto",
-              help="auto (y,x only while z is coarser, then all three) or z,y,x of 1 or 2.")
-@click.option("--labels", is_flag=True, default=None,
-              help="PATH holds labels (pooled by mode, never averaged).")
-@_engine_options
-@_output_options
-@_backend_options
-@click.pass_obj
-@_friendly
-def pyramid(obj: dict, path: str, **kw: Any) -> None:
-    """Add downsampled levels to the OME-Zarr image PATH and update its multiscales."""
-    from .ops.pyramid import pyramid as _pyramid
-    v = _pyramid(path, progress=obj["progress"], **kw)
-    from .volume import open_volume
-    for k in range(1, len(v.levels)):
-        lv = open_volume(v.url, level=k)
-        click.echo(f"level {v.levels[k]}: {lv.shape} voxel {lv.voxel_size} {lv.unit}")
-
-
-@cli.command()
-@click.argument("src")
-@click.argument("dst")
-@click.option("--like", required=True, help="Reference volume whose grid DST gets.")
-@click.option("--mode", type=click.Choice(["auto", "nearest", "linear"]), default="auto",
-              help="auto: nearest for labels, linear for images.")
-@click.option("--chunks", default=None, help="Chunk shape z,y,x (default: the reference's).")
-@_engine_options
-@_output_options
-@_incomplete_option
-@click.pass_obj
-@_friendly
-def upsample(obj: dict, src: str, dst: str, **kw: Any) -> None:
-    """Resample the coarse volume SRC onto the grid of --like into DST."""
-    from .ops.upsample import upsample as _upsample
-    v = _upsample(src, dst, progress=obj["progress"], **kw)
-    click.echo(f"wrote {v.url}: {v.shape} {v.dtype}")
-
-
-@cli.command()
-@click.argument("src")
-@click.argument("dst")
-@click.option("--connectivity", type=int, default=26,
-              help="Neighbours that join: faces (6), + edges (18), + corners (26).")
-@click.option("--binary", "mode", flag_value="binary",
-              help="Every voxel other than --background is foreground.")
-@click.option("--multilabel", "mode", flag_value="multilabel",
-              help="Each distinct value has its own components.")
-@click.option("--background", default="0", help="The background value (exact at any size).")
-@click.option("--min-size", type=int, default=0,
-              help="Remove components of fewer voxels than this (before numbering).")
-@_elementwise_options
-@click.pass_obj
-@_friendly
-def label(obj: dict, src: str, dst: str, connectivity: int, mode: str | None, **kw: Any) -> None:
-    """Label the connected components of SRC into DST: ids 1..N in C order of first voxel.
-
-    The ids do not depend on the chunking. Without --binary or --multilabel, label volumes
-    (32/64-bit integers, or marked as labels) are multilabel and everything else binary.
-    """
-    from .ops.label import label as _label
-    v = _label(src, dst, connectivity=connectivity, mode=mode or "auto",
-               progress=obj["progress"], **kw)
-    n = v.attrs.get("emarray", {}).get("components")
-    click.echo(f"wrote {v.url}: {v.shape} {v.dtype}, {n} components")
-
-
-@cli.command()
-@click.argument("labels")
-@click.option("--raw", default=None, help="Intensity volume: adds mean/min/max intensity.")
-@click.option("--out", required=True,
-              help="objects.csv or objects.parquet (a .json summary and .png plot beside it).")
-@click.option("--overwrite", is_flag=True, help="Replace an earlier table at --out.")
-@click.option("--resume", is_flag=True, help="Finish a killed run into the same --out.")
-@_incomplete_option
-@_engine_options
-@click.pass_obj
-@_friendly
-def objects(obj: dict, labels: str, **kw: Any) -> None:
-    """Measure each object of LABELS: voxels, volume, bounding box, centroid, intensities."""
-    from .ops.objects import objects as _objects
-    df = _objects(labels, progress=obj["progress"], **kw)
-    total = float(df["volume_um3"].sum())
-    click.echo(f"{len(df)} objects, {total:.6g} µm³ in all")
-    click.echo(f"wrote {kw['out']} (summary and volume histogram beside it)")
-
-
-@cli.command()
-@click.argument("pred")
-@click.argument("truth")
-@click.option("--out", required=True,
-              help="Folder for match.json, matching.csv, objects.csv and match.png.")
-@click.option("--label", "label_first", is_flag=True,
-              help="PRED and TRUTH are masks: label them first (into --out).")
-@click.option("--connectivity", type=int, default=26, help="With --label: 6, 18 or 26.")
-@click.option("--match-threshold", type=float, default=0.5,
-              help="IoU at which the per-object table counts a match.")
-@click.option("--overwrite", is_flag=True, help="Replace an earlier match in --out.")
-@click.option("--resume", is_flag=True, help="Finish a killed match into the same --out.")
-@_incomplete_option
-@_engine_options
-@click.pass_obj
-@_friendly
-def match(obj: dict, pred: str, truth: str, **kw: Any) -> None:
-    """Match predicted instances PRED against ground truth TRUTH: F1 at IoU 0.1..0.9, VOI,
-    adapted Rand error, per-object table."""
-    from .ops.match import match as _match
-    r = _match(pred, truth, progress=obj["progress"], **kw)
-    thr = kw["match_threshold"]
-    row = r["matching"].set_index("threshold").loc[thr]  # the match threshold is always a row
-    click.echo(f"{r['n_true']} truth objects, {r['n_pred']} predicted")
-    click.echo(f"at IoU {thr:g}: precision {row['precision']:.4f}, recall {row['recall']:.4f}, "
-               f"F1 {row['f1']:.4f}")
-    click.echo(f"VOI split {r['voi_split']:.4f}, merge {r['voi_merge']:.4f}; adapted Rand error "
-               f"{r['adapted_rand_error']:.4f}")
-    click.echo(f"wrote {os.path.join(kw['out'], 'match.json')}, matching.csv, objects.csv and "
-               "match.png")
-
-
 @cli.group()
 def model() -> None:
     """Make and inspect model files (3D U-Nets; needs PyTorch: pip install 'emarray[train]')."""
@@ -478,61 +208,6 @@ def model_info(ckpt: str, as_json: bool) -> None:
     click.echo("  admissible input sizes -> output sizes:")
     for ax, sizes in d["admissible"].items():
         click.echo(f"    {ax}: " + ", ".join(f"{i}->{o}" for i, o in sizes) + ", ...")
-
-
-@cli.command()
-@click.argument("raw")
-@click.argument("model_file", metavar="MODEL")
-@click.argument("out")
-@click.option("--patch", default=None, help="Network input z,y,x (default: the model file's).")
-@click.option("--overlap", default=None,
-              help="Overlap of output tiles z,y,x in voxels (default: a quarter tile; 0 for "
-                   "valid nets).")
-@click.option("--blend", type=click.Choice(["gaussian", "bump", "constant"]), default=None,
-              help="Tile weights (default gaussian; constant for valid nets).")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "uint8"]), default="float32",
-              help="Output dtype (uint8: round(p*255), a quarter of the store).")
-@click.option("--channels", default=None, help="Output channels to write, e.g. 0,2 (default all).")
-@click.option("--batch", type=int, default=4, help="Patches per forward pass.")
-@click.option("--mc-samples", type=int, default=0,
-              help="Monte-Carlo dropout samples per patch: mean in OUT, variance in OUT/variance.")
-@click.option("--seed", type=int, default=0, help="Seed of the Monte-Carlo dropout samples.")
-@click.option("--block", default=None,
-              help="Voxels per task z,y,x, whole output chunks (default: four to eight tiles "
-                   "per axis, up to 32 Mi voxels). Bigger blocks recompute fewer tiles at their "
-                   "borders and take more memory.")
-@click.option("--chunks", default=None, help="Output chunk shape z,y,x (default: RAW's).")
-@click.option("--compression", default="zstd", show_default=True,
-              type=click.Choice(["zstd", "blosc-zstd", "blosc-lz4", "gzip", "none"]))
-@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
-              help="auto: bfloat16 autocast on CUDA where the device has it, else float32.")
-@click.option("--threads", type=int, default=None,
-              help="PyTorch threads per worker process (default: its share of the cores).")
-@click.option("--backend", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              help="Where the network runs (auto: CUDA when PyTorch sees a device).")
-@_output_options
-@_incomplete_option
-@_engine_options
-@click.pass_obj
-@_friendly
-def predict(obj: dict, raw: str, model_file: str, out: str, **kw: Any) -> None:
-    """Run the 3D U-Net in MODEL over RAW into the OME-Zarr OUT, blended seamlessly.
-
-    Equals one sliding window over the whole volume with the same patches and weights,
-    for any chunking; resumable, on any scheduler.
-    """
-    import time
-
-    from .ops.predict import predict as _predict
-    t0 = time.monotonic()
-    v = _predict(raw, model_file, out, progress=obj["progress"], **kw)
-    about = v.attrs.get("emarray", {}).get("prediction", {})
-    dt = time.monotonic() - t0
-    tiles = about.get("tiles", 0) * max(1, kw["mc_samples"])
-    click.echo(f"wrote {v.url}: {v.shape} {v.dtype} in {dt:.1f} s "
-               f"({tiles:,} patches of a whole-volume sliding window)")
-    if kw["mc_samples"] > 1:
-        click.echo(f"wrote {v.url}/variance: the variance of {kw['mc_samples']} dropout samples")
 
 
 @cli.command()
@@ -635,62 +310,6 @@ def run_recipe(ctx: click.Context, recipe: str, sets: tuple[str, ...], **kw: Any
 
 
 @cli.command()
-@click.argument("prob")
-@click.argument("truth")
-@click.option("--out", required=True, help="Folder for sweep.csv, sweep.json and sweep.png.")
-@click.option("--thresholds", default=None,
-              help="Sweep N thresholds evenly over the map's range: k/N for float maps, every "
-                   "level of 8-bit maps (default 100, or 256 for 8-bit maps).")
-@click.option("--values", default=None, help="Explicit thresholds, e.g. 0.1,0.25,0.5.")
-@click.option("--truth-value", default=None,
-              help="Truth is positive where it equals V (default: where it is nonzero).")
-@click.option("--truth-nonzero", is_flag=True, help="Truth is positive where nonzero (default).")
-@click.option("--mask", default=None, help="ROI volume: voxels where it is 0 are not counted.")
-@click.option("--ignore-value", default=None,
-              help="Voxels whose truth equals V are not counted.")
-@click.option("--channel", type=int, default=None, help="Sweep one channel of a C,Z,Y,X map.")
-@click.option("--overwrite", is_flag=True, help="Replace an earlier sweep in --out.")
-@click.option("--resume", is_flag=True, help="Finish a killed sweep into the same --out.")
-@click.option("--backend", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              help="Where the histograms are computed.")
-@_incomplete_option
-@_engine_options
-@click.pass_obj
-@_friendly
-def sweep(obj: dict, prob: str, truth: str, truth_nonzero: bool, **kw: Any) -> None:
-    """Sweep thresholds of PROB against TRUTH in one pass: counts, F1, IoU, volumes, plot."""
-    from .ops.sweep import best_rows, sweep as _sweep
-    if truth_nonzero and kw["truth_value"] is not None:
-        raise click.UsageError("--truth-value and --truth-nonzero exclude each other")
-    df = _sweep(prob, truth, progress=obj["progress"], **kw)
-    for ch, best in best_rows(df).items():
-        tag = f"channel {ch}: " if df["channel"].nunique() > 1 else ""
-        click.echo(f"{tag}best F1 {best['f1']['f1']:.4f} at t={best['f1']['threshold']:g}; "
-                   f"best IoU {best['iou']['iou']:.4f} at t={best['iou']['threshold']:g}")
-    nan = sum(df.attrs["nan_voxels"].values())
-    if nan:
-        click.echo(f"{nan:,} NaN voxels in the map were not counted")
-    click.echo(f"wrote {os.path.join(kw['out'], 'sweep.csv')}, sweep.json and sweep.png")
-
-
-@cli.command()
-@click.argument("dst")
-@click.option("--size", default="128,256,256", help="Volume shape z,y,x (or one number).")
-@click.option("--chunks", default="64,128,128", help="Chunk shape z,y,x.")
-@click.option("--seed", type=int, default=0, help="Random seed.")
-@_output_options
-@_engine_options
-@click.pass_obj
-@_friendly
-def synthetic(obj: dict, dst: str, size: str, chunks: str, seed: int, **kw: Any) -> None:
-    """Write a synthetic EM-like volume (raw, truth, prob) into folder DST."""
-    from .datasets import synthetic as _synthetic
-    vols = _synthetic(dst, size, chunks=chunks, seed=seed, progress=obj["progress"], **kw)
-    for v in vols.values():
-        click.echo(f"wrote {v.url}: {v.shape} {v.dtype}")
-
-
-@cli.command()
 @click.option("--size", default="128,512,512", help="Synthetic volume shape z,y,x (or one number).")
 @click.option("--out", default="emarray-demo", help="Folder for the demo's volumes.")
 @click.option("--value", default=0.5, type=float, help="Threshold for the probability map.")
@@ -701,6 +320,28 @@ def demo(obj: dict, size: str, out: str, value: float, **kw: Any) -> None:
     """Run the demo: synthetic volume -> threshold -> score against ground truth."""
     from .demo import run_demo
     run_demo(out, size, value=value, progress=obj["progress"], echo=click.echo, **kw)
+
+
+def _verbosity_params() -> list[click.Parameter]:
+    holder = click.Command("x")
+    _verbosity_options(holder)
+    return list(holder.params)
+
+
+def _progress() -> bool:
+    obj = click.get_current_context().find_object(dict)
+    return bool(obj.get("progress", True)) if obj else True
+
+
+def _add_operator_commands() -> None:
+    """One subcommand per declared operator (see :mod:`emarray.spec`)."""
+    from .spec import operators
+    for op in operators().values():
+        assert op.call is not None
+        cli.add_command(command(op, op.call, _friendly, _verbosity_params(), _progress))
+
+
+_add_operator_commands()
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from ._normalize import parse_tuple
 from .errors import InvalidArgumentError
+from .spec import COMPRESSIONS, ENGINE, REPLACE, Operator, Param, Port
 from .volume import Volume
 
 KINDS = ("raw", "truth", "prob")
@@ -123,13 +124,52 @@ def _make_block(ctx: Any, *, kind: str, shape: tuple[int, ...], seed: int,
 MAX_VOXELS = 2**50
 
 
-def synthetic(out_dir: str | os.PathLike, shape: Any = (128, 256, 256), *, chunks: Any = 64,
+def _kinds(value: Any, name: str) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    for k in items:
+        if k not in KINDS:
+            raise InvalidArgumentError(f"{name} must be among {', '.join(KINDS)}, got {k!r}")
+    return tuple(items)
+
+
+def _report(vols: dict[str, Volume], args: dict[str, Any]) -> list[str]:
+    return [f"wrote {v.url}: {v.shape} {v.dtype}" for v in vols.values()]
+
+
+SPEC = Operator(
+    "synthetic", "deterministic synthetic EM-like raw, truth and prob volumes of any size, "
+                 "made chunk by chunk",
+    inputs=(),
+    output=Port("dst", "folder", "folder for raw.zarr, truth.zarr and prob.zarr",
+                parts=KINDS),
+    params=(Param("shape", "zyx", "volume shape z,y,x (or one number)", aliases=("--size",),
+                  unit="voxels"),
+            Param("chunks", "zyx", "chunk shape z,y,x", unit="voxels"),
+            Param("shards", "zyx", "shard shape z,y,x (multiples of chunks)", unit="voxels"),
+            Param("seed", "int", "random seed", minimum=0),
+            Param("kinds", "text", "which volumes to make: raw, truth, prob", parse=_kinds),
+            Param("voxel_size", "zyx-float", "voxel size z,y,x", unit="nanometer"),
+            Param("compression", "choice", "compression", choices=COMPRESSIONS)),
+    run=ENGINE + REPLACE, report=_report,
+    examples=("emarray synthetic synth/ --shape 128,512,512",))
+
+
+@SPEC.function
+def synthetic(dst: str | os.PathLike, shape: Any = (128, 256, 256), *, chunks: Any = 64,
               shards: Any = None, seed: int = 0, kinds: Sequence[str] = KINDS,
               voxel_size: Any = (40.0, 8.0, 8.0), compression: str = "zstd",
               options: Any = None, **run: Any) -> dict[str, Volume]:
-    """Write synthetic ``raw``, ``truth`` and ``prob`` volumes as ``out_dir/<kind>.zarr``.
+    """Write synthetic ``raw``, ``truth`` and ``prob`` volumes as ``dst/<kind>.zarr``.
 
-    Made block by block through the engine: memory does not grow with ``shape``.
+    Space is cut into cubic cells, each holding at most one ellipsoidal object whose position
+    and size come from a generator seeded by ``(seed, cell)``; every voxel is a pure function
+    of its coordinates, so any block can be made alone and the result does not depend on the
+    chunking. Memory does not grow with ``shape``.
+
+    Returns
+    -------
+    dict
+        ``{kind: Volume}``.
 
     Examples
     --------
@@ -155,9 +195,9 @@ def synthetic(out_dir: str | os.PathLike, shape: Any = (128, 256, 256), *, chunk
     compressor_codecs(compression)
     out: dict[str, Volume] = {}
     with opts.runner("synthetic") as runner:
-        os.makedirs(out_dir, exist_ok=True)
+        os.makedirs(dst, exist_ok=True)
         for kind in kinds:
-            out[kind] = _synthetic_one(out_dir, kind, shape, chunk_t, shard_t, seed, voxel,
+            out[kind] = _synthetic_one(dst, kind, shape, chunk_t, shard_t, seed, voxel,
                                        compression, opts, runner)
     return out
 

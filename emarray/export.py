@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from ._normalize import micrometres
+from .engine import RunOptions
 from .engine.output import check_no_overlap, reading, real_path
 from .engine.progress import Progress
 from .errors import InvalidArgumentError, OutputExistsError
 from .ops.common import as_volume
+from .spec import Operator, Param, Port
 from .volume import Volume
 
 EXPORT_EXTS = {".tif": "tiff", ".tiff": "tiff", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5"}
@@ -52,15 +54,37 @@ def parse_region(region: Any, shape: tuple[int, ...]) -> tuple[slice, ...]:
     return tuple(out)
 
 
+def _report(p: Path, args: dict[str, Any]) -> list[str]:
+    return [f"wrote {p}"]
+
+
+SPEC = Operator(
+    "export", "a region of a volume back to a TIFF stack or an HDF5 dataset, written whole or "
+              "not at all",
+    inputs=(Port("src", "volume", "the volume"),),
+    output=Port("dst", "file", "a .tif/.tiff stack or a .h5/.hdf5 file"),
+    params=(Param("region", "text", "z0:z1,y0:y1,x0:x1 (empty parts mean all; default the "
+                                    "whole volume)"),
+            Param("dataset", "text", "the dataset name in an HDF5 output")),
+    run=("overwrite", "allow_incomplete"), report=_report,
+    examples=("emarray export mask.zarr mask.tif --region 0:10,,",))
+
+
+@SPEC.function
 def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: Any = None,
-           dataset: str = "data", overwrite: bool = False, allow_incomplete: bool = False,
-           progress: bool = False) -> Path:
+           dataset: str = "data", options: RunOptions | None = None, **run: Any) -> Path:
     """Export ``region`` of ``src`` to a TIFF stack (``.tif``) or an HDF5 dataset (``.h5``).
 
     The file is written slab by slab to a temporary name beside ``dst`` and renamed into place
     when complete, so a failed export leaves nothing half-written and never clobbers a file.
     The voxel size goes along: ImageJ resolution, spacing and unit in a TIFF (tifffile's JSON
     description where ImageJ cannot hold the dtype or size), ``element_size_um`` in HDF5.
+    Of the run options, ``overwrite``, ``allow_incomplete`` and ``progress`` apply.
+
+    Returns
+    -------
+    Path
+        The file written.
 
     Examples
     --------
@@ -71,7 +95,9 @@ def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: A
     >>> tifffile.imread(p).shape
     (2, 4, 4)
     """
-    vol = as_volume(src, allow_incomplete)
+    opts = RunOptions.make(options, **run)
+    overwrite, progress = opts.overwrite, opts.progress
+    vol = as_volume(src, opts.allow_incomplete)
     dst = Path(dst)
     shown = os.fspath(dst)
     fmt = EXPORT_EXTS.get(dst.suffix.lower())

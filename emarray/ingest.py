@@ -11,6 +11,7 @@ import numpy as np
 from ._normalize import micrometres, parse_tuple, parse_unit
 from .engine import BlockGrid, RunOptions, Stage, Write, run_job
 from .errors import EmarrayWarning
+from .spec import COMPRESSIONS, ENGINE, REPLACE, Operator, Param, Port
 from .sources import open_source
 from .volume import Volume, compressor_codecs, create_volume
 
@@ -21,6 +22,30 @@ def _read_source(ctx: Any, *, source: Any) -> np.ndarray:
     return source.read(ctx.region)
 
 
+def _report(v: Volume, args: dict[str, Any]) -> list[str]:
+    return [f"wrote {v.url}: {v.shape} {v.dtype}, chunks {v.chunks}"]
+
+
+SPEC = Operator(
+    "ingest", "a folder of TIFF/PNG slices, a multi-page TIFF or an HDF5 dataset into OME-Zarr, "
+              "chunk by chunk",
+    inputs=(Port("src", "file", "a folder of 2D TIFF/PNG slices (ordered by the number in the "
+                                "name), a multi-page TIFF, or an HDF5 file"),),
+    output=Port("dst", "volume", "the OME-Zarr volume"),
+    params=(Param("dataset", "text", "the HDF5 dataset (when the file holds several)"),
+            Param("voxel_size", "zyx-float", "voxel size z,y,x in unit (default: the source's "
+                                             "own, else 1,1,1 with a warning)", metavar="Z,Y,X"),
+            Param("unit", "text", "spatial unit: nanometer, micrometer, nm, um..."),
+            Param("chunks", "zyx", "storage chunk shape", unit="voxels"),
+            Param("shards", "zyx", "shard shape (multiples of chunks)", unit="voxels"),
+            Param("compression", "choice", "compression", choices=COMPRESSIONS),
+            Param("compression_level", "int", "compression level", aliases=("--level",))),
+    run=ENGINE + REPLACE, report=_report,
+    examples=("emarray ingest stack/raw/ raw.zarr --voxel-size 50,4.6,4.6",
+              "emarray ingest train-p1.h5 prob.zarr --dataset stack"))
+
+
+@SPEC.function
 def ingest(src: str | os.PathLike, dst: str | os.PathLike, *, dataset: str | None = None,
            voxel_size: Any = None, unit: str | None = None,
            chunks: Any = DEFAULT_CHUNKS, shards: Any = None, compression: str = "zstd",
@@ -28,15 +53,16 @@ def ingest(src: str | os.PathLike, dst: str | os.PathLike, *, dataset: str | Non
            **run: Any) -> Volume:
     """Write ``src`` as an OME-Zarr 0.5 volume at ``dst``.
 
-    ``src`` is a folder of 2D TIFF/PNG slices (ordered by the number in the name), a multi-page
-    TIFF, or an HDF5 file (``dataset`` names the array when it holds several). Each chunk (or
-    shard) is read from the source on its own, decoding only the TIFF strips or tiles it
-    overlaps, so memory follows the chunks in flight, not the size of a slice or the depth.
-    ``options`` (or its fields as keywords) say how the job runs (see :class:`RunOptions`).
+    Each chunk (or shard) is read from the source on its own, decoding only the TIFF strips or
+    tiles it overlaps, so memory follows the chunks in flight, not the size of a slice or the
+    depth. The voxel size comes from ``voxel_size`` (in ``unit``, default nanometer) or else
+    from the source itself (HDF5 ``element_size_um``, TIFF/ImageJ resolution and spacing); when
+    neither gives one, 1 nm is used and a warning says so.
 
-    The voxel size comes from ``voxel_size`` (in ``unit``, default nanometer) or else from the
-    source itself (HDF5 ``element_size_um``, TIFF/ImageJ resolution and spacing); when neither
-    gives one, 1 nm is used and a warning says so.
+    Returns
+    -------
+    Volume
+        The ingested volume.
 
     Examples
     --------

@@ -26,14 +26,14 @@ def test_version_and_help():
     for cmd in ("demo", "ingest", "export", "threshold", "info", "synthetic"):
         assert cmd in r.output
     r = run("threshold", "--help")
-    assert "--resume" in r.output and "--scheduler" in r.output and "z,y,x" in r.output
+    assert "--resume" in r.output and "--scheduler" in r.output and "Z,Y,X" in r.output
 
 
 def test_threshold_info_export_through_the_cli(tmp_path):
     a = np.random.default_rng(0).random((6, 10, 12)).astype(np.float32)
     make_volume(tmp_path / "p.zarr", a, (3, 5, 5), voxel_size=(40, 4, 4))
     r = run("-q", "threshold", tmp_path / "p.zarr", tmp_path / "m.zarr", "--value", "0.4",
-            "--op", "ge")
+            "--compare", "ge")
     assert r.exit_code == 0, r.output
     np.testing.assert_array_equal(emarray.open_volume(tmp_path / "m.zarr").read(),
                                   (a.astype(np.float64) >= 0.4).astype(np.uint8))
@@ -49,11 +49,11 @@ def test_threshold_info_export_through_the_cli(tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["threshold", "{p}", "{d}", "--value", "nan"], "threshold must be finite, got nan"),
+    (["threshold", "{p}", "{d}", "--value", "nan"], "value must be finite, got nan"),
     (["threshold", "{d}/missing.zarr", "{d}/o.zarr", "--value", "1"], "missing.zarr"),
     (["threshold", "{p}", "{p}", "--value", "1", "--overwrite"], "overlaps the input"),
     (["ingest", "{d}/none", "{d}/o.zarr"], "none"),
-    (["ingest", "{d}/s.tif", "{d}/o.zarr", "--voxel-size", "4,4"], "voxel size"),
+    (["ingest", "{d}/s.tif", "{d}/o.zarr", "--voxel-size", "4,4"], "voxel_size"),
     (["info", "{d}/missing"], "missing"),
     (["export", "{p}", "{d}/x.png"], ".tif/.tiff or .h5"),
 ])

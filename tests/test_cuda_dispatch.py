@@ -48,7 +48,7 @@ def test_every_operator_has_both_backends_registered():
 def test_cuda_without_cupy_is_a_clear_error_before_work(tmp_path, func):
     src = make_volume(tmp_path / "p.zarr", np.ones((4, 4, 4), np.float32), 2)
     before = tree_digest(tmp_path)
-    args = (0.5,) if func == "threshold" else (0.0, 1.0)
+    args = (0.5,) if func == "threshold" else ((0.0, 1.0),)
     with pytest.raises(BackendUnavailableError, match=r"pip install 'emarray\[gpu\]'"):
         getattr(emarray, func)(src, tmp_path / "o.zarr", *args, backend="cuda")
     assert tree_digest(tmp_path) == before
@@ -110,7 +110,7 @@ def test_rescale_operator_matches_numpy(tmp_path, chunks):
     a = (np.random.default_rng(2).random((11, 13, 17)) * 2 - 0.5).astype(np.float32)
     a[0, 0, :3] = [np.nan, np.inf, -np.inf]
     src = make_volume(tmp_path / "p.zarr", a, chunks)
-    got = emarray.rescale(src, tmp_path / "u8.zarr", 0.0, 1.0).read()
+    got = emarray.rescale(src, tmp_path / "u8.zarr", (0.0, 1.0)).read()
     # an independent float64 reference; float32 arithmetic may round a value within 1e-3 of
     # a half the other way
     exact = np.nan_to_num(a.astype(np.float64) * 255.0, nan=0.0, posinf=255, neginf=0)
@@ -120,7 +120,7 @@ def test_rescale_operator_matches_numpy(tmp_path, chunks):
     assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
     assert got[0, 0, :3].tolist() == [0, 255, 0]
     with pytest.raises(InvalidArgumentError, match="lo < hi"):
-        emarray.rescale(src, tmp_path / "x.zarr", 1.0, 1.0)
+        emarray.rescale(src, tmp_path / "x.zarr", (1.0, 1.0))
 
 
 def test_rescale_cli(tmp_path):

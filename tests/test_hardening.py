@@ -329,13 +329,13 @@ def test_7_resume_refuses_a_job_with_other_parameters_by_name(tmp_path):
 def test_8_rescale_over_the_whole_float32_range(tmp_path):
     a = np.array([-3.4e38, -1e38, 0.0, 1e38, 3.4e38, 1.0], np.float32).reshape(1, 2, 3)
     src = make_volume(tmp_path / "p.zarr", a, 2)
-    got = emarray.rescale(src, tmp_path / "u8.zarr", -3.4e38, 3.4e38).read()
+    got = emarray.rescale(src, tmp_path / "u8.zarr", (-3.4e38, 3.4e38)).read()
     ref = np.rint((a.astype(np.float64) + 3.4e38) * 255 / 6.8e38).clip(0, 255)
     np.testing.assert_array_equal(got, ref.astype(np.uint8))
     assert got.ravel().tolist() == [0, 90, 128, 165, 255, 128]
     for lo, hi in ((-1e39, 1.0), (0.0, 1e39), (1.0, 1.0 + 1e-9)):
         with pytest.raises(InvalidArgumentError, match="float32"):
-            emarray.rescale(src, tmp_path / "x.zarr", lo, hi)
+            emarray.rescale(src, tmp_path / "x.zarr", (lo, hi))
     assert not (tmp_path / "x.zarr").exists()
 
 

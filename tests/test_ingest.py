@@ -93,7 +93,7 @@ def test_mismatched_slice_is_named_before_work(tmp_path):
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"voxel_size": "1,2"}, "voxel size"), ({"voxel_size": "0,1,1"}, "voxel size"),
+    ({"voxel_size": "1,2"}, "voxel_size"), ({"voxel_size": "0,1,1"}, "voxel_size"),
     ({"unit": "parsecs!"}, "unit"), ({"chunks": "0,4,4"}, "chunks"),
     ({"compression": "lzma"}, "compression"),
 ])

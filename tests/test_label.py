@@ -228,10 +228,10 @@ def test_killed_after_the_first_stages_resumes_without_redoing_them(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--connectivity", "8"], "connectivity must be 6, 18 or 26"),
-    (["--min-size", "-1"], "min-size must be a whole number"),
+    (["--connectivity", "8"], "connectivity must be one of 6, 18, 26"),
+    (["--min-size", "-1"], "min_size must be a whole number"),
     (["--background", "300"], "background 300"),
-    (["--multilabel"], "multilabel needs integer labels"),
+    (["--mode", "multilabel"], "multilabel needs integer labels"),
 ])
 def test_bad_input_is_one_line_before_any_work(tmp_path, args, message):
     from .test_hardening import cli, one_error_line

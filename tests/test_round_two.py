@@ -209,7 +209,7 @@ def _emarray_made(tmp_path: Path, name: str) -> tuple[np.ndarray, Path]:
     """A volume emarray made (so that --overwrite may replace it), of many tiny chunks."""
     a = np.random.default_rng(6).random((32, 48, 64)).astype(np.float32)
     make_volume(tmp_path / "src.zarr", a, (4, 4, 8))
-    emarray.rescale(tmp_path / "src.zarr", tmp_path / name, 0, 1)
+    emarray.rescale(tmp_path / "src.zarr", tmp_path / name, (0, 1))
     return a, tmp_path / name
 
 
@@ -305,7 +305,7 @@ def test_7_rescale_is_exact_for_every_integer_dtype_at_its_extremes(tmp_path, dt
             for d in rng.integers(-5, min(span, 2**62) + 5, 244)]
         x = np.array(vals, dtype).reshape(2, 4, 31)
         v = make_volume(tmp_path / f"x{k}.zarr", x, (1, 4, 8))
-        got = emarray.rescale(v, tmp_path / f"y{k}.zarr", lo, hi).read()
+        got = emarray.rescale(v, tmp_path / f"y{k}.zarr", (lo, hi)).read()
         want = np.array([_exact_rescale(i, lo, hi) for i in x.ravel()], np.uint8).reshape(x.shape)
         np.testing.assert_array_equal(got, want, err_msg=f"{dtype} [{lo}, {hi}]")
 
@@ -323,12 +323,12 @@ def test_8_integer_values_stay_integers(tmp_path):
     u = np.array([[[2**64 - 1, 2**64 - 2, 2**64 - 3, 0]]], np.uint64)
     make_volume(tmp_path / "u.zarr", u, (1, 1, 2))
     r = cli("-q", "threshold", tmp_path / "u.zarr", tmp_path / "m.zarr", "--value",
-            str(2**64 - 2), "--op", "ge")
+            str(2**64 - 2), "--compare", "ge")
     assert r.returncode == 0, r.stderr
     assert emarray.open_volume(tmp_path / "m.zarr").read().ravel().tolist() == [1, 1, 0, 0]
     i = np.array([[[2**53, 2**53 + 1, 2**53 + 2]]], np.int64)
     make_volume(tmp_path / "i.zarr", i, 1)
-    m = emarray.threshold(tmp_path / "i.zarr", tmp_path / "n.zarr", 2**53 + 1, op="gt")
+    m = emarray.threshold(tmp_path / "i.zarr", tmp_path / "n.zarr", 2**53 + 1, compare="gt")
     assert m.read().ravel().tolist() == [0, 0, 1]
     # the background 2**64 - 1 is a value of uint64 data: accepted, and exact
     lab = np.full((1, 3, 3), 2**64 - 1, np.uint64)
@@ -475,7 +475,7 @@ def test_13_a_job_whose_workers_all_die_stops_with_one_line(tmp_path):
         progress = tmp_path / "s.zarr" / PROGRESS_DIR
         wait_for(lambda: progress.exists() and Checkpoint(progress).done_count("smooth") > 3, job)
         nanny = psutil.Process(procs[1].pid)
-        for p in nanny.children(recursive=True) + [nanny]:
+        for p in [nanny] + nanny.children(recursive=True):  # the nanny first: it restarts workers
             p.kill()
         t0 = time.monotonic()
         job.wait(120)

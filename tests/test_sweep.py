@@ -145,7 +145,7 @@ def test_volume_in_cubic_micrometres(tmp_path):
 
 
 @pytest.mark.parametrize("kw,err,match", [
-    ({"values": "0.1,nan"}, InvalidArgumentError, "threshold must be finite, got nan"),
+    ({"values": "0.1,nan"}, InvalidArgumentError, "values must be finite, got nan"),
     ({"thresholds": 0}, InvalidArgumentError, "thresholds must be a whole number"),
     ({"thresholds": "many"}, InvalidArgumentError, "'many'"),
     ({"truth_value": float("inf")}, InvalidArgumentError, "truth_value must be finite"),

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -78,12 +78,22 @@ def _apply(ctx: Any, block: np.ndarray, *, params: dict[str, Any]) -> np.ndarray
     return ctx.state(block, **params)
 
 
-def run_elementwise(op: str, src: Volume, dst: str | os.PathLike, out_dtype: Any,
-                    params: dict[str, Any], job: dict[str, Any], options: RunOptions, *,
-                    chunks: Any = None, shards: Any = None, compression: str = "zstd") -> Volume:
-    """Run ``op``'s per-block function (picked per backend and dtype on each worker) over
-    ``src`` into ``dst``: same region in, same region out. ``params`` go to the per-block
-    function; ``job`` identifies the run for ``resume``."""
+def run_blockwise(op: str, src: Volume, dst: str | os.PathLike, out_dtype: Any,
+                  job: dict[str, Any], options: RunOptions,
+                  stages: Callable[[Volume, dict[str, Any]], Sequence[Any]], *,
+                  chunks: Any = None, shards: Any = None, compression: str = "zstd",
+                  backend: str | None = None, attrs: dict[str, Any] | None = None) -> Volume:
+    """The setup every operator that writes one volume like ``src`` repeats, done once.
+
+    Checks the output layout (``chunks``, ``shards``, ``compression``; default: the input's)
+    against ``src``'s blocks, identifies the job (``job`` params, ``src``'s fingerprint, the
+    layout) for ``resume``, creates the output like ``src`` (shape, voxel size, translation,
+    axes) with ``out_dtype``, connects to the scheduler, checks ``backend`` (an operator
+    registered in :mod:`emarray.backends`) for ``src``'s dtype, and runs the job:
+    ``stages(out, setup)`` builds its stages, ``setup`` being the ``setup``/``setup_key`` of
+    the backend's per-block function (empty without ``backend``). ``attrs`` are recorded in
+    the output's ``emarray`` attributes beside the job.
+    """
     out_chunks, out_shards = output_layout(src, chunks, shards, compression)
     ident = job_identity(op, {**job, "dtype": np.dtype(out_dtype).str}, [src],
                          layout_of(out_chunks, out_shards, compression))
@@ -91,15 +101,24 @@ def run_elementwise(op: str, src: Volume, dst: str | os.PathLike, out_dtype: Any
     def create(path: str) -> Volume:
         return create_volume(path, src.shape, out_dtype, out_chunks, shards=out_shards,
                              compression=compression, voxel_size=src.voxel_size, unit=src.unit,
-                             translation=src.translation, axes=src.axes, attrs={"job": ident})
+                             translation=src.translation, axes=src.axes,
+                             attrs={"job": ident, **(attrs or {})})
 
     with options.runner(op) as runner:
-        setup = backend_stage_setup(op, src.dtype, options, runner)
+        setup = backend_stage_setup(backend, src.dtype, options, runner) if backend else {}
+        return run_job(dst, create, job=ident, stages=lambda out: stages(out, setup),
+                       options=options, inputs=[src], runner=runner)
 
-        def stages(out: Volume) -> list[Stage]:
-            return [Stage(op, partial(_apply, params=params),
-                          BlockGrid(src.shape, src.block_shape), [Read(src)], [Write(out)],
-                          **setup)]
 
-        return run_job(dst, create, job=ident, stages=stages, options=options, inputs=[src],
-                       runner=runner)
+def run_elementwise(op: str, src: Volume, dst: str | os.PathLike, out_dtype: Any,
+                    params: dict[str, Any], job: dict[str, Any], options: RunOptions, *,
+                    chunks: Any = None, shards: Any = None, compression: str = "zstd") -> Volume:
+    """Run ``op``'s per-block function (picked per backend and dtype on each worker) over
+    ``src`` into ``dst``: same region in, same region out. ``params`` go to the per-block
+    function; ``job`` identifies the run for ``resume``."""
+    def stages(out: Volume, setup: dict[str, Any]) -> list[Stage]:
+        return [Stage(op, partial(_apply, params=params), BlockGrid(src.shape, src.block_shape),
+                      [Read(src)], [Write(out)], **setup)]
+
+    return run_blockwise(op, src, dst, out_dtype, job, options, stages, chunks=chunks,
+                         shards=shards, compression=compression, backend=op)

@@ -29,12 +29,13 @@ from typing import Any
 import numpy as np
 
 from .. import backends
-from ..engine import BlockGrid, LaterStage, Read, RunOptions, Stage, Write, read_padded, run_job
+from ..engine import BlockGrid, LaterStage, Read, RunOptions, Stage, Write, read_padded
+from ..spec import ELEMENTWISE, Operator, Param, Port, layout_params
 from ..engine.checkpoint import PROGRESS_DIR, atomic_write
 from .._normalize import real_number, whole_number
 from ..errors import InvalidArgumentError
 from ..volume import Volume, create_volume, open_volume
-from .common import as_volume, backend_stage_setup, job_identity, layout_of, output_layout
+from .common import as_volume, run_blockwise
 from .components import (CONNECTIVITY_ORDER, PIECE, block_components, face_pairs,
                          label_block_cpu, node_ids)
 
@@ -327,6 +328,31 @@ def check_params(src: Volume, connectivity: Any, mode: str, background: Any,
     return {"connectivity": conn, "binary": binary, "background": bgv, "min_size": ms}
 
 
+def _report(v: Volume, args: dict[str, Any]) -> list[str]:
+    n = v.attrs.get("emarray", {}).get("components")
+    return [f"wrote {v.url}: {v.shape} {v.dtype}, {n} components"]
+
+
+SPEC = Operator(
+    "label", "connected components with global ids 1..N in C order of first voxel, the same "
+             "for any chunking (uint32, uint64 past 2**32 - 1)",
+    inputs=(Port("src", "volume", "a z,y,x mask or label volume"),),
+    output=Port("dst", "volume", "the label volume (voxel size of src)", labels=True),
+    params=(Param("connectivity", "choice", "neighbours that join: faces (6), + edges (18), "
+                                            "+ corners (26)", choices=tuple(CONNECTIVITY_ORDER)),
+            Param("mode", "choice", "binary: every voxel but the background is foreground; "
+                                    "multilabel: each distinct value its own components; auto: "
+                                    "multilabel for label volumes (32/64-bit integers or marked "
+                                    "as labels), binary otherwise", choices=MODES),
+            Param("background", "number", "the background value (exact at any size)"),
+            Param("min_size", "int", "remove components of fewer voxels than this, before "
+                                     "numbering (cc3d's dust)", minimum=0, unit="voxels"),
+            *layout_params()),
+    run=ELEMENTWISE, report=_report,
+    examples=("emarray label mask.zarr cells.zarr --connectivity 6 --min-size 50",))
+
+
+@SPEC.function
 def label(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, connectivity: int = 26,
           mode: str = "auto", background: Any = 0, min_size: int = 0, chunks: Any = None,
           shards: Any = None, compression: str = "zstd", options: RunOptions | None = None,
@@ -337,27 +363,10 @@ def label(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, connectivi
     ``scipy.ndimage.label`` number a whole array, so any chunking gives the same ids. The
     output is uint32, or uint64 when there are more than 2**32 - 1 components.
 
-    Parameters
-    ----------
-    src : Volume or path
-        A z,y,x mask or label volume.
-    dst : path
-        Output OME-Zarr label image (voxel size copied from ``src``).
-    connectivity : 6, 18 or 26
-        Face, face+edge, or face+edge+corner neighbours.
-    mode : auto, binary or multilabel
-        ``binary``: every voxel other than ``background`` is foreground; ``multilabel``: each
-        distinct value has its own components (cc3d's default). ``auto``: multilabel for label
-        volumes (32/64-bit integers or marked as labels), binary otherwise.
-    background : number
-        The background value (default 0).
-    min_size : int
-        Components smaller than this many voxels are removed (cc3d's ``dust``), before
-        numbering.
-    chunks, shards, compression :
-        Output storage layout (default: the input's).
-    options : RunOptions, optional
-        How the job runs; its fields may also be given as keywords.
+    Returns
+    -------
+    Volume
+        The label volume; its ``attrs["emarray"]["components"]`` is N.
 
     Examples
     --------
@@ -379,51 +388,40 @@ def label(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, connectivi
             "voxels each); store the input in smaller chunks or shards")
     if len(grid) >= 2**31:
         raise InvalidArgumentError(f"{len(grid)} blocks are too many; store larger chunks")
-    out_chunks, out_shards = output_layout(src, chunks, shards, compression)
-    ident = job_identity("label", {**{k: (v if k != "background" else
-                                          (int(v) if src.dtype.kind in "uib" else float(v)))
-                                      for k, v in prm.items()}, "dtype": "auto"}, [src],
-                         layout_of(out_chunks, out_shards, compression))
+    job = {**{k: (v if k != "background" else (int(v) if src.dtype.kind in "uib" else float(v)))
+              for k, v in prm.items()}}
     p = {**prm, "shape": src.shape, "block": src.block_shape, "counts": grid.counts}
 
-    def create(path: str) -> Volume:
-        return create_volume(path, src.shape, np.uint32, out_chunks, shards=out_shards,
-                             compression=compression, voxel_size=src.voxel_size, unit=src.unit,
-                             translation=src.translation, axes=src.axes, attrs={"job": ident, "labels": True})
+    def stages(out: Volume, setup: dict[str, Any]) -> list:
+        scratch = Scratch(Path(out.url) / PROGRESS_DIR / "label", src.shape, src.block_shape)
+        vols = scratch.volumes()
+        plane_scale = [tuple(Fraction(1, b) if a == axis else Fraction(1) for a in range(3))
+                       for axis, b in enumerate(src.block_shape)]
+        writes = []
+        for axis, a in enumerate(AXES):
+            writes += [Write(vols[f"lo_{a}"], plane_scale[axis]),
+                       Write(vols[f"hi_{a}"], plane_scale[axis])]
+        writes.append(Write(vols["rowcounts"], plane_scale[2]))
+        first = Stage("label", partial(_label_block, p=p), grid, [Read(src)], writes,
+                      combine=_concat, finalize=partial(_plan, scratch=scratch), **setup)
+        zb, yb, _ = src.block_shape
+        rows = vols["rowcounts"]
+        offsets = Stage("offsets", partial(_row_offsets, scratch=scratch),
+                        BlockGrid(rows.shape, (zb, yb, rows.shape[2])), [Read(rows)],
+                        [Write(vols["rowoffsets"])], combine=_concat,
+                        finalize=partial(_save_ranks, scratch=scratch))
+        faces = Stage("faces", partial(_face_block, vols=vols, p=p), grid, combine=_concat,
+                      finalize=partial(_join, scratch=scratch, p=p))
 
-    with opts.runner("label") as runner:
-        setup = backend_stage_setup("label", src.dtype, opts, runner)
+        def build_relabel(given: dict[str, Any]) -> Stage:
+            target = _retype(out, given["dtype"])
+            _record(target, given["components"])
+            return Stage("relabel", partial(_relabel_block, scratch=scratch, p=p,
+                                            dtype=given["dtype"]), grid,
+                         [Read(src), Read(vols["rowoffsets"], scale=plane_scale[2])],
+                         [Write(target)], **setup)
+        return [first, offsets, faces, LaterStage("relabel", build_relabel)]
 
-        def stages(out: Volume) -> list:
-            scratch = Scratch(Path(out.url) / PROGRESS_DIR / "label", src.shape, src.block_shape)
-            vols = scratch.volumes()
-            plane_scale = [tuple(Fraction(1, b) if a == axis else Fraction(1) for a in range(3))
-                           for axis, b in enumerate(src.block_shape)]
-            writes = []
-            for axis, a in enumerate(AXES):
-                writes += [Write(vols[f"lo_{a}"], plane_scale[axis]),
-                           Write(vols[f"hi_{a}"], plane_scale[axis])]
-            writes.append(Write(vols["rowcounts"], plane_scale[2]))
-            first = Stage("label", partial(_label_block, p=p), grid, [Read(src)], writes,
-                          combine=_concat, finalize=partial(_plan, scratch=scratch), **setup)
-            zb, yb, _ = src.block_shape
-            rows = vols["rowcounts"]
-            offsets = Stage("offsets", partial(_row_offsets, scratch=scratch),
-                            BlockGrid(rows.shape, (zb, yb, rows.shape[2])), [Read(rows)],
-                            [Write(vols["rowoffsets"])], combine=_concat,
-                            finalize=partial(_save_ranks, scratch=scratch))
-            faces = Stage("faces", partial(_face_block, vols=vols, p=p), grid,
-                          combine=_concat,
-                          finalize=partial(_join, scratch=scratch, p=p))
-
-            def build_relabel(given: dict[str, Any]) -> Stage:
-                target = _retype(out, given["dtype"])
-                _record(target, given["components"])
-                return Stage("relabel", partial(_relabel_block, scratch=scratch, p=p,
-                                                dtype=given["dtype"]), grid,
-                             [Read(src), Read(vols["rowoffsets"], scale=plane_scale[2])],
-                             [Write(target)], **setup)
-            return [first, offsets, faces, LaterStage("relabel", build_relabel)]
-
-        return run_job(dst, create, job=ident, stages=stages, options=opts, inputs=[src],
-                       runner=runner)
+    return run_blockwise("label", src, dst, np.uint32, job, opts, stages, chunks=chunks,
+                         shards=shards, compression=compression, backend="label",
+                         attrs={"labels": True})

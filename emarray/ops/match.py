@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import BlockGrid, Read, RunOptions
+from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
 from ..errors import EmarrayWarning, InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
 from .common import as_volume
@@ -231,24 +232,51 @@ def object_rows(table: dict, pairs: dict, matched: np.ndarray):
 
 
 # -- the operator -----------------------------------------------------------------------------
+def _report(r: dict[str, Any], args: dict[str, Any]) -> list[str]:
+    thr = float(args.get("match_threshold", 0.5))
+    row = r["matching"].set_index("threshold").loc[thr]  # the match threshold is always a row
+    return [f"{r['n_true']} truth objects, {r['n_pred']} predicted",
+            f"at IoU {thr:g}: precision {row['precision']:.4f}, recall {row['recall']:.4f}, "
+            f"F1 {row['f1']:.4f}",
+            f"VOI split {r['voi_split']:.4f}, merge {r['voi_merge']:.4f}; adapted Rand error "
+            f"{r['adapted_rand_error']:.4f}",
+            f"wrote {os.path.join(args['out'], 'match.json')}, matching.csv, objects.csv and "
+            "match.png"]
+
+
+def _iou(value: Any, name: str) -> float:
+    thr = finite_number(value, name)
+    if not 0 < thr <= 1:
+        raise InvalidArgumentError(f"{name} must be in (0, 1], got {value!r}")
+    return thr
+
+
+SPEC = Operator(
+    "match", "instance matching against ground truth in one pass: F1 at IoU 0.1..0.9, "
+             "variation of information, adapted Rand error, a per-object table",
+    inputs=(Port("pred", "volume", "predicted label volume (0 = background)", labels=True),
+            Port("truth", "volume", "ground-truth label volume of the same shape", labels=True)),
+    output=Port("out", "folder", "folder for match.json, matching.csv, objects.csv and "
+                                 "match.png", option=True),
+    params=(Param("label_first", "flag", "pred and truth are masks: label them first (into out)",
+                  aliases=("--label",)),
+            Param("connectivity", "choice", "with label_first: 6, 18 or 26",
+                  choices=(6, 18, 26)),
+            Param("match_threshold", "float", "the IoU at which the per-object table counts a "
+                                              "match", parse=_iou)),
+    run=ENGINE + REPLACE + INCOMPLETE, report=_report,
+    examples=("emarray match cells.zarr truth.zarr --out match/",))
+
+
+@SPEC.function
 def match(pred: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *,
           out: str | os.PathLike | None = None, label_first: bool = False,
           connectivity: int = 26, match_threshold: float = 0.5,
           options: RunOptions | None = None, **run: Any) -> dict[str, Any]:
     """Match predicted instances against ground-truth instances in one pass.
 
-    Parameters
-    ----------
-    pred, truth : Volume or path
-        Label volumes of the same shape (0 = background). With ``label_first``, semantic
-        masks: each is labelled first (:func:`emarray.label`, into ``out``).
-    out : path, optional
-        Folder for ``match.json`` (summary), ``matching.csv`` (per IoU threshold),
-        ``objects.csv`` (per object) and ``match.png``.
-    match_threshold : float
-        The IoU at which the per-object table and the volume difference count a match.
-    options : RunOptions, optional
-        How the job runs; its fields may also be given as keywords.
+    Each block adds to a sparse contingency table of (truth id, predicted id) overlaps; the
+    tables are merged in a tree, and the scores are computed from the whole table.
 
     Returns
     -------
@@ -259,9 +287,7 @@ def match(pred: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
     """
     opts = RunOptions.make(options, **run)
     dirp = Path(out) if out is not None else None
-    thr = finite_number(match_threshold, "match threshold")
-    if not 0 < thr <= 1:
-        raise InvalidArgumentError(f"match threshold must be in (0, 1], got {match_threshold!r}")
+    thr = _iou(match_threshold, "match_threshold")
     pv, tv = as_volume(pred, opts.allow_incomplete), as_volume(truth, opts.allow_incomplete)
     if dirp is not None:
         check_out_folder(dirp, opts.overwrite or opts.resume,

@@ -13,6 +13,7 @@ import numpy as np
 
 from .._normalize import micrometres
 from ..engine import BlockGrid, Read, RunOptions
+from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Port
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
 from .common import as_volume
@@ -126,23 +127,34 @@ def object_frame(t: dict, vol: Volume, with_raw: bool):
     return df
 
 
+def _report(df: Any, args: dict[str, Any]) -> list[str]:
+    total = float(df["volume_um3"].sum())
+    return [f"{len(df)} objects, {total:.6g} µm³ in all",
+            f"wrote {args['out']} (summary and volume histogram beside it)"]
+
+
+SPEC = Operator(
+    "objects", "one pass: per object its voxels, volume in µm³, bounding box, centroid and "
+               "(with raw) intensities, as a table",
+    inputs=(Port("labels", "volume", "z,y,x label volume (integer ids, 0 = background)",
+                 labels=True),
+            Port("raw", "volume", "an intensity volume of the same shape: adds mean, min and max "
+                                  "intensity per object", optional=True)),
+    output=Port("out", "table", ".csv or .parquet table; a .json summary and a volume histogram "
+                                ".png are written beside it", option=True),
+    run=ENGINE + REPLACE + INCOMPLETE, report=_report,
+    examples=("emarray objects cells.zarr --raw raw.zarr --out cells.csv",))
+
+
+@SPEC.function
 def objects(labels: Volume | str | os.PathLike, *, raw: Volume | str | os.PathLike | None = None,
             out: str | os.PathLike | None = None, options: RunOptions | None = None,
             **run: Any):
     """Measure every object of a label volume in one pass; return a pandas DataFrame.
 
-    Parameters
-    ----------
-    labels : Volume or path
-        A z,y,x label volume (integer ids, 0 = background).
-    raw : Volume or path, optional
-        An intensity volume of the same shape: adds mean, min and max intensity per object.
-    out : path, optional
-        ``.csv`` or ``.parquet`` file for the table; a summary (``<stem>.json``) and a
-        histogram of object volumes (``<stem>.png``) are written beside it. Its progress is
-        kept beside it too, so a killed run continues with ``resume=True``.
-    options : RunOptions, optional
-        How the job runs; its fields may also be given as keywords.
+    Each block gives a partial table of the ids in it; the tables are merged in a tree, so the
+    driver holds one row per object. With ``out``, the run's progress is kept beside it and a
+    killed run continues with ``resume=True``.
 
     Returns
     -------

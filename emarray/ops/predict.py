@@ -24,6 +24,7 @@ import numpy as np
 
 from .._normalize import parse_tuple, whole_number
 from ..engine import BlockGrid, Read, RunOptions, Stage, Write, check_aligned, run_job
+from ..spec import COMPRESSIONS, ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
 from ..errors import (BackendUnavailableError, EmarrayWarning, InvalidArgumentError,
                       VolumeNotFoundError)
 from ..volume import Volume, compressor_codecs, create_volume, open_volume
@@ -346,6 +347,61 @@ def default_block(shape: Sequence[int], chunks: Sequence[int], out: Sequence[int
 
 
 # -- the operator --------------------------------------------------------------------------------
+def _report(v: Volume, args: dict[str, Any]) -> list[str]:
+    about = v.attrs.get("emarray", {}).get("prediction", {})
+    samples = int(args.get("mc_samples") or 0)
+    tiles = about.get("tiles", 0) * max(1, samples)
+    lines = [f"wrote {v.url}: {v.shape} {v.dtype} ({tiles:,} patches of a whole-volume sliding "
+             "window)"]
+    if samples > 1:
+        lines.append(f"wrote {v.url}/variance: the variance of {samples} dropout samples")
+    return lines
+
+
+def _channel_list(value: Any, name: str) -> Any:
+    if value in (None, "all"):
+        return None
+    vals = value.split(",") if isinstance(value, str) else (
+        list(value) if isinstance(value, (list, tuple)) else [value])
+    return tuple(whole_number(c, name, 0) for c in vals)
+
+
+SPEC = Operator(
+    "predict", "a 3D U-Net run over a volume into OME-Zarr, equal to one sliding window over "
+               "the whole volume for any chunking",
+    inputs=(Port("raw", "volume", "z,y,x (or c,z,y,x for a model of several input channels)"),
+            Port("model", "model", "a model file (emarray model new, emarray train) or an "
+                                   "emarray TorchScript archive")),
+    output=Port("out", "volume", "the prediction: z,y,x, or c,z,y,x when several channels are "
+                                 "written"),
+    params=(Param("patch", "zyx", "the network's input size (default: the model file's); a "
+                                  "valid net's must be admissible", unit="voxels"),
+            Param("overlap", "zyx", "overlap of neighbouring output tiles (default: a quarter "
+                                    "tile; 0 for valid nets)", positive=False, unit="voxels"),
+            Param("blend", "choice", "tile weights (default gaussian; constant for valid nets)",
+                  choices=BLENDS),
+            Param("dtype", "choice", "output dtype (uint8: round(p*255), a quarter of the store)",
+                  choices=DTYPES),
+            Param("channels", "text", "the output channels to write, e.g. 0,2 (default all)",
+                  parse=_channel_list),
+            Param("batch", "int", "patches per forward pass", minimum=1),
+            Param("mc_samples", "int", "Monte-Carlo dropout samples per patch: mean in out, "
+                                       "variance in out/variance", minimum=0),
+            Param("seed", "int", "seed of the Monte-Carlo dropout samples", minimum=0),
+            Param("block", "zyx", "voxels per task, whole output chunks (default: four to eight "
+                                  "tiles per axis, up to 32 Mi voxels)", unit="voxels"),
+            Param("chunks", "zyx", "output chunk shape (default: raw's)", unit="voxels"),
+            Param("compression", "choice", "output compression", choices=COMPRESSIONS),
+            Param("precision", "choice", "auto: bfloat16 autocast on CUDA where the device has it, "
+                                         "else float32", choices=PRECISIONS),
+            Param("threads", "int", "PyTorch threads per worker process (default: its share of "
+                                    "the cores)", minimum=1)),
+    run=ENGINE + REPLACE + INCOMPLETE + ("backend",), report=_report,
+    examples=("emarray predict raw.zarr model.pt prob.zarr",
+              "emarray predict raw.zarr model.pt prob.zarr --dtype uint8 --mc-samples 8"))
+
+
+@SPEC.function
 def predict(raw: Volume | str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike, *,
             patch: Any = None, overlap: Any = None, blend: str | None = None,
             dtype: str = "float32", channels: Any = None, batch: int = 4, mc_samples: int = 0,
@@ -356,42 +412,13 @@ def predict(raw: Volume | str | os.PathLike, model: str | os.PathLike, out: str 
 
     Equals a sliding window over the whole volume with the same tiles and weights (see
     :class:`Tiling`, :func:`tile_weights`), for any chunking. Past the volume's edges the input
-    is reflected.
+    is reflected. Monte-Carlo samples are seeded by tile position and ``seed``, so they do not
+    depend on the chunking either. ``backend`` picks the device: auto, cpu or cuda.
 
-    Parameters
-    ----------
-    raw : Volume or path
-        z,y,x (or c,z,y,x for a model of several input channels).
-    model : path
-        A model file (``emarray model new``, ``emarray train``) or an emarray TorchScript archive.
-    out : path
-        Output OME-Zarr image: z,y,x, or c,z,y,x when more than one channel is written.
-    patch : z,y,x
-        The network's input size (default: the model file's); a valid net's must be admissible.
-    overlap : z,y,x
-        Overlap of neighbouring output tiles in voxels (default: a quarter of the tile for
-        same-padded nets, 0 for valid ones).
-    blend : {"gaussian", "bump", "constant"}
-        Tile weights (default gaussian; constant for valid nets).
-    dtype : {"float32", "float16", "uint8"}
-        Output dtype; uint8 stores round(p * 255) and needs a sigmoid or softmax model.
-    channels : list of int, optional
-        The output channels to write (default all).
-    batch : int
-        Tiles per forward pass.
-    mc_samples : int
-        Monte-Carlo dropout: K > 1 samples per tile; ``out`` holds their mean and ``out/variance``
-        their variance (a model with dropout is needed). Samples are seeded by tile position
-        and ``seed``, so they do not depend on the chunking.
-    block : z,y,x
-        Voxels per task (whole output chunks; default: four to eight tiles per axis, see
-        :func:`default_block`).
-    precision : {"auto", "float32", "bfloat16"}
-        auto: bfloat16 autocast on a CUDA device that has it, float32 on the CPU.
-    threads : int, optional
-        PyTorch threads per worker process (default: the cores shared among its tasks).
-    options : RunOptions, optional
-        How the job runs (``backend`` picks the device: auto, cpu or cuda).
+    Returns
+    -------
+    Volume
+        The prediction.
 
     Examples
     --------

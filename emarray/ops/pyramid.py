@@ -19,6 +19,7 @@ import numpy as np
 from .. import ome
 from .._normalize import parse_tuple, whole_number
 from ..engine import BlockGrid, Read, RunOptions, Stage, Write
+from ..spec import BACKEND, ENGINE, REPLACE, Operator, Param, Port
 from ..engine.checkpoint import PROGRESS_DIR, Checkpoint
 from ..engine.output import OutputLock, foreign_in_array, real_path
 from ..engine.stages import run_stages
@@ -125,30 +126,53 @@ def _passes(level_shapes: list[tuple[int, ...]], factors: list[tuple[int, ...]],
     return passes
 
 
-def pyramid(path: Volume | str | os.PathLike, *, levels: int | None = None,
+def _factors(value: Any, name: str) -> Any:
+    if value in (None, "auto"):
+        return "auto"
+    fixed = parse_tuple(value, name, 3)
+    if any(f not in (1, 2) for f in fixed) or fixed == (1, 1, 1):
+        raise InvalidArgumentError(f"factors must be 1 or 2 per axis (and not all 1), got {value!r}")
+    return fixed
+
+
+def _report(v: Volume, args: dict[str, Any]) -> list[str]:
+    from ..volume import open_volume as _open
+    lines = []
+    for k in range(1, len(v.levels)):
+        lv = _open(v.url, level=k)
+        lines.append(f"level {v.levels[k]}: {lv.shape} voxel {lv.voxel_size} {lv.unit}")
+    return lines
+
+
+SPEC = Operator(
+    "pyramid", "downsampled levels 1..N added to an OME-Zarr image (mean for images, mode for "
+               "labels), its multiscales updated",
+    inputs=(Port("src", "volume", "an OME-Zarr image emarray can write (zarr v3); level 0 is "
+                                  "read"),),
+    output=Port("src", "inplace", "the same image, with the new levels listed"),
+    params=(Param("levels", "int", "how many levels to add", minimum=1),
+            Param("until_size", "int", "add levels until every axis is at most this many voxels "
+                                       "(the default, 64, when levels is not given)", minimum=1),
+            Param("mode", "choice", "auto: mode for labels, mean for images", choices=("auto",) + MODES),
+            Param("factors", "text", "auto (y,x only while z is coarser, then all three) or z,y,x "
+                                     "of 1 or 2", parse=_factors, metavar="auto|Z,Y,X"),
+            Param("labels", "flag", "the image holds labels (pooled by mode, never averaged); "
+                                    "default: integer volumes marked as labels, or of a 32/64-bit "
+                                    "integer type")),
+    run=ENGINE + REPLACE + BACKEND, report=_report,
+    examples=("emarray pyramid raw.zarr", "emarray pyramid cells.zarr --levels 4 --labels"))
+
+
+@SPEC.function
+def pyramid(src: Volume | str | os.PathLike, *, levels: int | None = None,
             until_size: int | None = None, mode: str = "auto", factors: Any = "auto",
             labels: bool | None = None, options: RunOptions | None = None,
             **run: Any) -> Volume:
-    """Add levels 1..N to the OME-Zarr image at ``path`` and update its ``multiscales``.
+    """Add levels 1..N to the OME-Zarr image at ``src`` and update its ``multiscales``.
 
-    Parameters
-    ----------
-    path : Volume or path
-        An OME-Zarr image group emarray can write (zarr v3); level 0 is read.
-    levels, until_size : int, optional
-        How many levels to add, or add levels until every axis is at most ``until_size``
-        voxels (default: until 64).
-    mode : {"auto", "mean", "mode", "max", "min", "nearest"}
-        ``auto``: ``mode`` for labels (see ``labels``), ``mean`` for images.
-    factors : "auto" or z,y,x
-        ``auto`` pools only y,x while the z voxel is coarser than the y,x voxel, then all
-        three; else a fixed factor of 1 or 2 per axis.
-    labels : bool, optional
-        Treat the volume as labels (default: integer volumes marked as labels, or of a 32/64
-        bit integer type).
-    options : RunOptions, optional
-        How the job runs; ``overwrite`` replaces levels an earlier pyramid added, ``resume``
-        finishes a killed one.
+    Each level is pooled from the stored level above it, so the result does not depend on the
+    block size. ``overwrite`` replaces levels an earlier pyramid added (never levels emarray
+    did not make), ``resume`` finishes a killed one.
 
     Returns
     -------
@@ -167,7 +191,7 @@ def pyramid(path: Volume | str | os.PathLike, *, levels: int | None = None,
     (16.0, 16.0, 16.0)
     """
     opts = RunOptions.make(options, **run)
-    src = as_volume(path, opts.allow_incomplete)
+    src = as_volume(src, opts.allow_incomplete)
     if src.kind != "zarr3" or src.local_path is None or not src.array_path:
         raise InvalidArgumentError(
             f"{src.url} is not an OME-Zarr image group on local disk; pyramids are added to "

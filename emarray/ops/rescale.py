@@ -12,6 +12,7 @@ from .. import backends
 from .._normalize import real_number
 from ..errors import InvalidArgumentError
 from ..engine import RunOptions
+from ..spec import ELEMENTWISE, Operator, Param, Port, layout_params
 from ..volume import Volume
 from ..kernel_table import CTYPES as CUDA_DTYPES
 from .common import as_volume, run_elementwise
@@ -112,12 +113,51 @@ backends.register("rescale", "cpu", rescale_block_cpu)
 backends.register("rescale", "cuda", "emarray.cuda.elementwise:rescale_block_cuda", CUDA_DTYPES)
 
 
-def rescale(src: Volume | str | os.PathLike, dst: str | os.PathLike, lo: float, hi: float, *,
+def parse_range(value: Any, name: str) -> tuple[int | float, int | float]:
+    """``lo,hi`` (text or a pair) as exact numbers with ``lo < hi``.
+
+    >>> parse_range("0,1", "in_range"), parse_range([2**64 - 9, 2**64 - 1], "in_range")[1]
+    ((0, 1), 18446744073709551615)
+    """
+    parts = [p for p in value.split(",") if p.strip()] if isinstance(value, str) else value
+    if not isinstance(parts, (list, tuple)) or len(parts) != 2:
+        raise InvalidArgumentError(f"{name} takes lo,hi, got {value!r}")
+    lo, hi = (real_number(v, name) for v in parts)  # exact for integer data
+    if not hi > lo:
+        raise InvalidArgumentError(f"{name} needs lo < hi, got lo={lo!r} hi={hi!r}")
+    return lo, hi
+
+
+def _report(v: Volume, args: dict[str, Any]) -> list[str]:
+    return [f"wrote {v.url}: {v.shape} uint8"]
+
+
+SPEC = Operator(
+    "rescale", "a linear map of [lo, hi] onto uint8 0..255 (clipped, NaN to 0), for viewers "
+               "and 8-bit models",
+    inputs=(Port("src", "volume", "any real dtype"),),
+    output=Port("dst", "volume", "uint8 volume"),
+    params=(Param("in_range", "numbers", "the values mapped to 0 and 255 (exact for integer "
+                                         "data at any size)", parse=parse_range,
+                  aliases=("--range",), metavar="LO,HI"),
+            *layout_params()),
+    run=ELEMENTWISE, report=_report,
+    examples=("emarray rescale prob.zarr prob8.zarr --in-range 0,1",))
+
+
+@SPEC.function
+def rescale(src: Volume | str | os.PathLike, dst: str | os.PathLike, in_range: Any, *,
             chunks: Any = None, shards: Any = None, compression: str = "zstd",
             options: RunOptions | None = None, **run: Any) -> Volume:
     """Map ``[lo, hi]`` of ``src`` linearly onto uint8 ``0..255`` (clipped; NaN -> 0) at ``dst``.
 
-    Options as for :func:`emarray.threshold`.
+    Float data are mapped in float32 arithmetic (the CUDA kernel's twin); integer data in exact
+    arithmetic (:func:`integer_steps`), so that values above 2**24 are not rounded first.
+
+    Returns
+    -------
+    Volume
+        The uint8 volume.
 
     Examples
     --------
@@ -125,14 +165,12 @@ def rescale(src: Volume | str | os.PathLike, dst: str | os.PathLike, lo: float, 
     >>> d = tempfile.mkdtemp()
     >>> src = emarray.create_volume(os.path.join(d, "p.zarr"), (1, 1, 3), "float32", 1)
     >>> src.write((slice(0, 1), slice(0, 1), slice(0, 3)), np.array([[[0, .5, 1]]], "float32"))
-    >>> emarray.rescale(src, os.path.join(d, "u8.zarr"), 0, 1).read().ravel()
+    >>> emarray.rescale(src, os.path.join(d, "u8.zarr"), (0, 1)).read().ravel()
     array([  0, 128, 255], dtype=uint8)
     """
     opts = RunOptions.make(options, **run)
     src = as_volume(src, opts.allow_incomplete)
-    lo, hi = real_number(lo, "lo"), real_number(hi, "hi")  # exact for integer data
-    if not hi > lo:
-        raise InvalidArgumentError(f"rescale needs lo < hi, got lo={lo!r} hi={hi!r}")
+    lo, hi = parse_range(in_range, "in_range")
     if src.dtype.kind == "f":
         rescale_params(lo, hi)  # refuse a range float32 cannot represent, before any work
     return run_elementwise("rescale", src, dst, np.uint8, {"lo": lo, "hi": hi},

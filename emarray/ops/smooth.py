@@ -17,11 +17,12 @@ import numpy as np
 from .. import backends
 from .._normalize import parse_tuple
 from ..kernel_table import SMOOTH_DTYPES
-from ..engine import BlockGrid, Read, RunOptions, Stage, Write, run_job
+from ..engine import BlockGrid, Read, RunOptions, Stage, Write
+from ..spec import ELEMENTWISE, Operator, Param, Port, layout_params
 from ..engine.contract import source_index
 from ..errors import InvalidArgumentError
-from ..volume import Volume, create_volume
-from .common import as_volume, backend_stage_setup, job_identity, layout_of, output_layout
+from ..volume import Volume
+from .common import as_volume, run_blockwise
 
 UNITS = ("voxel", "physical")
 
@@ -166,28 +167,42 @@ def check_block_memory(src: Volume, halo: tuple[int, ...], dtype: np.dtype) -> N
             "or store the volume in smaller chunks")
 
 
+def _report(v: Volume, args: dict[str, Any]) -> list[str]:
+    return [f"wrote {v.url}: {v.shape} {v.dtype}"]
+
+
+SPEC = Operator(
+    "smooth", "Gaussian smoothing into float32, equal to scipy.ndimage.gaussian_filter on the "
+              "whole volume for any chunking",
+    inputs=(Port("src", "volume", "z,y,x (or c,z,y,x: channels are not mixed), any real dtype"),),
+    output=Port("dst", "volume", "float32 (float64 stays float64)"),
+    params=(Param("sigma", "zyx-float", "standard deviation: one number or z,y,x", positive=False,
+                  metavar="Z,Y,X"),
+            Param("unit", "choice", "sigma in voxels, or in the volume's physical unit",
+                  choices=UNITS),
+            Param("truncate", "float", "cut the filter at this many standard deviations "
+                                       "(SciPy's default 4)", minimum=1e-300),
+            *layout_params()),
+    run=ELEMENTWISE, report=_report,
+    examples=("emarray smooth raw.zarr smooth.zarr --sigma 2",
+              "emarray smooth raw.zarr smooth.zarr --sigma 50,8,8 --unit physical"))
+
+
+@SPEC.function
 def smooth(src: Volume | str | os.PathLike, dst: str | os.PathLike, sigma: Any, *,
            unit: str = "voxel", truncate: float = 4.0, chunks: Any = None, shards: Any = None,
            compression: str = "zstd", options: RunOptions | None = None, **run: Any) -> Volume:
     """Gaussian-smooth ``src`` into ``dst`` (float32; float64 stays float64).
 
     Equals ``scipy.ndimage.gaussian_filter(src, sigma, mode="reflect", truncate=truncate)``
-    on the whole volume, for any chunking.
+    on the whole volume, for any chunking. A filter longer than the volume along an axis is
+    folded onto it (:func:`fold_weights`), so its halo never exceeds the volume; blocks whose
+    grown read would not fit in memory are refused before any work.
 
-    Parameters
-    ----------
-    src : Volume or path
-        A z,y,x (or c,z,y,x: channels are not mixed) volume of any numeric dtype.
-    dst : path
-        Output OME-Zarr image (voxel size copied from ``src``).
-    sigma : float or z,y,x
-        Standard deviation per axis, in voxels or (``unit="physical"``) in the volume's unit.
-    truncate : float
-        The filter is cut at ``truncate`` standard deviations (SciPy's default 4).
-    chunks, shards, compression :
-        Output storage layout (default: the input's).
-    options : RunOptions, optional
-        How the job runs; its fields may also be given as keywords.
+    Returns
+    -------
+    Volume
+        The smoothed volume.
 
     Examples
     --------
@@ -211,26 +226,12 @@ def smooth(src: Volume | str | os.PathLike, dst: str | os.PathLike, sigma: Any, 
     halo = smooth_halo(weights)
     out_dtype = output_dtype(src.dtype)
     check_block_memory(src, halo, out_dtype)
-    out_chunks, out_shards = output_layout(src, chunks, shards, compression)
-    ident = job_identity("smooth", {"sigma": list(sig), "truncate": truncate,
-                                    "dtype": out_dtype.str}, [src],
-                         layout_of(out_chunks, out_shards, compression))
 
-    def create(path: str) -> Volume:
-        return create_volume(path, src.shape, out_dtype, out_chunks, shards=out_shards,
-                             compression=compression, voxel_size=src.voxel_size, unit=src.unit,
-                             translation=src.translation, axes=src.axes, attrs={"job": ident})
+    def stages(out: Volume, setup: dict[str, Any]) -> list[Stage]:
+        return [Stage("smooth", partial(_smooth, weights=weights),
+                      BlockGrid(src.shape, src.block_shape),
+                      [Read(src, halo=halo, boundary="reflect")], [Write(out)], **setup)]
 
-    with opts.runner("smooth") as runner:
-        setup = backend_stage_setup("smooth", src.dtype, opts, runner)
-
-        def stages(out: Volume) -> list[Stage]:
-            return [Stage("smooth", partial(_smooth, weights=weights),
-                          BlockGrid(src.shape, src.block_shape),
-                          [Read(src, halo=halo, boundary="reflect")], [Write(out)], **setup)]
-
-        return run_job(dst, create, job=ident, stages=stages, options=opts, inputs=[src],
-                       runner=runner)
-
-
-
+    return run_blockwise("smooth", src, dst, out_dtype, {"sigma": list(sig), "truncate": truncate},
+                         opts, stages, chunks=chunks, shards=shards, compression=compression,
+                         backend="smooth")

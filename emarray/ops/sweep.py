@@ -20,6 +20,7 @@ import numpy as np
 from .. import backends
 from .._normalize import finite_number, micrometres, real_number
 from ..engine import BlockGrid, Checkpoint, Read, RunOptions, Stage, run_stages
+from ..spec import BACKEND, ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
 from ..engine.checkpoint import PROGRESS_DIR
 from ..engine.output import reading
 from ..errors import EmarrayWarning, InvalidArgumentError, ShapeMismatchError
@@ -148,6 +149,43 @@ def _sweep_block(ctx: Any, prob: np.ndarray, truth: np.ndarray, *rest: np.ndarra
     return out
 
 
+def _report(df: Any, args: dict[str, Any]) -> list[str]:
+    lines = []
+    for ch, best in best_rows(df).items():
+        tag = f"channel {ch}: " if df["channel"].nunique() > 1 else ""
+        lines.append(f"{tag}best F1 {best['f1']['f1']:.4f} at t={best['f1']['threshold']:g}; "
+                     f"best IoU {best['iou']['iou']:.4f} at t={best['iou']['threshold']:g}")
+    nan = sum(df.attrs["nan_voxels"].values())
+    if nan:
+        lines.append(f"{nan:,} NaN voxels in the map were not counted")
+    lines.append(f"wrote {os.path.join(args['out'], 'sweep.csv')}, sweep.json and sweep.png")
+    return lines
+
+
+SPEC = Operator(
+    "sweep", "a threshold sweep against ground truth in one pass: counts, F1, IoU and volumes "
+             "at every threshold, a table and a plot",
+    inputs=(Port("prob", "volume", "probability map, z,y,x or c,z,y,x (uint8/uint16 maps: one "
+                                   "bucket per level)"),
+            Port("truth", "volume", "ground truth, z,y,x (or c,z,y,x, one per channel)",
+                 labels=True),
+            Port("mask", "volume", "region of interest: voxels where it is 0 are not counted",
+                 optional=True)),
+    output=Port("out", "folder", "folder for sweep.csv, sweep.json and sweep.png", option=True),
+    params=(Param("thresholds", "int", "sweep this many thresholds evenly over the map's range "
+                                       "(k/N for float maps; default 100, or every level of an "
+                                       "8-bit map)", minimum=1),
+            Param("values", "numbers", "explicit thresholds, e.g. 0.1,0.25,0.5"),
+            Param("truth_value", "number", "truth is positive where it equals this (default: "
+                                           "where it is nonzero)"),
+            Param("ignore_value", "number", "voxels whose truth equals this are not counted"),
+            Param("channel", "int", "sweep one channel of a c,z,y,x map", minimum=0)),
+    run=ENGINE + REPLACE + INCOMPLETE + BACKEND, report=_report,
+    examples=("emarray sweep prob.zarr truth.zarr --out sweep/",
+              "emarray sweep prob.zarr truth.zarr --out sweep/ --values 0.3,0.5,0.7"))
+
+
+@SPEC.function
 def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *,
           thresholds: Any = None, values: Any = None, truth_value: Any = None,
           ignore_value: Any = None, mask: Volume | str | os.PathLike | None = None,
@@ -155,27 +193,10 @@ def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
           options: RunOptions | None = None, **run: Any):
     """Sweep thresholds of ``prob`` against ``truth`` in one pass; return a pandas DataFrame.
 
-    Parameters
-    ----------
-    prob : Volume or path
-        Probability map (Z, Y, X) or (C, Z, Y, X); float or integer (uint8/uint16 maps get one
-        bucket per level).
-    truth : Volume or path
-        Ground truth, (Z, Y, X) or (C, Z, Y, X) with one truth per channel. A voxel is positive
-        where ``truth == truth_value``, or where ``truth != 0`` when ``truth_value`` is None.
-    thresholds, values :
-        ``thresholds=n`` sweeps ``n`` thresholds over the map's range (``k / n`` for float maps,
-        every level of 8-bit maps by default; see :func:`sweep_thresholds`); ``values`` lists
-        thresholds.
-    ignore_value, mask :
-        Voxels whose truth equals ``ignore_value``, or where ``mask`` is 0, are not counted.
-    channel : int, optional
-        Sweep one channel only of a (C, Z, Y, X) map.
-    out : path, optional
-        Folder for ``sweep.csv``, ``sweep.json`` and ``sweep.png``; it also keeps the sweep's
-        progress, so a killed sweep continues with ``resume=True``.
-    options : RunOptions, optional
-        How the job runs; its fields may also be given as keywords (see :class:`RunOptions`).
+    Every block is read once and added to a joint histogram of (probability bucket x truth
+    class), cut exactly at the thresholds, so "predicted = prob > t" is counted exactly at
+    every threshold. With ``out``, the sweep's progress is kept there and a killed sweep
+    continues with ``resume=True``.
 
     Returns
     -------

@@ -11,6 +11,7 @@ from .. import backends
 from .._normalize import numeric_dtype, real_number
 from ..errors import InvalidArgumentError
 from ..engine import RunOptions
+from ..spec import ELEMENTWISE, Operator, Param, Port, layout_params
 from ..volume import Volume
 from ..kernel_table import CTYPES as CUDA_DTYPES
 from .common import as_volume, run_elementwise
@@ -82,30 +83,34 @@ backends.register("threshold", "cpu", threshold_block_cpu)
 backends.register("threshold", "cuda", "emarray.cuda.elementwise:threshold_block_cuda", CUDA_DTYPES)
 
 
+def _report(v: Volume, args: dict[str, Any]) -> list[str]:
+    return [f"wrote {v.url}: {v.shape} uint8 mask"]
+
+
+SPEC = Operator(
+    "threshold", "a uint8 0/1 mask where a map passes a threshold, compared exactly",
+    inputs=(Port("src", "volume", "probability or boundary map (any real dtype)"),),
+    output=Port("dst", "volume", "the uint8 0/1 mask (voxel size and axes of src)", labels=True),
+    params=(Param("value", "number", "the threshold, compared exactly against the stored values "
+                                     "(whole numbers exact at any size)", aliases=("-t",)),
+            Param("compare", "choice", "gt: src > value; ge: >=; lt: < (the cell interiors of a "
+                                       "boundary map); le: <=. NaN voxels give 0 for each",
+                  choices=OPS),
+            *layout_params()),
+    run=ELEMENTWISE, report=_report,
+    examples=("emarray threshold prob.zarr mask.zarr --value 0.5",
+              "emarray threshold boundary.zarr cells.zarr --value 0.3 --compare lt"))
+
+
+@SPEC.function
 def threshold(src: Volume | str | os.PathLike, dst: str | os.PathLike, value: float,
-              op: str = "gt", *, chunks: Any = None, shards: Any = None,
+              compare: str = "gt", *, chunks: Any = None, shards: Any = None,
               compression: str = "zstd", options: RunOptions | None = None,
               **run: Any) -> Volume:
     """Threshold ``src`` into a uint8 0/1 volume at ``dst``: ``1`` where ``src > value``.
 
-    Parameters
-    ----------
-    src : Volume or path
-        Probability map (float or integer dtype; uint8-quantised maps are fine).
-    dst : path
-        Output OME-Zarr image (voxel size and axes copied from ``src``).
-    value : float
-        The threshold, compared exactly against the stored values. NaN voxels give 0.
-    op : {"gt", "ge", "lt", "le"}
-        ``src > value``, ``src >= value``, ``src < value`` or ``src <= value`` (``lt``: the
-        cell interiors of a boundary map). NaN voxels give 0 for every op.
-    chunks, shards : z,y,x, optional
-        Output storage layout (default: the input's). Must not split a processing block's write.
-    compression : str
-        Output compression (zstd, blosc-zstd, blosc-lz4, gzip, none).
-    options : RunOptions, optional
-        How the job runs (scheduler, workers, backend, GPU memory limit, progress, overwrite,
-        resume, ...); any of its fields may also be given as a keyword (``resume=True``).
+    The comparison is exact in the input's own dtype (see :func:`normalize_threshold`): no
+    voxel is upcast, and a whole-number threshold stays exact at any size.
 
     Returns
     -------
@@ -124,8 +129,8 @@ def threshold(src: Volume | str | os.PathLike, dst: str | os.PathLike, value: fl
     """
     opts = RunOptions.make(options, **run)
     src = as_volume(src, opts.allow_incomplete)
-    op_n, value_n = normalize_threshold(src.dtype, value, op)
+    op_n, value_n = normalize_threshold(src.dtype, value, compare)
     return run_elementwise("threshold", src, dst, np.uint8, {"op": op_n, "value": value_n},
-                           {"value": real_number(value, "threshold"), "op": op}, opts,
+                           {"value": value, "op": compare}, opts,
                            chunks=chunks, shards=shards,
                            compression=compression)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import BlockGrid, Read, RunOptions, Stage, Write, run_job
+from ..spec import COMPRESSIONS, ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume, create_volume
 from .common import as_volume, job_identity, layout_of
@@ -64,12 +65,39 @@ def _check_covers(src: Volume, ref: Volume, scales: tuple[float, ...],
                 "source does not cover it (is it a level of another volume, or the wrong one?)")
 
 
+def _report(v: Volume, args: dict[str, Any]) -> list[str]:
+    return [f"wrote {v.url}: {v.shape} {v.dtype}"]
+
+
+SPEC = Operator(
+    "upsample", "a coarse volume resampled onto another volume's grid (shape, voxel size, "
+                "translation): nearest for labels, linear for images",
+    inputs=(Port("src", "volume", "the coarse volume (a pyramid level by its path: X.zarr/2)"),
+            Port("like", "volume", "the reference whose grid the output gets", option=True)),
+    output=Port("dst", "volume", "src on the grid of like"),
+    params=(Param("mode", "choice", "auto: nearest for labels, linear for images",
+                  choices=MODES),
+            Param("chunks", "zyx", "output chunk shape (default: the reference's)",
+                  unit="voxels"),
+            Param("compression", "choice", "output compression", choices=COMPRESSIONS)),
+    run=ENGINE + REPLACE + INCOMPLETE, report=_report,
+    examples=("emarray upsample mask.zarr/2 mask-full.zarr --like raw.zarr",))
+
+
+@SPEC.function
 def upsample(src: Volume | str | os.PathLike, dst: str | os.PathLike,
              like: Volume | str | os.PathLike, *, mode: str = "auto", chunks: Any = None,
              compression: str = "zstd", options: RunOptions | None = None, **run: Any) -> Volume:
     """Resample ``src`` onto the voxel grid of ``like`` (its shape, voxel size, translation).
 
-    ``mode``: ``nearest`` (the default for labels), ``linear`` (the default for images).
+    Each output voxel's centre is mapped through both volumes' voxel sizes and translations to
+    a position in ``src``: ``nearest`` takes the voxel there, ``linear`` interpolates. A source
+    that does not cover the reference's grid is refused before any work.
+
+    Returns
+    -------
+    Volume
+        The resampled volume.
 
     Examples
     --------
@@ -78,7 +106,7 @@ def upsample(src: Volume | str | os.PathLike, dst: str | os.PathLike,
     >>> fine = emarray.create_volume(os.path.join(d, "f.zarr"), (2, 4, 4), "uint32", 2,
     ...                              voxel_size=(1, 1, 1))
     >>> coarse = emarray.create_volume(os.path.join(d, "c.zarr"), (1, 2, 2), "uint32", 2,
-    ...                                voxel_size=(2, 2, 2))
+    ...                                voxel_size=(2, 2, 2), translation=(0.5, 0.5, 0.5))
     >>> coarse.write((slice(0, 1), slice(0, 2), slice(0, 2)), np.array([[[1, 2], [3, 4]]], "u4"))
     >>> up = emarray.upsample(coarse, os.path.join(d, "u.zarr"), like=fine)
     >>> up.read()[0].tolist()

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..engine.output import check_no_overlap, real_path
 from ..errors import InvalidArgumentError
-from .ops import OPS, Op, check_values
+from .ops import Op, all_ops, check_values
 
 TOP_KEYS = ("about", "workdir", "vars", "run", "steps")
 RUN_KEYS = ("scheduler", "workers", "retries", "backend", "gpu_memory_limit", "connect_timeout",
@@ -160,13 +160,13 @@ def _parse_step(name: Any, spec: Any, workdir: str, base: Path) -> Step:
         raise InvalidArgumentError(f"step name {name!r} must start with a letter and hold only "
                                    "letters, digits, _ and -")
     if not isinstance(spec, dict) or "op" not in spec:
-        raise InvalidArgumentError(f"step {name!r} needs an op (one of {', '.join(OPS)})")
+        raise InvalidArgumentError(f"step {name!r} needs an op (one of {', '.join(all_ops())})")
     spec = dict(spec)
     op_name = spec.pop("op")
-    if op_name not in OPS:
+    if op_name not in all_ops():
         raise InvalidArgumentError(f"step {name!r}: unknown op {op_name!r}; the ops are "
-                                   f"{', '.join(OPS)}")
-    op = OPS[op_name]
+                                   f"{', '.join(all_ops())}")
+    op = all_ops()[op_name]
     params = op.params()
     allowed = op.inputs + op.optional + op.files + params + ("out",)
     bad = [k for k in spec if k not in allowed]

@@ -1,0 +1,129 @@
+"""The ``emarray`` subcommand of each declared operator, made from its :class:`~emarray.spec.Operator`.
+
+Arguments are the operator's required inputs (and its output, unless it is an ``--out`` option),
+options its parameters (``--min-size`` for ``min_size``, with the declared help, unit and
+default) and the run options it declares. Values reach the operator's Python function as
+the user typed them; the function's declared checks normalise them or refuse them with one
+line naming the value, before any work.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from .spec import Operator, Param, Port
+
+SCHED_HELP = ("threads (default), processes, synchronous, local-cluster, cuda (one worker per "
+              "GPU, dask-cuda), slurm (workers in SLURM jobs, dask-jobqueue; see "
+              "--slurm-config), or a scheduler address tcp://host:port (default: "
+              "$DASK_SCHEDULER_ADDRESS when set)")
+
+#: the command-line form of each run option an operator may declare: (flags, click settings)
+RUN_OPTIONS: dict[str, tuple[list[str], dict[str, Any]]] = {
+    "scheduler": (["--scheduler"], {"default": None, "help": SCHED_HELP}),
+    "workers": (["--workers"], {"type": int, "default": None, "help": (
+        "Threads, processes or local-cluster workers (default: all cores).")}),
+    "connect_timeout": (["--connect-timeout"], {"type": float, "default": None, "help": (
+        "Seconds to wait for a scheduler address to answer (default 10).")}),
+    "retries": (["--retries"], {"type": click.IntRange(min=0), "default": 2, "show_default": True,
+                                "help": "Run a failed block again this often before stopping "
+                                        "with its name."}),
+    "slurm": (["--slurm-config", "slurm"], {"default": None, "metavar": "FILE", "help": (
+        "--scheduler slurm: a YAML file of SLURM settings (partition, account, walltime, cores, "
+        "memory, gres, jobs, prologue; see the clusters page of the docs).")}),
+    "overwrite": (["--overwrite"], {"is_flag": True,
+                                    "help": "Replace the output, if emarray made it."}),
+    "resume": (["--resume"], {"is_flag": True, "help": "Finish an interrupted run into the "
+                                                       "output, skipping finished blocks."}),
+    "allow_incomplete": (["--allow-incomplete"], {"is_flag": True, "help": (
+        "Accept inputs that are unfinished outputs of an interrupted job (their missing chunks "
+        "read as 0).")}),
+    "backend": (["--backend"], {"type": click.Choice(["auto", "cpu", "cuda"]), "default": "auto",
+                                "show_default": True, "help": (
+        "Where blocks are computed (auto: CUDA where a device and a kernel for the dtype exist).")}),
+    "gpu_memory_limit": (["--gpu-memory-limit"], {"default": None, "help": (
+        "CUDA: device memory cap, a fraction of the card or a size (8GB). Default 0.5.")}),
+}
+
+
+def run_option(name: str) -> click.Option:
+    decls, attrs = RUN_OPTIONS[name]
+    return click.Option(decls, **attrs)
+
+
+def run_options(*names: str) -> Callable[[Any], Any]:
+    """Decorate a hand-written command with run options, as generated commands get them."""
+    def deco(f: Any) -> Any:
+        for name in reversed(names):
+            decls, attrs = RUN_OPTIONS[name]
+            f = click.option(*decls, **attrs)(f)
+        return f
+    return deco
+
+
+def _text(help_: str) -> str:
+    """A help line as ``--help`` shows it: a capital first letter, a full stop, no rST marks."""
+    t = help_.strip().replace("``", "")
+    return (t[:1].upper() + t[1:] + ("" if t.endswith(".") else ".")) if t else ""
+
+
+def _param_option(p: Param) -> click.Option:
+    flags = [p.flag, *p.aliases]
+    unit = f" In {p.unit}." if p.unit else ""
+    default = "" if p.required or p.default in (None, False) else f"  [default: {p.default}]"
+    text = f"{_text(p.help)}{unit}{default}"
+    if p.kind == "flag":
+        return click.Option([*flags, p.name], is_flag=True, default=None, help=text,
+                            show_default=False)
+    metavar = p.metavar or ("[" + "|".join(map(str, p.choices)) + "]" if p.kind == "choice"
+                            else p.type_text().upper().replace(" ", "_"))
+    return click.Option([*flags, p.name], default=None, required=p.required, metavar=metavar,
+                        help=text, show_default=False)
+
+
+def _port_param(port: Port, output: bool) -> click.Parameter:
+    if port.option or port.optional:
+        return click.Option([f"--{port.name}", port.name], default=None,
+                            required=not port.optional, metavar=port.metavar,
+                            help=_text(port.help), show_default=False)
+    return click.Argument([port.name], metavar=port.metavar)
+
+
+def command(op: Operator, call: Callable[..., Any], friendly: Callable,
+            common: list[click.Parameter], progress: Callable[[], bool]) -> click.Command:
+    """The click command of ``op``: ``call`` is its (checked) Python function, ``friendly``
+    wraps the callback (errors as one line), ``common`` are options every command has (-v, -q)
+    and ``progress()`` says whether to show progress."""
+    params: list[click.Parameter] = []
+    ports = list(op.inputs)
+    out = op.output if op.output is not None and op.output.kind != "inplace" else None
+    for port in ports:
+        params.append(_port_param(port, False))
+    if out is not None:
+        params.append(_port_param(out, True))
+    params += [_param_option(p) for p in op.params]
+    params += [run_option(name) for name in op.run] + common
+
+    def callback(**kw: Any) -> None:
+        args: dict[str, Any] = {}
+        for port in ports + ([out] if out is not None else []):
+            value = kw.pop(port.name)
+            if value is not None:
+                args[port.name] = value
+        for p in op.params:
+            value = kw.pop(p.name)
+            if value is not None:
+                args[p.name] = value
+        run = {k: v for k, v in kw.items() if v is not None and v is not False}
+        result = call(**args, **run, progress=progress())
+        for line in (op.report(result, args) if op.report is not None else []):
+            click.echo(line)
+
+    doc = inspect.cleandoc(op.func.__doc__ or "") if op.func is not None else ""
+    first = doc.split("\n\n")[0].replace("``", "") if doc else ""
+    text = _text(op.summary) + (f"\n\n{first}" if first else "")
+    return click.Command(op.name, callback=friendly(callback), params=params, help=text,
+                         short_help=_text(op.summary).rstrip("."))
