@@ -31,6 +31,15 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
+def __getattr__(name: str) -> object:
+    """Any declared operator is ``emarray.NAME``, without an import here (see emarray.spec)."""
+    from .spec import operators
+    ops = operators()
+    if name in ops and ops[name].call is not None:
+        return ops[name].call
+    raise AttributeError(f"module 'emarray' has no attribute {name!r}")
+
+
 __all__ = ["RunOptions", "Volume", "create_volume", "datasets", "errors", "export", "info", "ingest",
            "label", "match", "models", "objects", "open_volume", "predict", "pyramid", "rescale",
            "run_pipeline", "smooth", "sweep", "threshold", "train", "upsample", "__version__"]

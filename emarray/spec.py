@@ -204,7 +204,7 @@ class Operator:
                     bound.arguments[p.name] = p.check(bound.arguments[p.name])
             return fn(*bound.args, **bound.kwargs)
 
-        checked.__doc__ = self.docstring(fn.__doc__ or "")
+        fn.__doc__ = checked.__doc__ = self.docstring(fn.__doc__ or "")
         checked.spec = self  # type: ignore[attr-defined]
         self.call = checked
         REGISTRY[self.name] = self
@@ -308,9 +308,29 @@ def layout_params(default_chunks: str | None = None) -> tuple[Param, ...]:
             Param("compression", "choice", "output compression", choices=COMPRESSIONS))
 
 
-def table_row(op: Operator) -> str:
-    """The README / docs command table row of ``op``."""
-    return f"| `{op.name}` | {op.summary} |"
+def table_row(op: Operator, link: str = "") -> str:
+    """The command table row of ``op`` (``link``: where its reference section is, the docs
+    page; ``#name`` on that page)."""
+    name = f"[`{op.name}`]({link}#{op.name})" if link is not None else f"`{op.name}`"
+    return f"| {name} | {op.summary} |"
+
+
+def readme_table() -> str:
+    """The README's command table: one row per declared operator, linked to the docs."""
+    return "\n".join(["| command | what it does |", "|---|---|"]
+                     + [table_row(op, "docs/commands.md") for op in operators().values()])
+
+
+def update_readme(path: str) -> bool:
+    """Rewrite the command table of the README at ``path``; return whether it changed."""
+    text = open(path).read()
+    head, rest = text.split("<!-- commands:start -->\n", 1)
+    _, tail = rest.split("<!-- commands:end -->", 1)
+    new = f"{head}<!-- commands:start -->\n{readme_table()}\n<!-- commands:end -->{tail}"
+    if new != text:
+        with open(path, "w") as f:
+            f.write(new)
+    return new != text
 
 
 def reference(op: Operator) -> str:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine: creates .venv, installs emarray, then runs a job.
 #   bash scripts/dev.sh demo [emarray demo options]   set up and run the demo
-#   bash scripts/dev.sh test [pytest options]         set up, lint (ruff), type-check (mypy), start
-#                                                     a one-node SLURM (scripts/slurm-local.sh), test
+#   bash scripts/dev.sh test [pytest options]         set up, lint (ruff), type-check (mypy), build
+#                                                     the docs (mkdocs, strict), start a one-node
+#                                                     SLURM as root (scripts/slurm-local.sh), test
 #   bash scripts/dev.sh bench                         set up and run the asv suite (quick)
 #   bash scripts/dev.sh compare [compare.py options]  side-by-side threshold comparison
 set -euo pipefail
@@ -21,6 +22,7 @@ esac
 case "$what" in
   demo) exec .venv/bin/emarray demo "$@" ;;
   test) .venv/bin/ruff check . && .venv/bin/mypy || exit 1
+        NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "${TMPDIR:-/tmp}/emarray-site" || exit 1
         if [ "$(id -u)" = 0 ]; then
           bash scripts/slurm-local.sh || exit 1
         elif ! bash scripts/slurm-local.sh status >/dev/null 2>&1; then

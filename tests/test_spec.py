@@ -142,7 +142,7 @@ def test_the_readme_command_table_is_the_declarations():
     text = (ROOT / "README.md").read_text()
     block = text.split("<!-- commands:start -->\n")[1].split("<!-- commands:end -->")[0]
     assert block.strip() == readme_table().strip(), (
-        "the README's command table is stale: run python -m emarray.spec --readme")
+        "the README's command table is stale: run python scripts/update_readme.py")
 
 
 def test_an_operator_added_in_one_module_is_everywhere(tmp_path):

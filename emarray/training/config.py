@@ -120,7 +120,13 @@ def load_config(config: str | os.PathLike | dict[str, Any], sets: tuple[str, ...
         path = Path(config)
         given = read_mapping(path, "training config")
         base = path.resolve().parent
+    from .._yaml import split_assignment
+    cwd = Path.cwd()
     for s in sets:
+        keys, value = split_assignment(s)
+        if ".".join(keys) in PATHS and value is not None:
+            # a path typed on the command line is the user's, from the working folder
+            s = f"{'.'.join(keys)}={_quoted(_absolute(value, cwd))}"
         set_value(given, s)
     cfg = _merge(DEFAULTS, given, "")
     for dotted in PATHS:
@@ -129,6 +135,11 @@ def load_config(config: str | os.PathLike | dict[str, Any], sets: tuple[str, ...
         d[key] = _absolute(d[key], base)
     _check(cfg)
     return cfg
+
+
+def _quoted(value: Any) -> str:
+    import json
+    return json.dumps(value)  # YAML reads JSON: a path, or a list of paths
 
 
 def _absolute(value: Any, base: Path) -> Any:

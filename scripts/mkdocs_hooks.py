@@ -10,7 +10,19 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     from emarray.spec import operators, reference, table_row
     ops = operators()
     table = "\n".join(["| command | what it does |", "|---|---|"]
-                      + [table_row(op) for op in ops.values()])
+                      + [table_row(op, "") for op in ops.values()])
     ref = "\n\n".join(reference(op) for op in ops.values())
     return (markdown.replace("<!-- emarray:commands -->", table)
             .replace("<!-- emarray:reference -->", ref))
+
+
+_ROLE = None
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Any) -> str:
+    """Docstrings cross-reference with Sphinx roles (:func:`x`); show them as code."""
+    import re
+    global _ROLE
+    if _ROLE is None:
+        _ROLE = re.compile(r":(?:func|class|mod|meth|attr|data|obj):\s*(<code>)~?")
+    return _ROLE.sub(r"\1", html)
