@@ -38,6 +38,12 @@ def supports(op: str, backend: str, dtype: Any) -> bool:
     return allowed is None or np.dtype(dtype) in allowed
 
 
+def registered() -> dict[tuple[str, str], frozenset[np.dtype] | None]:
+    """Every (operator, backend) with an implementation, and the dtypes it has a kernel for
+    (None: every dtype)."""
+    return {key: _dtypes.get(key) for key in _registry}
+
+
 def cuda_available() -> bool:
     """True when CuPy imports and sees at least one CUDA device."""
     try:

@@ -12,6 +12,8 @@ the chunking. Three kinds:
 """
 from __future__ import annotations
 
+from .engine.contract import BlockContext
+
 import math
 import os
 from collections.abc import Sequence
@@ -115,7 +117,7 @@ def synthetic_block(kind: str, region: tuple[slice, ...], shape: Sequence[int], 
     return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
 
-def _make_block(ctx: Any, *, kind: str, shape: tuple[int, ...], seed: int,
+def _make_block(ctx: BlockContext, *, kind: str, shape: tuple[int, ...], seed: int,
                 cell: int) -> np.ndarray:
     return synthetic_block(kind, ctx.region, shape, seed=seed, cell=cell)
 

@@ -1,6 +1,8 @@
 """The demo job: synthetic EM volume -> threshold -> score -> one-pass threshold sweep."""
 from __future__ import annotations
 
+from .engine.contract import BlockContext
+
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from .ops.threshold import threshold
 _STAMP = ".emarray-demo"
 
 
-def _confusion(ctx: Any, pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+def _confusion(ctx: BlockContext, pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     p = pred.astype(bool).ravel()
     t = truth.ravel() > 0
     tp = np.count_nonzero(p & t)

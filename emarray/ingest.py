@@ -1,6 +1,8 @@
 """Ingest a slice folder, TIFF stack or HDF5 dataset into an OME-Zarr volume, chunk by chunk."""
 from __future__ import annotations
 
+from .engine.contract import BlockContext
+
 import os
 import warnings
 from functools import partial
@@ -18,7 +20,7 @@ from .volume import Volume, compressor_codecs, create_volume
 DEFAULT_CHUNKS = (64, 256, 256)
 
 
-def _read_source(ctx: Any, *, source: Any) -> np.ndarray:
+def _read_source(ctx: BlockContext, *, source: Any) -> np.ndarray:
     return source.read(ctx.region)
 
 

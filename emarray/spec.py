@@ -177,6 +177,9 @@ class Operator:
     run: tuple[str, ...] = ENGINE + REPLACE
     report: Callable[[Any, dict[str, Any]], list[str]] | None = None
     examples: tuple[str, ...] = ()  # command lines for the docs, as a user types them
+    #: the name its per-block functions are registered under in :mod:`emarray.backends`
+    #: (CPU and, where a kernel exists, CUDA); "" for operators without backends
+    blocks: str = ""
     func: Callable[..., Any] | None = field(default=None, repr=False)
     call: Callable[..., Any] | None = field(default=None, repr=False)  # the checked function
 

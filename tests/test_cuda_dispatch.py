@@ -37,10 +37,21 @@ def test_importing_emarray_does_not_import_cupy_or_torch():
     assert r.stdout.strip() == "[]"
 
 
-def test_every_operator_has_both_backends_registered():
-    for op in ("threshold", "rescale"):
-        assert callable(backends.implementation(op, "cpu"))
-        assert (op, "cuda") in backends._registry
+def test_every_operator_with_a_backend_has_its_cpu_path_and_its_cuda_path_imports():
+    """Every declared operator that takes --backend runs registered block functions: a CPU one,
+    and (where declared) a CUDA one whose module imports without CuPy."""
+    from emarray.spec import operators
+    regs = backends.registered()
+    with_backend = [op for op in operators().values() if "backend" in op.run and op.name != "predict"]
+    assert {op.name for op in with_backend} >= {"threshold", "rescale", "smooth", "label",
+                                                "pyramid", "sweep", "clip"}
+    for op in with_backend:
+        assert op.blocks, op.name
+        assert callable(backends.implementation(op.blocks, "cpu")), op.name
+    cuda = sorted(name for name, backend in regs if backend == "cuda")
+    assert cuda == ["histogram", "label", "pool", "rescale", "smooth", "threshold"]
+    for name in cuda:
+        assert callable(backends.implementation(name, "cuda")), name  # imports, no CuPy needed
 
 
 @pytest.mark.skipif(_has_cupy(), reason="CuPy is installed here")

@@ -160,7 +160,8 @@ def test_uint64_output_past_the_uint32_range(tmp_path, monkeypatch):
     assert out.attrs["emarray"]["labels"] is True
 
 
-def test_threads_processes_and_a_real_cluster_agree(tmp_path):
+def test_threads_and_processes_agree_with_the_whole_array(tmp_path):
+    """(A real dask cluster is the next test.)"""
     a = blobs((16, 20, 24), 0.45, 11)
     ref = reference(a, 26)
     for sched in ("threads", "processes"):

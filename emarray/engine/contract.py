@@ -186,6 +186,12 @@ class BlockContext:
     given: Any = None
 
 
+#: what a stage runs for each block: ``fn(ctx, *arrays)`` with a :class:`BlockContext` and one
+#: array per :class:`Read`; it returns one array per :class:`Write` (a tuple when several, the
+#: stage's summary last when it also folds one), or the block's summary when it writes nothing
+BlockFunction = Callable[..., Any]
+
+
 @dataclass
 class Stage:
     """One pass over a grid of blocks.
@@ -201,7 +207,7 @@ class Stage:
     """
 
     name: str
-    fn: Callable[..., Any]
+    fn: BlockFunction
     grid: BlockGrid
     reads: Sequence[Read] = ()
     writes: Sequence[Write] = ()

@@ -68,6 +68,8 @@ class RunOptions:
         if str(self.backend).lower() not in BACKENDS:
             raise InvalidArgumentError(
                 f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        from .memory import parse_memory_limit
+        parse_memory_limit(self.gpu_memory_limit)  # "lots" is refused here, before any work
         if self.overwrite and self.resume:
             raise InvalidArgumentError("choose either overwrite or resume, not both")
         if not isinstance(self.retries, int) or self.retries < 0:

@@ -49,7 +49,7 @@ SPEC = Operator(
     params=(Param("lo", "number", "the least value kept"),
             Param("hi", "number", "the greatest value kept"),
             *layout_params()),
-    run=ELEMENTWISE, report=_report,
+    run=ELEMENTWISE, report=_report, blocks="clip",
     examples=("emarray clip raw.zarr clipped.zarr --lo 20 --hi 235",))
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import BlockGrid, Read, RunOptions, Stage, Write, check_aligned, run_job
+from ..engine import BlockContext, BlockGrid, Read, RunOptions, Stage, Write, check_aligned, run_job
 from ..volume import Volume, compressor_codecs, create_volume, open_volume
 
 
@@ -74,7 +74,7 @@ def backend_stage_setup(op: str, dtype: Any, options: RunOptions, runner: Any) -
             "setup_key": f"{op}:{options.backend}:{np.dtype(dtype).str}:{mem}:{ppd}"}
 
 
-def _apply(ctx: Any, block: np.ndarray, *, params: dict[str, Any]) -> np.ndarray:
+def _apply(ctx: BlockContext, block: np.ndarray, *, params: dict[str, Any]) -> np.ndarray:
     return ctx.state(block, **params)
 
 

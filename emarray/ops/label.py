@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .. import backends
-from ..engine import BlockGrid, LaterStage, Read, RunOptions, Stage, Write, read_padded
+from ..engine import BlockContext, BlockGrid, LaterStage, Read, RunOptions, Stage, Write, read_padded
 from ..spec import ELEMENTWISE, Operator, Param, Port, layout_params
 from ..engine.checkpoint import PROGRESS_DIR, atomic_write
 from .._normalize import real_number, whole_number
@@ -107,7 +107,7 @@ def _concat(a: Any, b: Any) -> Any:
     return a + b if isinstance(a, list) else np.concatenate([a, b])
 
 
-def _components(ctx: Any, block: np.ndarray, p: dict[str, Any]) -> tuple:
+def _components(ctx: BlockContext, block: np.ndarray, p: dict[str, Any]) -> tuple:
     """Label a block (the same way in every stage) and list its kept interior components:
     the block's facts, their local labels, first voxels and rows."""
     labels = ctx.state(block, connectivity=p["connectivity"], binary=p["binary"],
@@ -118,7 +118,7 @@ def _components(ctx: Any, block: np.ndarray, p: dict[str, Any]) -> tuple:
     return comp, kept, kf, *comp.rows(kf)
 
 
-def _label_block(ctx: Any, block: np.ndarray, *, p: dict[str, Any]) -> tuple:
+def _label_block(ctx: BlockContext, block: np.ndarray, *, p: dict[str, Any]) -> tuple:
     comp, kept, kf, lz, ly = _components(ctx, block, p)
     labels = comp.labels
     zb, yb, _ = labels.shape
@@ -160,7 +160,7 @@ def _plan(acc: Any, *, scratch: Scratch) -> dict[str, Any]:
 
 
 # -- stage 2: row offsets -------------------------------------------------------------------------
-def _row_offsets(ctx: Any, counts: np.ndarray, *, scratch: Scratch) -> tuple:
+def _row_offsets(ctx: BlockContext, counts: np.ndarray, *, scratch: Scratch) -> tuple:
     z0, z1 = ctx.region[0].start, ctx.region[0].stop
     y0 = ctx.region[1].start
     zb, yb, _ = scratch.block
@@ -195,7 +195,7 @@ def _save_ranks(acc: Any, *, scratch: Scratch) -> dict[str, Any]:
 
 
 # -- stage 3: face pairs, then union-find -------------------------------------------------------
-def _face_block(ctx: Any, *, vols: dict[str, Volume], p: dict[str, Any]) -> np.ndarray:
+def _face_block(ctx: BlockContext, *, vols: dict[str, Volume], p: dict[str, Any]) -> np.ndarray:
     index = ctx.index
     origin = tuple(s.start for s in ctx.region)
     flat = int(np.ravel_multi_index(index, p["counts"]))
@@ -258,7 +258,7 @@ def _join(acc: Any, *, scratch: Scratch, p: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- stage 4: relabel -----------------------------------------------------------------------------
-def _relabel_block(ctx: Any, block: np.ndarray, rowoff: np.ndarray, *, scratch: Scratch,
+def _relabel_block(ctx: BlockContext, block: np.ndarray, rowoff: np.ndarray, *, scratch: Scratch,
                    p: dict[str, Any], dtype: str) -> np.ndarray:
     comp, kept, kf, lz, ly = _components(ctx, block, p)
     lut = np.zeros(comp.n + 1, dtype)
@@ -348,7 +348,7 @@ SPEC = Operator(
             Param("min_size", "int", "remove components of fewer voxels than this, before "
                                      "numbering (cc3d's dust)", minimum=0, unit="voxels"),
             *layout_params()),
-    run=ELEMENTWISE, report=_report,
+    run=ELEMENTWISE, report=_report, blocks="label",
     examples=("emarray label mask.zarr cells.zarr --connectivity 6 --min-size 50",))
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import BlockGrid, Read, RunOptions
+from ..engine import BlockContext, BlockGrid, Read, RunOptions
 from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
 from ..errors import EmarrayWarning, InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
@@ -48,7 +48,7 @@ def block_overlaps(truth: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]
             "n": counts[nz].astype(np.int64)}
 
 
-def _block(ctx: Any, truth: np.ndarray, pred: np.ndarray) -> dict:
+def _block(ctx: BlockContext, truth: np.ndarray, pred: np.ndarray) -> dict:
     return block_overlaps(truth, pred)
 
 
@@ -284,6 +284,20 @@ def match(pred: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
         ``matching`` (DataFrame per IoU threshold, as stardist's ``matching``), ``objects``
         (DataFrame per object), ``voi_split``, ``voi_merge``, ``adapted_rand_error`` (with
         precision and recall), ``mean_abs_relative_volume_difference``.
+
+    Examples
+    --------
+    >>> import emarray, numpy as np, tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> t = np.zeros((1, 4, 8), np.uint32); t[0, :, :4] = 1; t[0, :, 4:] = 2
+    >>> p = t.copy(); p[0, :, 3] = 2                     # one column of 1 taken by 2
+    >>> tv = emarray.create_volume(os.path.join(d, "t.zarr"), t.shape, "uint32", 4)
+    >>> tv.write((slice(0, 1), slice(0, 4), slice(0, 8)), t)
+    >>> pv = emarray.create_volume(os.path.join(d, "p.zarr"), p.shape, "uint32", 4)
+    >>> pv.write((slice(0, 1), slice(0, 4), slice(0, 8)), p)
+    >>> r = emarray.match(pv, tv)  # the adapted Rand error is scikit-image's
+    >>> r["matching"].set_index("threshold").loc[0.5, "f1"], round(r["adapted_rand_error"], 3)
+    (np.float64(1.0), np.float64(0.226))
     """
     opts = RunOptions.make(options, **run)
     dirp = Path(out) if out is not None else None

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .._normalize import micrometres
-from ..engine import BlockGrid, Read, RunOptions
+from ..engine import BlockContext, BlockGrid, Read, RunOptions
 from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Port
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
@@ -96,7 +96,7 @@ def block_table(labels: np.ndarray, raw: np.ndarray | None, origin: tuple[int, .
     return {k: v[keep] for k, v in t.items()}
 
 
-def _block(ctx: Any, labels: np.ndarray, *rest: np.ndarray) -> dict:
+def _block(ctx: BlockContext, labels: np.ndarray, *rest: np.ndarray) -> dict:
     return block_table(labels, rest[0] if rest else None, tuple(s.start for s in ctx.region))
 
 

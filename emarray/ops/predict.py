@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .._normalize import parse_tuple, whole_number
-from ..engine import BlockGrid, Read, RunOptions, Stage, Write, check_aligned, run_job
+from ..engine import BlockContext, BlockGrid, Read, RunOptions, Stage, Write, check_aligned, run_job
 from ..spec import COMPRESSIONS, ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
 from ..errors import (BackendUnavailableError, EmarrayWarning, InvalidArgumentError,
                       VolumeNotFoundError)
@@ -187,7 +187,7 @@ def quantise(p: np.ndarray, dtype: str) -> np.ndarray:
     return p.astype(dtype)
 
 
-def predict_block(ctx: Any, raw: np.ndarray, *, plan: Plan) -> Any:
+def predict_block(ctx: BlockContext, raw: np.ndarray, *, plan: Plan) -> Any:
     """Run every tile touching this block, blend them, return the block's region."""
     tiling = plan.tiling
     region = ctx.region
@@ -228,7 +228,7 @@ def predict_block(ctx: Any, raw: np.ndarray, *, plan: Plan) -> Any:
     return out, (var if nch > 1 else var[0]).astype(plan.var_dtype)
 
 
-def predict_counting_nan(ctx: Any, raw: np.ndarray, *, plan: Plan) -> tuple:
+def predict_counting_nan(ctx: BlockContext, raw: np.ndarray, *, plan: Plan) -> tuple:
     """:func:`predict_block` on a float raw volume, with the block's NaN voxels counted: its
     own raw voxels (not the halo) and its output voxels, summed over the job."""
     result = predict_block(ctx, raw, plan=plan)

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import ome
 from .._normalize import parse_tuple, whole_number
-from ..engine import BlockGrid, Read, RunOptions, Stage, Write
+from ..engine import BlockContext, BlockGrid, Read, RunOptions, Stage, Write
 from ..spec import BACKEND, ENGINE, REPLACE, Operator, Param, Port
 from ..engine.checkpoint import PROGRESS_DIR, Checkpoint
 from ..engine.output import OutputLock, foreign_in_array, real_path
@@ -98,7 +98,7 @@ def _level_path(base: str, k: int) -> str:
     return f"s{k}" if base.startswith("s") else str(k)
 
 
-def _pool_pass(ctx: Any, block: np.ndarray, *, factors: list[tuple[int, ...]],
+def _pool_pass(ctx: BlockContext, block: np.ndarray, *, factors: list[tuple[int, ...]],
                mode: str) -> tuple[np.ndarray, ...]:
     out = []
     for f in factors:
@@ -159,7 +159,7 @@ SPEC = Operator(
             Param("labels", "flag", "the image holds labels (pooled by mode, never averaged); "
                                     "default: integer volumes marked as labels, or of a 32/64-bit "
                                     "integer type")),
-    run=ENGINE + REPLACE + BACKEND, report=_report,
+    run=ENGINE + REPLACE + BACKEND, report=_report, blocks="pool",
     examples=("emarray pyramid raw.zarr", "emarray pyramid cells.zarr --levels 4 --labels"))
 
 

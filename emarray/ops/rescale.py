@@ -141,7 +141,7 @@ SPEC = Operator(
                                          "data at any size)", parse=parse_range,
                   aliases=("--range",), metavar="LO,HI"),
             *layout_params()),
-    run=ELEMENTWISE, report=_report,
+    run=ELEMENTWISE, report=_report, blocks="rescale",
     examples=("emarray rescale prob.zarr prob8.zarr --in-range 0,1",))
 
 

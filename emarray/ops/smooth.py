@@ -17,7 +17,7 @@ import numpy as np
 from .. import backends
 from .._normalize import parse_tuple
 from ..kernel_table import SMOOTH_DTYPES
-from ..engine import BlockGrid, Read, RunOptions, Stage, Write
+from ..engine import BlockContext, BlockGrid, Read, RunOptions, Stage, Write
 from ..spec import ELEMENTWISE, Operator, Param, Port, layout_params
 from ..engine.contract import source_index
 from ..errors import InvalidArgumentError
@@ -131,7 +131,7 @@ backends.register("smooth", "cpu", smooth_block_cpu)
 backends.register("smooth", "cuda", "emarray.cuda.smooth:smooth_block_cuda", SMOOTH_DTYPES)
 
 
-def _smooth(ctx: Any, block: np.ndarray, *, weights: tuple[np.ndarray | None, ...]) -> np.ndarray:
+def _smooth(ctx: BlockContext, block: np.ndarray, *, weights: tuple[np.ndarray | None, ...]) -> np.ndarray:
     return ctx.state(block, weights=weights)
 
 
@@ -183,7 +183,7 @@ SPEC = Operator(
             Param("truncate", "float", "cut the filter at this many standard deviations "
                                        "(SciPy's default 4)", minimum=1e-300),
             *layout_params()),
-    run=ELEMENTWISE, report=_report,
+    run=ELEMENTWISE, report=_report, blocks="smooth",
     examples=("emarray smooth raw.zarr smooth.zarr --sigma 2",
               "emarray smooth raw.zarr smooth.zarr --sigma 50,8,8 --unit physical"))
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import backends
 from .._normalize import finite_number, micrometres, real_number
-from ..engine import BlockGrid, Checkpoint, Read, RunOptions, Stage, run_stages
+from ..engine import BlockContext, BlockGrid, Checkpoint, Read, RunOptions, Stage, run_stages
 from ..spec import BACKEND, ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
 from ..engine.checkpoint import PROGRESS_DIR
 from ..engine.output import reading
@@ -129,7 +129,7 @@ backends.register("histogram", "cpu", histogram_block_cpu)
 backends.register("histogram", "cuda", "emarray.cuda.histogram:histogram_block_cuda")
 
 
-def _sweep_block(ctx: Any, prob: np.ndarray, truth: np.ndarray, *rest: np.ndarray,
+def _sweep_block(ctx: BlockContext, prob: np.ndarray, truth: np.ndarray, *rest: np.ndarray,
                  channels: tuple[int, ...], channel_axis: bool,
                  truth_per_channel: bool, truth_value: Any, ignore_value: Any, edges: np.ndarray,
                  table: Any, nbuckets: int) -> np.ndarray:
@@ -180,7 +180,7 @@ SPEC = Operator(
                                            "where it is nonzero)"),
             Param("ignore_value", "number", "voxels whose truth equals this are not counted"),
             Param("channel", "int", "sweep one channel of a c,z,y,x map", minimum=0)),
-    run=ENGINE + REPLACE + INCOMPLETE + BACKEND, report=_report,
+    run=ENGINE + REPLACE + INCOMPLETE + BACKEND, report=_report, blocks="histogram",
     examples=("emarray sweep prob.zarr truth.zarr --out sweep/",
               "emarray sweep prob.zarr truth.zarr --out sweep/ --values 0.3,0.5,0.7"))
 

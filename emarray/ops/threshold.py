@@ -97,7 +97,7 @@ SPEC = Operator(
                                        "boundary map); le: <=. NaN voxels give 0 for each",
                   choices=OPS),
             *layout_params()),
-    run=ELEMENTWISE, report=_report,
+    run=ELEMENTWISE, report=_report, blocks="threshold",
     examples=("emarray threshold prob.zarr mask.zarr --value 0.5",
               "emarray threshold boundary.zarr cells.zarr --value 0.3 --compare lt"))
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import BlockGrid, Read, RunOptions, Stage, Write, run_job
+from ..engine import BlockContext, BlockGrid, Read, RunOptions, Stage, Write, run_job
 from ..spec import COMPRESSIONS, ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume, create_volume
@@ -30,7 +30,7 @@ def source_coords(region: slice, scale: float, offset: float) -> np.ndarray:
     return np.arange(region.start, region.stop, dtype=np.float64) * scale + offset
 
 
-def _upsample(ctx: Any, block: np.ndarray, *, scales: tuple[float, ...],
+def _upsample(ctx: BlockContext, block: np.ndarray, *, scales: tuple[float, ...],
               offsets: tuple[float, ...], src_shape: tuple[int, ...], mode: str) -> np.ndarray:
     lo = [r.start for r in ctx.reads[0]]
     if mode == "nearest":
