@@ -363,6 +363,19 @@ def _fmt_region(region: Region) -> str:
     return ",".join(f"{s.start}:{s.stop}" for s in region)
 
 
+LABEL_DTYPES = ("uint32", "uint64", "int32", "int64")
+
+
+def is_labels(vol: Volume) -> bool:
+    """Integer volumes marked as labels (OME ``image-label``, emarray's ``labels``), or of a
+    32/64-bit integer type (label ids, not intensities)."""
+    attrs = vol.attrs
+    o = attrs.get("ome", attrs)
+    marked = (isinstance(o, dict) and "image-label" in o) or bool(
+        attrs.get("emarray", {}).get("labels"))
+    return vol.dtype.kind in "ui" and (marked or vol.dtype.name in LABEL_DTYPES)
+
+
 # -- opening ------------------------------------------------------------------------------
 def _split_url(path_or_url: str | os.PathLike) -> tuple[str | None, str]:
     s = os.fspath(path_or_url)

@@ -298,7 +298,7 @@ def _record(out: Volume, components: int) -> None:
 def check_params(src: Volume, connectivity: Any, mode: str, background: Any,
                  min_size: Any) -> dict[str, Any]:
     """Validate the labelling parameters against ``src``; return them normalised."""
-    from .pyramid import is_labels
+    from ..volume import is_labels
     if src.ndim != 3:
         raise InvalidArgumentError(
             f"label needs a z,y,x volume; {src.url} has shape {src.shape} (axes {src.axes})")

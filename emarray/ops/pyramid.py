@@ -24,26 +24,13 @@ from ..engine.checkpoint import PROGRESS_DIR, Checkpoint
 from ..engine.output import OutputLock, foreign_in_array, real_path
 from ..engine.stages import run_stages
 from ..errors import InvalidArgumentError, OutputExistsError, ResumeMismatchError
-from ..volume import EVERY_CHUNK, Volume, open_volume
+from ..volume import EVERY_CHUNK, Volume, is_labels, open_volume
 from .common import as_volume, backend_stage_setup
 from .pool import MODES, pooled_shape
 
 #: voxels of the level above that one block of a pass may read (several levels per pass
 #: where the chunks are small enough)
 BLOCK_BUDGET = 2**26
-LABEL_DTYPES = ("uint32", "uint64", "int32", "int64")
-
-
-def is_labels(vol: Volume) -> bool:
-    """Integer volumes marked as labels (OME ``image-label``, emarray's ``labels``), or of a
-    32/64-bit integer type (label ids, not intensities)."""
-    attrs = vol.attrs
-    o = attrs.get("ome", attrs)
-    marked = (isinstance(o, dict) and "image-label" in o) or bool(
-        attrs.get("emarray", {}).get("labels"))
-    return vol.dtype.kind in "ui" and (marked or vol.dtype.name in LABEL_DTYPES)
-
-
 def auto_factors(voxel: tuple[float, ...]) -> tuple[int, ...]:
     """Anisotropy-aware factors for one level: y,x only while z is coarser than y,x.
 
@@ -347,4 +334,4 @@ def _publish(src: Volume, group: Path, paths: list[str], plan: list[tuple[int, .
     g.attrs["emarray"] = em
 
 
-__all__ = ["auto_factors", "is_labels", "plan_levels", "pyramid"]
+__all__ = ["auto_factors", "plan_levels", "pyramid"]

@@ -20,7 +20,7 @@ from ..spec import COMPRESSIONS, ENGINE, INCOMPLETE, REPLACE, Operator, Param, P
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume, create_volume
 from .common import as_volume, job_identity, layout_of
-from .pyramid import is_labels
+from ..volume import is_labels
 
 MODES = ("auto", "nearest", "linear")
 
