@@ -350,7 +350,17 @@ class Runner:
                     _retry_or_fail(exc, attempt, retries, name(i))
                     submit(i, call, attempt + 1)
                     continue
-                value = fut.result()
+                if fut.status != "finished":  # lost with its worker (or cancelled): run it again
+                    fut.release()
+                    submit(i, call, attempt)
+                    continue
+                try:  # its worker may die before the result is fetched: dask recomputes it then
+                    value = fut.result(timeout=5)
+                except TimeoutError:
+                    index[fut.key] = (i, call, attempt)
+                    pending.add(fut)
+                    watch.check(len(pending))
+                    continue
                 fut.release()
                 submit_next()
                 yield i, value
