@@ -116,7 +116,10 @@ class Param:
             if not isinstance(items, (list, tuple)) or not items:
                 raise InvalidArgumentError(f"{name} must list numbers (0.1,0.5), got {value!r}")
             return tuple(real_number(v, name) for v in items if str(v).strip())
-        else:  # text
+        else:  # text (a path is text too)
+            import os
+            if isinstance(value, os.PathLike):
+                return os.fspath(value)
             if not isinstance(value, str):
                 raise InvalidArgumentError(f"{name} must be text, got {value!r}")
             return value

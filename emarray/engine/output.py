@@ -331,12 +331,14 @@ def _foreign_in_store(path: Path, shown: str, attrs: dict[str, Any]) -> list[str
     metadata, not a chunk key of its arrays, not its own progress, not an image emarray made
     inside it (a variance map)."""
     levels = _levels(attrs)
+    em = attrs.get("emarray") if isinstance(attrs, dict) else None
+    files = set(em.get("files", [])) if isinstance(em, dict) else set()  # tables it keeps
     found = []
     for entry in sorted(path.iterdir()):
         name, where = entry.name, f"{shown}/{entry.name}" if shown else entry.name
         if entry.is_symlink():
             found.append(where + " (a link)")
-        elif name == "zarr.json" and entry.is_file():
+        elif (name == "zarr.json" or name in files) and entry.is_file():
             continue
         elif name == MARKER_DIR and entry.is_dir():
             found += _foreign_in_progress(entry, where)

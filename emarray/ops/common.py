@@ -22,8 +22,10 @@ def job_identity(operator: str, params: dict[str, Any], inputs: Sequence[Volume]
                  layout: dict[str, Any]) -> dict[str, Any]:
     """What a ``resume`` must match: the operator, its parameters, each input's fingerprint
     (location, layout, metadata files) and the output's storage layout."""
-    return {"operator": operator, **params, "inputs": [v.fingerprint() for v in inputs],
-            "layout": layout}
+    import json
+    ident = {"operator": operator, **params, "inputs": [v.fingerprint() for v in inputs],
+             "layout": layout}
+    return json.loads(json.dumps(ident))  # as it reads back from the output (tuples as lists)
 
 
 def layout_of(chunks: Sequence[int], shards: Sequence[int] | None, compression: str) -> dict:
@@ -82,7 +84,8 @@ def run_blockwise(op: str, src: Volume, dst: str | os.PathLike, out_dtype: Any,
                   job: dict[str, Any], options: RunOptions,
                   stages: Callable[[Volume, dict[str, Any]], Sequence[Any]], *,
                   chunks: Any = None, shards: Any = None, compression: str = "zstd",
-                  backend: str | None = None, attrs: dict[str, Any] | None = None) -> Volume:
+                  backend: str | None = None, attrs: dict[str, Any] | None = None,
+                  inputs: Sequence[Volume] | None = None) -> Volume:
     """The setup every operator that writes one volume like ``src`` repeats, done once.
 
     Checks the output layout (``chunks``, ``shards``, ``compression``; default: the input's)
@@ -92,10 +95,12 @@ def run_blockwise(op: str, src: Volume, dst: str | os.PathLike, out_dtype: Any,
     registered in :mod:`emarray.backends`) for ``src``'s dtype, and runs the job:
     ``stages(out, setup)`` builds its stages, ``setup`` being the ``setup``/``setup_key`` of
     the backend's per-block function (empty without ``backend``). ``attrs`` are recorded in
-    the output's ``emarray`` attributes beside the job.
+    the output's ``emarray`` attributes beside the job. ``inputs`` are every volume the job
+    reads (default: ``src``), identified for ``resume`` and locked while it runs.
     """
+    reads = list(inputs) if inputs is not None else [src]
     out_chunks, out_shards = output_layout(src, chunks, shards, compression)
-    ident = job_identity(op, {**job, "dtype": np.dtype(out_dtype).str}, [src],
+    ident = job_identity(op, {**job, "dtype": np.dtype(out_dtype).str}, reads,
                          layout_of(out_chunks, out_shards, compression))
 
     def create(path: str) -> Volume:
@@ -107,7 +112,7 @@ def run_blockwise(op: str, src: Volume, dst: str | os.PathLike, out_dtype: Any,
     with options.runner(op) as runner:
         setup = backend_stage_setup(backend, src.dtype, options, runner) if backend else {}
         return run_job(dst, create, job=ident, stages=lambda out: stages(out, setup),
-                       options=options, inputs=[src], runner=runner)
+                       options=options, inputs=reads, runner=runner)
 
 
 def run_elementwise(op: str, src: Volume, dst: str | os.PathLike, out_dtype: Any,
@@ -122,3 +127,19 @@ def run_elementwise(op: str, src: Volume, dst: str | os.PathLike, out_dtype: Any
 
     return run_blockwise(op, src, dst, out_dtype, job, options, stages, chunks=chunks,
                          shards=shards, compression=compression, backend=op)
+
+
+def retype(out: Volume, dtype: str) -> Volume:
+    """Give a (still empty) output the dtype its count of ids needs, found by an earlier stage."""
+    import json
+    from pathlib import Path
+
+    from ..engine.checkpoint import atomic_write
+    from ..volume import open_volume
+    if out.dtype == np.dtype(dtype):
+        return out
+    meta_path = Path(out.url) / out.array_path / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["data_type"] = dtype
+    atomic_write(meta_path, json.dumps(meta, indent=2).encode())
+    return open_volume(out.url)

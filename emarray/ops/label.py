@@ -18,7 +18,6 @@ counts and offsets) lives in scratch arrays in the output's progress folder.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from fractions import Fraction
@@ -35,7 +34,7 @@ from ..engine.checkpoint import PROGRESS_DIR, atomic_write
 from .._normalize import real_number, whole_number
 from ..errors import InvalidArgumentError
 from ..volume import Volume, create_volume, open_volume
-from .common import as_volume, run_blockwise
+from .common import as_volume, retype, run_blockwise
 from .components import (CONNECTIVITY_ORDER, PIECE, block_components, face_pairs,
                          label_block_cpu, node_ids)
 
@@ -276,17 +275,6 @@ def _relabel_block(ctx: BlockContext, block: np.ndarray, rowoff: np.ndarray, *, 
     return lut[comp.labels]
 
 
-def _retype(out: Volume, dtype: str) -> Volume:
-    """Give the (still empty) output the dtype the component count needs."""
-    if out.dtype == np.dtype(dtype):
-        return out
-    meta_path = Path(out.url) / out.array_path / "zarr.json"
-    meta = json.loads(meta_path.read_text())
-    meta["data_type"] = dtype
-    atomic_write(meta_path, json.dumps(meta, indent=2).encode())
-    return open_volume(out.url)
-
-
 def _record(out: Volume, components: int) -> None:
     import zarr
     group = zarr.open_group(out.url, mode="r+")
@@ -414,7 +402,7 @@ def label(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, connectivi
                       finalize=partial(_join, scratch=scratch, p=p))
 
         def build_relabel(given: dict[str, Any]) -> Stage:
-            target = _retype(out, given["dtype"])
+            target = retype(out, given["dtype"])
             _record(target, given["components"])
             return Stage("relabel", partial(_relabel_block, scratch=scratch, p=p,
                                             dtype=given["dtype"]), grid,

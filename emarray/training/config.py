@@ -70,7 +70,7 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"), "precision": ("auto", "float32", "bfloat16"),
     "sampling.mode": ("uniform", "foreground", "balanced"),
     "model.padding": ("same", "valid"), "model.norm": ("batch", "instance", "group", "none"),
-    "model.activation": ("sigmoid", "softmax"), "loss.kind": ("bce", "dice", "bce+dice"),
+    "model.activation": ("sigmoid", "softmax"), "loss.kind": ("bce", "dice", "bce+dice", "affinities"),
     "optimizer.kind": ("adam", "adamw", "sgd"), "schedule.kind": ("constant", "cosine", "step"),
     "validation.metric": ("f1", "iou"),
 }

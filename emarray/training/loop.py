@@ -79,7 +79,13 @@ def _model(cfg: dict[str, Any], anisotropic: bool, raw: Volume) -> tuple[Any, An
                       anisotropic=aniso, pool=m["pool"], channels_out=m["channels_out"],
                       norm=m["norm"], residual=m["residual"], dropout=m["dropout"],
                       activation=m["activation"], name="model.pool")
-    if net.activation == "sigmoid" and net.out_channels != 1:
+    if cfg["loss"]["kind"] == "affinities":
+        if net.activation != "sigmoid" or net.out_channels != 3:
+            raise InvalidArgumentError(
+                "loss.kind affinities trains 3 sigmoid channels (the z, y and x neighbour "
+                f"affinities): set model.channels_out: 3, got {net.out_channels} "
+                f"({net.activation})")
+    elif net.activation == "sigmoid" and net.out_channels != 1:
         raise InvalidArgumentError("model.channels_out: a sigmoid net trains one foreground "
                                    f"channel, got {net.out_channels}; use softmax for several classes")
     if net.activation == "softmax" and net.out_channels < 2:
@@ -176,7 +182,8 @@ def train(config: str | os.PathLike | dict[str, Any], *, out: str | os.PathLike 
     softmax = net.activation == "softmax"
     target = Target(classes=net.out_channels if softmax else 2,
                     foreground=tuple(d["foreground"]) if d["foreground"] else None,
-                    ignore=d["ignore_label"], binary=not softmax)
+                    ignore=d["ignore_label"], binary=not softmax,
+                    affinities=cfg["loss"]["kind"] == "affinities")
     if cfg["loss"]["class_weights"] and len(cfg["loss"]["class_weights"]) != target.classes:
         raise InvalidArgumentError(f"loss.class_weights: {target.classes} weights (one per class), "
                                    f"got {len(cfg['loss']['class_weights'])}")
@@ -323,7 +330,8 @@ def _train(job: Job, torch: Any, save_model: Any, progress: bool) -> TrainResult
                 assert val is not None
                 module.eval()
                 path = save_models(done)
-                score = evaluate(path, val[0], val[1], run, v["thresholds"], device, threads)
+                score = evaluate(path, val[0], val[1], run, v["thresholds"], device, threads,
+                                 softmax)
                 torch.set_num_threads(threads)
                 module.train()
                 score["step"] = done

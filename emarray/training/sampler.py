@@ -100,6 +100,45 @@ class Target:
     foreground: tuple[int, ...] | None = None   # None: every label > 0
     ignore: int | None = None
     binary: bool = True
+    affinities: bool = False   # the net learns 3 nearest-neighbour affinities of the instances
+
+    def affinity(self, labels: np.ndarray, mask: np.ndarray | None,
+                 low: tuple[bool, ...]) -> np.ndarray:
+        """(3, *S) int8: channel k is 1 where a voxel and its neighbour one lower along axis k
+        hold the same instance id (not 0), 0 where they differ or either is background, IGNORE
+        where either is ignored, outside the mask, or (``low[k]`` false) outside the patch.
+        ``labels`` holds one extra layer below ``S`` along each axis where ``low`` says so.
+
+        >>> Target(affinities=True).affinity(np.array([[[0, 5, 5, 7]]]), None,
+        ...                                  (False, False, True))[2].tolist()
+        [[[0, 1, 0]]]
+        """
+        own = tuple(slice(1 if lo else 0, None) for lo in low)
+        cur = labels[own]
+        out = np.empty((3, *cur.shape), np.int8)
+        bad = np.zeros(labels.shape, bool)
+        if self.ignore is not None:
+            bad |= labels == self.ignore
+        if mask is not None:
+            bad |= mask == 0
+        for k in range(3):
+            if low[k]:
+                prev_sl = list(own)
+                prev_sl[k] = slice(0, -1)
+                prev, prev_bad = labels[tuple(prev_sl)], bad[tuple(prev_sl)]
+            else:
+                shifted = [slice(None)] * 3
+                shifted[k] = slice(0, -1)
+                prev = np.empty_like(cur)
+                prev_bad = np.ones(cur.shape, bool)
+                dst = [slice(None)] * 3
+                dst[k] = slice(1, None)
+                prev[tuple(dst)] = cur[tuple(shifted)]
+                prev_bad[tuple(dst)] = bad[own][tuple(shifted)]
+            a = ((cur == prev) & (cur != 0)).astype(np.int8)
+            a[prev_bad | bad[own]] = IGNORE
+            out[k] = a
+        return out
 
     def __call__(self, labels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         if self.binary:
@@ -349,8 +388,14 @@ class PatchSampler:
         lab = read_padded(p.labels, box, "reflect")
         arrays = [lab] + ([read_padded(p.mask, box, "reflect")] if p.mask is not None else [])
         x, *rest = t.apply(raw, *arrays)
-        crop = tuple(slice(m, m + o) for m, o in zip(self.margin, self.output))
-        target = self.target(rest[0][crop], rest[1][crop] if p.mask is not None else None)
+        if self.target.affinities:  # one layer more below, where the patch has it
+            low = tuple(m > 0 for m in self.margin)
+            crop = tuple(slice(m - lo, m + o) for m, o, lo in zip(self.margin, self.output, low))
+            target = self.target.affinity(rest[0][crop], rest[1][crop] if p.mask is not None
+                                          else None, low)
+        else:
+            crop = tuple(slice(m, m + o) for m, o in zip(self.margin, self.output))
+            target = self.target(rest[0][crop], rest[1][crop] if p.mask is not None else None)
         mean, std = self.normalize
         x = (x * np.float32(self.scale) - np.float32(mean)) / np.float32(std)
         return x[None].astype(np.float32, copy=False), target

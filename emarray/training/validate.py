@@ -89,12 +89,20 @@ def validation_set(held: Held, run: Path, target: Target, softmax: bool) -> tupl
         _write_blocks(val_raw, lambda r: src_raw.read(_shift(r, region)), shape)
     else:
         val_raw, shape = held.raw, held.raw.shape
-    classes = target.classes
-    tshape = ((classes,) if softmax else ()) + tuple(shape)
-    truth = _fresh(folder / "truth.zarr", tshape, np.uint8, val_raw, channels=softmax)
+    classes = 3 if target.affinities else target.classes
+    channels = softmax or target.affinities
+    tshape = ((classes,) if channels else ()) + tuple(shape)
+    truth = _fresh(folder / "truth.zarr", tshape, np.uint8, val_raw, channels=channels)
 
     def block(r: tuple[slice, ...]) -> np.ndarray:
         src = _shift(r, region) if region is not None else r
+        if target.affinities:  # each voxel's link to the one below it: read one layer more
+            grown = tuple(slice(max(s.start - 1, 0), s.stop) for s in src)
+            low = tuple(g.start < s.start for g, s in zip(grown, src))
+            lab = src_lab.read(grown)
+            aff = target.affinity(lab, src_mask.read(grown) if src_mask is not None else None,
+                                  low)
+            return np.where(aff == IGNORE, 255, aff).astype(np.uint8)
         lab = src_lab.read(src)
         target.check(lab, src_lab.url)
         t = target(lab, src_mask.read(src) if src_mask is not None else None)
@@ -123,8 +131,9 @@ def _fresh(path: Path, shape: tuple[int, ...], dtype: Any, like: Volume, channel
 
 
 def evaluate(model_file: str, val_raw: Volume, truth: Volume, run: Path, thresholds: int,
-             backend: str, threads: int) -> dict[str, Any]:
-    """predict + sweep on the validation set: best F1 and IoU over the thresholds."""
+             backend: str, threads: int, softmax: bool = False) -> dict[str, Any]:
+    """predict + sweep on the validation set: best F1 and IoU over the thresholds, averaged
+    over the channels (a softmax net's foreground classes; an affinity net's three links)."""
     from ..engine.stages import forget_worker_state
     from ..ops.predict import file_sha256, predict
     from ..ops.sweep import best_rows, sweep
@@ -137,7 +146,7 @@ def evaluate(model_file: str, val_raw: Volume, truth: Volume, run: Path, thresho
                scheduler="threads", workers=1)
     df.to_csv(run / VALIDATION / "sweep.csv", index=False)
     rows = best_rows(df)
-    if len(rows) > 1:   # softmax: the foreground classes
+    if softmax:   # the foreground classes
         rows = {ch: r for ch, r in rows.items() if ch > 0}
     best: dict[str, Any] = {}
     for m in ("f1", "iou"):

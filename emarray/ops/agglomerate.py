@@ -1,0 +1,475 @@
+"""Agglomerate watershed fragments into segments by mean boundary, out of core.
+
+1. ``graph``: every block adds the contacts of touching fragments along each axis — between each
+   voxel of its own region and its neighbour one voxel lower, which lies in the block below at
+   the block's low faces — to a table of edges ``u, v, size, sum, min, max`` of the boundary
+   value on the contact (the mean of the two voxels' boundary, or ``1 -`` the affinity between
+   them); the tables are merged in a tree, so the driver holds one row per edge, never a voxel.
+2. On the driver, hierarchical agglomeration (:func:`agglomerate_graph`): the edge of lowest
+   mean boundary is merged first, and the merged segment's edges to a common neighbour are
+   combined by contact-weighted mean, until the lowest mean reaches the threshold; several
+   thresholds are cut in one pass. Arrays and numba, not a Python object per fragment.
+3. ``relabel``: each block maps its fragments to segments through the lookup table.
+
+The graph (``graph.npz``) and the fragment -> segment table (``lookup.npz``, ``lookup.csv``) are
+kept in the output, so a segmentation at another threshold is cut from them (``graph=``)
+without reading the fragments twice.
+"""
+from __future__ import annotations
+
+import heapq
+import io
+import os
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..engine import BlockContext, BlockGrid, LaterStage, Read, RunOptions, Stage, Write
+from ..engine.checkpoint import atomic_write
+from ..errors import InvalidArgumentError, ShapeMismatchError
+from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port, layout_params
+from ..volume import Volume, create_volume, open_volume
+from .common import as_volume, retype, run_blockwise
+from .tables import MAX, MIN, SUM, merge
+
+EDGE_HOW = {"size": SUM, "sum": SUM, "min": MIN, "max": MAX}
+
+
+# -- 1. the region adjacency graph, block by block ----------------------------------------------
+def block_edges(frag: np.ndarray, bnd: np.ndarray, origin_in_read: tuple[int, ...],
+                own_shape: tuple[int, ...], affinities: bool) -> dict[str, np.ndarray]:
+    """The contacts of one block: for each voxel of its own region (at ``origin_in_read`` in the
+    read arrays) and its lower neighbour along each axis, where both are fragments and differ."""
+    us, vs, vals = [], [], []
+    o = origin_in_read
+    own = tuple(slice(a, a + n) for a, n in zip(o, own_shape))
+    f_own = frag[own]
+    for axis in range(3):
+        if o[axis] == 0:  # the block's low face is the volume's: no neighbour below
+            sl = list(own)
+            sl[axis] = slice(o[axis] + 1, o[axis] + own_shape[axis])
+            here = tuple(sl)
+        else:
+            here = own
+        below = list(here)
+        below[axis] = slice(here[axis].start - 1, here[axis].stop - 1)
+        a, b = frag[here], frag[tuple(below)]
+        touch = (a != b) & (a != 0) & (b != 0)
+        if not touch.any():
+            continue
+        if affinities:
+            val = 1.0 - bnd[(axis,) + here][touch].astype(np.float64)
+        else:
+            val = (bnd[here][touch].astype(np.float64) + bnd[tuple(below)][touch]) / 2
+        ua, ub = a[touch], b[touch]
+        us.append(np.minimum(ua, ub))
+        vs.append(np.maximum(ua, ub))
+        vals.append(val)
+    del f_own
+    if not us:
+        return _empty_edges(frag.dtype)
+    u, v, x = np.concatenate(us), np.concatenate(vs), np.concatenate(vals)
+    order = np.lexsort((v, u))
+    u, v, x = u[order], v[order], x[order]
+    starts = np.flatnonzero(np.r_[True, (u[1:] != u[:-1]) | (v[1:] != v[:-1])])
+    return {"u": u[starts].astype(np.uint64), "v": v[starts].astype(np.uint64),
+            "size": np.diff(np.r_[starts, u.size]).astype(np.int64),
+            "sum": np.add.reduceat(x, starts), "min": np.minimum.reduceat(x, starts),
+            "max": np.maximum.reduceat(x, starts)}
+
+
+def _empty_edges(dtype: Any = np.uint64) -> dict[str, np.ndarray]:
+    return {"u": np.empty(0, np.uint64), "v": np.empty(0, np.uint64),
+            "size": np.empty(0, np.int64), "sum": np.empty(0), "min": np.empty(0),
+            "max": np.empty(0)}
+
+
+def _graph_block(ctx: BlockContext, frag: np.ndarray, bnd: np.ndarray, *,
+                 affinities: bool) -> tuple:
+    read = ctx.reads[0]
+    origin = tuple(w.start - r.start for w, r in zip(ctx.region, read))
+    own_shape = tuple(w.stop - w.start for w in ctx.region)
+    edges = block_edges(frag, bnd, origin, own_shape, affinities)
+    own = frag[tuple(slice(a, a + n) for a, n in zip(origin, own_shape))]
+    ids = np.unique(own)
+    return edges, {"id": ids[ids != 0].astype(np.uint64)}
+
+
+def _fold(a: tuple, b: tuple) -> tuple:
+    return (merge(a[0], b[0], ["u", "v"], EDGE_HOW), merge(a[1], b[1], ["id"], {}))
+
+
+# -- 2. the agglomeration -----------------------------------------------------------------------
+def _agglomerate_kernel():
+    from numba import njit, types
+    from numba.typed import Dict, List
+
+    @njit(cache=True)
+    def run(n, eu, ev, esum, esize, thresholds):  # pragma: no cover - compiled
+        m = eu.size
+        adj = List()
+        for _ in range(n):
+            adj.append(Dict.empty(key_type=types.int64, value_type=types.int64))
+        heap = []
+        for i in range(m):
+            a, b = eu[i], ev[i]
+            adj[a][b] = i
+            adj[b][a] = i
+            heap.append((esum[i] / esize[i], i, 0))
+        heapq.heapify(heap)
+        stamp = np.zeros(m, np.int64)
+        alive = np.ones(m, np.bool_)
+        parent = np.arange(n)
+        out = np.empty((thresholds.size, n), np.int64)
+        ti = 0
+        while heap and ti < thresholds.size:
+            mean, i, st = heapq.heappop(heap)
+            if not alive[i] or st != stamp[i]:
+                continue
+            while ti < thresholds.size and mean >= thresholds[ti]:
+                for k in range(n):
+                    r = k
+                    while parent[r] != r:
+                        r = parent[r]
+                    out[ti, k] = r
+                ti += 1
+            if ti == thresholds.size:
+                break
+            a, b = eu[i], ev[i]
+            if len(adj[a]) < len(adj[b]):
+                a, b = b, a
+            alive[i] = False
+            del adj[a][b]
+            del adj[b][a]
+            for c, j in adj[b].items():
+                del adj[c][b]
+                if c in adj[a]:
+                    k = adj[a][c]
+                    esum[k] += esum[j]
+                    esize[k] += esize[j]
+                    alive[j] = False
+                    stamp[k] += 1
+                    heapq.heappush(heap, (esum[k] / esize[k], k, stamp[k]))
+                else:
+                    adj[a][c] = j
+                    adj[c][a] = j
+                    if eu[j] == b:
+                        eu[j] = a
+                    else:
+                        ev[j] = a
+            adj[b] = Dict.empty(key_type=types.int64, value_type=types.int64)
+            parent[b] = a
+        while ti < thresholds.size:
+            for k in range(n):
+                r = k
+                while parent[r] != r:
+                    r = parent[r]
+                out[ti, k] = r
+            ti += 1
+        return out
+
+    return run
+
+
+_KERNEL: Any = None
+
+
+def agglomerate_graph(n: int, u: np.ndarray, v: np.ndarray, total: np.ndarray, size: np.ndarray,
+                      thresholds: Any) -> np.ndarray:
+    """Mean-boundary agglomeration of a graph of ``n`` nodes (edges ``u``-``v`` with the sum
+    ``total`` and the count ``size`` of their contact's boundary values); per threshold, the
+    root of each node's segment once every edge of mean below the threshold is merged.
+
+    >>> agglomerate_graph(3, np.array([0, 1]), np.array([1, 2]), np.array([0.2, 1.8]),
+    ...                   np.array([1, 2]), [0.5, 1.0]).tolist()
+    [[1, 1, 2], [1, 1, 1]]
+    """
+    global _KERNEL
+    if _KERNEL is None:
+        _KERNEL = _agglomerate_kernel()
+    t = np.sort(np.asarray(thresholds, np.float64))
+    if n == 0:
+        return np.empty((t.size, 0), np.int64)
+    return _KERNEL(int(n), np.asarray(u, np.int64).copy(), np.asarray(v, np.int64).copy(),
+                   np.asarray(total, np.float64).copy(), np.asarray(size, np.float64).copy(), t)
+
+
+def sequential(roots: np.ndarray) -> np.ndarray:
+    """Segment ids 1..K from roots, numbered in the order of each segment's first node.
+
+    >>> sequential(np.array([4, 4, 2, 4, 2])).tolist()
+    [1, 1, 2, 1, 2]
+    """
+    _, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(1, first.size + 1)
+    return rank[inverse]
+
+
+def reference_agglomeration(edges: list[tuple[int, int, float, int]], n: int,
+                            threshold: float) -> list[int]:
+    """A plain Python heap of mean-boundary merges (the tests' reference): ``edges`` are
+    ``(u, v, sum, size)``; returns each node's root... as a partition (the smallest node of its
+    segment)."""
+    adj: dict[int, dict[int, list[float]]] = {i: {} for i in range(n)}
+    for u, v, s, c in edges:
+        adj[u][v] = adj[v][u] = [s, c]
+    parent = list(range(n))
+    heap = [(s / c, min(u, v), max(u, v)) for u, v, s, c in edges]
+    heapq.heapify(heap)
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    while heap:
+        mean, u, v = heapq.heappop(heap)
+        if mean >= threshold:
+            break
+        if parent[u] != u or parent[v] != v or v not in adj[u]:
+            continue
+        total, count = adj[u][v]
+        if abs(total / count - mean) > 1e-12:
+            continue  # stale
+        del adj[u][v], adj[v][u]
+        for w, (s2, c2) in list(adj[v].items()):
+            del adj[w][v]
+            if w in adj[u]:
+                adj[u][w][0] += s2
+                adj[u][w][1] += c2
+                adj[w][u] = adj[u][w]
+            else:
+                adj[u][w] = adj[w][u] = [s2, c2]
+            a, b = min(u, w), max(u, w)
+            heapq.heappush(heap, (adj[u][w][0] / adj[u][w][1], a, b))
+        adj[v] = {}
+        parent[v] = u
+    roots = [root(i) for i in range(n)]
+    first: dict[int, int] = {}
+    for i, r in enumerate(roots):
+        first.setdefault(r, i)
+    return [first[r] for r in roots]
+
+
+# -- 3. the lookup table and the relabel --------------------------------------------------------
+def _save(path: Path, **arrays: np.ndarray) -> None:
+    buf = io.BytesIO()
+    entries: dict[str, Any] = dict(arrays)
+    np.savez(buf, **entries)
+    atomic_write(path, buf.getvalue())
+
+
+_LUTS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _lookup(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (fragments, segments per threshold) table, loaded once per worker process."""
+    got = _LUTS.get(path)
+    if got is None:
+        with np.load(path, allow_pickle=False) as z:
+            got = (z["fragments"], z["segments"])
+        _LUTS.clear()
+        _LUTS[path] = got
+    return got
+
+
+def relabel_block(frag: np.ndarray, fragments: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """Each fragment id of the block replaced by its segment (0 stays 0)."""
+    ids, inverse = np.unique(frag, return_inverse=True)
+    where = np.searchsorted(fragments, ids)
+    where = np.minimum(where, max(fragments.size - 1, 0))
+    found = (fragments.size > 0) & (fragments[where] == ids) if fragments.size else np.zeros(
+        ids.size, bool)
+    seg = np.where(found, segments[where] if segments.size else 0, 0)
+    return seg[inverse].reshape(frag.shape)
+
+
+def _relabel(ctx: BlockContext, frag: np.ndarray, *, lut: str, rows: list[int],
+             dtypes: list[str]) -> tuple:
+    """Each output's segments: ``rows`` are their thresholds' rows in the lookup table."""
+    fragments, segments = _lookup(lut)
+    return tuple(relabel_block(frag, fragments, segments[k]).astype(dt)
+                 for k, dt in zip(rows, dtypes))
+
+
+def _label(t: float) -> str:
+    return f"t{t:g}"
+
+
+def _report(v: Volume, args: dict[str, Any]) -> list[str]:
+    em = v.attrs.get("emarray", {}).get("agglomeration", {})
+    lines = [f"wrote {v.url}: {v.shape} {v.dtype}: {em.get('fragments', 0):,} fragments, "
+             f"{em.get('edges', 0):,} edges"]
+    for t, n in em.get("segments", {}).items():
+        where = "" if float(t) == em.get("threshold") else f" (in {v.url}/{_label(float(t))})"
+        lines.append(f"  threshold {t}: {n:,} segments{where}")
+    return lines
+
+
+SPEC = Operator(
+    "agglomerate", "watershed fragments merged into segments by mean boundary across the whole "
+                   "volume; the graph and the fragment-to-segment table kept",
+    inputs=(Port("fragments", "volume", "fragment ids (emarray watershed), 0 = background",
+                 labels=True),
+            Port("boundary", "volume", "the boundary map the fragments came from (or c,z,y,x "
+                                       "affinities with affinities)")),
+    output=Port("dst", "volume", "the segmentation at threshold; other thresholds as images "
+                                 "inside it (DST/t0.3); graph.npz, lookup.npz and lookup.csv "
+                                 "beside its array", labels=True),
+    params=(Param("threshold", "float", "merge while the lowest mean boundary between two "
+                                        "segments is below this"),
+            Param("thresholds", "numbers", "more thresholds cut from the same agglomeration, "
+                                           "each written as DST/tT"),
+            Param("affinities", "flag", "boundary is c,z,y,x affinities: a contact's value is 1 - "
+                                        "the affinity between its two voxels"),
+            Param("graph", "text", "reuse the graph of an earlier agglomerate output (a path) "
+                                   "instead of reading the fragments again"),
+            *layout_params()),
+    run=ENGINE + REPLACE + INCOMPLETE, report=_report,
+    examples=("emarray agglomerate fragments.zarr boundary.zarr cells.zarr --threshold 0.3 "
+              "--thresholds 0.2,0.4,0.5",))
+
+
+@SPEC.function
+def agglomerate(fragments: Volume | str | os.PathLike, boundary: Volume | str | os.PathLike,
+                dst: str | os.PathLike, *, threshold: float = 0.5, thresholds: Any = None,
+                affinities: bool = False, graph: str | os.PathLike | None = None,
+                chunks: Any = None, shards: Any = None, compression: str = "zstd",
+                options: RunOptions | None = None, **run: Any) -> Volume:
+    """Merge ``fragments`` into segments by the mean of ``boundary`` on their contacts.
+
+    Returns
+    -------
+    Volume
+        The segmentation at ``threshold`` (ids 1..N in the order of each segment's smallest
+        fragment); ``attrs["emarray"]["agglomeration"]`` counts fragments, edges and segments.
+
+    Examples
+    --------
+    >>> import emarray, numpy as np, tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> f = np.array([[[1, 1, 2, 2, 3, 3]]], np.uint64)          # three fragments in a row
+    >>> b = np.array([[[0, .1, .1, .9, .9, 0]]], np.float32)     # a weak wall, then a strong one
+    >>> fv = emarray.create_volume(os.path.join(d, "f.zarr"), f.shape, "uint64", (1, 1, 2))
+    >>> fv.write((slice(0, 1), slice(0, 1), slice(0, 6)), f)
+    >>> bv = emarray.create_volume(os.path.join(d, "b.zarr"), b.shape, "float32", (1, 1, 2))
+    >>> bv.write((slice(0, 1), slice(0, 1), slice(0, 6)), b)
+    >>> s = emarray.agglomerate(fv, bv, os.path.join(d, "s.zarr"), threshold=0.5)
+    >>> s.read().ravel().tolist()
+    [1, 1, 1, 1, 2, 2]
+    """
+    opts = RunOptions.make(options, **run)
+    fv = as_volume(fragments, opts.allow_incomplete)
+    bv = as_volume(boundary, opts.allow_incomplete)
+    if fv.ndim != 3 or fv.dtype.kind not in "ui":
+        raise InvalidArgumentError(f"fragments must be z,y,x integer ids; {fv.url} is "
+                                   f"{fv.shape} {fv.dtype}")
+    if bv.dtype.kind != "f":
+        raise InvalidArgumentError(f"{bv.url} holds {bv.dtype}: the boundary must be a float "
+                                   "map (or float affinities)")
+    spatial = bv.shape[1:] if affinities else bv.shape
+    if affinities and (bv.ndim != 4 or bv.shape[0] != 3):
+        raise InvalidArgumentError(f"affinities must be c,z,y,x with 3 channels; {bv.url} has "
+                                   f"shape {bv.shape}")
+    if spatial != fv.shape:
+        raise ShapeMismatchError(f"fragments have shape {fv.shape}, the boundary {bv.shape}")
+    cuts = sorted({float(threshold)} | {float(t) for t in (thresholds or ())})
+    for t in cuts:
+        if not 0 <= t <= 1:
+            raise InvalidArgumentError(f"thresholds must be within the boundary map's range "
+                                       f"[0, 1], got {t!r}")
+    reuse = None
+    if graph is not None:
+        reuse = Path(os.fspath(graph))
+        if not (reuse / "graph.npz").is_file():
+            raise InvalidArgumentError(f"graph {os.fspath(graph)!r} holds no graph.npz: give an "
+                                       "earlier agglomerate output")
+    grid = BlockGrid(fv.shape, fv.block_shape)
+    extra = [t for t in cuts if t != float(threshold)]
+    job = {"threshold": float(threshold), "thresholds": extra, "affinities": affinities,
+           "boundary": bv.fingerprint(), "graph": os.fspath(reuse) if reuse else None}
+
+    def stages(out: Volume, setup: dict[str, Any]) -> list:
+        root = Path(out.url)
+
+        def finalize(acc: Any) -> dict[str, Any]:
+            if reuse is not None:
+                with np.load(reuse / "graph.npz", allow_pickle=False) as z:
+                    edges = {k: z[k] for k in z.files if k != "fragments"}
+                    ids = z["fragments"]
+            else:
+                edges, ids_t = acc if acc is not None else (_empty_edges(), {"id": np.empty(0, np.uint64)})
+                ids = ids_t["id"]
+            return _cut(root, edges, ids, cuts, float(threshold))
+
+        reads = [Read(fv, halo=1, boundary="none"),
+                 Read(bv, halo=1, boundary="none", channels="all" if affinities else "same")]
+        first: Any
+        if reuse is None:
+            first = Stage("graph", partial(_graph_block, affinities=affinities), grid, reads,
+                          combine=_fold, finalize=finalize)
+        else:
+            first = Stage("graph", lambda ctx: 0, BlockGrid((1, 1, 1), (1, 1, 1)),
+                          combine=lambda a, b: a, finalize=finalize)
+
+        def build(given: dict[str, Any]) -> Stage:
+            dtypes = given["dtypes"]
+            target = retype(out, dtypes[str(float(threshold))])
+            vols = [target]
+            for t in extra:
+                vols.append(_nested(out, _label(t), dtypes[str(t)], job))
+            order = [float(threshold)] + extra
+            return Stage("relabel", partial(_relabel, lut=given["lut"],
+                                            rows=[cuts.index(t) for t in order],
+                                            dtypes=[dtypes[str(t)] for t in order]),
+                         grid, [Read(fv)], [Write(v) for v in vols])
+        return [first, LaterStage("relabel", build)]
+
+    return run_blockwise("agglomerate", fv, dst, np.uint32, job, opts, stages, chunks=chunks,
+                         shards=shards, compression=compression, inputs=[fv, bv],
+                         attrs={"labels": True, "files": ["graph.npz", "lookup.npz",
+                                                          "lookup.csv"]})
+
+
+def _cut(root: Path, edges: dict[str, np.ndarray], ids: np.ndarray, cuts: list[float],
+         primary: float) -> dict[str, Any]:
+    """Driver: agglomerate, number the segments, keep the graph and the lookup table."""
+    import zarr
+    fragments = np.union1d(ids.astype(np.uint64), np.union1d(edges["u"], edges["v"]))
+    u = np.searchsorted(fragments, edges["u"])
+    v = np.searchsorted(fragments, edges["v"])
+    roots = agglomerate_graph(fragments.size, u, v, edges["sum"], edges["size"], cuts)
+    segments = np.stack([sequential(r) for r in roots]) if fragments.size else np.zeros(
+        (len(cuts), 0), np.int64)
+    _save(root / "graph.npz", fragments=fragments, **edges)
+    _save(root / "lookup.npz", fragments=fragments, segments=segments,
+          thresholds=np.array(cuts))
+    header = "fragment," + ",".join(f"segment_{_label(t)}" for t in cuts)
+    table = np.column_stack([fragments.astype(np.uint64)] + [s.astype(np.uint64)
+                                                             for s in segments])
+    buf = io.StringIO()
+    np.savetxt(buf, table, fmt="%d", delimiter=",", header=header, comments="")
+    atomic_write(root / "lookup.csv", buf.getvalue().encode())
+    counts = {str(t): int(s.max()) if s.size else 0 for t, s in zip(cuts, segments)}
+    dtypes = {t: ("uint32" if n < 2**32 else "uint64") for t, n in counts.items()}
+    g = zarr.open_group(os.fspath(root), mode="r+")
+    em: dict[str, Any] = dict(g.attrs.get("emarray") or {})  # type: ignore[arg-type]
+    em["agglomeration"] = {"fragments": int(fragments.size), "edges": int(u.size),
+                           "threshold": primary, "segments": counts}
+    g.attrs["emarray"] = em
+    return {"lut": os.fspath(root / "lookup.npz"), "dtypes": dtypes}
+
+
+def _nested(out: Volume, name: str, dtype: str, job: dict[str, Any]) -> Volume:
+    path = Path(out.url) / name
+    if (path / "zarr.json").is_file():
+        return open_volume(path)
+    return create_volume(path, out.shape, dtype, out.chunks, shards=out.shards,
+                         voxel_size=out.voxel_size, unit=out.unit, translation=out.translation,
+                         axes=out.axes, attrs={"job": {"operator": "agglomerate", "cut": name,
+                                                       **{k: v for k, v in job.items()
+                                                          if k != "boundary"}},
+                                                "labels": True})

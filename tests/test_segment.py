@@ -1,0 +1,265 @@
+"""From a boundary map to a segmentation: distance, watershed, agglomerate, each against an
+independent whole-array computation on several chunkings."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+
+import emarray
+from emarray.ops.agglomerate import (agglomerate_graph, block_edges, reference_agglomeration,
+                                     sequential)
+from emarray.ops.watershed import boundary_of, flood, seeds_of
+
+from .conftest import make_volume
+from .test_hardening import cli, one_error_line, wait_for
+
+PY = sys.executable
+
+
+def cells(shape=(12, 40, 44), n=14, seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """Truth labels of Voronoi-like cells and a boundary map (1 on their walls, smoothed)."""
+    rng = np.random.default_rng(seed)
+    pts = rng.random((n, 3)) * np.array(shape)
+    grid = np.stack(np.meshgrid(*(np.arange(s) for s in shape), indexing="ij"), -1)
+    d = ((grid[..., None, :] - pts) ** 2 * np.array([4, 1, 1])).sum(-1)
+    truth = (np.argmin(d, axis=-1) + 1).astype(np.uint32)
+    wall = np.zeros(shape, bool)
+    for axis in range(3):
+        diff = np.diff(truth, axis=axis) != 0
+        sl = [slice(None)] * 3
+        sl[axis] = slice(1, None)
+        wall[tuple(sl)] |= diff
+    b = ndimage.gaussian_filter(wall.astype(np.float32), 0.7)
+    b = (b / b.max() + rng.random(shape).astype(np.float32) * 0.05).clip(0, 1).astype(np.float32)
+    return truth, b
+
+
+# -- distance -----------------------------------------------------------------------------------
+@settings(max_examples=12, deadline=None)
+@given(shape=st.tuples(st.integers(1, 9), st.integers(1, 17), st.integers(1, 17)),
+       chunks=st.tuples(st.integers(1, 5), st.integers(1, 9), st.integers(1, 9)),
+       voxel=st.sampled_from([(1, 1, 1), (3.0, 1.0, 1.0), (2.5, 0.5, 1.5)]),
+       cap=st.sampled_from([1.0, 2.5, 6.0]), density=st.sampled_from([0.0, 0.05, 0.3, 1.0]),
+       seed=st.integers(0, 3))
+def test_distance_equals_scipy_clipped_for_any_chunking(tmp_path_factory, shape, chunks, voxel,
+                                                        cap, density, seed):
+    d = tmp_path_factory.mktemp("d")
+    mask = (np.random.default_rng(seed).random(shape) >= density).astype(np.uint8)
+    v = make_volume(d / "m.zarr", mask, chunks, voxel_size=voxel)
+    got = emarray.distance(v, d / "d.zarr", max_distance=cap).read()
+    want = np.minimum(ndimage.distance_transform_edt(mask, sampling=voxel), cap)
+    if not (mask == 0).any():
+        want[:] = cap  # no background at all: every voxel is at least D from one
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
+
+
+def test_distance_units_threshold_below_and_signed(tmp_path):
+    b = np.random.default_rng(1).random((6, 20, 24)).astype(np.float32)
+    v = make_volume(tmp_path / "b.zarr", b, (3, 8, 8), voxel_size=(40, 4, 4))
+    got = emarray.distance(v, tmp_path / "d.zarr", threshold=0.7, below=True,
+                           max_distance="0.03um").read()
+    mask = b < 0.7
+    want = np.minimum(ndimage.distance_transform_edt(mask, sampling=(40, 4, 4)), 30)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-4)
+    s = emarray.distance(v, tmp_path / "s.zarr", threshold=0.7, below=True, max_distance=30,
+                         signed=True).read()
+    out = np.minimum(ndimage.distance_transform_edt(~mask, sampling=(40, 4, 4)), 30)
+    np.testing.assert_allclose(s, want - out, rtol=1e-6, atol=1e-4)
+    assert emarray.open_volume(tmp_path / "s.zarr").attrs["emarray"]["distance"]["unit"] == \
+        "nanometer"
+
+
+def test_distance_bad_input_is_one_line(tmp_path):
+    make_volume(tmp_path / "m.zarr", np.ones((4, 8, 8), np.uint8), 4)
+    for args, says in ((("--max-distance", "-3"), "max_distance must be > 0"),
+                       (("--max-distance", "3 parsecs"), "max_distance has an unknown unit"),
+                       (("--max-distance", "far"), "max_distance must be a length"),
+                       (("--below",), "below needs a threshold")):
+        line = one_error_line(cli("distance", tmp_path / "m.zarr", tmp_path / "d.zarr", *args))
+        assert says in line
+    assert not (tmp_path / "d.zarr").exists()
+
+
+# -- watershed ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["maxima", "components"])
+def test_watershed_inside_a_block_equals_scikit_image_on_the_grown_block(tmp_path, method):
+    from skimage.segmentation import watershed as sk_watershed
+    _, b = cells()
+    chunks, halo = (6, 16, 16), (2, 6, 6)
+    v = make_volume(tmp_path / "b.zarr", b, chunks)
+    frag = emarray.watershed(v, tmp_path / "f.zarr", threshold=0.3, seed_method=method,
+                             halo=halo).read()
+    for index in [(0, 0, 0), (1, 1, 2), (0, 2, 1)]:
+        own = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, chunks, b.shape))
+        grown = tuple(slice(max(s.start - h, 0), min(s.stop + h, n))
+                      for s, h, n in zip(own, halo, b.shape))
+        g = b[grown]
+        markers = seeds_of(g, method, 0.3, (1.0, 1.0, 1.0))
+        ref = sk_watershed(g, markers)
+        crop = ref[tuple(slice(o.start - r.start, o.stop - r.start) for o, r in zip(own, grown))]
+        got = frag[own]
+        # the same partition of the block's own region (ids differ: block tag, renumbering)
+        pairs = np.unique(np.stack([got.ravel(), crop.ravel()]), axis=1)
+        assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+    assert (frag > 0).all()  # every voxel belongs to a fragment
+    blocks = frag >> np.uint64(32)
+    for block in np.unique(blocks):  # ids unique across blocks: a block's ids are its own
+        assert len(np.unique(blocks[np.isin(frag, frag[blocks == block])])) == 1
+
+
+def test_watershed_seeds_from_a_volume_a_distance_and_relabel(tmp_path):
+    truth, b = cells(seed=2)
+    make_volume(tmp_path / "b.zarr", b, (6, 20, 22))
+    seeds = np.where(ndimage.binary_erosion(b < 0.2, iterations=2), truth, 0).astype(np.uint32)
+    make_volume(tmp_path / "s.zarr", seeds, (6, 20, 22))
+    f = emarray.watershed(tmp_path / "b.zarr", tmp_path / "f.zarr", seeds=tmp_path / "s.zarr",
+                          relabel=True).read()
+    assert f.min() >= 1 and f.dtype == np.uint32
+    assert set(np.unique(f)) == set(range(1, f.max() + 1))  # 1..N
+    emarray.distance(tmp_path / "b.zarr", tmp_path / "d.zarr", threshold=0.3, below=True,
+                     max_distance=8)
+    g = emarray.watershed(tmp_path / "b.zarr", tmp_path / "g.zarr",
+                          distance=tmp_path / "d.zarr", threshold=0.3)
+    assert (g.read() > 0).all()
+
+
+def test_watershed_bad_input_is_one_line(tmp_path):
+    make_volume(tmp_path / "u8.zarr", np.zeros((4, 8, 8), np.uint8), 4)
+    make_volume(tmp_path / "aff.zarr", np.zeros((2, 4, 8, 8), np.float32), (2, 4, 4, 4))
+    make_volume(tmp_path / "b.zarr", np.zeros((4, 8, 8), np.float32), 4)
+    for args, says in (((tmp_path / "u8.zarr",), "float boundary map"),
+                       ((tmp_path / "aff.zarr", "--affinities"), "3 channels"),
+                       ((tmp_path / "b.zarr", "--threshold", "5"), "threshold must be in (0, 1]")):
+        line = one_error_line(cli("watershed", args[0], tmp_path / "f.zarr", *args[1:]))
+        assert says in line
+    assert not (tmp_path / "f.zarr").exists()
+
+
+# -- agglomerate --------------------------------------------------------------------------------
+def whole_graph(frag: np.ndarray, b: np.ndarray) -> dict[tuple[int, int], tuple[int, float]]:
+    """Every pair of face-adjacent voxels of two fragments, over the whole array (NumPy)."""
+    out: dict[tuple[int, int], list] = {}
+    for axis in range(3):
+        a = np.moveaxis(frag, axis, 0)
+        bb = np.moveaxis(b, axis, 0)
+        x, y = a[1:], a[:-1]
+        t = (x != y) & (x > 0) & (y > 0)
+        vals = ((bb[1:] + bb[:-1]) / 2)[t]
+        for u, v, val in zip(np.minimum(x, y)[t], np.maximum(x, y)[t], vals):
+            e = out.setdefault((int(u), int(v)), [0, 0.0])
+            e[0] += 1
+            e[1] += float(val)
+    return {k: (c, s) for k, (c, s) in out.items()}
+
+
+@pytest.mark.parametrize("chunks", [(12, 40, 44), (5, 13, 11), (1, 7, 40)])
+def test_the_graph_equals_a_whole_array_computation(tmp_path, chunks):
+    truth, b = cells(shape=(10, 30, 32), seed=3)
+    make_volume(tmp_path / "f.zarr", truth.astype(np.uint64), chunks)
+    make_volume(tmp_path / "b.zarr", b, chunks)
+    emarray.agglomerate(tmp_path / "f.zarr", tmp_path / "b.zarr", tmp_path / "s.zarr",
+                        threshold=0.0)
+    with np.load(tmp_path / "s.zarr" / "graph.npz") as z:
+        got = {(int(u), int(v)): (int(c), float(s)) for u, v, c, s in
+               zip(z["u"], z["v"], z["size"], z["sum"])}
+    want = whole_graph(truth, b.astype(np.float64))
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k][0] == want[k][0]
+        assert got[k][1] == pytest.approx(want[k][1], rel=1e-9)
+
+
+def test_agglomeration_equals_a_python_heap_of_merges():
+    rng = np.random.default_rng(4)
+    for trial in range(20):
+        n = int(rng.integers(2, 30))
+        pairs = {(int(a), int(b)) for a, b in rng.integers(0, n, (n * 2, 2)) if a != b}
+        edges = [(min(a, b), max(a, b), float(rng.random() * c), c) for a, b in pairs
+                 for c in [int(rng.integers(1, 5))]]
+        edges = list({(u, v): (u, v, s, c) for u, v, s, c in edges}.values())
+        for t in (0.0, 0.2, 0.5, 0.9, 1.0):
+            want = reference_agglomeration(edges, n, t)
+            u = np.array([e[0] for e in edges]), np.array([e[1] for e in edges])
+            roots = agglomerate_graph(n, u[0], u[1], np.array([e[2] for e in edges]),
+                                      np.array([e[3] for e in edges]), [t])[0]
+            assert sequential(roots).tolist() == sequential(np.array(want)).tolist(), (trial, t)
+
+
+def test_threshold_0_keeps_the_fragments_and_above_every_edge_merges_each_piece(tmp_path):
+    frag = np.zeros((1, 6, 9), np.uint64)
+    frag[0, :, 0:3], frag[0, :, 3:5], frag[0, :3, 5:] = 5, 7, 9
+    frag[0, 3:, 6:] = 11  # 11 touches 9 only; 5-7-9 a chain
+    b = np.full(frag.shape, 0.4, np.float32)
+    make_volume(tmp_path / "f.zarr", frag, (1, 3, 4))
+    make_volume(tmp_path / "b.zarr", b, (1, 3, 4))
+    s0 = emarray.agglomerate(tmp_path / "f.zarr", tmp_path / "b.zarr", tmp_path / "s0.zarr",
+                             threshold=0.0, thresholds=[1.0]).read()
+    pairs = np.unique(np.stack([s0.ravel(), frag.ravel()]), axis=1)
+    assert pairs.shape[1] == len(np.unique(frag))  # one segment per fragment (and 0 for 0)
+    s1 = emarray.open_volume(tmp_path / "s0.zarr" / "t1").read()
+    assert set(np.unique(s1)) == {0, 1} and (s1[frag > 0] == 1).all()
+
+
+def test_a_recut_reuses_the_graph_and_bad_input_is_one_line(tmp_path):
+    truth, b = cells(seed=5)
+    make_volume(tmp_path / "f.zarr", truth.astype(np.uint64), (6, 20, 22))
+    make_volume(tmp_path / "b.zarr", b, (6, 20, 22))
+    a = emarray.agglomerate(tmp_path / "f.zarr", tmp_path / "b.zarr", tmp_path / "a.zarr",
+                            threshold=0.4, thresholds=[0.2])
+    r = emarray.agglomerate(tmp_path / "f.zarr", tmp_path / "b.zarr", tmp_path / "r.zarr",
+                            threshold=0.2, graph=tmp_path / "a.zarr")
+    np.testing.assert_array_equal(r.read(), emarray.open_volume(a.url + "/t0.2").read())
+    lookup = np.loadtxt(tmp_path / "a.zarr" / "lookup.csv", delimiter=",", skiprows=1,
+                        dtype=np.uint64)
+    assert lookup.shape == (len(np.unique(truth)), 3)
+    make_volume(tmp_path / "u.zarr", np.zeros(truth.shape, np.uint8), 8)
+    for args, says in (((tmp_path / "f.zarr", tmp_path / "u.zarr", "--threshold", "0.3"),
+                        "must be a float map"),
+                       ((tmp_path / "f.zarr", tmp_path / "b.zarr", "--threshold", "1.5"),
+                        "within the boundary map's range")):
+        assert says in one_error_line(cli("agglomerate", *args[:2], tmp_path / "x.zarr",
+                                          *args[2:]))
+    assert not (tmp_path / "x.zarr").exists()
+    # the side files are the store's own: --overwrite replaces it
+    r = cli("-q", "agglomerate", tmp_path / "f.zarr", tmp_path / "b.zarr", tmp_path / "a.zarr",
+            "--threshold", "0.3", "--overwrite")
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_killed_watershed_and_agglomeration_resume_identically(tmp_path):
+    truth, b = cells(shape=(16, 48, 48), seed=6)
+    make_volume(tmp_path / "b.zarr", b, (2, 8, 8))  # 288 blocks
+    clean = emarray.watershed(tmp_path / "b.zarr", tmp_path / "clean.zarr", threshold=0.3)
+    proc = subprocess.Popen([PY, "-m", "emarray", "-q", "watershed", str(tmp_path / "b.zarr"),
+                             str(tmp_path / "f.zarr"), "--threshold", "0.3", "--scheduler",
+                             "synchronous"], env={**__import__("os").environ,
+                                                   "EMARRAY_CHECKPOINT_SECONDS": "0"})
+    from emarray.engine.checkpoint import PROGRESS_DIR, Checkpoint
+    wait_for(lambda: (tmp_path / "f.zarr" / PROGRESS_DIR).exists() and Checkpoint(
+        tmp_path / "f.zarr" / PROGRESS_DIR).done_count("watershed") > 20, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = cli("-q", "watershed", tmp_path / "b.zarr", tmp_path / "f.zarr", "--threshold", "0.3",
+            "--resume")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(emarray.open_volume(tmp_path / "f.zarr").read(), clean.read())
+    s1 = emarray.agglomerate(tmp_path / "f.zarr", tmp_path / "b.zarr", tmp_path / "s1.zarr",
+                             threshold=0.3)
+    s2 = emarray.agglomerate(clean, tmp_path / "b.zarr", tmp_path / "s2.zarr", threshold=0.3)
+    np.testing.assert_array_equal(s1.read(), s2.read())
+
+
+def test_block_edges_count_each_contact_once_across_block_faces():
+    frag = np.array([[[1, 2], [1, 2]]], np.uint64)
+    b = np.zeros(frag.shape, np.float32)
+    e = block_edges(frag, b, (0, 0, 0), (1, 2, 2), False)
+    assert e["u"].tolist() == [1] and e["size"].tolist() == [2]
+    assert boundary_of(np.ones((3, 1, 2, 2), np.float32), True, "mean").max() == 0
+    assert flood(np.zeros((1, 2, 2), np.float32), np.zeros((1, 2, 2), np.uint32), 0).min() == 1
