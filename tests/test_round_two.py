@@ -694,3 +694,13 @@ def test_the_training_plot_draws_a_single_logged_point(tmp_path):
     left = img[:, : img.shape[1] // 2]
     blue = (np.abs(left - np.array([31, 119, 180])).sum(axis=2) < 60).sum()
     assert blue > 5  # the point is drawn, not an empty panel
+
+
+def test_2_overwrite_replaces_an_interrupted_output_with_its_progress(tmp_path, monkeypatch):
+    """What an interrupted job keeps (its bitmap, its record of the inputs' chunks) is the
+    output's own: --overwrite replaces it."""
+    a, out = _unfinished(tmp_path, monkeypatch)
+    assert (out / PROGRESS_DIR / "inputs.npz").is_file()
+    r = cli("-q", "threshold", tmp_path / "p.zarr", out, "--value", "0.2", "--overwrite")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(emarray.open_volume(out).read(), a > 0.2)

@@ -251,7 +251,7 @@ def _levels(attrs: dict[str, Any]) -> set[str]:
 
 
 #: files emarray keeps in a job's progress folder (and the temporary names it writes them as)
-PROGRESS_FILES = ("*.progress", "*.result", "job.json", "*.npy", ".tmp-*")
+PROGRESS_FILES = ("*.progress", "*.result", "job.json", "*.npy", "*.npz", ".tmp-*")
 
 
 def _array_keys(array: Path) -> tuple[Any, str, str] | None:

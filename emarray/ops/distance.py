@@ -66,11 +66,13 @@ def distance_block_cpu(mask: np.ndarray, *, sampling: tuple[float, ...], signed:
     """The EDT of one (grown) block with seung-lab's ``edt``, in physical units, clipped at
     ``cap``; ``signed``: minus the background's distance to the foreground outside."""
     import edt
-    inside = edt.edt(np.ascontiguousarray(mask), anisotropy=sampling, black_border=False,
+    # 0/1 uint8, not bool: edt's uint8 path is twice as fast, with the same distances
+    m = np.ascontiguousarray(mask).view(np.uint8)
+    inside = edt.edt(m, anisotropy=sampling, black_border=False,
                      parallel=1).astype(np.float32, copy=False)
     np.minimum(inside, np.float32(cap), out=inside)
     if signed:
-        outside = edt.edt(np.ascontiguousarray(~mask), anisotropy=sampling, black_border=False,
+        outside = edt.edt(1 - m, anisotropy=sampling, black_border=False,
                           parallel=1).astype(np.float32, copy=False)
         np.minimum(outside, np.float32(cap), out=outside)
         inside -= outside
