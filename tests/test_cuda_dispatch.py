@@ -49,7 +49,7 @@ def test_every_operator_with_a_backend_has_its_cpu_path_and_its_cuda_path_import
         assert op.blocks, op.name
         assert callable(backends.implementation(op.blocks, "cpu")), op.name
     cuda = sorted(name for name, backend in regs if backend == "cuda")
-    assert cuda == ["histogram", "label", "pool", "rescale", "smooth", "threshold"]
+    assert cuda == ["distance", "histogram", "label", "pool", "rescale", "smooth", "threshold"]
     for name in cuda:
         assert callable(backends.implementation(name, "cuda")), name  # imports, no CuPy needed
 
