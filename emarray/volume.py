@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -551,6 +552,22 @@ def compressor_codecs(compression: str, level: int | None = None) -> tuple:
                                f"got {compression!r}")
 
 
+def image_name(path: str | os.PathLike) -> str:
+    """The name an image at ``path`` goes by (``cells`` for ``cells.zarr``, also while a job
+    builds it as ``.cells.zarr.emarray-new``).
+
+    >>> image_name("/w/.cells.ome.zarr.emarray-new"), image_name("raw.zarr"), image_name("a.b")
+    ('cells', 'raw', 'a.b')
+    """
+    name = Path(path).name
+    m = re.fullmatch(r"\.(.+)\.emarray-(new|old)", name)
+    name = m.group(1) if m else name
+    for suffix in (".ome.zarr", ".zarr"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def create_volume(path: str | os.PathLike, shape: Sequence[int], dtype: Any,
                   chunks: int | Sequence[int] | str, *, shards: Sequence[int] | str | None = None,
                   compression: str = "zstd", compression_level: int | None = None,
@@ -597,7 +614,7 @@ def create_volume(path: str | os.PathLike, shape: Sequence[int], dtype: Any,
         scale.append(next(it) if a in ("z", "y", "x") else 1.0)
         shift.append(float(next(moved, 0.0)) if a in ("z", "y", "x") else 0.0)
     group = zarr.open_group(os.fspath(path), mode="w-")
-    group.attrs.update({"ome": ome.multiscales(name or Path(path).name, axes, unit,
+    group.attrs.update({"ome": ome.multiscales(name or image_name(path), axes, unit,
                                                [("0", scale, shift)]),
                         **({"emarray": attrs} if attrs else {})})
     group.create_array("0", shape=shape, dtype=dt, chunks=chunks, shards=shards,

@@ -213,9 +213,22 @@ def changed_regions(v: Any, old: dict[str, Any]) -> list[tuple[slice, ...]]:
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: the process's umask, read once (reading it sets it: not something to do from many threads)
+UMASK = _umask()
+
+
 def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all (a temporary file beside it, renamed), with the
+    permissions a new file gets (mkstemp's are private)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -44,7 +44,8 @@ class Read:
     """How a block reads one input (``volume``: anything with ``shape``, ``dtype``, ``read``).
 
     The read region of a block with write region ``[a, b)`` along an axis is
-    ``[floor(a * scale) - halo, ceil(b * scale) + halo)``. ``boundary`` fills what lies outside
+    ``[floor(a * scale) - halo, ceil(b * scale) + halo)`` (``sides="high"``: no halo below
+    ``a``, for a block that only needs the first voxels of the next one). ``boundary`` fills what lies outside
     the volume (``none``: the read is clipped to the volume and the array is smaller).
     ``channels``: ``all`` reads a leading channel axis the grid does not have, whole; ``drop``
     ignores the grid's leading (channel) axis for a volume without one.
@@ -56,6 +57,7 @@ class Read:
     boundary: str = "none"
     cval: float = 0.0
     channels: str = "same"
+    sides: str = "both"
 
     def __post_init__(self) -> None:
         if self.boundary not in BOUNDARIES:
@@ -64,6 +66,8 @@ class Read:
         if self.channels not in CHANNELS:
             raise InvalidArgumentError(
                 f"channels must be one of {', '.join(CHANNELS)}, got {self.channels!r}")
+        if self.sides not in ("both", "high"):
+            raise InvalidArgumentError(f"sides must be both or high, got {self.sides!r}")
         n = self.spatial_ndim
         halo = per_axis(self.halo, n, "halo")
         if any(h < 0 for h in halo):
@@ -84,8 +88,9 @@ class Read:
         if self.channels == "drop":
             write = write[1:]
         out = []
+        low = self.sides == "both"
         for w, h, f in zip(write, self.halo, self.scale):  # type: ignore[arg-type]
-            out.append(slice(math.floor(w.start * f) - h, math.ceil(w.stop * f) + h))
+            out.append(slice(math.floor(w.start * f) - h * low, math.ceil(w.stop * f) + h))
         if self.channels == "all":
             out.insert(0, slice(0, self.volume.shape[0]))
         return tuple(out)
@@ -145,6 +150,7 @@ class Write:
     volume: Any
     scale: tuple[Fraction, ...] | Fraction | int = 1
     channels: str = "same"
+    sides: str = "both"
 
     def __post_init__(self) -> None:
         if self.channels not in ("same", "all"):

@@ -28,11 +28,12 @@ def volume_key(v: Any) -> str:
 def _axis_hits(read: Any, axis: int, grid: Any, lo: int, hi: int) -> list[int]:
     """Block indices along ``axis`` of ``grid`` whose read (by ``read``) touches [lo, hi)."""
     f, h = read.scale[axis], read.halo[axis]
+    below = h if read.sides == "both" else 0
     b, n = grid.block[axis], grid.shape[axis]
     out = []
     for i in range(grid.counts[axis]):
         a, e = i * b, min((i + 1) * b, n)
-        if math.floor(a * f) - h < hi and math.ceil(e * f) + h > lo:
+        if math.floor(a * f) - below < hi and math.ceil(e * f) + h > lo:
             out.append(i)
     return out
 
