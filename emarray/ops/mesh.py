@@ -1,0 +1,316 @@
+"""Per-object triangle meshes of a label volume, out of core, stitched across block faces.
+
+1. ``mesh``: each block, read with the first voxel plane of the next block on its high sides
+   (and zeros past the volume's edges, so that every surface closes), is meshed with zmesh
+   (marching cubes); every object's open piece is kept in the block's piece files, and the
+   driver learns which blocks each object touches.
+2. ``stitch``: objects in groups: an object's pieces are joined and their shared vertices (two
+   neighbouring blocks both mesh the voxel plane between them, so the edges of their pieces
+   coincide) merged into one closed mesh, simplified (``reduction``) and written, either as a
+   neuroglancer precomputed mesh source (``emarray view`` shows it with the segmentation) or
+   one ``.ply``/``.obj`` file per object. A task holds one object's pieces at a time: memory
+   follows the largest object's mesh, not the volume.
+
+Vertices are x, y, z (the order mesh tools and neuroglancer use) at the voxel-corner
+convention (voxel ``i`` spans ``[i, i + 1)`` times the voxel size, plus the volume's
+translation): in nanometres in a precomputed source (neuroglancer's unit for meshes), in the
+volume's own unit in ``.ply``/``.obj`` files.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._normalize import micrometres
+from ..engine import (BlockContext, BlockGrid, Checkpoint, LaterStage, Read, RunOptions, Stage,
+                      run_stages)
+from ..engine.checkpoint import PROGRESS_DIR, atomic_write
+from ..engine.output import OutputLock, reading, real_path
+from ..errors import InvalidArgumentError
+from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
+from ..volume import Volume
+from .common import as_volume
+from .tables import check_out_folder
+
+FORMATS = ("precomputed", "ply", "obj")
+#: the files a mesh folder holds (what --overwrite may replace; anything else is the user's)
+OURS = re.compile(r"^(info|\d+|\d+:0|\d+\.ply|\d+\.obj)$")
+
+
+def mesh_block(labels: np.ndarray, corner: np.ndarray, voxel: np.ndarray,
+               ids: np.ndarray | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The surface pieces of every object in ``labels`` (z, y, x), whose first voxel's corner
+    lies at ``corner`` (x, y, z, physical units): ``{id: (float32 x,y,z vertices, faces)}``.
+    ``voxel`` is the voxel size x, y, z. Surfaces stay open where the array ends."""
+    import zmesh
+    mesher = zmesh.Mesher(tuple(float(v) for v in voxel))
+    mesher.mesh(labels.T, close=False)  # the x, y, z view of a z, y, x array: no copy
+    out = {}
+    for i in mesher.ids():
+        if i == 0 or (ids is not None and not np.isin(i, ids)):
+            continue
+        m = mesher.get(int(i), normals=False, reduction_factor=0, voxel_centered=True)
+        if len(m.faces):
+            out[int(i)] = ((m.vertices + corner).astype(np.float32), m.faces.astype(np.uint32))
+    mesher.clear()
+    return out
+
+
+# -- piece files: per block, the ids, their vertex and face counts, and the arrays -----------
+def _save_pieces(base: Path, pieces: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+    ids = np.array(sorted(pieces), np.uint64)
+    vs = [pieces[int(i)][0] for i in ids]
+    fs = [pieces[int(i)][1] for i in ids]
+    for suffix, parts, empty in ((".v.npy", vs, np.empty((0, 3), np.float32)),
+                                 (".f.npy", fs, np.empty((0, 3), np.uint32))):
+        buf = io.BytesIO()
+        np.save(buf, np.concatenate(parts) if parts else empty)
+        atomic_write(base.with_name(base.name + suffix), buf.getvalue())
+    buf = io.BytesIO()
+    np.savez(buf, ids=ids, nv=np.array([len(v) for v in vs], np.int64),
+             nf=np.array([len(f) for f in fs], np.int64))
+    atomic_write(base.with_name(base.name + ".npz"), buf.getvalue())  # last: the block is done
+
+
+def _load_piece(base: Path, obj: int) -> tuple[np.ndarray, np.ndarray]:
+    """One object's piece of a block, read from the piece files (memory-mapped: only its
+    rows are read)."""
+    with np.load(base.with_name(base.name + ".npz"), allow_pickle=False) as z:
+        ids, nv, nf = z["ids"], z["nv"], z["nf"]
+    k = int(np.searchsorted(ids, np.uint64(obj)))
+    v0, f0 = int(nv[:k].sum()), int(nf[:k].sum())
+    v = np.load(base.with_name(base.name + ".v.npy"), mmap_mode="r", allow_pickle=False)
+    f = np.load(base.with_name(base.name + ".f.npy"), mmap_mode="r", allow_pickle=False)
+    return np.array(v[v0:v0 + int(nv[k])]), np.array(f[f0:f0 + int(nf[k])])
+
+
+def _mesh(ctx: BlockContext, labels: np.ndarray, *, voxel: np.ndarray, shift: np.ndarray,
+          scratch: Path, counts: tuple[int, ...], ids: np.ndarray | None) -> np.ndarray:
+    # a zero plane below a block at the volume's low edge closes the surfaces there (the high
+    # edges get theirs from the read's constant boundary)
+    low = [1 if r.start == 0 else 0 for r in ctx.region]
+    if any(low):
+        labels = np.pad(labels, [(a, 0) for a in low])
+    start = np.array([r.start - a for r, a in zip(ctx.reads[0], low)], np.float64)
+    corner = start[::-1] * voxel + shift
+    pieces = mesh_block(labels, corner, voxel, ids)
+    flat = int(np.ravel_multi_index(ctx.index, counts))
+    _save_pieces(scratch / str(flat), pieces)
+    return np.array([[obj, flat] for obj in sorted(pieces)], np.int64).reshape(-1, 2)
+
+
+def _concat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.concatenate([a, b])
+
+
+def _plan(acc: Any, *, scratch: Path) -> dict[str, Any]:
+    """Which blocks hold a piece of each object, sorted by object (saved for the stitch)."""
+    pairs = acc if acc is not None and len(acc) else np.empty((0, 2), np.int64)
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    objects = np.unique(pairs[:, 0])
+    buf = io.BytesIO()
+    np.savez(buf, pairs=pairs, objects=objects)
+    atomic_write(scratch / "plan.npz", buf.getvalue())
+    return {"objects": int(objects.size)}
+
+
+def stitch(pieces: list[tuple[np.ndarray, np.ndarray]], voxel: np.ndarray,
+           reduction: float = 0.0) -> Any:
+    """One object's pieces as one ``zmesh.Mesh``: the vertices the pieces share merged, then
+    simplified to about 1/``reduction`` of its triangles (0 or 1: every triangle kept)."""
+    import zmesh
+    verts, faces, n = [], [], 0
+    for v, f in pieces:
+        verts.append(v)
+        faces.append(f.astype(np.int64) + n)
+        n += len(v)
+    m = zmesh.Mesh(np.concatenate(verts), np.concatenate(faces).astype(np.uint32), None)
+    m = m.merge_close_vertices(radius=float(np.min(voxel)) * 1e-3)
+    if reduction > 1 and len(m.faces) > 8:
+        m = zmesh.simplify_fqmr(m, max(4, int(len(m.faces) / reduction)))
+    return m
+
+
+def _write(mesh: Any, obj: int, out: Path, fmt: str, to_nm: float) -> None:
+    if fmt == "precomputed":
+        import zmesh
+        nm = zmesh.Mesh(mesh.vertices * np.float32(to_nm), mesh.faces, None)
+        atomic_write(out / str(obj), nm.to_precomputed())
+        atomic_write(out / f"{obj}:0", json.dumps({"fragments": [str(obj)]}).encode())
+    elif fmt == "ply":
+        atomic_write(out / f"{obj}.ply", mesh.to_ply())
+    else:
+        atomic_write(out / f"{obj}.obj", mesh.to_obj())
+
+
+def _stitch(ctx: BlockContext, *, scratch: Path, out: Path, fmt: str, voxel: np.ndarray,
+            reduction: float, to_nm: float) -> int:
+    with np.load(scratch / "plan.npz", allow_pickle=False) as z:
+        pairs, objects = z["pairs"], z["objects"]
+    done = 0
+    for k in range(ctx.region[0].start, min(ctx.region[0].stop, len(objects))):
+        obj = int(objects[k])
+        lo, hi = np.searchsorted(pairs[:, 0], [obj, obj + 1])
+        pieces = [_load_piece(scratch / str(int(b)), obj) for b in pairs[lo:hi, 1]]
+        _write(stitch(pieces, voxel, reduction), obj, out, fmt, to_nm)
+        done += 1
+    return done
+
+
+def _ids(value: Any, name: str) -> Any:
+    from .._normalize import whole_number
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    out = tuple(whole_number(v, name, 1) for v in items if str(v).strip())
+    if not out:
+        raise InvalidArgumentError(f"{name} needs at least one id, got {value!r}")
+    return out
+
+
+def _report(n: int, args: dict[str, Any]) -> list[str]:
+    return [f"wrote {n:,} meshes in {args['dst']}"]
+
+
+def info_document(lv: Volume, fmt: str) -> dict[str, Any]:
+    """The mesh folder's ``info``: neuroglancer's legacy mesh type, and what emarray made it
+    from (``emarray view`` finds the labels of a mesh folder there)."""
+    return {"@type": "neuroglancer_legacy_mesh",
+            "emarray": {"labels": os.path.realpath(lv.url) if lv.local_path else lv.url,
+                        "format": fmt}}
+
+
+def read_info(folder: Path) -> dict[str, Any] | None:
+    """A mesh folder's ``info`` (None when ``folder`` is not one)."""
+    try:
+        doc = json.loads((folder / "info").read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("@type") == "neuroglancer_legacy_mesh" \
+        else None
+
+
+SPEC = Operator(
+    "mesh", "per-object triangle meshes of a label volume, stitched across blocks, as a "
+            "neuroglancer precomputed source or .ply/.obj files",
+    inputs=(Port("labels", "volume", "a z,y,x volume of object ids (0 = background)",
+                 labels=True),),
+    output=Port("dst", "folder", "the meshes: a precomputed mesh source (info, ID, ID:0) or "
+                                 "one ID.ply / ID.obj per object"),
+    params=(Param("format", "choice", "precomputed (for emarray view and neuroglancer), ply or "
+                                      "obj", choices=FORMATS),
+            Param("reduction", "float", "simplify each mesh to about 1/reduction of its "
+                                        "triangles (0: keep every triangle)", minimum=0),
+            Param("ids", "text", "mesh only these ids, e.g. 3,17,42", parse=_ids),
+            Param("per_task", "int", "objects stitched per task", minimum=1)),
+    run=ENGINE + REPLACE + INCOMPLETE, report=_report,
+    examples=("emarray mesh cells.zarr cells.meshes",
+              "emarray mesh cells.zarr meshes/ --format ply --ids 3,17 --reduction 10"))
+
+
+def _check_folder(out: Path, lv: Volume, opts: RunOptions) -> None:
+    replace = opts.overwrite or opts.resume
+    check_out_folder(out, replace, ("info",), "meshes", inputs=[lv])
+    if not out.is_dir():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if not OURS.match(p.name)
+                     and p.name != PROGRESS_DIR)
+    if foreign:
+        raise InvalidArgumentError(
+            f"{out} holds files emarray mesh did not write ({foreign[0]}"
+            f"{', ...' if len(foreign) > 1 else ''}); choose another folder")
+    if not replace and any(OURS.match(p.name) for p in out.iterdir()):
+        raise InvalidArgumentError(f"{out} already holds meshes; pass --overwrite to replace "
+                                   "them, or --resume to finish an interrupted run")
+
+
+@SPEC.function
+def mesh(labels: Volume | str | os.PathLike, dst: str | os.PathLike, *,
+         format: str = "precomputed", reduction: float = 0.0, ids: Any = None,
+         per_task: int = 64, options: RunOptions | None = None, **run: Any) -> int:
+    """Mesh every object of ``labels`` (or only ``ids``) into the folder ``dst``; return how
+    many meshes were written.
+
+    Every mesh is closed (watertight), at the volume's edges too; an object cut by block faces
+    becomes one mesh, its pieces' shared vertices merged, the same for any chunking.
+
+    Returns
+    -------
+    int
+        The number of meshes written.
+
+    Examples
+    --------
+    >>> import emarray, numpy as np, tempfile, os, trimesh
+    >>> d = tempfile.mkdtemp()
+    >>> a = np.zeros((8, 8, 8), np.uint32); a[2:6, 2:6, 1:7] = 7
+    >>> v = emarray.create_volume(os.path.join(d, "l.zarr"), a.shape, "uint32", 4)
+    >>> v.write((slice(0, 8),) * 3, a)
+    >>> emarray.mesh(v, os.path.join(d, "m"), format="ply")
+    1
+    >>> m = trimesh.load(os.path.join(d, "m", "7.ply"))
+    >>> m.is_watertight, m.bounds.tolist()  # x, y, z; voxel corners
+    (True, [[1.0, 2.0, 2.0], [7.0, 6.0, 6.0]])
+    """
+    opts = RunOptions.make(options, **run)
+    lv = as_volume(labels, opts.allow_incomplete)
+    if lv.ndim != 3 or lv.dtype.kind not in "ui":
+        raise InvalidArgumentError(f"mesh needs a z,y,x volume of integer ids; {lv.url} is "
+                                   f"{lv.shape} {lv.dtype}")
+    if 0 < reduction < 1:
+        raise InvalidArgumentError(f"reduction is a factor: 0 keeps every triangle, 10 about a "
+                                   f"tenth of them; got {reduction}")
+    out = Path(dst)
+    _check_folder(out, lv, opts)
+    voxel = np.array(lv.voxel_size[::-1], np.float64)
+    shift = np.array((lv.translation or (0.0, 0.0, 0.0))[::-1], np.float64)
+    to_nm = micrometres(lv.unit) * 1000.0
+    wanted = np.array(sorted(ids), np.uint64) if ids else None
+    scratch = out / PROGRESS_DIR / "pieces"
+    grid = BlockGrid(lv.shape, lv.block_shape)
+    lock = OutputLock(real_path(out), os.fspath(dst))
+    lock.acquire()
+    try:
+        checkpoint = Checkpoint(out / PROGRESS_DIR)
+        job = {"operator": "mesh", "input": lv.fingerprint(), "format": format,
+               "reduction": float(reduction), "ids": [int(i) for i in ids or ()]}
+        with opts.runner("mesh") as runner, reading([lv]):
+            runner.check_volumes([lv])
+            out.mkdir(parents=True, exist_ok=True)
+            if not opts.resume:
+                checkpoint.clear()
+                for p in out.iterdir():
+                    if OURS.match(p.name):  # --overwrite (checked above): the earlier meshes
+                        p.unlink()
+            checkpoint.start(job, inputs=[lv])
+            scratch.mkdir(parents=True, exist_ok=True)
+            first = Stage("mesh", partial(_mesh, voxel=voxel, shift=shift, scratch=scratch,
+                                          counts=grid.counts, ids=wanted), grid,
+                          [Read(lv, halo=1, sides="high", boundary="constant")],
+                          combine=_concat, finalize=partial(_plan, scratch=scratch))
+
+            def build(given: dict[str, Any]) -> Stage:
+                n = max(1, given["objects"])
+                return Stage("stitch", partial(_stitch, scratch=scratch, out=out, fmt=format,
+                                               voxel=voxel, reduction=float(reduction),
+                                               to_nm=to_nm),
+                             BlockGrid((n,), (min(per_task, n),)), combine=_add)
+            total = run_stages([first, LaterStage("stitch", build)], runner, checkpoint,
+                               retries=opts.retries)
+        if format == "precomputed":
+            atomic_write(out / "info", json.dumps(info_document(lv, format)).encode())
+        checkpoint.clear()
+    finally:
+        lock.release()
+    return int(total or 0)
+
+
+def _add(a: int, b: int) -> int:
+    return a + b
