@@ -322,6 +322,58 @@ def demo(obj: dict, size: str, out: str, value: float, **kw: Any) -> None:
     run_demo(out, size, value=value, progress=obj["progress"], echo=click.echo, **kw)
 
 
+@cli.command()
+@click.argument("workdir")
+@click.option("--out", default=None, metavar="PAGE.html",
+              help="Where to write the page (default: WORKDIR/report.html).")
+@_verbosity_options
+@_friendly
+def report(workdir: str, out: str | None) -> None:
+    """Make the HTML page of the pipeline run in WORKDIR again: the recipe, each step's time
+    and output, slices of every volume, the steps' figures and scores. `emarray run` writes
+    it after every run; it is one file, pictures included, to open in any browser."""
+    from .report import workdir_report
+    click.echo(f"wrote {workdir_report(workdir, out)}")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.option("--screenshot", default=None, metavar="OUT.png",
+              help="Write a PNG of the view (headless Chromium) and stop, instead of serving.")
+@click.option("--layout", type=click.Choice(["xy", "xz", "yz", "3d", "4panel"]),
+              default="4panel", help="The viewer's panels.")
+@click.option("--position", default=None, metavar="Z,Y,X",
+              help="Look at this voxel (of the first volume; default: its middle).")
+@click.option("--segments", default=None, metavar="ID,ID,...",
+              help="Show only these objects (and their meshes in the 3D view).")
+@click.option("--size", default="1280,960", metavar="W,H", help="Screenshot size in pixels.")
+@click.option("--port", type=int, default=0, help="The viewer's port (0: any free one).")
+@click.option("--bind", default="127.0.0.1",
+              help="Address to serve on; only this machine can connect unless you widen it.")
+@click.option("--open", "open_browser", is_flag=True, help="Open the viewer in a browser.")
+@_verbosity_options
+@_friendly
+def view(paths: tuple[str, ...], segments: str | None, size: str, **kw: Any) -> None:
+    """Show volumes in neuroglancer, served from disk (never loaded into memory).
+
+    PATH is an OME-Zarr / zarr v3 volume, an objects table or mesh folder made from a label
+    volume (their volume comes too), or a folder of them such as a recipe's work folder. Label
+    volumes show as segmentations, with their objects table (segment properties) and meshes
+    when emarray made them. Prints the viewer's address; Ctrl-C ends it.
+
+    \b
+    emarray view work/demo
+    emarray view raw.zarr cells.zarr cells.meshes --layout 3d --segments 3,17
+    emarray view work/demo --screenshot demo.png
+    """
+    from ._normalize import parse_tuple, whole_number
+    from .view import view as _view
+    ids = tuple(whole_number(v, "--segments", 1) for v in segments.split(",")
+                if v.strip()) if segments else ()
+    w, h = parse_tuple(size, "--size", 2)
+    _view(paths, segments=ids, size=(w, h), echo=click.echo, **kw)
+
+
 def _verbosity_params() -> list[click.Parameter]:
     holder = click.Command("x")
     _verbosity_options(holder)

@@ -9,7 +9,10 @@ line naming the value, before any work.
 from __future__ import annotations
 
 import inspect
+import os
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -106,8 +109,16 @@ def command(op: Operator, call: Callable[..., Any], friendly: Callable,
         params.append(_port_param(out, True))
     params += [_param_option(p) for p in op.params]
     params += [run_option(name) for name in op.run] + common
+    if op.output is not None:
+        params.append(click.Option(["--report"], metavar="PAGE.html", default=None,
+                                   help="Also write an HTML page of this run: inputs, output, "
+                                        "slices of the volumes, figures."))
 
     def callback(**kw: Any) -> None:
+        page = kw.pop("report", None)
+        if page is not None:
+            from .report import check_page
+            check_page(Path(page), replace=bool(kw.get("overwrite")))
         args: dict[str, Any] = {}
         for port in ports + ([out] if out is not None else []):
             value = kw.pop(port.name)
@@ -118,9 +129,19 @@ def command(op: Operator, call: Callable[..., Any], friendly: Callable,
             if value is not None:
                 args[p.name] = value
         run = {k: v for k, v in kw.items() if v is not None and v is not False}
+        t0 = time.monotonic()
         result = call(**args, **run, progress=progress())
-        for line in (op.report(result, args) if op.report is not None else []):
+        lines = list(op.report(result, args) if op.report is not None else [])
+        for line in lines:
             click.echo(line)
+        if page is not None:
+            from .report import job_report
+            ins = {p.name: os.fspath(args[p.name]) for p in ports if p.name in args}
+            dst = args.get(out.name) if out is not None else (
+                args.get(op.output.name) if op.output is not None else None)
+            job_report(page, op.name, ins, os.fspath(dst) if dst is not None else None, lines,
+                       time.monotonic() - t0)
+            click.echo(f"report: {page}")
 
     doc = inspect.cleandoc(op.func.__doc__ or "") if op.func is not None else ""
     first = doc.split("\n\n")[0].replace("``", "") if doc else ""

@@ -177,13 +177,39 @@ def run_pipeline(recipe: str | os.PathLike | dict[str, Any], sets: tuple[str, ..
             return result
         with opts.runner("pipeline") as runner:
             os.makedirs(rec.workdir, exist_ok=True)
+            state.set_recipe(_recipe_record(rec, recipe, sets))
             shared = runner.client if runner.client is not None else opts.scheduler
-            for k, p in enumerate(planned, 1):
-                _run_step(p, k, len(planned), state, opts, shared, result, say)
+            try:
+                for k, p in enumerate(planned, 1):
+                    _run_step(p, k, len(planned), state, opts, shared, result, say)
+            finally:
+                _write_report(rec.workdir, say)
         return result
     finally:
         if not dry_run:
             lock.release()
+
+
+def _recipe_record(rec: Recipe, given: Any, sets: tuple[str, ...]) -> dict[str, Any]:
+    """What a report shows of the recipe: its file's text (or the dict given), --set values."""
+    if rec.path is not None:
+        text = Path(rec.path).read_text()
+    else:
+        import yaml
+        text = yaml.safe_dump(given, sort_keys=False)
+    return {"path": rec.path, "about": rec.about, "sets": list(sets), "text": text}
+
+
+def _write_report(workdir: str, say: Callable[[str], None]) -> None:
+    """WORKDIR/report.html, after the steps (finished or not); a page that cannot be made is
+    said in one line and never hides the run's own outcome."""
+    from ..report import workdir_report
+    try:
+        path = workdir_report(workdir)
+    except Exception as exc:  # noqa: BLE001 - the run's result matters more than its page
+        say(f"no report: {type(exc).__name__}: {exc}")
+        return
+    say(f"report: {path}")
 
 
 def _run_step(p: Planned, k: int, n: int, state: State, opts: RunOptions, scheduler: Any,
@@ -208,15 +234,20 @@ def _run_step(p: Planned, k: int, n: int, state: State, opts: RunOptions, schedu
     if st.op.out_arg:
         args[st.op.out_arg] = st.out
     params = {st.op.arg(k2): v for k2, v in st.params.items() if k2 not in step_run}
-    state.mark(st.name, "running", p.fingerprint, st.out)
+    shown: dict[str, Any] = {"op": st.op_name, "inputs": {k2: os.fspath(v) for k2, v in args.items()
+                                          if k2 != st.op.out_arg},
+             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    state.mark(st.name, "running", p.fingerprint, st.out, **shown)
     t0 = time.monotonic()
     try:
         value = st.op.function()(**args, **params, options=step_opts)
     except EmarrayError as exc:  # the same error, naming the step
+        state.mark(st.name, "failed", p.fingerprint, st.out, str(exc), **shown,
+                   seconds=time.monotonic() - t0)
         raise _naming(exc, f"step {st.name!r} ({st.op_name}): {exc}") from exc
     dt = time.monotonic() - t0
     summary = summarize(st, value)
-    state.mark(st.name, "done", p.fingerprint, st.out, summary, stored(st))
+    state.mark(st.name, "done", p.fingerprint, st.out, summary, stored(st), **shown, seconds=dt)
     result.results[st.name] = value
     result.seconds[st.name] = dt
     p.summary = summary

@@ -84,6 +84,8 @@ class State:
     def __init__(self, workdir: str):
         self.path = Path(workdir) / STATE_FILE
         self.steps: dict[str, dict[str, Any]] = {}
+        #: the recipe of the last run (path, about, text, --set values): what a report shows
+        self.recipe: dict[str, Any] = {}
         try:
             text = self.path.read_text()
         except FileNotFoundError:
@@ -105,18 +107,26 @@ class State:
                 "did not make. Restore it, or move the workdir's outputs away and remove it to "
                 "start the pipeline again")
         self.steps = data["steps"]
+        self.recipe = data.get("recipe") if isinstance(data.get("recipe"), dict) else {}
 
     def entry(self, name: str) -> dict[str, Any] | None:
         return self.steps.get(name)
 
     def mark(self, name: str, status: str, fp: str, out: str, summary: str = "",
-             chunks: str = "") -> None:
+             chunks: str = "", **more: Any) -> None:
+        """Record a step's status; ``more`` keeps what a report shows (``op``, ``inputs``,
+        ``seconds``, ``started``)."""
         self.steps[name] = {"status": status, "fingerprint": fp, "out": out, "summary": summary,
-                            "stored": chunks}
+                            "stored": chunks, **more}
+        self._save()
+
+    def set_recipe(self, recipe: dict[str, Any]) -> None:
+        self.recipe = recipe
         self._save()
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"format": FORMAT, "steps": self.steps}, indent=1))
+        tmp.write_text(json.dumps({"format": FORMAT, "steps": self.steps, "recipe": self.recipe},
+                                  indent=1, default=str))
         os.replace(tmp, self.path)
