@@ -1,4 +1,5 @@
-"""Write a region of a volume back to a TIFF stack or an HDF5 dataset, slab by slab."""
+"""Write a region of a volume back to a TIFF stack or an HDF5 dataset, slab by slab, or a
+whole volume with its pyramid as neuroglancer precomputed (:mod:`emarray.precomputed`)."""
 from __future__ import annotations
 
 import errno
@@ -59,26 +60,35 @@ def _report(p: Path, args: dict[str, Any]) -> list[str]:
 
 
 SPEC = Operator(
-    "export", "a region of a volume back to a TIFF stack or an HDF5 dataset, written whole or "
-              "not at all",
+    "export", "a region of a volume back to a TIFF stack or an HDF5 dataset, or a volume and its "
+              "pyramid as sharded neuroglancer precomputed, written whole or not at all",
     inputs=(Port("src", "volume", "the volume"),),
-    output=Port("dst", "file", "a .tif/.tiff stack or a .h5/.hdf5 file"),
+    output=Port("dst", "file", "a .tif/.tiff stack, a .h5/.hdf5 file or a precomputed folder"),
     params=(Param("region", "text", "z0:z1,y0:y1,x0:x1 (empty parts mean all; default the "
                                     "whole volume)"),
-            Param("dataset", "text", "the dataset name in an HDF5 output")),
+            Param("dataset", "text", "the dataset name in an HDF5 output"),
+            Param("format", "choice", "tiff, hdf5 or precomputed (sharded neuroglancer "
+                                      "precomputed, every pyramid level; default: from DST's "
+                                      "extension)", choices=("tiff", "hdf5", "precomputed"))),
     run=("overwrite", "allow_incomplete"), report=_report,
-    examples=("emarray export mask.zarr mask.tif --region 0:10,,",))
+    examples=("emarray export mask.zarr mask.tif --region 0:10,,",
+              "emarray export cells.zarr cells-ng --format precomputed"))
 
 
 @SPEC.function
 def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: Any = None,
-           dataset: str = "data", options: RunOptions | None = None, **run: Any) -> Path:
+           dataset: str = "data", format: str | None = None, options: RunOptions | None = None,
+           **run: Any) -> Path:
     """Export ``region`` of ``src`` to a TIFF stack (``.tif``) or an HDF5 dataset (``.h5``).
 
     The file is written slab by slab to a temporary name beside ``dst`` and renamed into place
     when complete, so a failed export leaves nothing half-written and never clobbers a file.
     The voxel size goes along: ImageJ resolution, spacing and unit in a TIFF (tifffile's JSON
     description where ImageJ cannot hold the dtype or size), ``element_size_um`` in HDF5.
+    With ``format="precomputed"``, ``dst`` is a folder: the whole volume and every level of its
+    pyramid become one sharded neuroglancer precomputed volume (an image, or a segmentation when
+    ``src`` holds labels; compressed segmentation encoding), resolutions in nm, written through
+    tensorstore to a temporary folder and swapped into place when complete.
     Of the run options, ``overwrite``, ``allow_incomplete`` and ``progress`` apply.
 
     Returns
@@ -100,9 +110,12 @@ def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: A
     vol = as_volume(src, opts.allow_incomplete)
     dst = Path(dst)
     shown = os.fspath(dst)
-    fmt = EXPORT_EXTS.get(dst.suffix.lower())
+    fmt = format or EXPORT_EXTS.get(dst.suffix.lower())
+    if fmt == "precomputed":
+        return _precomputed(vol, dst, shown, region, overwrite, progress)
     if fmt is None:
-        raise InvalidArgumentError(f"export writes .tif/.tiff or .h5/.hdf5 files, got {shown!r}")
+        raise InvalidArgumentError(f"export writes .tif/.tiff or .h5/.hdf5 files (or a folder "
+                                   f"with --format precomputed), got {shown!r}")
     if fmt == "hdf5" and not str(dataset).strip("/ "):
         raise InvalidArgumentError(f"dataset must name the HDF5 dataset, got {dataset!r}")
     reg = parse_region(region, vol.shape)
@@ -126,6 +139,20 @@ def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: A
     with reading([vol]), Progress(len(zs), "export", progress, unit="slab") as bar:
         _write(vol, dst, tmp, fmt, reg, zs, slab, out_shape, dataset, bar, shown)
     return dst
+
+
+def _precomputed(vol: Volume, dst: Path, shown: str, region: Any, overwrite: bool,
+                 progress: bool) -> Path:
+    from .precomputed import check_destination, output_type, write_precomputed
+    if region is not None and parse_region(region, vol.shape) != parse_region(None, vol.shape):
+        raise InvalidArgumentError("--region is for TIFF and HDF5 exports; precomputed exports "
+                                   "the whole volume with its pyramid")
+    output_type(vol)  # refused before any work
+    real = real_path(dst)
+    check_no_overlap(real, [vol], shown)
+    check_destination(real, shown, overwrite)
+    with reading([vol]):
+        return write_precomputed(vol, real, progress)
 
 
 def _write(vol: Volume, dst: Path, tmp: Path, fmt: str, reg: tuple[slice, ...], zs: range,

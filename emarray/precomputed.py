@@ -1,0 +1,169 @@
+"""Write a volume and all its pyramid levels as a sharded neuroglancer precomputed volume.
+
+tensorstore's ``neuroglancer_precomputed`` driver writes the format (info file, sharded chunk
+files); this module chooses its layout (64³ chunks, shards of at most 4³ chunks, compressed
+segmentation for labels), copies each level shard box by shard box, and swaps the finished
+folder into place, so a failed export leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._normalize import micrometres
+from .engine.progress import Progress
+from .errors import EmarrayWarning, InvalidArgumentError, OutputExistsError
+from .volume import Volume, is_labels, open_volume
+
+#: precomputed's data types (uint64 for labels of any integer dtype that fits)
+IMAGE_TYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32")
+CHUNK = 64
+#: chunks per shard, as a power of two (2**6 = 64 chunks: a shard box is about 256³ voxels)
+SHARD_CHUNK_BITS = 6
+
+
+def output_type(vol: Volume) -> tuple[str, str]:
+    """The precomputed volume type and data type ``vol`` is written as.
+
+    >>> import emarray, tempfile, os
+    >>> v = emarray.create_volume(os.path.join(tempfile.mkdtemp(), "v.zarr"), (4, 4, 4),
+    ...                           "float64", 2)
+    >>> output_type(v)
+    ('image', 'float32')
+    """
+    dt = vol.dtype
+    if vol.ndim != 3:
+        raise InvalidArgumentError(
+            f"precomputed export takes a 3D volume; {vol.url!r} has axes {','.join(vol.axes)}")
+    if is_labels(vol):
+        if dt.kind not in "ui":
+            raise InvalidArgumentError(f"labels must be integers to export, got {dt}")
+        return "segmentation", "uint32" if dt.itemsize <= 4 else "uint64"
+    if dt == np.bool_:
+        return "image", "uint8"
+    if dt == np.float64:
+        return "image", "float32"
+    if dt.name not in IMAGE_TYPES:
+        raise InvalidArgumentError(
+            f"neuroglancer precomputed cannot hold {dt} images (it holds {', '.join(IMAGE_TYPES)})")
+    return "image", dt.name
+
+
+def sharding(grid: tuple[int, ...]) -> dict[str, Any]:
+    """A sharding spec for a chunk grid: compressed Morton codes, ``2**SHARD_CHUNK_BITS`` chunks
+    per shard, one minishard per shard.
+
+    >>> sharding((1, 1, 1))["shard_bits"], sharding((16, 16, 16))["shard_bits"]
+    (0, 6)
+    """
+    bits = sum(max(0, math.ceil(math.log2(g))) for g in grid)
+    pre = min(bits, SHARD_CHUNK_BITS)
+    return {"@type": "neuroglancer_uint64_sharded_v1", "preshift_bits": pre, "minishard_bits": 0,
+            "shard_bits": bits - pre, "hash": "identity",
+            "minishard_index_encoding": "gzip", "data_encoding": "gzip"}
+
+
+def _scale(level: Volume, kind: str) -> dict[str, Any]:
+    nm = micrometres(level.unit) * 1000.0
+    size = [int(s) for s in level.shape[::-1]]  # x, y, z
+    chunk = [min(CHUNK, s) for s in size]
+    grid = tuple(math.ceil(s / c) for s, c in zip(size, chunk))
+    scale: dict[str, Any] = {
+        "size": size, "chunk_size": chunk, "voxel_offset": [0, 0, 0],
+        "resolution": [float(v) * nm for v in level.voxel_size[::-1]],
+        "encoding": "compressed_segmentation" if kind == "segmentation" else "raw",
+        "sharding": sharding(grid)}
+    if kind == "segmentation":
+        scale["compressed_segmentation_block_size"] = [8, 8, 8]
+    return scale
+
+
+def is_precomputed(path: Path) -> bool:
+    """Whether ``path`` is a precomputed volume folder (its ``info`` names the format)."""
+    try:
+        info = json.loads((path / "info").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("@type") == "neuroglancer_multiscale_volume"
+
+
+def check_destination(dst: Path, shown: str, overwrite: bool) -> None:
+    """Refuse a destination that exists (without ``overwrite``) or that is not a precomputed
+    volume (a user's folder is never replaced)."""
+    if not dst.exists() and not dst.is_symlink():
+        if not dst.parent.is_dir():
+            raise InvalidArgumentError(
+                f"cannot export to {shown!r}: the folder {str(dst.parent)!r} does not exist")
+        return
+    if not overwrite:
+        raise OutputExistsError(f"{shown!r} already exists; pass --overwrite to replace it")
+    if dst.is_symlink() or not dst.is_dir() or not is_precomputed(dst):
+        raise OutputExistsError(
+            f"{shown!r} is not a neuroglancer precomputed volume; it is not replaced "
+            "(choose another destination)")
+    known = {"info", "provenance"}
+    for child in dst.iterdir():
+        if child.name not in known and not (child.is_dir() and all(
+                q.suffix == ".shard" or q.name.isdigit() or "-" in q.name
+                for q in child.iterdir())):
+            raise OutputExistsError(
+                f"{shown!r} holds {child.name!r}, which a precomputed export does not write; "
+                "it is not replaced (move it away first)")
+
+
+def write_precomputed(vol: Volume, dst: Path, progress: bool = True) -> Path:
+    """Write every level of ``vol`` into ``dst`` (a new folder, swapped in when complete)."""
+    import tensorstore as ts
+    kind, dtype = output_type(vol)
+    if vol.dtype == np.float64:
+        warnings.warn(f"{vol.url}: precomputed holds no float64; written as float32",
+                      EmarrayWarning, stacklevel=2)
+    levels = [vol] + [open_volume(vol.url, level=i) for i in range(1, len(vol.levels))]
+    tmp = dst.with_name(f".{dst.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        boxes = []
+        for lv in levels:
+            spec = {"driver": "neuroglancer_precomputed",
+                    "kvstore": {"driver": "file", "path": os.fspath(tmp)},
+                    "multiscale_metadata": {"type": kind, "data_type": dtype, "num_channels": 1},
+                    "scale_metadata": _scale(lv, kind), "create": True, "open": True}
+            out = ts.open(spec).result()
+            shard = out.chunk_layout.write_chunk.shape or ()
+            step = [int(c or 1) for c in shard[:3]][::-1]  # z, y, x
+            for z in range(0, lv.shape[0], step[0]):
+                for y in range(0, lv.shape[1], step[1]):
+                    for x in range(0, lv.shape[2], step[2]):
+                        boxes.append((lv, out, (slice(z, min(z + step[0], lv.shape[0])),
+                                                slice(y, min(y + step[1], lv.shape[1])),
+                                                slice(x, min(x + step[2], lv.shape[2])))))
+        with Progress(len(boxes), "export", progress, unit="shard") as bar:
+            for lv, out, box in boxes:  # tensorstore encodes and writes with its own threads
+                block = lv.read(box)
+                if kind == "segmentation" and block.dtype.kind == "i" and block.size and \
+                        block.min() < 0:
+                    raise InvalidArgumentError(
+                        f"{vol.url!r} holds negative label ids (e.g. {block.min()}); "
+                        "precomputed segmentations are unsigned")
+                block = block.astype(dtype, copy=False)
+                out[box[2], box[1], box[0], 0].write(block.T).result()
+                bar.update(1)
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.replaced")
+            os.replace(dst, old)
+            os.replace(tmp, dst)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return dst
