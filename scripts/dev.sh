@@ -2,8 +2,9 @@
 # One entry point for a fresh machine: creates .venv, installs emarray, then runs a job.
 #   bash scripts/dev.sh demo [emarray demo options]   set up and run the demo
 #   bash scripts/dev.sh test [pytest options]         set up, lint (ruff), type-check (mypy), build
-#                                                     the docs (mkdocs, strict), start a one-node
-#                                                     SLURM as root (scripts/slurm-local.sh), test
+#                                                     the docs (mkdocs, strict); as root install
+#                                                     Chromium (apt) and start a one-node SLURM
+#                                                     (scripts/slurm-local.sh); test
 #   bash scripts/dev.sh bench                         set up and run the asv suite (quick)
 #   bash scripts/dev.sh compare [compare.py options]  side-by-side threshold comparison
 set -euo pipefail
@@ -24,6 +25,11 @@ case "$what" in
   test) .venv/bin/ruff check . && .venv/bin/mypy || exit 1
         NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "${TMPDIR:-/tmp}/emarray-site" || exit 1
         if [ "$(id -u)" = 0 ]; then
+          if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+            # emarray view and the report are tested in a real headless browser
+            (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+              chromium chromium-driver >/dev/null) || { echo "dev.sh: cannot install chromium" >&2; exit 1; }
+          fi
           bash scripts/slurm-local.sh || exit 1
         elif ! bash scripts/slurm-local.sh status >/dev/null 2>&1; then
           # not root and no SLURM running: the SLURM tests skip, naming why; the rest run
