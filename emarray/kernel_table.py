@@ -15,6 +15,17 @@ CTYPES: dict[np.dtype, str] = {
     np.dtype(np.float64): "double",
 }
 THRESHOLD_OPS = {"gt": 0, "ge": 1, "lt": 2, "le": 3}
+THREADS = 256  # threads per block of every launch
+
+
+def launch_blocks(n: int, sms: int, threads: int = THREADS) -> tuple[int]:
+    """The grid of a grid-stride launch over ``n`` items: enough blocks to fill ``sms``
+    multiprocessors (32 each), never more than there are items for.
+
+    >>> launch_blocks(1000, 132), launch_blocks(10**9, 132), launch_blocks(0, 4)
+    ((4,), (4224,), (1,))
+    """
+    return (max(1, min(-(-n // threads), sms * 32)),)
 
 
 def threshold_name(dtype, op: str) -> str:

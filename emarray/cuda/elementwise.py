@@ -11,11 +11,9 @@ from typing import Any
 import numpy as np
 
 from ..ops.rescale import integer_steps, rescale_params
-from ..kernel_table import rescale_name, threshold_name
+from ..kernel_table import THREADS, launch_blocks, rescale_name, threshold_name
 from .modules import get_kernel
 from .streaming import run_steps
-
-THREADS = 256
 
 
 @functools.lru_cache(maxsize=None)
@@ -26,9 +24,8 @@ def _sm_count(device: int) -> int:
 
 def launch_grid(n: int) -> tuple[int]:
     import cupy
-    sms = _sm_count(cupy.cuda.Device().id)
     # enough blocks to fill the device; grid-stride loops cover the rest
-    return (max(1, min(-(-n // THREADS), sms * 32)),)
+    return launch_blocks(n, _sm_count(cupy.cuda.Device().id))
 
 
 def threshold_device(a: Any, op: str, value: Any, out: Any = None, stream: Any = None) -> Any:
