@@ -9,7 +9,7 @@ from .elementwise import THREADS, launch_grid
 from ..kernel_table import (HIST_BUCKET_DTYPES, HIST_LEVEL_DTYPES, bucket_hist_name,
                              level_hist_name)
 from .modules import get_kernel
-from .streaming import apply_memory_limit
+from .streaming import in_slabs
 
 SHARED_BYTES = 48 * 1024  # dynamic shared memory available to every block without opt-in
 
@@ -27,12 +27,23 @@ def histogram_block_cuda(prob: np.ndarray, truth: np.ndarray, mask: np.ndarray |
     if dt not in HIST_BUCKET_DTYPES and dt not in HIST_LEVEL_DTYPES:
         return histogram_block_cpu(prob, truth, mask, truth_value=truth_value,
                                    ignore_value=ignore_value, edges=edges, table=table)
-    apply_memory_limit(memory_limit)
     cls = truth_classes(truth, truth_value=truth_value, ignore_value=ignore_value, mask=mask)
-    x = cupy.asarray(np.ascontiguousarray(prob).reshape(-1))
-    c = cupy.asarray(np.ascontiguousarray(cls).reshape(-1))
-    hist, nan = histogram_device(x, c, edges)
-    return hist.get().astype(np.int64).reshape(-1, 3), nan.get().astype(np.int64)
+    x = np.ascontiguousarray(prob).reshape(-1)
+    c = np.ascontiguousarray(cls).reshape(-1)
+    total: list[np.ndarray] = []
+
+    def part(a: int, b: int) -> None:  # counts add up: a block that does not fit goes in halves
+        hist, nan = histogram_device(cupy.asarray(x[a:b]), cupy.asarray(c[a:b]), edges)
+        counts = (hist.get().astype(np.int64), nan.get().astype(np.int64))
+        if total:
+            total[0] += counts[0]
+            total[1] += counts[1]
+        else:
+            total.extend(counts)
+    in_slabs(part, x.size, memory_limit, "the sweep's histogram of the block")
+    if not total:  # an empty block
+        part(0, 0)
+    return total[0].reshape(-1, 3), total[1]
 
 
 def histogram_device(x: Any, cls: Any, edges: np.ndarray, stream: Any = None) -> tuple[Any, Any]:

@@ -9,6 +9,7 @@ from ..ops.components import foreground
 from .elementwise import THREADS, launch_grid
 from ..kernel_table import ccl_init_name, ccl_merge_name
 from .modules import get_kernel
+from .streaming import whole_block
 
 NONE = 0xFFFFFFFF
 
@@ -44,4 +45,5 @@ def label_block_cuda(block: np.ndarray, *, connectivity: int, binary: bool, back
     """CUDA twin of :func:`emarray.ops.components.label_block_cpu` (cc3d): the same labels."""
     import cupy
     fg = np.ascontiguousarray(foreground(block, binary=binary, background=background))
-    return cupy.asnumpy(label_device(cupy.asarray(fg), connectivity))
+    return whole_block(lambda: cupy.asnumpy(label_device(cupy.asarray(fg), connectivity)),
+                       memory_limit, f"labelling a block of {block.shape}")

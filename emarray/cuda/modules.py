@@ -9,7 +9,10 @@ from ..kernel_table import FAMILIES
 
 _lock = threading.Lock()
 _modules: dict[tuple[str, int], Any] = {}
-OPTIONS = ("--std=c++17", "-DEMARRAY_VEC_BYTES=16")
+#: IEEE float arithmetic as on the CPU: subnormals kept (no flush to zero; a sigmoid of a logit
+#: below -87 is subnormal), no fused multiply-add, correctly rounded division and square root
+OPTIONS = ("--std=c++17", "-DEMARRAY_VEC_BYTES=16", "-ftz=false", "-fmad=false",
+           "-prec-div=true", "-prec-sqrt=true")
 
 
 def kernel_dir() -> Path:

@@ -10,6 +10,7 @@ from ..ops.pool import pool_twin, pooled_shape
 from .elementwise import THREADS, launch_grid
 from ..kernel_table import pool_name
 from .modules import get_kernel
+from .streaming import in_slabs
 
 
 def pool_device(a: Any, factors: Sequence[int], mode: str, stream: Any = None) -> Any:
@@ -32,4 +33,12 @@ def pool_block_cuda(block: np.ndarray, *, factors: Sequence[int], mode: str,
     import cupy
     if mode not in ("mean", "mode") or tuple(factors[1:]) != (2, 2) or factors[0] not in (1, 2):
         return pool_twin(block, factors, mode)
-    return cupy.asnumpy(pool_device(cupy.asarray(block), factors, mode))
+    fz = int(factors[0])
+    out = np.empty(pooled_shape(block.shape, factors), block.dtype)
+
+    def slab(a: int, b: int) -> None:  # input planes a:b, whole windows (a multiple of fz)
+        out[a // fz:-(-b // fz)] = cupy.asnumpy(pool_device(cupy.asarray(block[a:b]), factors,
+                                                            mode))
+    # under the cap; out of memory: slabs of half the planes, and so on
+    in_slabs(slab, block.shape[0], memory_limit, "pooling the block", multiple=fz)
+    return out

@@ -8,6 +8,7 @@ import numpy as np
 from .elementwise import THREADS, launch_grid
 from ..kernel_table import smooth_name
 from .modules import get_kernel
+from .streaming import whole_block
 
 
 def smooth_device(a: Any, weights: tuple[np.ndarray | None, ...], stream: Any = None) -> Any:
@@ -34,6 +35,7 @@ def smooth_block_cuda(block: np.ndarray, *, weights: tuple[np.ndarray | None, ..
     """CUDA twin of :func:`emarray.ops.smooth.smooth_block_twin` for one (grown) block."""
     import cupy
     if block.ndim == 4:  # channels: each smoothed alone
-        return np.stack([smooth_block_cuda(c, weights=weights[1:]) for c in block])
-    out = smooth_device(cupy.asarray(block), weights)
-    return cupy.asnumpy(out)
+        return np.stack([smooth_block_cuda(c, weights=weights[1:], memory_limit=memory_limit)
+                         for c in block])
+    return whole_block(lambda: cupy.asnumpy(smooth_device(cupy.asarray(block), weights)),
+                       memory_limit, f"smoothing a block of {block.shape}")

@@ -2,14 +2,18 @@
 
 A block is cut into pieces; pieces alternate between two CUDA streams owned by the calling
 thread, so the copy in of one piece overlaps the kernels and copy out of the other. Host data
-is staged through pinned buffers (reused per thread) so copies run asynchronously at full
-PCIe/NVLink speed. Device memory is capped through CuPy's pool limit; a piece that still runs
+is staged through pinned buffers so copies run asynchronously at full PCIe/NVLink speed; the
+process keeps at most :data:`PINNED_SETS` sets of them (a thread beyond waits for a free set),
+so pinned host memory stays under ``PINNED_SETS * 4 * PIECE_BYTES`` however many threads run.
+Device memory is capped through CuPy's pool limit; a piece that still runs
 out of memory frees the pool and is retried in halves.
 """
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,6 +22,7 @@ from ..engine.memory import DEFAULT_FRACTION
 
 PIECE_BYTES = 64 * 2**20  # input bytes per pipelined piece
 MIN_PIECE = 1 << 16       # halving stops here
+PINNED_SETS = 2           # staging sets per process (each: two slots in, two out)
 _local = threading.local()
 _limits: dict[int, int] = {}
 _limit_lock = threading.Lock()
@@ -48,14 +53,34 @@ def _streams() -> tuple[Any, Any]:
     return per_dev[dev]
 
 
-def _pinned(slot: str, nbytes: int) -> np.ndarray:
-    """A per-thread pinned host buffer of at least ``nbytes`` (grown when needed, then reused)."""
+_free_sets: queue.LifoQueue[dict[str, np.ndarray]] = queue.LifoQueue()
+_sets_made = 0
+_sets_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def staging() -> Iterator[dict[str, np.ndarray]]:
+    """One set of pinned staging buffers for the caller's pipeline, returned after it; at most
+    :data:`PINNED_SETS` exist in the process (a caller beyond waits)."""
+    global _sets_made
+    with _sets_lock:
+        make = _free_sets.empty() and _sets_made < PINNED_SETS
+        if make:
+            _sets_made += 1
+    bufs: dict[str, np.ndarray] = {} if make else _free_sets.get()
+    try:
+        yield bufs
+    finally:
+        _free_sets.put(bufs)
+
+
+def _pinned(bufs: dict[str, np.ndarray], slot: str, nbytes: int) -> np.ndarray:
+    """The pinned buffer ``slot`` of a staging set, of at least ``nbytes`` (grown when needed,
+    then reused)."""
     import cupy
-    bufs = getattr(_local, "pinned", None)
-    if bufs is None:
-        bufs = _local.pinned = {}
     buf = bufs.get(slot)
     if buf is None or buf.nbytes < nbytes:
+        bufs.pop(slot, None)  # the smaller one is freed before the larger is pinned
         mem = cupy.cuda.alloc_pinned_memory(max(nbytes, 1))
         buf = np.frombuffer(mem, np.uint8, max(nbytes, 1))
         bufs[slot] = buf
@@ -90,7 +115,8 @@ def _run_range(flat: np.ndarray, out: np.ndarray, start: int, stop: int,
     import cupy
 
     def attempt(a: int, b: int, size: int, done: list[int]) -> None:
-        _pipeline(flat, out, a, b, steps, size, done)
+        with staging() as bufs:
+            _pipeline(flat, out, a, b, steps, size, done, bufs)
 
     def recover() -> None:
         for stream in _streams():  # let in-flight copies finish before staging is reused
@@ -129,14 +155,18 @@ def retry_in_halves(attempt: Callable[[int, int, int, list[int]], None], start: 
 
 
 def _pipeline(flat: np.ndarray, out: np.ndarray, start: int, stop: int,
-              steps: Sequence[Step], piece: int, done: list[int]) -> None:
+              steps: Sequence[Step], piece: int, done: list[int],
+              bufs: dict[str, np.ndarray]) -> None:
     import cupy
     streams = _streams()
     bounds = [(s, min(s + piece, stop)) for s in range(start, stop, piece)]
     in_item, out_item = flat.itemsize, out.itemsize
     # two pinned slots per direction: piece k uses slot k % 2, like its stream
-    stage_in = [_pinned(f"in{k}", piece * in_item).view(flat.dtype) for k in (0, 1)]
-    stage_out = [_pinned(f"out{k}", piece * out_item).view(out.dtype) for k in (0, 1)]
+    piece = min(piece, max(stop - start, 1))  # a small block pins only what it needs
+    stage_in = [_pinned(bufs, f"in{k}", piece * in_item)[:piece * in_item].view(flat.dtype)
+                for k in (0, 1)]
+    stage_out = [_pinned(bufs, f"out{k}", piece * out_item)[:piece * out_item].view(out.dtype)
+                 for k in (0, 1)]
     pending: list[tuple[Any, int, int, int]] = []
 
     def drain(entry):
@@ -161,3 +191,42 @@ def _pipeline(flat: np.ndarray, out: np.ndarray, start: int, stop: int,
         pending.append((stream, slot, a, b))
     for entry in pending:
         drain(entry)
+
+
+def whole_block(fn: Callable[[], Any], memory_limit: Any, what: str) -> Any:
+    """Run ``fn`` (a step that needs its whole block on the device: labelling, smoothing) under
+    the memory cap; out of memory is one line naming the block and the cap, not a retry."""
+    import cupy
+
+    from ..errors import GpuOutOfMemoryError
+    cap = apply_memory_limit(memory_limit)
+    try:
+        return fn()
+    except cupy.cuda.memory.OutOfMemoryError as exc:
+        cupy.get_default_memory_pool().free_all_blocks()
+        raise GpuOutOfMemoryError(
+            f"{what} does not fit the GPU's {cap / 2**20:.0f} MiB cap ({exc}); this step needs "
+            "the whole block on the device: use smaller --chunks or raise --gpu-memory-limit"
+        ) from None
+
+
+def in_slabs(fn: Callable[[int, int], None], length: int, memory_limit: Any, what: str,
+             multiple: int = 1) -> None:
+    """Run ``fn(a, b)`` over ``[0, length)`` under the memory cap: the whole range first, then,
+    on out of memory, halves (slab edges on multiples of ``multiple``), down to one slab of
+    ``multiple``; finished slabs are not redone."""
+    import cupy
+    apply_memory_limit(memory_limit)
+    units = -(-length // multiple)
+
+    def attempt(a: int, b: int, size: int, done: list[int]) -> None:
+        for s in range(a, b, size):
+            e = min(s + size, b)
+            fn(s * multiple, min(e * multiple, length))
+            done[0] = e
+
+    def recover() -> None:
+        cupy.get_default_memory_pool().free_all_blocks()
+
+    retry_in_halves(attempt, 0, units, max(units, 1), 1, cupy.cuda.memory.OutOfMemoryError,
+                    recover, what)

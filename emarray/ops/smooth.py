@@ -7,6 +7,7 @@ reflection, then crops the filtered block back to its write region.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from functools import partial
@@ -199,6 +200,12 @@ def smooth(src: Volume | str | os.PathLike, dst: str | os.PathLike, sigma: Any, 
     folded onto it (:func:`fold_weights`), so its halo never exceeds the volume; blocks whose
     grown read would not fit in memory are refused before any work.
 
+    The CPU path is SciPy's (float64 sums); ``backend="cuda"`` runs ``kernels/smooth.cu``
+    (float32 sums, equal to :func:`smooth_block_twin`, within float32 rounding of SciPy). So
+    that a volume is never written by both, ``auto`` means the CPU here and the backend is
+    part of the job: every block of a job runs the one asked for (a worker without CUDA
+    refuses), and a ``resume`` with the other backend is refused.
+
     Returns
     -------
     Volume
@@ -217,6 +224,8 @@ def smooth(src: Volume | str | os.PathLike, dst: str | os.PathLike, sigma: Any, 
     True
     """
     opts = RunOptions.make(options, **run)
+    # one algorithm per volume: auto is the CPU (SciPy); cuda only when asked
+    opts = dataclasses.replace(opts, backend="cuda" if str(opts.backend).lower() == "cuda" else "cpu")
     src = as_volume(src, opts.allow_incomplete)
     sig = voxel_sigma(src, sigma, unit)
     truncate = float(truncate)
@@ -232,6 +241,7 @@ def smooth(src: Volume | str | os.PathLike, dst: str | os.PathLike, sigma: Any, 
                       BlockGrid(src.shape, src.block_shape),
                       [Read(src, halo=halo, boundary="reflect")], [Write(out)], **setup)]
 
-    return run_blockwise("smooth", src, dst, out_dtype, {"sigma": list(sig), "truncate": truncate},
+    return run_blockwise("smooth", src, dst, out_dtype, {"sigma": list(sig), "truncate": truncate,
+                                                         "backend": opts.backend},
                          opts, stages, chunks=chunks, shards=shards, compression=compression,
                          backend="smooth")
