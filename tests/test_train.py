@@ -296,3 +296,11 @@ def test_cuda_training_learns_like_the_cpu(data, tmp_path, precision):
                               device="cuda", precision=precision))
     assert r.best is not None and r.best["f1"] > 0.85, r.best
     assert emarray.models.load_model(tmp_path / "run" / "best.pt").module is not None
+
+
+def test_a_signed_target_is_stored_as_uint8_with_ignore_as_255():
+    """Found on the GPU machine (NumPy 2.5): 255 does not fit an int8 target."""
+    from emarray.training.validate import _stored
+    t = np.array([[-1, 0, 1], [2, -1, 0]], np.int8)
+    got = _stored(t)
+    assert got.dtype == np.uint8 and got.tolist() == [[255, 0, 1], [2, 255, 0]]

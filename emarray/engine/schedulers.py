@@ -59,9 +59,11 @@ def _cuda_cluster(workers: int | None) -> Any:
         from dask_cuda import LocalCUDACluster
     except ImportError as exc:
         from ..errors import BackendUnavailableError
+        why = "" if isinstance(exc, ModuleNotFoundError) else f" ({exc}: a dask-cuda built " \
+            "for another dask/distributed?)"
         raise BackendUnavailableError(
-            "--scheduler cuda needs dask-cuda: pip install 'emarray[gpu]' (or pip install "
-            "dask-cuda)") from exc
+            f"--scheduler cuda needs dask-cuda{why}: pip install 'emarray[gpu]' (or pip install "
+            "dask-cuda matching your dask)") from exc
     kwargs: dict[str, Any] = {"dashboard_address": ":0", "silence_logs": logging.WARNING}
     if workers:
         kwargs["CUDA_VISIBLE_DEVICES"] = list(range(workers))

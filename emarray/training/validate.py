@@ -42,6 +42,12 @@ def check_pair(raw: Volume, lab: Volume, mask: Volume | None) -> None:
                                  f"{raw.shape}; they must match")
 
 
+def _stored(t: np.ndarray) -> np.ndarray:
+    """A target as stored: uint8, IGNORE as 255 (cast first: 255 does not fit a signed target
+    dtype, which NumPy 2.5 refuses)."""
+    return np.where(t == IGNORE, np.uint8(255), t.astype(np.uint8))
+
+
 def _write_blocks(dst: Volume, fn: Any, shape: tuple[int, ...]) -> None:
     step = tuple(min(n, c * max(1, 256 // c)) for n, c in zip(shape, dst.chunks[-3:]))
     for idx in np.ndindex(*(-(-n // s) for n, s in zip(shape, step))):
@@ -102,7 +108,7 @@ def validation_set(held: Held, run: Path, target: Target, softmax: bool) -> tupl
             lab = src_lab.read(grown)
             aff = target.affinity(lab, src_mask.read(grown) if src_mask is not None else None,
                                   low)
-            return np.where(aff == IGNORE, 255, aff).astype(np.uint8)
+            return _stored(aff)
         lab = src_lab.read(src)
         target.check(lab, src_lab.url)
         t = target(lab, src_mask.read(src) if src_mask is not None else None)
@@ -110,7 +116,7 @@ def validation_set(held: Held, run: Path, target: Target, softmax: bool) -> tupl
             out = np.stack([(t == c).astype(np.uint8) for c in range(classes)])
             out[:, t == IGNORE] = 255
             return out
-        return np.where(t == IGNORE, 255, t).astype(np.uint8)
+        return _stored(t)
 
     _write_blocks(truth, block, tuple(shape))
     return val_raw, truth
