@@ -27,7 +27,8 @@ from ..volume import Volume
 from .common import as_volume
 from .._normalize import finite_number
 from ..engine.checkpoint import PROGRESS_DIR
-from .tables import SUM, check_out_folder, dense_ids, fold_table, merge, write_frame, write_json
+from ._runs import pair_table
+from .tables import SUM, check_out_folder, fold_table, merge, write_frame, write_json
 
 THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(1, 10))
 OUTPUTS = ("match.json", "matching.csv", "objects.csv", "match.png")
@@ -35,17 +36,9 @@ OUTPUTS = ("match.json", "matching.csv", "objects.csv", "match.png")
 
 # -- the pass ---------------------------------------------------------------------------------
 def block_overlaps(truth: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
-    """(truth id, pred id, voxels) for every pair that overlaps in the block, 0s included."""
-    tu, ti = dense_ids(truth)
-    pu, pi = dense_ids(pred)
-    if tu.size * pu.size < 2**31:
-        code = ti.astype(np.int32) * np.int32(pu.size) + pi.astype(np.int32)
-    else:
-        code = ti.astype(np.int64) * pu.size + pi.astype(np.int64)
-    counts = np.bincount(code, minlength=tu.size * pu.size)
-    nz = np.flatnonzero(counts)
-    return {"t": tu[nz // pu.size].astype(np.uint64), "p": pu[nz % pu.size].astype(np.uint64),
-            "n": counts[nz].astype(np.int64)}
+    """(truth id, pred id, voxels) for every pair that overlaps in the block, 0s included:
+    one pass over the runs where both are constant (:func:`emarray.ops._runs.pair_table`)."""
+    return pair_table(truth, pred)
 
 
 def _block(ctx: BlockContext, truth: np.ndarray, pred: np.ndarray) -> dict:

@@ -17,83 +17,27 @@ from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Port
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
 from .common import as_volume
-from .tables import (MAX, MIN, SUM, check_out_file, dense_ids, fold_table, merge,
-                     progress_beside, write_frame, write_json)
+from ._runs import object_table
+from .tables import (MAX, MIN, SUM, check_out_file, fold_table, merge, progress_beside,
+                     write_frame, write_json)
 
 HOW = {"voxels": SUM, "z0": MIN, "y0": MIN, "x0": MIN, "z1": MAX, "y1": MAX, "x1": MAX,
        "sz": SUM, "sy": SUM, "sx": SUM, "rsum": SUM, "rmin": MIN, "rmax": MAX}
 SUFFIXES = (".csv", ".parquet")
 
 
-def _kernel():
-    from numba import njit
-
-    @njit(cache=True, nogil=True)
-    def accumulate(inv, shape, raw, has_raw, n):  # pragma: no cover - compiled
-        cnt = np.zeros(n, np.int64)
-        lo = np.full((n, 3), np.iinfo(np.int64).max, np.int64)
-        hi = np.full((n, 3), -1, np.int64)
-        s = np.zeros((n, 3), np.int64)
-        rsum = np.zeros(n, np.float64)
-        rmin = np.full(n, np.inf)
-        rmax = np.full(n, -np.inf)
-        ny, nx = shape[1], shape[2]
-        i = 0
-        for z in range(shape[0]):
-            for y in range(ny):
-                for x in range(nx):
-                    k = inv[i]
-                    cnt[k] += 1
-                    if z < lo[k, 0]:
-                        lo[k, 0] = z
-                    if y < lo[k, 1]:
-                        lo[k, 1] = y
-                    if x < lo[k, 2]:
-                        lo[k, 2] = x
-                    if z > hi[k, 0]:
-                        hi[k, 0] = z
-                    if y > hi[k, 1]:
-                        hi[k, 1] = y
-                    if x > hi[k, 2]:
-                        hi[k, 2] = x
-                    s[k, 0] += z
-                    s[k, 1] += y
-                    s[k, 2] += x
-                    if has_raw:
-                        v = raw[i]
-                        rsum[k] += v
-                        if v < rmin[k]:
-                            rmin[k] = v
-                        if v > rmax[k]:
-                            rmax[k] = v
-                    i += 1
-        return cnt, lo, hi, s, rsum, rmin, rmax
-
-    return accumulate
-
-
-_KERNEL: Any = None
-
-
 def block_table(labels: np.ndarray, raw: np.ndarray | None, origin: tuple[int, ...]) -> dict:
-    """The partial object table of one block (background 0 left out)."""
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _kernel()
-    ids, inv = dense_ids(labels)
-    r = (np.ascontiguousarray(raw, dtype=np.float64).reshape(-1) if raw is not None
-         else np.zeros(1, np.float64))
-    cnt, lo, hi, s, rsum, rmin, rmax = _KERNEL(inv, np.array(labels.shape, np.int64), r,
-                                               raw is not None, ids.size)
+    """The partial object table of one block (background 0 left out), ids in order of first
+    appearance: one pass over the block's runs (:func:`emarray.ops._runs.object_table`)."""
+    ids, cnt, lo, hi, s, rsum, rmin, rmax = object_table(labels, raw)
     o = np.array(origin, np.int64)
-    keep = ids != 0
     t = {"id": ids.astype(np.uint64), "voxels": cnt}
     for j, a in enumerate("zyx"):
         t[f"{a}0"] = lo[:, j] + o[j]
         t[f"{a}1"] = hi[:, j] + o[j] + 1  # exclusive end
         t[f"s{a}"] = s[:, j] + cnt * o[j]
     t.update(rsum=rsum, rmin=rmin, rmax=rmax)
-    return {k: v[keep] for k, v in t.items()}
+    return t
 
 
 def _block(ctx: BlockContext, labels: np.ndarray, *rest: np.ndarray) -> dict:

@@ -43,18 +43,6 @@ def merge(a: dict[str, np.ndarray], b: dict[str, np.ndarray], keys: Sequence[str
     return out
 
 
-def dense_ids(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The block's distinct values (in order of appearance) and each voxel's index among
-    them (fastremap's renumbering: a hash table, no sort)."""
-    import fastremap
-    dense, mapping = fastremap.renumber(np.array(block, order="C").reshape(-1), start=0,
-                                        preserve_zero=False, in_place=True)
-    ids = np.empty(len(mapping), np.asarray(block).dtype)
-    ids[np.fromiter(mapping.values(), np.int64, len(mapping))] = np.fromiter(
-        mapping.keys(), ids.dtype, len(mapping))
-    return ids, dense
-
-
 def fold_table(name: str, fn: Any, reads: list[Read], grid: Any, combine: Any, *,
                opts: RunOptions, progress_dir: Path | None, job: dict[str, Any]) -> Any:
     """Run one summarising stage over ``grid`` and return the folded table (resumable when
