@@ -164,3 +164,32 @@ def test_unreachable_scheduler_is_named(tmp_path):
     with pytest.raises(OSError, match="127.0.0.1:9"):
         emarray.threshold(src, tmp_path / "m.zarr", 0.5, scheduler="tcp://127.0.0.1:9")
     assert not (tmp_path / "m.zarr").exists()  # connecting comes before creating the output
+
+
+def test_reads_through_the_chunk_cache_equal_direct_reads_and_never_go_stale(tmp_path):
+    """Grown reads (halos) assemble whole decoded chunks kept in emarray.chunk_cache; a chunk
+    rewritten since is read again, and a cache of 0 bytes reads directly."""
+    from emarray.chunk_cache import CACHE
+    a = np.random.default_rng(3).random((20, 30, 41)).astype(np.float32)
+    v = make_volume(tmp_path / "a.zarr", a, (8, 16, 16))
+    CACHE.clear()
+    hits = CACHE.hits
+    for region in [(slice(3, 17), slice(5, 30), slice(0, 41)), (slice(0, 20), slice(15, 17),
+                                                                  slice(31, 40))]:
+        np.testing.assert_array_equal(v.read(region), a[region])
+        np.testing.assert_array_equal(v.read(region), a[region])
+    assert CACHE.hits > hits and CACHE.nbytes > 0
+    v.write((slice(8, 16), slice(16, 30), slice(16, 32)), np.full((8, 14, 16), -1, np.float32))
+    a[8:16, 16:30, 16:32] = -1
+    region = (slice(3, 17), slice(5, 30), slice(0, 41))
+    np.testing.assert_array_equal(v.read(region), a[region])
+    # aligned reads and a disabled cache bypass it
+    n = CACHE.misses + CACHE.hits
+    np.testing.assert_array_equal(v.read((slice(0, 8), slice(0, 16), slice(0, 16))),
+                                  a[:8, :16, :16])
+    capacity, CACHE.capacity = CACHE.capacity, 0
+    try:
+        np.testing.assert_array_equal(v.read(region), a[region])
+    finally:
+        CACHE.capacity = capacity
+    assert CACHE.misses + CACHE.hits == n

@@ -1,6 +1,8 @@
 """What every operator that writes a volume does before work starts."""
 from __future__ import annotations
 
+import inspect
+
 import os
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -59,6 +61,12 @@ def backend_setup(op: str, backend: str, dtype: Any, memory_limit: Any,
     if name == "cuda":
         from ..engine.memory import split_memory_limit
         impl = partial(impl, memory_limit=split_memory_limit(memory_limit, processes_per_device))
+    elif "cores" in inspect.signature(impl).parameters:
+        # a library that holds the GIL runs one block at a time per process: let it use this
+        # process's share of the host's cores itself
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+        impl = partial(impl, cores=max(1, cores // max(1, processes_per_device)))
     return impl
 
 

@@ -1,0 +1,72 @@
+"""Decoded chunks kept for the reads that cut through them (halos).
+
+A block grown by a halo touches up to 26 neighbouring chunks and needs only a sliver of each,
+but a codec decodes whole chunks: without a cache every chunk is decoded once for its own
+block and again for each neighbour's halo. This process-wide LRU keeps decoded chunks (up to
+``EMARRAY_CHUNK_CACHE`` bytes, default 512 MiB; 0 turns it off) under a key that includes the
+chunk file's inode, size and modification time, so a rewritten chunk is never served stale.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+
+def _capacity() -> int:
+    raw = os.environ.get("EMARRAY_CHUNK_CACHE", str(512 * 2**20))
+    try:
+        return max(0, int(float(raw)))
+    except ValueError:
+        return 512 * 2**20
+
+
+class ChunkCache:
+    """A thread-safe LRU of decoded chunks, bounded in bytes.
+
+    >>> c = ChunkCache(100)
+    >>> c.put("a", np.zeros(10, np.uint8)); c.put("b", np.zeros(95, np.uint8))
+    >>> c.get("a") is None, c.get("b").size, c.nbytes
+    (True, 95, 95)
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = int(capacity)
+        self.nbytes = 0
+        self.hits = self.misses = 0
+        self._items: OrderedDict[Any, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> np.ndarray | None:
+        with self._lock:
+            arr = self._items.get(key)
+            if arr is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return arr
+
+    def put(self, key: Any, arr: np.ndarray) -> None:
+        if arr.nbytes > self.capacity // 4:  # one chunk never crowds out the rest
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.nbytes -= old.nbytes
+            self._items[key] = arr
+            self.nbytes += arr.nbytes
+            while self.nbytes > self.capacity and self._items:
+                _, gone = self._items.popitem(last=False)
+                self.nbytes -= gone.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.nbytes = 0
+
+
+CACHE = ChunkCache(_capacity())
