@@ -191,3 +191,57 @@ def test_objects_parquet_or_a_clear_line_without_pyarrow(tmp_path):
         return
     assert r.returncode == 0, r.stderr
     assert len(pd.read_parquet(tmp_path / "o.parquet")) == len(np.unique(instances((6, 8, 8), 6))) - 1
+
+
+def _assign_group_by_group(t, p, iou, thr, n_scale):
+    """The assignment written plainly, one candidate group at a time (the reference)."""
+    from scipy.optimize import linear_sum_assignment
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    cand = np.flatnonzero(iou >= thr)
+    if cand.size == 0:
+        return cand
+    tu, ti = np.unique(t[cand], return_inverse=True)
+    pu, pj = np.unique(p[cand], return_inverse=True)
+    nt = tu.size
+    g = coo_matrix((np.ones(cand.size), (ti, nt + pj)), shape=(nt + pu.size,) * 2)
+    _, comp = connected_components(g, directed=False)
+    allp = np.flatnonzero(np.isin(t, tu) & np.isin(p, pu))
+    at, ap = np.searchsorted(tu, t[allp]), np.searchsorted(pu, p[allp])
+    keep = comp[at] == comp[nt + ap]
+    allp, at, ap = allp[keep], at[keep], ap[keep]
+    out = []
+    for grp in np.unique(comp[at]):
+        sel = np.flatnonzero(comp[at] == grp)
+        rows, ri = np.unique(at[sel], return_inverse=True)
+        cols, ci = np.unique(ap[sel], return_inverse=True)
+        if rows.size == 1 or cols.size == 1:
+            s = iou[allp[sel]]
+            best = int(np.argmax(np.where(s >= thr, s, -1.0)))
+            if s[best] >= thr:
+                out.append(allp[sel][best:best + 1])
+            continue
+        score = np.zeros((rows.size, cols.size))
+        score[ri, ci] = iou[allp[sel]]
+        r, c = linear_sum_assignment(-(score >= thr).astype(float) - score / (2 * n_scale))
+        lookup = {(i, j): k for k, i, j in zip(allp[sel], ri, ci)}
+        out.append(np.array([lookup[(i, j)] for i, j in zip(r, c) if score[i, j] >= thr],
+                            np.int64))
+    return np.concatenate(out) if out else np.empty(0, np.int64)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_assignment_equals_the_group_by_group_reference(seed):
+    """The vectorised one-object groups and the per-group assignment give the reference's
+    pairs in the reference's order (sums of IoU are then bit-identical)."""
+    from emarray.ops.match import assign
+    r = np.random.default_rng(seed)
+    pairs = np.unique(np.stack([r.integers(0, 60, 500), r.integers(0, 70, 500)], 1), axis=0)
+    t, p = pairs[:, 0].astype(np.uint64), pairs[:, 1].astype(np.uint64)
+    iou = r.random(len(t))
+    iou[::9] = 0.5  # ties at a threshold
+    for thr in (0.1, 0.3, 0.5, 0.7):
+        got = assign(t, p, iou, thr, 40)
+        want = _assign_group_by_group(t, p, iou, thr, 40)
+        np.testing.assert_array_equal(got, want)
+        assert iou[got].sum() == iou[want].sum()

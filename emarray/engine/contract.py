@@ -136,7 +136,12 @@ def read_padded(volume: Any, want: Region, boundary: str, cval: float = 0.0) -> 
     idx = [source_index(np.arange(s.start, s.stop), n, boundary) for s, n in zip(want, shape)]
     hull = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
     data = volume.read(hull)
-    return data[np.ix_(*(i - h.start for i, h in zip(idx, hull)))]
+    for axis, (i, h) in enumerate(zip(idx, hull)):  # only the axes that need it, one by one
+        local = i - h.start
+        if local.size == data.shape[axis] and bool((local == np.arange(local.size)).all()):
+            continue
+        data = np.take(data, local, axis=axis)
+    return data
 
 
 @dataclass(frozen=True)

@@ -97,27 +97,41 @@ def assign(t: np.ndarray, p: np.ndarray, iou: np.ndarray, thr: float,
     keep = comp[at] == comp[nt + ap]
     allp, at, ap = allp[keep], at[keep], ap[keep]
     gcomp = comp[at]
-    matched = []
-    order = np.argsort(gcomp, kind="stable")
-    bounds = np.flatnonzero(np.r_[True, gcomp[order][1:] != gcomp[order][:-1], True])
+    # groups of one truth or one pred object (nearly all of them): the best candidate, found
+    # for all such groups at once; the rest by linear assignment, group by group
+    ncomp = int(comp.max()) + 1
+    rows_n = np.bincount(comp[:nt], minlength=ncomp)
+    cols_n = np.bincount(comp[nt:], minlength=ncomp)
+    star = (rows_n[gcomp] == 1) | (cols_n[gcomp] == 1)
+    pos = np.flatnonzero(star)
+    sc = iou[allp[pos]]
+    masked = np.where(sc >= thr, sc, -1.0)
+    first = np.lexsort((pos, -masked, gcomp[pos]))  # per group: best score, then first pair
+    g_sorted = gcomp[pos][first]
+    head = first[np.r_[True, g_sorted[1:] != g_sorted[:-1]]] if first.size else first
+    head = head[sc[head] >= thr]
+    keys = [gcomp[pos][head]]
+    found = [allp[pos][head]]
+    rest = np.flatnonzero(~star)
+    order = rest[np.argsort(gcomp[rest], kind="stable")]
+    bounds = np.flatnonzero(np.r_[True, gcomp[order][1:] != gcomp[order][:-1], True]) \
+        if order.size else np.zeros(1, np.int64)
     for a, b in zip(bounds[:-1], bounds[1:]):
         sel = order[a:b]
         rows, ri = np.unique(at[sel], return_inverse=True)
         cols, ci = np.unique(ap[sel], return_inverse=True)
-        if rows.size == 1 or cols.size == 1:  # one candidate to choose: the best one
-            s = iou[allp[sel]]
-            best = int(np.argmax(np.where(s >= thr, s, -1.0)))
-            if s[best] >= thr:
-                matched.append(allp[sel][best:best + 1])
-            continue
         score = np.zeros((rows.size, cols.size))
         score[ri, ci] = iou[allp[sel]]
         cost = -(score >= thr).astype(float) - score / (2 * n_scale)
         r, c = linear_sum_assignment(cost)
         ok = score[r, c] >= thr
         lookup = {(i, j): k for k, i, j in zip(allp[sel], ri, ci)}
-        matched.append(np.array([lookup[(i, j)] for i, j in zip(r[ok], c[ok])], np.int64))
-    return np.concatenate(matched) if matched else np.empty(0, np.int64)
+        got = np.array([lookup[(i, j)] for i, j in zip(r[ok], c[ok])], np.int64)
+        keys.append(np.full(got.size, gcomp[sel[0]]))
+        found.append(got)
+    # in group order, each group's pairs in the order they were found
+    k = np.concatenate(keys)
+    return np.concatenate(found)[np.argsort(k, kind="stable")].astype(np.int64)
 
 
 def matching_table(pairs: dict, n_true: int, n_pred: int, thresholds=THRESHOLDS):
