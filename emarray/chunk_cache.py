@@ -27,10 +27,11 @@ def _capacity() -> int:
 class ChunkCache:
     """A thread-safe LRU of decoded chunks, bounded in bytes.
 
-    >>> c = ChunkCache(100)
-    >>> c.put("a", np.zeros(10, np.uint8)); c.put("b", np.zeros(95, np.uint8))
-    >>> c.get("a") is None, c.get("b").size, c.nbytes
-    (True, 95, 95)
+    >>> c = ChunkCache(400)
+    >>> for k in "abcde":
+    ...     c.put(k, np.zeros(90, np.uint8))
+    >>> c.get("a") is None, c.get("e").size, c.nbytes
+    (True, 90, 360)
     """
 
     def __init__(self, capacity: int):

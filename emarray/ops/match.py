@@ -28,6 +28,7 @@ from .common import as_volume
 from .._normalize import finite_number
 from ..engine.checkpoint import PROGRESS_DIR
 from ._runs import pair_table
+from ..figures import prewarm
 from .tables import SUM, check_out_folder, fold_table, merge, write_frame, write_json
 
 THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(1, 10))
@@ -331,6 +332,7 @@ def match(pred: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
                 f"the {name} {v.url} holds {v.dtype}, not instance ids; pass --label to "
                 "label a mask first")
     job = {"operator": "match", "inputs": [pv.fingerprint(), tv.fingerprint()]}
+    prewarm()  # the plot's import runs beside the blocks
     table, checkpoint = fold_table(
         "match", _block, [Read(tv), Read(pv)], BlockGrid(pv.shape, pv.block_shape), _merge,
         opts=opts, progress_dir=(dirp / PROGRESS_DIR) if dirp is not None else None,
@@ -382,11 +384,9 @@ def write_outputs(result: dict, out: Path, pv: Volume, tv: Volume) -> None:
 
 def plot(result: dict, path: Path, title: str) -> None:
     """Precision, recall and F1 against the IoU threshold; the IoU of each truth object."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..figures import subplots
     m = result["matching"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, (a, b) = subplots(2, figsize=(11, 4.5))
     for col in ("precision", "recall", "f1", "panoptic_quality"):
         a.plot(m["threshold"], m[col], ".-", label=col)
     a.set_xlabel("IoU threshold")
@@ -403,4 +403,3 @@ def plot(result: dict, path: Path, title: str) -> None:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -18,6 +18,7 @@ from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
 from .common import as_volume
 from ._runs import object_table
+from ..figures import prewarm
 from .tables import (MAX, MIN, SUM, check_out_file, fold_table, merge, progress_beside,
                      write_frame, write_json)
 
@@ -131,6 +132,7 @@ def objects(labels: Volume | str | os.PathLike, *, raw: Volume | str | os.PathLi
                        inputs=[lv, rv])
     reads = [Read(lv)] + ([Read(rv)] if rv is not None else [])
     job = {"operator": "objects", "inputs": [v.fingerprint() for v in (lv, rv) if v is not None]}
+    prewarm()  # the plot's import runs beside the blocks
     table, checkpoint = fold_table(
         "objects", _block, reads, BlockGrid(lv.shape, lv.block_shape), _merge,
         opts=opts, progress_dir=progress_beside(path) if path is not None else None, job=job)
@@ -158,10 +160,8 @@ def summary(df, lv: Volume, rv: Volume | None) -> dict[str, Any]:
 
 def plot_volumes(df, path: Path, title: str = "") -> None:
     """A histogram of object volumes (log-spaced bins)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    from ..figures import subplots
+    fig, ax = subplots(figsize=(7, 4.5))
     v = df["volume_um3"].to_numpy()
     if v.size and v.max() > 0:
         lo, hi = v[v > 0].min(), v.max()
@@ -174,4 +174,3 @@ def plot_volumes(df, path: Path, title: str = "") -> None:
     ax.set_title(f"{title}: {len(df)} objects" if title else f"{len(df)} objects", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import backends
 from .._normalize import finite_number, micrometres, real_number
+from ..figures import prewarm
 from ..engine import BlockContext, BlockGrid, Checkpoint, Read, RunOptions, Stage, run_stages
 from ..spec import BACKEND, ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
 from ..engine.checkpoint import PROGRESS_DIR
@@ -268,6 +269,8 @@ def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
         if not opts.resume:
             checkpoint.clear()
         checkpoint.start(job, inputs=[v for v in (pv, tv, mv) if v is not None])
+        if out is not None:
+            prewarm()  # the plot's import runs beside the blocks
         hist = run_stages([stage], runner, checkpoint, retries=opts.retries)
     df = metrics_table(hist, ts, pv, channels)
     df.attrs["warnings"] = sweep_warnings(df)
@@ -370,10 +373,8 @@ def write_outputs(df, out: Path, pv: Volume, tv: Volume) -> None:
 
 def plot(df, path: Path, title: str = "") -> None:
     """Metric curves against the threshold (best F1 marked) and the precision-recall curve."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 5.2))
+    from ..figures import subplots
+    fig, (a, b) = subplots(2, figsize=(12, 5.2))
     a2 = a.twinx()
     multi = df["channel"].nunique() > 1
     lo, hi = float(df["threshold"].min()), float(df["threshold"].max())
@@ -410,4 +411,3 @@ def plot(df, path: Path, title: str = "") -> None:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

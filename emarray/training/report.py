@@ -61,10 +61,8 @@ def write_logs(run: Path, state: dict[str, Any], cfg: dict[str, Any]) -> None:
 
 def plot(state: dict[str, Any], path: Path, metric: str) -> None:
     """Loss per logged step, and validation F1/IoU per evaluation (best marked)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    from ..figures import subplots
+    fig, (a, b) = subplots(2, figsize=(11, 4.2))
     h = state["history"]
     # a marker per point while there are few: one logged step is a point, not an empty panel
     a.plot([r["step"] for r in h], [r["loss"] for r in h], lw=1,
@@ -88,4 +86,3 @@ def plot(state: dict[str, Any], path: Path, metric: str) -> None:
     fig.suptitle(why_stopped(state)[:120], fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
