@@ -3,7 +3,7 @@
 A block grown by a halo touches up to 26 neighbouring chunks and needs only a sliver of each,
 but a codec decodes whole chunks: without a cache every chunk is decoded once for its own
 block and again for each neighbour's halo. This process-wide LRU keeps decoded chunks (up to
-``EMARRAY_CHUNK_CACHE`` bytes, default 512 MiB; 0 turns it off) under a key that includes the
+``EMARRAY_CHUNK_CACHE`` bytes, default 256 MiB; 0 turns it off) under a key that includes the
 chunk file's inode, size and modification time, so a rewritten chunk is never served stale.
 """
 from __future__ import annotations
@@ -17,11 +17,11 @@ import numpy as np
 
 
 def _capacity() -> int:
-    raw = os.environ.get("EMARRAY_CHUNK_CACHE", str(512 * 2**20))
+    raw = os.environ.get("EMARRAY_CHUNK_CACHE", str(256 * 2**20))
     try:
         return max(0, int(float(raw)))
     except ValueError:
-        return 512 * 2**20
+        return 256 * 2**20
 
 
 class ChunkCache:
