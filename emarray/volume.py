@@ -231,7 +231,7 @@ class Volume:
         return np.asarray(h[region].read().result())
 
     def _cut(self, region: Region) -> bool:
-        """Whether ``region`` cuts through a chunk (a grown block's halo) of a local volume."""
+        """Whether ``region`` cuts through chunks (a grown block's halo) of a local volume."""
         from .chunk_cache import CACHE
         if not CACHE.capacity or "://" in self.url:
             return False
@@ -246,6 +246,7 @@ class Volume:
         grid = self.block_shape
         out = np.empty(tuple(s.stop - s.start for s in region), self.dtype)
         ranges = [range(s.start // g, -(-s.stop // g)) for s, g in zip(region, grid)]
+        pieces = []
         for idx in itertools.product(*ranges):
             whole = tuple(slice(i * g, min((i + 1) * g, n))
                           for i, g, n in zip(idx, grid, self.shape))
@@ -255,11 +256,19 @@ class Volume:
                             st.st_mtime_ns)
             except FileNotFoundError:  # never written: the fill value, nothing to keep
                 key = None
-            chunk = CACHE.get(key) if key is not None else None
-            if chunk is None:
-                chunk = np.asarray(h[whole])
-                if key is not None:
-                    CACHE.put(key, chunk)
+            pieces.append([whole, key, CACHE.get(key) if key is not None else None])
+        missing = [p for p in pieces if p[2] is None]
+        if missing:  # one read of the chunks not kept (zarr fetches them together)
+            hull = tuple(slice(min(p[0][a].start for p in missing),
+                               max(p[0][a].stop for p in missing)) for a in range(len(grid)))
+            data = np.asarray(h[hull])
+            for p in missing:
+                whole = p[0]
+                p[2] = data[tuple(slice(w.start - c.start, w.stop - c.start)
+                                  for w, c in zip(whole, hull))].copy()
+                if p[1] is not None:
+                    CACHE.put(p[1], p[2])
+        for whole, _key, chunk in pieces:
             src = tuple(slice(max(s.start, w.start) - w.start, min(s.stop, w.stop) - w.start)
                         for s, w in zip(region, whole))
             dst = tuple(slice(max(s.start, w.start) - s.start, min(s.stop, w.stop) - s.start)
