@@ -95,6 +95,19 @@ def _compile() -> dict[str, Any]:
         return n, ids, cnt, lo, hi, sm, rsum, rmin, rmax
 
     @njit(cache=True, nogil=True)
+    def rank(keys, ranks, v, h, mask, count):  # pragma: no cover - compiled
+        """The first-appearance rank of ``v`` (hash ``h``) in an open-addressing table, a new
+        one (``count``) when ``v`` is new; returns (rank, the count after)."""
+        s = np.int64((h ^ (h >> np.uint64(29))) & np.uint64(mask))
+        while ranks[s] >= 0 and keys[s] != v:
+            s = (s + 1) & mask
+        if ranks[s] < 0:
+            keys[s] = v
+            ranks[s] = count
+            count += 1
+        return ranks[s], count
+
+    @njit(cache=True, nogil=True)
     def pair_runs(t, p, room):  # pragma: no cover - compiled
         """Every (truth, pred) pair that overlaps with its voxels, and for each pair the
         first-appearance rank of its truth id and of its pred id (0 included). ``n`` is -1
@@ -144,22 +157,8 @@ def _compile() -> dict[str, Any]:
                 pt[k] = a
                 pp[k] = b
                 # the rank of a among truth ids, of b among pred ids, by first appearance
-                st = np.int64((ha ^ (ha >> np.uint64(29))) & np.uint64(mask))
-                while trank[st] >= 0 and tkey[st] != a:
-                    st = (st + 1) & mask
-                if trank[st] < 0:
-                    tkey[st] = a
-                    trank[st] = nt
-                    nt += 1
-                tord[k] = trank[st]
-                sp = np.int64((hb ^ (hb >> np.uint64(29))) & np.uint64(mask))
-                while prank[sp] >= 0 and pkey[sp] != b:
-                    sp = (sp + 1) & mask
-                if prank[sp] < 0:
-                    pkey[sp] = b
-                    prank[sp] = npd
-                    npd += 1
-                pord[k] = prank[sp]
+                tord[k], nt = rank(tkey, trank, a, ha, mask, nt)
+                pord[k], npd = rank(pkey, prank, b, hb, mask, npd)
             pn[k] += e - i
             i = e
         return n, pt, pp, pn, tord, pord

@@ -107,6 +107,15 @@ def _agglomerate_kernel():
     from numba.typed import Dict, List
 
     @njit(cache=True)
+    def snapshot(parent, row):  # pragma: no cover - compiled
+        """Each node's root (its segment at this threshold) into ``row``."""
+        for k in range(parent.size):
+            r = k
+            while parent[r] != r:
+                r = parent[r]
+            row[k] = r
+
+    @njit(cache=True)
     def run(n, eu, ev, esum, esize, thresholds):  # pragma: no cover - compiled
         m = eu.size
         adj = List()
@@ -129,11 +138,7 @@ def _agglomerate_kernel():
             if not alive[i] or st != stamp[i]:
                 continue
             while ti < thresholds.size and mean >= thresholds[ti]:
-                for k in range(n):
-                    r = k
-                    while parent[r] != r:
-                        r = parent[r]
-                    out[ti, k] = r
+                snapshot(parent, out[ti])
                 ti += 1
             if ti == thresholds.size:
                 break
@@ -162,11 +167,7 @@ def _agglomerate_kernel():
             adj[b] = Dict.empty(key_type=types.int64, value_type=types.int64)
             parent[b] = a
         while ti < thresholds.size:
-            for k in range(n):
-                r = k
-                while parent[r] != r:
-                    r = parent[r]
-                out[ti, k] = r
+            snapshot(parent, out[ti])
             ti += 1
         return out
 
