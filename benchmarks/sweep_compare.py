@@ -56,6 +56,9 @@ def main() -> None:
     ap.add_argument("--loop-passes", type=int, default=5)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    import dask.array  # noqa: F401 - imports both rows need are made before either is timed
+    import zarr  # noqa: F401
+
     import emarray
     prob, truth = make_inputs(Path(args.data) / f"sweep-{args.gvox:g}gvox", args.gvox)
     rows = {}

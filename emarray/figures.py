@@ -3,26 +3,36 @@ global state, thread-safe), and an import started early so that a job's plot doe
 for matplotlib after its blocks are done."""
 from __future__ import annotations
 
+import importlib
+import sys
 import threading
 from typing import Any
 
-_warm: threading.Thread | None = None
+_started: set[str] = set()
+_lock = threading.Lock()
+PLOT = ("matplotlib.figure", "matplotlib.backends.backend_agg")
 
 
-def prewarm() -> None:
-    """Import matplotlib in a background thread while a job's blocks run (once per process).
+def prewarm(*modules: str) -> None:
+    """Import ``modules`` (default: matplotlib's figure and canvas) in a background thread while
+    a job's blocks run; each module once per process. A failed import is left for the real one.
 
-    >>> prewarm(); prewarm()
+    >>> prewarm(); prewarm("pandas", "pandas")
     """
-    global _warm
-    if _warm is None:
-        _warm = threading.Thread(target=_import, name="emarray-matplotlib", daemon=True)
-        _warm.start()
+    names = modules or PLOT
+    with _lock:
+        todo = [m for m in dict.fromkeys(names) if m not in _started and m not in sys.modules]
+        _started.update(todo)
+    if todo:
+        threading.Thread(target=_import, args=(todo,), name="emarray-import", daemon=True).start()
 
 
-def _import() -> None:
-    import matplotlib.backends.backend_agg  # noqa: F401
-    import matplotlib.figure  # noqa: F401
+def _import(names: list[str]) -> None:
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the caller's own import reports it
+            return
 
 
 def subplots(ncols: int = 1, figsize: tuple[float, float] = (7, 4.5)) -> tuple[Any, Any]:

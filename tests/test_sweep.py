@@ -217,3 +217,42 @@ def test_values_the_truth_dtype_cannot_hold(tmp_path, tv, iv):
                        make_volume(tmp_path / "t.zarr", truth, 3), thresholds=5,
                        truth_value=tv, ignore_value=iv)
     check(df, prob, truth.astype(np.float64) == tv)  # nothing ignored: no voxel equals iv
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int8", "int16", "int32", "uint32",
+                                   "int64"])
+def test_both_bucket_kernels_count_as_searchsorted(dtype):
+    """The branch-free kernel (fine tables) and the searching one (clustered thresholds) give
+    the bucket NumPy's searchsorted gives, values at and next to every threshold included."""
+    from emarray.ops._histogram_cpu import bucket_histogram, lookup_table, one_step
+    from emarray.ops.sweep import exact_thresholds, sweep_thresholds
+    dt = np.dtype(dtype)
+    rng = np.random.default_rng(zlib.crc32(dtype.encode()))
+    cases = {"uniform": sweep_thresholds(100, None, dt), "clustered": None}
+    if dt.kind == "f":
+        x = rng.random(50_001).astype(dt)
+        cases["clustered"] = np.array([0.3, np.nextafter(0.3, 1), 0.30001, 0.9])
+        x[:8] = [np.nan, np.inf, -np.inf, 0.3, np.nextafter(dt.type(0.3), dt.type(1)), 0, 1, -2]
+    else:
+        info = np.iinfo(dt)
+        x = rng.integers(info.min, info.max, 50_001, dtype=dt, endpoint=True)
+        cases["clustered"] = np.array([info.min + 1.0, info.min + 2.0, 0.0, info.max - 1.0])
+        x[:4] = [info.min, info.max, 0, 1]
+    for name, ts in cases.items():
+        edges = exact_thresholds(dt, np.asarray(ts, np.float64))
+        edges = np.unique(edges)
+        x[8:8 + edges.size] = edges.astype(dt)  # values equal to every threshold
+        cls = rng.integers(0, 3, x.size).astype(np.uint8)
+        tab, t0, inv = lookup_table(edges)
+        fast = dt.kind == "f" or dt.itemsize <= 4
+        if name == "clustered" and dt != np.int8:  # int8's 256 values fit the table's cells
+            fast = False
+        assert one_step(edges, tab, t0, inv, dt) == fast, name
+        out = np.zeros((edges.size + 1, 3), np.int64)
+        nan = np.zeros(3, np.int64)
+        bucket_histogram(x, cls, edges, tab, t0, inv, out, nan)
+        finite = ~np.isnan(x.astype(np.float64)) if dt.kind == "f" else np.ones(x.size, bool)
+        ref = np.zeros_like(out)
+        np.add.at(ref, (np.searchsorted(edges, x[finite], side="left"), cls[finite]), 1)
+        np.testing.assert_array_equal(out, ref, err_msg=f"{dtype} {name}")
+        assert nan.tolist() == np.bincount(cls[~finite], minlength=3).tolist()

@@ -269,8 +269,9 @@ def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
         if not opts.resume:
             checkpoint.clear()
         checkpoint.start(job, inputs=[v for v in (pv, tv, mv) if v is not None])
+        prewarm("pandas")  # the table's and the plot's imports run beside the blocks
         if out is not None:
-            prewarm()  # the plot's import runs beside the blocks
+            prewarm()
         hist = run_stages([stage], runner, checkpoint, retries=opts.retries)
     df = metrics_table(hist, ts, pv, channels)
     df.attrs["warnings"] = sweep_warnings(df)
