@@ -116,6 +116,14 @@ def variant(name: str, src: Path, dst: Path) -> None:
         print(json.dumps({"inner_seconds": time.perf_counter() - t0}))
         zarr.create_array(str(dst / "c.zarr"), data=out, chunks=CHUNKS)
         return
+    elif name == "read-mask":  # the label floor's read half: the mask decoded
+        da.from_zarr(arr).sum().compute()
+    elif name == "copy-labels":  # the label floor's write half (less read-labels): ids encoded
+        src_l = src.parent / "labels.zarr" / "0"
+        x = da.from_zarr(str(src_l))
+        out_arr = zarr.create_array(str(dst / "c.zarr"), shape=x.shape, dtype=x.dtype,
+                                    chunks=CHUNKS, compressors=zarr.codecs.ZstdCodec(level=3))
+        da.store(x, out_arr, lock=False)
     elif name in ("emarray-objects", "read-labels"):
         import emarray
         labels = src.parent / "labels.zarr"
@@ -178,10 +186,10 @@ def main() -> None:
                 print(rows[-1], file=sys.stderr)
     elif a.what == "label":
         src = make_mask(work / f"{a.gvox}", a.gvox)
-        names = (a.only or "emarray-label,dask-image-label,cc3d,emarray-objects,read-labels,"
-                 "emarray-match,read-both").split(",")
+        names = (a.only or "emarray-label,read-mask,copy-labels,dask-image-label,cc3d,"
+                 "emarray-objects,read-labels,emarray-match,read-both").split(",")
         for name in names:
-            if name in ("emarray-objects", "emarray-match") and not (
+            if name in ("emarray-objects", "emarray-match", "copy-labels") and not (
                     src.parent / "labels.zarr").exists():
                 import emarray
                 emarray.label(src, src.parent / "labels.zarr", connectivity=26)

@@ -100,6 +100,25 @@ def _stats_kernel():
 
 
 _STATS: Any = None
+_APPLY: Any = None
+
+
+def apply_lut(lut: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``lut[labels]`` in one compiled loop that releases the GIL (NumPy's gather measured
+    9x slower on a 64x256x256 block, and holds the GIL)."""
+    global _APPLY
+    if _APPLY is None:
+        from numba import njit
+
+        @njit(cache=True, nogil=True)
+        def apply(lut, flat, out):  # pragma: no cover - compiled
+            for i in range(flat.size):
+                out[i] = lut[flat[i]]
+
+        _APPLY = apply
+    out = np.empty(labels.shape, lut.dtype)
+    _APPLY(lut, np.ascontiguousarray(labels).reshape(-1), out.reshape(-1))
+    return out
 
 
 @dataclass

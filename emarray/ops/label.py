@@ -35,7 +35,7 @@ from .._normalize import real_number, whole_number
 from ..errors import InvalidArgumentError
 from ..volume import Volume, create_volume, open_volume
 from .common import as_volume, retype, run_blockwise
-from .components import (CONNECTIVITY_ORDER, PIECE, block_components, face_pairs,
+from .components import (CONNECTIVITY_ORDER, PIECE, apply_lut, block_components, face_pairs,
                          label_block_cpu, node_ids)
 
 MODES = ("auto", "binary", "multilabel")
@@ -272,7 +272,7 @@ def _relabel_block(ctx: BlockContext, block: np.ndarray, rowoff: np.ndarray, *, 
         nodes = scratch.load("nodes")
         where = np.searchsorted(nodes, node_ids(flat, face))
         lut[face] = np.asarray(scratch.load("piece_ids"))[where]
-    return lut[comp.labels]
+    return apply_lut(lut, comp.labels)
 
 
 def _record(out: Volume, components: int) -> None:
