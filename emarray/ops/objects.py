@@ -17,7 +17,7 @@ from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Port
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
 from .common import as_volume
-from ._runs import object_table
+from ._runs import object_table, warm
 from ..figures import prewarm
 from .tables import (MAX, MIN, SUM, check_out_file, fold_table, merge, progress_beside,
                      write_frame, write_json)
@@ -132,7 +132,8 @@ def objects(labels: Volume | str | os.PathLike, *, raw: Volume | str | os.PathLi
                        inputs=[lv, rv])
     reads = [Read(lv)] + ([Read(rv)] if rv is not None else [])
     job = {"operator": "objects", "inputs": [v.fingerprint() for v in (lv, rv) if v is not None]}
-    prewarm()  # the plot's import runs beside the blocks
+    warm(lv.dtype, rv.dtype if rv is not None else None)  # kernels and the plot's import
+    prewarm()  # run beside the first blocks
     table, checkpoint = fold_table(
         "objects", _block, reads, BlockGrid(lv.shape, lv.block_shape), _merge,
         opts=opts, progress_dir=progress_beside(path) if path is not None else None, job=job)
