@@ -100,14 +100,23 @@ def output_dtype(dtype: Any) -> np.dtype:
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 
-def smooth_block_cpu(block: np.ndarray, *, weights: tuple[np.ndarray | None, ...]) -> np.ndarray:
+def smooth_block_cpu(block: np.ndarray, *, weights: tuple[np.ndarray | None, ...],
+                     core: tuple[slice, ...] | None = None) -> np.ndarray:
     """The CPU path: SciPy's ``correlate1d`` with each axis's weights on the block (grown by
-    its halo), axis after axis as ``gaussian_filter`` does."""
+    its halo), axis after axis as ``gaussian_filter`` does.
+
+    With ``core`` (the block without its halo, in the grown block's coordinates), each axis is
+    cut to its core once it is filtered: the later axes filter fewer lines (15 % fewer for
+    σ = 2 on 64×256×256 blocks), and every line they filter is the same line as before, so the
+    result is the grown result's core, bit for bit.
+    """
     from scipy import ndimage
     v = block.astype(output_dtype(block.dtype), copy=False)
     for axis, w in enumerate(weights):
         if w is not None:
             v = ndimage.correlate1d(v, w, axis, mode="reflect")
+        if core is not None:
+            v = v[(slice(None),) * axis + (core[axis],)]
     return v
 
 
@@ -133,6 +142,10 @@ backends.register("smooth", "cuda", "emarray.cuda.smooth:smooth_block_cuda", SMO
 
 
 def _smooth(ctx: BlockContext, block: np.ndarray, *, weights: tuple[np.ndarray | None, ...]) -> np.ndarray:
+    if ctx.state is smooth_block_cpu:
+        core = tuple(slice(w.start - r.start, w.stop - r.start)
+                     for w, r in zip(ctx.writes[0], ctx.reads[0]))
+        return smooth_block_cpu(block, weights=weights, core=core)
     return ctx.state(block, weights=weights)
 
 
