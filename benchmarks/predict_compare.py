@@ -71,6 +71,8 @@ def child_forward(args: argparse.Namespace) -> dict:
 def child_emarray(args: argparse.Namespace) -> dict:
     import shutil
 
+    import torch  # noqa: F401 - imported untimed, as the forward and MONAI rows import it
+
     import emarray
     from emarray.engine import BlockGrid
     from emarray.ops.predict import Tiling, default_block
