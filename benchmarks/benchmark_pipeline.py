@@ -37,3 +37,27 @@ class Pipeline:
     def time_operators_one_by_one(self):
         from benchmarks.pipeline_compare import operators
         operators(Path(tempfile.mkdtemp(dir=self.tmp)) / "w", (64, 256, 256), (32, 128, 128))
+
+
+class SmallRecipe:
+    """The 10-step recipe of ``benchmarks/recipe_small.py`` on 0.5 Mvox, in a fresh process
+    (start-up and every library's first import included, as a user's ``emarray run`` pays)."""
+
+    timeout = 300
+
+    def setup(self):
+        from benchmarks.recipe_small import RECIPE
+        self.tmp = Path(tempfile.mkdtemp(prefix="emarray-asv-"))
+        self.recipe = self.tmp / "ten.yaml"
+        self.recipe.write_text(RECIPE.format(work=self.tmp / "w", shape="32,128,128",
+                                             chunks="32,64,64"))
+
+    def teardown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def time_ten_small_steps(self):
+        import subprocess
+        import sys
+        shutil.rmtree(self.tmp / "w", ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "emarray", "-q", "run", str(self.recipe)],
+                       check=True, capture_output=True)
