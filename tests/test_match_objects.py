@@ -245,3 +245,32 @@ def test_assignment_equals_the_group_by_group_reference(seed):
         want = _assign_group_by_group(t, p, iou, thr, 40)
         np.testing.assert_array_equal(got, want)
         assert iou[got].sum() == iou[want].sum()
+
+
+@pytest.mark.parametrize("nx", [1, 7, 8, 9, 17, 64])
+def test_run_tables_equal_numpy_for_every_run_length(nx):
+    """The per-block run kernels (runs skipped eight voxels at a time) against NumPy, for rows
+    whose length is below, at and past a multiple of eight and runs of every length."""
+    from emarray.ops._runs import object_table, pair_table
+    rng = np.random.default_rng(nx)
+    lengths = rng.integers(1, 20, 4000)
+    ids = np.repeat(rng.integers(0, 6, lengths.size), lengths)[: 5 * 3 * nx]
+    lab = np.resize(ids, (5, 3, nx)).astype(np.uint32)
+    got_ids, voxels, lo, hi, *_ = object_table(lab, None)
+    ref_ids, first, counts = np.unique(lab.ravel(), return_index=True, return_counts=True)
+    keep = ref_ids != 0
+    order = np.argsort(first[keep])
+    assert got_ids.tolist() == ref_ids[keep][order].tolist()
+    assert voxels.tolist() == counts[keep][order].tolist()
+    for k, v in enumerate(got_ids):
+        where = np.argwhere(lab == v)
+        assert lo[k].tolist() == where.min(axis=0).tolist()
+        assert hi[k].tolist() == where.max(axis=0).tolist()
+    truth = np.resize(np.repeat(rng.integers(0, 3, lengths.size), lengths[::-1]),
+                      lab.shape).astype(np.uint32)
+    pairs = pair_table(truth, lab)
+    ref = {}
+    for a, b in zip(truth.ravel().tolist(), lab.ravel().tolist()):
+        ref[(a, b)] = ref.get((a, b), 0) + 1
+    got = {(int(a), int(b)): int(n) for a, b, n in zip(pairs["t"], pairs["p"], pairs["n"])}
+    assert got == ref

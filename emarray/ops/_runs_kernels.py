@@ -34,6 +34,13 @@ def object_runs(lab, nz, ny, nx, raw, has_raw, room):  # pragma: no cover - comp
             while x < nx:
                 v = lab[i]
                 e = x + 1
+                while e + 8 <= nx:  # eight voxels at a time while the run lasts (vectorised)
+                    same = True
+                    for k in range(8):
+                        same &= lab[i + e - x + k] == v
+                    if not same:
+                        break
+                    e += 8
                 while e < nx and lab[i + e - x] == v:
                     e += 1
                 length = e - x
@@ -124,6 +131,13 @@ def pair_runs(t, p, room):  # pragma: no cover - compiled
         a = t[i]
         b = p[i]
         e = i + 1
+        while e + 8 <= size:  # eight voxels at a time while the run lasts (vectorised)
+            same = True
+            for k in range(8):
+                same &= (t[e + k] == a) & (p[e + k] == b)
+            if not same:
+                break
+            e += 8
         while e < size and t[e] == a and p[e] == b:
             e += 1
         ha = np.uint64(a) * np.uint64(0x9E3779B97F4A7C15)
