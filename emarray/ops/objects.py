@@ -121,6 +121,8 @@ def objects(labels: Volume | str | os.PathLike, *, raw: Volume | str | os.PathLi
     opts = RunOptions.make(options, **run)
     lv = as_volume(labels, opts.allow_incomplete)
     rv = as_volume(raw, opts.allow_incomplete) if raw is not None else None
+    if lv.ndim == 3 and lv.dtype.kind in "ui":  # the kernels load beside the checks and the start
+        warm(lv.dtype, rv.dtype if rv is not None else None)
     if lv.ndim != 3 or lv.dtype.kind not in "ui":
         raise InvalidArgumentError(
             f"objects needs a z,y,x volume of integer ids; {lv.url} is {lv.shape} {lv.dtype}")
@@ -132,8 +134,7 @@ def objects(labels: Volume | str | os.PathLike, *, raw: Volume | str | os.PathLi
                        inputs=[lv, rv])
     reads = [Read(lv)] + ([Read(rv)] if rv is not None else [])
     job = {"operator": "objects", "inputs": [v.fingerprint() for v in (lv, rv) if v is not None]}
-    warm(lv.dtype, rv.dtype if rv is not None else None)  # kernels and the plot's import
-    prewarm()  # run beside the first blocks
+    prewarm()  # the plot's import runs beside the first blocks
     table, checkpoint = fold_table(
         "objects", _block, reads, BlockGrid(lv.shape, lv.block_shape), _merge,
         opts=opts, progress_dir=progress_beside(path) if path is not None else None, job=job)
