@@ -19,6 +19,7 @@ def snapshot(parent, row):  # pragma: no cover - compiled
             r = parent[r]
         row[k] = r
 
+
 @njit(cache=True)
 def run(n, eu, ev, esum, esize, thresholds):  # pragma: no cover - compiled
     m = eu.size

@@ -37,6 +37,15 @@ STRETCH = 2048  # voxels binned before they are counted (a buffer that stays in 
 
 
 @numba.njit(cache=True, nogil=True)
+def _add_copies(copies, out):  # pragma: no cover - jitted
+    """Add the four copies of a flat (bucket x 3 classes) histogram into ``out``; entries past
+    ``out``'s buckets (the NaN counts) are left to the caller."""
+    for r in range(copies.shape[0]):
+        for k in range(out.shape[0] * 3):
+            out[k // 3, k % 3] += copies[r, k]
+
+
+@numba.njit(cache=True, nogil=True)
 def _one_step_histogram(x, cls, padded, table, t0, inv, out, nan_count):  # pragma: no cover
     """:func:`bucket_histogram` without branches: ``padded`` ends with +inf. Bins of a stretch
     are computed first (vectorisable), then counted into four copies of the histogram so that
@@ -68,9 +77,8 @@ def _one_step_histogram(x, cls, padded, table, t0, inv, out, nan_count):  # prag
         while j < m:
             copies[0, buf[j]] += 1
             j += 1
+    _add_copies(copies, out)
     for r in range(4):
-        for k in range(B * 3):
-            out[k // 3, k % 3] += copies[r, k]
         for k in range(3):
             nan_count[k] += copies[r, B * 3 + k]
 
@@ -118,9 +126,7 @@ def level_histogram(x, cls, out):  # pragma: no cover - jitted
     while i < n:
         copies[0, np.int64(x[i]) * 3 + cls[i]] += 1
         i += 1
-    for r in range(4):
-        for k in range(L * 3):
-            out[k // 3, k % 3] += copies[r, k]
+    _add_copies(copies, out)
 
 
 def lookup_table(ts: np.ndarray, cells: int = 4096) -> tuple[np.ndarray, float, float]:

@@ -15,40 +15,28 @@ from typing import Any
 import numpy as np
 
 ROOM = 1 << 16  # table entries of a first pass
-_KERNELS: dict[str, Any] = {}
-_LOCK = threading.Lock()
 
 
-def _compile() -> dict[str, Any]:
-    from ._runs_kernels import object_runs, pair_runs
-    return {"objects": object_runs, "pairs": pair_runs}
+def warm_objects(labels: np.dtype, raw: np.dtype | None = None) -> None:
+    """Load :func:`object_table`'s kernel for blocks of these dtypes in a background thread,
+    beside a job's first reads (about 0.7 s of numba import and cache loading that the first
+    block would otherwise wait for)."""
+    raw_block = np.zeros((1, 1, 1), raw) if raw is not None else None
+    _in_background(object_table, np.zeros((1, 1, 1), labels), raw_block)
 
 
-def kernels() -> dict[str, Any]:
-    """The compiled kernels (loaded from numba's cache once per process, under a lock)."""
-    with _LOCK:
-        if not _KERNELS:
-            _KERNELS.update(_compile())
-    return _KERNELS
+def warm_pairs(truth: np.dtype, pred: np.dtype) -> None:
+    """:func:`warm_objects` for :func:`pair_table`."""
+    _in_background(pair_table, np.zeros(1, truth), np.zeros(1, pred))
 
 
-def warm(*dtypes: np.dtype | None) -> None:
-    """Load the kernels for blocks of ``dtypes`` in a background thread, beside a job's first
-    reads (about 0.7 s of numba import and cache loading that the first block would wait for):
-    ``warm(labels)`` and ``warm(labels, raw)`` for object tables, ``warm(truth, pred, None)``
-    for pair tables."""
-    threading.Thread(target=_warm, args=dtypes, name="emarray-numba", daemon=True).start()
-
-
-def _warm(*dtypes: np.dtype | None) -> None:
-    try:
-        if len(dtypes) == 3:
-            pair_table(np.zeros(1, dtypes[0]), np.zeros(1, dtypes[1]))
-        else:
-            raw = np.zeros((1, 1, 1), dtypes[1]) if len(dtypes) > 1 and dtypes[1] else None
-            object_table(np.zeros((1, 1, 1), dtypes[0]), raw)
-    except Exception:  # noqa: BLE001 - the job's own first block reports any failure
-        pass
+def _in_background(fn: Any, *args: Any) -> None:
+    def call() -> None:
+        try:
+            fn(*args)
+        except Exception:  # noqa: BLE001 - the job's own first block reports any failure
+            pass
+    threading.Thread(target=call, name="emarray-numba", daemon=True).start()
 
 
 def object_table(labels: np.ndarray, raw: np.ndarray | None) -> tuple[np.ndarray, ...]:
@@ -62,7 +50,7 @@ def object_table(labels: np.ndarray, raw: np.ndarray | None) -> tuple[np.ndarray
     r = (np.ascontiguousarray(raw, dtype=np.float64).reshape(-1) if raw is not None
          else np.zeros(1, np.float64))
     nz, ny, nx = (int(s) for s in labels.shape)
-    run = kernels()["objects"]
+    from ._runs_kernels import object_runs as run
     room = max(1, min(ROOM, lab.size))
     n, *out = run(lab, nz, ny, nx, r, raw is not None, room)
     if n < 0:  # more ids than a first pass holds: room for one per voxel
@@ -79,7 +67,7 @@ def pair_table(truth: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
     """
     t = np.ascontiguousarray(truth).reshape(-1)
     p = np.ascontiguousarray(pred).reshape(-1)
-    run = kernels()["pairs"]
+    from ._runs_kernels import pair_runs as run
     n, *out = run(t, p, max(1, min(ROOM, t.size)))
     if n < 0:
         n, *out = run(t, p, max(1, t.size))

@@ -88,6 +88,7 @@ def object_runs(lab, nz, ny, nx, raw, has_raw, room):  # pragma: no cover - comp
                 x = e
     return n, ids, cnt, lo, hi, sm, rsum, rmin, rmax
 
+
 @njit(cache=True, nogil=True)
 def rank(keys, ranks, v, h, mask, count):  # pragma: no cover - compiled
     """The first-appearance rank of ``v`` (hash ``h``) in an open-addressing table, a new
@@ -100,6 +101,7 @@ def rank(keys, ranks, v, h, mask, count):  # pragma: no cover - compiled
         ranks[s] = count
         count += 1
     return ranks[s], count
+
 
 @njit(cache=True, nogil=True)
 def pair_runs(t, p, room):  # pragma: no cover - compiled

@@ -102,14 +102,6 @@ def _fold(a: tuple, b: tuple) -> tuple:
 
 
 # -- 2. the agglomeration -----------------------------------------------------------------------
-def _agglomerate_kernel():
-    from ._agglomerate_kernels import run
-    return run
-
-
-_KERNEL: Any = None
-
-
 def agglomerate_graph(n: int, u: np.ndarray, v: np.ndarray, total: np.ndarray, size: np.ndarray,
                       thresholds: Any) -> np.ndarray:
     """Mean-boundary agglomeration of a graph of ``n`` nodes (edges ``u``-``v`` with the sum
@@ -120,14 +112,12 @@ def agglomerate_graph(n: int, u: np.ndarray, v: np.ndarray, total: np.ndarray, s
     ...                   np.array([1, 2]), [0.5, 1.0]).tolist()
     [[1, 1, 2], [1, 1, 1]]
     """
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _agglomerate_kernel()
+    from ._agglomerate_kernels import run
     t = np.sort(np.asarray(thresholds, np.float64))
     if n == 0:
         return np.empty((t.size, 0), np.int64)
-    return _KERNEL(int(n), np.asarray(u, np.int64).copy(), np.asarray(v, np.int64).copy(),
-                   np.asarray(total, np.float64).copy(), np.asarray(size, np.float64).copy(), t)
+    return run(int(n), np.asarray(u, np.int64).copy(), np.asarray(v, np.int64).copy(),
+               np.asarray(total, np.float64).copy(), np.asarray(size, np.float64).copy(), t)
 
 
 def sequential(roots: np.ndarray) -> np.ndarray:

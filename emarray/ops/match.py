@@ -27,7 +27,7 @@ from ..volume import Volume
 from .common import as_volume
 from .._normalize import finite_number
 from ..engine.checkpoint import PROGRESS_DIR
-from ._runs import pair_table, warm
+from ._runs import pair_table, warm_pairs
 from ..figures import prewarm
 from .tables import SUM, check_out_folder, fold_table, merge, write_frame, write_json
 
@@ -332,7 +332,7 @@ def match(pred: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
                 f"the {name} {v.url} holds {v.dtype}, not instance ids; pass --label to "
                 "label a mask first")
     job = {"operator": "match", "inputs": [pv.fingerprint(), tv.fingerprint()]}
-    warm(tv.dtype, pv.dtype, None)  # kernels and the plot's import run beside the first blocks
+    warm_pairs(tv.dtype, pv.dtype)  # the kernel and the plot's import load beside the blocks
     prewarm()
     table, checkpoint = fold_table(
         "match", _block, [Read(tv), Read(pv)], BlockGrid(pv.shape, pv.block_shape), _merge,

@@ -17,7 +17,7 @@ from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Port
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
 from .common import as_volume
-from ._runs import object_table, warm
+from ._runs import object_table, warm_objects
 from ..figures import prewarm
 from .tables import (MAX, MIN, SUM, check_out_file, fold_table, merge, progress_beside,
                      write_frame, write_json)
@@ -121,11 +121,10 @@ def objects(labels: Volume | str | os.PathLike, *, raw: Volume | str | os.PathLi
     opts = RunOptions.make(options, **run)
     lv = as_volume(labels, opts.allow_incomplete)
     rv = as_volume(raw, opts.allow_incomplete) if raw is not None else None
-    if lv.ndim == 3 and lv.dtype.kind in "ui":  # the kernels load beside the checks and the start
-        warm(lv.dtype, rv.dtype if rv is not None else None)
     if lv.ndim != 3 or lv.dtype.kind not in "ui":
         raise InvalidArgumentError(
             f"objects needs a z,y,x volume of integer ids; {lv.url} is {lv.shape} {lv.dtype}")
+    warm_objects(lv.dtype, rv.dtype if rv is not None else None)  # beside the checks and start
     if rv is not None and rv.shape != lv.shape:
         raise ShapeMismatchError(f"raw has shape {rv.shape} but labels have {lv.shape}")
     path = Path(out) if out is not None else None
