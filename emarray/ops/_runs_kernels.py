@@ -8,14 +8,21 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True)
+def table_size(room):  # pragma: no cover - compiled
+    """Slots of an open-addressing table for ``room`` keys (a power of two, at most half
+    full) and the mask that wraps a slot index."""
+    cap = 2
+    while cap < 2 * room:
+        cap *= 2
+    return cap, cap - 1
+
+
+@njit(cache=True, nogil=True)
 def object_runs(lab, nz, ny, nx, raw, has_raw, room):  # pragma: no cover - compiled
     """Per id (0 left out) in order of first appearance: voxels, bbox lo/hi (z, y, x),
     coordinate sums and raw sum/min/max (summed voxel by voxel in C order). ``n`` is -1
     when more than ``room`` ids were met."""
-    cap = 2
-    while cap < 2 * room:
-        cap *= 2
-    mask = cap - 1
+    cap, mask = table_size(room)
     keys = np.empty(cap, lab.dtype)
     slot_of = np.full(cap, -1, np.int64)
     ids = np.empty(room, lab.dtype)
@@ -108,10 +115,7 @@ def pair_runs(t, p, room):  # pragma: no cover - compiled
     """Every (truth, pred) pair that overlaps with its voxels, and for each pair the
     first-appearance rank of its truth id and of its pred id (0 included). ``n`` is -1
     when more than ``room`` pairs were met."""
-    cap = 2
-    while cap < 2 * room:
-        cap *= 2
-    mask = cap - 1
+    cap, mask = table_size(room)
     ka = np.empty(cap, t.dtype)
     kb = np.empty(cap, p.dtype)
     slot_of = np.full(cap, -1, np.int64)
