@@ -97,15 +97,26 @@ def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> Non
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="emarray", message="emarray %(version)s")
 @_verbosity_options
+@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+              help="An option of the object store for s3://, gs:// and https:// volumes "
+                   "(endpoint_url=..., profile=..., anon=true); repeat for more. Give it "
+                   "before the command.")
 @click.pass_context
-def cli(ctx: click.Context) -> None:
+def cli(ctx: click.Context, storage_options: tuple[str, ...]) -> None:
     """emarray: out-of-core chunked operators for electron-microscopy volumes.
 
-    Volumes are OME-Zarr (zarr v3) directories; zarr v2, N5 and neuroglancer precomputed
-    volumes are read too. Tuples are written z,y,x.
+    Volumes are OME-Zarr (zarr v3) directories or URLs (s3://, gs://, https:// read-only);
+    zarr v2, N5 and neuroglancer precomputed volumes are read too. Tuples are written z,y,x.
     """
     ctx.obj = {"progress": not ctx.meta.get("emarray.quiet", False)}
     _configure_logging(ctx)
+    if storage_options:
+        from . import storage
+        try:
+            storage.configure(storage.parse_options(storage_options))
+        except EmarrayError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
 
 
 @cli.command()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import os
 import pkgutil
 import textwrap
 from collections.abc import Callable, Sequence
@@ -183,8 +184,26 @@ class Operator:
     #: the name its per-block functions are registered under in :mod:`emarray.backends`
     #: (CPU and, where a kernel exists, CUDA); "" for operators without backends
     blocks: str = ""
+    #: whether its volume output may be a URL (s3://, gs://); folders, tables and files are
+    #: written to local disk only
+    remote_output: bool = True
     func: Callable[..., Any] | None = field(default=None, repr=False)
     call: Callable[..., Any] | None = field(default=None, repr=False)  # the checked function
+
+    def check_output(self, arguments: dict[str, Any]) -> None:
+        """Refuse a URL as an output this operator writes to local disk only."""
+        from .storage import is_remote
+        out = self.output
+        if out is None or out.kind == "inplace" or out.name not in arguments:
+            return
+        value = arguments[out.name]
+        if not isinstance(value, (str, os.PathLike)) or not is_remote(value):
+            return
+        if out.kind != "volume" or not self.remote_output:
+            what = "its volume" if out.kind == "volume" else f"its {out.kind}"
+            raise InvalidArgumentError(
+                f"{self.name} writes {what} to local disk only, got {os.fspath(value)!r}; give "
+                "a local path (its inputs may be URLs)")
 
     # -- declaring ------------------------------------------------------------------------
     def function(self, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -205,6 +224,7 @@ class Operator:
         @functools.wraps(fn)
         def checked(*args: Any, **kwargs: Any) -> Any:
             bound = sig.bind(*args, **kwargs)
+            self.check_output(bound.arguments)
             for p in self.params:
                 if p.name in bound.arguments:
                     bound.arguments[p.name] = p.check(bound.arguments[p.name])

@@ -13,11 +13,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from . import ome
+from . import ome, storage
 from .ome import default_axes
 from ._normalize import numeric_dtype, parse_tuple, parse_unit
 from .errors import (ChunkReadError, EmarrayError, IncompleteVolumeError, InputChangedError,
@@ -83,6 +83,9 @@ class Volume:
     attrs: dict[str, Any] = field(default_factory=dict)
     translation: tuple[float, ...] | None = None
     every_chunk: bool = False
+    #: fsspec options of a remote volume (credentials, endpoint): they go to the workers with
+    #: the volume and are never printed nor written anywhere
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     _handle: Any = field(default=None, repr=False, compare=False)
 
     # -- pickling: handles are reopened where the block runs (threads, processes, workers) --
@@ -115,6 +118,27 @@ class Volume:
             return None
         return Path(self.url)
 
+    @property
+    def remote(self) -> bool:
+        """Whether the volume is a zarr v3 store on object storage (s3://, gs://, https://)."""
+        return self.kind == "zarr3" and storage.is_remote(self.url)
+
+    @property
+    def array_url(self) -> str:
+        """Where the level-0 array is (path or URL)."""
+        if not self.array_path:
+            return self.url
+        return storage.join(self.url, self.array_path) if self.remote else os.path.join(
+            self.url, self.array_path)
+
+    def open_group(self, mode: Literal["r", "r+"] = "r+") -> Any:
+        """The zarr group holding this volume (its OME-Zarr image), opened with ``mode``."""
+        import zarr
+        if self.remote:
+            return zarr.open_group(storage.store(self.url, self.storage_options,
+                                                 read_only=mode == "r"), mode=mode)
+        return zarr.open_group(self.url, mode=mode)
+
     def handle(self) -> Any:
         """The open array; opened (and checked against this Volume) once per process."""
         if self._handle is None:
@@ -128,10 +152,17 @@ class Volume:
         the same path (another directory, a rewritten store) must not compute on it.
         """
         try:
-            if self.kind == "zarr3":
+            if self.remote:
                 import zarr
-                h = zarr.open_array(os.path.join(self.url, self.array_path)
-                                    if self.array_path else self.url,
+                read_only = storage.scheme(self.url) in storage.READ_ONLY
+                h = zarr.open_array(storage.store(self.array_url, self.storage_options,
+                                                  read_only=read_only),
+                                    mode="r" if read_only else "r+")
+                h = h.with_config({"write_empty_chunks": True})
+                shape, dtype = tuple(h.shape), np.dtype(h.dtype)
+            elif self.kind == "zarr3":
+                import zarr
+                h = zarr.open_array(self.array_url,
                                     mode="r+" if os.access(self.url, os.W_OK) else "r")
                 # every chunk is stored, zeros too: a missing chunk then means a lost one
                 h = h.with_config({"write_empty_chunks": True})
@@ -141,6 +172,8 @@ class Volume:
                 h, meta = open_tensorstore(self.kind, self.url)
                 shape, dtype = meta["shape"], meta["dtype"]
         except Exception as exc:
+            if self.remote:
+                raise InputChangedError(storage.describe(exc, self.url)) from None
             raise InputChangedError(f"cannot open {self.url}: {type(exc).__name__}: {exc}") from None
         if shape != self.shape or dtype != self.dtype:
             raise InputChangedError(
@@ -184,22 +217,40 @@ class Volume:
                 p = arr / n
                 if p.is_file():
                     meta.append(f"{n}:{hashlib.sha256(p.read_bytes()).hexdigest()[:16]}")
+        elif self.remote:
+            data = storage.read_bytes(storage.join(self.array_url, "zarr.json"),
+                                      self.storage_options)
+            if data is not None:
+                meta.append(f"zarr.json:{hashlib.sha256(data).hexdigest()[:16]}")
         out = {"url": self.url, "shape": list(self.shape), "dtype": self.dtype.str,
                "chunks": list(self.chunks), "shards": list(self.shards) if self.shards else None,
                "voxel_size": list(self.voxel_size), "unit": self.unit,
                "translation": list(self.translation) if self.translation else None,
                "metadata": meta}
-        if listing and root is not None:
+        if listing and (root is not None or self.remote):
             out["stored"] = self.listing()["digest"]
         return out
 
     def listing(self) -> dict[str, Any]:
-        """The chunk files of this array on local disk: ``count``, ``bytes`` and a ``digest``
-        of every (key, size, mtime). About a second per million chunks (one stat each)."""
-        root = self.local_path
-        if root is None:
+        """The chunk files (objects) of this array: ``count``, ``bytes`` and a ``digest`` of
+        every (key, size, mtime) on local disk, (key, size, ETag) on object storage. About a
+        second per million chunks locally (one stat each); one listing request per 1000
+        objects remotely."""
+        if self.local_path is None and not self.remote:
             return {"count": None, "bytes": None, "digest": None}
-        return chunk_listing(root / self.array_path if self.array_path else root)
+        return listing_of(*self.chunk_entries())
+
+    def chunk_entries(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The array's stored chunks in key order: keys, sizes, and each one's version (the
+        mtime in ns on local disk, a number made from the ETag on object storage)."""
+        if self.remote:
+            found = storage.objects(self.array_url, self.storage_options)
+            keys = sorted(k for k in found if k not in _METADATA)
+            return (keys, np.array([found[k][0] for k in keys], np.int64),
+                    np.array([storage.etag_number(found[k][1]) for k in keys], np.int64))
+        root = self.local_path
+        assert root is not None
+        return chunk_entries(root / self.array_path if self.array_path else root)
 
     @property
     def expected_chunks(self) -> int:
@@ -222,6 +273,11 @@ class Volume:
 
     def _read(self, region: Region) -> np.ndarray:
         h = self.handle()
+        if self.remote:
+            data = np.asarray(h[region])
+            if self.every_chunk:
+                self._check_stored_remote(region, data)
+            return data
         if self.every_chunk:
             self._check_stored(region)
         if self.kind == "zarr3":
@@ -303,6 +359,40 @@ class Volume:
                     "wrote every chunk of this volume, so it was deleted or lost; make the volume "
                     "again (run its job with --overwrite)")
 
+    def _check_stored_remote(self, region: Region, data: np.ndarray) -> None:
+        """The remote twin of :meth:`_check_stored`, without a request per chunk: a missing
+        chunk reads as the fill value, so only chunks read as nothing but zeros are looked up
+        (one listing of the block's chunks)."""
+        grid = self.block_shape
+        ranges = [range(s.start // g, -(-s.stop // g)) for s, g in zip(region, grid)]
+        blank = []
+        for idx in itertools.product(*ranges):
+            sub = tuple(slice(max(i * g, s.start) - s.start, min((i + 1) * g, n, s.stop) - s.start)
+                        for i, g, n, s in zip(idx, grid, self.shape, region))
+            if not data[sub].any():
+                blank.append(idx)
+        if not blank:
+            return
+        import asyncio
+
+        from zarr.core.sync import sync
+        h = self.handle()
+        h.store_path.store.fs.invalidate_cache()  # other workers wrote since it listed
+        keys = [self.chunk_key(idx) for idx in blank]
+        paths = [h.store_path / h.metadata.encode_chunk_key(tuple(idx)) for idx in blank]
+
+        async def present() -> list[bool]:
+            return list(await asyncio.gather(*(p.exists() for p in paths)))
+
+        for idx, key, ok in zip(blank, keys, sync(present())):
+            if not ok:
+                sub = tuple(slice(i * g, min((i + 1) * g, n))
+                            for i, g, n in zip(idx, grid, self.shape))
+                raise ChunkReadError(
+                    f"chunk {key!r} of {self.url} (voxels {_fmt_region(sub)}) is missing: "
+                    "emarray wrote every chunk of this volume, so it was deleted or lost; make "
+                    "the volume again (run its job with --overwrite)")
+
     def chunk_key(self, index: Sequence[int]) -> str:
         """The storage key of the chunk (or shard) at grid ``index``, relative to the volume."""
         if self.kind == "zarr3":
@@ -326,7 +416,9 @@ class Volume:
                              name="emarray-read-" + tokenize(self.url, self.array_path, self.shape))
 
     def stored_bytes(self) -> int | None:
-        """Bytes the level-0 array takes on disk (None when not on local disk)."""
+        """Bytes the level-0 array takes on disk or in the bucket (None when unknown)."""
+        if self.remote and storage.scheme(self.url) not in storage.READ_ONLY:
+            return int(sum(self.chunk_entries()[1]))
         root = self.local_path
         if root is None:
             return None
@@ -385,7 +477,11 @@ def chunk_entries(array: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
 def chunk_listing(array: Path) -> dict[str, Any]:
     """``count``, ``bytes`` and a ``digest`` of the (key, size, mtime) of every file under
     the array folder ``array`` except its metadata."""
-    keys, sizes, mtimes = chunk_entries(array)
+    return listing_of(*chunk_entries(array))
+
+
+def listing_of(keys: list[str], sizes: np.ndarray, mtimes: np.ndarray) -> dict[str, Any]:
+    """``count``, ``bytes`` and a ``digest`` of chunk entries (see :func:`chunk_entries`)."""
     h = hashlib.blake2b(digest_size=16)
     h.update("\n".join(keys).encode())
     h.update(sizes.tobytes())
@@ -478,6 +574,8 @@ def open_volume(path_or_url: str | os.PathLike, *, level: int = 0) -> Volume:
     (40.0, 4.0, 4.0)
     """
     kind, location = _split_url(path_or_url)
+    if kind is None and storage.is_remote(location):
+        return _open_remote(location, level)
     if kind is None:
         kind = _detect_kind(location)
     elif "://" not in location and not Path(location).exists():
@@ -498,10 +596,33 @@ def open_volume(path_or_url: str | os.PathLike, *, level: int = 0) -> Volume:
     return Volume(url=location, kind=kind, array_path="", _handle=handle, **meta)
 
 
-def _open_zarr3(path: str, level: int) -> Volume:
-    import zarr
+def _open_remote(url: str, level: int) -> Volume:
+    """Open a zarr v3 volume on object storage (other formats: ``zarr2://s3://...``)."""
+    url = url.rstrip("/")
+    options = storage.options_for(url)
     try:
-        node = zarr.open(path, mode="r")
+        meta = storage.read_bytes(storage.join(url, "zarr.json"), options)
+    except Exception as exc:
+        raise VolumeNotFoundError(storage.describe(exc, url)) from None
+    if meta is None:
+        storage.check_reachable(url, options)  # a missing bucket or no permission: say so
+        raise VolumeNotFoundError(
+            f"no volume at {url!r}: found no zarr.json there (remote volumes are zarr v3; "
+            "name other formats with zarr2://, n5:// or precomputed:// before the URL)")
+    try:
+        return _open_zarr3(url, level, options)
+    except EmarrayError:
+        raise
+    except Exception as exc:
+        raise VolumeNotFoundError(f"{url!r} is a broken zarr store ({storage.describe(exc, url)})"
+                                  ) from None
+
+
+def _open_zarr3(path: str, level: int, options: dict[str, Any] | None = None) -> Volume:
+    import zarr
+    remote = storage.is_remote(path)
+    try:
+        node = zarr.open(storage.store(path, options) if remote else path, mode="r")
     except Exception as exc:
         raise VolumeNotFoundError(f"cannot open zarr v3 store {path!r}: {exc}") from None
     attrs = dict(node.attrs)
@@ -535,9 +656,9 @@ def _open_zarr3(path: str, level: int) -> Volume:
             raise VolumeNotFoundError(f"level {levels[level]!r} of {path!r} is not an array")
         array_path = levels[level]
     else:
-        parent = _image_holding(Path(path))
+        parent = _image_holding(path, options)
         if parent is not None:  # a level of an OME-Zarr image, named by its path
-            return _open_zarr3(os.fspath(parent[0]), parent[1])
+            return _open_zarr3(parent[0], parent[1], options)
         arr = node
         array_path = ""
     names = getattr(arr.metadata, "dimension_names", None)
@@ -548,21 +669,26 @@ def _open_zarr3(path: str, level: int) -> Volume:
                   dtype=np.dtype(arr.dtype), chunks=tuple(arr.chunks), shards=shards, axes=axes,
                   voxel_size=voxel_size or (1.0,) * n_space, unit=unit, levels=levels,
                   attrs=attrs, translation=translation,
-                  every_chunk=_every_chunk_written(attrs, dict(arr.attrs), array_path, levels))
+                  every_chunk=_every_chunk_written(attrs, dict(arr.attrs), array_path, levels),
+                  storage_options=dict(options or {}) if remote else {})
 
 
-def _image_holding(array: Path) -> tuple[Path, int] | None:
+def _image_holding(array: str, options: dict[str, Any] | None = None) -> tuple[str, int] | None:
     """The OME-Zarr image whose multiscales list the array at ``array`` (its folder's parent),
     and the array's level there; None when it is a bare array."""
-    meta = array.parent / "zarr.json"
+    import json
     try:
-        import json
-        d = json.loads(meta.read_text())
+        if storage.is_remote(array):
+            up, leaf = storage.parent(array), storage.name(array)
+            d = storage.read_json(storage.join(up, "zarr.json"), options) or {}
+        else:
+            up, leaf = os.fspath(Path(array).parent), Path(array).name
+            d = json.loads((Path(up) / "zarr.json").read_text())
         ms = ome.read_multiscales(d.get("attributes") or {})
         paths = [ds["path"] for ds in ms["datasets"]] if ms else []
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    return (array.parent, paths.index(array.name)) if array.name in paths else None
+    return (up, paths.index(leaf)) if leaf in paths else None
 
 
 def _every_chunk_written(group: dict[str, Any], array: dict[str, Any], path: str,
@@ -608,6 +734,8 @@ def image_name(path: str | os.PathLike) -> str:
     ('cells', 'raw', 'a.b')
     """
     name = Path(path).name
+    if re.fullmatch(r"v-\d{8}T\d{6}-[0-9a-f]{8}", name):  # a version of a remote output
+        name = Path(path).parent.name
     m = re.fullmatch(r"\.(.+)\.emarray-(new|old)", name)
     name = m.group(1) if m else name
     for suffix in (".ome.zarr", ".zarr"):
@@ -653,7 +781,10 @@ def create_volume(path: str | os.PathLike, shape: Sequence[int], dtype: Any,
                         kind=float)
     unit = parse_unit(unit)
     codecs = compressor_codecs(compression, compression_level)
-    if Path(path).exists():
+    remote = storage.is_remote(path)
+    if storage.scheme(path) in storage.READ_ONLY:
+        raise InvalidArgumentError(f"{os.fspath(path)}: https:// volumes are read-only")
+    if storage.exists(storage.join(os.fspath(path), "zarr.json")) if remote else Path(path).exists():
         raise InvalidArgumentError(f"create_volume will not replace the existing {os.fspath(path)!r}")
     scale, shift = [], []
     it = iter(voxel)
@@ -661,7 +792,8 @@ def create_volume(path: str | os.PathLike, shape: Sequence[int], dtype: Any,
     for a in axes:
         scale.append(next(it) if a in ("z", "y", "x") else 1.0)
         shift.append(float(next(moved, 0.0)) if a in ("z", "y", "x") else 0.0)
-    group = zarr.open_group(os.fspath(path), mode="w-")
+    group = zarr.open_group(storage.store(os.fspath(path), read_only=False) if remote
+                            else os.fspath(path), mode="w-")
     group.attrs.update({"ome": ome.multiscales(name or image_name(path), axes, unit,
                                                [("0", scale, shift)]),
                         **({"emarray": attrs} if attrs else {})})

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..storage import RemotePath, is_remote, join, options_for
 from .invalidate import volume_key
 from .serialize import CorruptStateError, dumps, loads
 
@@ -33,7 +34,7 @@ class Checkpoint:
     """The saved progress of one job in ``root`` (None: nothing is saved, nothing resumes)."""
 
     def __init__(self, root: str | os.PathLike | None, interval: float | None = None):
-        self.root = Path(root) if root is not None else None
+        self.root: Any = progress_root(root) if root is not None else None
         #: input key -> regions of its chunks changed since the job started (see :meth:`start`)
         self.changed: dict[str, list[tuple[slice, ...]]] = {}
         if interval is None:
@@ -154,7 +155,8 @@ class Checkpoint:
         self.root.mkdir(parents=True, exist_ok=True)
         if job is not None:
             atomic_write(self.root / "job.json", json.dumps(job).encode())
-        vols = [v for v in inputs if getattr(v, "local_path", None) is not None]
+        vols = [v for v in inputs
+                if getattr(v, "local_path", None) is not None or getattr(v, "remote", False)]
         if fresh:
             atomic_write(self.root / INPUTS, dumps({volume_key(v): chunk_record(v) for v in vols}))
         else:
@@ -168,17 +170,49 @@ class Checkpoint:
         return same
 
     def clear(self) -> None:
-        if self.root is not None:
+        if isinstance(self.root, RemotePath):
+            self.root.rmtree()
+        elif self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
 INPUTS = "inputs.npz"
 
 
+def progress_root(root: str | os.PathLike) -> Any:
+    """A progress folder: a local :class:`~pathlib.Path`, or a prefix on object storage."""
+    if isinstance(root, RemotePath):
+        return root
+    if is_remote(root):
+        return RemotePath(os.fspath(root), options_for(os.fspath(root)))
+    return Path(root)
+
+
+def progress_of(out: Any) -> Any:
+    """The progress folder inside the output volume ``out``."""
+    if getattr(out, "remote", False):
+        return RemotePath(join(out.url, PROGRESS_DIR), out.storage_options)
+    return Path(out.url) / PROGRESS_DIR
+
+
+def load_npy(path: Any) -> np.ndarray:
+    """An ``.npy`` file of a progress folder (memory-mapped on local disk)."""
+    if isinstance(path, RemotePath):
+        import io
+        return np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def remove_tree(path: Any) -> None:
+    """Remove a folder of a progress folder (or its prefix on object storage)."""
+    if isinstance(path, RemotePath):
+        path.rmtree()
+    elif os.path.lexists(path):
+        shutil.rmtree(path)
+
+
 def chunk_record(v: Any) -> dict[str, Any]:
-    from ..volume import chunk_entries
-    keys, sizes, mtimes = chunk_entries(v.local_path / v.array_path if v.array_path
-                                        else v.local_path)
+    keys, sizes, mtimes = v.chunk_entries()
     return {"keys": np.frombuffer("\n".join(keys).encode(), np.uint8), "sizes": sizes,
             "mtimes": mtimes, "block": list(v.block_shape), "shape": list(v.shape)}
 
@@ -225,7 +259,10 @@ UMASK = _umask()
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``path`` whole or not at all (a temporary file beside it, renamed), with the
-    permissions a new file gets (mkstemp's are private)."""
+    permissions a new file gets (mkstemp's are private). On object storage a put is whole."""
+    if isinstance(path, RemotePath):
+        path.write_bytes(data)
+        return
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         os.fchmod(fd, 0o666 & ~UMASK)

@@ -500,6 +500,13 @@ def open_output(path: str | os.PathLike, create: Callable[[str], Volume], *,
     released on exit; a staged replacement that was not committed stays beside the output,
     where ``resume`` continues it and ``overwrite`` starts it again.
     """
+    from .. import storage
+    if storage.is_remote(path):
+        from .remote_output import open_remote_output
+        with open_remote_output(os.fspath(path), create, inputs=inputs, job=job,
+                                overwrite=overwrite, resume=resume) as remote:
+            yield remote  # type: ignore[misc]
+        return
     if overwrite and resume:
         raise InvalidArgumentError("choose either overwrite or resume, not both")
     shown = os.fspath(path)

@@ -13,7 +13,6 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,7 @@ import numpy as np
 from ..errors import EmarrayError, InvalidArgumentError
 from ..volume import Volume
 from . import faults
-from .checkpoint import PROGRESS_DIR, Checkpoint
+from .checkpoint import Checkpoint, progress_of
 from .contract import BlockContext, LaterStage, Read, Stage
 from .grid import Region
 from .invalidate import affected_blocks, mark_written
@@ -301,8 +300,7 @@ def _nested_images(out: Volume) -> list[Any]:
 
 def mark_complete(out: Volume) -> None:
     """Record in the output's metadata (and its nested images') that every block is written."""
-    import zarr
-    group = zarr.open_group(out.url, mode="r+")
+    group = out.open_group()
     old: Any = group.attrs.get("emarray") or {}
     meta = {**old, "complete": True}  # what stages recorded stays
     for child in _nested_images(out):  # images the job wrote inside its output (a variance map)
@@ -332,7 +330,7 @@ def run_job(dst: str | os.PathLike, create: Callable[[str], Volume], *, job: dic
                 job=job, overwrite=options.overwrite, resume=options.resume) as target:
             out = target.volume
             if not (target.resumed and out.attrs.get("emarray", {}).get("complete")):
-                checkpoint = Checkpoint(Path(out.url) / PROGRESS_DIR)
+                checkpoint = Checkpoint(progress_of(out))
                 if not target.resumed:
                     checkpoint.clear()
                 checkpoint.start(inputs=[v for v in inputs if isinstance(v, Volume)])

@@ -243,6 +243,7 @@ SPEC = Operator(
     output=Port("dst", "volume", "the segmentation at threshold; other thresholds as images "
                                  "inside it (DST/t0.3); graph.npz, lookup.npz and lookup.csv "
                                  "beside its array", labels=True),
+    remote_output=False,  # its scratch and side files are local (object storage: not yet)
     params=(Param("threshold", "float", "merge while the lowest mean boundary between two "
                                         "segments is below this"),
             Param("thresholds", "numbers", "more thresholds cut from the same agglomeration, "

@@ -146,7 +146,9 @@ def retype(out: Volume, dtype: str) -> Volume:
     from ..volume import open_volume
     if out.dtype == np.dtype(dtype):
         return out
-    meta_path = Path(out.url) / out.array_path / "zarr.json"
+    from ..engine.checkpoint import progress_root
+    meta_path: Any = progress_root(out.array_url) / "zarr.json" if out.remote else (
+        Path(out.url) / out.array_path / "zarr.json")
     meta = json.loads(meta_path.read_text())
     meta["data_type"] = dtype
     atomic_write(meta_path, json.dumps(meta, indent=2).encode())

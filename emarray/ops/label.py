@@ -19,10 +19,8 @@ counts and offsets) lives in scratch arrays in the output's progress folder.
 from __future__ import annotations
 
 import os
-import shutil
 from fractions import Fraction
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +28,7 @@ import numpy as np
 from .. import backends
 from ..engine import BlockContext, BlockGrid, LaterStage, Read, RunOptions, Stage, Write, read_padded
 from ..spec import ELEMENTWISE, Operator, Param, Port, layout_params
-from ..engine.checkpoint import PROGRESS_DIR, atomic_write
+from ..engine.checkpoint import atomic_write, load_npy, progress_of, progress_root, remove_tree
 from .._normalize import real_number, whole_number
 from ..errors import InvalidArgumentError
 from ..volume import Volume, create_volume, open_volume
@@ -53,8 +51,8 @@ backends.register("label", "cuda", "emarray.cuda.label:label_block_cuda",
 class Scratch:
     """The label job's working arrays (face planes, row counts and offsets) and tables."""
 
-    def __init__(self, root: str | os.PathLike, shape: tuple[int, ...], block: tuple[int, ...]):
-        self.root = Path(root)
+    def __init__(self, root: Any, shape: tuple[int, ...], block: tuple[int, ...]):
+        self.root = progress_root(root)
         self.shape, self.block = tuple(shape), tuple(block)
         self.counts = BlockGrid(self.shape, self.block).counts
 
@@ -82,8 +80,7 @@ class Scratch:
             try:
                 out[name] = open_volume(path)
             except Exception:
-                if path.exists():
-                    shutil.rmtree(path)
+                remove_tree(path)
                 self.root.mkdir(parents=True, exist_ok=True)
                 out[name] = create_volume(path, shape, dtype, chunks, compression="zstd")
         return out
@@ -95,7 +92,7 @@ class Scratch:
         atomic_write(self.root / f"{name}.npy", buf.getvalue())
 
     def load(self, name: str) -> np.ndarray:
-        return np.load(self.root / f"{name}.npy", mmap_mode="r")
+        return load_npy(self.root / f"{name}.npy")
 
 
 # -- stage 1: label blocks ------------------------------------------------------------------------
@@ -276,8 +273,7 @@ def _relabel_block(ctx: BlockContext, block: np.ndarray, rowoff: np.ndarray, *, 
 
 
 def _record(out: Volume, components: int) -> None:
-    import zarr
-    group = zarr.open_group(out.url, mode="r+")
+    group = out.open_group()
     old: Any = group.attrs.get("emarray") or {}
     group.attrs["emarray"] = {**old, "components": components}
 
@@ -381,7 +377,7 @@ def label(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, connectivi
     p = {**prm, "shape": src.shape, "block": src.block_shape, "counts": grid.counts}
 
     def stages(out: Volume, setup: dict[str, Any]) -> list:
-        scratch = Scratch(Path(out.url) / PROGRESS_DIR / "label", src.shape, src.block_shape)
+        scratch = Scratch(progress_of(out) / "label", src.shape, src.block_shape)
         vols = scratch.volumes()
         plane_scale = [tuple(Fraction(1, b) if a == axis else Fraction(1) for a in range(3))
                        for axis, b in enumerate(src.block_shape)]

@@ -243,11 +243,10 @@ def predict_counting_nan(ctx: BlockContext, raw: np.ndarray, *, plan: Plan) -> t
 
 def _record_nan(acc: Any, *, vol: Volume) -> dict[str, int]:
     """Driver: keep the NaN counts in the output's metadata (for the warning, and for later)."""
-    import zarr
     counts = {"nan_input_voxels": int(acc[0]), "nan_output_voxels": int(acc[1])} \
         if acc is not None else {"nan_input_voxels": 0, "nan_output_voxels": 0}
-    g = zarr.open_group(vol.url, mode="r+")
-    g.attrs["emarray"] = {**dict(g.attrs.get("emarray") or {}), **counts}  # type: ignore[arg-type]
+    g = vol.open_group()
+    g.attrs["emarray"] = {**dict(g.attrs.get("emarray") or {}), **counts}
     return counts
 
 

@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from .. import ome
+from .. import ome, storage
 from .._normalize import parse_tuple, whole_number
 from ..engine import BlockContext, BlockGrid, Read, RunOptions, Stage, Write
 from ..spec import BACKEND, ENGINE, REPLACE, Operator, Param, Port
 from ..engine.checkpoint import PROGRESS_DIR, Checkpoint
 from ..engine.output import OutputLock, foreign_in_array, real_path
+from ..engine.remote_output import RemoteLock
+from ..storage import RemotePath
 from ..engine.stages import run_stages
 from ..errors import InvalidArgumentError, OutputExistsError, ResumeMismatchError
 from ..volume import EVERY_CHUNK, Volume, is_labels, open_volume
@@ -82,7 +84,38 @@ def plan_levels(shape: tuple[int, ...], voxel: tuple[float, ...], *, levels: int
 
 
 def _level_path(base: str, k: int) -> str:
-    return f"s{k}" if base.startswith("s") else str(k)
+    """Level ``k``'s array path beside level 0's (``s0`` -> ``s2``; ``v-.../0`` -> ``v-.../2``)."""
+    head, _, leaf = base.rpartition("/")
+    return (f"{head}/" if head else "") + (f"s{k}" if leaf.startswith("s") else str(k))
+
+
+def _open_group(src: Volume) -> Any:
+    """The image group of ``src`` opened for writing (local disk or object storage)."""
+    import zarr
+    if src.remote:
+        return src.open_group()
+    return zarr.open_group(os.fspath(real_path(src.url)), mode="r+")
+
+
+def _progress(src: Volume, group: Any) -> Any:
+    """The pyramid job's progress folder: in the image (beside level 0's array on S3)."""
+    if src.remote:
+        head = src.array_path.rpartition("/")[0]
+        return RemotePath(storage.join(src.url, head, PROGRESS_DIR), src.storage_options)
+    return group / PROGRESS_DIR
+
+
+def _foreign_in_level(src: Volume, group: Any, path: str) -> list[str]:
+    """Files (objects) in the level array ``path`` that are not its chunks."""
+    if not src.remote:
+        return foreign_in_array(group / path, path) if (group / path).is_dir() else []
+    from ..engine.remote_output import _array_layout
+    from ..engine.output import _valid_key
+    url = storage.join(src.url, path)
+    layout = _array_layout(url, src.storage_options)
+    keys = storage.objects(url, src.storage_options)
+    return [f"{path}/{k}" for k in keys
+            if k != "zarr.json" and (layout is None or not _valid_key(k, *layout))]
 
 
 def _pool_pass(ctx: BlockContext, block: np.ndarray, *, factors: list[tuple[int, ...]],
@@ -179,10 +212,12 @@ def pyramid(src: Volume | str | os.PathLike, *, levels: int | None = None,
     """
     opts = RunOptions.make(options, **run)
     src = as_volume(src, opts.allow_incomplete)
-    if src.kind != "zarr3" or src.local_path is None or not src.array_path:
+    if src.kind != "zarr3" or (src.local_path is None and not src.remote) or not src.array_path:
         raise InvalidArgumentError(
-            f"{src.url} is not an OME-Zarr image group on local disk; pyramids are added to "
-            "the groups emarray writes (ingest it first)")
+            f"{src.url} is not an OME-Zarr image group (on local disk or object storage); "
+            "pyramids are added to the groups emarray writes (ingest it first)")
+    if storage.scheme(src.url) in storage.READ_ONLY:
+        raise InvalidArgumentError(f"cannot add levels to {src.url}: https:// is read-only")
     if src.array_path != src.levels[0]:
         raise InvalidArgumentError(
             f"{src.url}/{src.array_path} is level {src.levels.index(src.array_path)} of a pyramid; "
@@ -206,8 +241,9 @@ def pyramid(src: Volume | str | os.PathLike, *, levels: int | None = None,
         shapes.append(pooled_shape(shapes[-1], f))
     job = {"operator": "pyramid", "mode": pool_mode, "factors": [list(f) for f in plan],
            "paths": paths, "input": src.fingerprint()["shape"], "dtype": src.dtype.str}
-    group = real_path(src.url)
-    lock = OutputLock(group, src.url)
+    group: Any = src.url if src.remote else real_path(src.url)
+    lock: Any = (RemoteLock(src.url, src.url, src.storage_options) if src.remote
+                 else OutputLock(group, src.url))
     lock.acquire()
     try:
         with opts.runner("pyramid") as runner:
@@ -232,7 +268,7 @@ def pyramid(src: Volume | str | os.PathLike, *, levels: int | None = None,
                             mode=pool_mode),
                     grid, [Read(base, scale=tuple(Fraction(int(t)) for t in total))], writes,
                     **setup))
-            checkpoint = Checkpoint(group / PROGRESS_DIR)
+            checkpoint = Checkpoint(_progress(src, group))
             if not opts.resume:
                 checkpoint.clear()
             checkpoint.start(inputs=[src])
@@ -247,9 +283,8 @@ def pyramid(src: Volume | str | os.PathLike, *, levels: int | None = None,
 def _prepare_levels(src: Volume, group: Path, paths: list[str], shapes: list[tuple[int, ...]],
                     job: dict[str, Any], opts: RunOptions) -> list[Volume]:
     """Create the level arrays (or reopen them to resume); record the job in the group."""
-    import zarr
-    g = zarr.open_group(os.fspath(group), mode="r+")
-    em: dict[str, Any] = dict(g.attrs.get("emarray", {}))  # type: ignore[arg-type]
+    g = _open_group(src)
+    em: dict[str, Any] = dict(g.attrs.get("emarray", {}))
     earlier = em.get("pyramid")
     listed = list(src.levels[1:])
     if opts.resume:
@@ -268,8 +303,7 @@ def _prepare_levels(src: Volume, group: Path, paths: list[str], shapes: list[tup
         if foreign and not made.issuperset(listed):
             raise InvalidArgumentError(
                 f"refusing to replace levels {foreign} of {src.url}: emarray did not make them")
-        user = [f for p in existing if (group / p).is_dir()
-                for f in foreign_in_array(group / p, p)]
+        user = [f for p in existing for f in _foreign_in_level(src, group, p)]
         if user:
             raise InvalidArgumentError(
                 f"refusing to replace levels of {src.url}: they hold files emarray did not write "
@@ -290,7 +324,8 @@ def _prepare_levels(src: Volume, group: Path, paths: list[str], shapes: list[tup
         level: Any = g[p]
         vols.append(Volume(url=src.url, kind="zarr3", array_path=p, shape=tuple(shape),
                            dtype=src.dtype, chunks=tuple(level.chunks), shards=None,
-                           axes=src.axes, voxel_size=src.voxel_size, unit=src.unit))
+                           axes=src.axes, voxel_size=src.voxel_size, unit=src.unit,
+                           storage_options=src.storage_options))
     return vols
 
 
@@ -326,10 +361,9 @@ def _publish_levels(g: Any, src: Volume, paths: list[str], transforms: list, mod
 def _publish(src: Volume, group: Path, paths: list[str], plan: list[tuple[int, ...]],
              mode: str, job: dict[str, Any]) -> None:
     """List the finished levels in ``multiscales`` and mark the pyramid complete."""
-    import zarr
-    g = zarr.open_group(os.fspath(group), mode="r+")
+    g = _open_group(src)
     _publish_levels(g, src, paths, level_transforms(src, plan, mode), mode)
-    em: dict[str, Any] = dict(g.attrs.get("emarray", {}))  # type: ignore[arg-type]
+    em: dict[str, Any] = dict(g.attrs.get("emarray", {}))
     em["pyramid"] = {"job": job, "paths": paths, "complete": True}
     g.attrs["emarray"] = em
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import os
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..engine import BlockContext, BlockGrid, Read, RunOptions, Stage, Write
-from ..engine.checkpoint import PROGRESS_DIR
+from ..engine.checkpoint import load_npy, progress_of
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port, layout_params
 from ..volume import Volume, create_volume, open_volume
@@ -108,7 +107,7 @@ def _concat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.concatenate([a, b])
 
 
-def _offsets(acc: Any, *, nblocks: int, scratch: Path) -> dict[str, Any]:
+def _offsets(acc: Any, *, nblocks: int, scratch: Any) -> dict[str, Any]:
     counts = np.zeros(nblocks, np.int64)
     if acc is not None and len(acc):
         counts[acc[:, 0]] = acc[:, 1]
@@ -123,9 +122,9 @@ def _offsets(acc: Any, *, nblocks: int, scratch: Path) -> dict[str, Any]:
     return {"fragments": total, "dtype": "uint32" if total < 2**32 else "uint64"}
 
 
-def _number(ctx: BlockContext, local: np.ndarray, *, scratch: Path, counts: tuple[int, ...],
+def _number(ctx: BlockContext, local: np.ndarray, *, scratch: Any, counts: tuple[int, ...],
             dtype: str) -> np.ndarray:
-    offsets = np.load(scratch / "offsets.npy", mmap_mode="r")
+    offsets = load_npy(scratch / "offsets.npy")
     flat = int(np.ravel_multi_index(ctx.index, counts))
     out = local.astype(dtype)
     out[out > 0] += np.asarray(offsets[flat]).astype(dtype)
@@ -150,6 +149,7 @@ SPEC = Operator(
                  optional=True, labels=True)),
     output=Port("dst", "volume", "the fragments: uint64 (block in the high 32 bits), or 1..N "
                                  "with relabel", labels=True),
+    remote_output=False,  # its scratch and side files are local (object storage: not yet)
     params=(Param("threshold", "float", "voxels with boundary below this seed the flood (the "
                                         "distance transform of boundary < threshold, or its "
                                         "components)"),
@@ -237,7 +237,7 @@ def watershed(boundary: Volume | str | os.PathLike, dst: str | os.PathLike, *,
     like = open_volume(bv.url) if not affinities else _spatial_like(bv)
 
     def stages(out: Volume, setup: dict[str, Any]) -> list:
-        scratch = Path(out.url) / PROGRESS_DIR / "watershed"
+        scratch = progress_of(out) / "watershed"
         fn = partial(_fragments, p=p)
         fin = partial(_offsets, nblocks=len(grid), scratch=scratch)
         if not relabel:
@@ -270,7 +270,7 @@ def _spatial_like(bv: Volume) -> Volume:
                    dtype=np.dtype(np.float32))
 
 
-def _scratch_volume(root: Path, shape: tuple[int, ...], block: tuple[int, ...]) -> Volume:
+def _scratch_volume(root: Any, shape: tuple[int, ...], block: tuple[int, ...]) -> Volume:
     path = root / "local.zarr"
     try:
         return open_volume(path)
@@ -281,10 +281,9 @@ def _scratch_volume(root: Path, shape: tuple[int, ...], block: tuple[int, ...]) 
 
 def _record_count(out: Volume, fin: Any) -> Any:
     def finalize(acc: Any) -> dict[str, Any]:
-        import zarr
         given = fin(acc)
-        g = zarr.open_group(out.url, mode="r+")
-        g.attrs["emarray"] = {**dict(g.attrs.get("emarray") or {}),  # type: ignore[arg-type]
+        g = out.open_group()
+        g.attrs["emarray"] = {**dict(g.attrs.get("emarray") or {}),
                               "fragments": given["fragments"]}
         return given
     return finalize

@@ -50,6 +50,9 @@ class PipelineResult:
 
 
 def _exists(path: str) -> bool:
+    from ..storage import exists, is_remote, join
+    if path and is_remote(path):  # a remote output exists once its group is there
+        return exists(join(path, "zarr.json"))
     return bool(path) and os.path.lexists(path)
 
 
@@ -192,11 +195,17 @@ def run_pipeline(recipe: str | os.PathLike | dict[str, Any], sets: tuple[str, ..
 
 def _recipe_record(rec: Recipe, given: Any, sets: tuple[str, ...]) -> dict[str, Any]:
     """What a report shows of the recipe: its file's text (or the dict given), --set values."""
+    import yaml
     if rec.path is not None:
         text = Path(rec.path).read_text()
+        given = yaml.safe_load(text)
     else:
-        import yaml
         text = yaml.safe_dump(given, sort_keys=False)
+    if isinstance(given, dict) and given.get("storage_options"):  # credentials: never kept
+        given = {**given, "storage_options": {k: "***" for k in given["storage_options"]}}
+        text = yaml.safe_dump(given, sort_keys=False)
+    sets = tuple(s if not s.startswith("storage_options") else s.split("=")[0] + "=***"
+                 for s in sets)
     return {"path": rec.path, "about": rec.about, "sets": list(sets), "text": text}
 
 

@@ -10,6 +10,7 @@ Relative paths in a recipe are taken from the recipe's folder.
     workdir: ../work/demo            # each step writes WORKDIR/STEP.zarr (or STEP/, STEP.csv)
     vars: {value: 0.5}               # ${value} below; --set value=0.6
     run: {scheduler: threads, retries: 2}
+    storage_options: {endpoint_url: "http://127.0.0.1:9000"}  # for s3:// paths (optional)
     steps:
       synthetic: {op: synthetic, shape: 64,256,256}
       mask: {op: threshold, src: synthetic.prob, value: "${value}"}
@@ -28,7 +29,7 @@ from ..engine.output import check_no_overlap, real_path
 from ..errors import InvalidArgumentError
 from .ops import Op, all_ops, check_values
 
-TOP_KEYS = ("about", "workdir", "vars", "run", "steps")
+TOP_KEYS = ("about", "workdir", "vars", "run", "steps", "storage_options")
 RUN_KEYS = ("scheduler", "workers", "retries", "backend", "gpu_memory_limit", "connect_timeout",
             "window", "slurm")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -87,7 +88,7 @@ def load_recipe(recipe: str | os.PathLike | dict[str, Any], sets: tuple[str, ...
     if unknown:
         raise InvalidArgumentError(f"unknown recipe key {unknown[0]!r}; a recipe has: "
                                    f"{', '.join(TOP_KEYS)}")
-    for section in ("vars", "run", "steps"):
+    for section in ("vars", "run", "steps", "storage_options"):
         if given.get(section) is None:
             given[section] = {}
         if not isinstance(given[section], dict):
@@ -108,6 +109,8 @@ def load_recipe(recipe: str | os.PathLike | dict[str, Any], sets: tuple[str, ...
                     f"{', '.join(given['vars']) or '-'})")
         set_value(given, s)
     given = _substitute(given, given["vars"])
+    from .. import storage
+    storage.configure(given["storage_options"])  # s3:// paths below (never recorded)
     if not given["steps"]:
         raise InvalidArgumentError("the recipe has no steps")
     run = dict(given["run"])

@@ -25,7 +25,10 @@ def _stamp(path: str) -> list[Any]:
     every stored chunk's key, size and mtime: a chunk rewritten in place counts, pyramid levels
     added beside it do not). A file: its size and mtime. A folder: each file's."""
     from ..errors import EmarrayError
+    from ..storage import is_remote
     from ..volume import open_volume
+    if is_remote(path):  # a remote volume (its ETags are in `stored`)
+        return [path, open_volume(path).fingerprint()]
     if any(os.path.isfile(os.path.join(path, m)) for m in ("zarr.json", ".zarray",
                                                            "attributes.json", "info")):
         try:
@@ -56,10 +59,11 @@ def stored(step: Step) -> str:
     size and mtime, hashed. A finished step whose input chunks were rewritten in place runs
     again; an interrupted one resumes, computing again the blocks that read them."""
     from ..errors import EmarrayError
+    from ..storage import is_remote
     from ..volume import open_volume
     parts = []
     for key, (kind, *ref) in sorted(step.inputs.items()):
-        if kind == "step" or not os.path.isdir(ref[0]):
+        if kind == "step" or not (os.path.isdir(ref[0]) or is_remote(ref[0])):
             continue
         try:
             parts.append(f"{key}:{open_volume(ref[0]).listing()['digest']}")

@@ -1,0 +1,403 @@
+"""Outputs on object storage: the same promises as :mod:`emarray.engine.output`, without rename.
+
+An output at ``s3://bucket/cells.zarr`` is an OME-Zarr group whose ``zarr.json`` points at one
+**version** of the data, a prefix inside it (``cells.zarr/v-20261126T233500-3fa2/``) that holds
+the arrays, as its multiscales' dataset paths (``v-.../0``) say. A job writes a new version
+beside the current one and, once every block is stored and the version is marked complete,
+**puts the group's ``zarr.json``** pointing at it: one whole-object write, so a reader sees the
+old output or the new one, never a mix, and a kill at any moment leaves the old one in place.
+The previous version is deleted after the switch. ``--resume`` finds the unfinished version of
+the same job and continues it; progress is kept in the version (``.emarray-progress/``), so any
+machine that reaches the bucket can resume it.
+
+The **lock** is an object beside the output (``.cells.zarr.emarray-lock``) created with S3's
+conditional write (``If-None-Match: *``), so of two jobs on any two machines one gets it. The
+holder refreshes it every few seconds; a lock whose holder stopped refreshing for
+``EMARRAY_LOCK_LEASE_SECONDS`` (default 90), or whose holder process on this host is gone, is
+taken over.
+
+Only a group emarray made, holding nothing but its versions, is replaced (``--overwrite``).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import storage
+from ..errors import (EmarrayError, InvalidArgumentError, JobFailedError, OutputExistsError,
+                      OutputLockedError, ResumeMismatchError, VolumeNotFoundError)
+from ..volume import Volume, open_volume
+from .checkpoint import PROGRESS_DIR
+
+log = logging.getLogger("emarray")
+LOCK_SUFFIX = ".emarray-lock"
+VERSION = re.compile(r"v-\d{8}T\d{6}-[0-9a-f]{8}")
+
+
+def lease_seconds() -> float:
+    return float(os.environ.get("EMARRAY_LOCK_LEASE_SECONDS", "90"))
+
+
+def new_version() -> str:
+    return f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+
+
+# -- the lock --------------------------------------------------------------------------------
+class RemoteLock:
+    """An object created only when none is there (S3's conditional write), refreshed while held."""
+
+    def __init__(self, url: str, shown: str, options: dict[str, Any] | None = None):
+        self.url = storage.join(storage.parent(url), f".{storage.name(url)}{LOCK_SUFFIX}")
+        self.shown = shown
+        self.options = options
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _info(self) -> bytes:
+        return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                           "command": " ".join(sys.argv), "token": self.token,
+                           "heartbeat": time.time()}).encode()
+
+    def acquire(self) -> None:
+        for _ in range(5):
+            try:
+                storage.write_bytes(self.url, self._info(), self.options, create=True)
+                break
+            except FileExistsError:
+                holder = storage.read_json(self.url, self.options)
+                if holder is None:
+                    continue  # released meanwhile: try again
+                why = _stale(holder)
+                if why is None:
+                    raise OutputLockedError(
+                        f"output {self.shown!r} is being written by another emarray job "
+                        f"({_holder(holder)}); wait for it to end or stop it") from None
+                print(f"{self.shown}: taking over the lock of a job that {why}",
+                      file=sys.stderr)
+                storage.remove(self.url, self.options)
+            except EmarrayError:
+                raise
+            except Exception as exc:
+                raise InvalidArgumentError(
+                    f"cannot write the output {self.shown!r}: {storage.describe(exc, self.url)}"
+                ) from None
+        else:
+            raise OutputLockedError(f"could not lock {self.shown!r}: other jobs keep taking it")
+        self._thread = threading.Thread(target=self._refresh, daemon=True,
+                                        name="emarray-lock-refresh")
+        self._thread.start()
+
+    def _refresh(self) -> None:
+        every = max(lease_seconds() / 4, 0.5)
+        while not self._stop.wait(every):
+            with contextlib.suppress(Exception):
+                holder = storage.read_json(self.url, self.options)
+                if holder is None or holder.get("token") != self.token:
+                    log.warning("%s: the output's lock was taken by another job", self.shown)
+                    return
+                storage.write_bytes(self.url, self._info(), self.options)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        with contextlib.suppress(Exception):
+            holder = storage.read_json(self.url, self.options)
+            if holder is not None and holder.get("token") == self.token:
+                storage.remove(self.url, self.options)
+
+
+def _stale(holder: dict[str, Any]) -> str | None:
+    """Why a lock's holder is gone (None: it may still be running)."""
+    if holder.get("host") == socket.gethostname():
+        try:
+            os.kill(int(holder.get("pid", -1)), 0)
+        except ProcessLookupError:
+            return f"ended on this host (pid {holder.get('pid')})"
+        except (PermissionError, ValueError, OverflowError):
+            pass
+    age = time.time() - float(holder.get("heartbeat") or 0)
+    if age > lease_seconds():
+        return f"stopped refreshing it {age:.0f} s ago"
+    return None
+
+
+def _holder(info: dict[str, Any]) -> str:
+    return (f"pid {info.get('pid')} on {info.get('host')}, started {info.get('started')}: "
+            f"{info.get('command')}")
+
+
+# -- versions --------------------------------------------------------------------------------
+def _attributes(url: str, options: dict[str, Any] | None) -> dict[str, Any] | None:
+    meta = storage.read_json(storage.join(url, "zarr.json"), options)
+    if meta is None:
+        return None
+    attrs = meta.get("attributes")
+    return attrs if isinstance(attrs, dict) else {}
+
+
+def _job_of(attrs: dict[str, Any] | None) -> dict[str, Any] | None:
+    em = (attrs or {}).get("emarray")
+    return em if isinstance(em, dict) and "job" in em else None
+
+
+def _levels(attrs: dict[str, Any]) -> list[str]:
+    try:
+        return [d["path"] for m in attrs["ome"]["multiscales"] for d in m["datasets"]]
+    except (KeyError, TypeError):
+        return []
+
+
+def pointer_attributes(attrs: dict[str, Any], version: str) -> dict[str, Any]:
+    """A version's group attributes as the pointer group's: dataset paths inside the version."""
+    out = copy.deepcopy(attrs)
+    for m in (out.get("ome") or {}).get("multiscales", []):
+        for d in m.get("datasets", []):
+            d["path"] = f"{version}/{d['path']}"
+    em = dict(out.get("emarray") or {})
+    em["version"] = version
+    out["emarray"] = em
+    return out
+
+
+def foreign_objects(url: str, objects: dict[str, tuple[int, str]],
+                    versions: dict[str, dict[str, Any] | None],
+                    options: dict[str, Any] | None = None,
+                    pointer: dict[str, Any] | None = None) -> list[str]:
+    """Keys under the output that are not its pointer nor inside a version emarray made."""
+    from .output import _valid_key
+    found = []
+    layouts: dict[tuple[str, str], Any] = {}
+    added = set(_levels(pointer or {}))  # levels a pyramid added: "v-.../1"
+    pyr = ((pointer or {}).get("emarray") or {}).get("pyramid")
+    if isinstance(pyr, dict):
+        added |= {str(p) for p in pyr.get("paths", [])}
+    for key in sorted(objects):
+        top, _, rest = key.partition("/")
+        if key == "zarr.json" or top == PROGRESS_DIR:
+            continue
+        attrs = versions.get(top) if VERSION.fullmatch(top) else None
+        if attrs is None or _job_of(attrs) is None:
+            found.append(key)
+            continue
+        level, _, inner = rest.partition("/")
+        files = set((attrs.get("emarray") or {}).get("files", []))
+        if rest in ("zarr.json", *files) or level == PROGRESS_DIR:
+            continue
+        if (level not in _levels(attrs) and f"{top}/{level}" not in added) or not inner:
+            found.append(key)
+            continue
+        if inner == "zarr.json":
+            continue
+        if (top, level) not in layouts:
+            layouts[(top, level)] = _array_layout(storage.join(url, top, level), options)
+        lay = layouts[(top, level)]
+        if lay is None or not _valid_key(inner, *lay):
+            found.append(key)
+    return found
+
+
+def _array_layout(url: str, options: dict[str, Any] | None
+                  ) -> tuple[list[int], str, str] | None:
+    meta = storage.read_json(storage.join(url, "zarr.json"), options)
+    try:
+        assert meta is not None and meta.get("node_type") == "array"
+        shape = [int(n) for n in meta["shape"]]
+        chunk = [int(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"]]
+        enc = meta.get("chunk_key_encoding") or {"name": "default"}
+        sep = (enc.get("configuration") or {}).get("separator")
+        counts = [-(-n // c) for n, c in zip(shape, chunk)]
+        return (counts, "", sep or ".") if enc.get("name") == "v2" else (counts, "c", sep or "/")
+    except (AssertionError, KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+# -- the output of one job -------------------------------------------------------------------
+@dataclass
+class RemoteOutput:
+    """A job's output on object storage: its blocks go into a new version of it."""
+
+    path: str             # the output group's URL
+    volume: Volume        # the version being written
+    resumed: bool
+    shown: str
+    version: str
+
+    staged = True  # the pointer's put is the commit, always
+
+    def discard(self) -> None:
+        if not self.resumed:
+            storage.remove(self.volume.url, self.volume.storage_options, recursive=True)
+
+    def kept_note(self, exc: BaseException) -> EmarrayError:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return JobFailedError(
+            f"{reason}; {self.shown!r} is unchanged, and its unfinished new version is kept at "
+            f"{self.volume.url}: run the same command with --resume to finish it")
+
+    def commit(self) -> Volume:
+        """Point the output's group at the finished version, then delete older versions."""
+        opts = self.volume.storage_options
+        attrs = _attributes(self.volume.url, opts) or {}
+        meta = {"zarr_format": 3, "node_type": "group",
+                "attributes": pointer_attributes(attrs, self.version)}
+        storage.write_bytes(storage.join(self.path, "zarr.json"),
+                            json.dumps(meta, indent=2).encode(), opts)
+        _remove_versions(self.path, keep=self.version, options=opts)
+        return open_volume(self.path)
+
+
+def _versions(url: str, options: dict[str, Any] | None) -> dict[str, dict[str, Any] | None]:
+    """The version prefixes directly under the output and their group attributes."""
+    fs, path = storage.filesystem(url, options)
+    try:
+        names = [storage.name(p) for p in fs.ls(path, detail=False, refresh=True)]
+    except FileNotFoundError:
+        return {}
+    return {n: _attributes(storage.join(url, n), options) for n in names if VERSION.fullmatch(n)}
+
+
+def _remove_versions(url: str, keep: str | None, options: dict[str, Any] | None,
+                     only: Sequence[str] | None = None) -> None:
+    for name, attrs in _versions(url, options).items():
+        if name != keep and _job_of(attrs) is not None and (only is None or name in only):
+            storage.remove(storage.join(url, name), options, recursive=True)
+
+
+def _recover(url: str, shown: str, options: dict[str, Any] | None) -> str | None:
+    """Finish a switch a kill interrupted (a complete version newer than the one pointed at)
+    and remove versions left by switches that finished."""
+    pointer = _attributes(url, options)
+    current = ((pointer or {}).get("emarray") or {}).get("version")
+    versions = _versions(url, options)
+    done = None
+    newer = sorted(n for n, a in versions.items()
+                   if (_job_of(a) or {}).get("complete") and (current is None or n > current))
+    if newer and (pointer is None or _job_of(pointer) is not None):
+        last = newer[-1]
+        meta = {"zarr_format": 3, "node_type": "group",
+                "attributes": pointer_attributes(versions[last] or {}, last)}
+        storage.write_bytes(storage.join(url, "zarr.json"), json.dumps(meta, indent=2).encode(),
+                            options)
+        current, done = last, "finished an interrupted replacement"
+    old = [n for n, a in versions.items()
+           if n != current and (_job_of(a) or {}).get("complete")]
+    if old:
+        _remove_versions(url, keep=current, options=options, only=old)
+        done = done or "removed the rest of a replaced output"
+    return done
+
+
+def check_no_overlap(url: str, inputs: Sequence[Any], shown: str) -> None:
+    for v in inputs:
+        src = v.url if isinstance(v, Volume) else os.fspath(v)
+        if not storage.is_remote(src):
+            continue
+        a, b = url.rstrip("/") + "/", src.rstrip("/") + "/"
+        if a.startswith(b) or b.startswith(a):
+            raise InvalidArgumentError(
+                f"output {shown!r} overlaps the input {src!r}; choose another output path")
+
+
+@contextlib.contextmanager
+def open_remote_output(url: str, create: Callable[[str], Volume], *,
+                       inputs: Sequence[Any] = (), job: dict[str, Any],
+                       overwrite: bool = False, resume: bool = False) -> Iterator[RemoteOutput]:
+    """The remote twin of :func:`emarray.engine.output.open_output` (see the module's notes)."""
+    shown = url
+    url = url.rstrip("/")
+    if storage.scheme(url) in storage.READ_ONLY:
+        raise InvalidArgumentError(f"cannot write {shown!r}: {storage.scheme(url)}:// is read-only")
+    if overwrite and resume:
+        raise InvalidArgumentError("choose either overwrite or resume, not both")
+    check_no_overlap(url, inputs, shown)
+    options = storage.options_for(url)
+    try:
+        storage.check_reachable(storage.parent(url), options)
+    except VolumeNotFoundError as exc:
+        raise InvalidArgumentError(f"cannot create the output {shown!r}: {exc}") from None
+    lock = RemoteLock(url, shown, options)
+    lock.acquire()
+    try:
+        note = _recover(url, shown, options)
+        if note:
+            print(f"{shown}: {note}", file=sys.stderr)
+        pointer = _attributes(url, options)
+        versions = _versions(url, options)
+        current = ((pointer or {}).get("emarray") or {}).get("version")
+        if resume:
+            for name in sorted(versions, reverse=True):
+                em = _job_of(versions[name])
+                if name != current and em is not None and em.get("job") == job:
+                    vol = open_volume(storage.join(url, name))
+                    yield RemoteOutput(url, vol, True, shown, name)
+                    return
+            if pointer is not None:
+                em = _job_of(pointer)
+                if em is None or em.get("job") != job:
+                    from .output import _job_difference
+                    raise ResumeMismatchError(
+                        f"cannot resume into {shown!r}: it was made by another job "
+                        f"({_job_difference(em.get('job') if em else None, job)}); use "
+                        "overwrite to start again")
+                assert current is not None
+                vol = open_volume(storage.join(url, current))
+                yield RemoteOutput(url, vol, True, shown, current)
+                return
+        if pointer is not None and not overwrite and not resume:
+            raise OutputExistsError(
+                f"output {shown!r} already exists; pass overwrite (--overwrite) to replace it, "
+                "or resume (--resume) to finish an interrupted run")
+        _check_replaceable(url, shown, pointer, versions, options)
+        # unfinished versions of earlier runs (this run does not resume them): start again
+        _remove_versions(url, keep=current, options=options,
+                         only=[n for n in versions if n != current])
+        version = new_version()
+        try:
+            vol = create(storage.join(url, version))
+        except Exception as exc:
+            storage.remove(storage.join(url, version), options, recursive=True)
+            if isinstance(exc, EmarrayError):
+                raise
+            raise InvalidArgumentError(
+                f"cannot create the output {shown!r}: {storage.describe(exc, url)}") from None
+        if pointer is not None:
+            log.info("building the new %s beside the old one (%s) until it is complete",
+                     shown, version)
+        yield RemoteOutput(url, vol, False, shown, version)
+    finally:
+        lock.release()
+
+
+def _check_replaceable(url: str, shown: str, pointer: dict[str, Any] | None,
+                       versions: dict[str, dict[str, Any] | None],
+                       options: dict[str, Any] | None) -> None:
+    """Refuse to write into a prefix that holds anything emarray did not make there."""
+    objects = storage.objects(url, options)
+    if not objects:
+        return
+    if pointer is not None and _job_of(pointer) is None:
+        raise InvalidArgumentError(
+            f"refusing to overwrite {shown!r}: it was not made by emarray; move it away or "
+            "choose another output")
+    foreign = foreign_objects(url, objects, versions, options, pointer)
+    if foreign:
+        raise InvalidArgumentError(
+            f"refusing to write {shown!r}: it holds objects emarray did not write "
+            f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); move them away "
+            "or choose another output")
