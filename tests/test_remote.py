@@ -153,6 +153,9 @@ def test_label_smooth_and_pyramid_on_s3_equal_local(tmp_path, s3):
         assert r.shape == loc.shape and r.voxel_size == loc.voxel_size
         np.testing.assert_array_equal(r.read(), loc.read())
     assert not any(PROGRESS_DIR in k for k in _keys(f"{s3}/cells.zarr"))
+    # resuming the finished label job leaves it, and the levels added to it, as they are
+    emarray.label(f"{s3}/mask.zarr", f"{s3}/cells.zarr", progress=False, resume=True)
+    assert len(emarray.open_volume(f"{s3}/cells.zarr").levels) == 3
 
 
 def test_predict_to_s3_equals_local(tmp_path, s3):

@@ -259,6 +259,14 @@ def _array_keys(array: Path) -> tuple[Any, str, str] | None:
     separator); None when it is not a zarr v3 array."""
     try:
         meta = json.loads((array / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return key_layout(meta)
+
+
+def key_layout(meta: Any) -> tuple[Any, str, str] | None:
+    """:func:`_array_keys` of an array's parsed ``zarr.json``."""
+    try:
         if meta.get("node_type") != "array":
             return None
         shape = [int(n) for n in meta["shape"]]

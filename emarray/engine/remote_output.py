@@ -214,17 +214,8 @@ def foreign_objects(url: str, objects: dict[str, tuple[int, str]],
 
 def _array_layout(url: str, options: dict[str, Any] | None
                   ) -> tuple[list[int], str, str] | None:
-    meta = storage.read_json(storage.join(url, "zarr.json"), options)
-    try:
-        assert meta is not None and meta.get("node_type") == "array"
-        shape = [int(n) for n in meta["shape"]]
-        chunk = [int(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"]]
-        enc = meta.get("chunk_key_encoding") or {"name": "default"}
-        sep = (enc.get("configuration") or {}).get("separator")
-        counts = [-(-n // c) for n, c in zip(shape, chunk)]
-        return (counts, "", sep or ".") if enc.get("name") == "v2" else (counts, "c", sep or "/")
-    except (AssertionError, KeyError, TypeError, ValueError, ZeroDivisionError):
-        return None
+    from .output import key_layout
+    return key_layout(storage.read_json(storage.join(url, "zarr.json"), options) or {})
 
 
 # -- the output of one job -------------------------------------------------------------------
@@ -253,6 +244,9 @@ class RemoteOutput:
     def commit(self) -> Volume:
         """Point the output's group at the finished version, then delete older versions."""
         opts = self.volume.storage_options
+        pointer = _attributes(self.path, opts)
+        if ((pointer or {}).get("emarray") or {}).get("version") == self.version:
+            return open_volume(self.path)  # resumed a finished output: it stays as it is
         attrs = _attributes(self.volume.url, opts) or {}
         meta = {"zarr_format": 3, "node_type": "group",
                 "attributes": pointer_attributes(attrs, self.version)}
