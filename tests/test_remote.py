@@ -259,6 +259,25 @@ def test_sigkill_then_resume_equals_a_clean_run(tmp_path, s3):
     assert len({k.split("/")[0] for k in _keys(dst)} - {"zarr.json"}) == 1
 
 
+def test_resume_computes_again_the_blocks_of_an_input_chunk_rewritten_in_the_bucket(tmp_path,
+                                                                                     s3):
+    a = np.random.default_rng(16).random((24, 40, 48)).astype(np.float32)
+    src = f"{s3}/p.zarr"
+    # uncompressed: the rewritten chunk keeps its size, only its ETag tells it changed
+    v = emarray.create_volume(src, a.shape, "float32", (4, 5, 12), compression="none")
+    v.write(tuple(slice(0, n) for n in a.shape), a)
+    dst = f"{s3}/m.zarr"
+    proc = _slow_threshold(tmp_path, src, dst, 0.3)
+    _kill_when_done(proc, dst, 40)
+    # the first block (done before the kill) changes in the bucket: a new ETag, same size
+    b = a.copy()
+    b[0:4, 0:5, 0:12] = 1 - b[0:4, 0:5, 0:12]
+    emarray.open_volume(src).write((slice(0, 4), slice(0, 5), slice(0, 12)), b[0:4, 0:5, 0:12])
+    r = _cli("threshold", src, dst, "--value", "0.3", "--resume", check=False)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(emarray.open_volume(dst).read(), b > 0.3)
+
+
 def test_overwrite_interrupted_keeps_the_old_output(tmp_path, s3):
     a = np.random.default_rng(7).random((24, 40, 48)).astype(np.float32)
     make_volume(tmp_path / "p.zarr", a, (4, 5, 12))
