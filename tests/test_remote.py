@@ -457,3 +457,47 @@ def test_http_read_of_a_served_volume(tmp_path):
             emarray.threshold(tmp_path / "m.zarr", url + "x", 0.5, progress=False)
     finally:
         server.shutdown()
+
+
+# -- training ----------------------------------------------------------------------------------
+def test_training_reads_its_volumes_from_s3_as_from_disk(tmp_path, s3):
+    pytest.importorskip("torch")
+    from tests.test_train import _config
+    d = tmp_path / "d"
+    emarray.datasets.synthetic(d, (32, 64, 64), chunks=(16, 32, 32), seed=3)
+    fs, path = storage.filesystem(s3)
+    for name in ("raw.zarr", "truth.zarr"):  # the very same stores, uploaded
+        fs.put(str(d / name), f"{path}/d/{name}", recursive=True)
+    local = emarray.train(_config(d, tmp_path / "local", steps=10, validation={}))
+    cfg = _config(d, tmp_path / "remote", steps=10, validation={})
+    cfg["data"] = {"raw": f"{s3}/d/raw.zarr", "labels": f"{s3}/d/truth.zarr"}
+    remote = emarray.train(cfg)
+    assert remote.steps == local.steps == 10
+    assert [h["loss"] for h in remote.history] == [h["loss"] for h in local.history]
+    assert local.history
+
+
+def test_a_lock_held_on_another_host_is_respected_until_its_lease_runs_out(tmp_path, s3):
+    import json as _json
+    a = np.random.default_rng(17).random((6, 8, 8)).astype(np.float32)
+    make_volume(tmp_path / "p.zarr", a, (3, 4, 4))
+    dst, lock = f"{s3}/m.zarr", f"{s3}/.m.zarr.emarray-lock"
+
+    def plant(age: float) -> None:
+        storage.remove(lock)
+        storage.write_bytes(lock, _json.dumps({
+            "pid": 1, "host": "another-machine", "started": "2026-11-26 10:00:00",
+            "command": "emarray threshold ...", "token": "theirs",
+            "heartbeat": time.time() - age}).encode())
+
+    plant(age=1)
+    r = _cli("threshold", tmp_path / "p.zarr", dst, "--value", "0.5", check=False,
+             env={"EMARRAY_LOCK_LEASE_SECONDS": "30"})
+    assert r.returncode == 2 and "pid 1 on another-machine" in r.stderr, r.stderr
+    assert not storage.exists(f"{dst}/zarr.json")
+    plant(age=60)  # its holder stopped refreshing it a minute ago
+    r = _cli("threshold", tmp_path / "p.zarr", dst, "--value", "0.5", check=False,
+             env={"EMARRAY_LOCK_LEASE_SECONDS": "30"})
+    assert r.returncode == 0 and "stopped refreshing it" in r.stderr, r.stderr
+    np.testing.assert_array_equal(emarray.open_volume(dst).read(), a > 0.5)
+    assert not storage.exists(lock)
