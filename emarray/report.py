@@ -329,6 +329,10 @@ def workdir_steps(workdir: Path) -> tuple[list[StepRecord], dict[str, Any]]:
 def workdir_report(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write the page of the pipeline run in ``workdir`` (to ``workdir/report.html`` unless
     ``out``); return its path."""
+    from .storage import is_remote
+    if is_remote(workdir):
+        raise InvalidArgumentError(f"{os.fspath(workdir)}: a pipeline's work folder is on local "
+                                   "disk (its steps' outputs may be in a bucket)")
     wd = Path(workdir)
     steps, recipe = workdir_steps(wd)
     path = Path(out) if out is not None else wd / REPORT_FILE

@@ -212,7 +212,12 @@ def gather(paths: Sequence[str | os.PathLike]) -> Found:
     """Sort the paths given into volumes, tables and mesh folders; a folder that is none of
     these (a recipe's work folder) stands for everything in it."""
     found = Found()
+    from .storage import is_remote
     for p in paths:
+        if is_remote(p):
+            raise InvalidArgumentError(
+                f"{os.fspath(p)}: emarray view serves volumes on local disk; neuroglancer reads "
+                "a bucket itself (zarr3://s3://... in its source box) when the bucket is public")
         path = Path(p)
         if not path.exists():
             raise InvalidArgumentError(f"no volume, table or mesh folder at {os.fspath(p)!r}")

@@ -411,6 +411,10 @@ def test_missing_bucket_and_bad_path_are_one_line(tmp_path, s3):
         assert r.returncode == 2, r.stderr
         assert r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
     assert not (tmp_path / "o.zarr").exists()
+    for args, message in [(["view", f"{s3}/x.zarr"], "serves volumes on local disk"),
+                          (["report", f"{s3}/wd"], "work folder is on local disk")]:
+        r = _cli(*args, check=False)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
 
 
 def test_bad_credentials_and_no_permission_are_one_line(tmp_path):
