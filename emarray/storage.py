@@ -89,7 +89,8 @@ def parse_options(items: Iterable[str]) -> dict[str, Any]:
 def options_for(url: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The fsspec options for ``url``: the configured ones, with S3's endpoint from
     ``AWS_ENDPOINT_URL`` and retries with backoff unless given."""
-    opts = {**_OPTIONS, **(extra or {})}
+    # the configured options are the bucket's (s3fs/gcsfs keywords): not for plain HTTP reads
+    opts = {**({} if scheme(url) in READ_ONLY else _OPTIONS), **(extra or {})}
     if scheme(url) == "s3":
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint and "endpoint_url" not in opts and "endpoint_url" not in opts.get(

@@ -443,7 +443,8 @@ def test_bad_credentials_and_no_permission_are_one_line(tmp_path):
 
 
 # -- https -------------------------------------------------------------------------------------
-def test_http_read_of_a_served_volume(tmp_path):
+def test_http_read_of_a_served_volume(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "_OPTIONS", {})
     a = np.random.default_rng(14).random((12, 20, 18)).astype(np.float32)
     make_volume(tmp_path / "srv" / "p.zarr", a, (6, 10, 9))
     handler = functools.partial(http.server.SimpleHTTPRequestHandler,
@@ -453,6 +454,7 @@ def test_http_read_of_a_served_volume(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/p.zarr"
+        storage.configure({"endpoint_url": "http://127.0.0.1:9"})  # a bucket's: not for HTTP
         v = emarray.open_volume(url)
         assert v.shape == a.shape and v.remote
         out = emarray.threshold(url, tmp_path / "m.zarr", 0.5, progress=False)
