@@ -507,3 +507,79 @@ def test_a_lock_held_on_another_host_is_respected_until_its_lease_runs_out(tmp_p
     assert r.returncode == 0 and "stopped refreshing it" in r.stderr, r.stderr
     np.testing.assert_array_equal(emarray.open_volume(dst).read(), a > 0.5)
     assert not storage.exists(lock)
+
+
+# -- a flaky server: throttled requests and dropped connections are retried -----------------------
+class _FlakyProxy(http.server.BaseHTTPRequestHandler):
+    """Forwards to the S3 server, but answers every 7th request ``503 SlowDown`` and drops the
+    connection of every 11th without an answer."""
+
+    target = ""
+    count = 0
+    lock = threading.Lock()
+    throttled = 0
+    dropped = 0
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args, **kwargs):
+        pass
+
+    def _forward(self):
+        import http.client
+        import urllib.parse
+        cls = type(self)
+        with cls.lock:
+            cls.count += 1
+            n = cls.count
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        if n % 11 == 0:
+            cls.dropped += 1
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if n % 7 == 0:
+            cls.throttled += 1
+            msg = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+                   b"<Message>Please reduce your request rate.</Message></Error>")
+            self.send_response(503)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(msg)))
+            self.end_headers()
+            self.wfile.write(msg)
+            return
+        u = urllib.parse.urlsplit(cls.target)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+        conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+        resp = conn.getresponse()
+        data = resp.read()
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        conn.close()
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+
+def test_throttled_requests_and_dropped_connections_are_retried(tmp_path, s3, s3_server,
+                                                              monkeypatch):
+    a = np.random.default_rng(18).random((16, 20, 24)).astype(np.float32)
+    make_volume(tmp_path / "p.zarr", a, (4, 5, 12))
+    handler = type("Flaky", (_FlakyProxy,), {"target": s3_server, "count": 0,
+                                             "lock": threading.Lock()})
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        r = _cli("threshold", tmp_path / "p.zarr", f"{s3}/m.zarr", "--value", "0.5",
+                 env={"AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.server_address[1]}"},
+                 check=False)
+    finally:
+        proxy.shutdown()
+    assert r.returncode == 0, r.stderr
+    assert handler.throttled >= 3 and handler.dropped >= 2
+    np.testing.assert_array_equal(emarray.open_volume(f"{s3}/m.zarr").read(), a > 0.5)
