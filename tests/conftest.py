@@ -81,3 +81,21 @@ def real_dask_cluster(tmp_path: Path, workers: int = 2, cwd: Path | None = None,
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def kill_when(proc, count, at_least: int, timeout: float = 120) -> int:
+    """SIGKILL ``proc`` (no chance to clean up) once ``count()`` reaches ``at_least``; return
+    that count. Fails the test if the job ends first or makes no progress."""
+    import signal
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        n = count()
+        if n >= at_least:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return n
+        if proc.poll() is not None:
+            pytest.fail(f"job ended before it could be killed: {proc.stderr.read()}")
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail("job made no progress")

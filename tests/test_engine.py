@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from emarray.engine import Checkpoint
 from emarray.engine.checkpoint import PROGRESS_DIR
 from emarray.errors import ChunkAlignmentError, ResumeMismatchError
 
-from .conftest import make_volume, real_dask_cluster, tree_digest
+from .conftest import kill_when, make_volume, real_dask_cluster, tree_digest
 
 PY = sys.executable
 BIN = Path(sys.executable).parent
@@ -64,19 +63,8 @@ def done_count(done_dir: Path, stage: str = "threshold") -> int:
 
 
 def _kill_when(proc, done_dir: Path, at_least: int, timeout: float = 120) -> int:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if done_dir.is_dir():
-            n = done_count(done_dir)
-            if n >= at_least:
-                proc.send_signal(signal.SIGKILL)  # a real kill, no chance to clean up
-                proc.wait()
-                return n
-        if proc.poll() is not None:
-            pytest.fail(f"job ended before it could be killed: {proc.stderr.read()}")
-        time.sleep(0.01)
-    proc.kill()
-    pytest.fail("job made no progress")
+    return kill_when(proc, lambda: done_count(done_dir) if done_dir.is_dir() else 0, at_least,
+                     timeout)
 
 
 def test_resume_after_kill_gives_a_clean_runs_output(tmp_path):

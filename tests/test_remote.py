@@ -27,7 +27,7 @@ from emarray import storage
 from emarray.engine.checkpoint import PROGRESS_DIR, Checkpoint
 from emarray.storage import RemotePath
 
-from .conftest import make_volume, real_dask_cluster
+from .conftest import kill_when, make_volume, real_dask_cluster
 
 PY = sys.executable
 MOTO = Path(sys.executable).parent / "moto_server"
@@ -214,22 +214,18 @@ def _version_progress(url: str) -> RemotePath | None:
     return None
 
 
-def _kill_when_done(proc, url: str, at_least: int, timeout: float = 120) -> int:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        root = _version_progress(url)
-        if root is not None:
-            with contextlib.suppress(Exception):
-                n = Checkpoint(root).done_count("threshold")
-                if n >= at_least:
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait()
-                    return n
-        if proc.poll() is not None:
-            pytest.fail(f"job ended before it could be killed: {proc.stderr.read()}")
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail("job made no progress")
+def _remote_done(url: str) -> int:
+    root = _version_progress(url)
+    if root is None:
+        return 0
+    try:
+        return Checkpoint(root).done_count("threshold")
+    except Exception:  # written while read: look again
+        return 0
+
+
+def _kill_when_done(proc, url: str, at_least: int) -> int:
+    return kill_when(proc, lambda: _remote_done(url), at_least)
 
 
 def _slow_threshold(tmp_path, src, dst, value, *extra):
