@@ -1,9 +1,12 @@
 """OME-Zarr 0.5 metadata: build it for what emarray writes, read it from what users have."""
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from . import storage
 from .errors import InvalidArgumentError
 
 OME_VERSION = "0.5"
@@ -93,3 +96,37 @@ def default_axes(ndim: int) -> tuple[str, ...]:
     if ndim == 2:
         return ("y", "x")
     raise InvalidArgumentError(f"emarray volumes are 2D, 3D or channel+3D, got {ndim} dimensions")
+
+
+def image_holding(array: str, options: dict[str, Any] | None = None) -> tuple[str, int] | None:
+    """The OME-Zarr image whose multiscales list the array at ``array`` (its folder's parent),
+    and the array's level there; None when it is a bare array."""
+    import json
+    try:
+        if storage.is_remote(array):
+            up, leaf = storage.parent(array), storage.name(array)
+            d = storage.read_json(storage.join(up, "zarr.json"), options) or {}
+        else:
+            up, leaf = os.fspath(Path(array).parent), Path(array).name
+            d = json.loads((Path(up) / "zarr.json").read_text())
+        ms = read_multiscales(d.get("attributes") or {})
+        paths = [ds["path"] for ds in ms["datasets"]] if ms else []
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return (up, paths.index(leaf)) if leaf in paths else None
+
+
+def every_chunk_written(group: dict[str, Any], array: dict[str, Any], path: str,
+                         levels: tuple[str, ...]) -> bool:
+    """Whether a finished emarray job wrote every chunk of this array (its missing chunks are
+    then lost ones): the array says so, and the job (or the pyramid) that wrote it finished."""
+    mine = array.get("emarray")
+    if not (isinstance(mine, dict) and mine.get("every_chunk") is True):
+        return False
+    em = group.get("emarray")
+    if not isinstance(em, dict):
+        return False
+    if path == levels[0]:
+        return "job" in em and em.get("complete") is True
+    pyr = em.get("pyramid")
+    return isinstance(pyr, dict) and pyr.get("complete") is True and path in pyr.get("paths", [])

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import ome, storage
+from .chunks import METADATA, chunk_entries, listing_of
 from .ome import default_axes
 from ._normalize import numeric_dtype, parse_tuple, parse_unit
 from .errors import (ChunkReadError, EmarrayError, IncompleteVolumeError, InputChangedError,
@@ -245,7 +246,7 @@ class Volume:
         mtime in ns on local disk, a number made from the ETag on object storage)."""
         if self.remote:
             found = storage.objects(self.array_url, self.storage_options)
-            keys = sorted(k for k in found if k not in _METADATA)
+            keys = sorted(k for k in found if k not in METADATA)
             return (keys, np.array([found[k][0] for k in keys], np.int64),
                     np.array([storage.etag_number(found[k][1]) for k in keys], np.int64))
         root = self.local_path
@@ -361,37 +362,18 @@ class Volume:
 
     def _check_stored_remote(self, region: Region, data: np.ndarray) -> None:
         """The remote twin of :meth:`_check_stored`, without a request per chunk: a missing
-        chunk reads as the fill value, so only chunks read as nothing but zeros are looked up
-        (one listing of the block's chunks)."""
-        grid = self.block_shape
-        ranges = [range(s.start // g, -(-s.stop // g)) for s, g in zip(region, grid)]
-        blank = []
-        for idx in itertools.product(*ranges):
-            sub = tuple(slice(max(i * g, s.start) - s.start, min((i + 1) * g, n, s.stop) - s.start)
-                        for i, g, n, s in zip(idx, grid, self.shape, region))
-            if not data[sub].any():
-                blank.append(idx)
-        if not blank:
-            return
-        import asyncio
-
-        from zarr.core.sync import sync
-        h = self.handle()
-        h.store_path.store.fs.invalidate_cache()  # other workers wrote since it listed
-        keys = [self.chunk_key(idx) for idx in blank]
-        paths = [h.store_path / h.metadata.encode_chunk_key(tuple(idx)) for idx in blank]
-
-        async def present() -> list[bool]:
-            return list(await asyncio.gather(*(p.exists() for p in paths)))
-
-        for idx, key, ok in zip(blank, keys, sync(present())):
+        chunk reads as the fill value, so only chunks read as nothing but zeros are looked up."""
+        from .chunks import blank_chunks, stored
+        blank = blank_chunks(data, region, self.block_shape, self.shape)
+        for idx, ok in zip(blank, stored(self.handle(), blank) if blank else []):
             if not ok:
+                grid = self.block_shape
                 sub = tuple(slice(i * g, min((i + 1) * g, n))
                             for i, g, n in zip(idx, grid, self.shape))
                 raise ChunkReadError(
-                    f"chunk {key!r} of {self.url} (voxels {_fmt_region(sub)}) is missing: "
-                    "emarray wrote every chunk of this volume, so it was deleted or lost; make "
-                    "the volume again (run its job with --overwrite)")
+                    f"chunk {self.chunk_key(idx)!r} of {self.url} (voxels {_fmt_region(sub)}) is "
+                    "missing: emarray wrote every chunk of this volume, so it was deleted or "
+                    "lost; make the volume again (run its job with --overwrite)")
 
     def chunk_key(self, index: Sequence[int]) -> str:
         """The storage key of the chunk (or shard) at grid ``index``, relative to the volume."""
@@ -440,68 +422,6 @@ class _Reader:
 
     def __getitem__(self, region: Region) -> np.ndarray:
         return self.volume.read(tuple(region))
-
-
-_METADATA = ("zarr.json", ".zarray", ".zattrs", "attributes.json", "info")
-
-
-def chunk_entries(array: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Every file under the array folder ``array`` except its metadata, in key order: the keys
-    (relative paths), their sizes and their modification times (ns)."""
-    keys: list[str] = []
-    sizes: list[int] = []
-    mtimes: list[int] = []
-    stack = [(array, "")]
-    while stack:
-        folder, rel = stack.pop()
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
-        except OSError:
-            continue
-        for e in entries:
-            key = f"{rel}{e.name}"
-            if e.is_dir(follow_symlinks=False):
-                stack.append((Path(e.path), key + "/"))
-                continue
-            if not rel and e.name in _METADATA:
-                continue
-            st = e.stat()
-            keys.append(key)
-            sizes.append(st.st_size)
-            mtimes.append(st.st_mtime_ns)
-    order = sorted(range(len(keys)), key=keys.__getitem__)
-    return ([keys[i] for i in order], np.array(sizes, np.int64)[order],
-            np.array(mtimes, np.int64)[order])
-
-
-def chunk_listing(array: Path) -> dict[str, Any]:
-    """``count``, ``bytes`` and a ``digest`` of the (key, size, mtime) of every file under
-    the array folder ``array`` except its metadata."""
-    return listing_of(*chunk_entries(array))
-
-
-def listing_of(keys: list[str], sizes: np.ndarray, mtimes: np.ndarray) -> dict[str, Any]:
-    """``count``, ``bytes`` and a ``digest`` of chunk entries (see :func:`chunk_entries`)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update("\n".join(keys).encode())
-    h.update(sizes.tobytes())
-    h.update(mtimes.tobytes())
-    return {"count": len(keys), "bytes": int(sizes.sum()), "digest": h.hexdigest()}
-
-
-def chunk_index(key: str) -> tuple[int, ...] | None:
-    """The grid index a chunk key names (``c/1/2/3``, ``1.2.3``, ``1/2/3``); None when it
-    names none (a file that is not a chunk).
-
-    >>> chunk_index("c/1/0/12"), chunk_index("3.4.5"), chunk_index("notes.txt")
-    ((1, 0, 12), (3, 4, 5), None)
-    """
-    parts = key.split("/")
-    if parts and parts[0] == "c":
-        parts = parts[1:]
-    if len(parts) == 1:
-        parts = parts[0].split(".")
-    return tuple(int(p) for p in parts) if parts and all(p.isdigit() for p in parts) else None
 
 
 def _fmt_region(region: Region) -> str:
@@ -656,7 +576,7 @@ def _open_zarr3(path: str, level: int, options: dict[str, Any] | None = None) ->
             raise VolumeNotFoundError(f"level {levels[level]!r} of {path!r} is not an array")
         array_path = levels[level]
     else:
-        parent = _image_holding(path, options)
+        parent = ome.image_holding(path, options)
         if parent is not None:  # a level of an OME-Zarr image, named by its path
             return _open_zarr3(parent[0], parent[1], options)
         arr = node
@@ -669,42 +589,8 @@ def _open_zarr3(path: str, level: int, options: dict[str, Any] | None = None) ->
                   dtype=np.dtype(arr.dtype), chunks=tuple(arr.chunks), shards=shards, axes=axes,
                   voxel_size=voxel_size or (1.0,) * n_space, unit=unit, levels=levels,
                   attrs=attrs, translation=translation,
-                  every_chunk=_every_chunk_written(attrs, dict(arr.attrs), array_path, levels),
+                  every_chunk=ome.every_chunk_written(attrs, dict(arr.attrs), array_path, levels),
                   storage_options=dict(options or {}) if remote else {})
-
-
-def _image_holding(array: str, options: dict[str, Any] | None = None) -> tuple[str, int] | None:
-    """The OME-Zarr image whose multiscales list the array at ``array`` (its folder's parent),
-    and the array's level there; None when it is a bare array."""
-    import json
-    try:
-        if storage.is_remote(array):
-            up, leaf = storage.parent(array), storage.name(array)
-            d = storage.read_json(storage.join(up, "zarr.json"), options) or {}
-        else:
-            up, leaf = os.fspath(Path(array).parent), Path(array).name
-            d = json.loads((Path(up) / "zarr.json").read_text())
-        ms = ome.read_multiscales(d.get("attributes") or {})
-        paths = [ds["path"] for ds in ms["datasets"]] if ms else []
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return (up, paths.index(leaf)) if leaf in paths else None
-
-
-def _every_chunk_written(group: dict[str, Any], array: dict[str, Any], path: str,
-                         levels: tuple[str, ...]) -> bool:
-    """Whether a finished emarray job wrote every chunk of this array (its missing chunks are
-    then lost ones): the array says so, and the job (or the pyramid) that wrote it finished."""
-    mine = array.get("emarray")
-    if not (isinstance(mine, dict) and mine.get("every_chunk") is True):
-        return False
-    em = group.get("emarray")
-    if not isinstance(em, dict):
-        return False
-    if path == levels[0]:
-        return "job" in em and em.get("complete") is True
-    pyr = em.get("pyramid")
-    return isinstance(pyr, dict) and pyr.get("complete") is True and path in pyr.get("paths", [])
 
 
 # -- creating -----------------------------------------------------------------------------

@@ -220,7 +220,7 @@ def chunk_record(v: Any) -> dict[str, Any]:
 def changed_regions(v: Any, old: dict[str, Any]) -> list[tuple[slice, ...]]:
     """The regions of ``v``'s chunks whose (size, mtime) differ from the record ``old``, or
     that were added or removed since; the whole volume when a changed file names no chunk."""
-    from ..volume import chunk_index
+    from ..chunks import chunk_index
     now = chunk_record(v)
     whole = [tuple(slice(0, n) for n in v.shape)]
     if now["block"] != list(old["block"]) or now["shape"] != [int(n) for n in old["shape"]]:
@@ -305,3 +305,21 @@ class Bitmap:
             part = np.unpackbits(self.bits[start >> 3:(stop + 7) >> 3], count=stop - start)
             for i in np.flatnonzero(part == 0):
                 yield start + int(i)
+
+
+def job_difference(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    if not isinstance(old, dict):
+        return "it was not made by an emarray job"
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key):
+            continue
+        if key == "inputs":
+            for o, n in zip(old.get(key) or [], new.get(key) or []):
+                if o != n:
+                    what = [k for k in sorted(set(o) | set(n)) if o.get(k) != n.get(k)]
+                    return (f"its input {n.get('url')} changed since that run "
+                            f"({', '.join(what)} differ)")
+        if key == "layout":
+            return f"its storage layout was {old.get(key)}, this run asks for {new.get(key)}"
+        return f"{key} was {old.get(key)!r}, this run has {new.get(key)!r}"
+    return "the jobs differ"

@@ -33,7 +33,9 @@ from typing import Any
 from ..errors import (EmarrayError, InvalidArgumentError, JobFailedError, OutputExistsError,
                       OutputLockedError, ResumeMismatchError)
 from ..volume import Volume, open_volume
+from ..chunks import key_layout, valid_key
 from .checkpoint import PROGRESS_DIR as MARKER_DIR
+from .checkpoint import job_difference
 
 log = logging.getLogger("emarray")
 LOCK_SUFFIX = ".emarray-lock"
@@ -264,38 +266,6 @@ def _array_keys(array: Path) -> tuple[Any, str, str] | None:
     return key_layout(meta)
 
 
-def key_layout(meta: Any) -> tuple[Any, str, str] | None:
-    """:func:`_array_keys` of an array's parsed ``zarr.json``."""
-    try:
-        if meta.get("node_type") != "array":
-            return None
-        shape = [int(n) for n in meta["shape"]]
-        chunk = [int(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"]]
-        enc = meta.get("chunk_key_encoding") or {"name": "default"}
-        sep = (enc.get("configuration") or {}).get("separator")
-        if enc.get("name") == "v2":
-            return [-(-n // c) for n, c in zip(shape, chunk)], "", sep or "."
-        return [-(-n // c) for n, c in zip(shape, chunk)], "c", sep or "/"
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError):
-        return None
-
-
-def _valid_key(rel: str, counts: list[int], prefix: str, sep: str) -> bool:
-    """Whether ``rel`` (a path inside the array folder, '/'-separated) is one of its chunk keys
-    (or a key a killed write left as ``KEY.partial``)."""
-    if rel.endswith(".partial"):
-        rel = rel[:-len(".partial")]
-    text = rel.replace("/", sep) if sep != "/" else rel
-    parts = text.split(sep)
-    if prefix:
-        if not parts or parts[0] != prefix:
-            return False
-        parts = parts[1:]
-    if len(parts) != len(counts) or not all(p.isdigit() for p in parts):
-        return len(counts) == 0 and parts == ["0"]
-    return all(int(p) < n for p, n in zip(parts, counts))
-
-
 def foreign_in_array(array: Path, shown: str) -> list[str]:
     keys = _array_keys(array)
     if keys is None:
@@ -312,7 +282,7 @@ def foreign_in_array(array: Path, shown: str) -> list[str]:
             rel = (here / f).relative_to(array).as_posix()
             if rel == "zarr.json" and not (here / f).is_symlink():
                 continue
-            if (here / f).is_symlink() or not _valid_key(rel, counts, prefix, sep):
+            if (here / f).is_symlink() or not valid_key(rel, counts, prefix, sep):
                 found.append(f"{shown}/{rel}")
     return found
 
@@ -460,30 +430,12 @@ def check_writable(dst: Path, shown: str) -> None:
             f"cannot create the output {shown!r}: the folder {str(parent)!r} is not writable")
 
 
-def _job_difference(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
-    if not isinstance(old, dict):
-        return "it was not made by an emarray job"
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) == new.get(key):
-            continue
-        if key == "inputs":
-            for o, n in zip(old.get(key) or [], new.get(key) or []):
-                if o != n:
-                    what = [k for k in sorted(set(o) | set(n)) if o.get(k) != n.get(k)]
-                    return (f"its input {n.get('url')} changed since that run "
-                            f"({', '.join(what)} differ)")
-        if key == "layout":
-            return f"its storage layout was {old.get(key)}, this run asks for {new.get(key)}"
-        return f"{key} was {old.get(key)!r}, this run has {new.get(key)!r}"
-    return "the jobs differ"
-
-
 def _reopen_for_resume(where: Path, job: dict[str, Any], shown: str) -> Volume:
     em = emarray_job_of(where)
     old = em.get("job") if em else None
     if old != job:
         raise ResumeMismatchError(
-            f"cannot resume into {shown!r}: it was made by another job ({_job_difference(old, job)}); "
+            f"cannot resume into {shown!r}: it was made by another job ({job_difference(old, job)}); "
             "use overwrite to start again")
     _remove_partial_writes(where)
     return open_volume(where)

@@ -39,7 +39,8 @@ from .. import storage
 from ..errors import (EmarrayError, InvalidArgumentError, JobFailedError, OutputExistsError,
                       OutputLockedError, ResumeMismatchError, VolumeNotFoundError)
 from ..volume import Volume, open_volume
-from .checkpoint import PROGRESS_DIR
+from ..chunks import key_layout, valid_key
+from .checkpoint import PROGRESS_DIR, job_difference
 
 log = logging.getLogger("emarray")
 LOCK_SUFFIX = ".emarray-lock"
@@ -180,7 +181,6 @@ def foreign_objects(url: str, objects: dict[str, tuple[int, str]],
                     options: dict[str, Any] | None = None,
                     pointer: dict[str, Any] | None = None) -> list[str]:
     """Keys under the output that are not its pointer nor inside a version emarray made."""
-    from .output import _valid_key
     found = []
     layouts: dict[tuple[str, str], Any] = {}
     added = set(_levels(pointer or {}))  # levels a pyramid added: "v-.../1"
@@ -205,16 +205,16 @@ def foreign_objects(url: str, objects: dict[str, tuple[int, str]],
         if inner == "zarr.json":
             continue
         if (top, level) not in layouts:
-            layouts[(top, level)] = _array_layout(storage.join(url, top, level), options)
+            layouts[(top, level)] = array_layout(storage.join(url, top, level), options)
         lay = layouts[(top, level)]
-        if lay is None or not _valid_key(inner, *lay):
+        if lay is None or not valid_key(inner, *lay):
             found.append(key)
     return found
 
 
-def _array_layout(url: str, options: dict[str, Any] | None
+def array_layout(url: str, options: dict[str, Any] | None
                   ) -> tuple[list[int], str, str] | None:
-    from .output import key_layout
+    """The chunk-key layout of the zarr v3 array at ``url`` (see :func:`key_layout`)."""
     return key_layout(storage.read_json(storage.join(url, "zarr.json"), options) or {})
 
 
@@ -344,10 +344,9 @@ def open_remote_output(url: str, create: Callable[[str], Volume], *,
             if pointer is not None:
                 em = _job_of(pointer)
                 if em is None or em.get("job") != job:
-                    from .output import _job_difference
                     raise ResumeMismatchError(
                         f"cannot resume into {shown!r}: it was made by another job "
-                        f"({_job_difference(em.get('job') if em else None, job)}); use "
+                        f"({job_difference(em.get('job') if em else None, job)}); use "
                         "overwrite to start again")
                 assert current is not None
                 vol = open_volume(storage.join(url, current))

@@ -109,13 +109,13 @@ def _foreign_in_level(src: Volume, group: Any, path: str) -> list[str]:
     """Files (objects) in the level array ``path`` that are not its chunks."""
     if not src.remote:
         return foreign_in_array(group / path, path) if (group / path).is_dir() else []
-    from ..engine.remote_output import _array_layout
-    from ..engine.output import _valid_key
+    from ..chunks import valid_key
+    from ..engine.remote_output import array_layout
     url = storage.join(src.url, path)
-    layout = _array_layout(url, src.storage_options)
+    layout = array_layout(url, src.storage_options)
     keys = storage.objects(url, src.storage_options)
     return [f"{path}/{k}" for k in keys
-            if k != "zarr.json" and (layout is None or not _valid_key(k, *layout))]
+            if k != "zarr.json" and (layout is None or not valid_key(k, *layout))]
 
 
 def _pool_pass(ctx: BlockContext, block: np.ndarray, *, factors: list[tuple[int, ...]],
