@@ -122,11 +122,10 @@ def blank_chunks(data: np.ndarray, region: tuple[slice, ...], grid: tuple[int, .
 
 def stored(handle: Any, indices: list[tuple[int, ...]]) -> list[bool]:
     """Whether the chunks at ``indices`` of the open zarr array ``handle`` are stored (all
-    looked up at once; the store's cached listings dropped first: other workers wrote since)."""
+    looked up at once)."""
     import asyncio
 
     from zarr.core.sync import sync
-    handle.store_path.store.fs.invalidate_cache()
     paths = [handle.store_path / handle.metadata.encode_chunk_key(tuple(i)) for i in indices]
 
     async def present() -> list[bool]:

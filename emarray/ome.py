@@ -130,3 +130,16 @@ def every_chunk_written(group: dict[str, Any], array: dict[str, Any], path: str,
         return "job" in em and em.get("complete") is True
     pyr = em.get("pyramid")
     return isinstance(pyr, dict) and pyr.get("complete") is True and path in pyr.get("paths", [])
+
+
+def listed_levels(attrs: dict[str, Any]) -> set[str]:
+    """The array paths an OME-Zarr group lists (and levels a killed pyramid job made but did
+    not yet list)."""
+    try:
+        levels = {d["path"] for m in attrs["ome"]["multiscales"] for d in m["datasets"]}
+    except (KeyError, TypeError):
+        levels = set()
+    pyramid = (attrs.get("emarray") or {}).get("pyramid") if isinstance(attrs, dict) else None
+    if isinstance(pyramid, dict):
+        levels |= {str(p) for p in pyramid.get("paths", [])}
+    return levels

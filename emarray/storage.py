@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,6 +28,8 @@ from .errors import InvalidArgumentError, VolumeNotFoundError
 #: schemes read and written through fsspec (http/https are read-only)
 REMOTE = ("s3", "gs", "gcs", "http", "https")
 READ_ONLY = ("http", "https")
+#: the name of one version of an output on object storage (see emarray.engine.remote_output)
+VERSION = re.compile(r"v-\d{8}T\d{6}-[0-9a-f]{8}")
 _OPTIONS: dict[str, Any] = {}
 
 
@@ -91,6 +94,8 @@ def options_for(url: str, extra: dict[str, Any] | None = None) -> dict[str, Any]
     ``AWS_ENDPOINT_URL`` and retries with backoff unless given."""
     # the configured options are the bucket's (s3fs/gcsfs keywords): not for plain HTTP reads
     opts = {**({} if scheme(url) in READ_ONLY else _OPTIONS), **(extra or {})}
+    if scheme(url) not in READ_ONLY:  # other processes write the bucket: never list from memory
+        opts.setdefault("use_listings_cache", False)
     if scheme(url) == "s3":
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint and "endpoint_url" not in opts and "endpoint_url" not in opts.get(
@@ -133,7 +138,6 @@ def objects(url: str, options: dict[str, Any] | None = None) -> dict[str, tuple[
     """Every object under ``url``: its key relative to ``url`` -> (size, ETag); {} when none
     (one paginated listing: 1000 keys per request on S3)."""
     fs, path = filesystem(url, options)
-    fs.invalidate_cache(path)  # listings are cached per process: this one must be current
     try:
         found = fs.find(path, detail=True)
     except FileNotFoundError:
@@ -162,7 +166,6 @@ def read_json(url: str, options: dict[str, Any] | None = None) -> dict[str, Any]
 
 def read_bytes(url: str, options: dict[str, Any] | None = None) -> bytes | None:
     fs, path = filesystem(url, options)
-    fs.invalidate_cache(path)  # another process may have written it since this one listed
     try:
         return bytes(fs.cat_file(path))
     except FileNotFoundError:
@@ -190,7 +193,6 @@ def remove(url: str, options: dict[str, Any] | None = None, *, recursive: bool =
 
 def exists(url: str, options: dict[str, Any] | None = None) -> bool:
     fs, path = filesystem(url, options)
-    fs.invalidate_cache(path)
     return bool(fs.exists(path))
 
 
@@ -242,7 +244,6 @@ class RemotePath:
 
     def is_file(self) -> bool:
         fs, path = filesystem(self.url, self.options)
-        fs.invalidate_cache(path)
         return bool(fs.isfile(path))
 
     def exists(self) -> bool:

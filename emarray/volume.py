@@ -352,13 +352,8 @@ class Volume:
         grid = self.block_shape
         ranges = [range(s.start // g, -(-s.stop // g)) for s, g in zip(region, grid)]
         for idx in itertools.product(*ranges):
-            key = self.chunk_key(idx)
-            if not os.path.exists(os.path.join(self.url, key)):
-                sub = tuple(slice(i * g, min((i + 1) * g, n)) for i, g, n in zip(idx, grid, self.shape))
-                raise ChunkReadError(
-                    f"chunk {key!r} of {self.url} (voxels {_fmt_region(sub)}) is missing: emarray "
-                    "wrote every chunk of this volume, so it was deleted or lost; make the volume "
-                    "again (run its job with --overwrite)")
+            if not os.path.exists(os.path.join(self.url, self.chunk_key(idx))):
+                raise self._missing(idx)
 
     def _check_stored_remote(self, region: Region, data: np.ndarray) -> None:
         """The remote twin of :meth:`_check_stored`, without a request per chunk: a missing
@@ -367,13 +362,16 @@ class Volume:
         blank = blank_chunks(data, region, self.block_shape, self.shape)
         for idx, ok in zip(blank, stored(self.handle(), blank) if blank else []):
             if not ok:
-                grid = self.block_shape
-                sub = tuple(slice(i * g, min((i + 1) * g, n))
-                            for i, g, n in zip(idx, grid, self.shape))
-                raise ChunkReadError(
-                    f"chunk {self.chunk_key(idx)!r} of {self.url} (voxels {_fmt_region(sub)}) is "
-                    "missing: emarray wrote every chunk of this volume, so it was deleted or "
-                    "lost; make the volume again (run its job with --overwrite)")
+                raise self._missing(idx)
+
+    def _missing(self, idx: Sequence[int]) -> ChunkReadError:
+        """The error for the chunk at grid ``idx`` of a volume whose every chunk was written."""
+        sub = tuple(slice(i * g, min((i + 1) * g, n))
+                    for i, g, n in zip(idx, self.block_shape, self.shape))
+        return ChunkReadError(
+            f"chunk {self.chunk_key(idx)!r} of {self.url} (voxels {_fmt_region(sub)}) is missing: "
+            "emarray wrote every chunk of this volume, so it was deleted or lost; make the volume "
+            "again (run its job with --overwrite)")
 
     def chunk_key(self, index: Sequence[int]) -> str:
         """The storage key of the chunk (or shard) at grid ``index``, relative to the volume."""
@@ -521,18 +519,20 @@ def _open_remote(url: str, level: int) -> Volume:
     url = url.rstrip("/")
     options = storage.options_for(url)
     try:
-        meta = storage.read_bytes(storage.join(url, "zarr.json"), options)
-    except Exception as exc:
-        raise VolumeNotFoundError(storage.describe(exc, url)) from None
-    if meta is None:
-        storage.check_reachable(url, options)  # a missing bucket or no permission: say so
+        return _open_zarr3(url, level, options)
+    except EmarrayError as exc:
+        if not isinstance(exc, VolumeNotFoundError):
+            raise
+        try:  # say why: no bucket, no permission, or no volume there
+            found = storage.exists(storage.join(url, "zarr.json"), options)
+        except Exception as inner:
+            raise VolumeNotFoundError(storage.describe(inner, url)) from None
+        if found:
+            raise
+        storage.check_reachable(url, options)
         raise VolumeNotFoundError(
             f"no volume at {url!r}: found no zarr.json there (remote volumes are zarr v3; "
-            "name other formats with zarr2://, n5:// or precomputed:// before the URL)")
-    try:
-        return _open_zarr3(url, level, options)
-    except EmarrayError:
-        raise
+            "name other formats with zarr2://, n5:// or precomputed:// before the URL)") from None
     except Exception as exc:
         raise VolumeNotFoundError(f"{url!r} is a broken zarr store ({storage.describe(exc, url)})"
                                   ) from None
@@ -620,7 +620,7 @@ def image_name(path: str | os.PathLike) -> str:
     ('cells', 'raw', 'a.b')
     """
     name = Path(path).name
-    if re.fullmatch(r"v-\d{8}T\d{6}-[0-9a-f]{8}", name):  # a version of a remote output
+    if storage.VERSION.fullmatch(name):  # a version of a remote output
         name = Path(path).parent.name
     m = re.fullmatch(r"\.(.+)\.emarray-(new|old)", name)
     name = m.group(1) if m else name

@@ -34,7 +34,7 @@ class Checkpoint:
     """The saved progress of one job in ``root`` (None: nothing is saved, nothing resumes)."""
 
     def __init__(self, root: str | os.PathLike | None, interval: float | None = None):
-        self.root: Any = progress_root(root) if root is not None else None
+        self.root: Any = as_folder(root) if root is not None else None
         #: input key -> regions of its chunks changed since the job started (see :meth:`start`)
         self.changed: dict[str, list[tuple[slice, ...]]] = {}
         if interval is None:
@@ -179,8 +179,9 @@ class Checkpoint:
 INPUTS = "inputs.npz"
 
 
-def progress_root(root: str | os.PathLike) -> Any:
-    """A progress folder: a local :class:`~pathlib.Path`, or a prefix on object storage."""
+def as_folder(root: str | os.PathLike) -> Any:
+    """A folder (a job's progress, scratch arrays): a local :class:`~pathlib.Path`, or a
+    prefix on object storage (a :class:`~emarray.storage.RemotePath`)."""
     if isinstance(root, RemotePath):
         return root
     if is_remote(root):

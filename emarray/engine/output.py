@@ -32,6 +32,7 @@ from typing import Any
 
 from ..errors import (EmarrayError, InvalidArgumentError, JobFailedError, OutputExistsError,
                       OutputLockedError, ResumeMismatchError)
+from ..ome import listed_levels
 from ..volume import Volume, open_volume
 from ..chunks import key_layout, valid_key
 from .checkpoint import PROGRESS_DIR as MARKER_DIR
@@ -239,19 +240,6 @@ def emarray_job_of(path: Path, attrs: dict[str, Any] | None = None) -> dict[str,
     return em if isinstance(em, dict) and "job" in em else None
 
 
-def _levels(attrs: dict[str, Any]) -> set[str]:
-    """The array paths an OME-Zarr group lists (and levels a killed pyramid job made but did
-    not yet list)."""
-    try:
-        levels = {d["path"] for m in attrs["ome"]["multiscales"] for d in m["datasets"]}
-    except (KeyError, TypeError):
-        levels = set()
-    pyramid = (attrs.get("emarray") or {}).get("pyramid") if isinstance(attrs, dict) else None
-    if isinstance(pyramid, dict):
-        levels |= {str(p) for p in pyramid.get("paths", [])}
-    return levels
-
-
 #: files emarray keeps in a job's progress folder (and the temporary names it writes them as)
 PROGRESS_FILES = ("*.progress", "*.result", "job.json", "*.npy", "*.npz", ".tmp-*")
 
@@ -308,7 +296,7 @@ def _foreign_in_store(path: Path, shown: str, attrs: dict[str, Any]) -> list[str
     """Every file under the store ``path`` that its metadata does not account for: not its
     metadata, not a chunk key of its arrays, not its own progress, not an image emarray made
     inside it (a variance map)."""
-    levels = _levels(attrs)
+    levels = listed_levels(attrs)
     em = attrs.get("emarray") if isinstance(attrs, dict) else None
     files = set(em.get("files", [])) if isinstance(em, dict) else set()  # tables it keeps
     found = []

@@ -25,7 +25,6 @@ import copy
 import json
 import logging
 import os
-import re
 import socket
 import sys
 import threading
@@ -40,11 +39,12 @@ from ..errors import (EmarrayError, InvalidArgumentError, JobFailedError, Output
                       OutputLockedError, ResumeMismatchError, VolumeNotFoundError)
 from ..volume import Volume, open_volume
 from ..chunks import key_layout, valid_key
+from ..ome import listed_levels
 from .checkpoint import PROGRESS_DIR, job_difference
 
 log = logging.getLogger("emarray")
 LOCK_SUFFIX = ".emarray-lock"
-VERSION = re.compile(r"v-\d{8}T\d{6}-[0-9a-f]{8}")
+VERSION = storage.VERSION
 
 
 def lease_seconds() -> float:
@@ -152,16 +152,25 @@ def _attributes(url: str, options: dict[str, Any] | None) -> dict[str, Any] | No
     return attrs if isinstance(attrs, dict) else {}
 
 
+def _version_of(pointer: dict[str, Any] | None) -> str | None:
+    """The version an output's group points at (None: no group, or not a versioned one)."""
+    return ((pointer or {}).get("emarray") or {}).get("version")
+
+
+def _point(url: str, attrs: dict[str, Any], version: str, options: dict[str, Any] | None
+           ) -> dict[str, Any]:
+    """Point the output's group at ``version`` (its group attributes ``attrs``): one
+    whole-object put. Returns the group's new attributes."""
+    pointer = pointer_attributes(attrs, version)
+    meta = {"zarr_format": 3, "node_type": "group", "attributes": pointer}
+    storage.write_bytes(storage.join(url, "zarr.json"), json.dumps(meta, indent=2).encode(),
+                        options)
+    return pointer
+
+
 def _job_of(attrs: dict[str, Any] | None) -> dict[str, Any] | None:
     em = (attrs or {}).get("emarray")
     return em if isinstance(em, dict) and "job" in em else None
-
-
-def _levels(attrs: dict[str, Any]) -> list[str]:
-    try:
-        return [d["path"] for m in attrs["ome"]["multiscales"] for d in m["datasets"]]
-    except (KeyError, TypeError):
-        return []
 
 
 def pointer_attributes(attrs: dict[str, Any], version: str) -> dict[str, Any]:
@@ -183,10 +192,7 @@ def foreign_objects(url: str, objects: dict[str, tuple[int, str]],
     """Keys under the output that are not its pointer nor inside a version emarray made."""
     found = []
     layouts: dict[tuple[str, str], Any] = {}
-    added = set(_levels(pointer or {}))  # levels a pyramid added: "v-.../1"
-    pyr = ((pointer or {}).get("emarray") or {}).get("pyramid")
-    if isinstance(pyr, dict):
-        added |= {str(p) for p in pyr.get("paths", [])}
+    added = listed_levels(pointer or {})  # with the levels a pyramid added: "v-.../1"
     for key in sorted(objects):
         top, _, rest = key.partition("/")
         if key == "zarr.json" or top == PROGRESS_DIR:
@@ -199,7 +205,7 @@ def foreign_objects(url: str, objects: dict[str, tuple[int, str]],
         files = set((attrs.get("emarray") or {}).get("files", []))
         if rest in ("zarr.json", *files) or level == PROGRESS_DIR:
             continue
-        if (level not in _levels(attrs) and f"{top}/{level}" not in added) or not inner:
+        if (level not in listed_levels(attrs) and f"{top}/{level}" not in added) or not inner:
             found.append(key)
             continue
         if inner == "zarr.json":
@@ -244,15 +250,11 @@ class RemoteOutput:
     def commit(self) -> Volume:
         """Point the output's group at the finished version, then delete older versions."""
         opts = self.volume.storage_options
-        pointer = _attributes(self.path, opts)
-        if ((pointer or {}).get("emarray") or {}).get("version") == self.version:
+        if _version_of(_attributes(self.path, opts)) == self.version:
             return open_volume(self.path)  # resumed a finished output: it stays as it is
-        attrs = _attributes(self.volume.url, opts) or {}
-        meta = {"zarr_format": 3, "node_type": "group",
-                "attributes": pointer_attributes(attrs, self.version)}
-        storage.write_bytes(storage.join(self.path, "zarr.json"),
-                            json.dumps(meta, indent=2).encode(), opts)
-        _remove_versions(self.path, keep=self.version, options=opts)
+        _point(self.path, _attributes(self.volume.url, opts) or {}, self.version, opts)
+        versions = _versions(self.path, opts)
+        _remove_versions(self.path, versions, [n for n in versions if n != self.version], opts)
         return open_volume(self.path)
 
 
@@ -266,35 +268,37 @@ def _versions(url: str, options: dict[str, Any] | None) -> dict[str, dict[str, A
     return {n: _attributes(storage.join(url, n), options) for n in names if VERSION.fullmatch(n)}
 
 
-def _remove_versions(url: str, keep: str | None, options: dict[str, Any] | None,
-                     only: Sequence[str] | None = None) -> None:
-    for name, attrs in _versions(url, options).items():
-        if name != keep and _job_of(attrs) is not None and (only is None or name in only):
+def _remove_versions(url: str, versions: dict[str, dict[str, Any] | None],
+                     names: Sequence[str], options: dict[str, Any] | None) -> None:
+    """Delete the versions ``names`` (of ``versions``, listed before) that emarray made, and
+    drop them from ``versions``."""
+    for name in list(names):
+        if _job_of(versions.get(name)) is not None:
             storage.remove(storage.join(url, name), options, recursive=True)
+            versions.pop(name)
 
 
-def _recover(url: str, shown: str, options: dict[str, Any] | None) -> str | None:
+def _recover(url: str, options: dict[str, Any] | None
+             ) -> tuple[str | None, dict[str, Any] | None, dict[str, dict[str, Any] | None]]:
     """Finish a switch a kill interrupted (a complete version newer than the one pointed at)
-    and remove versions left by switches that finished."""
+    and remove versions left by switches that finished. Returns what was done (None:
+    nothing), then the group's attributes and the versions, as they are now."""
     pointer = _attributes(url, options)
-    current = ((pointer or {}).get("emarray") or {}).get("version")
+    current = _version_of(pointer)
     versions = _versions(url, options)
     done = None
     newer = sorted(n for n, a in versions.items()
                    if (_job_of(a) or {}).get("complete") and (current is None or n > current))
     if newer and (pointer is None or _job_of(pointer) is not None):
-        last = newer[-1]
-        meta = {"zarr_format": 3, "node_type": "group",
-                "attributes": pointer_attributes(versions[last] or {}, last)}
-        storage.write_bytes(storage.join(url, "zarr.json"), json.dumps(meta, indent=2).encode(),
-                            options)
-        current, done = last, "finished an interrupted replacement"
+        current = newer[-1]
+        pointer = _point(url, versions[current] or {}, current, options)
+        done = "finished an interrupted replacement"
     old = [n for n, a in versions.items()
            if n != current and (_job_of(a) or {}).get("complete")]
     if old:
-        _remove_versions(url, keep=current, options=options, only=old)
+        _remove_versions(url, versions, old, options)
         done = done or "removed the rest of a replaced output"
-    return done
+    return done, pointer, versions
 
 
 def check_no_overlap(url: str, inputs: Sequence[Any], shown: str) -> None:
@@ -328,12 +332,10 @@ def open_remote_output(url: str, create: Callable[[str], Volume], *,
     lock = RemoteLock(url, shown, options)
     lock.acquire()
     try:
-        note = _recover(url, shown, options)
+        note, pointer, versions = _recover(url, options)
         if note:
             print(f"{shown}: {note}", file=sys.stderr)
-        pointer = _attributes(url, options)
-        versions = _versions(url, options)
-        current = ((pointer or {}).get("emarray") or {}).get("version")
+        current = _version_of(pointer)
         if resume:
             for name in sorted(versions, reverse=True):
                 em = _job_of(versions[name])
@@ -358,8 +360,7 @@ def open_remote_output(url: str, create: Callable[[str], Volume], *,
                 "or resume (--resume) to finish an interrupted run")
         _check_replaceable(url, shown, pointer, versions, options)
         # unfinished versions of earlier runs (this run does not resume them): start again
-        _remove_versions(url, keep=current, options=options,
-                         only=[n for n in versions if n != current])
+        _remove_versions(url, versions, [n for n in versions if n != current], options)
         version = new_version()
         try:
             vol = create(storage.join(url, version))

@@ -140,15 +140,12 @@ def run_elementwise(op: str, src: Volume, dst: str | os.PathLike, out_dtype: Any
 def retype(out: Volume, dtype: str) -> Volume:
     """Give a (still empty) output the dtype its count of ids needs, found by an earlier stage."""
     import json
-    from pathlib import Path
 
-    from ..engine.checkpoint import atomic_write
+    from ..engine.checkpoint import as_folder, atomic_write
     from ..volume import open_volume
     if out.dtype == np.dtype(dtype):
         return out
-    from ..engine.checkpoint import progress_root
-    meta_path: Any = progress_root(out.array_url) / "zarr.json" if out.remote else (
-        Path(out.url) / out.array_path / "zarr.json")
+    meta_path = as_folder(out.array_url) / "zarr.json"
     meta = json.loads(meta_path.read_text())
     meta["data_type"] = dtype
     atomic_write(meta_path, json.dumps(meta, indent=2).encode())

@@ -28,7 +28,7 @@ import numpy as np
 from .. import backends
 from ..engine import BlockContext, BlockGrid, LaterStage, Read, RunOptions, Stage, Write, read_padded
 from ..spec import ELEMENTWISE, Operator, Param, Port, layout_params
-from ..engine.checkpoint import atomic_write, load_npy, progress_of, progress_root, remove_tree
+from ..engine.checkpoint import atomic_write, load_npy, progress_of, as_folder, remove_tree
 from .._normalize import real_number, whole_number
 from ..errors import InvalidArgumentError
 from ..volume import Volume, create_volume, open_volume
@@ -52,7 +52,7 @@ class Scratch:
     """The label job's working arrays (face planes, row counts and offsets) and tables."""
 
     def __init__(self, root: Any, shape: tuple[int, ...], block: tuple[int, ...]):
-        self.root = progress_root(root)
+        self.root = as_folder(root)
         self.shape, self.block = tuple(shape), tuple(block)
         self.counts = BlockGrid(self.shape, self.block).counts
 
