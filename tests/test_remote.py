@@ -407,7 +407,9 @@ def test_missing_bucket_and_bad_path_are_one_line(tmp_path, s3):
         assert r.returncode == 2, r.stderr
         assert r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
     assert not (tmp_path / "o.zarr").exists()
-    for args, message in [(["view", f"{s3}/x.zarr"], "serves volumes on local disk"),
+    for args, message in [(["--storage-option", "endpoint_url", "threshold", f"{s3}/x.zarr",
+                            tmp_path / "o.zarr", "--value", "1"], "takes KEY=VALUE"),
+                          (["view", f"{s3}/x.zarr"], "serves volumes on local disk"),
                           (["report", f"{s3}/wd"], "work folder is on local disk")]:
         r = _cli(*args, check=False)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
@@ -492,6 +494,10 @@ def test_a_lock_held_on_another_host_is_respected_until_its_lease_runs_out(tmp_p
             "command": "emarray threshold ...", "token": "theirs",
             "heartbeat": time.time() - age}).encode())
 
+    storage.write_bytes(lock, b'{"note": "a file of mine"}')  # not a lock: never removed
+    r = _cli("threshold", tmp_path / "p.zarr", dst, "--value", "0.5", check=False)
+    assert r.returncode == 2 and "is not an emarray lock" in r.stderr, r.stderr
+    assert storage.read_bytes(lock) == b'{"note": "a file of mine"}'
     plant(age=1)
     r = _cli("threshold", tmp_path / "p.zarr", dst, "--value", "0.5", check=False,
              env={"EMARRAY_LOCK_LEASE_SECONDS": "30"})

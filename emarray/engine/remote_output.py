@@ -80,8 +80,12 @@ class RemoteLock:
                 break
             except FileExistsError:
                 holder = storage.read_json(self.url, self.options)
-                if holder is None:
+                if holder is None and not storage.exists(self.url, self.options):
                     continue  # released meanwhile: try again
+                if not isinstance(holder, dict) or "token" not in holder:
+                    raise InvalidArgumentError(
+                        f"cannot lock the output {self.shown!r}: {self.url} is there and is not "
+                        "an emarray lock; move it away") from None
                 why = _stale(holder)
                 if why is None:
                     raise OutputLockedError(
