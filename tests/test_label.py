@@ -169,6 +169,39 @@ def test_threads_and_processes_agree_with_the_whole_array(tmp_path):
         np.testing.assert_array_equal(got, ref)
 
 
+@pytest.mark.parametrize("keep_mib", [None, "0", "0.0005"])
+def test_local_labels_kept_between_stages_give_the_same_ids(tmp_path, monkeypatch, keep_mib):
+    """The last stage takes each block's labels kept since the first (each block labelled once);
+    with nothing kept (budget 0) or only some blocks kept (a budget that fills up), the blocks
+    not kept are labelled again: the same ids every way, and nothing stays kept after the job."""
+    from emarray.ops import local_labels
+    if keep_mib is not None:
+        monkeypatch.setenv("EMARRAY_LABEL_KEEP_MIB", keep_mib)
+    calls = []
+    real = label_mod.block_components
+    monkeypatch.setattr(label_mod, "block_components",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    a = blobs((18, 40, 44), 0.45, 13)
+    chunks = (6, 10, 11)
+    nblocks = 3 * 4 * 4
+    got = run_label(tmp_path, a, chunks, scheduler="threads", workers=2, min_size=3).read()
+    np.testing.assert_array_equal(got, reference(a, 26, min_size=3))
+    if keep_mib is None:
+        assert len(calls) == nblocks
+    elif keep_mib == "0":
+        assert len(calls) == 2 * nblocks
+    else:
+        assert nblocks < len(calls) < 2 * nblocks
+    assert local_labels.kept_bytes() == 0
+
+
+def test_a_bad_keep_budget_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMARRAY_LABEL_KEEP_MIB", "lots")
+    with pytest.raises(InvalidArgumentError, match="EMARRAY_LABEL_KEEP_MIB.*'lots'"):
+        run_label(tmp_path, blobs((6, 8, 8), 0.4, 1), (3, 4, 4))
+    assert not (tmp_path / "l.zarr").exists()
+
+
 @pytest.mark.cluster
 def test_a_real_dask_cluster_with_a_worker_elsewhere(tmp_path):
     elsewhere = tmp_path / "elsewhere"

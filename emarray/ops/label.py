@@ -11,7 +11,9 @@ number a whole array, so any chunking gives the same ids. Four stages on the eng
 3. ``faces``: pairs of pieces that touch across each block's low faces (edges and corners
    for 18 and 26); the driver joins them (union-find on face pieces only), drops components
    under ``min_size``, and numbers the joined ones among all the others.
-4. ``relabel``: label each block again (deterministic), map local labels to global ids.
+4. ``relabel``: map each block's local labels to global ids: the labels kept in this
+   process since stage 1 (:mod:`emarray.ops.local_labels`), or the block labelled again
+   (deterministic: the same labels).
 
 The driver holds only the face-touching pieces; what scales with the volume (face planes, row
 counts and offsets) lives in scratch arrays in the output's progress folder.
@@ -19,6 +21,7 @@ counts and offsets) lives in scratch arrays in the output's progress folder.
 from __future__ import annotations
 
 import os
+import uuid
 from fractions import Fraction
 from functools import partial
 from typing import Any
@@ -32,6 +35,8 @@ from ..engine.checkpoint import atomic_write, load_npy, progress_of, as_folder, 
 from .._normalize import real_number, whole_number
 from ..errors import InvalidArgumentError
 from ..volume import Volume, create_volume, open_volume
+from ..engine.schedulers import check_scheduler
+from . import local_labels
 from .common import as_volume, retype, run_blockwise
 from .components import (CONNECTIVITY_ORDER, PIECE, apply_lut, block_components, face_pairs,
                          label_block_cpu, node_ids)
@@ -103,27 +108,32 @@ def _concat(a: Any, b: Any) -> Any:
     return a + b if isinstance(a, list) else np.concatenate([a, b])
 
 
-def _components(ctx: BlockContext, block: np.ndarray, p: dict[str, Any]) -> tuple:
-    """Label a block (the same way in every stage) and list its kept interior components:
-    the block's facts, their local labels, first voxels and rows."""
+def _labelled(ctx: BlockContext, block: np.ndarray, p: dict[str, Any]) -> Any:
+    """Label a block, the same way in every stage: its local labels and their facts."""
     labels = ctx.state(block, connectivity=p["connectivity"], binary=p["binary"],
                        background=p["background"])
-    comp = block_components(labels, ctx.region, p["shape"])
+    return block_components(labels, ctx.region, p["shape"])
+
+
+def _kept(comp: Any, p: dict[str, Any]) -> tuple:
+    """A block's kept interior components: their local labels, first voxels and rows."""
     kept = comp.interior_kept(p["min_size"])
     kf = comp.first[kept]
-    return comp, kept, kf, *comp.rows(kf)
+    return kept, kf, *comp.rows(kf)
 
 
 def _label_block(ctx: BlockContext, block: np.ndarray, *, p: dict[str, Any]) -> tuple:
-    comp, kept, kf, lz, ly = _components(ctx, block, p)
+    comp = _labelled(ctx, block, p)
+    kept, kf, lz, ly = _kept(comp, p)
     labels = comp.labels
+    flat = int(np.ravel_multi_index(ctx.index, p["counts"]))
+    local_labels.keep(p["job"], flat, comp, p["keep"])
     zb, yb, _ = labels.shape
     rowcounts = np.bincount(lz * yb + ly, minlength=zb * yb).astype(np.uint32)
     planes = np.bincount(lz, minlength=zb).astype(np.int64)
     face = np.flatnonzero(comp.face)
     pf = comp.first[face]
     pieces = np.empty(face.size, PIECE)
-    flat = int(np.ravel_multi_index(ctx.index, p["counts"]))
     pieces["node"] = node_ids(flat, face)
     pieces["key"] = comp.keys(pf)
     pieces["size"] = comp.size[face]
@@ -254,9 +264,13 @@ def _join(acc: Any, *, scratch: Scratch, p: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- stage 4: relabel -----------------------------------------------------------------------------
-def _relabel_block(ctx: BlockContext, block: np.ndarray, rowoff: np.ndarray, *, scratch: Scratch,
+def _relabel_block(ctx: BlockContext, rowoff: np.ndarray, *, src: Volume, scratch: Scratch,
                    p: dict[str, Any], dtype: str) -> np.ndarray:
-    comp, kept, kf, lz, ly = _components(ctx, block, p)
+    flat = int(np.ravel_multi_index(ctx.index, p["counts"]))
+    comp = local_labels.take(p["job"], flat, tuple(s.start for s in ctx.region), p["shape"])
+    if comp is None:  # not kept here: label the block again (the same labels)
+        comp = _labelled(ctx, Read(src).read(ctx.region)[0], p)
+    kept, kf, lz, ly = _kept(comp, p)
     lut = np.zeros(comp.n + 1, dtype)
     if kept.size:
         kept_keys = scratch.load("kept_keys")
@@ -265,7 +279,6 @@ def _relabel_block(ctx: BlockContext, block: np.ndarray, rowoff: np.ndarray, *, 
         lut[kept] = ids
     face = np.flatnonzero(comp.face)
     if face.size:
-        flat = int(np.ravel_multi_index(ctx.index, p["counts"]))
         nodes = scratch.load("nodes")
         where = np.searchsorted(nodes, node_ids(flat, face))
         lut[face] = np.asarray(scratch.load("piece_ids"))[where]
@@ -374,7 +387,10 @@ def label(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, connectivi
         raise InvalidArgumentError(f"{len(grid)} blocks are too many; store larger chunks")
     job = {**{k: (v if k != "background" else (int(v) if src.dtype.kind in "uib" else float(v)))
               for k, v in prm.items()}}
-    p = {**prm, "shape": src.shape, "block": src.block_shape, "counts": grid.counts}
+    # each block's local labels are kept for the last stage where it runs in this process
+    same_process = check_scheduler(opts.scheduler) in ("threads", "synchronous")
+    p = {**prm, "shape": src.shape, "block": src.block_shape, "counts": grid.counts,
+         "job": uuid.uuid4().hex, "keep": local_labels.budget() if same_process else 0}
 
     def stages(out: Volume, setup: dict[str, Any]) -> list:
         scratch = Scratch(progress_of(out) / "label", src.shape, src.block_shape)
@@ -400,12 +416,15 @@ def label(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, connectivi
         def build_relabel(given: dict[str, Any]) -> Stage:
             target = retype(out, given["dtype"])
             _record(target, given["components"])
-            return Stage("relabel", partial(_relabel_block, scratch=scratch, p=p,
+            return Stage("relabel", partial(_relabel_block, src=src, scratch=scratch, p=p,
                                             dtype=given["dtype"]), grid,
-                         [Read(src), Read(vols["rowoffsets"], scale=plane_scale[2])],
+                         [Read(vols["rowoffsets"], scale=plane_scale[2])],
                          [Write(target)], **setup)
         return [first, offsets, faces, LaterStage("relabel", build_relabel)]
 
-    return run_blockwise("label", src, dst, np.uint32, job, opts, stages, chunks=chunks,
-                         shards=shards, compression=compression, backend="label",
-                         attrs={"labels": True})
+    try:
+        return run_blockwise("label", src, dst, np.uint32, job, opts, stages, chunks=chunks,
+                             shards=shards, compression=compression, backend="label",
+                             attrs={"labels": True})
+    finally:
+        local_labels.forget(p["job"])
