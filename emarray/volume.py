@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import ome, storage
+from . import chunk_io, ome, storage
 from .chunks import METADATA, chunk_entries, listing_of
 from .ome import default_axes
 from ._normalize import numeric_dtype, parse_tuple, parse_unit
@@ -284,7 +284,9 @@ class Volume:
         if self.kind == "zarr3":
             if self._cut(region):
                 return self._read_through_cache(region)
-            return np.asarray(h[region])
+            whole = chunk_io.whole(h, region, self.shape)
+            got = chunk_io.read(*whole, region) if whole is not None else None
+            return got if got is not None else np.asarray(h[region])
         return np.asarray(h[region].read().result())
 
     def _cut(self, region: Region) -> bool:
@@ -384,6 +386,9 @@ class Volume:
         """Write ``block`` at ``region`` (zarr v3 volumes only; callers align to :attr:`block_shape`)."""
         if self.kind != "zarr3":
             raise InvalidArgumentError(f"{self.url} is a {self.kind} volume, which emarray only reads")
+        whole = None if self.remote else chunk_io.whole(self.handle(), region, self.shape)
+        if whole is not None and np.shape(block) == tuple(s.stop - s.start for s in region):
+            return chunk_io.write(*whole, np.asarray(block))
         self.handle()[region] = block
 
     @property

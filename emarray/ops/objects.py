@@ -133,7 +133,8 @@ def objects(labels: Volume | str | os.PathLike, *, raw: Volume | str | os.PathLi
                        inputs=[lv, rv])
     reads = [Read(lv)] + ([Read(rv)] if rv is not None else [])
     job = {"operator": "objects", "inputs": [v.fingerprint() for v in (lv, rv) if v is not None]}
-    prewarm()  # the plot's import runs beside the first blocks
+    prewarm()  # the plot's and the table's imports run beside the first blocks
+    prewarm("pandas")
     table, checkpoint = fold_table(
         "objects", _block, reads, BlockGrid(lv.shape, lv.block_shape), _merge,
         opts=opts, progress_dir=progress_beside(path) if path is not None else None, job=job)
@@ -169,7 +170,12 @@ def plot_volumes(df, path: Path, title: str = "") -> None:
         bins: Any = np.geomspace(lo, hi * 1.0001, 40) if hi > lo else 10
         ax.hist(v, bins=bins, color="#4477aa")
         if hi > lo:
+            from matplotlib.ticker import FuncFormatter, NullFormatter
             ax.set_xscale("log")
+            # plain tick labels: matplotlib's 10^k labels go through its math-text parser,
+            # which took 0.3 s of a 0.45 s plot
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("object volume (µm³)")
     ax.set_ylabel("objects")
     ax.set_title(f"{title}: {len(df)} objects" if title else f"{len(df)} objects", fontsize=10)
