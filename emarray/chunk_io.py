@@ -86,11 +86,17 @@ def whole(arr: Any, region: Region, shape: tuple[int, ...]) -> tuple[Layout, tup
 
 def chunk_of(lay: Layout, region: Region, shape: tuple[int, ...]) -> tuple[int, ...] | None:
     """The grid index of the chunk ``region`` is exactly (clipped at the array's end), or None."""
+    if not isinstance(region, tuple) or len(region) != len(shape):
+        return None
     index = []
     for s, c, n in zip(region, lay.chunks, shape):
-        if s.start % c or s.stop != min(s.start + c, n) or s.start >= n:
+        if not isinstance(s, slice):
             return None
-        index.append(s.start // c)
+        start, stop, step = s.indices(n)
+        if step != 1 or start % c or stop != min(start + c, n) or start >= n or (
+                s.stop is not None and s.stop > n):
+            return None
+        index.append(start // c)
     return tuple(index)
 
 

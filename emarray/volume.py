@@ -317,16 +317,20 @@ class Volume:
                 key = None
             pieces.append([whole, key, CACHE.get(key) if key is not None else None])
         missing = [p for p in pieces if p[2] is None]
-        if missing:  # one read of the chunks not kept (zarr fetches them together)
-            hull = tuple(slice(min(p[0][a].start for p in missing),
-                               max(p[0][a].stop for p in missing)) for a in range(len(grid)))
+        for p in missing:  # decoded in this thread where chunk_io can
+            w = chunk_io.whole(h, p[0], self.shape)
+            p[2] = chunk_io.read(*w, p[0]) if w is not None else None
+        rest = [p for p in missing if p[2] is None]
+        if rest:  # one read of the others (zarr fetches them together)
+            hull = tuple(slice(min(p[0][a].start for p in rest),
+                               max(p[0][a].stop for p in rest)) for a in range(len(grid)))
             data = np.asarray(h[hull])
-            for p in missing:
-                whole = p[0]
+            for p in rest:
                 p[2] = data[tuple(slice(w.start - c.start, w.stop - c.start)
-                                  for w, c in zip(whole, hull))].copy()
-                if p[1] is not None:
-                    CACHE.put(p[1], p[2])
+                                  for w, c in zip(p[0], hull))].copy()
+        for p in missing:
+            if p[1] is not None:
+                CACHE.put(p[1], p[2])
         for whole, _key, chunk in pieces:
             src = tuple(slice(max(s.start, w.start) - w.start, min(s.stop, w.stop) - w.start)
                         for s, w in zip(region, whole))

@@ -121,3 +121,17 @@ def test_a_killed_write_leaves_the_old_chunk_whole(tmp_path, monkeypatch):
     monkeypatch.undo()
     np.testing.assert_array_equal(emarray.open_volume(tmp_path / "a.zarr").read(first), a[first])
     assert not list((tmp_path / "a.zarr").rglob("*.partial"))
+
+
+def test_any_region_a_caller_may_pass_is_served_or_left_to_zarr(tmp_path):
+    a = sample("uint16")
+    v = emarray.create_volume(tmp_path / "a.zarr", SHAPE, "uint16", CHUNKS)
+    v.write((slice(None),) * 3, a)  # several chunks: zarr
+    h = v.handle()
+    one = (slice(None, 4), slice(5, 10), slice(None))
+    assert chunk_io.whole(h, one, SHAPE) == (chunk_io.layout(h), (0, 1, 0))
+    for region in [(slice(0, 4, 2), slice(0, 5), slice(0, 7)), (0, slice(0, 5), slice(0, 7)),
+                   (slice(0, 4), slice(0, 5)), (slice(8, 12), slice(10, 15), slice(0, 7))]:
+        assert chunk_io.whole(h, region, SHAPE) is None
+    np.testing.assert_array_equal(emarray.open_volume(tmp_path / "a.zarr").read(), a)
+    np.testing.assert_array_equal(v.read((slice(0, 4), slice(5, 10), slice(0, 7))), a[one])
