@@ -1,4 +1,4 @@
-"""asv: the engine's new operators (pyramid, smoothing, upsampling) on small seeded volumes.
+"""asv: the engine's operators (pyramid, smoothing, upsampling) and its chunk I/O on small seeded volumes.
 
 The side-by-side comparison with a plain copy, tinybrain and dask-image lives in
 ``benchmarks/engine_compare.py``.
@@ -88,3 +88,39 @@ class Upsample:
 
     def time_upsample_linear(self):
         emarray.upsample(self.coarse, self.tmp / "u.zarr", like=self.fine, overwrite=True)
+
+
+class ChunkIO:
+    """Whole chunks read and written by two threads: emarray's Volume (chunk_io, in the
+    worker's thread) against zarr-python's array (through its event-loop thread)."""
+    params = (["emarray", "zarr"],)
+    param_names = ["path"]
+    timeout = 300
+
+    def setup(self, path):
+        self.tmp = Path(tempfile.mkdtemp(prefix="emarray-asv-"))
+        self.src = _volume(self.tmp, "v.zarr", "uint32", shape=(128, 512, 512),
+                           chunks=(32, 128, 128))
+        self.dst = emarray.create_volume(self.tmp / "w.zarr", self.src.shape, "uint32",
+                                         self.src.block_shape)
+        b = self.src.block_shape
+        self.regions = [tuple(slice(i * c, (i + 1) * c) for i, c in zip(idx, b))
+                        for idx in np.ndindex(*(s // c for s, c in zip(self.src.shape, b)))]
+
+    def teardown(self, path):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def time_copy_chunks(self, path):
+        from concurrent.futures import ThreadPoolExecutor
+        if path == "emarray":
+            src, dst = self.src, self.dst
+
+            def copy(r):
+                dst.write(r, src.read(r))
+        else:
+            src, dst = self.src.handle(), self.dst.handle()
+
+            def copy(r):
+                dst[r] = src[r]
+        with ThreadPoolExecutor(2) as ex:
+            list(ex.map(copy, self.regions))

@@ -48,11 +48,13 @@ def prob_map(path, shape=(12, 16, 20), chunks=(4, 8, 8), seed=0):
 
 
 def slow_job(src: Path, dst: Path, *extra) -> subprocess.Popen:
-    """A threshold job over many tiny chunks, one at a time: slow enough to kill mid-way."""
+    """A threshold job over many tiny chunks, one at a time, each write 5 ms late: slow enough
+    to kill mid-way on any machine."""
     return subprocess.Popen([PY, "-m", "emarray", "-q", "threshold", str(src), str(dst),
                              "--value", "0.3", "--scheduler", "synchronous", *map(str, extra)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "EMARRAY_CHECKPOINT_SECONDS": "0"})
+                            env={**os.environ, "EMARRAY_CHECKPOINT_SECONDS": "0",
+                                 "EMARRAY_SLOW_WRITES": "0.005"})
 
 
 def wait_for(cond, proc, timeout=120.0):

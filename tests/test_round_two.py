@@ -231,7 +231,8 @@ def test_5_a_job_never_starts_reading_an_input_being_replaced(tmp_path):
     writer = subprocess.Popen([PY, "-m", "emarray", "-q", "rescale", str(tmp_path / "src.zarr"),
                                str(x), "--range", "0,2", "--overwrite", "--scheduler",
                                "synchronous"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env={**os.environ, "EMARRAY_CHECKPOINT_SECONDS": "0"})
+                              text=True, env={**os.environ, "EMARRAY_CHECKPOINT_SECONDS": "0",
+                                              "EMARRAY_SLOW_WRITES": "0.005"})
     new = tmp_path / ".x.zarr.emarray-new"
     wait_for(lambda: (new / PROGRESS_DIR).exists()
              and Checkpoint(new / PROGRESS_DIR).done_count("rescale") > 5, writer)

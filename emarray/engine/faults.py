@@ -11,7 +11,10 @@ draws repeatable per process.
 progress. Comparing the lines of a job killed and resumed with its saved progress shows which
 blocks were computed more than once.
 
-Both are read from the environment of the process that runs the block (set them for the
+``EMARRAY_SLOW_WRITES=0.01`` waits that many seconds before each block's write: a job slow
+enough to stop or overlap on purpose, however fast the machine.
+
+All are read from the environment of the process that runs the block (set them for the
 workers too on a cluster).
 """
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -26,6 +30,7 @@ import numpy as np
 FAULT_VAR = "EMARRAY_FAULT_WRITES"
 SEED_VAR = "EMARRAY_FAULT_SEED"
 TRACE_VAR = "EMARRAY_TRACE"
+SLOW_VAR = "EMARRAY_SLOW_WRITES"
 
 _rng: random.Random | None = None
 _rng_lock = threading.Lock()
@@ -63,6 +68,14 @@ def _draw() -> float:
 def write_block(writes: list[tuple[Any, tuple[slice, ...], np.ndarray]], what: str) -> None:
     """Write a block's outputs (``(volume, region, data)`` each), failing (torn) as
     ``EMARRAY_FAULT_WRITES`` asks: one draw per block, however many outputs it writes."""
+    delay = os.environ.get(SLOW_VAR)
+    if delay:
+        try:
+            time.sleep(float(delay))
+        except ValueError:
+            from ..errors import InvalidArgumentError
+            raise InvalidArgumentError(
+                f"{SLOW_VAR} must be a number of seconds, got {delay!r}") from None
     p = fault_fraction()
     if p and _draw() < p:
         volume, region, data = writes[0]
