@@ -34,10 +34,11 @@ class Layout:
     stored: np.dtype            # the dtype with the bytes codec's byte order
     fill: Any
     zstd: Any                   # a numcodecs Zstd, or None for no compression
-    array: Any                  # the zarr array (for its chunk keys)
+    key: Any                    # the array's chunk-key encoding (not the array: a layout
+                                # must not keep its array alive, see :func:`whole`)
 
     def path(self, index: tuple[int, ...]) -> str:
-        return os.path.join(self.root, self.array.metadata.encode_chunk_key(index))
+        return os.path.join(self.root, self.key(index))
 
 
 def layout(arr: Any) -> Layout | bool:
@@ -63,7 +64,8 @@ def layout(arr: Any) -> Layout | bool:
         stored = dtype.newbyteorder("<" if endian == "little" else ">") if (
             endian and dtype.itemsize > 1) else dtype
         root = os.path.join(str(arr.store.root), arr.path) if arr.path else str(arr.store.root)
-        return Layout(root, tuple(arr.chunks), stored, arr.metadata.fill_value, zstd, arr)
+        return Layout(root, tuple(arr.chunks), stored, arr.metadata.fill_value, zstd,
+                      arr.metadata.encode_chunk_key)
     except Exception:  # noqa: BLE001 - anything unexpected: zarr does the work
         return False
 
@@ -109,10 +111,10 @@ def read(lay: Layout, index: tuple[int, ...], region: Region) -> np.ndarray | No
             data = f.read()
     except FileNotFoundError:  # never written: the fill value
         return np.full(tuple(s.stop - s.start for s in region), lay.fill, lay.stored.newbyteorder("="))
-    chunk = np.empty(lay.chunks, lay.stored)
     size = zstd_content_size(data) if lay.zstd is not None else len(data)
     if size is None:  # a frame that does not declare its size: zarr decodes it
         return None
+    chunk = np.empty(lay.chunks, lay.stored)
     if size != chunk.nbytes:  # (numcodecs would fill a larger buffer in part, silently)
         raise ValueError(f"chunk file {path} decodes to {size} bytes, not {chunk.nbytes}")
     if lay.zstd is not None:

@@ -390,7 +390,7 @@ class Volume:
         """Write ``block`` at ``region`` (zarr v3 volumes only; callers align to :attr:`block_shape`)."""
         if self.kind != "zarr3":
             raise InvalidArgumentError(f"{self.url} is a {self.kind} volume, which emarray only reads")
-        whole = None if self.remote else chunk_io.whole(self.handle(), region, self.shape)
+        whole = chunk_io.whole(self.handle(), region, self.shape)  # None for remote arrays
         if whole is not None and np.shape(block) == tuple(s.stop - s.start for s in region):
             return chunk_io.write(*whole, np.asarray(block))
         self.handle()[region] = block

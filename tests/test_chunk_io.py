@@ -135,3 +135,16 @@ def test_any_region_a_caller_may_pass_is_served_or_left_to_zarr(tmp_path):
         assert chunk_io.whole(h, region, SHAPE) is None
     np.testing.assert_array_equal(emarray.open_volume(tmp_path / "a.zarr").read(), a)
     np.testing.assert_array_equal(v.read((slice(0, 4), slice(5, 10), slice(0, 7))), a[one])
+
+
+def test_the_layout_cache_does_not_keep_closed_arrays_alive(tmp_path):
+    """A worker opens many volumes over its life: each array's layout goes with the array."""
+    import gc
+    before = len(chunk_io._LAYOUTS)
+    v = emarray.create_volume(tmp_path / "a.zarr", SHAPE, "uint16", CHUNKS)
+    first = next(blocks())
+    v.write(first, sample("uint16")[first])
+    assert len(chunk_io._LAYOUTS) == before + 1
+    del v
+    gc.collect()
+    assert len(chunk_io._LAYOUTS) == before

@@ -18,7 +18,7 @@ from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
 from .common import as_volume
 from ._runs import object_table, warm_objects
-from ..figures import prewarm
+from ..figures import PLOT, prewarm
 from .tables import (MAX, MIN, SUM, check_out_file, fold_table, merge, progress_beside,
                      write_frame, write_json)
 
@@ -133,8 +133,7 @@ def objects(labels: Volume | str | os.PathLike, *, raw: Volume | str | os.PathLi
                        inputs=[lv, rv])
     reads = [Read(lv)] + ([Read(rv)] if rv is not None else [])
     job = {"operator": "objects", "inputs": [v.fingerprint() for v in (lv, rv) if v is not None]}
-    prewarm()  # the plot's and the table's imports run beside the first blocks
-    prewarm("pandas")
+    prewarm(*PLOT, "pandas")  # the plot's and the table's imports run beside the first blocks
     table, checkpoint = fold_table(
         "objects", _block, reads, BlockGrid(lv.shape, lv.block_shape), _merge,
         opts=opts, progress_dir=progress_beside(path) if path is not None else None, job=job)
