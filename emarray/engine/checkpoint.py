@@ -37,6 +37,7 @@ class Checkpoint:
         self.root: Any = as_folder(root) if root is not None else None
         #: input key -> regions of its chunks changed since the job started (see :meth:`start`)
         self.changed: dict[str, list[tuple[slice, ...]]] = {}
+        self.digests: dict[str, str] = {}
         if interval is None:
             interval = float(os.environ.get("EMARRAY_CHECKPOINT_SECONDS", DEFAULT_INTERVAL))
         self.interval = interval
@@ -140,6 +141,12 @@ class Checkpoint:
         them again (a chunk rewritten in place never mixes two inputs into one output).
         """
         self.changed = {}
+        vols = [v for v in inputs
+                if getattr(v, "local_path", None) is not None or getattr(v, "remote", False)]
+        records = {volume_key(v): chunk_record(v) for v in vols}
+        #: input key -> digest of its stored chunks as this run found them (what a finished
+        #: output records, so that a later resume can tell the input changed since)
+        self.digests = {k: record_digest(r) for k, r in records.items()}
         if self.root is None:
             return False
         same = True
@@ -155,16 +162,14 @@ class Checkpoint:
         self.root.mkdir(parents=True, exist_ok=True)
         if job is not None:
             atomic_write(self.root / "job.json", json.dumps(job).encode())
-        vols = [v for v in inputs
-                if getattr(v, "local_path", None) is not None or getattr(v, "remote", False)]
         if fresh:
-            atomic_write(self.root / INPUTS, dumps({volume_key(v): chunk_record(v) for v in vols}))
+            atomic_write(self.root / INPUTS, dumps(records))
         else:
             found, before = self._read_file(self.root / INPUTS)
             for v in vols:
                 old = before.get(volume_key(v)) if found else None
                 if old is not None:
-                    regions = changed_regions(v, old)
+                    regions = changed_regions(v, old, records[volume_key(v)])
                     if regions:
                         self.changed[volume_key(v)] = regions
         return same
@@ -218,11 +223,27 @@ def chunk_record(v: Any) -> dict[str, Any]:
             "mtimes": mtimes, "block": list(v.block_shape), "shape": list(v.shape)}
 
 
-def changed_regions(v: Any, old: dict[str, Any]) -> list[tuple[slice, ...]]:
+def record_digest(record: dict[str, Any]) -> str:
+    """A digest of a :func:`chunk_record` (the same as the volume's listing digest)."""
+    from ..chunks import listing_of
+    text = bytes(np.asarray(record["keys"], np.uint8)).decode()
+    return listing_of(text.split("\n") if text else [], np.asarray(record["sizes"], np.int64),
+                      np.asarray(record["mtimes"], np.int64))["digest"]
+
+
+def inputs_digest(inputs: Sequence[Any]) -> dict[str, str]:
+    """Each input's (local or remote volume's) digest of its stored chunks, by its key."""
+    return {volume_key(v): record_digest(chunk_record(v)) for v in inputs
+            if getattr(v, "local_path", None) is not None or getattr(v, "remote", False)}
+
+
+def changed_regions(v: Any, old: dict[str, Any],
+                    now: dict[str, Any] | None = None) -> list[tuple[slice, ...]]:
     """The regions of ``v``'s chunks whose (size, mtime) differ from the record ``old``, or
-    that were added or removed since; the whole volume when a changed file names no chunk."""
+    that were added or removed since (``now``: the current record, when already made); the
+    whole volume when a changed file names no chunk."""
     from ..chunks import chunk_index
-    now = chunk_record(v)
+    now = now if now is not None else chunk_record(v)
     whole = [tuple(slice(0, n) for n in v.shape)]
     if now["block"] != list(old["block"]) or now["shape"] != [int(n) for n in old["shape"]]:
         return whole

@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EmarrayError, InvalidArgumentError
+from ..errors import EmarrayError, InputChangedError, InvalidArgumentError
 from ..volume import Volume
 from . import faults
-from .checkpoint import Checkpoint, progress_of
+from .checkpoint import Checkpoint, inputs_digest, progress_of
 from .contract import BlockContext, LaterStage, Read, Stage
 from .grid import Region
-from .invalidate import affected_blocks, mark_written
+from .invalidate import affected_blocks, mark_written, volume_key
 from .options import RunOptions
 from .output import open_output, reading
 from .schedulers import Runner
@@ -173,10 +173,10 @@ def run_stages(stages: Sequence[StageSpec], runner: Runner, checkpoint: Checkpoi
     changed = {k: list(v) for k, v in checkpoint.changed.items()}  # inputs changed since start
     restart = False  # an earlier stage starts again: so does every one after it
     for spec in stages:
-        finished, result = checkpoint.finished(spec.name)
-        if finished and restart:
+        if restart:  # an earlier stage starts again: what this one saved (finished or part
+            # done) was computed from that stage's old results, so it starts again too
             checkpoint.forget(spec.name)
-            finished = False
+        finished, result = checkpoint.finished(spec.name)
         if finished and not changed:
             log.info("stage %s finished in an earlier run", spec.name)
             given = result
@@ -298,17 +298,37 @@ def _nested_images(out: Volume) -> list[Any]:
     return found
 
 
-def mark_complete(out: Volume) -> None:
-    """Record in the output's metadata (and its nested images') that every block is written."""
+def mark_complete(out: Volume, inputs_stored: dict[str, str] | None = None) -> None:
+    """Record in the output's metadata (and its nested images') that every block is written,
+    and (``inputs_stored``) the digest of each input's stored chunks it was computed from."""
     group = out.open_group()
     old: Any = group.attrs.get("emarray") or {}
     meta = {**old, "complete": True}  # what stages recorded stays
+    if inputs_stored is not None:
+        meta["inputs_stored"] = inputs_stored
     for child in _nested_images(out):  # images the job wrote inside its output (a variance map)
         em: Any = child.attrs.get("emarray")
         if isinstance(em, dict) and "job" in em:
             child.attrs["emarray"] = {**em, "complete": True}
     group.attrs["emarray"] = meta
     out.attrs["emarray"] = meta
+
+
+def check_unchanged_since(record: dict[str, Any], inputs: Sequence[Any], shown: str) -> None:
+    """Refuse to resume a finished output whose inputs changed since it was computed (the
+    digests ``record["inputs_stored"]`` of their stored chunks differ from today's): its every
+    block would be stale. Outputs without the record (older emarray) are taken as they are."""
+    recorded = record.get("inputs_stored")
+    if not isinstance(recorded, dict):
+        return
+    now = inputs_digest([v for v in inputs if isinstance(v, Volume)])
+    for v in inputs:
+        key = volume_key(v) if isinstance(v, Volume) else None
+        if key in recorded and key in now and now[key] != recorded[key]:
+            raise InputChangedError(
+                f"cannot resume {shown!r}: it is finished, but its input {v.url} changed since "
+                "it was computed (its stored chunks differ); run the same command with "
+                "--overwrite to compute it again from the current input")
 
 
 def run_job(dst: str | os.PathLike, create: Callable[[str], Volume], *, job: dict[str, Any],
@@ -329,7 +349,9 @@ def run_job(dst: str | os.PathLike, create: Callable[[str], Volume], *, job: dic
                 dst, create, inputs=[v for v in inputs if isinstance(v, (Volume, str))],
                 job=job, overwrite=options.overwrite, resume=options.resume) as target:
             out = target.volume
-            if not (target.resumed and out.attrs.get("emarray", {}).get("complete")):
+            if target.resumed and out.attrs.get("emarray", {}).get("complete"):
+                check_unchanged_since(out.attrs["emarray"], inputs, target.shown)
+            else:
                 checkpoint = Checkpoint(progress_of(out))
                 if not target.resumed:
                     checkpoint.clear()
@@ -348,7 +370,7 @@ def run_job(dst: str | os.PathLike, create: Callable[[str], Volume], *, job: dic
                     if target.staged:
                         raise target.kept_note(exc) from exc
                     raise
-                mark_complete(out)
+                mark_complete(out, checkpoint.digests)
                 checkpoint.clear()
             return target.commit()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import heapq
 import io
 import os
+import uuid
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -186,17 +187,21 @@ def _save(path: Path, **arrays: np.ndarray) -> None:
     atomic_write(path, buf.getvalue())
 
 
-_LUTS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+_LUTS: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
 
 
-def _lookup(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """The (fragments, segments per threshold) table, loaded once per worker process."""
-    got = _LUTS.get(path)
+def _lookup(path: str, token: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (fragments, segments per threshold) table, loaded once per worker process.
+
+    ``token`` is new each time a table is cut: a worker that lives on across jobs (or a job
+    resumed in the same process after its input changed) never takes an older table that was
+    at the same path."""
+    got = _LUTS.get((path, token))
     if got is None:
         with np.load(path, allow_pickle=False) as z:
             got = (z["fragments"], z["segments"])
         _LUTS.clear()
-        _LUTS[path] = got
+        _LUTS[(path, token)] = got
     return got
 
 
@@ -211,10 +216,10 @@ def relabel_block(frag: np.ndarray, fragments: np.ndarray, segments: np.ndarray)
     return seg[inverse].reshape(frag.shape)
 
 
-def _relabel(ctx: BlockContext, frag: np.ndarray, *, lut: str, rows: list[int],
+def _relabel(ctx: BlockContext, frag: np.ndarray, *, lut: str, token: str, rows: list[int],
              dtypes: list[str]) -> tuple:
     """Each output's segments: ``rows`` are their thresholds' rows in the lookup table."""
-    fragments, segments = _lookup(lut)
+    fragments, segments = _lookup(lut, token)
     return tuple(relabel_block(frag, fragments, segments[k]).astype(dt)
                  for k, dt in zip(rows, dtypes))
 
@@ -347,7 +352,7 @@ def agglomerate(fragments: Volume | str | os.PathLike, boundary: Volume | str | 
             for t in extra:
                 vols.append(_nested(out, _label(t), dtypes[str(t)], job))
             order = [float(threshold)] + extra
-            return Stage("relabel", partial(_relabel, lut=given["lut"],
+            return Stage("relabel", partial(_relabel, lut=given["lut"], token=given["token"],
                                             rows=[cuts.index(t) for t in order],
                                             dtypes=[dtypes[str(t)] for t in order]),
                          grid, [Read(fv)], [Write(v) for v in vols])
@@ -385,7 +390,7 @@ def _cut(root: Path, edges: dict[str, np.ndarray], ids: np.ndarray, cuts: list[f
     em["agglomeration"] = {"fragments": int(fragments.size), "edges": int(u.size),
                            "threshold": primary, "segments": counts}
     g.attrs["emarray"] = em
-    return {"lut": os.fspath(root / "lookup.npz"), "dtypes": dtypes}
+    return {"lut": os.fspath(root / "lookup.npz"), "dtypes": dtypes, "token": uuid.uuid4().hex}
 
 
 def _nested(out: Volume, name: str, dtype: str, job: dict[str, Any]) -> Volume:
