@@ -11,9 +11,10 @@ from typing import Any
 
 from ._normalize import micrometres
 from .engine import RunOptions
-from .engine.output import check_no_overlap, reading, real_path
+from .engine.files import open_files
+from .engine.output import reading
 from .engine.progress import Progress
-from .errors import InvalidArgumentError, OutputExistsError
+from .errors import InvalidArgumentError
 from .ops.common import as_volume
 from .spec import Operator, Param, Port
 from .volume import Volume
@@ -81,14 +82,16 @@ def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: A
            **run: Any) -> Path:
     """Export ``region`` of ``src`` to a TIFF stack (``.tif``) or an HDF5 dataset (``.h5``).
 
-    The file is written slab by slab to a temporary name beside ``dst`` and renamed into place
-    when complete, so a failed export leaves nothing half-written and never clobbers a file.
+    The file is written slab by slab into a staging folder beside ``dst`` and moved into place
+    when complete (see :mod:`emarray.engine.files`: locked, and ``overwrite`` replaces only
+    what an export wrote), so a failed export leaves nothing half-written.
     The voxel size goes along: ImageJ resolution, spacing and unit in a TIFF (tifffile's JSON
     description where ImageJ cannot hold the dtype or size), ``element_size_um`` in HDF5.
     With ``format="precomputed"``, ``dst`` is a folder: the whole volume and every level of its
     pyramid become one sharded neuroglancer precomputed volume (an image, or a segmentation when
     ``src`` holds labels; compressed segmentation encoding), resolutions in nm, written through
-    tensorstore to a temporary folder and swapped into place when complete.
+    tensorstore into a staging folder and moved into place when complete; files in ``dst``
+    that no export wrote stay as they are.
     Of the run options, ``overwrite``, ``allow_incomplete`` and ``progress`` apply.
 
     Returns
@@ -119,46 +122,38 @@ def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: A
     if fmt == "hdf5" and not str(dataset).strip("/ "):
         raise InvalidArgumentError(f"dataset must name the HDF5 dataset, got {dataset!r}")
     reg = parse_region(region, vol.shape)
-    real = real_path(dst)
-    if not real.parent.is_dir():
-        raise InvalidArgumentError(
-            f"cannot export to {shown!r}: the folder {str(dst.parent)!r} does not exist")
-    if real.is_dir():
-        raise InvalidArgumentError(f"cannot export to {shown!r}: it is a folder, not a file")
-    check_no_overlap(real, [vol], shown)
-    if real.exists() and not overwrite:
-        raise OutputExistsError(f"{shown!r} already exists; pass --overwrite to replace it")
-    if not os.access(real.parent, os.W_OK):
-        raise InvalidArgumentError(
-            f"cannot export to {shown!r}: the folder {str(real.parent)!r} is not writable")
-    dst = real
-    tmp = dst.with_name(f".{dst.name}.partial")
     slab = vol.block_shape[0]
     zs = range(reg[0].start, reg[0].stop, slab)
     out_shape = tuple(s.stop - s.start for s in reg)
-    with reading([vol]), Progress(len(zs), "export", progress, unit="slab") as bar:
-        _write(vol, dst, tmp, fmt, reg, zs, slab, out_shape, dataset, bar, shown)
-    return dst
+    job = {"operator": "export", "input": vol.fingerprint(), "format": fmt,
+           "region": [[s.start, s.stop] for s in reg], "dataset": str(dataset)}
+    with open_files(dst, job=job, inputs=[vol], overwrite=overwrite, folder=False,
+                    names=(dst.name,), resumable=False) as target, reading([vol]), \
+            Progress(len(zs), "export", progress, unit="slab") as bar:
+        _write(vol, target.path(dst.name), fmt, reg, zs, slab, out_shape, dataset, bar, shown)
+        target.commit([dst.name])
+        return target.dst
 
 
 def _precomputed(vol: Volume, dst: Path, shown: str, region: Any, overwrite: bool,
                  progress: bool) -> Path:
-    from .precomputed import check_destination, output_type, write_precomputed
+    from .precomputed import output_type, write_precomputed
     if region is not None and parse_region(region, vol.shape) != parse_region(None, vol.shape):
         raise InvalidArgumentError("--region is for TIFF and HDF5 exports; precomputed exports "
                                    "the whole volume with its pyramid")
     output_type(vol)  # refused before any work
-    real = real_path(dst)
-    check_no_overlap(real, [vol], shown)
-    check_destination(real, shown, overwrite)
-    with reading([vol]):
-        return write_precomputed(vol, real, progress)
+    job = {"operator": "export", "input": vol.fingerprint(), "format": "precomputed",
+           "levels": list(vol.levels)}
+    with open_files(dst, job=job, inputs=[vol], overwrite=overwrite, names=("info",),
+                    resumable=False) as target, reading([vol]):
+        write_precomputed(vol, target.staging, progress)
+        target.commit()
+        return target.dst
 
 
-def _write(vol: Volume, dst: Path, tmp: Path, fmt: str, reg: tuple[slice, ...], zs: range,
-           slab: int, out_shape: tuple[int, ...], dataset: str, bar: Progress,
-           shown: str) -> None:
-    """Write the slabs to ``tmp`` and rename it to ``dst`` when complete."""
+def _write(vol: Volume, path: Path, fmt: str, reg: tuple[slice, ...], zs: range, slab: int,
+           out_shape: tuple[int, ...], dataset: str, bar: Progress, shown: str) -> None:
+    """Write the slabs of ``reg`` to the file ``path`` (in the export's staging folder)."""
     try:
         if fmt == "tiff":
             import tifffile
@@ -172,14 +167,14 @@ def _write(vol: Volume, dst: Path, tmp: Path, fmt: str, reg: tuple[slice, ...], 
             big = vol.dtype.itemsize * math.prod(out_shape) > 2**31
             imagej = not big and vol.dtype.str.lstrip("<>|=") in ("u1", "u2", "f4")
             z_um, y_um, x_um = (v * micrometres(vol.unit) for v in vol.voxel_size[-3:])
-            with tifffile.TiffWriter(tmp, bigtiff=big, imagej=imagej) as tw:
+            with tifffile.TiffWriter(path, bigtiff=big, imagej=imagej) as tw:
                 tw.write(planes(), shape=out_shape, dtype=vol.dtype, photometric="minisblack",
                          resolution=(1 / x_um, 1 / y_um),
                          metadata={"spacing": z_um, "unit": "um", "axes": "ZYX"},
                          resolutionunit=None if imagej else "MICROMETER")
         else:
             import h5py
-            with h5py.File(tmp, "w") as f:
+            with h5py.File(path, "w") as f:
                 chunks = tuple(min(c, s) for c, s in zip(vol.chunks, out_shape))
                 ds = f.create_dataset(dataset, shape=out_shape, dtype=vol.dtype, chunks=chunks,
                                       compression="gzip")
@@ -188,12 +183,8 @@ def _write(vol: Volume, dst: Path, tmp: Path, fmt: str, reg: tuple[slice, ...], 
                     z1 = min(z + slab, reg[0].stop)
                     ds[z - reg[0].start:z1 - reg[0].start] = vol.read((slice(z, z1), *reg[1:]))
                     bar.update(1)
-        os.replace(tmp, dst)
     except OSError as exc:
-        if exc.errno is None and shutil.disk_usage(tmp.parent).free < 2**20:
+        if exc.errno is None and shutil.disk_usage(path.parent).free < 2**20:
             # tifffile/numpy report a short write without an errno: name the cause
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), shown) from None
         raise
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -129,7 +129,12 @@ def every_chunk_written(group: dict[str, Any], array: dict[str, Any], path: str,
     if path == levels[0]:
         return "job" in em and em.get("complete") is True
     pyr = em.get("pyramid")
-    return isinstance(pyr, dict) and pyr.get("complete") is True and path in pyr.get("paths", [])
+    # a replacement under way keeps the record of the pyramid it replaces, whose levels stay
+    # listed (and whole) until the new ones are
+    for rec in (pyr, pyr.get("previous") if isinstance(pyr, dict) else None):
+        if isinstance(rec, dict) and rec.get("complete") is True and path in rec.get("paths", []):
+            return True
+    return False
 
 
 def listed_levels(attrs: dict[str, Any]) -> set[str]:

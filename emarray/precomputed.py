@@ -3,14 +3,14 @@
 tensorstore's ``neuroglancer_precomputed`` driver writes the format (info file, sharded chunk
 files); this module chooses its layout (64³ chunks, shards of at most 4³ chunks, compressed
 segmentation for labels), copies each level shard box by shard box, and swaps the finished
-folder into place, so a failed export leaves nothing half-written.
+folder into place through the engine's files output (:mod:`emarray.engine.files`), so a
+failed export leaves nothing half-written.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import numpy as np
 
 from ._normalize import micrometres
 from .engine.progress import Progress
-from .errors import EmarrayWarning, InvalidArgumentError, OutputExistsError
+from .errors import EmarrayWarning, InvalidArgumentError
 from .volume import Volume, is_labels, open_volume
 
 #: precomputed's data types (uint64 for labels of any integer dtype that fits)
@@ -94,76 +94,39 @@ def is_precomputed(path: Path) -> bool:
     return isinstance(info, dict) and info.get("@type") == "neuroglancer_multiscale_volume"
 
 
-def check_destination(dst: Path, shown: str, overwrite: bool) -> None:
-    """Refuse a destination that exists (without ``overwrite``) or that is not a precomputed
-    volume (a user's folder is never replaced)."""
-    if not dst.exists() and not dst.is_symlink():
-        if not dst.parent.is_dir():
-            raise InvalidArgumentError(
-                f"cannot export to {shown!r}: the folder {str(dst.parent)!r} does not exist")
-        return
-    if not overwrite:
-        raise OutputExistsError(f"{shown!r} already exists; pass --overwrite to replace it")
-    if dst.is_symlink() or not dst.is_dir() or not is_precomputed(dst):
-        raise OutputExistsError(
-            f"{shown!r} is not a neuroglancer precomputed volume; it is not replaced "
-            "(choose another destination)")
-    known = {"info", "provenance"}
-    for child in dst.iterdir():
-        if child.name not in known and not (child.is_dir() and all(
-                q.suffix == ".shard" or q.name.isdigit() or "-" in q.name
-                for q in child.iterdir())):
-            raise OutputExistsError(
-                f"{shown!r} holds {child.name!r}, which a precomputed export does not write; "
-                "it is not replaced (move it away first)")
-
-
-def write_precomputed(vol: Volume, dst: Path, progress: bool = True) -> Path:
-    """Write every level of ``vol`` into ``dst`` (a new folder, swapped in when complete)."""
+def write_precomputed(vol: Volume, folder: Path, progress: bool = True) -> Path:
+    """Write every level of ``vol`` into ``folder`` (the staging folder of an export, which
+    :mod:`emarray.engine.files` moves into place when complete)."""
     import tensorstore as ts
     kind, dtype = output_type(vol)
     if vol.dtype == np.float64:
         warnings.warn(f"{vol.url}: precomputed holds no float64; written as float32",
                       EmarrayWarning, stacklevel=2)
     levels = [vol] + [open_volume(vol.url, level=i) for i in range(1, len(vol.levels))]
-    tmp = dst.with_name(f".{dst.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        boxes = []
-        for lv in levels:
-            spec = {"driver": "neuroglancer_precomputed",
-                    "kvstore": {"driver": "file", "path": os.fspath(tmp)},
-                    "multiscale_metadata": {"type": kind, "data_type": dtype, "num_channels": 1},
-                    "scale_metadata": _scale(lv, kind), "create": True, "open": True}
-            out = ts.open(spec).result()
-            shard = out.chunk_layout.write_chunk.shape or ()
-            step = [int(c or 1) for c in shard[:3]][::-1]  # z, y, x
-            for z in range(0, lv.shape[0], step[0]):
-                for y in range(0, lv.shape[1], step[1]):
-                    for x in range(0, lv.shape[2], step[2]):
-                        boxes.append((lv, out, (slice(z, min(z + step[0], lv.shape[0])),
-                                                slice(y, min(y + step[1], lv.shape[1])),
-                                                slice(x, min(x + step[2], lv.shape[2])))))
-        with Progress(len(boxes), "export", progress, unit="shard") as bar:
-            for lv, out, box in boxes:  # tensorstore encodes and writes with its own threads
-                block = lv.read(box)
-                if kind == "segmentation" and block.dtype.kind == "i" and block.size and \
-                        block.min() < 0:
-                    raise InvalidArgumentError(
-                        f"{vol.url!r} holds negative label ids (e.g. {block.min()}); "
-                        "precomputed segmentations are unsigned")
-                block = block.astype(dtype, copy=False)
-                out[box[2], box[1], box[0], 0].write(block.T).result()
-                bar.update(1)
-        if dst.exists():
-            old = dst.with_name(f".{dst.name}.replaced")
-            os.replace(dst, old)
-            os.replace(tmp, dst)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return dst
+    boxes = []
+    for lv in levels:
+        spec = {"driver": "neuroglancer_precomputed",
+                "kvstore": {"driver": "file", "path": os.fspath(folder)},
+                "multiscale_metadata": {"type": kind, "data_type": dtype, "num_channels": 1},
+                "scale_metadata": _scale(lv, kind), "create": True, "open": True}
+        out = ts.open(spec).result()
+        shard = out.chunk_layout.write_chunk.shape or ()
+        step = [int(c or 1) for c in shard[:3]][::-1]  # z, y, x
+        for z in range(0, lv.shape[0], step[0]):
+            for y in range(0, lv.shape[1], step[1]):
+                for x in range(0, lv.shape[2], step[2]):
+                    boxes.append((lv, out, (slice(z, min(z + step[0], lv.shape[0])),
+                                            slice(y, min(y + step[1], lv.shape[1])),
+                                            slice(x, min(x + step[2], lv.shape[2])))))
+    with Progress(len(boxes), "export", progress, unit="shard") as bar:
+        for lv, out, box in boxes:  # tensorstore encodes and writes with its own threads
+            block = lv.read(box)
+            if kind == "segmentation" and block.dtype.kind == "i" and block.size and \
+                    block.min() < 0:
+                raise InvalidArgumentError(
+                    f"{vol.url!r} holds negative label ids (e.g. {block.min()}); "
+                    "precomputed segmentations are unsigned")
+            block = block.astype(dtype, copy=False)
+            out[box[2], box[1], box[0], 0].write(block.T).result()
+            bar.update(1)
+    return folder

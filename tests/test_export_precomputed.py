@@ -80,8 +80,6 @@ def test_refusals_before_any_work_and_a_users_folder_is_never_replaced(tmp_path)
     (mine / "notes.txt").write_text("keep")
     before = tree_digest(tmp_path)
     for args, words in [
-        (("u.zarr", "mine", "--format", "precomputed"), "already exists"),
-        (("u.zarr", "mine", "--format", "precomputed", "--overwrite"), "not a neuroglancer"),
         (("u.zarr", "ng", "--format", "precomputed", "--region", "0:2,,"), "--region"),
         (("u.zarr", "ng", "--format", "jpeg"), "jpeg"),
         (("neg.zarr", "ng", "--format", "precomputed"), "negative"),
@@ -99,3 +97,20 @@ def test_refusals_before_any_work_and_a_users_folder_is_never_replaced(tmp_path)
     emarray.export(tmp_path / "u7.zarr", tmp_path / "ng", format="precomputed", overwrite=True,
                    progress=False)
     assert (read_scales(tmp_path / "ng")[1][0][1] == 7).all()
+    # a folder of the user's: the export goes beside their files, which stay (overwrite too)
+    emarray.export(tmp_path / "u.zarr", mine, format="precomputed", progress=False)
+    assert (mine / "notes.txt").read_text() == "keep"
+    scale = next(p for p in mine.iterdir() if p.is_dir())
+    (scale / "my-notes.txt").write_text("also mine")  # inside a scale folder, with a hyphen
+    (mine / "a-b.txt").write_text("mine too")
+    with pytest.raises(OutputExistsError):
+        emarray.export(tmp_path / "u7.zarr", mine, format="precomputed")
+    emarray.export(tmp_path / "u7.zarr", mine, format="precomputed", overwrite=True,
+                   progress=False)
+    assert (read_scales(mine)[1][0][1] == 7).all()
+    assert (mine / "notes.txt").read_text() == "keep" and (mine / "a-b.txt").exists()
+    assert (scale / "my-notes.txt").read_text() == "also mine"
+    # a user's folder named like the old temporary one is not the export's
+    (tmp_path / ".ng2.partial").mkdir()
+    emarray.export(tmp_path / "u.zarr", tmp_path / "ng2", format="precomputed", progress=False)
+    assert (tmp_path / ".ng2.partial").is_dir()

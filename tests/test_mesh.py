@@ -16,9 +16,15 @@ from skimage.measure import marching_cubes
 
 import emarray
 from emarray.engine.checkpoint import PROGRESS_DIR
+from emarray.engine.files import MANIFEST
 
 from .conftest import make_volume
 from .test_hardening import cli, one_error_line
+
+
+def staging(out):
+    return out.with_name(f".{out.name}.emarray-new")
+
 
 trimesh = pytest.importorskip("trimesh")
 zmesh = pytest.importorskip("zmesh")
@@ -51,9 +57,9 @@ def test_every_object_closed_its_volume_the_voxels_and_the_same_for_any_chunking
         v = make_volume(tmp_path / f"l{chunks[0]}.zarr", lab, chunks, voxel_size=VOXEL)
         out = tmp_path / f"m{chunks[0]}"
         assert emarray.mesh(v, out, format="ply") == n
-        assert sorted(p.name for p in out.iterdir() if p.name != PROGRESS_DIR) == \
+        assert sorted(p.name for p in out.iterdir() if p.name != MANIFEST) == \
             sorted(f"{i}.ply" for i in range(1, n + 1))
-        assert not (out / PROGRESS_DIR).exists()
+        assert not (out / PROGRESS_DIR).exists() and not staging(out).exists()
         meshes[chunks] = {i: trimesh.load(out / f"{i}.ply") for i in range(1, n + 1)}
     for i in range(1, n + 1):
         voxels = int((lab == i).sum())
@@ -107,7 +113,7 @@ def test_precomputed_source_in_nanometres_and_ids_chosen(tmp_path):
     assert info["emarray"]["labels"] == os.path.realpath(tmp_path / "l.zarr")
     ply = tmp_path / "ply"
     assert emarray.mesh(v, ply, format="ply", ids=[2, 1]) == 2
-    assert sorted(p.name for p in ply.iterdir()) == ["1.ply", "2.ply"]
+    assert sorted(p.name for p in ply.iterdir()) == [MANIFEST, "1.ply", "2.ply"]
     for i in (1, 2):
         assert json.loads((out / f"{i}:0").read_text()) == {"fragments": [str(i)]}
         pre = zmesh.Mesh.from_precomputed((out / str(i)).read_bytes())
@@ -142,13 +148,10 @@ def test_cli_refusals_touch_nothing(tmp_path):
     assert r.returncode == 2 and "'x'" in one_error_line(r)
     assert not out.exists()
     out.mkdir()
-    (out / "notes.txt").write_text("mine")
-    r = cli("mesh", tmp_path / "l.zarr", out, "--overwrite")
-    assert r.returncode == 2 and "notes.txt" in one_error_line(r)
-    assert (out / "notes.txt").read_text() == "mine"
-    (out / "notes.txt").unlink()
+    (out / "notes.txt").write_text("mine")  # a user's file: the meshes go beside it
     r = cli("mesh", tmp_path / "l.zarr", out, "-q")
     assert r.returncode == 0, r.stderr
+    assert (out / "notes.txt").read_text() == "mine"
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     r = cli("mesh", tmp_path / "l.zarr", out)
     assert r.returncode == 2 and "--overwrite" in one_error_line(r)
@@ -157,7 +160,8 @@ def test_cli_refusals_touch_nothing(tmp_path):
     assert r.returncode == 2
     r = cli("mesh", tmp_path / "l.zarr", out, "--overwrite", "--ids", "1", "-q")
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["1", "1:0", "info"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "1", "1:0", "info", "notes.txt"]
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_killed_then_resumed_gives_the_same_meshes(tmp_path):
@@ -177,7 +181,7 @@ def test_killed_then_resumed_gives_the_same_meshes(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
-    assert (tmp_path / "m" / PROGRESS_DIR).exists()
+    assert (staging(tmp_path / "m") / PROGRESS_DIR).exists() and not (tmp_path / "m").exists()
     r = cli("mesh", tmp_path / "l.zarr", tmp_path / "m", "--format", "ply", "--resume", "-q")
     assert r.returncode == 0, r.stderr
     for i in range(1, n + 1):

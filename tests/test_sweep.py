@@ -12,7 +12,7 @@ from sklearn.metrics import confusion_matrix
 
 import emarray
 from emarray.cli import cli
-from emarray.errors import InvalidArgumentError, ShapeMismatchError
+from emarray.errors import InvalidArgumentError, OutputExistsError, ShapeMismatchError
 
 from .conftest import make_volume, tree_digest
 
@@ -166,7 +166,7 @@ def test_shape_mismatch_and_existing_outputs(tmp_path):
     tv = make_volume(tmp_path / "t2.zarr", np.zeros((2, 2, 2), np.uint8), 2)
     emarray.sweep(pv, tv, out=tmp_path / "out")
     before = tree_digest(tmp_path / "out")
-    with pytest.raises(InvalidArgumentError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="--overwrite"):
         emarray.sweep(pv, tv, out=tmp_path / "out", values=[0.3])
     assert tree_digest(tmp_path / "out") == before
     emarray.sweep(pv, tv, out=tmp_path / "out", values=[0.3], overwrite=True)

@@ -26,13 +26,14 @@ from ..errors import EmarrayWarning, InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
 from .common import as_volume
 from .._normalize import finite_number
-from ..engine.checkpoint import PROGRESS_DIR
 from ._runs import pair_table, warm_pairs
 from ..figures import prewarm
-from .tables import SUM, check_out_folder, fold_table, merge, write_frame, write_json
+from .tables import SUM, fold_table, merge, table_output, write_frame, write_json
 
 THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(1, 10))
 OUTPUTS = ("match.json", "matching.csv", "objects.csv", "match.png")
+#: the label volumes ``--label`` writes into the output folder
+LABELS = ("pred-labels.zarr", "truth-labels.zarr")
 
 
 # -- the pass ---------------------------------------------------------------------------------
@@ -308,47 +309,49 @@ def match(pred: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
     (np.float64(1.0), np.float64(0.226))
     """
     opts = RunOptions.make(options, **run)
-    dirp = Path(out) if out is not None else None
     thr = _iou(match_threshold, "match_threshold")
     pv, tv = as_volume(pred, opts.allow_incomplete), as_volume(truth, opts.allow_incomplete)
-    if dirp is not None:
-        check_out_folder(dirp, opts.overwrite or opts.resume,
-                         OUTPUTS + (("pred-labels.zarr", "truth-labels.zarr") if label_first
-                                    else ()), "match", inputs=[pv, tv])
     if pv.shape != tv.shape:
         raise ShapeMismatchError(f"prediction has shape {pv.shape} but truth has {tv.shape}")
-    if label_first:
-        if dirp is None:
-            raise InvalidArgumentError("--label needs --out (the labels are written there)")
-        from .label import label
-        dirp.mkdir(parents=True, exist_ok=True)
-        pv = label(pv, dirp / "pred-labels.zarr", connectivity=connectivity, mode="binary",
-                   options=opts)
-        tv = label(tv, dirp / "truth-labels.zarr", connectivity=connectivity, mode="binary",
-                   options=opts)
-    for name, v in (("prediction", pv), ("truth", tv)):
-        if v.dtype.kind not in "ui":
-            raise InvalidArgumentError(
-                f"the {name} {v.url} holds {v.dtype}, not instance ids; pass --label to "
-                "label a mask first")
-    job = {"operator": "match", "inputs": [pv.fingerprint(), tv.fingerprint()]}
-    warm_pairs(tv.dtype, pv.dtype)  # the kernel and the plot's import load beside the blocks
-    prewarm()
-    table, checkpoint = fold_table(
-        "match", _block, [Read(tv), Read(pv)], BlockGrid(pv.shape, pv.block_shape), _merge,
-        opts=opts, progress_dir=(dirp / PROGRESS_DIR) if dirp is not None else None,
-        job=job)
-    if table is None:
-        table = {"t": np.empty(0, np.uint64), "p": np.empty(0, np.uint64),
-                 "n": np.empty(0, np.int64)}
-    result = evaluate(table, thr)
-    for name, n in (("truth", result["n_true"]), ("prediction", result["n_pred"])):
-        if n == 1:
-            warnings.warn(f"the {name} holds a single object id: if it is a mask, pass --label "
-                          "to match its connected components", EmarrayWarning, stacklevel=2)
-    if dirp is not None:
-        write_outputs(result, dirp, pv, tv)
-    checkpoint.clear()
+    if label_first and out is None:
+        raise InvalidArgumentError("--label needs --out (the labels are written there)")
+    labels = LABELS if label_first else ()
+    job = {"operator": "match", "inputs": [pv.fingerprint(), tv.fingerprint()],
+           "label_first": bool(label_first), "connectivity": int(connectivity)}
+    with table_output(out, job=job, inputs=[pv, tv], opts=opts,
+                      names=OUTPUTS + labels) as target:
+        shown = {"pred": pv.url, "truth": tv.url}
+        if target is not None and label_first:
+            from .label import label
+            # each labelling is a job of its own inside the staged output (resumed with it)
+            pv = label(pv, target.path(LABELS[0]), connectivity=connectivity, mode="binary",
+                       options=opts)
+            tv = label(tv, target.path(LABELS[1]), connectivity=connectivity, mode="binary",
+                       options=opts)
+            shown = {"pred": os.fspath(target.final / LABELS[0]),
+                     "truth": os.fspath(target.final / LABELS[1])}
+        for name, v in (("prediction", pv), ("truth", tv)):
+            if v.dtype.kind not in "ui":
+                raise InvalidArgumentError(
+                    f"the {name} {v.url} holds {v.dtype}, not instance ids; pass --label to "
+                    "label a mask first")
+        warm_pairs(tv.dtype, pv.dtype)  # the kernel and the plot's import load beside the blocks
+        prewarm()
+        table = fold_table("match", _block, [Read(tv), Read(pv)],
+                           BlockGrid(pv.shape, pv.block_shape), _merge, opts=opts,
+                           target=target, job=job)
+        if table is None:
+            table = {"t": np.empty(0, np.uint64), "p": np.empty(0, np.uint64),
+                     "n": np.empty(0, np.int64)}
+        result = evaluate(table, thr)
+        for name, n in (("truth", result["n_true"]), ("prediction", result["n_pred"])):
+            if n == 1:
+                warnings.warn(f"the {name} holds a single object id: if it is a mask, pass "
+                              "--label to match its connected components", EmarrayWarning,
+                              stacklevel=2)
+        if target is not None:
+            write_outputs(result, target.staging, shown["pred"], shown["truth"])
+            target.commit()
     return result
 
 
@@ -372,15 +375,17 @@ def evaluate(table: dict, match_threshold: float = 0.5) -> dict[str, Any]:
             "mean_relative_volume_difference": float(rvd.mean()) if len(rvd) else None}
 
 
-def write_outputs(result: dict, out: Path, pv: Volume, tv: Volume) -> None:
+def write_outputs(result: dict, out: Path, pred: str, truth: str) -> None:
+    """match.json, matching.csv, objects.csv and match.png into ``out`` (``pred``, ``truth``:
+    where the volumes matched are, as the summary names them)."""
     out.mkdir(parents=True, exist_ok=True)
     write_frame(result["matching"], out / "matching.csv")
     write_frame(result["objects"], out / "objects.csv")
     summary = {k: v for k, v in result.items() if k not in ("matching", "objects")}
-    summary.update(prediction=pv.url, truth=tv.url,
+    summary.update(prediction=pred, truth=truth,
                    matching=result["matching"].to_dict(orient="records"))
     write_json(summary, out / "match.json")
-    plot(result, out / "match.png", f"{Path(pv.url).name} against {Path(tv.url).name}")
+    plot(result, out / "match.png", f"{Path(pred).name} against {Path(truth).name}")
 
 
 def plot(result: dict, path: Path, title: str) -> None:

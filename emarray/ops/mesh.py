@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,17 +30,15 @@ import numpy as np
 from .._normalize import micrometres
 from ..engine import (BlockContext, BlockGrid, Checkpoint, LaterStage, Read, RunOptions, Stage,
                       run_stages)
-from ..engine.checkpoint import PROGRESS_DIR, atomic_write
-from ..engine.output import OutputLock, reading, real_path
+from ..engine.checkpoint import atomic_write
+from ..engine.files import open_files
+from ..engine.output import reading
 from ..errors import InvalidArgumentError
 from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
 from ..volume import Volume
 from .common import as_volume
-from .tables import check_out_folder
 
 FORMATS = ("precomputed", "ply", "obj")
-#: the files a mesh folder holds (what --overwrite may replace; anything else is the user's)
-OURS = re.compile(r"^(info|\d+|\d+:0|\d+\.ply|\d+\.obj)$")
 
 
 def mesh_block(labels: np.ndarray, corner: np.ndarray, voxel: np.ndarray,
@@ -215,22 +212,6 @@ SPEC = Operator(
               "emarray mesh cells.zarr meshes/ --format ply --ids 3,17 --reduction 10"))
 
 
-def _check_folder(out: Path, lv: Volume, opts: RunOptions) -> None:
-    replace = opts.overwrite or opts.resume
-    check_out_folder(out, replace, ("info",), "meshes", inputs=[lv])
-    if not out.is_dir():
-        return
-    foreign = sorted(p.name for p in out.iterdir() if not OURS.match(p.name)
-                     and p.name != PROGRESS_DIR)
-    if foreign:
-        raise InvalidArgumentError(
-            f"{out} holds files emarray mesh did not write ({foreign[0]}"
-            f"{', ...' if len(foreign) > 1 else ''}); choose another folder")
-    if not replace and any(OURS.match(p.name) for p in out.iterdir()):
-        raise InvalidArgumentError(f"{out} already holds meshes; pass --overwrite to replace "
-                                   "them, or --resume to finish an interrupted run")
-
-
 @SPEC.function
 def mesh(labels: Volume | str | os.PathLike, dst: str | os.PathLike, *,
          format: str = "precomputed", reduction: float = 0.0, ids: Any = None,
@@ -267,28 +248,22 @@ def mesh(labels: Volume | str | os.PathLike, dst: str | os.PathLike, *,
     if 0 < reduction < 1:
         raise InvalidArgumentError(f"reduction is a factor: 0 keeps every triangle, 10 about a "
                                    f"tenth of them; got {reduction}")
-    out = Path(dst)
-    _check_folder(out, lv, opts)
     voxel = np.array(lv.voxel_size[::-1], np.float64)
     shift = np.array((lv.translation or (0.0, 0.0, 0.0))[::-1], np.float64)
     to_nm = micrometres(lv.unit) * 1000.0
     wanted = np.array(sorted(ids), np.uint64) if ids else None
-    scratch = out / PROGRESS_DIR / "pieces"
     grid = BlockGrid(lv.shape, lv.block_shape)
-    lock = OutputLock(real_path(out), os.fspath(dst))
-    lock.acquire()
-    try:
-        checkpoint = Checkpoint(out / PROGRESS_DIR)
-        job = {"operator": "mesh", "input": lv.fingerprint(), "format": format,
-               "reduction": float(reduction), "ids": [int(i) for i in ids or ()]}
+    job = {"operator": "mesh", "input": lv.fingerprint(), "format": format,
+           "reduction": float(reduction), "ids": [int(i) for i in ids or ()]}
+    names = ("info",) if format == "precomputed" else ()
+    with open_files(dst, job=job, inputs=[lv], overwrite=opts.overwrite, resume=opts.resume,
+                    names=names) as target:
+        if target.finished:
+            return int(target.result or 0)
+        scratch = target.progress / "pieces"
+        checkpoint = Checkpoint(target.progress)
         with opts.runner("mesh") as runner, reading([lv]):
             runner.check_volumes([lv])
-            out.mkdir(parents=True, exist_ok=True)
-            if not opts.resume:
-                checkpoint.clear()
-                for p in out.iterdir():
-                    if OURS.match(p.name):  # --overwrite (checked above): the earlier meshes
-                        p.unlink()
             checkpoint.start(job, inputs=[lv])
             scratch.mkdir(parents=True, exist_ok=True)
             first = Stage("mesh", partial(_mesh, voxel=voxel, shift=shift, scratch=scratch,
@@ -297,19 +272,34 @@ def mesh(labels: Volume | str | os.PathLike, dst: str | os.PathLike, *,
                           combine=_concat, finalize=partial(_plan, scratch=scratch))
 
             def build(given: dict[str, Any]) -> Stage:
+                # the objects are known: a user's file of one of their names stops the job
+                # here, before any mesh is stitched
+                target.check_free(mesh_files(_planned(scratch), format))
                 n = max(1, given["objects"])
-                return Stage("stitch", partial(_stitch, scratch=scratch, out=out, fmt=format,
-                                               voxel=voxel, reduction=float(reduction),
-                                               to_nm=to_nm),
+                return Stage("stitch", partial(_stitch, scratch=scratch, out=target.staging,
+                                               fmt=format, voxel=voxel,
+                                               reduction=float(reduction), to_nm=to_nm),
                              BlockGrid((n,), (min(per_task, n),)), combine=_add)
             total = run_stages([first, LaterStage("stitch", build)], runner, checkpoint,
                                retries=opts.retries)
+        files = mesh_files(_planned(scratch), format)
         if format == "precomputed":
-            atomic_write(out / "info", json.dumps(info_document(lv, format)).encode())
-        checkpoint.clear()
-    finally:
-        lock.release()
+            atomic_write(target.path("info"), json.dumps(info_document(lv, format)).encode())
+        target.commit(files + list(names), result=int(total or 0))
     return int(total or 0)
+
+
+def _planned(scratch: Path) -> np.ndarray:
+    """The ids of the objects the mesh stage found (saved by :func:`_plan`)."""
+    with np.load(scratch / "plan.npz", allow_pickle=False) as z:
+        return z["objects"]
+
+
+def mesh_files(objects: np.ndarray, fmt: str) -> list[str]:
+    """The files a mesh folder holds for ``objects`` (besides a precomputed source's ``info``)."""
+    if fmt == "precomputed":
+        return [n for o in objects.tolist() for n in (str(o), f"{o}:0")]
+    return [f"{o}.{fmt}" for o in objects.tolist()]
 
 
 def _add(a: int, b: int) -> int:

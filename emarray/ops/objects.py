@@ -19,8 +19,7 @@ from ..volume import Volume
 from .common import as_volume
 from ._runs import object_table, warm_objects
 from ..figures import PLOT, prewarm
-from .tables import (MAX, MIN, SUM, check_out_file, fold_table, merge, progress_beside,
-                     write_frame, write_json)
+from .tables import MAX, MIN, SUM, fold_table, merge, table_output, write_frame, write_json
 
 HOW = {"voxels": SUM, "z0": MIN, "y0": MIN, "x0": MIN, "z1": MAX, "y1": MAX, "x1": MAX,
        "sz": SUM, "sy": SUM, "sx": SUM, "rsum": SUM, "rmin": MIN, "rmax": MAX}
@@ -128,23 +127,25 @@ def objects(labels: Volume | str | os.PathLike, *, raw: Volume | str | os.PathLi
     if rv is not None and rv.shape != lv.shape:
         raise ShapeMismatchError(f"raw has shape {rv.shape} but labels have {lv.shape}")
     path = Path(out) if out is not None else None
-    if path is not None:
-        check_out_file(path, opts.overwrite or opts.resume, SUFFIXES, (".json", ".png"),
-                       inputs=[lv, rv])
+    if path is not None and path.suffix.lower() not in SUFFIXES:
+        raise InvalidArgumentError(f"--out {str(path)!r} must end in {' or '.join(SUFFIXES)}")
+    names: tuple[str, ...] = (path.name, path.with_suffix(".json").name,
+                              path.with_suffix(".png").name) if path is not None else ()
     reads = [Read(lv)] + ([Read(rv)] if rv is not None else [])
     job = {"operator": "objects", "inputs": [v.fingerprint() for v in (lv, rv) if v is not None]}
-    prewarm(*PLOT, "pandas")  # the plot's and the table's imports run beside the first blocks
-    table, checkpoint = fold_table(
-        "objects", _block, reads, BlockGrid(lv.shape, lv.block_shape), _merge,
-        opts=opts, progress_dir=progress_beside(path) if path is not None else None, job=job)
-    if table is None:
-        table = block_table(np.zeros((0, 0, 0), lv.dtype), None, (0, 0, 0))
-    df = object_frame(table, lv, rv is not None)
-    if path is not None:
-        write_frame(df, path)
-        write_json(summary(df, lv, rv), path.with_suffix(".json"))
-        plot_volumes(df, path.with_suffix(".png"), title=f"objects of {Path(lv.url).name}")
-    checkpoint.clear()
+    with table_output(out, job=job, inputs=[lv, rv], opts=opts, names=names,
+                      folder=False) as target:
+        prewarm(*PLOT, "pandas")  # the plot's and the table's imports run beside the first blocks
+        table = fold_table("objects", _block, reads, BlockGrid(lv.shape, lv.block_shape),
+                           _merge, opts=opts, target=target, job=job)
+        if table is None:
+            table = block_table(np.zeros((0, 0, 0), lv.dtype), None, (0, 0, 0))
+        df = object_frame(table, lv, rv is not None)
+        if target is not None:
+            write_frame(df, target.path(names[0]))
+            write_json(summary(df, lv, rv), target.path(names[1]))
+            plot_volumes(df, target.path(names[2]), title=f"objects of {Path(lv.url).name}")
+            target.commit(names)
     return df
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import uuid
 from fractions import Fraction
 from functools import partial
 from pathlib import Path
@@ -83,10 +84,12 @@ def plan_levels(shape: tuple[int, ...], voxel: tuple[float, ...], *, levels: int
     return out
 
 
-def _level_path(base: str, k: int) -> str:
-    """Level ``k``'s array path beside level 0's (``s0`` -> ``s2``; ``v-.../0`` -> ``v-.../2``)."""
+def _level_path(base: str, k: int, tag: str = "") -> str:
+    """Level ``k``'s array path beside level 0's (``s0`` -> ``s2``; ``v-.../0`` -> ``v-.../2``;
+    with ``tag``, ``2-TAG``: beside a level 2 that it replaces)."""
     head, _, leaf = base.rpartition("/")
-    return (f"{head}/" if head else "") + (f"s{k}" if leaf.startswith("s") else str(k))
+    return ((f"{head}/" if head else "") + (f"s{k}" if leaf.startswith("s") else str(k))
+            + (f"-{tag}" if tag else ""))
 
 
 def _open_group(src: Volume) -> Any:
@@ -234,13 +237,11 @@ def pyramid(src: Volume | str | os.PathLike, *, levels: int | None = None,
     pool_mode = ("mode" if is_lab else "mean") if mode == "auto" else mode
     plan = plan_levels(src.shape, src.voxel_size, levels=levels, until_size=until_size,
                        factors=factors)
-    base_path = src.levels[0]
-    paths = [_level_path(base_path, k) for k in range(1, len(plan) + 1)]
     shapes = [src.shape]
     for f in plan:
         shapes.append(pooled_shape(shapes[-1], f))
     job = {"operator": "pyramid", "mode": pool_mode, "factors": [list(f) for f in plan],
-           "paths": paths, "input": src.fingerprint()["shape"], "dtype": src.dtype.str}
+           "input": src.fingerprint()["shape"], "dtype": src.dtype.str}
     group: Any = src.url if src.remote else real_path(src.url)
     lock: Any = (RemoteLock(src.url, src.url, src.storage_options) if src.remote
                  else OutputLock(group, src.url))
@@ -249,7 +250,7 @@ def pyramid(src: Volume | str | os.PathLike, *, levels: int | None = None,
         with opts.runner("pyramid") as runner:
             runner.check_volumes([src])
             setup = backend_stage_setup("pool", src.dtype, opts, runner)
-            vols = _prepare_levels(src, group, paths, shapes, job, opts)
+            vols, paths, old = _prepare_levels(src, group, shapes, job, opts)
             stages = []
             for group_levels in _passes(shapes, plan, src.chunks):
                 top = group_levels[-1]
@@ -273,47 +274,68 @@ def pyramid(src: Volume | str | os.PathLike, *, levels: int | None = None,
                 checkpoint.clear()
             checkpoint.start(inputs=[src])
             run_stages(stages, runner, checkpoint, retries=opts.retries)
-            _publish(src, group, paths, plan, pool_mode, job)
+            _publish(src, group, paths, plan, pool_mode, job, old)
             checkpoint.clear()
     finally:
         lock.release()
     return open_volume(group)
 
 
-def _prepare_levels(src: Volume, group: Path, paths: list[str], shapes: list[tuple[int, ...]],
-                    job: dict[str, Any], opts: RunOptions) -> list[Volume]:
-    """Create the level arrays (or reopen them to resume); record the job in the group."""
+def _prepare_levels(src: Volume, group: Path, shapes: list[tuple[int, ...]],
+                    job: dict[str, Any], opts: RunOptions) -> tuple[list[Volume], list[str], list[str]]:
+    """Create the level arrays (or reopen them to resume); record the job in the group.
+
+    Returns the level volumes, their array paths and the paths of the levels they replace.
+    New levels are built at free paths (``1``, ``2``, ...; ``1-TAG``, ... while those hold the
+    levels being replaced), so the old levels stay listed and readable until the new ones are
+    complete (see :func:`_publish`)."""
     g = _open_group(src)
     em: dict[str, Any] = dict(g.attrs.get("emarray", {}))
-    earlier = em.get("pyramid")
+    earlier = em.get("pyramid") if isinstance(em.get("pyramid"), dict) else None
     listed = list(src.levels[1:])
-    if opts.resume:
-        if not isinstance(earlier, dict) or earlier.get("job") != job:
-            raise ResumeMismatchError(
-                f"cannot resume the pyramid of {src.url}: no unfinished pyramid job with these "
-                "settings was started there; use overwrite to start again")
-    else:
-        existing = sorted(set(listed) | {p for p in paths if p in g})
-        if existing and not opts.overwrite:
+    base = src.levels[0]
+    same = earlier is not None and earlier.get("job") == job
+    # the last pyramid that finished: its levels are the ones listed (an unfinished one after
+    # it keeps its record as "previous")
+    last = earlier if earlier is not None and earlier.get("complete") else (
+        earlier.get("previous") if earlier is not None else None)
+    if opts.resume and same and not earlier.get("complete"):  # type: ignore[union-attr]
+        paths = list(earlier["paths"])  # type: ignore[index]
+        old = list(earlier.get("replacing", []))  # type: ignore[union-attr]
+    elif opts.resume and not same:
+        raise ResumeMismatchError(
+            f"cannot resume the pyramid of {src.url}: no unfinished pyramid job with these "
+            "settings was started there; use overwrite to start again")
+    else:  # a new pyramid, a replacement, or a finished one resumed (computed again)
+        if listed and not (opts.overwrite or opts.resume):
             raise OutputExistsError(
-                f"{src.url} already has levels {existing}; pass --overwrite to replace them "
+                f"{src.url} already has levels {listed}; pass --overwrite to replace them "
                 "or --resume to finish an interrupted pyramid")
-        made = set(earlier.get("paths", [])) if isinstance(earlier, dict) else set()
-        foreign = [p for p in existing if p not in made and p not in paths]
-        if foreign and not made.issuperset(listed):
+        finished = earlier is not None and earlier.get("complete")
+        made = set(last.get("paths", [])) if isinstance(last, dict) else set()
+        foreign = [p for p in listed if p not in made]
+        if foreign:
             raise InvalidArgumentError(
                 f"refusing to replace levels {foreign} of {src.url}: emarray did not make them")
-        user = [f for p in existing for f in _foreign_in_level(src, group, p)]
+        user = [f for p in listed for f in _foreign_in_level(src, group, p)]
         if user:
             raise InvalidArgumentError(
                 f"refusing to replace levels of {src.url}: they hold files emarray did not write "
                 f"({', '.join(user[:5])}{', ...' if len(user) > 5 else ''}); move them away first")
-        for p in existing:
-            del g[p]
-        _publish_levels(g, src, [], [], "none")
-    em["pyramid"] = {"job": job, "paths": paths, "complete": False}
+        if earlier is not None and not finished:  # an unfinished pyramid job's arrays: ours
+            for p in earlier.get("paths", []):
+                if p not in listed and p in g:
+                    del g[p]
+        n = len(shapes) - 1
+        paths = [_level_path(base, k) for k in range(1, n + 1)]
+        if any(p in g for p in paths):
+            tag = uuid.uuid4().hex[:8]
+            paths = [_level_path(base, k, tag) for k in range(1, n + 1)]
+        old = listed
+    em["pyramid"] = {"job": job, "paths": paths, "complete": False, "replacing": old,
+                     **({"previous": _without_previous(last)} if isinstance(last, dict) else {})}
     g.attrs["emarray"] = em
-    arr0: Any = g[src.levels[0]]
+    arr0: Any = g[base]
     vols = []
     for p, shape in zip(paths, shapes[1:]):
         if p not in g:
@@ -326,7 +348,11 @@ def _prepare_levels(src: Volume, group: Path, paths: list[str], shapes: list[tup
                            dtype=src.dtype, chunks=tuple(level.chunks), shards=None,
                            axes=src.axes, voxel_size=src.voxel_size, unit=src.unit,
                            storage_options=src.storage_options))
-    return vols
+    return vols, paths, old
+
+
+def _without_previous(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "previous"}
 
 
 def level_transforms(src: Volume, plan: list[tuple[int, ...]],
@@ -359,11 +385,17 @@ def _publish_levels(g: Any, src: Volume, paths: list[str], transforms: list, mod
 
 
 def _publish(src: Volume, group: Path, paths: list[str], plan: list[tuple[int, ...]],
-             mode: str, job: dict[str, Any]) -> None:
-    """List the finished levels in ``multiscales`` and mark the pyramid complete."""
+             mode: str, job: dict[str, Any], old: list[str]) -> None:
+    """List the finished levels in ``multiscales`` and mark the pyramid complete (the switch:
+    before it the old levels are listed, after it the new ones), then delete the old levels."""
     g = _open_group(src)
     _publish_levels(g, src, paths, level_transforms(src, plan, mode), mode)
     em: dict[str, Any] = dict(g.attrs.get("emarray", {}))
+    em["pyramid"] = {"job": job, "paths": paths, "complete": True, "replacing": old}
+    g.attrs["emarray"] = em
+    for p in old:
+        if p not in paths and p in g:
+            del g[p]
     em["pyramid"] = {"job": job, "paths": paths, "complete": True}
     g.attrs["emarray"] = em
 

@@ -22,12 +22,14 @@ from .._normalize import finite_number, micrometres, real_number
 from ..figures import prewarm
 from ..engine import BlockContext, BlockGrid, Checkpoint, Read, RunOptions, Stage, run_stages
 from ..spec import BACKEND, ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
-from ..engine.checkpoint import PROGRESS_DIR
 from ..engine.output import reading
 from ..errors import EmarrayWarning, InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
 from .common import as_volume, backend_stage_setup
-from .tables import check_out_folder
+from .tables import table_output
+
+#: the files a sweep writes into its folder
+FILES = ("sweep.csv", "sweep.json", "sweep.png")
 
 #: truth classes per voxel: 0 negative, 1 positive, 2 not counted (mask / ignore value)
 NEG, POS, SKIP = 0, 1, 2
@@ -244,9 +246,6 @@ def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
         channels = tuple(range(pv.shape[0])) if channel_axis else (0,)
     truth_value = real_number(truth_value, "truth_value") if truth_value is not None else None
     ignore_value = real_number(ignore_value, "ignore_value") if ignore_value is not None else None
-    if out is not None:
-        check_out_folder(Path(out), opts.overwrite or opts.resume,
-                         ("sweep.csv", "sweep.json", "sweep.png"), "sweep", inputs=[pv, tv, mv])
     edges = exact_thresholds(pv.dtype, ts)
     from ._histogram_cpu import lookup_table
     table = lookup_table(edges) if pv.dtype not in LEVEL_DTYPES else None
@@ -261,25 +260,24 @@ def sweep(prob: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
     job = {"operator": "sweep", "thresholds": ts.tolist(), "truth_value": truth_value,
            "ignore_value": ignore_value, "channels": list(channels),
            "inputs": [v.fingerprint() for v in (pv, tv, mv) if v is not None]}
-    checkpoint = Checkpoint(Path(out) / PROGRESS_DIR if out is not None else None)
-    with opts.runner("sweep") as runner, reading([pv, tv, mv]):
+    with table_output(out, job=job, inputs=[pv, tv, mv], opts=opts, names=FILES) as target, \
+            opts.runner("sweep") as runner, reading([pv, tv, mv]):
+        checkpoint = Checkpoint(target.progress if target is not None else None)
         runner.check_volumes([pv, tv] + ([mv] if mv is not None else []))
         stage = Stage("sweep", fn, BlockGrid(pv.shape, pv.block_shape), reads, combine=np.add,
                       **backend_stage_setup("histogram", pv.dtype, opts, runner))
-        if not opts.resume:
-            checkpoint.clear()
         checkpoint.start(job, inputs=[v for v in (pv, tv, mv) if v is not None])
         prewarm("pandas")  # the table's and the plot's imports run beside the blocks
-        if out is not None:
+        if target is not None:
             prewarm()
         hist = run_stages([stage], runner, checkpoint, retries=opts.retries)
-    df = metrics_table(hist, ts, pv, channels)
-    df.attrs["warnings"] = sweep_warnings(df)
-    for w in df.attrs["warnings"]:
-        warnings.warn(w, EmarrayWarning, stacklevel=2)
-    if out is not None:
-        write_outputs(df, Path(out), pv, tv)
-    checkpoint.clear()
+        df = metrics_table(hist, ts, pv, channels)
+        df.attrs["warnings"] = sweep_warnings(df)
+        for w in df.attrs["warnings"]:
+            warnings.warn(w, EmarrayWarning, stacklevel=2)
+        if target is not None:
+            write_outputs(df, target.staging, pv, tv)
+            target.commit(FILES)
     return df
 
 

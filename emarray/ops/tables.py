@@ -6,16 +6,17 @@ holds one row per object or per overlapping pair, never per voxel.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..engine import Checkpoint, Read, RunOptions, Stage, run_stages
-from ..engine.checkpoint import PROGRESS_DIR
+from ..engine.files import FilesOutput, open_files
 from ..engine.output import reading
 from ..errors import InvalidArgumentError
 
@@ -44,58 +45,32 @@ def merge(a: dict[str, np.ndarray], b: dict[str, np.ndarray], keys: Sequence[str
 
 
 def fold_table(name: str, fn: Any, reads: list[Read], grid: Any, combine: Any, *,
-               opts: RunOptions, progress_dir: Path | None, job: dict[str, Any]) -> Any:
-    """Run one summarising stage over ``grid`` and return the folded table (resumable when
-    ``progress_dir`` is given)."""
-    checkpoint = Checkpoint(progress_dir)
+               opts: RunOptions, target: FilesOutput | None, job: dict[str, Any]) -> Any:
+    """Run one summarising stage over ``grid`` and return the folded table (resumable when it
+    writes a ``target``: its progress is kept in the target's staging folder)."""
+    checkpoint = Checkpoint(target.progress if target is not None else None)
     with opts.runner(name) as runner, reading([r.volume for r in reads]):
         runner.check_volumes([r.volume for r in reads])
-        if not opts.resume:
-            checkpoint.clear()
         checkpoint.start(job, inputs=[r.volume for r in reads])
-        table = run_stages([Stage(name, fn, grid, reads, combine=combine)], runner, checkpoint,
-                           retries=opts.retries)
-    return table, checkpoint
+        return run_stages([Stage(name, fn, grid, reads, combine=combine)], runner, checkpoint,
+                          retries=opts.retries)
 
 
-def _check_beside_inputs(paths: Sequence[Path], inputs: Sequence[Any], what: str) -> None:
-    """Refuse an output file or folder that is, holds or lies inside an input (links resolved)."""
-    from ..engine.output import check_no_overlap, real_path
-    for p in paths:
-        check_no_overlap(real_path(p), [v for v in inputs if v is not None], f"{what} {p}")
-
-
-def check_out_folder(out: Path, replace: bool, files: Sequence[str], what: str,
-                     inputs: Sequence[Any] = ()) -> None:
-    """Refuse an output folder holding an earlier result (unless ``replace``), a file, or a
-    folder inside (or holding) an input."""
-    _check_beside_inputs([out], inputs, "--out")
-    existing = [out / f for f in files if (out / f).exists()]
-    if existing and not replace:
-        raise InvalidArgumentError(
-            f"{existing[0]} already exists; pass --overwrite to replace the {what} in {out}")
-    if out.exists() and not out.is_dir():
-        raise InvalidArgumentError(f"--out {str(out)!r} is a file, not a folder")
-
-
-def check_out_file(path: Path, replace: bool, suffixes: Sequence[str],
-                   beside: Sequence[str] = (), inputs: Sequence[Any] = ()) -> None:
-    """Refuse an output file with an unknown suffix, one that exists (unless ``replace``), or
-    one inside an input; the same for the files written ``beside`` it (other suffixes)."""
-    if path.suffix.lower() not in suffixes:
-        raise InvalidArgumentError(
-            f"--out {str(path)!r} must end in {' or '.join(suffixes)}")
-    if not path.parent.is_dir():
-        raise InvalidArgumentError(f"the folder of --out {str(path)!r} does not exist")
-    files = [path] + [path.with_suffix(s) for s in beside]
-    _check_beside_inputs(files + [progress_beside(path)], inputs, "output")
-    for f in files:
-        if f.is_dir() or (f.is_symlink() and not f.exists()):
-            raise InvalidArgumentError(f"{str(f)!r} is a folder or a broken link, not a file: "
-                                       "choose another --out")
-        if f.exists() and not replace:
-            what = "" if f == path else f" (written beside --out {path.name})"
-            raise InvalidArgumentError(f"{f}{what} already exists; pass --overwrite to replace it")
+@contextlib.contextmanager
+def table_output(out: str | os.PathLike | None, *, job: dict[str, Any], inputs: Sequence[Any],
+                 opts: RunOptions, names: Sequence[str],
+                 folder: bool = True) -> Iterator[FilesOutput | None]:
+    """The files output of a table job (a folder, or a named table with ``folder=False``) —
+    locked, staged and committed by the engine (:mod:`emarray.engine.files`) — or None when
+    ``out`` is None (the Python API returns the table only). A resumed table that finished
+    earlier is computed again (cheap next to its inputs; equal to a fresh run)."""
+    if out is None:
+        yield None
+        return
+    with open_files(out, job=job, inputs=[v for v in inputs if v is not None],
+                    overwrite=opts.overwrite, resume=opts.resume, folder=folder, names=names,
+                    again=True) as target:
+        yield target
 
 
 def write_frame(df: Any, path: Path) -> None:
@@ -117,8 +92,3 @@ def write_json(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=float))
     os.replace(tmp, path)
-
-
-def progress_beside(path: Path) -> Path:
-    """Where a job writing the file ``path`` keeps its progress."""
-    return path.with_name(f".{path.name}{PROGRESS_DIR}")
