@@ -127,6 +127,22 @@ def write_precomputed(vol: Volume, folder: Path, progress: bool = True) -> Path:
                     f"{vol.url!r} holds negative label ids (e.g. {block.min()}); "
                     "precomputed segmentations are unsigned")
             block = block.astype(dtype, copy=False)
-            out[box[2], box[1], box[0], 0].write(block.T).result()
+            try:
+                out[box[2], box[1], box[0], 0].write(block.T).result()
+            except ValueError as exc:  # tensorstore's errors: a disk error becomes an OSError
+                raise _os_error(exc, folder) from None
             bar.update(1)
     return folder
+
+
+def _os_error(exc: ValueError, folder: Path) -> Exception:
+    """tensorstore's error for a failed write, as the OSError it reports (``os_error_code``),
+    or as it is."""
+    import errno
+    import re
+    found = re.search(r"os_error_code='?(\d+)", str(exc))
+    if found is None:
+        return exc
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code) if code in errno.errorcode else str(exc),
+                   os.fspath(folder))

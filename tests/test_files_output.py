@@ -19,8 +19,8 @@ from emarray.engine import files as engine_files
 from emarray.engine import stages as engine_stages
 from emarray.engine.files import MANIFEST, open_files, read_manifest
 from emarray.engine.output import OutputLock, real_path
-from emarray.errors import (BlockFailedError, InputChangedError, OutputExistsError,
-                            OutputLockedError)
+from emarray.errors import (BlockFailedError, InputChangedError, JobFailedError,
+                            OutputExistsError, OutputLockedError)
 
 from .conftest import make_volume, tree_digest
 
@@ -90,7 +90,7 @@ def test_mesh_overwrite_that_fails_leaves_the_old_meshes_whole(tmp_path, lab, mo
             raise RuntimeError("disk on fire")
         return real(st, index)
     monkeypatch.setattr(engine_stages, "run_block", fail_in_stitch)
-    with pytest.raises(BlockFailedError, match="disk on fire"):
+    with pytest.raises(JobFailedError, match="disk on fire.*is as it was.*--resume"):
         emarray.mesh(tmp_path / "l.zarr", out, overwrite=True, reduction=4, retries=0, **SYNC)
     assert tree_digest(out) == before  # nothing deleted before the new job had done anything
     monkeypatch.undo()
@@ -180,7 +180,7 @@ def test_mesh_resumed_after_its_labels_changed_has_no_mesh_of_a_gone_object(tmp_
                 raise RuntimeError("killed")
         return real(st, index)
     monkeypatch.setattr(engine_stages, "run_block", stop)
-    with pytest.raises(BlockFailedError):
+    with pytest.raises(JobFailedError):
         emarray.mesh(tmp_path / "l.zarr", tmp_path / "m", format="ply", per_task=1, retries=0,
                      **SYNC)
     monkeypatch.undo()
@@ -322,3 +322,38 @@ def test_pyramid_overwrite_keeps_the_old_levels_until_the_new_ones_are_complete(
     v = emarray.pyramid(tmp_path / "r.zarr", levels=1, overwrite=True, **SYNC)
     assert v.levels == ("0", "1")
     assert sorted(p.name for p in (tmp_path / "r.zarr").iterdir()) == ["0", "1", "zarr.json"]
+
+
+def test_every_files_output_into_a_read_only_folder_or_a_full_disk_is_one_line(tmp_path):
+    """Real mounts in a private namespace: a read-only bind mount and a 64 KiB tmpfs."""
+    import shutil
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is needed for the read-only and disk-full tests")
+    rng = np.random.default_rng(0)
+    make_volume(tmp_path / "p.zarr", rng.random((32, 64, 64)).astype(np.float32), (8, 32, 32))
+    make_volume(tmp_path / "q.zarr", rng.random((32, 32, 32)).astype(np.float32), 16)
+    make_volume(tmp_path / "l.zarr", labels((32, 32, 32), ids=tuple(range(1, 30))), 16)
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "full").mkdir()
+    em = f"{sys.executable} -m emarray -q"
+    jobs = ["export p.zarr {d}/p.tif", "export p.zarr {d}/ng --format precomputed",
+            "mesh l.zarr {d}/m --format ply", "sweep q.zarr l.zarr --out {d}/sw",
+            "objects l.zarr --raw q.zarr --out {d}/o.csv", "match l.zarr l.zarr --out {d}/mt"]
+    script = "mount --bind ro ro && mount -o remount,ro,bind ro && " \
+        "mount -t tmpfs -o size=64k tmpfs full && " + " ; ".join(
+            f"{em} {j.format(d=d)}; echo rc=$?" for d in ("ro", "full") for j in jobs) + \
+        " ; ls -A ro full"
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True,
+                       cwd=tmp_path)
+    errors = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    codes = [ln for ln in r.stdout.splitlines() if ln.startswith("rc=")]
+    assert codes == ["rc=2"] * 2 * len(jobs), (r.stdout, r.stderr)
+    assert len(errors) == 2 * len(jobs) and all(e.startswith("error: ") for e in errors), \
+        r.stderr
+    assert all("Read-only" in e or "not writable" in e for e in errors[:len(jobs)]), errors
+    # nothing half-written where the user looks; jobs that resume keep their staged work
+    # beside the output (the message says where and how to go on); exports keep nothing
+    full = r.stdout.split("full:")[1].split("ro:")[0].split()
+    assert all(n.startswith(".") and n.endswith(".emarray-new") for n in full), full
+    assert not any(n.startswith((".p.tif", ".ng")) for n in full), full
+    assert all("--resume" in e for e in errors[len(jobs):] if "mesh" in e or "sw" in e), errors

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidArgumentError, OutputExistsError, ResumeMismatchError
+from ..errors import (BlockFailedError, EmarrayError, InvalidArgumentError, JobFailedError, OutputExistsError,
+                      ResumeMismatchError)
 from .checkpoint import PROGRESS_DIR, atomic_write, inputs_digest, job_difference
 from .output import (LOCK_SUFFIX, NEW_SUFFIX, OutputLock, check_no_overlap, check_writable,
                      real_path, remove_path, sibling)
@@ -197,6 +198,17 @@ def _prune_empty(folder: Path, top: Path) -> None:
         folder = folder.parent
 
 
+def _kept_note(exc: BaseException, shown: str, staging: Path) -> JobFailedError:
+    """The error of a failed job, saying what it left and how to go on."""
+    size = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
+    reason = (f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror
+              else str(exc))
+    return JobFailedError(
+        f"{reason}; {shown!r} is as it was, and the unfinished job is kept at {staging} "
+        f"({size / 2**20:.1f} MiB): run the same command with --resume to finish it, or "
+        f"remove it with: rm -r '{staging}'")
+
+
 def _check_place(dst: Path, folder: bool, shown: str, inputs: Sequence[Any]) -> None:
     check_no_overlap(dst, [v for v in inputs if v is not None], shown)
     check_writable(dst, shown)
@@ -265,14 +277,22 @@ def open_files(dst: str | os.PathLike, *, job: dict[str, Any], inputs: Sequence[
         if staging.exists() or staging.is_symlink():
             remove_path(staging)  # ours by its name: an unfinished job this run replaces
         staging.mkdir()
-        _write_manifest(staging / MANIFEST, {"job": job, "complete": False, "files": [],
-                                             "replaces": target.replaces})
+        try:
+            _write_manifest(staging / MANIFEST, {"job": job, "complete": False, "files": [],
+                                                 "replaces": target.replaces})
+        except BaseException:  # a full disk, say: nothing of this job is left
+            remove_path(staging)
+            raise
         try:
             yield target
-        except BaseException:
-            if not resumable and read_manifest(staging / MANIFEST) is not None and \
-                    not read_manifest(staging / MANIFEST).get("complete"):  # type: ignore[union-attr]
-                remove_path(staging)
+        except BaseException as exc:
+            staged = read_manifest(staging / MANIFEST)
+            if staged is not None and not staged.get("complete"):
+                if not resumable:
+                    remove_path(staging)
+                elif isinstance(exc, BlockFailedError) or (
+                        isinstance(exc, OSError) and not isinstance(exc, EmarrayError)):
+                    raise _kept_note(exc, shown, staging) from exc
             raise
     finally:
         lock.release()
