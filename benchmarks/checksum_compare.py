@@ -6,8 +6,8 @@ time is the steadier measure of what the checksum adds.
 
     python benchmarks/checksum_compare.py [--shape 128,512,512] [--rounds 5] [--dir /tmp/x]
 
-Inputs: a uint8 EM-like image (smoothed noise plus grain, zstd ratio about 1.3) and uint32
-labels (blocky ids, zstd ratio about 100); unsharded 32x128x128 chunks (emarray's chunk_io
+Inputs: a uint8 EM-like image (smoothed noise plus grain, zstd ratio about 1.1) and uint32
+labels (blocky ids, zstd ratio in the hundreds); unsharded 32x128x128 chunks (emarray's chunk_io
 path) and 64x256x256 shards of 16x64x64 chunks (zarr's path). Reads hit the page cache (the
 chunks were just written): the checksum's share is the largest there, as no disk time hides it.
 Throughput is of uncompressed bytes.
