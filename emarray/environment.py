@@ -70,7 +70,7 @@ class Number:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:g}" if x < 1e6 else f"{x:.0f}" if x == int(x) else f"{x:g}"
+    return f"{x:.0f}" if x == int(x) else f"{x:g}"  # whole numbers in full: 2**50, not 1.1e+15
 
 
 DAY = 86400.0
