@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from .. import environment
+
 FAULT_VAR = "EMARRAY_FAULT_WRITES"
 SEED_VAR = "EMARRAY_FAULT_SEED"
 TRACE_VAR = "EMARRAY_TRACE"
@@ -43,17 +45,7 @@ class InjectedFault(RuntimeError):
 
 def fault_fraction() -> float:
     """The fraction of block writes to fail (0 when the variable is unset)."""
-    text = os.environ.get(FAULT_VAR, "")
-    if not text:
-        return 0.0
-    try:
-        p = float(text)
-    except ValueError:
-        p = -1.0
-    if not 0.0 <= p < 1.0:
-        from ..errors import InvalidArgumentError
-        raise InvalidArgumentError(f"{FAULT_VAR} must be a fraction in [0, 1), got {text!r}")
-    return p
+    return environment.number(FAULT_VAR) or 0.0
 
 
 def _draw() -> float:
@@ -68,14 +60,9 @@ def _draw() -> float:
 def write_block(writes: list[tuple[Any, tuple[slice, ...], np.ndarray]], what: str) -> None:
     """Write a block's outputs (``(volume, region, data)`` each), failing (torn) as
     ``EMARRAY_FAULT_WRITES`` asks: one draw per block, however many outputs it writes."""
-    delay = os.environ.get(SLOW_VAR)
+    delay = environment.number(SLOW_VAR)
     if delay:
-        try:
-            time.sleep(float(delay))
-        except ValueError:
-            from ..errors import InvalidArgumentError
-            raise InvalidArgumentError(
-                f"{SLOW_VAR} must be a number of seconds, got {delay!r}") from None
+        time.sleep(delay)
     p = fault_fraction()
     if p and _draw() < p:
         volume, region, data = writes[0]

@@ -48,7 +48,10 @@ VERSION = storage.VERSION
 
 
 def lease_seconds() -> float:
-    return float(os.environ.get("EMARRAY_LOCK_LEASE_SECONDS", "90"))
+    """Seconds an unrefreshed lock lasts (``EMARRAY_LOCK_LEASE_SECONDS``, see
+    :mod:`emarray.environment`)."""
+    from .. import environment
+    return float(environment.number("EMARRAY_LOCK_LEASE_SECONDS") or 0.0)
 
 
 def new_version() -> str:

@@ -370,13 +370,10 @@ class Runner:
     def _lost_timeout(self) -> float:
         """Seconds a job waits with no dask worker left before it stops (``--scheduler slurm``:
         the SLURM start timeout, as queued replacement jobs may take that long)."""
-        text = os.environ.get("EMARRAY_WORKER_TIMEOUT")
-        if text:
-            try:
-                return float(text)
-            except ValueError:
-                raise InvalidArgumentError(
-                    f"EMARRAY_WORKER_TIMEOUT must be a number of seconds, got {text!r}") from None
+        from .. import environment
+        seconds = environment.number("EMARRAY_WORKER_TIMEOUT")
+        if seconds is not None:
+            return seconds
         if self.scheduler == "slurm" and self.slurm:
             return float(self.slurm.get("start_timeout") or 300)
         return DEFAULT_LOST_WORKERS_TIMEOUT

@@ -27,7 +27,7 @@ from ..engine.remote_output import RemoteLock
 from ..storage import RemotePath
 from ..engine.stages import run_stages
 from ..errors import InvalidArgumentError, OutputExistsError, ResumeMismatchError
-from ..volume import EVERY_CHUNK, Volume, is_labels, open_volume
+from ..volume import EVERY_CHUNK, Volume, is_labels, open_volume, with_checksum
 from .common import as_volume, backend_stage_setup
 from .pool import MODES, pooled_shape
 
@@ -341,7 +341,7 @@ def _prepare_levels(src: Volume, group: Path, shapes: list[tuple[int, ...]],
         if p not in g:
             chunks = tuple(min(c, s) for c, s in zip(src.chunks, shape))
             g.create_array(p, shape=shape, dtype=src.dtype, chunks=chunks,
-                           compressors=arr0.compressors, fill_value=0,
+                           compressors=with_checksum(arr0.compressors), fill_value=0,
                            dimension_names=src.axes, attributes=EVERY_CHUNK)
         level: Any = g[p]
         vols.append(Volume(url=src.url, kind="zarr3", array_path=p, shape=tuple(shape),
