@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from .commands import command, run_options
+from .commands import Group, command, run_options
 from .errors import EmarrayError, EmarrayWarning
 from .spec import ENGINE
 
@@ -94,7 +94,8 @@ def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> Non
     click.echo(f"warning: {message}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"],
+                                    "show_default": True})
 @click.version_option(package_name="emarray", message="emarray %(version)s")
 @_verbosity_options
 @click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
