@@ -315,3 +315,39 @@ def test_a_workdir_inside_an_input_through_a_symlink_is_refused(tmp_path):
     line = one_error_line(cli("run", path, "--workdir", tmp_path / "link"))
     assert "holds (or is inside) the input src" in line
     assert sorted(p.name for p in Path(src.url).rglob("*")) == before
+
+
+def test_advice_inside_a_recipe_names_the_steps_keys_not_options(tmp_path):
+    """A message that advises a value speaks as the user gave the job: a recipe's keys, the
+    command line's options, Python's keyword arguments."""
+    import warnings
+
+    import tifffile
+    from click.testing import CliRunner
+
+    from emarray.cli import cli as cli_
+    from emarray.errors import EmarrayWarning
+    tifffile.imwrite(tmp_path / "s.tif", np.zeros((4, 8, 8), np.uint8), photometric="minisblack")
+    labels = make_volume(tmp_path / "l.zarr", np.ones((4, 8, 8), np.uint32), 4)
+    labels.attrs.update({"emarray": {**labels.attrs.get("emarray", {}), "labels": True}})
+    recipe = {"steps": {"raw": {"op": "ingest", "src": str(tmp_path / "s.tif")},
+                        "up": {"op": "upsample", "src": str(tmp_path / "l.zarr"), "like": "raw",
+                               "mode": "linear"}}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    r = CliRunner().invoke(cli_, ["-q", "run", str(path), "--workdir", str(tmp_path / "w")])
+    assert r.exit_code == 2
+    assert "(give voxel_size: z,y,x in step 'raw')" in r.stderr, r.stderr
+    assert "use mode: nearest in step 'up'" in r.stderr, r.stderr
+    assert "--voxel-size" not in r.stderr and "--mode" not in r.stderr
+    # the same operators on the command line name their options
+    r = CliRunner().invoke(cli_, ["-q", "ingest", str(tmp_path / "s.tif"), str(tmp_path / "c.zarr")])
+    assert r.exit_code == 0 and "(give --voxel-size z,y,x)" in r.stderr, r.stderr
+    r = CliRunner().invoke(cli_, ["-q", "upsample", str(tmp_path / "l.zarr"), str(tmp_path / "u.zarr"),
+                                  "--like", str(tmp_path / "c.zarr"), "--mode", "linear"])
+    assert r.exit_code == 2 and "use --mode nearest" in r.stderr, r.stderr
+    # and from Python, its keyword arguments
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EmarrayWarning)
+        emarray.ingest(tmp_path / "s.tif", tmp_path / "py.zarr", progress=False)
+    assert any("(give voxel_size=z,y,x)" in str(w.message) for w in caught)

@@ -21,7 +21,7 @@ from .. import backends
 from .._normalize import finite_number, micrometres, real_number
 from ..figures import prewarm
 from ..engine import BlockContext, BlockGrid, Checkpoint, Read, RunOptions, Stage, run_stages
-from ..spec import BACKEND, ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
+from ..spec import BACKEND, ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port, given
 from ..engine.checkpoint import PROGRESS_DIR
 from ..engine.output import reading
 from ..errors import EmarrayWarning, InvalidArgumentError, ShapeMismatchError
@@ -296,8 +296,8 @@ def sweep_warnings(df) -> list[str]:
         best = float(g.loc[g["f1"].idxmax(), "threshold"])
         if ts.size > 2 and best in (ts[0], ts[-1]):
             out.append(f"{tag}the best F1 is at t={best:g}, the edge of the thresholds swept "
-                       f"({ts[0]:g} to {ts[-1]:g}); the optimum may lie beyond: sweep --values "
-                       "over a wider range")
+                       f"({ts[0]:g} to {ts[-1]:g}); the optimum may lie beyond: sweep "
+                       f"{given('values', 'LO,...,HI')} over a wider range")
     return out
 
 
