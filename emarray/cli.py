@@ -383,6 +383,13 @@ def view(paths: tuple[str, ...], segments: str | None, size: str, **kw: Any) -> 
     ids = tuple(whole_number(v, "--segments", 1) for v in segments.split(",")
                 if v.strip()) if segments else ()
     w, h = parse_tuple(size, "--size", 2)
+    if kw["screenshot"] is not None:  # written after Chromium ran: checked before it starts
+        from pathlib import Path
+
+        from .report import check_new_file
+        data = [p for p in paths if not os.path.isdir(p) or os.path.exists(
+            os.path.join(p, "zarr.json")) or os.path.exists(os.path.join(p, "info"))]
+        check_new_file(Path(kw["screenshot"]), "--screenshot", (".png",), data)
     _view(paths, segments=ids, size=(w, h), echo=click.echo, **kw)
 
 

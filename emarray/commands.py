@@ -193,9 +193,11 @@ def command(op: Operator, call: Callable[..., Any], friendly: Callable,
             if kw.get(name) is None:
                 raise InvalidArgumentError(f"emarray {op.name} needs {shown}")
         page = kw.pop("report", None)
-        if page is not None:
+        if page is not None:  # written after the job: checked before it
             from .report import check_page
-            check_page(Path(page), replace=bool(kw.get("overwrite")))
+            check_page(Path(page), replace=bool(kw.get("overwrite")),
+                       inputs=[kw[p.name] for p in ports + ([out] if out is not None else [])
+                               if kw.get(p.name) is not None])
         args: dict[str, Any] = {}
         for port in ports + ([out] if out is not None else []):
             value = kw.pop(port.name)
