@@ -5,13 +5,15 @@ table of the ids in it, and the partial tables are merged in a tree.
 """
 from __future__ import annotations
 
+import math
 import os
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._normalize import micrometres
+from .._normalize import micrometres, rounded_once, written
 from ..engine import BlockContext, BlockGrid, Read, RunOptions
 from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Port
 from ..errors import InvalidArgumentError, ShapeMismatchError
@@ -52,19 +54,21 @@ def _merge(a: dict, b: dict) -> dict:
 def object_frame(t: dict, vol: Volume, with_raw: bool):
     """The DataFrame of the folded table: physical sizes and centroids in micrometres."""
     import pandas as pd
-    um = micrometres(vol.unit)
-    voxel = np.array(vol.voxel_size, np.float64)
-    origin = np.array(vol.translation if vol.translation is not None else (0.0,) * 3)
-    n = t["voxels"].astype(np.float64)
-    df = pd.DataFrame({"id": t["id"], "voxels": t["voxels"],
-                       "volume_um3": n * float(np.prod(voxel)) * um ** 3})
+    # physical values rounded once from the sizes as written (no 0.08794500000000001)
+    um = written(micrometres(vol.unit))
+    origin = vol.translation if vol.translation is not None else (0.0,) * 3
+    n = t["voxels"]
+    voxel = math.prod((written(v) for v in vol.voxel_size), start=Fraction(1))
+    df = pd.DataFrame({"id": t["id"], "voxels": n,
+                       "volume_um3": rounded_once([(n, voxel)], factor=um ** 3)})
     for a in "zyx":
         df[f"bbox_{a}0"] = t[f"{a}0"]
         df[f"bbox_{a}1"] = t[f"{a}1"]
     for a in "zyx":
         df[f"centroid_{a}"] = t[f"s{a}"] / n
     for j, a in enumerate("zyx"):
-        df[f"centroid_{a}_um"] = (df[f"centroid_{a}"] * voxel[j] + origin[j]) * um
+        df[f"centroid_{a}_um"] = rounded_once([(t[f"s{a}"], vol.voxel_size[j]),
+                                               (n, origin[j])], per=n, factor=um)
     if with_raw:
         df["mean_intensity"] = t["rsum"] / n
         df["min_intensity"] = t["rmin"]
