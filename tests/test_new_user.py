@@ -373,3 +373,28 @@ def test_csv_tables_hold_the_exact_values_not_float_noise(tmp_path, voxel, unit,
         if int(row.pred_voxels):
             want = F(int(row.pred_voxels) - int(row.truth_voxels), int(row.truth_voxels))
             assert float(row.relative_volume_difference) == float(want)
+
+
+@pytest.mark.parametrize("lo,hi", [(2.3e-4, 8.1e-4), (9e-4, 3.1e-3), (1e-3, 0.12), (1e-6, 0.1),
+                                   (1e-4, 30.0), (1000.0, 1100.0)])
+def test_the_objects_histogram_has_readable_ticks(tmp_path, monkeypatch, lo, hi):
+    """Three or more labelled ticks inside the data's range, increasing, whatever the spread
+    (a log axis over less than a decade showed one tick, or none); whole counts up the side."""
+    import pandas as pd
+
+    from emarray import figures
+    from emarray.ops.objects import plot_volumes
+    made = []
+    real = figures.subplots
+    monkeypatch.setattr(figures, "subplots", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    v = np.concatenate([[lo, hi], np.geomspace(lo, hi, 50)])
+    plot_volumes(pd.DataFrame({"volume_um3": v}), tmp_path / "h.png", title="t")
+    fig, ax = made[0]
+    fig.canvas.draw()
+    ticks = [(t, lab.get_text()) for t, lab in zip(ax.get_xticks(), ax.get_xticklabels())
+             if lo <= t <= hi and lab.get_text()]
+    assert len(ticks) >= 3, ticks
+    assert [float(text.replace("−", "-")) for _, text in ticks] == sorted(
+        float(text.replace("−", "-")) for _, text in ticks)
+    assert all(float(y).is_integer() for y in ax.get_yticks())
+    assert (tmp_path / "h.png").stat().st_size > 1000
