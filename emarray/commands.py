@@ -112,8 +112,15 @@ class UsageLine(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
-def _one_line(exc: click.UsageError, ctx: click.Context) -> UsageLine:
-    """``exc`` as one line naming what was wrong, with where to read more."""
+#: a command given no arguments shows its help (click 8.2 and later raise this for it)
+_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _one_line(exc: click.UsageError, ctx: click.Context) -> click.UsageError:
+    """``exc`` as one line naming what was wrong, with where to read more (the help a command
+    shows when given no arguments stays as it is)."""
+    if isinstance(exc, _HELP):
+        return exc
     if isinstance(exc, click.MissingParameter) and exc.param is not None:
         p = exc.param
         shown = (p.opts[0] if isinstance(p, click.Option) else p.human_readable_name)

@@ -217,3 +217,9 @@ def test_help_shows_whole_summaries(group):
         assert rows["threshold"] == "A uint8 0/1 mask where a map passes a threshold, compared exactly"
     else:
         assert rows["info"].endswith("receptive field, input sizes")
+
+
+@pytest.mark.parametrize("argv", [[], ["model"]])
+def test_a_group_given_no_command_shows_its_help(argv):
+    r = CliRunner().invoke(cli, argv)
+    assert r.output.startswith("Usage:") and "error:" not in r.output and "Commands:" in r.output
