@@ -116,7 +116,7 @@ class UsageLine(click.ClickException):
 _HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
-def _one_line(exc: click.UsageError, ctx: click.Context) -> click.UsageError:
+def _one_line(exc: click.UsageError, ctx: click.Context) -> click.ClickException:
     """``exc`` as one line naming what was wrong, with where to read more (the help a command
     shows when given no arguments stays as it is)."""
     if isinstance(exc, _HELP):
@@ -191,9 +191,9 @@ def command(op: Operator, call: Callable[..., Any], friendly: Callable,
                                    help="Also write an HTML page of this run: inputs, output, "
                                         "slices of the volumes, figures."))
 
+    named = ports + ([out] if out is not None else [])  # the inputs and output
     required = [(p.name, p.flag) for p in op.params if p.required] + [
-        (p.name, f"--{p.name}" if p.option else p.metavar)
-        for p in ports + ([out] if out is not None else []) if not p.optional]
+        (p.name, f"--{p.name}" if p.option else p.metavar) for p in named if not p.optional]
 
     def callback(**kw: Any) -> None:
         for name, shown in required:  # click checks these; this holds whatever click does
@@ -203,10 +203,9 @@ def command(op: Operator, call: Callable[..., Any], friendly: Callable,
         if page is not None:  # written after the job: checked before it
             from .report import check_page
             check_page(Path(page), replace=bool(kw.get("overwrite")),
-                       inputs=[kw[p.name] for p in ports + ([out] if out is not None else [])
-                               if kw.get(p.name) is not None])
+                       inputs=[kw[p.name] for p in named if kw.get(p.name) is not None])
         args: dict[str, Any] = {}
-        for port in ports + ([out] if out is not None else []):
+        for port in named:
             value = kw.pop(port.name)
             if value is not None:
                 args[port.name] = value
