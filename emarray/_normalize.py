@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -98,6 +99,38 @@ def micrometres(unit: str) -> float:
     (0.001, 25400.0)
     """
     return _MICROMETRES[parse_unit(unit)]
+
+
+def written(value: Any) -> Fraction:
+    """A number as the decimal it is written as: ``4.6`` is 23/5, not the double nearest it.
+
+    >>> written(4.6), written(0.001), written(10)
+    (Fraction(23, 5), Fraction(1, 1000), Fraction(10, 1))
+    """
+    if isinstance(value, (int, np.integer, Fraction)):
+        return Fraction(int(value)) if isinstance(value, np.integer) else Fraction(value)
+    return Fraction(repr(float(value)))
+
+
+def rounded_once(terms: Sequence[tuple[Any, Any]], per: Any = 1, factor: Any = 1) -> Any:
+    """``(sum of count * rate) * factor / per`` as float64, each ``rate`` and ``factor`` taken as
+    written (:func:`written`) and the whole rounded once (exact while every count times a whole
+    rate stays below 2**53): the double nearest the true value, so a table shows 0.087945 where
+    87945 voxels * (1000 * 0.001**3) gave 0.08794500000000001. ``count`` and ``per`` are whole
+    numbers or arrays of them.
+
+    >>> float(rounded_once([(87945, 1000)], factor=written(0.001) ** 3))
+    0.087945
+    >>> float(rounded_once([(7, 10), (3, 0.1)], per=3, factor=written(0.001)))  # (70+0.3)/3 nm
+    0.023433333333333334
+    """
+    rates = [written(r) * Fraction(factor) for _, r in terms]
+    whole = math.lcm(*(r.denominator for r in rates))
+    total: Any = 0
+    for (count, _), r in zip(terms, rates):
+        if r:
+            total = total + np.multiply(count, float(r * whole))
+    return np.divide(total, np.multiply(per, float(whole)))
 
 
 def finite_number(value: Any, name: str) -> float:

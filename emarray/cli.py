@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from .commands import command, run_options
+from .commands import Group, command, run_options
 from .errors import EmarrayError, EmarrayWarning
 from .spec import ENGINE
 
@@ -94,7 +94,8 @@ def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> Non
     click.echo(f"warning: {message}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"],
+                                    "show_default": True})
 @click.version_option(package_name="emarray", message="emarray %(version)s")
 @_verbosity_options
 @click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
@@ -382,6 +383,13 @@ def view(paths: tuple[str, ...], segments: str | None, size: str, **kw: Any) -> 
     ids = tuple(whole_number(v, "--segments", 1) for v in segments.split(",")
                 if v.strip()) if segments else ()
     w, h = parse_tuple(size, "--size", 2)
+    if kw["screenshot"] is not None:  # written after Chromium ran: checked before it starts
+        from pathlib import Path
+
+        from .report import check_new_file
+        data = [p for p in paths if not os.path.isdir(p) or os.path.exists(
+            os.path.join(p, "zarr.json")) or os.path.exists(os.path.join(p, "info"))]
+        check_new_file(Path(kw["screenshot"]), "--screenshot", (".png",), data)
     _view(paths, segments=ids, size=(w, h), echo=click.echo, **kw)
 
 

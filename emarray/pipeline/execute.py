@@ -18,6 +18,7 @@ from typing import Any
 from ..engine import RunOptions
 from ..engine.output import OutputLock
 from ..errors import EmarrayError, InvalidArgumentError, OutputExistsError
+from ..spec import speaking
 from .ops import STEP_RUN_KEYS
 from .recipe import Recipe, Step, load_recipe
 from .state import State, fingerprint, stored
@@ -249,7 +250,8 @@ def _run_step(p: Planned, k: int, n: int, state: State, opts: RunOptions, schedu
     state.mark(st.name, "running", p.fingerprint, st.out, **shown)
     t0 = time.monotonic()
     try:
-        value = st.op.function()(**args, **params, options=step_opts)
+        with speaking("recipe", st.name):  # its messages name the step's keys, not options
+            value = st.op.function()(**args, **params, options=step_opts)
     except EmarrayError as exc:  # the same error, naming the step
         state.mark(st.name, "failed", p.fingerprint, st.out, str(exc), **shown,
                    seconds=time.monotonic() - t0)
