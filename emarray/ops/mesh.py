@@ -126,7 +126,7 @@ def _concat(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
 
 def _plan(acc: Any, *, scratch: Path, dtype: np.dtype, fmt: str, url: str) -> dict[str, Any]:
     """Which blocks hold a piece of each object, sorted by object (saved for the stitch):
-    ``objects`` (the labels' ids, exact) and ``blocks``, pairwise."""
+    ``objects`` (the labels' ids, exact) and ``blocks``, pairwise, and the ``unique`` ids."""
     objects, blocks = acc if acc is not None else (np.empty(0, dtype), np.empty(0, np.int64))
     order = np.lexsort((blocks, objects))
     objects, blocks = objects[order].astype(dtype, copy=False), blocks[order]
@@ -134,10 +134,11 @@ def _plan(acc: Any, *, scratch: Path, dtype: np.dtype, fmt: str, url: str) -> di
         raise InvalidArgumentError(
             f"{url} holds negative label ids (e.g. {int(objects[0])}); a precomputed mesh source "
             "names segments by unsigned ids: use --format ply or obj")
+    unique = np.unique(objects)
     buf = io.BytesIO()
-    np.savez(buf, objects=objects, blocks=blocks)
+    np.savez(buf, objects=objects, blocks=blocks, unique=unique)
     atomic_write(scratch / "plan.npz", buf.getvalue())
-    return {"objects": int(np.unique(objects).size)}
+    return {"objects": int(unique.size)}
 
 
 def stitch(pieces: list[tuple[np.ndarray, np.ndarray]], voxel: np.ndarray,
@@ -172,8 +173,7 @@ def _write(mesh: Any, obj: int, out: Path, fmt: str, to_nm: float) -> None:
 def _stitch(ctx: BlockContext, *, scratch: Path, out: Path, fmt: str, voxel: np.ndarray,
             reduction: float, to_nm: float) -> int:
     with np.load(scratch / "plan.npz", allow_pickle=False) as z:
-        objects, blocks = z["objects"], z["blocks"]
-    unique = np.unique(objects)
+        objects, blocks, unique = z["objects"], z["blocks"], z["unique"]
     done = 0
     for k in range(ctx.region[0].start, min(ctx.region[0].stop, len(unique))):
         lo = np.searchsorted(objects, unique[k], side="left")
