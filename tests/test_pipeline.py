@@ -390,3 +390,24 @@ def test_neurons_recipe_on_the_flyem_crop(tmp_path, shared_data):
     line = one_error_line(cli("run", recipe, "--workdir", tmp_path / "m", "--set",
                               f"data={tmp_path / 'nowhere'}"))
     assert f"{tmp_path / 'nowhere' / 'train-image.h5'}" in line and not (tmp_path / "m").exists()
+
+
+def test_names_that_collide_are_refused_before_any_work(tmp_path):
+    """Two steps of one name (YAML keeps the last, silently), or two outputs that are one
+    place under two spellings: refused in one line naming both."""
+    src = make_volume(tmp_path / "p.zarr", np.random.default_rng(0).random((8, 8, 8),
+                                                                            np.float32), 4)
+    path = tmp_path / "r.yaml"
+    path.write_text(f"steps:\n  m:\n    op: threshold\n    src: {src.url}\n    value: 0.5\n"
+                    f"  m:\n    op: threshold\n    src: {src.url}\n    value: 0.7\n")
+    line = one_error_line(cli("run", path, "--workdir", tmp_path / "w"))
+    assert "the key 'm' is given twice (lines 2 and 6)" in line
+    (tmp_path / "w").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "w")
+    path.write_text(yaml.safe_dump({"steps": {
+        "a": {"op": "threshold", "src": src.url, "value": 0.5, "out": str(tmp_path / "w/m.zarr")},
+        "b": {"op": "threshold", "src": src.url, "value": 0.7,
+              "out": str(tmp_path / "link/m.zarr")}}}))
+    line = one_error_line(cli("run", path, "--workdir", tmp_path / "w"))
+    assert "steps 'a' and 'b' both write" in line
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == []

@@ -100,6 +100,20 @@ def _csv(t: Sequence[int]) -> str:
     return ",".join(map(str, t))
 
 
+def work_layout(src: Volume, chunks: Any, shards: Any, compression: str,
+                least: Sequence[int] | int = 1, shape: Sequence[int] | None = None
+                ) -> tuple[int, ...]:
+    """The processing block over ``src`` (spatial ``shape``, default its own) of an operator
+    that reads a halo around each block: whole chunks (shards) of the output it will write
+    (``chunks``, ``shards``; default ``src``'s), at least ``least`` voxels along each axis,
+    grown past tiny chunks (:func:`~emarray.engine.grid.work_block`). Pass it on as
+    ``run_blockwise``'s ``grid_block``."""
+    from ..engine import work_block
+    shape = tuple(shape or src.shape)
+    out_chunks, out_shards = output_layout(src, chunks, shards, compression, shape)
+    return work_block(shape, out_shards or out_chunks, least)
+
+
 def backend_setup(op: str, backend: str, dtype: Any, memory_limit: Any,
                   processes_per_device: int) -> Any:
     """On a worker: the per-block function of ``op`` for ``dtype`` on the backend this worker
@@ -142,7 +156,8 @@ def run_blockwise(op: str, src: Volume, dst: str | os.PathLike, out_dtype: Any,
                   stages: Callable[[Volume, dict[str, Any]], Sequence[Any]], *,
                   chunks: Any = None, shards: Any = None, compression: str = "zstd",
                   backend: str | None = None, attrs: dict[str, Any] | None = None,
-                  inputs: Sequence[Volume] | None = None) -> Volume:
+                  inputs: Sequence[Volume] | None = None,
+                  grid_block: Sequence[int] | None = None) -> Volume:
     """The setup every operator that writes one volume like ``src`` repeats, done once.
 
     Checks the output layout (``chunks``, ``shards``, ``compression``; default: the input's)
@@ -154,9 +169,10 @@ def run_blockwise(op: str, src: Volume, dst: str | os.PathLike, out_dtype: Any,
     the backend's per-block function (empty without ``backend``). ``attrs`` are recorded in
     the output's ``emarray`` attributes beside the job. ``inputs`` are every volume the job
     reads (default: ``src``), identified for ``resume`` and locked while it runs.
+    ``grid_block``: the stages' block when it is not ``src``'s (see :func:`work_layout`).
     """
     reads = list(inputs) if inputs is not None else [src]
-    out_chunks, out_shards = output_layout(src, chunks, shards, compression)
+    out_chunks, out_shards = output_layout(src, chunks, shards, compression, grid_block)
     ident = job_identity(op, {**job, "dtype": np.dtype(out_dtype).str}, reads,
                          layout_of(out_chunks, out_shards, compression))
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .._normalize import micrometres, rounded_once, written
+from .._normalize import id_dtype, micrometres, rounded_once, written
 from ..engine import BlockContext, BlockGrid, Read, RunOptions
 from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Port
 from ..errors import InvalidArgumentError, ShapeMismatchError
@@ -33,7 +33,7 @@ def block_table(labels: np.ndarray, raw: np.ndarray | None, origin: tuple[int, .
     appearance: one pass over the block's runs (:func:`emarray.ops._runs.object_table`)."""
     ids, cnt, lo, hi, s, rsum, rmin, rmax = object_table(labels, raw)
     o = np.array(origin, np.int64)
-    t = {"id": ids.astype(np.uint64), "voxels": cnt}
+    t = {"id": ids.astype(id_dtype(labels.dtype)), "voxels": cnt}  # exact, signed kept
     for j, a in enumerate("zyx"):
         t[f"{a}0"] = lo[:, j] + o[j]
         t[f"{a}1"] = hi[:, j] + o[j] + 1  # exclusive end
