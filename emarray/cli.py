@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from . import redact
 from .commands import command, run_options
 from .errors import EmarrayError, EmarrayWarning
 from .spec import ENGINE
@@ -43,6 +44,7 @@ def _configure_logging(root: click.Context) -> None:
     quiet = root.meta.get("emarray.quiet", False)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", force=True,
                         level=logging.ERROR if quiet else logging.WARNING)
+    redact.hide_in_logs(logging.getLogger().handlers)  # store options: never in a log line
     mine = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.getLogger("emarray").setLevel(mine)
     # other libraries: their warnings by default, their debug output only with -vvv
@@ -74,12 +76,12 @@ def _friendly(f):
             _quiet_stdout()
             sys.exit(0)
         except EmarrayError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(redact.text(f"error: {exc}"), err=True)
             sys.exit(2)
         except OSError as exc:
             where = f": {exc.filename}" if exc.filename else ""
             reason = exc.strerror or str(exc)
-            click.echo(f"error: {reason}{where}", err=True)
+            click.echo(redact.text(f"error: {reason}{where}"), err=True)
             sys.exit(2)
     return wrapper
 
@@ -91,7 +93,7 @@ def _quiet_stdout() -> None:
 
 
 def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
-    click.echo(f"warning: {message}", err=True)
+    click.echo(redact.text(f"warning: {message}"), err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -115,7 +117,7 @@ def cli(ctx: click.Context, storage_options: tuple[str, ...]) -> None:
         try:
             storage.configure(storage.parse_options(storage_options))
         except EmarrayError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(redact.text(f"error: {exc}"), err=True)
             sys.exit(2)
 
 
