@@ -315,6 +315,45 @@ def test_a_switch_cut_short_is_finished_by_the_next_run(tmp_path, s3, monkeypatc
     np.testing.assert_array_equal(emarray.open_volume(dst).read(), a > 0.7)
 
 
+@pytest.mark.parametrize("clock", [0, -3600])
+def test_a_switch_cut_short_within_the_same_second_or_behind_is_finished(tmp_path, s3,
+                                                                        monkeypatch, clock):
+    """The race behind the test above failing once: a version's name is its creation time to
+    the second and a random tag, and which of two complete versions is newer was read from
+    the names. Two runs within one second (a fast job on a warm machine) ordered their
+    versions by the random tags, half of the time the wrong way; a machine whose clock is
+    behind always did. Here every run's clock reads one second (or an hour less), and each
+    random tag is smaller than the one before."""
+    import types
+    import uuid as _uuid
+    from emarray.engine import remote_output
+    a = np.random.default_rng(21).random((10, 12, 14)).astype(np.float32)
+    make_volume(tmp_path / "p.zarr", a, (5, 6, 7))
+    dst = f"{s3}/m.zarr"
+    now = time.time()
+    tags = iter(range(0xFFFFFFFF, 0, -1))
+    fake_uuid = types.SimpleNamespace(uuid4=lambda: types.SimpleNamespace(
+        hex=f"{next(tags):08x}" + _uuid.uuid4().hex[8:]))
+    frozen = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time)
+                                      if not k.startswith("_")})
+    monkeypatch.setattr(remote_output, "uuid", fake_uuid)
+    monkeypatch.setattr(remote_output, "time", frozen)
+    frozen.time = lambda: now
+    emarray.threshold(tmp_path / "p.zarr", dst, 0.3, progress=False)
+    frozen.time = lambda: now + clock  # the next run: the same second, or a clock behind
+
+    def cut(self):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(remote_output.RemoteOutput, "commit", cut)
+        with pytest.raises(KeyboardInterrupt):
+            emarray.threshold(tmp_path / "p.zarr", dst, 0.7, progress=False, overwrite=True)
+    r = _cli("threshold", tmp_path / "p.zarr", dst, "--value", "0.7", "--resume", check=False)
+    assert r.returncode == 0, r.stderr
+    assert "finished an interrupted replacement" in r.stderr
+    np.testing.assert_array_equal(emarray.open_volume(dst).read(), a > 0.7)
+
+
 def test_overwrite_refuses_what_emarray_did_not_write(tmp_path, s3):
     a = np.random.default_rng(9).random((10, 12, 14)).astype(np.float32)
     make_volume(tmp_path / "p.zarr", a, (5, 6, 7))

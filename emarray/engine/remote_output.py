@@ -20,6 +20,7 @@ Only a group emarray made, holding nothing but its versions, is replaced (``--ov
 """
 from __future__ import annotations
 
+import calendar
 import contextlib
 import copy
 import json
@@ -51,8 +52,15 @@ def lease_seconds() -> float:
     return float(os.environ.get("EMARRAY_LOCK_LEASE_SECONDS", "90"))
 
 
-def new_version() -> str:
-    return f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+def new_version(after: str | None = None) -> str:
+    """A new version's name: its creation time (UTC, to the second) and a random tag, named
+    after ``after`` (the newest version there) even within its second or on a machine whose
+    clock is behind: which of two complete versions is the newer is read from their names."""
+    now = time.time()
+    if after is not None and VERSION.fullmatch(after):
+        last = calendar.timegm(time.strptime(after[2:17], "%Y%m%dT%H%M%S"))
+        now = max(now, last + 1)
+    return f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{uuid.uuid4().hex[:8]}"
 
 
 # -- the lock --------------------------------------------------------------------------------
@@ -433,7 +441,7 @@ def open_remote_output(url: str, create: Callable[[str], Volume], *,
         _check_replaceable(url, shown, pointer, versions, options)
         # unfinished versions of earlier runs (this run does not resume them): start again
         _remove_versions(url, versions, [n for n in versions if n != current], options)
-        version = new_version()
+        version = new_version(after=max(versions, default=None))
         try:
             vol = create(storage.join(url, version))
         except Exception as exc:
