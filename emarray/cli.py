@@ -362,7 +362,8 @@ def report(workdir: str, out: str | None) -> None:
 @click.option("--size", default="1280,960", metavar="W,H", help="Screenshot size in pixels.")
 @click.option("--port", type=int, default=0, help="The viewer's port (0: any free one).")
 @click.option("--bind", default="127.0.0.1",
-              help="Address to serve on; only this machine can connect unless you widen it.")
+              help="Address to serve on; only this machine can connect unless you widen it "
+                   "(0.0.0.0 or :: for every interface: the URLs then name this machine).")
 @click.option("--open", "open_browser", is_flag=True, help="Open the viewer in a browser.")
 @_verbosity_options
 @_friendly
@@ -370,9 +371,10 @@ def view(paths: tuple[str, ...], segments: str | None, size: str, **kw: Any) -> 
     """Show volumes in neuroglancer, served from disk (never loaded into memory).
 
     PATH is an OME-Zarr / zarr v3 volume, an objects table or mesh folder made from a label
-    volume (their volume comes too), or a folder of them such as a recipe's work folder. Label
-    volumes show as segmentations, with their objects table (segment properties) and meshes
-    when emarray made them. Prints the viewer's address; Ctrl-C ends it.
+    volume (name that volume too), or a folder of them such as a recipe's work folder. Only
+    the paths named are served. Label volumes show as segmentations, with their objects table
+    (segment properties) and meshes when emarray made them. Prints the viewer's address;
+    Ctrl-C ends it.
 
     \b
     emarray view work/demo
