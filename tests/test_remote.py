@@ -768,3 +768,24 @@ def test_store_options_are_in_no_lock_message_or_file_after_a_kill(tmp_path, s3,
         files = {os.fspath(f): f.read_bytes() for f in tmp_path.rglob("*") if f.is_file()}
         assert lock in files
     _nowhere(texts, files)
+
+
+def test_store_options_through_recipe_vars_and_set_are_kept_nowhere(tmp_path, s3, s3_server):
+    a = np.random.default_rng(22).random((8, 12, 12)).astype(np.float32)
+    make_volume(tmp_path / "p.zarr", a, (4, 6, 6))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""
+vars: {{key: none, secret: none}}
+storage_options: {{endpoint_url: "{s3_server}", key: "${{key}}", secret: "${{secret}}"}}
+steps:
+  mask: {{op: threshold, src: {tmp_path / 'p.zarr'}, value: 0.5, out: "{s3}/mask.zarr"}}
+""")
+    r = _cli("run", recipe, "--workdir", tmp_path / "wd", "--set", f"secret={SECRET}",
+             "--set", "key=AKIAIOSFODNN7EXAMPLE", check=False,
+             drop=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"))
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(emarray.open_volume(f"{s3}/mask.zarr").read(), a > 0.5)
+    files = {os.fspath(f): f.read_bytes() for f in (tmp_path / "wd").rglob("*") if f.is_file()}
+    assert any(b"secret=***" in data for data in files.values()), list(files)  # --set kept
+    files.update({k: storage.read_bytes(f"{s3}/{k}") for k in _keys(s3)})
+    _nowhere([r.stdout, r.stderr], files)
