@@ -560,6 +560,9 @@ class _FlakyProxy(http.server.BaseHTTPRequestHandler):
     lock = threading.Lock()
     throttled = 0
     dropped = 0
+    throttle_every, drop_every = 7, 11
+    one_at_a_time: threading.Lock | None = None  # a lock: forward one request at a time
+    jitter = 0.0  # wait up to this many seconds (at random) before forwarding
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args, **kwargs):
@@ -574,12 +577,12 @@ class _FlakyProxy(http.server.BaseHTTPRequestHandler):
             n = cls.count
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
-        if n % 11 == 0:
+        if cls.drop_every and n % cls.drop_every == 0:
             cls.dropped += 1
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return
-        if n % 7 == 0:
+        if cls.throttle_every and n % cls.throttle_every == 0:
             cls.throttled += 1
             msg = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
                    b"<Message>Please reduce your request rate.</Message></Error>")
@@ -590,10 +593,13 @@ class _FlakyProxy(http.server.BaseHTTPRequestHandler):
             self.wfile.write(msg)
             return
         u = urllib.parse.urlsplit(cls.target)
-        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-        conn.request(self.command, self.path, body=body, headers=dict(self.headers))
-        resp = conn.getresponse()
-        data = resp.read()
+        if cls.jitter:  # requests sent at once reach the server in any order
+            time.sleep(cls.jitter * (hash((n, threading.get_ident())) % 1000) / 1000)
+        with cls.one_at_a_time or contextlib.nullcontext():
+            conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+            conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+            resp = conn.getresponse()
+            data = resp.read()
         self.send_response(resp.status)
         for k, v in resp.getheaders():
             if k.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -635,9 +641,28 @@ def _plant_stale_lock(lock: str, token: str = "theirs") -> None:
         "heartbeat": time.time() - 3600}).encode())
 
 
-def test_two_takers_racing_for_one_stale_lock_one_wins(s3):
+@pytest.fixture
+def atomic_s3(s3, s3_server, monkeypatch):
+    """The bucket of ``s3`` through a proxy that passes one request at a time, in a random
+    order: S3 checks a conditional write's condition and stores the object as one step,
+    moto's threaded server does not (two puts may both pass the check), so a race between
+    clients is tested against a server that keeps S3's promise, with the clients' requests
+    interleaved every way."""
+    handler = type("OneAtATime", (_FlakyProxy,), {
+        "target": s3_server, "count": 0, "lock": threading.Lock(), "throttle_every": 0,
+        "drop_every": 0, "one_at_a_time": threading.Lock(), "jitter": 0.03})
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    proxy.daemon_threads = True
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.server_address[1]}")
+    yield s3
+    proxy.shutdown()
+
+
+def test_two_takers_racing_for_one_stale_lock_one_wins(atomic_s3):
     from emarray.engine.remote_output import RemoteLock
     from emarray.errors import OutputLockedError
+    s3 = atomic_s3
     dst, lock = f"{s3}/m.zarr", f"{s3}/.m.zarr.emarray-lock"
     takers = 4
     for rnd in range(25):
