@@ -163,14 +163,11 @@ def _steps_table(steps: Sequence[StepRecord], base: Path | None) -> str:
 def choose_depths(steps: Sequence[StepRecord]) -> tuple[tuple[int, ...], list[int]] | None:
     """The z slices every preview of one shape shows: where the first label (or mask)
     output has the most foreground."""
-    from .preview import busiest, is_mask, read_slices
-    from .volume import is_labels
+    from .preview import busiest, shows_objects
     for st in steps:
         for path in volumes_of(st.out):
             vol = _volume(os.fspath(path))
-            if vol is None or vol.ndim != 3:
-                continue
-            if is_labels(vol) or is_mask(vol, read_slices(vol, depths=(0.5,))[1]):
+            if vol is not None and shows_objects(vol):
                 return tuple(vol.shape), busiest(vol)
     return None
 
@@ -375,8 +372,10 @@ def job_report(path: str | os.PathLike, op: str, inputs: dict[str, str], out: st
                summary: Sequence[str], seconds: float) -> Path:
     """Write the page of one operator's run."""
     p = Path(path)
+    # view serves only what it is given: the tables too, not only the volumes beside them
     shown = [os.path.abspath(v) for v in list(inputs.values()) + ([out] if out else [])
-             if os.path.isdir(v)]
+             if os.path.isdir(v) or (v.lower().endswith((".csv", ".parquet")) and
+                                     os.path.isfile(os.path.splitext(v)[0] + ".json"))]
     step = StepRecord(op, op, "done", os.path.abspath(out) if out else "", "; ".join(summary),
                       seconds, {k: os.path.abspath(v) for k, v in inputs.items()},
                       inplace=False)

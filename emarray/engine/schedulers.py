@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..errors import (BackendUnavailableError, BlockFailedError, InputChangedError,
-                      InvalidArgumentError, SchedulerUnreachableError, WorkersLostError)
+                      InvalidArgumentError, OutputLockedError, SchedulerUnreachableError,
+                      WorkersLostError)
 from .progress import Progress
 
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
@@ -412,6 +413,8 @@ class _WorkerWatch:
 
 def _retry_or_fail(exc: BaseException, attempt: int, retries: int, what: str) -> None:
     """Log a failed attempt that will be retried, or raise the error that names the block."""
+    if isinstance(exc, OutputLockedError):  # the job lost its output's lock: no block may run
+        raise exc
     if attempt < retries and not isinstance(exc, (InvalidArgumentError, BackendUnavailableError)):
         log.warning("%s failed (%s: %s); retrying (%d of %d)", what, type(exc).__name__, exc,
                     attempt + 1, retries)
