@@ -48,7 +48,7 @@ def test_a_pipeline_through_slurm_equals_the_threaded_run(tmp_path, slurm_up):
     assert "8 steps run" in out
     assert_same_outputs(tmp_path / "slurm", threads)
     # the blocks ran in the SLURM jobs' workers, not in the driver
-    pids = {int(p) for *_, p in (ln.split("\t") for ln in trace.read_text().splitlines())}
+    pids = {int(ln.split("\t")[3]) for ln in trace.read_text().splitlines()}
     assert pids and job.pid not in pids and len(traced(trace)) > 100
     assert len(list(logs.glob("emarray-worker-*.out"))) == 2
     left = subprocess.run(["squeue", "-h", "-n", "emarray-worker", "-o", "%i"],
