@@ -49,12 +49,13 @@ need_root() {
 # the controller answers (captured first: grep -q on a pipe can SIGPIPE scontrol, and pipefail)
 ctld_up() { local out; out=$(scontrol ping 2>/dev/null || true); [[ $out == *UP* ]]; }
 
-# the node's slurmd runs (a killed one may linger a moment as a zombie: not alive)
+# the node's slurmd runs (a killed one may linger as a zombie while nothing reaps it: not alive)
 slurmd_alive() {
-  local pid info
+  local pid stat
   pid=$(cat "/run/emarray-slurmd-$1.pid" 2>/dev/null) || return 1
-  info=$(ps -o comm=,stat= -p "$pid" 2>/dev/null) || return 1
-  [[ $info =~ ^slurmd\ +[^Z] ]]
+  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = slurmd ] || return 1
+  stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+  [[ ${stat##*) } != Z* ]]  # the state follows the ") " that ends the command's name
 }
 
 nodelist() { if [ "$1" = 1 ]; then echo node1; else echo "node[1-$1]"; fi; }

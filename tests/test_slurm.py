@@ -1,5 +1,6 @@
-"""--scheduler slurm against a real SLURM: the one-node cluster scripts/slurm-local.sh installs
-and starts (slurmctld + slurmd + munge; `bash scripts/dev.sh test` starts it before pytest)."""
+"""--scheduler slurm against a real SLURM: the cluster scripts/slurm-local.sh installs and starts
+on this machine (slurmctld, a slurmd per node, munge; `bash scripts/dev.sh test` starts it before
+pytest). Several nodes, a node lost and adapt: test_slurm_nodes.py."""
 from __future__ import annotations
 
 import os
