@@ -1,8 +1,9 @@
 """Several SLURM nodes: the three-node cluster of scripts/slurm-local.sh (one slurmd per node,
 SLURM's multiple-slurmd mode), one job spread over every node, a node lost mid-job, the driver
-killed and resumed, and adapt growing and shrinking the worker jobs. Every job is a smooth of a
-tiny volume in 216 chunks, each write made slow (EMARRAY_SLOW_WRITES) so that a kill lands
-mid-job; each output is compared bit for bit with the same job run undisturbed on threads."""
+killed and resumed, and adapt growing and shrinking the worker jobs. The node and driver tests
+smooth a tiny volume in 216 chunks, each write made slow (EMARRAY_SLOW_WRITES) so that a kill
+lands mid-job, and compare the output bit for bit with the same job run undisturbed on threads;
+the adapt test queues one-second blocks through the engine's Runner, as --slurm-config sets it."""
 from __future__ import annotations
 
 import signal
