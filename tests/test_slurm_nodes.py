@@ -55,7 +55,9 @@ def _settled(timeout: float = 90) -> None:
 
 
 def _revive_all() -> None:
-    """Every node's slurmd runs (slurm-local.sh starts one only where it is not running)."""
+    """Every node's slurmd runs (slurm-local.sh starts one only where it is not running), and
+    no worker job is left (one a failed test left behind is cancelled)."""
+    subprocess.run(["scancel", "--name", "emarray-worker"], capture_output=True)
     for node in NODES:
         subprocess.run(["bash", str(SCRIPT), "revive", node], check=True, capture_output=True)
     _settled()
@@ -127,6 +129,7 @@ def test_one_job_runs_on_every_node_and_finishes_when_a_node_is_lost(tmp_path, n
     stdout, stderr = job.communicate(timeout=240)
     took = time.monotonic() - t0
     assert job.returncode == 0, stderr
+    assert not _squeue("-t", "R,PD", "-o", "%i")  # the worker jobs were cancelled with the job
     _same(out, threads)  # every block there, bit for bit the undisturbed run's
     rows = _rows(trace)
     before, after = rows[:lost_at], rows[lost_at:]
@@ -166,6 +169,7 @@ def test_the_driver_killed_then_resume_finishes_on_an_adaptive_cluster(tmp_path,
     resumed = _smooth(src, out, cfg, trace2, "--resume")
     stdout, stderr = resumed.communicate(timeout=240)
     assert resumed.returncode == 0, stderr
+    assert not _squeue("-t", "R,PD", "-o", "%i")
     _same(out, threads)
     again = [r[:3] for r in _rows(trace2)]
     assert not set(again) & saved  # nothing saved done is computed again
