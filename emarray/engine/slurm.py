@@ -165,7 +165,8 @@ def start_cluster(settings: dict[str, Any], workers: int | None) -> Any:
     if shutil.which("sbatch") is None:
         raise BackendUnavailableError(
             "--scheduler slurm needs SLURM's sbatch on PATH (run emarray on the cluster's "
-            "login node; scripts/slurm-local.sh starts a one-node SLURM for trying it out)")
+            "login node; scripts/slurm-local.sh starts a small SLURM on one machine for trying it "
+            "out)")
     s = settings
     cluster = SLURMCluster(**cluster_kwargs(settings))
     script = cluster.job_script()
