@@ -4,8 +4,8 @@
 #                                                     .venv/bin/activate for a bare `emarray`)
 #   bash scripts/dev.sh test [pytest options]         set up, lint (ruff), type-check (mypy), build
 #                                                     the docs (mkdocs, strict); as root install
-#                                                     Chromium (apt) and start a one-node SLURM
-#                                                     (scripts/slurm-local.sh); test
+#                                                     Chromium (apt) and start a three-node
+#                                                     SLURM (scripts/slurm-local.sh); test
 #   bash scripts/dev.sh bench                         set up and run the asv suite (quick)
 #   bash scripts/dev.sh compare [compare.py options]  side-by-side threshold comparison
 set -euo pipefail

@@ -7,9 +7,10 @@ job with enough retries still finishes with the exact output. ``EMARRAY_FAULT_SE
 draws repeatable per process.
 
 ``EMARRAY_TRACE=FILE`` appends one line per block that finished computing (on whichever worker):
-``job<TAB>stage<TAB>flat block index<TAB>pid``, where ``job`` is the folder that keeps the job's
-progress. Comparing the lines of a job killed and resumed with its saved progress shows which
-blocks were computed more than once.
+``job<TAB>stage<TAB>flat block index<TAB>pid<TAB>node``, where ``job`` is the folder that keeps the
+job's progress and ``node`` the SLURM node (``SLURMD_NODENAME``) or else the host name. Comparing
+the lines of a job killed and resumed with its saved progress shows which blocks were computed
+more than once, and the nodes show where they ran.
 
 ``EMARRAY_SLOW_WRITES=0.01`` waits that many seconds before each block's write: a job slow
 enough to stop or overlap on purpose, however fast the machine.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import threading
 import time
 from typing import Any
@@ -79,7 +81,8 @@ def trace(job: str, stage: str, flat: int) -> None:
     path = os.environ.get(TRACE_VAR)
     if not path:
         return
-    line = f"{job}\t{stage}\t{flat}\t{os.getpid()}\n".encode()
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    line = f"{job}\t{stage}\t{flat}\t{os.getpid()}\t{node}\n".encode()
     with _trace_lock:  # one write(2) per line on an O_APPEND file: lines never interleave
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
