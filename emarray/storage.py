@@ -24,7 +24,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import redact
-from .errors import InvalidArgumentError, OutputLockedError, VolumeNotFoundError
+from .revoked import check_writable
+from .errors import InvalidArgumentError, VolumeNotFoundError
 
 #: schemes read and written through fsspec (http/https are read-only)
 REMOTE = ("s3", "gs", "gcs", "http", "https")
@@ -292,32 +293,6 @@ def remove_tagged(url: str, etag: str, options: dict[str, Any] | None = None) ->
 
 
 # -- outputs a job may no longer write (it lost their lock) ----------------------------------------
-_REVOKED: dict[str, str] = {}
-
-
-def _prefix(url: str) -> str:
-    return (url.split("://", 1)[1] if "://" in url else url).rstrip("/") + "/"
-
-
-def revoke(url: str, why: str) -> None:
-    """From now on, refuse (:class:`~emarray.errors.OutputLockedError` saying ``why``) every
-    write and delete in this process under ``url``: its job lost the output's lock."""
-    _REVOKED[_prefix(url)] = why
-
-
-def unrevoke(url: str) -> None:
-    _REVOKED.pop(_prefix(url), None)
-
-
-def check_writable(url: str) -> None:
-    """Raise the error of :func:`revoke` when ``url`` lies under a revoked output."""
-    if _REVOKED:
-        here = _prefix(url)
-        for prefix, why in list(_REVOKED.items()):
-            if here.startswith(prefix):
-                raise OutputLockedError(why)
-
-
 class RemotePath:
     """The few :class:`pathlib.Path` operations a job's progress folder needs, on a prefix of
     an object store (S3 writes each object whole, so a plain put is already atomic)."""

@@ -18,7 +18,7 @@ import emarray
 from emarray.engine import (BlockGrid, Checkpoint, Read, RunOptions, Stage, TreeFold, Write,
                             run_job, run_stages)
 from emarray.engine.checkpoint import PROGRESS_DIR
-from emarray.errors import BlockFailedError, InvalidArgumentError
+from emarray.errors import BlockFailedError, InvalidArgumentError, JobFailedError
 
 from .conftest import make_volume
 
@@ -285,16 +285,18 @@ def test_a_reduction_resumes_from_its_saved_summary(tmp_path):
 
     sweep_mod._sweep_block = broken
     try:
-        with pytest.raises(BlockFailedError, match=r"block \(5, 5, 5\)"):
+        # (the job says where its staged work is kept, for --resume)
+        with pytest.raises(JobFailedError, match=r"block \(5, 5, 5\).*--resume"):
             emarray.sweep(p, t, thresholds=10, out=out, scheduler="synchronous", retries=0,
                           progress=False)
     finally:
         sweep_mod._sweep_block = orig
-    saved = Checkpoint(out / PROGRESS_DIR).done_count("sweep")
+    staged = tmp_path / ".sw.emarray-new" / PROGRESS_DIR
+    saved = Checkpoint(staged).done_count("sweep")
     assert saved == 5 * 36 + 5 * 6 + 5  # every block before (5, 5, 5) in C order
     df = emarray.sweep(p, t, thresholds=10, out=out, resume=True)
     assert df[["tp", "fp", "fn", "tn"]].equals(full[["tp", "fp", "fn", "tn"]])
-    assert not (out / PROGRESS_DIR).exists()
+    assert not staged.exists() and not (out / PROGRESS_DIR).exists()
 
 
 def test_a_million_block_grid_starts_and_resumes_without_a_file_per_block(tmp_path):

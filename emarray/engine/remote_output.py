@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import redact, storage
+from .. import redact, revoked, storage
 from ..errors import (EmarrayError, InvalidArgumentError, JobFailedError, OutputExistsError,
                       OutputLockedError, ResumeMismatchError, VolumeNotFoundError)
 from ..volume import Volume, open_volume
@@ -71,7 +71,7 @@ class RemoteLock:
     """An object beside the output, written only with conditions on its ETag: created only
     where none is (``If-None-Match: *``), refreshed and taken over only if it is still the
     object read (``If-Match``). A holder that finds it changed has lost it: every write of
-    this process under the output then fails (:func:`storage.revoke`), naming the lock."""
+    this process under the output then fails (:func:`~emarray.revoked.revoke`), naming the lock."""
 
     def __init__(self, url: str, shown: str, options: dict[str, Any] | None = None):
         self.target = url.rstrip("/")
@@ -179,11 +179,11 @@ class RemoteLock:
     def _lose(self, why: str) -> None:
         self.lost = (f"lost the lock of the output {self.shown!r} ({self.url}): {why}; this "
                      "job stopped writing it")
-        storage.revoke(self.target, self.lost)
+        revoked.revoke(self.target, self.lost)
         log.debug("%s", self.lost)
 
     def check(self) -> None:
-        """Raise when the lock was lost (see :func:`storage.revoke`)."""
+        """Raise when the lock was lost (see :func:`~emarray.revoked.revoke`)."""
         if self.lost is not None:
             raise OutputLockedError(self.lost)
 
@@ -193,7 +193,7 @@ class RemoteLock:
             self._thread.join(timeout=30)
             self._thread = None
         if self.lost is not None:
-            storage.unrevoke(self.target)  # the lock is another job's: leave it
+            revoked.unrevoke(self.target)  # the lock is another job's: leave it
             return
         if self.etag is not None:
             with contextlib.suppress(Exception):  # changed: not ours any more
