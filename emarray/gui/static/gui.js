@@ -1,0 +1,385 @@
+// emarray gui: plain JavaScript, no build step, nothing fetched from outside this server.
+"use strict";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
+
+async function api(method, url, body) {
+  const init = {method, headers: {"Accept": "application/json"}, credentials: "same-origin"};
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const r = await fetch(url, init);
+  let data = null;
+  try { data = await r.json(); } catch (e) { data = {error: `${r.status} ${r.statusText}`}; }
+  return {ok: r.ok, status: r.status, data};
+}
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+const q = (path) => encodeURIComponent(path);
+const fileUrl = (path) => `/file?path=${q(path)}`;
+const viewUrl = (path) => `/view?path=${q(path)}`;
+
+function fmtBytes(n) {
+  if (n === null || n === undefined) return "…";
+  const u = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(i ? 1 : 0)} ${u[i]}`;
+}
+function fmtSeconds(s) {
+  if (s === null || s === undefined) return "";
+  s = Math.round(s);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+}
+const tuple = (v) => (Array.isArray(v) ? v.join(", ") : (v ?? ""));
+const baseName = (p) => String(p).replace(/\/+$/, "").split("/").pop();
+const dirName = (p) => String(p).replace(/\/+$/, "").split("/").slice(0, -1).join("/");
+
+// -- sortable tables ----------------------------------------------------------------------
+function sortable(table, rows, render, keyOf) {
+  let key = null, dir = 1;
+  const draw = () => {
+    const sorted = key === null ? rows : rows.slice().sort((a, b) => {
+      const x = keyOf(a, key), y = keyOf(b, key);
+      if (x === y) return 0;
+      if (x === null || x === undefined) return 1;
+      if (y === null || y === undefined) return -1;
+      return (x < y ? -1 : 1) * dir;
+    });
+    const body = $("tbody", table);
+    body.replaceChildren(...sorted.map(render));
+  };
+  $$("th[data-key]", table).forEach((th) => {
+    th.onclick = () => {
+      dir = key === th.dataset.key ? -dir : 1;
+      key = th.dataset.key;
+      $$("th", table).forEach((t) => t.classList.remove("asc", "desc"));
+      th.classList.add(dir > 0 ? "asc" : "desc");
+      draw();
+    };
+  });
+  draw();
+}
+
+function tableOf(table, data, opts = {}) {
+  const thead = $("thead", table);
+  thead.replaceChildren(el("tr", {}, data.columns.map((c, i) => el("th", {"data-key": i, text: c}))));
+  const fmt = (v) => (typeof v === "number" && !Number.isInteger(v) ? v.toPrecision(4) : (v ?? ""));
+  sortable(table, data.rows, (r) => el("tr", {class: opts.best && opts.best(r) ? "best" : ""},
+    r.map((v) => el("td", {text: fmt(v)}))), (r, k) => r[k]);
+}
+
+// -- the file browser (confined to the folders by the server) -------------------------------
+const browser = {
+  target: null,
+  async open(start, onChoose) {
+    this.onChoose = onChoose;
+    $("#browser").hidden = false;
+    await this.show(start || "");
+  },
+  close() { $("#browser").hidden = true; },
+  async show(path) {
+    const r = await api("GET", `/api/browse?path=${q(path)}`);
+    if (!r.ok) { $("#browser-path").textContent = r.data.error; return; }
+    const d = r.data;
+    this.here = d.path;
+    $("#browser-path").textContent = d.path || "the folders served";
+    $("#browser-here").disabled = !d.path;
+    const items = [];
+    if (d.path) items.push(el("li", {class: "dir"}, el("span", {class: "name", text: "..", onclick: () => this.show(d.parent || "")})));
+    for (const e of d.entries) {
+      const cls = e.outside ? "outside" : e.volume ? "vol" : e.dir ? "dir" : "file";
+      const li = el("li", {class: cls},
+        el("span", {class: "name", text: e.name + (e.outside ? "  (a link leaving the folders)" : ""),
+                    onclick: e.dir && !e.volume && !e.outside ? () => this.show(e.path) : null}),
+        e.outside ? null : el("button", {type: "button", text: "choose", onclick: () => { this.close(); this.onChoose(e.path); }}));
+      items.push(li);
+    }
+    $("#browser-list").replaceChildren(...items);
+  },
+};
+function initBrowser() {
+  if (!$("#browser")) return;
+  $("#browser-close").onclick = () => browser.close();
+  $("#browser-here").onclick = () => { browser.close(); browser.onChoose(browser.here); };
+}
+
+// -- catalog (what the folders hold), shared by pages --------------------------------------
+let catalogPromise = null;
+function catalog() {
+  if (!catalogPromise) catalogPromise = api("GET", "/api/catalog").then((r) => r.data);
+  return catalogPromise;
+}
+async function fillDatalists() {
+  const c = await catalog();
+  const fill = (id, rows) => {
+    const dl = document.getElementById(id);
+    if (dl) dl.replaceChildren(...rows.map((r) => el("option", {value: r.path, label: r.shown})));
+  };
+  fill("dl-volume", c.volumes);
+  fill("dl-model", c.models);
+  fill("dl-table", c.tables);
+  fill("dl-file", c.stacks.concat(c.configs));
+  fill("dl-folder", c.meshes.concat(c.results));
+}
+
+// -- a job, drawn (the Jobs page, and the panel under a form) -------------------------------
+function jobCard(j, open) {
+  const pct = j.total ? Math.min(100, (100 * (j.done || 0)) / j.total) : (j.state === "done" ? 100 : 0);
+  const bar = el("div", {class: "bar" + (j.state === "done" ? " done" : ""), role: "progressbar",
+                         "aria-valuenow": Math.round(pct), "data-done": j.done ?? "", "data-total": j.total ?? ""},
+                 el("div", {style: `width:${pct}%`}));
+  const meta = el("div", {class: "job-meta"},
+    j.stage ? el("span", {}, `${j.stage}: ${j.done ?? 0} of ${j.total ?? "?"} ${j.unit || "block"}s`) : null,
+    j.left_s !== null && j.left_s !== undefined ? el("span", {}, `about ${fmtSeconds(j.left_s)} left`) : null,
+    j.source !== "gui" ? el("span", {}, `started on the ${j.source}`) : null,
+    el("span", {class: "mono"}, j.command || ""));
+  const buttons = el("span", {class: "right"});
+  if (j.source === "gui" && (j.state === "running" || j.state === "queued"))
+    buttons.append(el("button", {type: "button", class: "danger stop", text: "Stop", onclick: () => jobAction(j.id, "stop")}));
+  if (j.source === "gui" && (j.state === "interrupted" || j.state === "failed") && j.resumable)
+    buttons.append(el("button", {type: "button", class: "primary resume", text: "Resume", onclick: () => jobAction(j.id, "resume")}));
+  const links = el("div", {class: "job-links"},
+    (j.outputs || []).map((o) => el("span", {}, el("span", {class: "mono"}, baseName(o)), " ",
+      el("a", {href: viewUrl(o), text: "view"}))),
+    j.report ? el("a", {href: fileUrl(j.report), target: "_blank", text: "report page"}) : null,
+    j.run ? el("a", {href: `/train?run=${q(j.run)}`, text: "training curve"}) : null);
+  const card = el("div", {class: "job", id: `job-${j.id}`, "data-state": j.state},
+    el("div", {class: "job-head"}, el("span", {class: `state ${j.state}`, text: j.state}),
+       el("span", {class: "job-title", text: j.title || j.id}), buttons),
+    bar, meta,
+    j.error ? el("div", {class: "job-error", text: j.error}) : null,
+    links);
+  if (j.source === "gui") {
+    const det = el("details", {}, el("summary", {text: "log"}), el("pre", {class: "log", text: "…"}));
+    if (open) det.open = true;
+    det.addEventListener("toggle", async () => {
+      if (!det.open) return;
+      const r = await api("GET", `/api/jobs/${j.id}?log=60`);
+      $("pre", det).textContent = (r.data.log || []).join("\n");
+    });
+    card.append(det);
+  }
+  return card;
+}
+async function jobAction(id, what) {
+  const r = await api("POST", `/api/jobs/${id}/${what}`);
+  if (!r.ok) alert(r.data.error);
+  refreshJobs();
+}
+let refreshJobs = () => {};
+
+async function pollBadge() {
+  const r = await api("GET", "/api/jobs");
+  if (!r.ok) return;
+  const n = r.data.filter((j) => j.state === "running" || j.state === "queued").length;
+  const b = $("#jobs-badge");
+  if (b) b.textContent = n ? String(n) : "";
+  return r.data;
+}
+
+// -- the Jobs page -------------------------------------------------------------------------
+function initJobs() {
+  const openLogs = new Set();
+  refreshJobs = async () => {
+    const jobs = await pollBadge();
+    if (!jobs) return;
+    const box = $("#jobs");
+    openLogs.clear();
+    $$("details[open]", box).forEach((d) => openLogs.add(d.closest(".job").id));
+    if (!jobs.length) {
+      box.replaceChildren(el("p", {class: "muted", text: "No jobs yet: run an operator, train a model or run a recipe."}));
+      return;
+    }
+    // redraw only the jobs that changed (a card being clicked stays the same element)
+    const cards = jobs.map((j) => {
+      const key = JSON.stringify(j);
+      const old = document.getElementById(`job-${j.id}`);
+      if (old && old.dataset.key === key) return old;
+      const c = jobCard(j, openLogs.has(`job-${j.id}`));
+      c.dataset.key = key;
+      return c;
+    });
+    const same = cards.length === box.children.length && cards.every((c, i) => box.children[i] === c);
+    if (!same) box.replaceChildren(...cards);
+    $$("details[open]", box).forEach((d) => d.dispatchEvent(new Event("toggle")));
+  };
+  refreshJobs();
+  setInterval(refreshJobs, 1000);
+}
+
+// -- an operator's form ------------------------------------------------------------------
+function formValues(form) {
+  const values = {};
+  $$(".field", form).forEach((f) => {
+    const input = $("input, select", f);
+    if (!input || f.classList.contains("hidden")) return;
+    if (input.type === "checkbox") { if (input.checked) values[f.dataset.field] = true; }
+    else if (input.value.trim() !== "") values[f.dataset.field] = input.value.trim();
+  });
+  return values;
+}
+function showMessage(form, name, message) {
+  const f = $(`.field[data-field="${name}"]`, form);
+  const m = document.getElementById(`msg-${name}`);
+  if (m) m.textContent = message || "";
+  if (f) f.classList.toggle("invalid", Boolean(message));
+  const more = f && f.closest("details");
+  if (more && message) more.open = true;
+  return Boolean(f);
+}
+function whereVisibility(form) {
+  const where = $("select[name=where]", form);
+  if (!where) return;
+  const w = where.value;
+  const show = {workers: w !== "address", address: w === "address", slurm_config: w === "slurm",
+                connect_timeout: w === "address"};
+  for (const [name, on] of Object.entries(show)) {
+    const f = $(`.field[data-field="${name}"]`, form);
+    if (f) f.classList.toggle("hidden", !on);
+  }
+}
+async function suggestOutput(form) {
+  const out = $(".field[data-group=output] input", form);
+  if (!out || out.dataset.touched) return;
+  const first = $(".field[data-group=input] input", form);
+  if (!first || !first.value.trim()) return;
+  const r = await api("GET", `/api/suggest?operator=${q(form.dataset.operator)}&input=${q(first.value.trim())}`);
+  if (!r.ok || out.dataset.touched) return;
+  out.value = r.data.path;
+  checkField(form, out.name);
+}
+const checkTimers = {};
+function checkField(form, name) {
+  clearTimeout(checkTimers[name]);
+  checkTimers[name] = setTimeout(async () => {
+    const values = formValues(form);
+    const r = await api("POST", "/api/check", {operator: form.dataset.operator, field: name,
+                                                value: values[name] ?? null, values});
+    if (r.ok) showMessage(form, name, r.data.message);
+  }, 150);
+}
+function watchJob(panel, id) {
+  panel.hidden = false;
+  const draw = async () => {
+    const r = await api("GET", `/api/jobs/${id}`);
+    if (!r.ok) return;
+    panel.replaceChildren(el("h2", {text: "Job"}), jobCard(r.data),
+      el("p", {}, el("a", {href: "/jobs", text: "All jobs"})));
+    if (["done", "failed", "interrupted"].includes(r.data.state)) clearInterval(timer);
+  };
+  refreshJobs = draw;
+  const timer = setInterval(draw, 1000);
+  draw();
+}
+function initForm() {
+  const form = $("#opform");
+  fillDatalists();
+  whereVisibility(form);
+  $$(".field", form).forEach((f) => {
+    const input = $("input, select", f);
+    if (!input) return;
+    input.addEventListener("change", () => {
+      if (f.dataset.group === "output") input.dataset.touched = "1";
+      if (input.name === "where") whereVisibility(form);
+      checkField(form, input.name);
+      if (f.dataset.group === "input") suggestOutput(form);
+    });
+  });
+  $$("button.browse", form).forEach((b) => {
+    b.onclick = () => {
+      const input = document.getElementById(`f-${b.dataset.for}`);
+      const start = input.value ? dirName(input.value) : "";
+      browser.open(start, (path) => {
+        input.value = path;
+        input.dispatchEvent(new Event("change"));
+      });
+    };
+  });
+  if ($(".field[data-group=input] input", form)?.value) suggestOutput(form);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    $$(".field", form).forEach((f) => showMessage(form, f.dataset.field, ""));
+    $("#form-msg").textContent = "";
+    const r = await api("POST", "/api/jobs", {operator: form.dataset.operator, params: formValues(form)});
+    if (!r.ok) {
+      let placed = false;
+      for (const [name, msg] of Object.entries(r.data.fields || {})) placed = showMessage(form, name, msg) || placed;
+      if (!placed) $("#form-msg").textContent = r.data.error;
+      const bad = $(".field.invalid", form);
+      if (bad) bad.scrollIntoView({block: "center"});
+      return;
+    }
+    $("#form-msg").textContent = "";
+    watchJob($("#started"), r.data.id);
+    $("#started").scrollIntoView({block: "start"});
+  });
+}
+
+// -- the Data page ---------------------------------------------------------------------------
+function volumeStatus(v) {
+  return v.unfinished ? `UNFINISHED (${v.made_by})` : v.made_by ? `made by ${v.made_by}` : "";
+}
+async function initData() {
+  const c = await catalog();
+  $("#scan-time").textContent = `${c.volumes.length} volumes found in ${c.seconds} s`;
+  const sizes = {};
+  const render = (v) => el("tr", {"data-path": v.path},
+    el("td", {class: "thumb"}, el("img", {loading: "lazy", alt: "", src: `/api/thumbnail?path=${q(v.path)}`})),
+    el("td", {}, el("strong", {text: v.name}), el("div", {class: "muted mono", text: v.shown})),
+    el("td", {text: tuple(v.shape)}), el("td", {text: v.dtype + (v.labels ? " (labels)" : "")}),
+    el("td", {text: v.voxel_size ? `${tuple(v.voxel_size)} ${v.unit || ""}` : ""}),
+    el("td", {text: tuple(v.chunks) + (v.shards ? ` (shards ${tuple(v.shards)})` : "")}),
+    el("td", {class: "size", text: fmtBytes(sizes[v.path])}),
+    el("td", {class: v.unfinished ? "status-unfinished" : "", text: volumeStatus(v)}),
+    el("td", {}, el("a", {href: viewUrl(v.path), text: "view"})));
+  const rows = c.volumes.map((v) => ({...v, status: volumeStatus(v)}));
+  sortable($("#volumes"), rows, render, (r, k) => (k === "bytes" ? sizes[r.path] : Array.isArray(r[k]) ? r[k].reduce((a, b) => a * b, 1) : r[k]));
+  for (const v of c.volumes) {  // sizes one at a time: a large volume takes a while to count
+    const r = await api("GET", `/api/size?path=${q(v.path)}`);
+    sizes[v.path] = r.ok ? r.data.bytes : null;
+    const td = $(`tr[data-path="${CSS.escape(v.path)}"] td.size`);
+    if (td) td.textContent = fmtBytes(sizes[v.path]);
+  }
+  const li = (text, shown, ...links) => el("li", {}, el("span", {title: shown, text}), el("span", {}, ...links));
+  $("#meshes").replaceChildren(...c.meshes.map((m) => li(`${m.name} (${m.objects} objects)`, m.shown, el("a", {href: viewUrl(m.path), text: "view"}))));
+  $("#tables").replaceChildren(...c.tables.map((t) => li(t.name, t.shown, el("a", {href: `/evaluate?table=${q(t.path)}`, text: "open"}))));
+  $("#models").replaceChildren(...c.models.map((m) => li(m.name, m.shown, el("a", {href: `/run/predict?model=${q(m.path)}`, text: "predict"}))));
+  $("#stacks").replaceChildren(...c.stacks.map((s) => li(s.name, s.shown, el("a", {href: `/run/ingest?src=${q(s.path)}`, text: "ingest"}))));
+  for (const id of ["meshes", "tables", "models", "stacks"])
+    if (!$(`#${id}`).children.length) $(`#${id}`).append(el("li", {class: "muted", text: "none"}));
+}
+function initDataButtons() {
+  const b = $("#ingest-browse");
+  if (b) b.onclick = () => browser.open("", (path) => { location.href = `/run/ingest?src=${q(path)}`; });
+}
+
+// -- start --------------------------------------------------------------------------------
+const PAGES = {
+  form: initForm, jobs: initJobs, data: () => { initDataButtons(); initData(); },
+};
+document.addEventListener("DOMContentLoaded", () => {
+  initBrowser();
+  const page = document.body.dataset.page;
+  if (PAGES[page]) PAGES[page]();
+  if (page !== "jobs") { pollBadge(); setInterval(pollBadge, 5000); }
+});

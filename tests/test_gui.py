@@ -1,0 +1,505 @@
+"""emarray gui, tested as a person uses it: the pages in real headless Chromium (selenium),
+jobs that are the CLI's own processes, and the server's guard (token, Host, Origin, paths).
+
+Tiny synthetic volumes; one in-process server for most tests (its jobs are real
+``python -m emarray.gui.runjob`` processes), a real ``emarray gui`` process where a restart or
+Ctrl-C is the point. Screenshots of every page go to $EMARRAY_GUI_SHOTS when it is set.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import emarray
+from emarray import spec
+
+from .conftest import make_volume
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+pytest.importorskip("selenium")
+if not os.path.exists("/usr/bin/chromium") or shutil.which("chromedriver") is None:
+    pytest.skip("needs Debian's chromium and chromium-driver", allow_module_level=True)
+
+import uvicorn  # noqa: E402
+from PIL import Image  # noqa: E402
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import Select  # noqa: E402
+
+from emarray.cli import cli  # noqa: E402
+from emarray.gui.app import make_app  # noqa: E402
+from emarray.gui.places import Folders  # noqa: E402
+from emarray.gui.security import new_token  # noqa: E402
+
+SHOTS = os.environ.get("EMARRAY_GUI_SHOTS")
+
+
+# -- a server and a browser ------------------------------------------------------------------
+class Server:
+    """``emarray gui`` for ``folder``, served by uvicorn in a thread of this process."""
+
+    def __init__(self, folder: Path, **kw):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.token = new_token()
+        self.folder = folder
+        self.app = make_app(Folders([folder]), self.token, port=self.port, **kw)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning",
+                                                    lifespan="off", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def api(self, method, path, body=None, token=True, headers=None):
+        return call(self.url + path, method, body, self.token if token else None, headers)
+
+    def wait_job(self, job_id, states=("done", "failed", "interrupted"), timeout=120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            j = self.api("GET", f"/api/jobs/{job_id}?log=40")[1]
+            if j["state"] in states:
+                return j
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} still {j['state']}: {j.get('log')}")
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.app.state.gui.jobs.close()
+        if self.app.state.gui.viewers is not None:
+            self.app.state.gui.viewers.close()
+
+
+def call(url, method="GET", body=None, token=None, headers=None):
+    """(status, JSON or text) of one request."""
+    h = dict(headers or {})
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        h["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, method=method, headers=h)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            status, raw, kind = r.status, r.read(), r.headers.get("content-type", "")
+    except urllib.error.HTTPError as e:
+        status, raw, kind = e.code, e.read(), e.headers.get("content-type", "")
+    return status, (json.loads(raw) if "json" in kind else raw.decode(errors="replace"))
+
+
+def chrome(size=(1280, 900)):
+    from emarray.view import SOFTWARE_GL, chromium
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium()
+    for a in ("--headless=new", *SOFTWARE_GL, f"--window-size={size[0]},{size[1]}"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver")))
+
+
+def console_errors(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def wait_for(predicate, timeout=60.0, what="the page"):
+    """The first true value of ``predicate()`` (elements not there yet, or redrawn, retried)."""
+    from selenium.common.exceptions import (NoSuchElementException,
+                                            StaleElementReferenceException)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except (NoSuchElementException, StaleElementReferenceException):
+            value = None
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} did not get there within {timeout:.0f} s")
+
+
+def shot(driver, name) -> np.ndarray:
+    """The page as pixels (saved to $EMARRAY_GUI_SHOTS/NAME.png when set): not one flat colour."""
+    png = driver.get_screenshot_as_png()
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        (Path(SHOTS) / f"{name}.png").write_bytes(png)
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert img.std() > 10, f"the screenshot of {name} is one flat colour"
+    return img
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lab")
+    rng = np.random.default_rng(0)
+    z, y, x = np.mgrid[:16, :48, :48]
+    blobs = np.exp(-(((z - 8) / 6.0) ** 2 + ((y - 20) / 9.0) ** 2 + ((x - 26) / 11.0) ** 2))
+    prob = (0.8 * blobs + 0.2 * rng.random(blobs.shape)).astype(np.float32)
+    make_volume(d / "prob.zarr", prob, (8, 16, 16), voxel_size=(40, 8, 8))
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(folder):
+    s = Server(folder)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def driver(server):
+    d = chrome()
+    d.get(f"{server.url}/?token={server.token}")
+    yield d
+    d.quit()
+
+
+def run_cli(*args) -> str:
+    r = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return r.output
+
+
+def stored_chunks(path: Path) -> dict[str, bytes]:
+    """Every chunk file of a volume (not its metadata, which names the job's paths)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and p.name != "zarr.json" and ".emarray-progress" not in p.parts}
+
+
+# -- the tests ---------------------------------------------------------------------------------
+def test_the_token_opens_the_page_with_every_operator_and_no_console_error(server, driver):
+    assert driver.current_url == f"{server.url}/"  # the token left the address bar
+    names = [e.get_attribute("data-operator") for e in driver.find_elements(By.CSS_SELECTOR, ".op")]
+    assert names == list(spec.operators()) and "threshold" in names
+    assert driver.get_cookie(f"emarray-gui-{server.port}")["httpOnly"] is True
+    shot(driver, "run")
+    for page in ("/data", "/jobs", "/run/threshold"):
+        driver.get(server.url + page)
+        time.sleep(0.5)
+    assert console_errors(driver) == []
+
+
+def test_without_the_token_a_page_an_api_call_and_a_data_file_are_refused(server, folder):
+    data_file = f"/file?path={folder / 'prob.zarr' / 'zarr.json'}".replace(".json", ".json")
+    (folder / "notes.txt").write_text("lab notes")
+    for path in ("/", "/data", "/api/operators", "/api/jobs", f"/file?path={folder}/notes.txt",
+                 "/static/gui.js", f"/api/thumbnail?path={folder}/prob.zarr"):
+        status, text = call(server.url + path)
+        assert status == 403, path
+        assert "token" in text, path
+        status, _ = call(server.url + path, token="not-the-token")
+        assert status == 403, path
+    status, text = call(f"{server.url}/file?path={folder}/notes.txt", token=server.token)
+    assert status == 200 and text == "lab notes"
+    assert call(server.url + data_file, token=server.token)[0] == 200
+    status, jobs = call(server.url + "/api/jobs", "POST", {"operator": "threshold"})
+    assert status == 403
+
+
+def test_host_and_origin_are_checked(server):
+    status, text = server.api("GET", "/api/operators", headers={"Host": "evil.example:80"})
+    assert status == 403 and "Host" in text
+    status, text = server.api("GET", "/api/operators", headers={"Host": f"localhost:{server.port}"})
+    assert status == 200
+    before = server.api("GET", "/api/jobs")[1]
+    body = {"operator": "threshold", "params": {}}
+    for origin in ("http://evil.example", "null", f"http://127.0.0.1:{server.port + 1}"):
+        status, text = server.api("POST", "/api/jobs", body, headers={"Origin": origin})
+        assert status == 403 and "refused" in text, origin
+    # the gui's own pages may post (a bad form here: 400, not 403)
+    status, reply = server.api("POST", "/api/jobs", body,
+                               headers={"Origin": f"http://127.0.0.1:{server.port}"})
+    assert status == 400 and reply["fields"]
+    assert server.api("GET", "/api/jobs")[1] == before
+
+
+def test_threshold_from_its_form_reaches_done_and_equals_the_cli(server, driver, folder):
+    driver.get(f"{server.url}/run/threshold")
+    src = driver.find_element(By.ID, "f-src")
+    src.send_keys(str(folder / "prob.zarr"))
+    driver.find_element(By.ID, "f-value").send_keys("0.5")
+    driver.find_element(By.ID, "f-compare").click()  # the change of src fires
+    out = driver.find_element(By.ID, "f-dst")
+    wait_for(lambda: out.get_attribute("value"), what="the suggested output")
+    assert out.get_attribute("value") == str(folder / "prob-threshold.zarr")
+    Select(driver.find_element(By.ID, "f-compare")).select_by_value("ge")
+    driver.find_element(By.ID, "submit").click()
+    card = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#started .job[data-state=done]"),
+                    what="the job")[0]
+    bar = card.find_element(By.CSS_SELECTOR, ".bar")
+    assert bar.get_attribute("aria-valuenow") == "100"
+    assert bar.get_attribute("data-done") == bar.get_attribute("data-total") == "18"
+    shot(driver, "form-done")
+    run_cli("threshold", folder / "prob.zarr", folder / "cli.zarr", "--value", "0.5",
+            "--compare", "ge")
+    gui_out = emarray.open_volume(folder / "prob-threshold.zarr")
+    cli_out = emarray.open_volume(folder / "cli.zarr")
+    assert np.array_equal(gui_out.read(), cli_out.read())
+    assert stored_chunks(folder / "prob-threshold.zarr") == stored_chunks(folder / "cli.zarr")
+    jobs = server.api("GET", "/api/jobs")[1]
+    job = next(j for j in jobs if j["outputs"] == [str(folder / "prob-threshold.zarr")])
+    assert job["command"].startswith(f"emarray threshold {folder / 'prob.zarr'} ")
+    assert job["report"] and Path(job["report"]).is_file()
+    assert console_errors(driver) == []
+
+
+def test_a_bad_value_shows_the_clis_message_at_the_field_and_starts_no_job(server, driver, folder):
+    before = server.api("GET", "/api/jobs")[1]
+    driver.get(f"{server.url}/run/threshold")
+    driver.find_element(By.ID, "f-src").send_keys(str(folder / "prob.zarr"))
+    value = driver.find_element(By.ID, "f-value")
+    value.send_keys("nan")
+    driver.find_element(By.TAG_NAME, "h1").click()
+    msg = driver.find_element(By.ID, "msg-value")
+    wait_for(lambda: msg.text, what="the field's message")
+    r = CliRunner().invoke(cli, ["threshold", str(folder / "prob.zarr"), str(folder / "x.zarr"),
+                                 "--value", "nan"])
+    assert r.exit_code == 2
+    assert f"error: {msg.text}" == r.output.strip().splitlines()[-1]
+    shot(driver, "form-bad-value")
+    driver.find_element(By.ID, "submit").click()
+    time.sleep(1)
+    assert driver.find_element(By.ID, "msg-value").text == msg.text
+    assert "invalid" in value.find_element(By.XPATH, "../..").get_attribute("class")
+    assert driver.find_element(By.ID, "started").get_attribute("hidden") is not None
+    assert server.api("GET", "/api/jobs")[1] == before
+    assert not (folder / "x.zarr").exists() and not (folder / "prob-threshold-2.zarr").exists()
+    # the refused submission is the browser's only complaint
+    assert [e for e in console_errors(driver) if "/api/jobs" not in e or "400" not in e] == []
+    # the API says the same, with the field named
+    status, reply = server.api("POST", "/api/jobs", {"operator": "threshold", "params": {
+        "src": str(folder / "prob.zarr"), "dst": str(folder / "y.zarr"), "value": "nan"}})
+    assert status == 400 and reply["fields"] == {"value": msg.text}
+    status, reply = server.api("POST", "/api/jobs", {"operator": "rm -rf", "params": {}})
+    assert status == 404 and "only declared operators" in reply["error"]
+
+
+@pytest.fixture(scope="module")
+def big(folder):
+    """A volume of 64 blocks, for jobs that must still be running when they are stopped."""
+    a = np.random.default_rng(1).random((32, 64, 64)).astype(np.float32)
+    make_volume(folder / "big.zarr", a, (8, 16, 16))
+    return folder / "big.zarr"
+
+
+def card(driver, job_id):
+    return driver.find_element(By.ID, f"job-{job_id}")
+
+
+def click(driver, job_id, button):
+    """Click a job's button (found afresh: the page redraws a job when it changes)."""
+    wait_for(lambda: card(driver, job_id).find_element(By.CSS_SELECTOR, button).click() or True,
+             what=button)
+
+
+def test_stop_a_running_job_then_resume_it_equals_an_uninterrupted_run(server, driver, folder,
+                                                                        big, monkeypatch):
+    monkeypatch.setenv("EMARRAY_SLOW_WRITES", "0.15")  # the job's process inherits it
+    status, reply = server.api("POST", "/api/jobs", {
+        "operator": "threshold", "scheduler": "threads", "workers": 1,
+        "params": {"src": str(big), "dst": str(folder / "big-stopped.zarr"), "value": "0.3"}})
+    assert status == 200, reply
+    job = reply["id"]
+    driver.get(f"{server.url}/jobs")
+    done = lambda: int(card(driver, job).find_element(By.CSS_SELECTOR, ".bar")  # noqa: E731
+                       .get_attribute("data-done") or 0)
+    wait_for(lambda: done() >= 8, what="8 blocks")
+    shot(driver, "jobs-running")
+    click(driver, job, "button.stop")
+    wait_for(lambda: card(driver, job).get_attribute("data-state") == "interrupted",
+             what="the interrupted state")
+    stopped_at = wait_for(done)
+    assert 8 <= stopped_at < 64
+    assert emarray.open_volume(folder / "big-stopped.zarr").unfinished_job == "threshold"
+    shot(driver, "jobs-interrupted")
+    monkeypatch.delenv("EMARRAY_SLOW_WRITES")
+    click(driver, job, "button.resume")
+    wait_for(lambda: card(driver, job).get_attribute("data-state") == "done", what="done")
+    log = server.api("GET", f"/api/jobs/{job}?log=200")[1]["log"]
+    assert any("--resume" in ln for ln in log) and any("already done" in ln for ln in log), log
+    run_cli("threshold", big, folder / "big-whole.zarr", "--value", "0.3")
+    assert stored_chunks(folder / "big-stopped.zarr") == stored_chunks(folder / "big-whole.zarr")
+    assert emarray.open_volume(folder / "big-stopped.zarr").unfinished_job is None
+    assert console_errors(driver) == []
+
+
+def start_gui(folder, *args, env=None):
+    """A real `emarray gui` process; returns it and the address it printed first."""
+    proc = subprocess.Popen([sys.executable, "-m", "emarray", "gui", str(folder), "--no-open",
+                             "--port", "0", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    first = proc.stdout.readline().strip()
+    assert first.startswith("http://127.0.0.1:") and "/?token=" in first, (
+        first, proc.stderr.read() if proc.poll() is not None else "")
+    base, token = first.split("/?token=")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if call(base + "/api/jobs", token=token)[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    return proc, base, token
+
+
+def test_a_restarted_gui_lists_past_jobs_and_jobs_started_on_the_command_line(server, folder,
+                                                                             big):
+    before = {j["id"]: j["state"] for j in server.api("GET", "/api/jobs")[1]
+              if j["source"] == "gui"}
+    assert before and set(before.values()) == {"done"}
+    proc, base, token = start_gui(folder)
+    cli_job = None
+    try:
+        jobs = call(base + "/api/jobs", token=token)[1]
+        assert {j["id"]: j["state"] for j in jobs if j["source"] == "gui"} == before
+        # a job started on the command line: running, then (killed) interrupted
+        out = folder / "from-cli.zarr"
+        cli_job = subprocess.Popen([sys.executable, "-m", "emarray", "threshold", str(big),
+                                    str(out), "--value", "0.3", "--workers", "1"],
+                                   env={**os.environ, "EMARRAY_SLOW_WRITES": "0.2"},
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def listed(state):
+            for j in call(base + "/api/jobs", token=token)[1]:
+                if j["outputs"] == [str(out)] and j["state"] == state:
+                    return j
+            return None
+        running = wait_for(lambda: listed("running"), what="the CLI job")
+        assert running["source"] == "command line" and "threshold" in running["command"]
+        assert running["resumable"] is False
+        wait_for(lambda: (listed("running") or {}).get("done"), what="its progress")
+        cli_job.send_signal(signal.SIGKILL)
+        cli_job.wait()
+        gone = wait_for(lambda: listed("interrupted"), what="the interrupted CLI job")
+        assert "--resume" in gone["error"] and 0 < gone["done"] < gone["total"] == 64
+        # the gui's own job goes on when the gui stops
+        status, reply = call(base + "/api/jobs", "POST", {"operator": "threshold", "params": {
+            "src": str(big), "dst": str(folder / "after-gui.zarr"), "value": "0.3",
+            "workers": "1"}}, token=token)
+        assert status == 200, reply
+        wait_for(lambda: call(f"{base}/api/jobs/{reply['id']}", token=token)[1]["state"]
+                 in ("running", "done"), what="the job's start")
+    finally:
+        if cli_job is not None and cli_job.poll() is None:
+            cli_job.kill()
+        proc.send_signal(signal.SIGINT)
+        out_text, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out_text.strip().splitlines()[-1] == "stopped"
+    assert server.wait_job(reply["id"])["state"] == "done"  # finished with no gui of its own
+    a = emarray.open_volume(folder / "after-gui.zarr").read()
+    assert np.array_equal(a, (emarray.open_volume(big).read() > 0.3).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory, folder):
+    """A volume outside the served folder, and links inside the folder that lead to it."""
+    d = tmp_path_factory.mktemp("elsewhere")
+    make_volume(d / "secret.zarr", np.ones((8, 16, 16), np.float32), (8, 16, 16))
+    (d / "notes.txt").write_text("private")
+    os.symlink(d / "secret.zarr", folder / "escape.zarr")
+    os.symlink(d, folder / "linkdir")
+    return d
+
+
+def test_paths_outside_the_folders_and_links_leaving_them_are_refused(server, driver, folder,
+                                                                     outside):
+    def submit(src, dst):
+        return server.api("POST", "/api/jobs", {"operator": "threshold", "params": {
+            "src": str(src), "dst": str(dst), "value": "0.5"}})
+    before = server.api("GET", "/api/jobs")[1]
+    for src, dst, bad in [(outside / "secret.zarr", folder / "o1.zarr", "src"),
+                          (folder / "escape.zarr", folder / "o2.zarr", "src"),
+                          (folder / "prob.zarr", folder / "linkdir" / "o3.zarr", "dst"),
+                          (folder / "prob.zarr", outside / "o4.zarr", "dst"),
+                          (folder / "prob.zarr", f"{folder}/../o5.zarr", "dst"),
+                          ("s3://bucket/prob.zarr", folder / "o6.zarr", "src")]:
+        status, reply = submit(src, dst)
+        assert status == 400 and "outside the folders" in reply["fields"][bad] or \
+            "URL" in reply["fields"].get(bad, ""), (src, dst, reply)
+    status, reply = submit(folder / "escape.zarr", folder / "o2.zarr")
+    assert f"links resolved: {outside / 'secret.zarr'}" in reply["fields"]["src"]
+    assert server.api("GET", "/api/jobs")[1] == before
+    assert not any((p / f"o{k}.zarr").exists() for p in (folder, outside) for k in range(7))
+    for path in (f"/file?path={folder}/linkdir/notes.txt", f"/file?path={outside}/notes.txt",
+                 f"/api/browse?path={folder}/linkdir", f"/api/thumbnail?path={folder}/escape.zarr",
+                 f"/api/table?path={outside}/notes.txt", f"/api/size?path={outside}"):
+        status, reply = server.api("GET", path)
+        assert status in (400, 403) and "outside the folders" in str(reply), (path, reply)
+    listing = server.api("GET", f"/api/browse?path={folder}")[1]["entries"]
+    marked = {e["name"]: e["outside"] for e in listing}
+    assert marked["escape.zarr"] is True and marked["linkdir"] is True
+    assert marked["prob.zarr"] is False
+    volumes = [v["path"] for v in server.api("GET", "/api/volumes")[1]]
+    assert str(folder / "prob.zarr") in volumes and not any("secret" in v for v in volumes)
+    # in the page: the message at the field
+    driver.get(f"{server.url}/run/threshold")
+    driver.find_element(By.ID, "f-src").send_keys(str(folder / "escape.zarr"))
+    driver.find_element(By.TAG_NAME, "h1").click()
+    msg = wait_for(lambda: driver.find_element(By.ID, "msg-src").text, what="the message")
+    assert "outside the folders" in msg and "links resolved" in msg
+
+
+def test_an_operator_declared_later_gets_its_form_with_no_gui_change(server, driver):
+    from emarray.spec import REGISTRY, Operator, Param, Port
+    op = Operator("gui-probe", "a throwaway operator declared by this test",
+                  inputs=(Port("src", "volume", "any volume"),),
+                  output=Port("dst", "volume", "where it goes"),
+                  params=(Param("strength", "float", "how strong", unit="furlongs",
+                                minimum=0.0),
+                          Param("mode", "choice", "how", choices=("fast", "exact")),
+                          Param("loud", "flag", "say more")))
+
+    @op.function
+    def gui_probe(src, dst, strength=1.5, mode="exact", loud=False, **run):
+        """Do nothing: a test's operator."""
+
+    try:
+        driver.get(server.url + "/")
+        assert "gui-probe" in [e.get_attribute("data-operator")
+                               for e in driver.find_elements(By.CSS_SELECTOR, ".op")]
+        driver.find_element(By.CSS_SELECTOR, ".op[data-operator=gui-probe]").click()
+        wait_for(lambda: driver.find_elements(By.ID, "f-strength"), what="the form")
+        fields = [f.get_attribute("data-field")
+                  for f in driver.find_elements(By.CSS_SELECTOR, ".field")]
+        assert fields[:5] == ["src", "dst", "strength", "mode", "loud"]
+        strength = driver.find_element(By.CSS_SELECTOR, ".field[data-field=strength]")
+        assert "how strong" in strength.text and "furlongs" in strength.text
+        assert driver.find_element(By.ID, "f-strength").get_attribute("placeholder") == \
+            "default: 1.5"
+        assert [o.get_attribute("value") for o in
+                Select(driver.find_element(By.ID, "f-mode")).options] == ["", "fast", "exact"]
+        driver.find_element(By.ID, "f-strength").send_keys("-2")
+        driver.find_element(By.TAG_NAME, "h1").click()
+        msg = wait_for(lambda: driver.find_element(By.ID, "msg-strength").text, what="message")
+        try:
+            op.param("strength").check("-2")
+        except emarray.errors.InvalidArgumentError as exc:
+            assert msg == str(exc)
+        else:
+            raise AssertionError("the declared check took -2")
+    finally:
+        REGISTRY.pop("gui-probe", None)
