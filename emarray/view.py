@@ -91,6 +91,14 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         return os.fspath(target)
 
 
+def served_path(served: Served, url_path: str) -> str:
+    """The file the data server answers ``url_path`` with, confined as it confines it
+    ("/nonexistent" when nothing is served there): for ``emarray gui``, which serves the same
+    folders through its own guarded app."""
+    from types import SimpleNamespace
+    return _Handler.translate_path(SimpleNamespace(served=served), url_path)  # type: ignore[arg-type]
+
+
 class DataServer:
     """A threaded HTTP server (CORS on) for the folders and documents the viewer reads, on
     ``bind`` at a free port."""

@@ -503,3 +503,67 @@ def test_an_operator_declared_later_gets_its_form_with_no_gui_change(server, dri
             raise AssertionError("the declared check took -2")
     finally:
         REGISTRY.pop("gui-probe", None)
+
+
+def layers_ready(driver):
+    """Inside the viewer's frame: every layer loaded without an error (None: not yet)."""
+    states = driver.execute_script("""
+        if (!window.viewer) return null;
+        return window.viewer.layerManager.managedLayers.map(l => ({
+          name: l.name, ready: l.isReady(),
+          errors: l.layer ? l.layer.dataSources.map(d => d.loadState && d.loadState.error ?
+                                                 String(d.loadState.error) : null) : []}));""")
+    return states if states and all(s["ready"] for s in states) else None
+
+
+def test_a_volume_opens_in_the_viewer_and_renders(server, driver, folder):
+    driver.get(f"{server.url}/data")
+    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#volumes tbody tr"), what="volumes")
+    row = driver.find_element(By.CSS_SELECTOR, f"#volumes tr[data-path='{folder / 'prob.zarr'}']")
+    wait_for(lambda: row.find_element(By.TAG_NAME, "img").get_attribute("naturalWidth") != "0",
+             what="the thumbnail")
+    shot(driver, "data")
+    row.find_element(By.LINK_TEXT, "view").click()  # one click from the volume
+    frame = wait_for(lambda: driver.find_element(By.ID, "viewer"), what="the viewer")
+    driver.switch_to.frame(frame)
+    try:
+        states = wait_for(lambda: layers_ready(driver), what="the layers")
+        assert [s["name"] for s in states] == ["prob"]
+        assert states[0]["errors"] == [None], states
+        panel = driver.find_element(By.CSS_SELECTOR, ".neuroglancer-rendered-data-panel")
+        rect = panel.rect
+    finally:
+        driver.switch_to.default_content()
+    at = frame.rect
+
+    def drawn():
+        img = shot(driver, "view")
+        x0, y0 = int(at["x"] + rect["x"]), int(at["y"] + rect["y"])
+        crop = img[y0:y0 + int(rect["height"]), x0:x0 + int(rect["width"])]
+        return (crop.mean(axis=2) > 60).mean() > 0.05  # the blob, not a black panel
+    wait_for(drawn, what="the drawn data")
+    # its data came through the gui, behind the token
+    served = server.app.state.gui.viewers.served
+    key = next(k for k, p in served.folders.items() if p == folder / "prob.zarr")
+    assert call(f"{server.url}/data/{key}/zarr.json")[0] == 403
+    assert call(f"{server.url}/data/{key}/zarr.json", token=server.token)[0] == 200
+    assert call(f"{server.url}/data/{key}/../../prob.zarr/zarr.json",
+                token=server.token)[0] in (403, 404)
+    ng = frame.get_attribute("src")
+    assert ng.startswith(f"{server.url}/ng/v/") and call(ng)[0] == 403
+    assert [e for e in console_errors(driver) if "favicon" not in e] == []
+
+
+def test_the_viewer_refuses_links_and_files_that_lead_outside(server, driver, folder, outside):
+    driver.get(f"{server.url}/view?path={folder / 'escape.zarr'}")
+    msg = driver.find_element(By.ID, "view-error").text
+    assert "outside the folders" in msg and not driver.find_elements(By.ID, "viewer")
+    # a mesh folder whose info names a label volume elsewhere brings nothing from there
+    meshes = folder / "cells.meshes"
+    meshes.mkdir()
+    (meshes / "info").write_text(json.dumps({"@type": "neuroglancer_legacy_mesh",
+                                             "emarray": {"labels": str(outside / "secret.zarr")}}))
+    status, text = server.api("GET", f"/view?path={meshes}")
+    assert status == 200 and "outside the folders" in text and 'id="viewer"' not in text
+    served = server.app.state.gui.viewers.served
+    assert all(str(outside) not in str(p) for p in served.folders.values())

@@ -73,8 +73,8 @@ def api_suggest(request: Request) -> JSONResponse:
         return refused("no such operator", status=404)
     try:
         path = forms.suggest_output(op, request.query_params.get("input", ""), gui(request).folders)
-    except EmarrayError as exc:
-        return refused(str(exc))
+    except EmarrayError:  # no suggestion for a bad input (its field says why)
+        path = ""
     return JSONResponse({"path": path})
 
 

@@ -264,7 +264,7 @@ async function suggestOutput(form) {
   const first = $(".field[data-group=input] input", form);
   if (!first || !first.value.trim()) return;
   const r = await api("GET", `/api/suggest?operator=${q(form.dataset.operator)}&input=${q(first.value.trim())}`);
-  if (!r.ok || out.dataset.touched) return;
+  if (!r.ok || !r.data.path || out.dataset.touched) return;
   out.value = r.data.path;
   checkField(form, out.name);
 }
@@ -341,7 +341,14 @@ function volumeStatus(v) {
 }
 async function initData() {
   const c = await catalog();
-  $("#scan-time").textContent = `${c.volumes.length} volumes found in ${c.seconds} s`;
+  const n = c.volumes.length;
+  $("#scan-time").textContent = `${n} volume${n === 1 ? "" : "s"} found in ${c.seconds} s`;
+  const ops = (await api("GET", "/api/operators")).data.filter((o) => o.fields.length && o.fields[0].group === "input" && o.fields[0].kind === "volume");
+  const runWith = (v) => el("select", {class: "run-with", "aria-label": "run an operator on it", onchange: (ev) => {
+      const op = ops.find((o) => o.name === ev.target.value);
+      if (op) location.href = `/run/${op.name}?${op.fields[0].name}=${q(v.path)}`;
+    }}, el("option", {value: "", text: "run…"}),
+    ops.map((o) => el("option", {value: o.name, text: o.name})));
   const sizes = {};
   const render = (v) => el("tr", {"data-path": v.path},
     el("td", {class: "thumb"}, el("img", {loading: "lazy", alt: "", src: `/api/thumbnail?path=${q(v.path)}`})),
@@ -351,7 +358,7 @@ async function initData() {
     el("td", {text: tuple(v.chunks) + (v.shards ? ` (shards ${tuple(v.shards)})` : "")}),
     el("td", {class: "size", text: fmtBytes(sizes[v.path])}),
     el("td", {class: v.unfinished ? "status-unfinished" : "", text: volumeStatus(v)}),
-    el("td", {}, el("a", {href: viewUrl(v.path), text: "view"})));
+    el("td", {class: "acts"}, el("a", {href: viewUrl(v.path), text: "view"}), " ", runWith(v)));
   const rows = c.volumes.map((v) => ({...v, status: volumeStatus(v)}));
   sortable($("#volumes"), rows, render, (r, k) => (k === "bytes" ? sizes[r.path] : Array.isArray(r[k]) ? r[k].reduce((a, b) => a * b, 1) : r[k]));
   for (const v of c.volumes) {  // sizes one at a time: a large volume takes a while to count
@@ -373,9 +380,22 @@ function initDataButtons() {
   if (b) b.onclick = () => browser.open("", (path) => { location.href = `/run/ingest?src=${q(path)}`; });
 }
 
+// -- the View page ----------------------------------------------------------------------------
+async function initView() {
+  const given = JSON.parse($("#view-given").textContent || "[]");
+  const c = await catalog();
+  const rows = c.volumes.filter((v) => !v.inside).map((v) => ({path: v.path, name: v.name, shown: v.shown, what: v.labels ? "labels" : "image"}))
+    .concat(c.meshes.map((m) => ({path: m.path, name: m.name, shown: m.shown, what: "meshes"})));
+  $("#view-list").replaceChildren(...rows.map((r) => el("li", {},
+    el("label", {title: r.shown}, el("input", {type: "checkbox", name: "path", value: r.path, checked: given.includes(r.path)}),
+       " ", el("a", {href: viewUrl(r.path), text: r.name})),
+    el("span", {class: "muted", text: r.what}))));
+  if (!rows.length) $("#view-list").append(el("li", {class: "muted", text: "no volumes in the folders"}));
+}
+
 // -- start --------------------------------------------------------------------------------
 const PAGES = {
-  form: initForm, jobs: initJobs, data: () => { initDataButtons(); initData(); },
+  form: initForm, jobs: initJobs, view: initView, data: () => { initDataButtons(); initData(); },
 };
 document.addEventListener("DOMContentLoaded", () => {
   initBrowser();
