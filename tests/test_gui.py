@@ -41,6 +41,7 @@ from PIL import Image  # noqa: E402
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402
 
 from emarray.cli import cli  # noqa: E402
@@ -271,8 +272,7 @@ def test_a_bad_value_shows_the_clis_message_at_the_field_and_starts_no_job(serve
     driver.get(f"{server.url}/run/threshold")
     driver.find_element(By.ID, "f-src").send_keys(str(folder / "prob.zarr"))
     value = driver.find_element(By.ID, "f-value")
-    value.send_keys("nan")
-    driver.find_element(By.TAG_NAME, "h1").click()
+    value.send_keys("nan", Keys.TAB)
     msg = driver.find_element(By.ID, "msg-value")
     wait_for(lambda: msg.text, what="the field's message")
     r = CliRunner().invoke(cli, ["threshold", str(folder / "prob.zarr"), str(folder / "x.zarr"),
@@ -457,8 +457,7 @@ def test_paths_outside_the_folders_and_links_leaving_them_are_refused(server, dr
     assert str(folder / "prob.zarr") in volumes and not any("secret" in v for v in volumes)
     # in the page: the message at the field
     driver.get(f"{server.url}/run/threshold")
-    driver.find_element(By.ID, "f-src").send_keys(str(folder / "escape.zarr"))
-    driver.find_element(By.TAG_NAME, "h1").click()
+    driver.find_element(By.ID, "f-src").send_keys(str(folder / "escape.zarr"), Keys.TAB)
     msg = wait_for(lambda: driver.find_element(By.ID, "msg-src").text, what="the message")
     assert "outside the folders" in msg and "links resolved" in msg
 
@@ -492,8 +491,7 @@ def test_an_operator_declared_later_gets_its_form_with_no_gui_change(server, dri
             "default: 1.5"
         assert [o.get_attribute("value") for o in
                 Select(driver.find_element(By.ID, "f-mode")).options] == ["", "fast", "exact"]
-        driver.find_element(By.ID, "f-strength").send_keys("-2")
-        driver.find_element(By.TAG_NAME, "h1").click()
+        driver.find_element(By.ID, "f-strength").send_keys("-2", Keys.TAB)
         msg = wait_for(lambda: driver.find_element(By.ID, "msg-strength").text, what="message")
         try:
             op.param("strength").check("-2")
@@ -567,3 +565,122 @@ def test_the_viewer_refuses_links_and_files_that_lead_outside(server, driver, fo
     assert status == 200 and "outside the folders" in text and 'id="viewer"' not in text
     served = server.app.state.gui.viewers.served
     assert all(str(outside) not in str(p) for p in served.folders.values())
+
+
+def test_train_from_the_train_page_then_predict_with_its_model(server, driver, folder):
+    pytest.importorskip("torch")
+    emarray.datasets.synthetic(folder / "syn", (32, 64, 64), chunks=(16, 32, 32), seed=3)
+    driver.get(f"{server.url}/train")
+    values = {"data.raw": folder / "syn" / "raw.zarr", "data.labels": folder / "syn" / "truth.zarr",
+              "out": folder / "run", "steps": 20, "patch": "16,32,32", "batch": 1,
+              "validation.region": "24:32,:,:", "validation.every": 10, "model.depth": 2,
+              "model.filters": 4}
+    for k, v in values.items():
+        driver.find_element(By.ID, f"t-{k}").send_keys(str(v))
+    driver.find_element(By.CSS_SELECTOR, "details.group summary").click()  # run settings
+    for k, v in {"threads": 2, "checkpoint_every": 10, "log_every": 5}.items():
+        driver.find_element(By.ID, f"t-{k}").send_keys(str(v))
+    # a bad value first: the config check's message at its field, no job
+    batch = driver.find_element(By.ID, "t-batch")
+    batch.clear()
+    batch.send_keys("0", Keys.TAB)  # leaving the field checks it
+    msg = wait_for(lambda: driver.find_element(By.ID, "tmsg-batch").text, what="the message")
+    assert msg.startswith("batch") and "0" in msg
+    batch.clear()
+    batch.send_keys("1")
+    driver.find_element(By.ID, "train-submit").click()
+    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#started .job[data-state=done]"),
+             timeout=240, what="the training job")
+    assert not driver.find_element(By.ID, "tmsg-batch").text
+    def points(series):
+        return int(driver.find_element(By.CSS_SELECTOR, f"#curve polyline[data-series={series}]")
+                   .get_attribute("data-points"))
+    wait_for(lambda: points("loss") == 4, what="the whole loss curve")  # steps 5, 10, 15, 20
+    assert points("val_f1") == points("val_iou") == 2  # steps 10, 20
+    models = wait_for(lambda: [li.get_attribute("data-model") for li in
+                               driver.find_elements(By.CSS_SELECTOR, "#run-models li")])
+    assert models == [str(folder / "run" / "best.pt"), str(folder / "run" / "model.pt")]
+    shot(driver, "train")
+    link = driver.find_element(By.CSS_SELECTOR, f"#run-models li[data-model='{models[0]}'] a")
+    link.click()  # predict with the best model: the form comes with it and its raw volume
+    wait_for(lambda: driver.find_elements(By.ID, "f-model"), what="the predict form")
+    assert driver.find_element(By.ID, "f-model").get_attribute("value") == models[0]
+    assert driver.find_element(By.ID, "f-raw").get_attribute("value") == \
+        str(folder / "syn" / "raw.zarr")
+    out = driver.find_element(By.ID, "f-out")
+    wait_for(lambda: out.get_attribute("value"), what="the suggested output")
+    driver.find_element(By.ID, "submit").click()
+    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#started .job[data-state=done]"),
+             timeout=240, what="the predict job")
+    run_cli("predict", folder / "syn" / "raw.zarr", models[0], folder / "cli-pred.zarr")
+    assert np.array_equal(emarray.open_volume(out.get_attribute("value")).read(),
+                          emarray.open_volume(folder / "cli-pred.zarr").read())
+    assert console_errors(driver) == []
+
+
+def test_a_recipe_from_the_recipes_page_runs_and_shows_each_steps_state(server, driver, folder):
+    from emarray.gui.recipes import PACKAGED
+    recipe = PACKAGED / "demo.yaml"
+    driver.get(f"{server.url}/recipes?path={recipe}")
+    wait_for(lambda: driver.find_elements(By.ID, "r-var-shape"), what="the recipe")
+    workdir = driver.find_element(By.ID, "r-workdir")
+    assert workdir.get_attribute("value") == str(folder / "work" / "demo")  # ../work/demo is outside
+    for var, value in (("shape", "16,64,64"), ("chunks", "16,32,32")):
+        driver.find_element(By.ID, f"r-var-{var}").send_keys(value, Keys.TAB)
+
+    def actions():
+        return {li.get_attribute("data-step"): li.get_attribute("data-action")
+                for li in driver.find_elements(By.CSS_SELECTOR, "#recipe-steps li")}
+    wait_for(lambda: set(actions().values()) == {"run"} and len(actions()) == 8, what="the plan")
+    driver.find_element(By.ID, "recipe-run").click()
+    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#started .job[data-state=done]"),
+             timeout=180, what="the recipe's job")
+    wait_for(lambda: set(actions().values()) == {"skip"}, what="every step done")
+    shot(driver, "recipes")
+    # a changed value: that step and those after it run again, the others stay
+    driver.find_element(By.ID, "r-var-value").send_keys("0.6", Keys.TAB)
+    wait_for(lambda: actions()["mask"] == "rerun", what="the new plan")
+    a = actions()
+    assert a["synthetic"] == a["truth_cells"] == a["sweep"] == "skip"
+    assert a["cells"] == a["objects"] == a["match"] == a["pyramid"] == "rerun"
+    # the same recipe on the command line makes the same volumes
+    run_cli("run", recipe, "--workdir", folder / "cli-demo", "--set", "shape=16,64,64",
+            "--set", "chunks=16,32,32", "-q")
+    for name in ("cells.zarr", "mask.zarr", "truth_cells.zarr"):
+        assert stored_chunks(folder / "work" / "demo" / name) == \
+            stored_chunks(folder / "cli-demo" / name), name
+    assert console_errors(driver) == []
+
+
+def test_the_evaluate_page_compares_segmentations_and_names_the_best(server, driver, folder):
+    import pandas as pd
+    demo = folder / "work" / "demo"
+    assert (demo / "match" / "match.json").is_file()  # from the recipe's test
+    status, reply = server.api("POST", "/api/jobs", {"operator": "match", "params": {
+        "pred": str(demo / "truth_cells.zarr"), "truth": str(demo / "truth_cells.zarr"),
+        "out": str(folder / "self-match")}})
+    assert status == 200, reply
+    assert server.wait_job(reply["id"])["state"] == "done"
+    driver.get(f"{server.url}/evaluate")
+    rows = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#matches tbody tr[data-path]"),
+                    what="the matches")
+    paths = [r.get_attribute("data-path") for r in rows]
+    voi = [json.loads((Path(p) / "match.json").read_text())["voi"] for p in paths]
+    assert voi == sorted(voi) and voi[0] == 0  # lowest VOI first: the truth against itself
+    best = [r.get_attribute("data-path") for r in rows if "best" in r.get_attribute("class")]
+    same_truth = [p for p in paths if json.loads((Path(p) / "match.json").read_text())["truth"]
+                  == str(demo / "truth_cells.zarr")]
+    assert best[0] == str(folder / "self-match") and best[0] in same_truth
+    assert "best" in rows[0].text
+    img = wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "#sweeps img.plot"))
+    wait_for(lambda: int(img.get_attribute("naturalWidth")) > 100, what="the sweep plot")
+    shot(driver, "evaluate")
+    driver.find_element(By.XPATH, "//div[@id='sweeps']//button[text()='open the table']").click()
+    f1 = wait_for(lambda: driver.find_element(By.XPATH, "//table[@id='table']//th[text()='f1']"))
+    f1.click()
+    f1.click()  # descending
+    head = [th.text for th in driver.find_elements(By.CSS_SELECTOR, "#table th")]
+    first = driver.find_element(By.CSS_SELECTOR, "#table tbody tr").find_elements(By.TAG_NAME, "td")
+    want = pd.read_csv(demo / "sweep" / "sweep.csv")["f1"].max()
+    assert float(first[head.index("f1")].text) == pytest.approx(want, rel=1e-3)
+    assert console_errors(driver) == []

@@ -225,7 +225,22 @@ async def api_table(request: Request) -> JSONResponse:
         return refused(str(exc))
 
 
+async def api_results(request: Request) -> JSONResponse:
+    from .results import results
+    g = gui(request)
+    cat = await run_in_threadpool(g.jobs.scan.get, True)
+    doc = await run_in_threadpool(results, cat)
+    for rows in doc.values():
+        for row in rows:
+            row["shown"] = g.folders.shown(row["path"])
+            for key in ("prediction", "truth", "prob", "labels"):
+                if isinstance(row.get(key), str):
+                    row[f"{key}_shown"] = g.folders.shown(row[key])
+    return JSONResponse(doc)
+
+
 ROUTES = [
+    Route("/api/results", api_results),
     Route("/api/operators", api_operators),
     Route("/api/operators/{name}", api_operator),
     Route("/api/check", api_check, methods=["POST"]),

@@ -83,7 +83,7 @@ function sortable(table, rows, render, keyOf) {
 function tableOf(table, data, opts = {}) {
   const thead = $("thead", table);
   thead.replaceChildren(el("tr", {}, data.columns.map((c, i) => el("th", {"data-key": i, text: c}))));
-  const fmt = (v) => (typeof v === "number" && !Number.isInteger(v) ? v.toPrecision(4) : (v ?? ""));
+  const fmt = (v) => (typeof v === "number" && !Number.isInteger(v) ? String(Number(v.toPrecision(4))) : (v ?? ""));
   sortable(table, data.rows, (r) => el("tr", {class: opts.best && opts.best(r) ? "best" : ""},
     r.map((v) => el("td", {text: fmt(v)}))), (r, k) => r[k]);
 }
@@ -380,6 +380,274 @@ function initDataButtons() {
   if (b) b.onclick = () => browser.open("", (path) => { location.href = `/run/ingest?src=${q(path)}`; });
 }
 
+// -- the Train page -------------------------------------------------------------------------
+function chart(box, series, xLabel) {
+  // series: [{name, color, points: [[x, y], ...]}]; a plain SVG line chart, y from 0
+  const W = 560, H = 220, L = 46, R = 12, T = 14, B = 34;
+  const pts = series.flatMap((s) => s.points);
+  const svgNS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(svgNS, "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("class", "chart");
+  const mk = (tag, attrs, text) => {
+    const e = document.createElementNS(svgNS, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    if (text !== undefined) e.textContent = text;
+    svg.append(e);
+    return e;
+  };
+  if (!pts.length) {
+    mk("text", {x: W / 2, y: H / 2, "text-anchor": "middle"}, "no points yet");
+    box.replaceChildren(svg);
+    return;
+  }
+  const xmax = Math.max(...pts.map((p) => p[0]), 1);
+  const ymax = Math.max(...pts.map((p) => p[1]), 1e-9) * 1.05;
+  const sx = (x) => L + (x / xmax) * (W - L - R), sy = (y) => T + (1 - y / ymax) * (H - T - B);
+  for (let i = 0; i <= 4; i++) {
+    const y = (ymax * i) / 4;
+    mk("line", {x1: L, x2: W - R, y1: sy(y), y2: sy(y), stroke: "#e4e8ef"});
+    mk("text", {x: L - 6, y: sy(y) + 4, "text-anchor": "end"}, y.toPrecision(2));
+  }
+  for (let i = 0; i <= 4; i++) {
+    const x = Math.round((xmax * i) / 4);
+    mk("text", {x: sx(x), y: H - B + 16, "text-anchor": "middle"}, String(x));
+  }
+  mk("text", {x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle"}, xLabel);
+  for (const s of series) {
+    if (!s.points.length) continue;
+    mk("polyline", {fill: "none", stroke: s.color, "stroke-width": 2,
+                    points: s.points.map((p) => `${sx(p[0])},${sy(p[1])}`).join(" "), "data-series": s.name,
+                    "data-points": s.points.length});
+    for (const p of s.points) if (s.dots) mk("circle", {cx: sx(p[0]), cy: sy(p[1]), r: 3, fill: s.color});
+  }
+  const legend = el("div", {class: "legend"}, series.map((s) => el("span", {}, el("i", {style: `background:${s.color}`}), s.name)));
+  box.replaceChildren(svg, legend);
+}
+async function showRun(run) {
+  if (!run) { $("#curve").replaceChildren(); $("#run-info").replaceChildren(); return; }
+  const r = await api("GET", `/api/train/metrics?run=${q(run)}`);
+  if (!r.ok) { $("#run-info").textContent = r.data.error; return; }
+  const m = r.data, col = (n) => m.columns.indexOf(n);
+  const series = (name, color, dots) => ({name, color, dots, points: col(name) < 0 ? [] :
+    m.rows.filter((row) => row[col(name)] !== null && row[col(name)] !== "").map((row) => [row[col("step")], Number(row[col(name)])])});
+  const lossBox = el("div"), valBox = el("div");
+  $("#curve").replaceChildren(el("h4", {text: "training loss"}), lossBox, el("h4", {text: "validation (held-out region)"}), valBox);
+  chart(lossBox, [series("loss", "#2f6fde")], "step");
+  chart(valBox, [series("val_f1", "#1f8a4c", true), series("val_iou", "#b7791f", true)], "step");
+  const best = m.best ? `best validation at step ${m.best.step}: F1 ${Number(m.best.f1).toFixed(3)}, IoU ${Number(m.best.iou).toFixed(3)}` : "no validation yet";
+  $("#run-info").replaceChildren(...[
+    el("p", {class: "muted", text: `${m.rows.length ? m.rows[m.rows.length - 1][col("step")] : 0} steps logged; ${best}`}),
+    el("ul", {class: "plain", id: "run-models"}, m.models.map((p) => el("li", {"data-model": p}, el("span", {class: "mono", text: baseName(p)}),
+      el("a", {href: `/run/predict?model=${q(p)}${m.raw ? `&raw=${q(m.raw)}` : ""}`, class: "predict", text: "predict with it"})))),
+    m.models.length ? null : el("p", {class: "muted", text: "model files appear at the first checkpoint"})].filter(Boolean));
+}
+async function initTrain() {
+  const form = $("#trainform");
+  fillDatalists();
+  const c = await catalog();
+  const runs = $("#runs");
+  const params = new URLSearchParams(location.search);
+  for (const r of c.runs) runs.append(el("option", {value: r.path, text: r.shown}));
+  if (!c.runs.length) runs.append(el("option", {value: "", text: "(no runs yet)"}));
+  const want = params.get("run");
+  if (want && !c.runs.some((r) => r.path === want)) runs.append(el("option", {value: want, text: want}));
+  if (want) runs.value = want;
+  else if (c.runs.length) runs.value = c.runs[0].path;
+  runs.onchange = () => showRun(runs.value);
+  showRun(runs.value);
+  setInterval(() => { if (runs.value) showRun(runs.value); }, 2000);
+  const from = $("#t-from");
+  for (const cf of c.configs.filter((x) => x.kind === "training")) from.append(el("option", {value: cf.path, text: cf.shown}));
+  from.onchange = async () => {
+    if (!from.value) return;
+    const r = await api("GET", `/api/train/config?path=${q(from.value)}`);
+    if (!r.ok) { $("#train-msg").textContent = r.data.error; return; }
+    $$("[name]", form).forEach((i) => { if (i.type !== "checkbox") i.value = ""; });
+    for (const [k, v] of Object.entries(r.data)) {
+      const i = document.getElementById(`t-${k}`);
+      if (i) i.value = v;
+    }
+    $$("details", form).forEach((det) => { if ($$("input, select", det).some((i) => i.value)) det.open = true; });
+    check();
+  };
+  const values = () => {
+    const v = {};
+    $$("[name]", form).forEach((i) => {
+      if (i.type === "checkbox") { if (i.checked) v[i.name] = true; }
+      else if (i.value.trim()) v[i.name] = i.value.trim();
+    });
+    return v;
+  };
+  const show = (fields) => {
+    $$(".field", form).forEach((f) => {
+      const m = document.getElementById(`tmsg-${f.dataset.field}`);
+      const msg = fields[f.dataset.field] || "";
+      if (m) m.textContent = msg;
+      f.classList.toggle("invalid", Boolean(msg));
+      if (msg && f.closest("details")) f.closest("details").open = true;
+    });
+    $("#train-msg").textContent = fields.form || "";
+  };
+  let timer = null;
+  const check = () => {
+    clearTimeout(timer);
+    timer = setTimeout(async () => {
+      const v = values();
+      const r = await api("POST", "/api/train/check", {values: v});
+      // before the essentials are in, say only what is wrong with what was typed
+      const f = {};
+      for (const [k, m] of Object.entries(r.data.fields || {})) if (v[k] !== undefined) f[k] = m;
+      show(f);
+    }, 200);
+  };
+  $$("[name]", form).forEach((i) => i.addEventListener("change", check));
+  $$("button.browse", form).forEach((b) => {
+    b.onclick = () => browser.open("", (path) => { const i = document.getElementById(b.dataset.for); i.value = path; check(); });
+  });
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const r = await api("POST", "/api/train", {values: values()});
+    if (!r.ok) { show(r.data.fields || {form: r.data.error}); const bad = $(".field.invalid", form); if (bad) bad.scrollIntoView({block: "center"}); return; }
+    show({});
+    watchJob($("#started"), r.data.id);
+    const out = values().out;
+    if (out && ![...runs.options].some((o) => o.value === out)) runs.append(el("option", {value: out, text: out}));
+    if (out) { runs.value = out; showRun(out); }
+  });
+}
+
+// -- the Recipes page ------------------------------------------------------------------------
+function fieldRow(f, prefix, msgPrefix) {
+  let input;
+  if (f.widget === "choice") {
+    input = el("select", {id: `${prefix}${f.name}`, name: f.name}, f.choices.map((c) => el("option", {value: c, text: c, selected: c === f.default})));
+  } else {
+    input = el("input", {type: "text", id: `${prefix}${f.name}`, name: f.name, autocomplete: "off",
+                         placeholder: f.default ? `default: ${f.default}` : "optional", list: f.widget === "path" ? `dl-${f.kind}` : null});
+  }
+  return el("div", {class: "field", "data-field": f.name, "data-group": f.group || ""},
+    el("label", {for: `${prefix}${f.name}`, text: f.label}),
+    el("div", {class: "control"}, input, f.unit ? el("span", {class: "unit", text: f.unit}) : null),
+    f.help ? el("div", {class: "help"}, f.help, f.cli ? el("code", {text: ` ${f.cli}`}) : null) : null,
+    el("div", {class: "msg", id: `${msgPrefix}${f.name}`, role: "alert"}));
+}
+async function initRecipes() {
+  const list = (await api("GET", "/api/recipes")).data;
+  const params = new URLSearchParams(location.search);
+  $("#recipe-list").replaceChildren(...list.map((r) => el("li", {},
+    el("a", {href: `/recipes?path=${q(r.path)}`, text: r.name, title: r.about}),
+    el("span", {class: "muted", text: r.packaged ? "with emarray" : r.shown}))));
+  const path = params.get("path") || (list[0] && list[0].path);
+  if (!path) { $("#recipe-list").append(el("li", {class: "muted", text: "no recipes found"})); return; }
+  const r = await api("GET", `/api/recipe?path=${q(path)}`);
+  if (!r.ok) { $("#recipe-list").append(el("li", {class: "msg", text: r.data.error})); return; }
+  const d = r.data;
+  $("#recipe").hidden = false;
+  $("#recipe-name").textContent = d.name;
+  $("#recipe-about").textContent = d.about;
+  $("#recipe-text").textContent = d.text;
+  $("#recipe-vars").replaceChildren(...Object.entries(d.vars).map(([k, v]) =>
+    fieldRow({name: k, label: k, widget: "text", default: v, help: `a variable of the recipe (--set ${k}=...)`, group: "var"}, "r-var-", "rmsg-var-")));
+  $("#r-workdir").value = d.workdir;
+  $("#recipe-where").replaceChildren(...d.where.map((f) => fieldRow(f, "r-", "rmsg-")));
+  const form = $("#recipeform");
+  const whereSel = $("#r-where");
+  const toggle = () => {
+    const w = whereSel.value;
+    const show = {workers: w !== "address", address: w === "address", slurm_config: w === "slurm", connect_timeout: w === "address"};
+    for (const [n, on] of Object.entries(show)) { const f = $(`#recipe-where .field[data-field="${n}"]`); if (f) f.classList.toggle("hidden", !on); }
+  };
+  whereSel.addEventListener("change", toggle);
+  toggle();
+  const values = () => {
+    const vars = {}, where = {};
+    $$("#recipe-vars input").forEach((i) => { if (i.value.trim()) vars[i.name] = i.value.trim(); });
+    $$("#recipe-where .field:not(.hidden) input, #recipe-where select").forEach((i) => { if (i.value.trim()) where[i.name] = i.value.trim(); });
+    return {vars, where, workdir: $("#r-workdir").value.trim()};
+  };
+  const show = (fields) => {
+    $$(".msg", form).forEach((m) => { m.textContent = ""; });
+    $$(".field", form).forEach((f) => f.classList.remove("invalid"));
+    for (const [k, m] of Object.entries(fields || {})) {
+      const box = document.getElementById(`rmsg-${k}`) || $("#rmsg-form");
+      box.textContent = m;
+      const f = box.closest(".field");
+      if (f) f.classList.add("invalid");
+    }
+  };
+  const replan = async () => {
+    const p = await api("POST", "/api/recipes/plan", {path, values: values()});
+    show(p.data.fields);
+    if (!p.data.ok) return;
+    $("#recipe-steps").replaceChildren(...p.data.steps.map((st) => el("li", {"data-step": st.name, "data-action": st.action},
+      el("strong", {text: st.name}), el("span", {class: "muted", text: ` ${st.op} → ${baseName(st.out)}`}),
+      el("span", {class: `tag ${st.action}`, text: st.action === "skip" ? "done" : st.action}),
+      el("span", {class: "muted", text: ` ${st.why}`}),
+      st.action === "skip" ? el("span", {}, " ", el("a", {href: viewUrl(st.out), text: "view"})) : null)));
+  };
+  $$("input, select", form).forEach((i) => i.addEventListener("change", replan));
+  $$("button.browse", form).forEach((b) => { b.onclick = () => browser.open("", (p) => { document.getElementById(b.dataset.for).value = p; replan(); }); });
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const res = await api("POST", "/api/recipes/run", {path, values: values()});
+    if (!res.ok) { show(res.data.fields || {form: res.data.error}); return; }
+    watchJob($("#started"), res.data.id);
+    const timer = setInterval(async () => {
+      await replan();
+      const j = await api("GET", `/api/jobs/${res.data.id}`);
+      if (["done", "failed", "interrupted"].includes(j.data.state)) { clearInterval(timer); replan(); }
+    }, 2000);
+  });
+  replan();
+}
+
+// -- the Evaluate page -----------------------------------------------------------------------
+const num = (v, d = 3) => (v === null || v === undefined ? "" : Number(v).toFixed(d));
+async function openTable(path) {
+  const r = await api("GET", `/api/table?path=${q(path)}`);
+  const box = $("#table-view");
+  box.hidden = false;
+  if (!r.ok) { $("#table-title").textContent = r.data.error; return; }
+  $("#table-title").textContent = `${baseName(path)} (${r.data.count} rows${r.data.count > r.data.rows.length ? `, first ${r.data.rows.length}` : ""})`;
+  tableOf($("#table"), r.data);
+  box.scrollIntoView({block: "start"});
+}
+async function initEvaluate() {
+  const d = (await api("GET", "/api/results")).data;
+  const t = $("#matches");
+  const cols = [["prediction_shown", "prediction"], ["truth_shown", "ground truth"], ["voi", "VOI"], ["voi_split", "split"],
+                ["voi_merge", "merge"], ["adapted_rand_error", "ARAND"], ["f1_at_0.5", "F1 at IoU 0.5"], ["n_pred", "objects"], ["n_true", "true objects"]];
+  $("thead", t).replaceChildren(el("tr", {}, cols.map(([k, n]) => el("th", {"data-key": k, text: n})), el("th", {})));
+  const rows = d.matches.slice().sort((a, b) => (a.voi ?? 1e9) - (b.voi ?? 1e9));
+  sortable(t, rows, (m) => el("tr", {class: m.best ? "best" : "", "data-path": m.path},
+    el("td", {}, m.prediction_shown || "", m.best ? el("span", {class: "tag skip", text: "best"}) : null),
+    el("td", {text: m.truth_shown || ""}),
+    ...["voi", "voi_split", "voi_merge", "adapted_rand_error", "f1_at_0.5"].map((k) => el("td", {text: num(m[k])})),
+    el("td", {text: m.n_pred ?? ""}), el("td", {text: m.n_true ?? ""}),
+    el("td", {}, m.plot ? el("a", {href: fileUrl(m.plot), target: "_blank", text: "plot"}) : null, " ",
+       el("button", {type: "button", class: "link", text: "table", onclick: () => openTable(m.table)}))), (r, k) => r[k]);
+  if (!rows.length) $("tbody", t).append(el("tr", {}, el("td", {colspan: 10, class: "muted", text: "no match results yet: run match (Run page) against a ground truth"})));
+  $("#sweeps").replaceChildren(...d.sweeps.map((sw) => {
+    const best = Object.entries(sw.best || {}).map(([ch, b]) =>
+      el("li", {}, `channel ${ch}: best F1 ${num(b.f1 && b.f1.f1)} at threshold ${b.f1 && b.f1.threshold}; best IoU ${num(b.iou && b.iou.iou)} at ${b.iou && b.iou.threshold}`));
+    return el("div", {class: "panel result"}, el("h3", {text: sw.shown}),
+      el("p", {class: "muted", text: `${sw.prob_shown || ""} against ${sw.truth_shown || ""}`}),
+      el("ul", {class: "plain"}, best),
+      sw.plot ? el("img", {class: "plot", src: fileUrl(sw.plot), alt: "sweep plot"}) : null,
+      el("p", {}, el("button", {type: "button", text: "open the table", onclick: () => openTable(sw.table)})));
+  }));
+  if (!d.sweeps.length) $("#sweeps").append(el("p", {class: "muted", text: "no sweeps yet"}));
+  $("#objects").replaceChildren(...d.objects.map((o) => el("div", {class: "panel result"}, el("h3", {text: o.shown}),
+    el("p", {class: "muted", text: `${o.count ?? "?"} objects of ${o.labels_shown || ""}; ${num(o.total_volume_um3, 4)} µm³ in all` +
+      (o.volume_um3 ? `; median ${num(o.volume_um3.median, 5)} µm³` : "")}),
+    o.plot ? el("img", {class: "plot", src: fileUrl(o.plot), alt: "objects plot"}) : null,
+    el("p", {}, el("button", {type: "button", text: "open the table", onclick: () => openTable(o.path)})))));
+  if (!d.objects.length) $("#objects").append(el("p", {class: "muted", text: "no objects tables yet"}));
+  const want = new URLSearchParams(location.search).get("table");
+  if (want) openTable(want);
+}
+
 // -- the View page ----------------------------------------------------------------------------
 async function initView() {
   const given = JSON.parse($("#view-given").textContent || "[]");
@@ -395,7 +663,7 @@ async function initView() {
 
 // -- start --------------------------------------------------------------------------------
 const PAGES = {
-  form: initForm, jobs: initJobs, view: initView, data: () => { initDataButtons(); initData(); },
+  form: initForm, jobs: initJobs, view: initView, train: initTrain, recipes: initRecipes, evaluate: initEvaluate, data: () => { initDataButtons(); initData(); },
 };
 document.addEventListener("DOMContentLoaded", () => {
   initBrowser();
