@@ -352,7 +352,7 @@ def start_gui(folder, *args, env=None):
                              "--port", "0", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
     first = proc.stdout.readline().strip()
-    assert first.startswith("http://127.0.0.1:") and "/?token=" in first, (
+    assert first.startswith("http://") and "/?token=" in first, (
         first, proc.stderr.read() if proc.poll() is not None else "")
     base, token = first.split("/?token=")
     deadline = time.monotonic() + 30
@@ -367,9 +367,12 @@ def start_gui(folder, *args, env=None):
 
 def test_a_restarted_gui_lists_past_jobs_and_jobs_started_on_the_command_line(server, folder,
                                                                              big):
+    status, reply = server.api("POST", "/api/jobs", {"operator": "threshold", "params": {
+        "src": str(big), "dst": str(folder / "before-restart.zarr"), "value": "0.5"}})
+    assert server.wait_job(reply["id"])["state"] == "done"
     before = {j["id"]: j["state"] for j in server.api("GET", "/api/jobs")[1]
               if j["source"] == "gui"}
-    assert before and set(before.values()) == {"done"}
+    assert reply["id"] in before and set(before.values()) == {"done"}
     proc, base, token = start_gui(folder)
     cli_job = None
     try:
@@ -470,10 +473,12 @@ def test_an_operator_declared_later_gets_its_form_with_no_gui_change(server, dri
                   params=(Param("strength", "float", "how strong", unit="furlongs",
                                 minimum=0.0),
                           Param("mode", "choice", "how", choices=("fast", "exact")),
-                          Param("loud", "flag", "say more")))
+                          Param("loud", "flag", "say more"),
+                          # a name a <form> element has as a property of its own
+                          Param("dataset", "text", "a name the page must not confuse")))
 
     @op.function
-    def gui_probe(src, dst, strength=1.5, mode="exact", loud=False, **run):
+    def gui_probe(src, dst, strength=1.5, mode="exact", loud=False, dataset=None, **run):
         """Do nothing: a test's operator."""
 
     try:
@@ -484,7 +489,7 @@ def test_an_operator_declared_later_gets_its_form_with_no_gui_change(server, dri
         wait_for(lambda: driver.find_elements(By.ID, "f-strength"), what="the form")
         fields = [f.get_attribute("data-field")
                   for f in driver.find_elements(By.CSS_SELECTOR, ".field")]
-        assert fields[:5] == ["src", "dst", "strength", "mode", "loud"]
+        assert fields[:6] == ["src", "dst", "strength", "mode", "loud", "dataset"]
         strength = driver.find_element(By.CSS_SELECTOR, ".field[data-field=strength]")
         assert "how strong" in strength.text and "furlongs" in strength.text
         assert driver.find_element(By.ID, "f-strength").get_attribute("placeholder") == \
@@ -684,3 +689,137 @@ def test_the_evaluate_page_compares_segmentations_and_names_the_best(server, dri
     want = pd.read_csv(demo / "sweep" / "sweep.csv")["f1"].max()
     assert float(first[head.index("f1")].text) == pytest.approx(want, rel=1e-3)
     assert console_errors(driver) == []
+
+
+def test_ingest_a_stack_chosen_in_the_file_browser(server, driver, folder):
+    slices = folder / "slices"
+    slices.mkdir()
+    stack = np.random.default_rng(5).integers(0, 255, (4, 24, 32), dtype=np.uint8)
+    for z, plane in enumerate(stack):
+        Image.fromarray(plane).save(slices / f"s{z:02d}.png")
+    driver.get(f"{server.url}/data")
+    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#stacks li a"), what="the stacks")
+    driver.find_element(By.ID, "ingest-browse").click()
+    entry = wait_for(lambda: [li for li in driver.find_elements(By.CSS_SELECTOR, "#browser-list li")
+                              if li.text.startswith(str(folder))], what="the folders")[0]
+    entry.find_element(By.CSS_SELECTOR, ".name").click()  # into the served folder
+    entry = wait_for(lambda: [li for li in driver.find_elements(By.CSS_SELECTOR, "#browser-list li")
+                              if li.text.startswith("slices")], what="its entries")[0]
+    names = [li.text.split("\n")[0] for li in driver.find_elements(By.CSS_SELECTOR,
+                                                                   "#browser-list li")]
+    assert "linkdir (a link leaving the folders)" in names  # shown, not followed
+    shot(driver, "browse")
+    entry.find_element(By.TAG_NAME, "button").click()  # choose
+    wait_for(lambda: driver.find_elements(By.ID, "f-voxel_size"), what="the ingest form")
+    assert driver.find_element(By.ID, "f-src").get_attribute("value") == str(slices)
+    driver.find_element(By.ID, "f-voxel_size").send_keys("40,8,8")
+    driver.find_element(By.ID, "f-unit").send_keys("nanometer", Keys.TAB)
+    out = driver.find_element(By.ID, "f-dst")
+    wait_for(lambda: out.get_attribute("value") == str(folder / "slices-ingest.zarr"),
+             what="the output beside the stack")
+    driver.find_element(By.ID, "submit").click()
+    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#started .job[data-state=done]"),
+             what="the ingest job")
+    v = emarray.open_volume(folder / "slices-ingest.zarr")
+    assert np.array_equal(v.read(), stack) and v.voxel_size == (40.0, 8.0, 8.0)
+    assert v.unit == "nanometer"
+
+
+def test_bad_command_lines_are_one_line_and_a_wider_bind_is_said(folder, tmp_path):
+    r = CliRunner().invoke(cli, ["gui", str(tmp_path / "nowhere"), "--no-open"])
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [
+        f"error: gui serves folders; {str(tmp_path / 'nowhere')!r} is not one"]
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        port = taken.getsockname()[1]
+        r = CliRunner().invoke(cli, ["gui", str(folder), "--no-open", "--port", str(port)])
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1 and f"127.0.0.1:{port}" in lines[0], lines
+        assert "--port" in lines[0]
+    finally:
+        taken.close()
+    proc, base, token = start_gui(folder, "--bind", "0.0.0.0")
+    second = proc.stdout.readline()  # (communicate() would miss lines readline buffered)
+    try:
+        port = base.rsplit(":", 1)[1]
+        assert base == f"http://{socket.gethostname()}:{port}"
+        host = {"Host": f"{socket.gethostname()}:{port}"}
+        local = f"http://127.0.0.1:{port}"
+        assert call(local + "/api/jobs", token=token, headers=host)[0] == 200
+        assert call(local + "/api/jobs", token=token, headers={"Host": "evil.example"})[0] == 403
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert second.startswith("warning: serving on 0.0.0.0: anyone who can reach")
+
+
+def test_jobs_past_the_limit_wait_in_the_queue(tmp_path, monkeypatch):
+    folder = tmp_path
+    big = folder / "big.zarr"
+    make_volume(big, np.random.default_rng(1).random((32, 64, 64)).astype(np.float32),
+                (8, 16, 16))
+    monkeypatch.setenv("EMARRAY_SLOW_WRITES", "0.05")
+    s = Server(folder, max_running=1)
+    try:
+        def submit(name):
+            status, reply = s.api("POST", "/api/jobs", {"operator": "threshold", "workers": 1,
+                                                        "params": {"src": str(big),
+                                                                   "dst": str(folder / name),
+                                                                   "value": "0.7"}})
+            assert status == 200, reply
+            return reply["id"]
+        first, second = submit("q1.zarr"), submit("q2.zarr")
+        assert s.api("GET", f"/api/jobs/{second}")[1]["state"] == "queued"
+        assert s.api("POST", f"/api/jobs/{second}/stop")[1]["state"] == "interrupted"
+        assert not (folder / "q2.zarr").exists()
+        status, reply = s.api("POST", f"/api/jobs/{first}/resume")
+        assert status == 400 and "only an interrupted or failed job resumes" in reply["error"]
+        assert s.api("POST", f"/api/jobs/{second}/resume")[1]["state"] == "queued"
+        assert s.wait_job(first)["state"] == "done"
+        done = s.wait_job(second)
+        assert done["state"] == "done" and done["started"] >= s.api(
+            "GET", f"/api/jobs/{first}")[1]["ended"]
+        want = (emarray.open_volume(big).read() > 0.7).astype(np.uint8)
+        assert np.array_equal(emarray.open_volume(folder / "q2.zarr").read(), want)
+    finally:
+        s.close()
+
+
+def test_store_secrets_reach_the_job_and_are_shown_nowhere(folder):
+    import psutil
+    secret = "SUPERSECRET-" + new_token()[:12]
+    proc = subprocess.Popen([sys.executable, "-m", "emarray", "--storage-option",
+                             f"secret_access_key={secret}", "gui", str(folder), "--no-open",
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        base, token = proc.stdout.readline().strip().split("/?token=")
+        wait_for(lambda: call(base + "/api/jobs", token=token)[0] == 200, what="the gui")
+        status, reply = call(base + "/api/jobs", "POST", {"operator": "threshold", "params": {
+            "src": str(folder / "prob.zarr"), "dst": str(folder / "secret-test.zarr"),
+            "value": "0.5"}}, token=token)
+        assert status == 200, reply
+        jobdir = next(folder.glob(f".emarray-gui/jobs/{reply['id']}"))
+        pid = wait_for(lambda: json.loads((jobdir / "pid.json").read_text())["pid"]
+                       if (jobdir / "pid.json").exists() else None, what="the job's start")
+        try:  # it reaches the job, in its environment only
+            env = psutil.Process(pid).environ()
+            assert secret in env.get("EMARRAY_GUI_STORAGE_OPTIONS", "")
+            assert secret not in " ".join(psutil.Process(pid).cmdline())
+        except psutil.NoSuchProcess:
+            pass  # already done
+        wait_for(lambda: call(f"{base}/api/jobs/{reply['id']}", token=token)[1]["state"] == "done",
+                 what="the job")
+        shown = [call(base + p, token=token)[1] for p in (
+            "/api/jobs", f"/api/jobs/{reply['id']}?log=400", "/", "/jobs", "/data",
+            "/api/catalog", "/run/threshold", "/recipes", "/train")]
+        assert not any(secret in json.dumps(x) for x in shown)
+        for f in jobdir.rglob("*"):
+            if f.is_file():
+                assert secret not in f.read_text(errors="replace"), f
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert secret not in out + err

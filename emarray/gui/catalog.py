@@ -247,11 +247,17 @@ def scan(folders: Folders) -> Catalog:
     w = _Walk(folders)
     for r in folders.roots:
         w.folder(r, 0)
-    # a folder of 2D slices is a stack too (the ingest operator reads the folder)
-    dirs = sorted({str(Path(s["path"]).parent) for s in w.cat.stacks
-                   if Path(s["path"]).suffix.lower() in (".tif", ".tiff", ".png")})
-    w.cat.stacks = [{"path": d, "name": Path(d).name + "/", "folder": True} for d in dirs] + \
-        w.cat.stacks
+    # a folder of 2D slices (two or more images) is one stack: ingest reads the folder; a
+    # TIFF or HDF5 file elsewhere is a stack of its own (a multi-page TIFF, a dataset)
+    per_dir: dict[str, int] = {}
+    for st in w.cat.stacks:
+        if Path(st["path"]).suffix.lower() in (".tif", ".tiff", ".png"):
+            d = str(Path(st["path"]).parent)
+            per_dir[d] = per_dir.get(d, 0) + 1
+    dirs = sorted(d for d, n in per_dir.items() if n >= 2)
+    files = [st for st in w.cat.stacks if str(Path(st["path"]).parent) not in dirs
+             and Path(st["path"]).suffix.lower() != ".png"]
+    w.cat.stacks = [{"path": d, "name": Path(d).name + "/", "folder": True} for d in dirs] + files
     w.cat.seconds = round(time.monotonic() - t0, 3)
     return w.cat
 

@@ -90,8 +90,8 @@ def error_line(log: Path) -> str:
 
 def state_of(jobdir: Path) -> str:
     """queued, running, stopping, done, failed or interrupted (see the module's docs)."""
-    if (jobdir / "queued.json").exists():
-        return "queued"
+    if (jobdir / "queued.json").exists() or any(jobdir.glob(".claimed-*")):
+        return "queued"  # waiting, or being started
     ended = _read(jobdir / "exit.json")
     if isinstance(ended, dict):
         if ended.get("code") == 0:
@@ -174,8 +174,17 @@ class Jobs:
                             key=lambda d: (_read(d / "job.json") or {}).get("created", 0))
             room = self.max_running - self.running()
             for d in queued[:max(0, room)]:
-                q = _read(d / "queued.json") or {}
-                self._start(d, bool(q.get("resume")))
+                # claim it first: another gui serving this folder may be starting it too
+                claim = d / f".claimed-{os.getpid()}"
+                try:
+                    os.rename(d / "queued.json", claim)
+                except FileNotFoundError:
+                    continue
+                q = _read(claim) or {}
+                try:
+                    self._start(d, bool(q.get("resume")))
+                finally:
+                    claim.unlink(missing_ok=True)
 
     def _start(self, jobdir: Path, resume: bool) -> None:
         for name in ("exit.json", "stop", "progress.json"):
@@ -203,7 +212,6 @@ class Jobs:
         _write(jobdir / "pid.json", {"pid": proc.pid, "created": created,
                                      "host": socket.gethostname(), "started": time.time(),
                                      "resume": resume})
-        (jobdir / "queued.json").unlink(missing_ok=True)
         self.children[jobdir.name] = proc
 
     def stop(self, job_id: str) -> str:

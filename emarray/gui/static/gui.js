@@ -50,6 +50,12 @@ function fmtSeconds(s) {
   if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
   return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }
+function when(t) {
+  if (typeof t === "string") return t;
+  const d = new Date(t * 1000), now = new Date();
+  const hm = d.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", second: "2-digit"});
+  return d.toDateString() === now.toDateString() ? hm : `${d.toLocaleDateString()} ${hm}`;
+}
 const tuple = (v) => (Array.isArray(v) ? v.join(", ") : (v ?? ""));
 const baseName = (p) => String(p).replace(/\/+$/, "").split("/").pop();
 const dirName = (p) => String(p).replace(/\/+$/, "").split("/").slice(0, -1).join("/");
@@ -151,8 +157,9 @@ function jobCard(j, open) {
   const meta = el("div", {class: "job-meta"},
     j.stage ? el("span", {}, `${j.stage}: ${j.done ?? 0} of ${j.total ?? "?"} ${j.unit || "block"}s`) : null,
     j.left_s !== null && j.left_s !== undefined ? el("span", {}, `about ${fmtSeconds(j.left_s)} left`) : null,
-    j.source !== "gui" ? el("span", {}, `started on the ${j.source}`) : null,
-    el("span", {class: "mono"}, j.command || ""));
+    j.started ? el("span", {}, `started ${when(j.started)}`) : null,
+    j.started && j.ended && j.state !== "running" ? el("span", {}, `took ${fmtSeconds(j.ended - j.started)}`) : null,
+    j.source !== "gui" ? el("span", {}, `started on the ${j.source}`) : null);
   const buttons = el("span", {class: "right"});
   if (j.source === "gui" && (j.state === "running" || j.state === "queued"))
     buttons.append(el("button", {type: "button", class: "danger stop", text: "Stop", onclick: () => jobAction(j.id, "stop")}));
@@ -169,8 +176,10 @@ function jobCard(j, open) {
     bar, meta,
     j.error ? el("div", {class: "job-error", text: j.error}) : null,
     links);
+  if (j.source !== "gui") card.append(el("div", {class: "job-meta mono", text: j.command || ""}));
   if (j.source === "gui") {
-    const det = el("details", {}, el("summary", {text: "log"}), el("pre", {class: "log", text: "…"}));
+    const det = el("details", {}, el("summary", {text: "command and log"}),
+                   el("div", {class: "mono job-command", text: j.command || ""}), el("pre", {class: "log", text: "…"}));
     if (open) det.open = true;
     det.addEventListener("toggle", async () => {
       if (!det.open) return;
@@ -263,7 +272,7 @@ async function suggestOutput(form) {
   if (!out || out.dataset.touched) return;
   const first = $(".field[data-group=input] input", form);
   if (!first || !first.value.trim()) return;
-  const r = await api("GET", `/api/suggest?operator=${q(form.dataset.operator)}&input=${q(first.value.trim())}`);
+  const r = await api("GET", `/api/suggest?operator=${q(form.getAttribute("data-operator"))}&input=${q(first.value.trim())}`);
   if (!r.ok || !r.data.path || out.dataset.touched) return;
   out.value = r.data.path;
   checkField(form, out.name);
@@ -273,7 +282,7 @@ function checkField(form, name) {
   clearTimeout(checkTimers[name]);
   checkTimers[name] = setTimeout(async () => {
     const values = formValues(form);
-    const r = await api("POST", "/api/check", {operator: form.dataset.operator, field: name,
+    const r = await api("POST", "/api/check", {operator: form.getAttribute("data-operator"), field: name,
                                                 value: values[name] ?? null, values});
     if (r.ok) showMessage(form, name, r.data.message);
   }, 150);
@@ -320,7 +329,7 @@ function initForm() {
     ev.preventDefault();
     $$(".field", form).forEach((f) => showMessage(form, f.dataset.field, ""));
     $("#form-msg").textContent = "";
-    const r = await api("POST", "/api/jobs", {operator: form.dataset.operator, params: formValues(form)});
+    const r = await api("POST", "/api/jobs", {operator: form.getAttribute("data-operator"), params: formValues(form)});
     if (!r.ok) {
       let placed = false;
       for (const [name, msg] of Object.entries(r.data.fields || {})) placed = showMessage(form, name, msg) || placed;
