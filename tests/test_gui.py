@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,7 +35,6 @@ pytest.importorskip("selenium")
 if not os.path.exists("/usr/bin/chromium") or shutil.which("chromedriver") is None:
     pytest.skip("needs Debian's chromium and chromium-driver", allow_module_level=True)
 
-import uvicorn  # noqa: E402
 from PIL import Image  # noqa: E402
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -45,34 +43,19 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402
 
 from emarray.cli import cli  # noqa: E402
-from emarray.gui.app import make_app  # noqa: E402
-from emarray.gui.places import Folders  # noqa: E402
+from emarray.gui.app import Background  # noqa: E402
 from emarray.gui.security import new_token  # noqa: E402
 
 SHOTS = os.environ.get("EMARRAY_GUI_SHOTS")
 
 
 # -- a server and a browser ------------------------------------------------------------------
-class Server:
+class Server(Background):
     """``emarray gui`` for ``folder``, served by uvicorn in a thread of this process."""
 
     def __init__(self, folder: Path, **kw):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.token = new_token()
+        super().__init__([folder], **kw)
         self.folder = folder
-        self.app = make_app(Folders([folder]), self.token, port=self.port, **kw)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning",
-                                                    lifespan="off", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
 
     def api(self, method, path, body=None, token=True, headers=None):
         return call(self.url + path, method, body, self.token if token else None, headers)
@@ -85,13 +68,6 @@ class Server:
                 return j
             time.sleep(0.2)
         raise AssertionError(f"job {job_id} still {j['state']}: {j.get('log')}")
-
-    def close(self):
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.app.state.gui.jobs.close()
-        if self.app.state.gui.viewers is not None:
-            self.app.state.gui.viewers.close()
 
 
 def call(url, method="GET", body=None, token=None, headers=None):
@@ -575,16 +551,25 @@ def test_the_viewer_refuses_links_and_files_that_lead_outside(server, driver, fo
 def test_train_from_the_train_page_then_predict_with_its_model(server, driver, folder):
     pytest.importorskip("torch")
     emarray.datasets.synthetic(folder / "syn", (32, 64, 64), chunks=(16, 32, 32), seed=3)
+    from emarray.gui.recipes import PACKAGED
     driver.get(f"{server.url}/train")
+    # start from the config that comes with emarray: its values fill the form
+    start = wait_for(lambda: [o for o in Select(driver.find_element(By.ID, "t-from")).options
+                              if o.get_attribute("value").endswith("train-synthetic.yaml")],
+                     what="the packaged configs")[0]
+    assert start.get_attribute("value") == str(PACKAGED / "train-synthetic.yaml")
+    start.click()
+    steps = driver.find_element(By.ID, "t-steps")
+    wait_for(lambda: steps.get_attribute("value") == "100", what="the config's values")
+    assert driver.find_element(By.ID, "t-validation.region").get_attribute("value") == "48:64,:,:"
+    assert driver.find_element(By.ID, "t-out").get_attribute("value") == ""  # not in the folders
     values = {"data.raw": folder / "syn" / "raw.zarr", "data.labels": folder / "syn" / "truth.zarr",
-              "out": folder / "run", "steps": 20, "patch": "16,32,32", "batch": 1,
-              "validation.region": "24:32,:,:", "validation.every": 10, "model.depth": 2,
-              "model.filters": 4}
+              "out": folder / "run", "steps": 20, "batch": 1, "validation.region": "24:32,:,:",
+              "validation.every": 10, "model.filters": 4, "checkpoint_every": 10, "log_every": 5}
     for k, v in values.items():
-        driver.find_element(By.ID, f"t-{k}").send_keys(str(v))
-    driver.find_element(By.CSS_SELECTOR, "details.group summary").click()  # run settings
-    for k, v in {"threads": 2, "checkpoint_every": 10, "log_every": 5}.items():
-        driver.find_element(By.ID, f"t-{k}").send_keys(str(v))
+        field = driver.find_element(By.ID, f"t-{k}")
+        field.clear()
+        field.send_keys(str(v))
     # a bad value first: the config check's message at its field, no job
     batch = driver.find_element(By.ID, "t-batch")
     batch.clear()

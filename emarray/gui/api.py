@@ -110,7 +110,7 @@ async def api_submit(request: Request) -> JSONResponse:
         return refused(str(exc), exc.fields)
     except EmarrayError as exc:
         return refused(str(exc))
-    argv = cmd.argv + (["--report={JOB}/report.html"] if op.output is not None else [])
+    argv = cmd.argv + (["--report={JOB}/report.html"] if cmd.report else [])
     job_id = await run_in_threadpool(
         g.jobs.create, "operator", cmd.title, argv, inputs=cmd.inputs, outputs=cmd.outputs,
         resumable=cmd.resumable, extra={"operator": op.name})
@@ -191,11 +191,17 @@ async def api_size(request: Request) -> JSONResponse:
 
 
 def _thumbnail(path: Path) -> bytes:
-    from ..preview import pictures
-    from ..volume import open_volume
+    """One slice, at most 256 x 256 voxels read (of the finest level that fits): the middle
+    one of an image, the fullest of 8 of a label volume or a mask (objects show)."""
+    import numpy as np
+
+    from ..preview import busiest, pictures
+    from ..volume import is_labels, open_volume
     vol = open_volume(path)
-    mid = vol.shape[-3] // 2
-    return pictures(vol, zs=[mid], side=256, width=96)[1][0]
+    z = vol.shape[-3] // 2
+    if vol.ndim == 3 and (is_labels(vol) or vol.dtype in (np.uint8, np.bool_)):
+        z = busiest(vol, n=1, candidates=8, side=256)[0]
+    return pictures(vol, zs=[z], side=256, width=144)[1][0]
 
 
 async def api_thumbnail(request: Request) -> Response:

@@ -196,3 +196,40 @@ def serve(paths: list[str | os.PathLike], *, port: int | None = None, bind: str 
         if app.state.gui.viewers is not None:
             app.state.gui.viewers.close()
         echo("stopped")
+
+
+class Background:
+    """The gui for ``paths`` served by uvicorn in a thread of this process, on a free port of
+    127.0.0.1 (for tests, scripts and notebooks); ``url``, ``token``, ``app``; ``close()``."""
+
+    def __init__(self, paths: list[str | os.PathLike], **kw: Any):
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        from .security import new_token
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.token = new_token()
+        self.app = make_app(Folders(paths), self.token, port=self.port, **kw)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning",
+                                                    lifespan="off", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        gui = self.app.state.gui
+        gui.jobs.close()
+        if gui.viewers is not None:
+            gui.viewers.close()

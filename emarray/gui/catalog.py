@@ -226,19 +226,32 @@ class _Walk:
             self.cat.stacks.append({"path": str(p), "name": p.name})
 
     def yaml(self, p: Path) -> None:
-        try:
-            with open(p, errors="replace") as f:
-                head = f.read(65536)
-        except OSError:
-            return
-        lines = {ln.split(":", 1)[0].strip() for ln in head.splitlines()
-                 if ln and not ln[0].isspace() and ":" in ln and not ln.startswith("#")}
-        if "steps" in lines:
+        kind = yaml_kind(p)
+        if kind == "recipe":
             self.cat.recipes.append({"path": str(p), "name": p.name})
-        elif "data" in lines and ("out" in lines or "steps" in lines or "model" in lines):
-            self.cat.configs.append({"path": str(p), "name": p.name, "kind": "training"})
-        elif "slurm" in lines or "partition" in lines:
-            self.cat.configs.append({"path": str(p), "name": p.name, "kind": "slurm"})
+        elif kind is not None:
+            self.cat.configs.append({"path": str(p), "name": p.name, "kind": kind})
+
+
+def yaml_kind(p: Path) -> str | None:
+    """What a YAML file is: a recipe (``steps:`` of steps), a training config (a ``data:``
+    section), a SLURM config, or None (anything else, or too large to be one)."""
+    import yaml
+    try:
+        if p.stat().st_size > 1 << 20:
+            return None
+        doc = yaml.safe_load(p.read_text(errors="replace"))
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    if isinstance(doc.get("steps"), dict):
+        return "recipe"
+    if isinstance(doc.get("data"), dict):
+        return "training"
+    if isinstance(doc.get("slurm"), dict) or "partition" in doc:
+        return "slurm"
+    return None
 
 
 def scan(folders: Folders) -> Catalog:

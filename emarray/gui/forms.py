@@ -120,6 +120,12 @@ def where_fields(run: tuple[str, ...]) -> list[Field]:
     return out
 
 
+#: the gui's own field: the CLI's --report page of a job (every operator with an output)
+REPORT = Field("report", "run", "flag", "report page",
+               "also write an HTML page of this run: inputs, output, slices of the volumes, "
+               "figures (a fixed cost of about half a second)", default="true", cli="--report")
+
+
 def fields(op: Operator) -> list[Field]:
     """Every field of ``op``'s form, in the order the page shows them."""
     out = [_port_field(p, "input") for p in op.inputs]
@@ -128,6 +134,8 @@ def fields(op: Operator) -> list[Field]:
     out += [_param_field(p) for p in op.params]
     out += where_fields(op.run)
     out += [_run_field(r) for r in op.run if r not in SPECIAL_RUN]
+    if op.output is not None:
+        out.append(REPORT)
     return out
 
 
@@ -203,6 +211,8 @@ def _check(op: Operator, name: str, value: Any, folders: Folders,
 def _check_run(name: str, value: Any, folders: Folders, values: dict[str, Any]) -> Any:
     from .._normalize import finite_number, whole_number
     where = values.get("where") or "threads"
+    if name == "report":
+        return None
     if name == "where":
         if value not in WHERE:
             raise InvalidArgumentError(f"where must be one of {', '.join(WHERE)}, got {value!r}")
@@ -258,6 +268,7 @@ class Command:
     outputs: list[str]
     resumable: bool
     title: str
+    report: bool = False  # whether the job writes its --report page
 
 
 def where_args(values: dict[str, Any], run: tuple[str, ...], folders: Folders,
@@ -297,7 +308,7 @@ def command(op: Operator, values: dict[str, Any], folders: Folders) -> Command:
             errors[name] = f"{op.name} has no field {name!r}"
     checked: dict[str, Any] = {}
     for f in fields(op):
-        if f.group == "where":
+        if f.group == "where" or f is REPORT:
             continue
         try:
             checked[f.name] = _check(op, f.name, values.get(f.name), folders, values)
@@ -338,8 +349,9 @@ def command(op: Operator, values: dict[str, Any], folders: Folders) -> Command:
     if op.output is not None and op.output.kind == "inplace":
         outs = [checked[op.output.name]] if checked.get(op.output.name) else ins[:1]
     first = Path(outs[0]).name if outs else (Path(ins[0]).name if ins else "")
+    report = op.output is not None and values.get("report", True) not in (False, "false", "0")
     return Command([op.name, *positional, *options, *run], ins, outs,
-                   "resume" in op.run, f"{op.name} {first}".strip())
+                   "resume" in op.run, f"{op.name} {first}".strip(), report)
 
 
 def suggest_output(op: Operator, source: str, folders: Folders) -> str:

@@ -152,7 +152,11 @@ class Jobs:
                 continue
         job_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         jobdir = home / JOBS / job_id
-        jobdir.mkdir(parents=True)
+        try:
+            jobdir.mkdir(parents=True)
+        except OSError as exc:
+            raise InvalidArgumentError(f"cannot record the job in {home / JOBS}: "
+                                       f"{exc.strerror or exc}") from None
         for name, text in (files or {}).items():
             (jobdir / name).write_text(text)
         argv = [a.replace("{JOB}", str(jobdir)) for a in argv]
@@ -303,7 +307,8 @@ class Jobs:
             "outputs": record.get("outputs", []), "inputs": record.get("inputs", []),
             "command": "emarray " + shlex.join(record.get("argv", [])),
             "created": record.get("created"), "started": pid.get("started"),
-            "ended": ended.get("ended"), "resumable": bool(record.get("resumable")),
+            "ended": ended.get("ended"), "cpu_s": ended.get("cpu_s"),
+            "resumable": bool(record.get("resumable")),
             "report": str(d / "report.html") if (d / "report.html").is_file() else None,
             "source": "gui", "run": record.get("run"),
         }

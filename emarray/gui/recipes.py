@@ -31,28 +31,28 @@ def packaged() -> list[Path]:
     return sorted(PACKAGED.glob("*.yaml")) if PACKAGED.is_dir() else []
 
 
-def recipe_path(text: str, folders: Folders) -> Path:
-    """A recipe the gui may read: inside the folders, or one that comes with emarray."""
+def recipe_path(text: str, folders: Folders, what: str = "recipe") -> Path:
+    """A recipe (or config) the gui may read: inside the folders, or one that comes with
+    emarray."""
     real = Path(os.path.realpath(text)) if text else None
     if real is not None and real in [p.resolve() for p in packaged()]:
         return real
-    path = folders.resolve(text, "recipe")
+    path = folders.resolve(text, what)
     if not path.is_file():
-        raise InvalidArgumentError(f"no recipe at {text!r}")
+        raise InvalidArgumentError(f"no {what} at {text!r}")
     return path
 
 
 def listing(cat: Any, folders: Folders) -> list[dict[str, Any]]:
     """Every recipe: those that come with emarray, then those in the folders."""
     import yaml
+
+    from .catalog import yaml_kind
     out = []
     for p in packaged() + [Path(r["path"]) for r in cat.recipes]:
-        try:
-            doc = yaml.safe_load(p.read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            continue
-        if not isinstance(doc, dict) or "steps" not in doc:
-            continue
+        if yaml_kind(p) != "recipe":
+            continue  # (pipelines/ holds training configs too)
+        doc = yaml.safe_load(p.read_text())
         out.append({"path": str(p), "name": p.stem, "about": str(doc.get("about") or ""),
                     "packaged": p.parent == PACKAGED,
                     "shown": f"pipelines/{p.name}" if p.parent == PACKAGED else folders.shown(p)})

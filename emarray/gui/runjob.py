@@ -50,8 +50,12 @@ def main(args: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         code = 130
     finally:
+        import resource
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+            resource.RUSAGE_CHILDREN)
+        cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
         done = {"code": code, "interrupted": interrupted["by"], "ended": time.time(),
-                "resume": resume}
+                "resume": resume, "cpu_s": round(cpu, 3)}
         tmp = jobdir / ".exit.json.tmp"
         tmp.write_text(json.dumps(done))
         os.replace(tmp, jobdir / "exit.json")

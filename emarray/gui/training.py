@@ -243,12 +243,31 @@ async def api_metrics(request: Request) -> JSONResponse:
 
 async def api_config(request: Request) -> JSONResponse:
     from .api import refused
+    from .recipes import recipe_path
     g = request.app.state.gui
     try:
-        path = g.folders.resolve(request.query_params.get("path", ""), "config")
-        return JSONResponse(await run_in_threadpool(given_of, path))
+        path = recipe_path(request.query_params.get("path", ""), g.folders, "training config")
+        given = await run_in_threadpool(given_of, path)
     except (EmarrayError, InvalidArgumentError) as exc:
         return refused(str(exc))
+    try:  # a packaged config's out (../emarray-train-...) is not for these folders
+        g.folders.resolve(given.get("out", ""), "out")
+    except EmarrayError:
+        given.pop("out", None)
+    return JSONResponse(given)
+
+
+async def api_configs(request: Request) -> JSONResponse:
+    """The training configs that come with emarray and those in the folders."""
+    from .catalog import yaml_kind
+    from .recipes import packaged
+    g = request.app.state.gui
+    cat = await run_in_threadpool(g.jobs.scan.get)
+    rows = [{"path": str(p), "shown": f"pipelines/{p.name}"} for p in packaged()
+            if yaml_kind(p) == "training"]
+    rows += [{"path": c["path"], "shown": g.folders.shown(c["path"])} for c in cat.configs
+             if c["kind"] == "training"]
+    return JSONResponse(rows)
 
 
 ROUTES = [
@@ -257,4 +276,5 @@ ROUTES = [
     Route("/api/train", api_train, methods=["POST"]),
     Route("/api/train/metrics", api_metrics),
     Route("/api/train/config", api_config),
+    Route("/api/train/configs", api_configs),
 ]

@@ -151,7 +151,7 @@ async function fillDatalists() {
 // -- a job, drawn (the Jobs page, and the panel under a form) -------------------------------
 function jobCard(j, open) {
   const pct = j.total ? Math.min(100, (100 * (j.done || 0)) / j.total) : (j.state === "done" ? 100 : 0);
-  const bar = el("div", {class: "bar" + (j.state === "done" ? " done" : ""), role: "progressbar",
+  const bar = el("div", {class: `bar ${j.state}`, role: "progressbar",
                          "aria-valuenow": Math.round(pct), "data-done": j.done ?? "", "data-total": j.total ?? ""},
                  el("div", {style: `width:${pct}%`}));
   const meta = el("div", {class: "job-meta"},
@@ -242,7 +242,7 @@ function formValues(form) {
   $$(".field", form).forEach((f) => {
     const input = $("input, select", f);
     if (!input || f.classList.contains("hidden")) return;
-    if (input.type === "checkbox") { if (input.checked) values[f.dataset.field] = true; }
+    if (input.type === "checkbox") values[f.dataset.field] = input.checked;
     else if (input.value.trim() !== "") values[f.dataset.field] = input.value.trim();
   });
   return values;
@@ -362,10 +362,10 @@ async function initData() {
   const render = (v) => el("tr", {"data-path": v.path},
     el("td", {class: "thumb"}, el("img", {loading: "lazy", alt: "", src: `/api/thumbnail?path=${q(v.path)}`})),
     el("td", {}, el("strong", {text: v.name}), el("div", {class: "muted mono", text: v.shown})),
-    el("td", {text: tuple(v.shape)}), el("td", {text: v.dtype + (v.labels ? " (labels)" : "")}),
+    el("td", {class: "nowrap", text: (v.shape || []).join(" × ")}), el("td", {text: v.dtype + (v.labels ? " (labels)" : "")}),
     el("td", {text: v.voxel_size ? `${tuple(v.voxel_size)} ${v.unit || ""}` : ""}),
-    el("td", {text: tuple(v.chunks) + (v.shards ? ` (shards ${tuple(v.shards)})` : "")}),
-    el("td", {class: "size", text: fmtBytes(sizes[v.path])}),
+    el("td", {class: "nowrap", text: (v.chunks || []).join("×") + (v.shards ? ` (shards ${v.shards.join("×")})` : "")}),
+    el("td", {class: "size nowrap", text: fmtBytes(sizes[v.path])}),
     el("td", {class: v.unfinished ? "status-unfinished" : "", text: volumeStatus(v)}),
     el("td", {class: "acts"}, el("a", {href: viewUrl(v.path), text: "view"}), " ", runWith(v)));
   const rows = c.volumes.map((v) => ({...v, status: volumeStatus(v)}));
@@ -390,7 +390,11 @@ function initDataButtons() {
 }
 
 // -- the Train page -------------------------------------------------------------------------
-function chart(box, series, xLabel) {
+function niceStep(raw) {
+  const p = Math.pow(10, Math.floor(Math.log10(raw)));
+  return [1, 2, 2.5, 5, 10].map((m) => m * p).find((v) => v >= raw);
+}
+function chart(box, series, xLabel, fixedMax) {
   // series: [{name, color, points: [[x, y], ...]}]; a plain SVG line chart, y from 0
   const W = 560, H = 220, L = 46, R = 12, T = 14, B = 34;
   const pts = series.flatMap((s) => s.points);
@@ -411,12 +415,13 @@ function chart(box, series, xLabel) {
     return;
   }
   const xmax = Math.max(...pts.map((p) => p[0]), 1);
-  const ymax = Math.max(...pts.map((p) => p[1]), 1e-9) * 1.05;
+  const top = fixedMax || Math.max(...pts.map((p) => p[1]), 1e-9);
+  const step = niceStep(top / 4);
+  const ymax = fixedMax || Math.ceil(top / step) * step;
   const sx = (x) => L + (x / xmax) * (W - L - R), sy = (y) => T + (1 - y / ymax) * (H - T - B);
-  for (let i = 0; i <= 4; i++) {
-    const y = (ymax * i) / 4;
+  for (let y = 0; y <= ymax + step / 2; y += step) {
     mk("line", {x1: L, x2: W - R, y1: sy(y), y2: sy(y), stroke: "#e4e8ef"});
-    mk("text", {x: L - 6, y: sy(y) + 4, "text-anchor": "end"}, y.toPrecision(2));
+    mk("text", {x: L - 6, y: sy(y) + 4, "text-anchor": "end"}, String(Number(y.toPrecision(3))));
   }
   for (let i = 0; i <= 4; i++) {
     const x = Math.round((xmax * i) / 4);
@@ -443,7 +448,7 @@ async function showRun(run) {
   const lossBox = el("div"), valBox = el("div");
   $("#curve").replaceChildren(el("h4", {text: "training loss"}), lossBox, el("h4", {text: "validation (held-out region)"}), valBox);
   chart(lossBox, [series("loss", "#2f6fde")], "step");
-  chart(valBox, [series("val_f1", "#1f8a4c", true), series("val_iou", "#b7791f", true)], "step");
+  chart(valBox, [series("val_f1", "#1f8a4c", true), series("val_iou", "#b7791f", true)], "step", 1);
   const best = m.best ? `best validation at step ${m.best.step}: F1 ${Number(m.best.f1).toFixed(3)}, IoU ${Number(m.best.iou).toFixed(3)}` : "no validation yet";
   $("#run-info").replaceChildren(...[
     el("p", {class: "muted", text: `${m.rows.length ? m.rows[m.rows.length - 1][col("step")] : 0} steps logged; ${best}`}),
@@ -467,7 +472,7 @@ async function initTrain() {
   showRun(runs.value);
   setInterval(() => { if (runs.value) showRun(runs.value); }, 2000);
   const from = $("#t-from");
-  for (const cf of c.configs.filter((x) => x.kind === "training")) from.append(el("option", {value: cf.path, text: cf.shown}));
+  for (const cf of (await api("GET", "/api/train/configs")).data) from.append(el("option", {value: cf.path, text: cf.shown}));
   from.onchange = async () => {
     if (!from.value) return;
     const r = await api("GET", `/api/train/config?path=${q(from.value)}`);
