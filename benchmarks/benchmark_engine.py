@@ -124,3 +124,40 @@ class ChunkIO:
                 dst[r] = src[r]
         with ThreadPoolExecutor(2) as ex:
             list(ex.map(copy, self.regions))
+
+
+class Checksum:
+    """Whole chunks written, then read, by two threads through emarray's Volume, with and
+    without the crc32c checksum (unsharded: chunk_io's path; sharded: zarr's). The side-by-side
+    figure of docs/speed.md comes from ``benchmarks/checksum_compare.py``."""
+    params = ([True, False], [False, True])
+    param_names = ["checksum", "sharded"]
+    timeout = 300
+
+    def setup(self, checksum, sharded):
+        self.tmp = Path(tempfile.mkdtemp(prefix="emarray-asv-"))
+        shape, chunks = (128, 512, 512), (32, 128, 128)
+        rng = np.random.default_rng(0)
+        self.a = (rng.random(shape) * 20).astype("uint32")
+        shards = (64, 256, 256) if sharded else None
+        self.v = emarray.create_volume(self.tmp / "v.zarr", shape, "uint32",
+                                       (16, 64, 64) if sharded else chunks, shards=shards,
+                                       checksum=checksum)
+        b = self.v.block_shape
+        self.regions = [tuple(slice(i * c, (i + 1) * c) for i, c in zip(idx, b))
+                        for idx in np.ndindex(*(s // c for s, c in zip(shape, b)))]
+        self._each(lambda r: self.v.write(r, self.a[r]))
+
+    def teardown(self, checksum, sharded):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _each(self, fn):
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(2) as ex:
+            list(ex.map(fn, self.regions))
+
+    def time_write_chunks(self, checksum, sharded):
+        self._each(lambda r: self.v.write(r, self.a[r]))
+
+    def time_read_chunks(self, checksum, sharded):
+        self._each(self.v.read)

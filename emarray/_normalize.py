@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,38 @@ def micrometres(unit: str) -> float:
     return _MICROMETRES[parse_unit(unit)]
 
 
+def written(value: Any) -> Fraction:
+    """A number as the decimal it is written as: ``4.6`` is 23/5, not the double nearest it.
+
+    >>> written(4.6), written(0.001), written(10)
+    (Fraction(23, 5), Fraction(1, 1000), Fraction(10, 1))
+    """
+    if isinstance(value, (int, np.integer, Fraction)):
+        return Fraction(int(value)) if isinstance(value, np.integer) else Fraction(value)
+    return Fraction(repr(float(value)))
+
+
+def rounded_once(terms: Sequence[tuple[Any, Any]], per: Any = 1, factor: Any = 1) -> Any:
+    """``(sum of count * rate) * factor / per`` as float64, each ``rate`` and ``factor`` taken as
+    written (:func:`written`) and the whole rounded once (exact while every count times a whole
+    rate stays below 2**53): the double nearest the true value, so a table shows 0.087945 where
+    87945 voxels * (1000 * 0.001**3) gave 0.08794500000000001. ``count`` and ``per`` are whole
+    numbers or arrays of them.
+
+    >>> float(rounded_once([(87945, 1000)], factor=written(0.001) ** 3))
+    0.087945
+    >>> float(rounded_once([(7, 10), (3, 0.1)], per=3, factor=written(0.001)))  # (70+0.3)/3 nm
+    0.023433333333333334
+    """
+    rates = [written(r) * Fraction(factor) for _, r in terms]
+    whole = math.lcm(*(r.denominator for r in rates))
+    total: Any = 0
+    for (count, _), r in zip(terms, rates):
+        if r:
+            total = total + np.multiply(count, float(r * whole))
+    return np.divide(total, np.multiply(per, float(whole)))
+
+
 def finite_number(value: Any, name: str) -> float:
     """Return ``value`` as a finite float or raise naming it (``"threshold must be finite, got nan"``)."""
     try:
@@ -138,17 +171,55 @@ def real_number(value: Any, name: str) -> int | float:
     return int(f) if f == int(f) and abs(f) < 2**53 else f
 
 
-def whole_number(value: Any, name: str, minimum: int = 0) -> int:
-    """Return ``value`` (``3``, ``3.0`` or ``"3"``) as an int >= ``minimum`` or raise naming it
-    (``"levels must be a whole number >= 1, got 2.5"``)."""
-    try:
-        n = int(value)
-        whole = n == float(value)
-    except (TypeError, ValueError, OverflowError):
-        whole = False
-    if not whole or n < minimum:
-        raise InvalidArgumentError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+def whole_number(value: Any, name: str, minimum: int | None = 0,
+                 maximum: int | None = None) -> int:
+    """Return ``value`` (``3``, ``3.0``, ``"3"``, ``"1e3"``) as an exact int within
+    ``[minimum, maximum]`` (None: unbounded) or raise naming it (``"levels must be a whole
+    number >= 1, got 2.5"``). Text is read exactly, at any size: never through a float.
+
+    >>> whole_number("9007199254740993", "id"), whole_number(np.uint64(2**64 - 1), "id")
+    (9007199254740993, 18446744073709551615)
+    """
+    n = _exact_int(value)
+    if n is None or (minimum is not None and n < minimum) or (maximum is not None
+                                                              and n > maximum):
+        bounds = " and ".join(b for b in (f">= {minimum}" if minimum is not None else "",
+                                          f"<= {maximum}" if maximum is not None else "") if b)
+        raise InvalidArgumentError(f"{name} must be a whole number{' ' + bounds if bounds else ''}"
+                                   f", got {value!r}")
     return n
+
+
+def _exact_int(value: Any) -> int | None:
+    """``value`` as an exact int, or None when it is not a whole number."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, str):
+        from fractions import Fraction
+        try:
+            exact = Fraction(value.strip().replace("_", ""))
+        except (ValueError, ZeroDivisionError):
+            return None
+        return int(exact) if exact.denominator == 1 else None
+    try:
+        f = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return int(f) if math.isfinite(f) and f.is_integer() else None
+
+
+def id_dtype(dtype: Any) -> np.dtype:
+    """The one dtype that holds every id of an integer label dtype exactly: int64 for signed
+    labels, uint64 for unsigned (and bool) ones. Never a float: NumPy mixes int64 with uint64
+    as float64, which rounds ids above 2**53 (in ``np.concatenate``, ``np.searchsorted``,
+    ``np.union1d``...), so every id array of one job is held in this one dtype.
+
+    >>> id_dtype("int8"), id_dtype("uint16")
+    (dtype('int64'), dtype('uint64'))
+    """
+    return np.dtype(np.int64 if np.dtype(dtype).kind == "i" else np.uint64)
 
 
 def numeric_dtype(dtype: Any, what: str) -> np.dtype:

@@ -21,7 +21,9 @@ def read_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
     if not p.is_file():
         raise InvalidArgumentError(f"no {what} at {os.fspath(path)!r}")
     try:
-        given = yaml.safe_load(p.read_text()) or {}
+        given = yaml.load(p.read_text(), Loader=_unique_keys_loader()) or {}
+    except _DuplicateKey as exc:
+        raise InvalidArgumentError(f"{os.fspath(path)}: {exc}") from None
     except yaml.YAMLError as exc:
         raise InvalidArgumentError(f"{os.fspath(path)} is not valid YAML: "
                                    f"{str(exc).splitlines()[0]}") from None
@@ -29,6 +31,37 @@ def read_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
         raise InvalidArgumentError(f"{os.fspath(path)} must hold a mapping of keys, not "
                                    f"{type(given).__name__}")
     return given
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys_loader() -> Any:
+    """PyYAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the
+    last: two steps of one name would be one step, silently)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: Any, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = loader.construct_object(key_node, deep=True)
+            try:
+                line = seen.setdefault(key, key_node.start_mark.line)
+            except TypeError:  # an unhashable key: PyYAML refuses it itself
+                continue
+            if line != key_node.start_mark.line:
+                raise _DuplicateKey(f"the key {key!r} is given twice (lines {line + 1} and "
+                                    f"{key_node.start_mark.line + 1}); give each key once")
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
 
 
 def split_assignment(assignment: str) -> tuple[list[str], Any]:

@@ -8,20 +8,18 @@ chunk file's inode, size and modification time, so a rewritten chunk is never se
 """
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
+from . import environment
+
 
 def _capacity() -> int:
-    raw = os.environ.get("EMARRAY_CHUNK_CACHE", str(256 * 2**20))
-    try:
-        return max(0, int(float(raw)))
-    except ValueError:
-        return 256 * 2**20
+    """``EMARRAY_CHUNK_CACHE`` in bytes (a bad value is one line naming it)."""
+    return int(environment.number("EMARRAY_CHUNK_CACHE") or 0)
 
 
 class ChunkCache:

@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from .commands import command, run_options
+from . import redact
+from .commands import Group, command, run_options
 from .errors import EmarrayError, EmarrayWarning
 from .spec import ENGINE
 
@@ -43,6 +44,7 @@ def _configure_logging(root: click.Context) -> None:
     quiet = root.meta.get("emarray.quiet", False)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", force=True,
                         level=logging.ERROR if quiet else logging.WARNING)
+    redact.hide_in_logs(logging.getLogger().handlers)  # store options: never in a log line
     mine = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.getLogger("emarray").setLevel(mine)
     # other libraries: their warnings by default, their debug output only with -vvv
@@ -74,12 +76,12 @@ def _friendly(f):
             _quiet_stdout()
             sys.exit(0)
         except EmarrayError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(redact.text(f"error: {exc}"), err=True)
             sys.exit(2)
         except OSError as exc:
             where = f": {exc.filename}" if exc.filename else ""
             reason = exc.strerror or str(exc)
-            click.echo(f"error: {reason}{where}", err=True)
+            click.echo(redact.text(f"error: {reason}{where}"), err=True)
             sys.exit(2)
     return wrapper
 
@@ -91,10 +93,11 @@ def _quiet_stdout() -> None:
 
 
 def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
-    click.echo(f"warning: {message}", err=True)
+    click.echo(redact.text(f"warning: {message}"), err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"],
+                                    "show_default": True})
 @click.version_option(package_name="emarray", message="emarray %(version)s")
 @_verbosity_options
 @click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
@@ -115,7 +118,7 @@ def cli(ctx: click.Context, storage_options: tuple[str, ...]) -> None:
         try:
             storage.configure(storage.parse_options(storage_options))
         except EmarrayError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(redact.text(f"error: {exc}"), err=True)
             sys.exit(2)
 
 
@@ -360,7 +363,8 @@ def report(workdir: str, out: str | None) -> None:
 @click.option("--size", default="1280,960", metavar="W,H", help="Screenshot size in pixels.")
 @click.option("--port", type=int, default=0, help="The viewer's port (0: any free one).")
 @click.option("--bind", default="127.0.0.1",
-              help="Address to serve on; only this machine can connect unless you widen it.")
+              help="Address to serve on; only this machine can connect unless you widen it "
+                   "(0.0.0.0 or :: for every interface: the URLs then name this machine).")
 @click.option("--open", "open_browser", is_flag=True, help="Open the viewer in a browser.")
 @_verbosity_options
 @_friendly
@@ -368,9 +372,10 @@ def view(paths: tuple[str, ...], segments: str | None, size: str, **kw: Any) -> 
     """Show volumes in neuroglancer, served from disk (never loaded into memory).
 
     PATH is an OME-Zarr / zarr v3 volume, an objects table or mesh folder made from a label
-    volume (their volume comes too), or a folder of them such as a recipe's work folder. Label
-    volumes show as segmentations, with their objects table (segment properties) and meshes
-    when emarray made them. Prints the viewer's address; Ctrl-C ends it.
+    volume (name that volume too), or a folder of them such as a recipe's work folder. Only
+    the paths named are served. Label volumes show as segmentations, with their objects table
+    (segment properties) and meshes when emarray made them. Prints the viewer's address;
+    Ctrl-C ends it.
 
     \b
     emarray view work/demo
@@ -382,6 +387,13 @@ def view(paths: tuple[str, ...], segments: str | None, size: str, **kw: Any) -> 
     ids = tuple(whole_number(v, "--segments", 1) for v in segments.split(",")
                 if v.strip()) if segments else ()
     w, h = parse_tuple(size, "--size", 2)
+    if kw["screenshot"] is not None:  # written after Chromium ran: checked before it starts
+        from pathlib import Path
+
+        from .report import check_new_file
+        data = [p for p in paths if not os.path.isdir(p) or os.path.exists(
+            os.path.join(p, "zarr.json")) or os.path.exists(os.path.join(p, "info"))]
+        check_new_file(Path(kw["screenshot"]), "--screenshot", (".png",), data)
     _view(paths, segments=ids, size=(w, h), echo=click.echo, **kw)
 
 

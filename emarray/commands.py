@@ -17,7 +17,8 @@ from typing import Any
 
 import click
 
-from .spec import Operator, Param, Port
+from .errors import InvalidArgumentError
+from .spec import Operator, Param, Port, speaking
 
 SCHED_HELP = ("threads (default), processes, synchronous, local-cluster, cuda (one worker per "
               "GPU, dask-cuda), slurm (workers in SLURM jobs, dask-jobqueue; see "
@@ -73,6 +74,13 @@ def _text(help_: str) -> str:
     return (t[:1].upper() + t[1:] + ("" if t.endswith(".") else ".")) if t else ""
 
 
+def _optional(required: bool) -> dict[str, Any]:
+    """click's settings of an option that may be required: no default at all when it is (click
+    8.3 and later take an explicit ``default=None`` for a value given, and never report the
+    option missing)."""
+    return {"required": True} if required else {"default": None}
+
+
 def _param_option(p: Param) -> click.Option:
     flags = [p.flag, *p.aliases]
     unit = f" In {p.unit}." if p.unit else ""
@@ -83,16 +91,85 @@ def _param_option(p: Param) -> click.Option:
                             show_default=False)
     metavar = p.metavar or ("[" + "|".join(map(str, p.choices)) + "]" if p.kind == "choice"
                             else p.type_text().upper().replace(" ", "_"))
-    return click.Option([*flags, p.name], default=None, required=p.required, metavar=metavar,
-                        help=text, show_default=False)
+    return click.Option([*flags, p.name], metavar=metavar, help=text, show_default=False,
+                        **_optional(p.required))
 
 
 def _port_param(port: Port, output: bool) -> click.Parameter:
     if port.option or port.optional:
-        return click.Option([f"--{port.name}", port.name], default=None,
-                            required=not port.optional, metavar=port.metavar,
-                            help=_text(port.help), show_default=False)
+        return click.Option([f"--{port.name}", port.name], metavar=port.metavar,
+                            help=_text(port.help), show_default=False,
+                            **_optional(not port.optional))
     return click.Argument([port.name], metavar=port.metavar)
+
+
+class UsageLine(click.ClickException):
+    """A usage error shown as one line, ``error: ...``, exit 2 (as emarray's own errors)."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+#: a command given no arguments shows its help (click 8.2 and later raise this for it)
+_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _one_line(exc: click.UsageError, ctx: click.Context) -> click.ClickException:
+    """``exc`` as one line naming what was wrong, with where to read more (the help a command
+    shows when given no arguments stays as it is)."""
+    if isinstance(exc, _HELP):
+        return exc
+    if isinstance(exc, click.MissingParameter) and exc.param is not None:
+        p = exc.param
+        shown = (p.opts[0] if isinstance(p, click.Option) else p.human_readable_name)
+        metavar = p.make_metavar(ctx) if isinstance(p, click.Option) else ""
+        text = f"{ctx.command_path} needs {shown}{' ' + metavar if metavar else ''}"
+    else:
+        text = exc.format_message()
+    return UsageLine(f"{text.rstrip('.')} (see {ctx.command_path} --help)")
+
+
+class Command(click.Command):
+    """A command whose usage errors (a required value left out, an unknown option, a bad
+    choice) are one line and exit 2, before the command runs."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise _one_line(exc, ctx) from None
+
+
+class Group(click.Group):
+    """A group of :class:`Command` (and groups): usage errors in one line; the command list
+    shows each command's whole summary, never cut with "..."."""
+
+    command_class = Command
+    group_class = type
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise _one_line(exc, ctx) from None
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            raise _one_line(exc, ctx) from None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=10_000).rstrip(".")))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 def command(op: Operator, call: Callable[..., Any], friendly: Callable,
@@ -114,13 +191,21 @@ def command(op: Operator, call: Callable[..., Any], friendly: Callable,
                                    help="Also write an HTML page of this run: inputs, output, "
                                         "slices of the volumes, figures."))
 
+    named = ports + ([out] if out is not None else [])  # the inputs and output
+    required = [(p.name, p.flag) for p in op.params if p.required] + [
+        (p.name, f"--{p.name}" if p.option else p.metavar) for p in named if not p.optional]
+
     def callback(**kw: Any) -> None:
+        for name, shown in required:  # click checks these; this holds whatever click does
+            if kw.get(name) is None:
+                raise InvalidArgumentError(f"emarray {op.name} needs {shown}")
         page = kw.pop("report", None)
-        if page is not None:
+        if page is not None:  # written after the job: checked before it
             from .report import check_page
-            check_page(Path(page), replace=bool(kw.get("overwrite")))
+            check_page(Path(page), replace=bool(kw.get("overwrite")),
+                       inputs=[kw[p.name] for p in named if kw.get(p.name) is not None])
         args: dict[str, Any] = {}
-        for port in ports + ([out] if out is not None else []):
+        for port in named:
             value = kw.pop(port.name)
             if value is not None:
                 args[port.name] = value
@@ -130,7 +215,8 @@ def command(op: Operator, call: Callable[..., Any], friendly: Callable,
                 args[p.name] = value
         run = {k: v for k, v in kw.items() if v is not None and v is not False}
         t0 = time.monotonic()
-        result = call(**args, **run, progress=progress())
+        with speaking("cli"):
+            result = call(**args, **run, progress=progress())
         lines = list(op.report(result, args) if op.report is not None else [])
         for line in lines:
             click.echo(line)
@@ -146,5 +232,5 @@ def command(op: Operator, call: Callable[..., Any], friendly: Callable,
     doc = inspect.cleandoc(op.func.__doc__ or "") if op.func is not None else ""
     first = doc.split("\n\n")[0].replace("``", "") if doc else ""
     text = _text(op.summary) + (f"\n\n{first}" if first else "")
-    return click.Command(op.name, callback=friendly(callback), params=params, help=text,
-                         short_help=_text(op.summary).rstrip("."))
+    return Command(op.name, callback=friendly(callback), params=params, help=text,
+                   short_help=_text(op.summary).rstrip("."))

@@ -13,7 +13,7 @@ import numpy as np
 from ._normalize import micrometres, parse_tuple, parse_unit
 from .engine import BlockGrid, RunOptions, Stage, Write, run_job
 from .errors import EmarrayWarning
-from .spec import COMPRESSIONS, ENGINE, REPLACE, Operator, Param, Port
+from .spec import COMPRESSIONS, ENGINE, REPLACE, Operator, Param, Port, given
 from .sources import open_source
 from .volume import Volume, compressor_codecs, create_volume
 
@@ -113,6 +113,6 @@ def _voxel_size(src: Any, source: Any, voxel_size: Any,
             return tuple(v * f for v in size), parse_unit(unit)
         return tuple(size), found_unit
     warnings.warn(f"{os.fspath(src)} records no voxel size; using 1,1,1 "
-                  f"{parse_unit(unit or 'nanometer')} (pass --voxel-size z,y,x)",
+                  f"{parse_unit(unit or 'nanometer')} (give {given('voxel_size', 'z,y,x')})",
                   EmarrayWarning, stacklevel=3)
     return (1.0, 1.0, 1.0), parse_unit(unit or "nanometer")

@@ -162,3 +162,28 @@ def pictures(vol: Volume, raw: Volume | None = None, side: int = 512, width: int
         return zs, [png(masked(p, u), width) for p, u in
                     zip(planes, under or _nothing(planes))], "mask"
     return zs, [png(g, width) for g in grey(planes)], "image"
+
+
+def shows_objects(vol: Volume) -> bool:
+    """Whether ``vol`` is a z, y, x label or mask volume: the one whose objects a report's
+    slices and the viewer's first view are placed on."""
+    return vol.ndim == 3 and (is_labels(vol) or is_mask(vol, read_slices(vol, depths=(0.5,))[1]))
+
+
+def object_voxel(vol: Volume, side: int = 512) -> tuple[int, int, int] | None:
+    """A z, y, x voxel (of level 0) inside an object of the label or mask volume ``vol``: on
+    the slice :func:`busiest` puts first by foreground, the middle of the widest object there
+    (the foreground voxel farthest from the background). None when that slice is empty."""
+    from scipy import ndimage
+    z = busiest(vol, n=1, side=side)[0]
+    zs, planes = read_slices(vol, side=side, zs=[z])
+    fg = planes[0] != 0
+    if not fg.any():
+        return None
+    depth = ndimage.distance_transform_edt(np.pad(fg, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(depth)), fg.shape)
+    lv = _level(vol, side)
+    cy, cx = crop(lv, side)
+    sy, sx = vol.shape[-2] / lv.shape[-2], vol.shape[-1] / lv.shape[-1]
+    return (zs[0], min(vol.shape[-2] - 1, int((cy.start + y + 0.5) * sy)),
+            min(vol.shape[-1] - 1, int((cx.start + x + 0.5) * sx)))

@@ -163,14 +163,11 @@ def _steps_table(steps: Sequence[StepRecord], base: Path | None) -> str:
 def choose_depths(steps: Sequence[StepRecord]) -> tuple[tuple[int, ...], list[int]] | None:
     """The z slices every preview of one shape shows: where the first label (or mask)
     output has the most foreground."""
-    from .preview import busiest, is_mask, read_slices
-    from .volume import is_labels
+    from .preview import busiest, shows_objects
     for st in steps:
         for path in volumes_of(st.out):
             vol = _volume(os.fspath(path))
-            if vol is None or vol.ndim != 3:
-                continue
-            if is_labels(vol) or is_mask(vol, read_slices(vol, depths=(0.5,))[1]):
+            if vol is not None and shows_objects(vol):
                 return tuple(vol.shape), busiest(vol)
     return None
 
@@ -288,15 +285,42 @@ def ours(path: Path) -> bool:
     return f'content="{GENERATOR}"'.encode() in head
 
 
-def check_page(path: Path, replace: bool) -> None:
-    """Refuse a page path that is not ``.html``, lies in a missing folder, or holds a file
-    emarray did not write (or one it did, unless ``replace``)."""
-    if path.suffix.lower() not in (".html", ".htm"):
-        raise InvalidArgumentError(f"--report {os.fspath(path)!r} must end in .html")
-    if not path.parent.is_dir():
-        raise InvalidArgumentError(f"the folder of --report {os.fspath(path)!r} does not exist")
+def check_new_file(path: Path, flag: str, suffixes: Sequence[str],
+                   inputs: Sequence[str | os.PathLike] = ()) -> None:
+    """Refuse, before any work, a file a job writes after its work (``--report``,
+    ``--screenshot``) that it could not write or that would land on what the job reads or
+    writes: a name without one of ``suffixes``, a folder, a folder that is missing, is a file
+    or is not writable (read-only mounts included), a path that is one of ``inputs`` or lies
+    inside one (links resolved)."""
+    shown = os.fspath(path)
+    if path.suffix.lower() not in suffixes:
+        raise InvalidArgumentError(f"{flag} {shown!r} must end in {' or '.join(suffixes)}")
+    parent = path.parent
+    if not parent.exists():
+        raise InvalidArgumentError(f"the folder of {flag} {shown!r} does not exist")
+    if not parent.is_dir():
+        raise InvalidArgumentError(f"the folder of {flag} {shown!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidArgumentError(f"the folder of {flag} {shown!r} is not writable")
     if path.is_dir():
-        raise InvalidArgumentError(f"--report {os.fspath(path)!r} is a folder")
+        raise InvalidArgumentError(f"{flag} {shown!r} is a folder")
+    real = Path(os.path.realpath(path))
+    for given in inputs:
+        from .storage import is_remote
+        if is_remote(given):
+            continue
+        other = Path(os.path.realpath(given))
+        if real == other or other in real.parents:
+            raise InvalidArgumentError(
+                f"{flag} {shown!r} would be written {'over' if real == other else 'inside'} "
+                f"{os.fspath(given)!r}, which this job reads or writes; choose another path")
+
+
+def check_page(path: Path, replace: bool, inputs: Sequence[str | os.PathLike] = ()) -> None:
+    """Refuse a page path that is not ``.html``, lies in a missing or read-only folder, is or
+    lies inside one of ``inputs`` (the job's inputs and output), or holds a file emarray did
+    not write (or one it did, unless ``replace``)."""
+    check_new_file(path, "--report", (".html", ".htm"), inputs)
     if path.exists() or path.is_symlink():
         if not ours(path):
             raise InvalidArgumentError(f"{path} exists and is not a report emarray wrote; "
@@ -348,8 +372,10 @@ def job_report(path: str | os.PathLike, op: str, inputs: dict[str, str], out: st
                summary: Sequence[str], seconds: float) -> Path:
     """Write the page of one operator's run."""
     p = Path(path)
+    # view serves only what it is given: the tables too, not only the volumes beside them
     shown = [os.path.abspath(v) for v in list(inputs.values()) + ([out] if out else [])
-             if os.path.isdir(v)]
+             if os.path.isdir(v) or (v.lower().endswith((".csv", ".parquet")) and
+                                     os.path.isfile(os.path.splitext(v)[0] + ".json"))]
     step = StepRecord(op, op, "done", os.path.abspath(out) if out else "", "; ".join(summary),
                       seconds, {k: os.path.abspath(v) for k, v in inputs.items()},
                       inplace=False)

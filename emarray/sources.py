@@ -14,6 +14,7 @@ import numpy as np
 
 from ._normalize import numeric_dtype, parse_unit
 from .errors import InvalidArgumentError, ShapeMismatchError, VolumeNotFoundError
+from .spec import given
 
 #: (voxel size z,y,x, unit) read from a file's own metadata, or None
 VoxelInfo = tuple[tuple[float, float, float], str] | None
@@ -208,7 +209,8 @@ class Hdf5Dataset:
             if dataset is None:
                 if len(names) != 1:
                     raise InvalidArgumentError(
-                        f"{self.path} holds {len(names)} datasets {names}; name one with --dataset")
+                        f"{self.path} holds {len(names)} datasets {names}; name one with "
+                        f"{given('dataset', 'NAME')}")
                 dataset = names[0]
             if dataset not in f or not isinstance(f[dataset], h5py.Dataset):
                 raise InvalidArgumentError(

@@ -11,7 +11,7 @@ Credentials come the way each library looks for them (``AWS_*`` variables and pr
 S3, ``GOOGLE_APPLICATION_CREDENTIALS`` for GCS), plus :func:`configure` (the command line's
 ``--storage-option KEY=VALUE`` and a recipe's ``storage_options:``). They travel to workers
 with the volumes (pickled in the task graph) and are never printed nor written into a volume's
-metadata or a job's progress.
+metadata or a job's progress (:mod:`emarray.redact` hides them in every text).
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from .errors import InvalidArgumentError, VolumeNotFoundError
+from . import redact
+from .errors import InvalidArgumentError, OutputLockedError, VolumeNotFoundError
 
 #: schemes read and written through fsspec (http/https are read-only)
 REMOTE = ("s3", "gs", "gcs", "http", "https")
@@ -68,6 +69,7 @@ def configure(options: dict[str, Any] | None) -> None:
     """Set the storage options every remote volume opened after this uses (merged over the
     earlier ones; None or {} leaves them)."""
     if options:
+        redact.remember(options)
         _OPTIONS.update(options)
 
 
@@ -93,6 +95,7 @@ def options_for(url: str, extra: dict[str, Any] | None = None) -> dict[str, Any]
     """The fsspec options for ``url``: the configured ones, with S3's endpoint from
     ``AWS_ENDPOINT_URL`` and retries with backoff unless given."""
     # the configured options are the bucket's (s3fs/gcsfs keywords): not for plain HTTP reads
+    redact.remember(extra)
     opts = {**({} if scheme(url) in READ_ONLY else _OPTIONS), **(extra or {})}
     if scheme(url) not in READ_ONLY:  # other processes write the bucket: never list from memory
         opts.setdefault("use_listings_cache", False)
@@ -122,9 +125,9 @@ def filesystem(url: str, options: dict[str, Any] | None = None, *,
 
 def store(url: str, options: dict[str, Any] | None = None, *, read_only: bool = True) -> Any:
     """The zarr store (an asynchronous :class:`~zarr.storage.FsspecStore`) at ``url``."""
-    from zarr.storage import FsspecStore
+    from ._store import GuardedStore
     fs, path = filesystem(url, options, asynchronous=True)
-    return FsspecStore(fs, path=path, read_only=read_only or scheme(url) in READ_ONLY)
+    return GuardedStore(fs, path=path, read_only=read_only or scheme(url) in READ_ONLY)
 
 
 def etag_number(etag: str | None) -> int:
@@ -176,6 +179,7 @@ def write_bytes(url: str, data: bytes, options: dict[str, Any] | None = None, *,
                 create: bool = False) -> None:
     """Put one whole object (S3 stores it whole or not at all); ``create``: only when no object
     is there yet (S3's conditional write, ``If-None-Match: *``), else FileExistsError."""
+    check_writable(url)
     fs, path = filesystem(url, options)
     if create:
         fs.pipe_file(path, data, mode="create")
@@ -184,6 +188,7 @@ def write_bytes(url: str, data: bytes, options: dict[str, Any] | None = None, *,
 
 
 def remove(url: str, options: dict[str, Any] | None = None, *, recursive: bool = False) -> None:
+    check_writable(url)
     fs, path = filesystem(url, options)
     try:
         fs.rm(path, recursive=recursive)
@@ -194,6 +199,123 @@ def remove(url: str, options: dict[str, Any] | None = None, *, recursive: bool =
 def exists(url: str, options: dict[str, Any] | None = None) -> bool:
     fs, path = filesystem(url, options)
     return bool(fs.exists(path))
+
+
+# -- conditional writes (the output lock) -------------------------------------------------------
+class Changed(Exception):
+    """A conditional put or delete found the object changed since its ETag was read, or gone."""
+
+
+def conditional_writes(url: str) -> bool:
+    """Whether emarray writes objects at ``url`` conditionally (If-Match / If-None-Match)."""
+    return scheme(url) == "s3"
+
+
+def _bucket_key(url: str, options: dict[str, Any] | None) -> tuple[Any, str, str, str]:
+    fs, path = filesystem(url, options)
+    bucket, key, _ = fs.split_path(path)
+    return fs, path, bucket, key
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether an S3 error is a failed precondition (412) or a conditional write that lost a
+    race with another one (409 ConditionalRequestConflict)."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    err = (getattr(cause, "response", None) or {}).get("Error", {})
+    status = ((getattr(cause, "response", None) or {}).get("ResponseMetadata") or {}).get(
+        "HTTPStatusCode")
+    return err.get("Code") in ("PreconditionFailed", "ConditionalRequestConflict") or \
+        status in (409, 412)
+
+
+def read_tagged(url: str, options: dict[str, Any] | None = None) -> tuple[bytes, str] | None:
+    """The object at ``url`` and its ETag, from one GET (None when there is none)."""
+    from fsspec.asyn import sync
+    fs, _, bucket, key = _bucket_key(url, options)
+
+    async def get() -> tuple[bytes, str]:
+        resp = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+        body = resp["Body"]
+        try:
+            data = await body.read()
+        finally:
+            body.close()
+        return bytes(data), str(resp["ETag"])
+
+    try:
+        return sync(fs.loop, get)
+    except FileNotFoundError:
+        return None
+
+
+def put_tagged(url: str, data: bytes, options: dict[str, Any] | None = None, *,
+               match: str | None) -> str:
+    """Put ``data`` at ``url`` only if no object is there (``match`` None: If-None-Match, else
+    FileExistsError), or only if the object's ETag is still ``match`` (If-Match, else
+    :class:`Changed`, also when it is gone). Returns the new object's ETag."""
+    fs, path, bucket, key = _bucket_key(url, options)
+    condition = {"IfNoneMatch": "*"} if match is None else {"IfMatch": match}
+    try:
+        resp = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
+    except FileExistsError:
+        if match is None:
+            raise
+        raise Changed(url) from None
+    except FileNotFoundError:
+        if match is None:
+            raise
+        raise Changed(url) from None
+    except OSError as exc:
+        if not _refused(exc):
+            raise
+        if match is None:
+            raise FileExistsError(url) from None
+        raise Changed(url) from None
+    finally:
+        fs.invalidate_cache(path)
+    return str(resp["ETag"])
+
+
+def remove_tagged(url: str, etag: str, options: dict[str, Any] | None = None) -> None:
+    """Delete the object at ``url`` only if its ETag is still ``etag`` (else :class:`Changed`)."""
+    fs, path, bucket, key = _bucket_key(url, options)
+    try:
+        fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
+    except FileNotFoundError:
+        raise Changed(url) from None
+    except OSError as exc:
+        if _refused(exc):
+            raise Changed(url) from None
+        raise
+    finally:
+        fs.invalidate_cache(path)
+
+
+# -- outputs a job may no longer write (it lost their lock) ----------------------------------------
+_REVOKED: dict[str, str] = {}
+
+
+def _prefix(url: str) -> str:
+    return (url.split("://", 1)[1] if "://" in url else url).rstrip("/") + "/"
+
+
+def revoke(url: str, why: str) -> None:
+    """From now on, refuse (:class:`~emarray.errors.OutputLockedError` saying ``why``) every
+    write and delete in this process under ``url``: its job lost the output's lock."""
+    _REVOKED[_prefix(url)] = why
+
+
+def unrevoke(url: str) -> None:
+    _REVOKED.pop(_prefix(url), None)
+
+
+def check_writable(url: str) -> None:
+    """Raise the error of :func:`revoke` when ``url`` lies under a revoked output."""
+    if _REVOKED:
+        here = _prefix(url)
+        for prefix, why in list(_REVOKED.items()):
+            if here.startswith(prefix):
+                raise OutputLockedError(why)
 
 
 class RemotePath:
@@ -250,6 +372,7 @@ class RemotePath:
         return exists(self.url, self.options)
 
     def unlink(self, missing_ok: bool = False) -> None:
+        check_writable(self.url)
         fs, path = filesystem(self.url, self.options)
         try:
             fs.rm_file(path)
@@ -266,6 +389,10 @@ class RemotePath:
 
 def describe(exc: BaseException, url: str) -> str:
     """One line for a storage error at ``url`` (no credentials in it)."""
+    return redact.text(_describe(exc, url))
+
+
+def _describe(exc: BaseException, url: str) -> str:
     text = str(exc)
     bucket = url.split("://", 1)[1].split("/", 1)[0] if "://" in url else ""
     low = text.lower()

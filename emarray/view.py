@@ -12,10 +12,14 @@ neuroglancer cannot show, are served as float32 through the package's own volume
 from __future__ import annotations
 
 import http.server
+import ipaddress
 import json
 import os
+import socket
+import stat
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,34 +58,88 @@ class Served:
     documents: dict[str, bytes] = field(default_factory=dict)
 
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """GET and HEAD of the files under the folders served (single byte ranges too: sharded
+    volumes are read a shard's index and chunks at a time), and CORS for the viewer's page."""
+
     served: Served
+    protocol_version = "HTTP/1.1"
 
     def end_headers(self) -> None:
         self.send_header("Access-Control-Allow-Origin", "*")
+        self.send_header("Access-Control-Expose-Headers", "Content-Range, Content-Length")
         self.send_header("Cache-Control", "no-store")
         super().end_headers()
 
     def log_message(self, fmt: str, *args: Any) -> None:  # quiet: the viewer asks often
         pass
 
-    def list_directory(self, path: Any) -> None:
-        self.send_error(404)  # the viewer never lists; nobody else should
-        return None
+    def do_OPTIONS(self) -> None:  # noqa: N802 - the preflight of a cross-origin Range request
+        self.send_response(204)
+        self.send_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+        self.send_header("Access-Control-Allow-Headers", "Range")
+        self.send_header("Access-Control-Max-Age", "600")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        doc = self.served.documents.get(self.path.split("?", 1)[0])
-        if doc is None:
-            super().do_GET()
+        self._answer(body=True)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._answer(body=False)
+
+    def _answer(self, body: bool) -> None:
+        doc = self.served.documents.get(urllib.parse.unquote(self.path.split("?", 1)[0]))
+        if doc is not None:
+            self._send(200, "application/json", len(doc))
+            if body:
+                self.wfile.write(doc)
             return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(doc)))
+        try:
+            f = open(self.translate_path(self.path), "rb")  # noqa: SIM115 - closed below
+        except OSError:
+            self._send(404, None, 0)
+            return
+        with f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                self._send(404, None, 0)
+                return
+            size = info.st_size
+            wanted = byte_range(self.headers.get("Range"), size)
+            if wanted == "unsatisfiable":
+                self._send(416, None, 0, {"Content-Range": f"bytes */{size}"})
+                return
+            start, stop = wanted if isinstance(wanted, tuple) else (0, size)
+            extra = {"Content-Range": f"bytes {start}-{stop - 1}/{size}"} \
+                if isinstance(wanted, tuple) else {}
+            self._send(206 if extra else 200, "application/octet-stream", stop - start, extra)
+            if body:
+                f.seek(start)
+                left = stop - start
+                while left > 0:
+                    piece = f.read(min(left, 1 << 20))
+                    if not piece:
+                        break
+                    self.wfile.write(piece)
+                    left -= len(piece)
+
+    def _send(self, status: int, kind: str | None, length: int,
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        if kind:
+            self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(length))
+        self.send_header("Accept-Ranges", "bytes")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(doc)
 
     def translate_path(self, path: str) -> str:
-        parts = path.split("?", 1)[0].lstrip("/").split("/", 1)
+        """The file a request path names, links resolved; a path that is no file when it lies
+        outside the folder it names (``..``, links that leave it included)."""
+        rel = urllib.parse.unquote(path.split("?", 1)[0].split("#", 1)[0])
+        parts = rel.lstrip("/").split("/", 1)
         root = self.served.folders.get(parts[0])
         if root is None:
             return "/nonexistent"
@@ -99,26 +157,65 @@ def served_path(served: Served, url_path: str) -> str:
     return _Handler.translate_path(SimpleNamespace(served=served), url_path)  # type: ignore[arg-type]
 
 
+def byte_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """The bytes ``[start, stop)`` a ``Range`` header asks of a file of ``size`` bytes: None
+    for the whole file (no header, or one this server does not honour: several ranges, not
+    bytes, malformed), ``"unsatisfiable"`` when it starts at or past the end.
+
+    >>> byte_range("bytes=0-9", 100), byte_range("bytes=90-", 100), byte_range("bytes=-5", 100)
+    ((0, 10), (90, 100), (95, 100))
+    >>> byte_range("bytes=100-", 100), byte_range("bytes=5-2", 100), byte_range(None, 100)
+    ('unsatisfiable', None, None)
+    """
+    if not header:
+        return None
+    unit, _, spec = header.strip().partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if unit.strip().lower() != "bytes" or not dash or not (first or last) or \
+            not all(x.isdigit() for x in (first, last) if x):
+        return None
+    if not first:  # the last N bytes
+        n = int(last)
+        return (max(0, size - n), size) if n > 0 and size > 0 else "unsatisfiable"
+    start = int(first)
+    if last and int(last) < start:
+        return None  # invalid: ignored (RFC 9110)
+    if start >= size:
+        return "unsatisfiable"
+    return start, min(size, int(last) + 1) if last else size
+
+
 class DataServer:
     """A threaded HTTP server (CORS on) for the folders and documents the viewer reads, on
-    ``bind`` at a free port."""
+    ``bind`` at a free port. It serves a folder only inside ``roots`` (the paths named,
+    resolved), and its URLs name ``host``, an address a browser can reach (see
+    :func:`reachable_host`)."""
 
-    def __init__(self, bind: str):
+    def __init__(self, bind: str, roots: Sequence[Path] = (), host: str | None = None):
         self.served = Served()
+        self.roots = [Path(os.path.realpath(r)) for r in roots]
         handler = type("Handler", (_Handler,), {"served": self.served})
-        self.httpd = http.server.ThreadingHTTPServer((bind, 0), handler)
-        self.httpd.daemon_threads = True
+        server = type("Server", (_Server,), {"address_family": check_bind(bind)})
+        try:
+            self.httpd = server((bind, 0), handler)
+        except OSError as exc:
+            raise InvalidArgumentError(f"cannot serve on --bind {bind!r}: "
+                                       f"{exc.strerror or exc}") from None
+        self.host = host or reachable_host(bind)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"http://{url_host(self.host)}:{self.httpd.server_address[1]}"
 
     def folder(self, path: Path) -> str:
+        real = Path(os.path.realpath(path))
+        if self.roots and not within(real, self.roots):
+            raise InvalidArgumentError(f"{path} lies outside the paths named ({real}): "
+                                       "emarray view serves only those")
         key = f"d{len(self.served.folders)}"
-        self.served.folders[key] = Path(os.path.realpath(path))
+        self.served.folders[key] = real
         return f"{self.url}/{key}"
 
     def document(self, obj: Any) -> str:
@@ -130,6 +227,86 @@ class DataServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# -- where it listens, and the address a browser uses ------------------------------------------
+WILDCARD = ("0.0.0.0", "::")
+
+
+def check_bind(bind: str) -> int:
+    """The address family of ``bind`` (one clear line when it is empty or no address)."""
+    if not bind.strip():
+        raise InvalidArgumentError(
+            "--bind '' is empty: give the address to serve on (127.0.0.1, the default; "
+            "0.0.0.0 or :: for every interface; or one of this machine's addresses)")
+    try:
+        infos = socket.getaddrinfo(bind, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InvalidArgumentError(f"--bind {bind!r} is not an address or host name this "
+                                   f"machine can listen on ({exc})") from None
+    return int(infos[0][0])
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
+            try:  # :: takes IPv4 connections too
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            except OSError:
+                pass
+        super().server_bind()
+
+
+def _outward(family: int) -> str | None:
+    """This machine's address toward other networks (the source of a UDP socket 'connected' to
+    a documentation address: nothing is sent), unless it is loopback or link-local."""
+    probe = "192.0.2.1" if family == socket.AF_INET else "2001:db8::1"
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((probe, 9))
+            addr = str(s.getsockname()[0])
+    except OSError:
+        return None
+    ip = ipaddress.ip_address(addr.split("%")[0])
+    return None if ip.is_loopback or ip.is_unspecified or ip.is_link_local else addr
+
+
+def _reaches_out(name: str) -> bool:
+    """Whether the host name ``name`` resolves, and only to addresses other machines can use."""
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+        ips = {ipaddress.ip_address(str(i[4][0]).split("%")[0]) for i in infos}
+    except (OSError, ValueError, UnicodeError):
+        return False
+    return bool(ips) and not any(ip.is_loopback or ip.is_unspecified for ip in ips)
+
+
+def reachable_host(bind: str) -> str:
+    """The host the URLs of a server bound to ``bind`` name: ``bind`` itself, and for a
+    wildcard (every interface) this machine's name where it resolves to an address other
+    machines can use, else its outward address (loopback when it has none)."""
+    if bind not in WILDCARD:
+        return bind
+    name = socket.getfqdn()
+    if _reaches_out(name):
+        return name
+    first, second = ((socket.AF_INET6, socket.AF_INET) if bind == "::"
+                     else (socket.AF_INET, socket.AF_INET6))
+    return _outward(first) or _outward(second) or ("::1" if bind == "::" else "127.0.0.1")
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL names it (IPv6 literals in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+# -- what may be served ------------------------------------------------------------------------
+def within(path: str | os.PathLike, roots: Sequence[Path]) -> bool:
+    """Whether ``path`` (links resolved) is one of ``roots`` or inside one."""
+    real = Path(os.path.realpath(path))
+    return any(real == r or r in real.parents for r in roots)
 
 
 # -- what to show --------------------------------------------------------------------------
@@ -209,26 +386,57 @@ def _is_volume(path: Path) -> bool:
 @dataclass
 class Found:
     """What the paths given hold: volumes in order, and tables and mesh folders by the real
-    path of the label volume they belong to."""
+    path of the label volume they belong to; the paths named, resolved (all that may be
+    served), and notes on what was left out."""
 
     volumes: list[Path] = field(default_factory=list)
     tables: dict[str, list[Path]] = field(default_factory=dict)
     meshes: dict[str, list[Path]] = field(default_factory=dict)
+    roots: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, other: Found) -> None:
+        self.volumes += other.volumes
+        for k, v in other.tables.items():
+            self.tables.setdefault(k, []).extend(v)
+        for k, v in other.meshes.items():
+            self.meshes.setdefault(k, []).extend(v)
+        self.notes += other.notes
 
 
 def gather(paths: Sequence[str | os.PathLike]) -> Found:
     """Sort the paths given into volumes, tables and mesh folders; a folder that is none of
-    these (a recipe's work folder) stands for everything in it."""
-    found = Found()
+    these (a recipe's work folder) stands for everything in it. Only the paths named, links
+    resolved, are ever served: what a folder holds through a link that leaves it is left out
+    (with a note), and a table or mesh folder whose label volume (as its own files say) lies
+    elsewhere is refused (named) or left out (found in a folder)."""
     from .storage import is_remote
     for p in paths:
         if is_remote(p):
             raise InvalidArgumentError(
                 f"{os.fspath(p)}: emarray view serves volumes on local disk; neuroglancer reads "
                 "a bucket itself (zarr3://s3://... in its source box) when the bucket is public")
-        path = Path(p)
-        if not path.exists():
+        if not Path(p).exists():
             raise InvalidArgumentError(f"no volume, table or mesh folder at {os.fspath(p)!r}")
+    roots = [Path(_real(p)) for p in paths]
+    found = _sort([Path(p) for p in paths], roots)
+    found.roots = roots
+    known = {_real(v) for v in found.volumes}
+    for owner, items in [*found.tables.items(), *found.meshes.items()]:
+        if owner in known:
+            continue
+        if not (within(owner, roots) and Path(owner).exists()):
+            raise InvalidArgumentError(
+                f"{items[0]} belongs to the label volume {owner}, which is not among the paths "
+                "named: name it too (emarray view serves only the paths named)")
+        found.volumes.append(Path(owner))  # inside a folder named: it comes with its table
+        known.add(owner)
+    return found
+
+
+def _sort(paths: Sequence[Path], roots: Sequence[Path]) -> Found:
+    found = Found()
+    for path in paths:
         if path.suffix.lower() in TABLE_SUFFIXES and path.is_file():
             owner = table_labels(path)
             if owner is None:
@@ -242,44 +450,42 @@ def gather(paths: Sequence[str | os.PathLike]) -> Found:
                 raise InvalidArgumentError(f"{path} is not a mesh folder made by emarray mesh")
             found.meshes.setdefault(owner, []).append(path)
         elif path.is_dir() and not _is_volume(path):
-            inner = _inside(path)
+            inner = _inside(path, roots)
             if not inner.volumes:
-                raise InvalidArgumentError(f"{path} holds no zarr volume to show")
-            found.volumes += inner.volumes
-            for k, v in inner.tables.items():
-                found.tables.setdefault(k, []).extend(v)
-            for k, v in inner.meshes.items():
-                found.meshes.setdefault(k, []).extend(v)
+                raise InvalidArgumentError(f"{path} holds no zarr volume to show" + (
+                    f" ({'; '.join(inner.notes)})" if inner.notes else ""))
+            found.add(inner)
         else:
             found.volumes.append(path)
-    # a table or mesh folder given alone brings its label volume
-    for owner in list(found.tables) + list(found.meshes):
-        if owner not in {_real(v) for v in found.volumes} and Path(owner).exists():
-            found.volumes.append(Path(owner))
     return found
 
 
-def _inside(folder: Path, depth: int = 2) -> Found:
+def _inside(folder: Path, roots: Sequence[Path], depth: int = 2) -> Found:
     """What a folder that is not itself a volume holds (a recipe's work folder: its outputs,
-    and those of steps that write several, one folder down)."""
-    items = []
+    and those of steps that write several, one folder down), inside the paths named."""
+    items, notes = [], []
     for q in sorted(folder.iterdir()):
         if q.name.startswith("."):
             continue
-        if _is_volume(q) or (q.suffix.lower() in TABLE_SUFFIXES and table_labels(q)) or \
-                (q.is_dir() and mesh_labels(q)):
+        if not within(q, roots):
+            notes.append(f"{q} is not shown: it is a link to {_real(q)}, outside the paths "
+                         "named")
+            continue
+        owner = (table_labels(q) if q.suffix.lower() in TABLE_SUFFIXES and q.is_file()
+                 else mesh_labels(q) if q.is_dir() and not _is_volume(q) else None)
+        if owner is not None and not within(owner, roots):
+            notes.append(f"{q} is not shown: its label volume {owner} is not among the paths "
+                         "named")
+            continue
+        if _is_volume(q) or owner is not None:
             items.append(q)
-    found = gather(items) if items else Found()
+    found = _sort(items, roots) if items else Found()
+    found.notes += notes
     if depth > 1:
         for q in sorted(folder.iterdir()):
             if q.is_dir() and not q.name.startswith(".") and q not in items and \
-                    not _is_volume(q):
-                inner = _inside(q, depth - 1)
-                found.volumes += inner.volumes
-                for k, v in inner.tables.items():
-                    found.tables.setdefault(k, []).extend(v)
-                for k, v in inner.meshes.items():
-                    found.meshes.setdefault(k, []).extend(v)
+                    within(q, roots) and not _is_volume(q):
+                found.add(_inside(q, roots, depth - 1))
     return found
 
 
@@ -359,13 +565,22 @@ def make_layers(found: Found, server: DataServer, neuroglancer: Any) -> list[Lay
                              f"{path} is float64, which neuroglancer cannot show: served as "
                              "float32"))
             continue
+        if found.roots and not within(vol.url, found.roots):
+            raise InvalidArgumentError(
+                f"{path} is part of the volume {vol.url}: name that (emarray view serves only "
+                "the paths named)")
         url = f"zarr3://{server.folder(Path(vol.url))}"
         if not is_labels(vol):
             out.append(Layer(name, "image", [url], vol, contrast(vol)))
             continue
-        tables, meshes = beside(path)
-        tables += found.tables.get(real, [])
-        meshes += found.meshes.get(real, [])
+        near = beside(path)
+        left = [q for q in near[0] + near[1] if not within(q, found.roots)]
+        if left:
+            found.notes.append(
+                f"{', '.join(q.name for q in left)} beside {path} not shown: emarray view "
+                "serves only the paths named (name them, or their folder, to add them)")
+        tables = [q for q in near[0] if within(q, found.roots)] + found.tables.get(real, [])
+        meshes = [q for q in near[1] if within(q, found.roots)] + found.meshes.get(real, [])
         layer = Layer(name, "segmentation", [url], vol,
                       tables=list(dict.fromkeys(Path(_real(t)) for t in tables)),
                       meshes=list(dict.fromkeys(Path(_real(m)) for m in meshes)))
@@ -402,6 +617,37 @@ def shader(lo: float, hi: float, channels: int = 1) -> str:
         return ctl + "void main() { emitRGB(vec3(r(), g(), b())); }"
     return (f"#uicontrol invlerp normalized(range=[{lo!r}, {hi!r}])\n"
             "void main() { emitGrayscale(normalized()); }")
+
+
+def where_objects(layers: list[Layer]) -> list[float] | None:
+    """Where to look when no ``--position`` is given: inside an object of the first label
+    (else mask) volume, on the slice an ``emarray report`` shows first
+    (:func:`emarray.preview.object_voxel`), as z, y, x in the first layer's voxels; None (the
+    middle) when no layer shows objects."""
+    from .preview import object_voxel, shows_objects
+    first = layers[0].volume
+    for layer in sorted(layers, key=lambda ly: ly.kind != "segmentation"):
+        vol = layer.volume
+        if len(layer.sources) and not isinstance(layer.sources[0], str):
+            continue  # served through neuroglancer's own volume server (float64)
+        if not shows_objects(vol):
+            continue
+        at = object_voxel(vol)
+        if at is None:
+            continue
+        here = micrometres(vol.unit)
+        there = micrometres(first.unit)
+        out = []
+        for k in range(3):  # the voxel's middle, in physical units, then in the first's voxels
+            phys = ((at[k] + 0.5) * vol.voxel_size[k] + _offset(vol, k)) * here
+            out.append((phys / there - _offset(first, k)) / first.voxel_size[k])
+        return out
+    return None
+
+
+def _offset(vol: Volume, k: int) -> float:
+    t = getattr(vol, "translation", None)
+    return float(t[k]) if t is not None and len(t) == 3 else 0.0
 
 
 def apply(viewer: Any, layers: list[Layer], neuroglancer: Any, layout: str,
@@ -457,7 +703,7 @@ def view(paths: Sequence[str | os.PathLike], *, port: int = 0, bind: str = "127.
         raise InvalidArgumentError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if not paths:
         raise InvalidArgumentError("view needs at least one volume")
-    pos = None
+    pos: Sequence[float] | None = None
     if position is not None:
         from ._normalize import parse_tuple
         pos = parse_tuple(position, "position", 3, kind=float, positive=False)
@@ -469,20 +715,24 @@ def view(paths: Sequence[str | os.PathLike], *, port: int = 0, bind: str = "127.
             raise InvalidArgumentError(f"the folder of --screenshot {os.fspath(screenshot)!r} "
                                        "does not exist")
         chromium()
+    check_bind(bind)
     found = gather(paths)
+    server = DataServer(bind, found.roots)
     if bind not in LOCAL:
-        echo(f"note: serving on {bind}: anyone who can reach this machine can read these "
-             "volumes")
+        echo(f"note: serving on {bind} as {server.host}: anyone who can reach this machine can "
+             "read these volumes")
     neuroglancer.set_server_bind_address(bind_address=bind, bind_port=int(port))
-    server = DataServer(bind)
     try:
         viewer = neuroglancer.Viewer()
+        ours = neuroglancer.server.global_server  # its own URL would name 0.0.0.0 or ::1 bare
+        ours.server_url = f"http://{url_host(server.host)}:{ours.port}"
         layers = make_layers(found, server, neuroglancer)
-        for layer in layers:
-            if layer.note:
-                echo(f"note: {layer.note}")
+        for note in found.notes + [layer.note for layer in layers if layer.note]:
+            echo(f"note: {note}")
         if layout == "3d" and not segments:
             segments = largest(layers)
+        if pos is None:
+            pos = where_objects(layers)
         apply(viewer, layers, neuroglancer, layout, pos, size, segments)
         if screenshot is not None:
             take_screenshot(viewer, Path(screenshot), size)

@@ -347,9 +347,14 @@ class Volume:
             try:
                 self._read(sub)
             except Exception as inner:
-                return ChunkReadError(
-                    f"cannot read chunk {self.chunk_key(idx)!r} of {self.url} "
-                    f"(voxels {_fmt_region(sub)}): {type(inner).__name__}: {inner}")
+                where = f"chunk {self.chunk_key(idx)!r} of {self.url} (voxels {_fmt_region(sub)})"
+                if isinstance(inner, chunk_io.ChecksumMismatch) or "checksum do not match" in str(
+                        inner):  # ours, or zarr's crc32c codec (shards, object storage)
+                    return ChunkReadError(
+                        f"{where} is damaged: its crc32c checksum does not match its bytes, so "
+                        "it is not read as values; restore it, or make the volume again (run "
+                        "its job with --overwrite)")
+                return ChunkReadError(f"cannot read {where}: {type(inner).__name__}: {inner}")
         return ChunkReadError(f"cannot read voxels {_fmt_region(region)} of {self.url}: "
                               f"{type(exc).__name__}: {exc}")
 
@@ -621,6 +626,19 @@ def compressor_codecs(compression: str, level: int | None = None) -> tuple:
                                f"got {compression!r}")
 
 
+def with_checksum(codecs: Sequence[Any]) -> tuple:
+    """``codecs`` (bytes-to-bytes, after the serializer) ending in zarr's ``crc32c`` codec.
+
+    >>> [type(c).__name__ for c in with_checksum(compressor_codecs("zstd"))]
+    ['ZstdCodec', 'Crc32cCodec']
+    >>> len(with_checksum(with_checksum(())))
+    1
+    """
+    from zarr.codecs import Crc32cCodec
+    codecs = tuple(codecs)
+    return codecs if codecs and isinstance(codecs[-1], Crc32cCodec) else codecs + (Crc32cCodec(),)
+
+
 def image_name(path: str | os.PathLike) -> str:
     """The name an image at ``path`` goes by (``cells`` for ``cells.zarr``, also while a job
     builds it as ``.cells.zarr.emarray-new``).
@@ -645,8 +663,12 @@ def create_volume(path: str | os.PathLike, shape: Sequence[int], dtype: Any,
                   voxel_size: Sequence[float] | str | None = None, unit: str = "nanometer",
                   axes: Sequence[str] | None = None, name: str | None = None,
                   attrs: dict[str, Any] | None = None,
-                  translation: Sequence[float] | None = None) -> Volume:
+                  translation: Sequence[float] | None = None, checksum: bool = True) -> Volume:
     """Create an empty OME-Zarr 0.5 image (zarr v3 group with one array, ``0``).
+
+    Each chunk is stored with a crc32c checksum (zarr v3's ``crc32c`` codec after the
+    compressor; in a sharded array, each inner chunk and the shard index) unless ``checksum``
+    is False: a damaged chunk is then named when read, never read as values.
 
     The caller decides what to do with an existing path (see :func:`emarray.engine.prepare_output`);
     this function refuses to replace anything that exists.
@@ -676,6 +698,8 @@ def create_volume(path: str | os.PathLike, shape: Sequence[int], dtype: Any,
                         kind=float)
     unit = parse_unit(unit)
     codecs = compressor_codecs(compression, compression_level)
+    if checksum:  # sharded: the inner chunks; the shard index has one too (zarr's default)
+        codecs = with_checksum(codecs)
     remote = storage.is_remote(path)
     if storage.scheme(path) in storage.READ_ONLY:
         raise InvalidArgumentError(f"{os.fspath(path)}: https:// volumes are read-only")

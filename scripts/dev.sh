@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine: creates .venv, installs emarray, then runs a job.
-#   bash scripts/dev.sh demo [emarray demo options]   set up and run the demo
+#   bash scripts/dev.sh demo [emarray demo options]   set up and run the demo (then: source
+#                                                     .venv/bin/activate for a bare `emarray`)
 #   bash scripts/dev.sh test [pytest options]         set up, lint (ruff), type-check (mypy), build
 #                                                     the docs (mkdocs, strict); as root install
-#                                                     Chromium (apt) and start a one-node SLURM
-#                                                     (scripts/slurm-local.sh); test
+#                                                     Chromium (apt) and start a three-node
+#                                                     SLURM (scripts/slurm-local.sh); test
 #   bash scripts/dev.sh bench                         set up and run the asv suite (quick)
 #   bash scripts/dev.sh compare [compare.py options]  side-by-side threshold comparison
 set -euo pipefail
@@ -21,7 +22,12 @@ esac
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}" 2>&1 \
   | grep -v -e "^\s*$" -e "!!" -e "WheelFile" -e "^\s*\*\*\*" -e "^\s*####" || true
 case "$what" in
-  demo) exec .venv/bin/emarray demo "$@" ;;
+  demo) .venv/bin/emarray demo "$@"
+        if [ "$(command -v emarray || true)" != "$PWD/.venv/bin/emarray" ]; then
+          # the tour and the next steps above type a bare `emarray`
+          echo "emarray is installed in .venv: 'source .venv/bin/activate' puts it on PATH;" \
+               "the tour (docs/tour.md) also needs PyTorch: pip install -e '.[train]'"
+        fi ;;
   test) .venv/bin/ruff check . && .venv/bin/mypy || exit 1
         NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "${TMPDIR:-/tmp}/emarray-site" || exit 1
         if [ "$(id -u)" = 0 ]; then

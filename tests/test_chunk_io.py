@@ -89,17 +89,24 @@ def test_regions_that_are_not_one_whole_chunk_and_other_layouts_go_through_zarr(
     assert chunk_io.layout(s.handle()) is False
 
 
-def test_a_chunk_that_decodes_to_the_wrong_size_is_named_not_read_in_part(tmp_path):
-    """numcodecs fills a larger buffer in part without a word: the size is checked first."""
+@pytest.mark.parametrize("checksum", [False, True])
+def test_a_chunk_that_decodes_to_the_wrong_size_is_named_not_read_in_part(tmp_path, checksum):
+    """numcodecs fills a larger buffer in part without a word: the size is checked first (and
+    with a checksum, a chunk of the wrong size whose checksum matches is still named)."""
+    import google_crc32c
+
+    def stored(payload: bytes) -> bytes:
+        return payload + (google_crc32c.value(payload).to_bytes(4, "little") if checksum
+                          else b"")
     a = sample("uint32")
-    v = emarray.create_volume(tmp_path / "a.zarr", SHAPE, "uint32", CHUNKS)
+    v = emarray.create_volume(tmp_path / "a.zarr", SHAPE, "uint32", CHUNKS, checksum=checksum)
     v.write(tuple(slice(0, n) for n in SHAPE), a)
     key = tmp_path / "a.zarr" / v.chunk_key((0, 0, 0))
-    key.write_bytes(Zstd(3).encode(np.arange(10, dtype=np.uint32)))
+    key.write_bytes(stored(Zstd(3).encode(np.arange(10, dtype=np.uint32))))
     w = emarray.open_volume(tmp_path / "a.zarr")
-    with pytest.raises(ChunkReadError, match="c/0/0/0"):
+    with pytest.raises(ChunkReadError, match="c/0/0/0.*decodes to 40 bytes, not 560"):
         w.read((slice(0, 4), slice(0, 5), slice(0, 7)))
-    key.write_bytes(b"not zstd at all")
+    key.write_bytes(stored(b"not zstd at all"))
     with pytest.raises(ChunkReadError, match="c/0/0/0"):
         w.read((slice(0, 4), slice(0, 5), slice(0, 7)))
 

@@ -81,3 +81,145 @@ def test_demo_runs_and_scores(tmp_path):
     (tmp_path / "mine").mkdir()
     r = CliRunner().invoke(cli, ["-q", "demo", "--out", str(tmp_path / "mine")])
     assert r.exit_code == 2 and "not made by the demo" in r.output
+
+
+# -- every required value is checked before any work ------------------------------------------
+SAMPLE = {"number": "1", "float": "1", "int": "1", "numbers": "0,1", "zyx": "1,1,1",
+          "zyx-float": "1,1,1", "text": "x"}
+
+
+def _argv(op, inputs: dict, leave_out: str) -> list[str]:
+    """A command line of ``op`` with every required value but ``leave_out``."""
+    from emarray.spec import operators
+    op = operators()[op]
+    ports = list(op.inputs) + ([op.output] if op.output and op.output.kind != "inplace" else [])
+    pos, opts = [], []
+    for p in ports:
+        if p.optional or p.name == leave_out:
+            continue
+        value = str(inputs.get(p.kind, inputs["volume"])) if p is not op.output else \
+            str(inputs["out"] / f"{op.name}-out")
+        (opts.extend([f"--{p.name}", value]) if p.option else pos.append(value))
+    for p in op.params:
+        if p.required and p.name != leave_out:
+            opts += [p.flag, SAMPLE[p.kind] if p.kind != "choice" else str(p.choices[0])]
+    return [op.name, *pos, *opts]
+
+
+def _required_cases():
+    from emarray.spec import operators
+    cases = []
+    for name, op in operators().items():
+        ports = list(op.inputs) + ([op.output] if op.output and op.output.kind != "inplace"
+                                   else [])
+        args = [p for p in ports if not p.optional and not p.option]
+        shown = {p.name: f"--{p.name}" for p in ports if p.option and not p.optional}
+        if args:  # the last argument left out (an earlier one shifts the rest)
+            shown[args[-1].name] = args[-1].metavar
+        shown.update({p.name: p.flag for p in op.params if p.required})
+        cases += [(name, left, flag) for left, flag in shown.items()]
+    return cases
+
+
+REQUIRED = _required_cases()
+
+
+def test_the_registry_has_required_values_to_leave_out():
+    names = {(op, left) for op, left, _ in REQUIRED}
+    assert {("threshold", "value"), ("clip", "lo"), ("clip", "hi"), ("rescale", "in_range"),
+            ("smooth", "sigma"), ("upsample", "like"), ("sweep", "out"), ("match", "out"),
+            ("objects", "out"), ("threshold", "dst")} <= names
+    assert len({op for op, _, _ in REQUIRED}) == len(__import__("emarray.spec").spec.operators())
+
+
+@pytest.mark.parametrize("op,left,flag", REQUIRED, ids=lambda v: str(v))
+def test_a_required_value_left_out_is_one_line_naming_it(tmp_path, op, left, flag):
+    import tifffile
+    src = tmp_path / "in"
+    src.mkdir()
+    make_volume(src / "v.zarr", np.zeros((4, 4, 4), np.float32), 2)
+    tifffile.imwrite(src / "s.tif", np.zeros((4, 8, 8), np.uint8), photometric="minisblack")
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = _argv(op, {"volume": src / "v.zarr", "file": src / "s.tif", "model": src / "s.tif",
+                      "out": out}, left)
+    r = CliRunner().invoke(cli, argv)
+    assert r.exit_code == 2, (argv, r.output)
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    line = r.stderr.strip()
+    assert "\n" not in line and line.startswith("error: ") and "Traceback" not in r.output
+    assert f"needs {flag}" in line, line
+    assert os.listdir(out) == [] and sorted(os.listdir(src)) == ["s.tif", "v.zarr"]
+
+
+def test_the_check_holds_even_where_click_lets_a_value_through(tmp_path):
+    """The generated command checks its required values itself too (click 8.3 took an explicit
+    ``default=None`` for a value given: the option was shown required and never checked)."""
+    make_volume(tmp_path / "p.zarr", np.zeros((4, 4, 4), np.float32), 2)
+    for name, given, left in [("threshold", ["--value", "1"], "value"),
+                              ("clip", ["--lo", "0", "--hi", "1"], "hi"),
+                              ("smooth", ["--sigma", "1"], "sigma")]:
+        cmd = cli.commands[name]
+        ctx = cmd.make_context(name, [str(tmp_path / "p.zarr"), str(tmp_path / "o.zarr"), *given])
+        ctx.params[left] = None
+        with pytest.raises(SystemExit) as e:
+            ctx.invoke(cmd.callback, **ctx.params)
+        assert e.value.code == 2 and not (tmp_path / "o.zarr").exists()
+
+
+@pytest.mark.parametrize("op,extra", [("sweep", ["{p}", "{t}"]), ("match", ["{t}", "{t}"]),
+                                      ("objects", ["{t}"])])
+def test_a_job_whose_result_is_files_needs_out_on_the_command_line(tmp_path, op, extra):
+    rng = np.random.default_rng(1)
+    p = rng.random((6, 8, 8)).astype(np.float32)
+    t = (rng.random((6, 8, 8)) > 0.5).astype(np.uint32)
+    make_volume(tmp_path / "p.zarr", p, 3)
+    make_volume(tmp_path / "t.zarr", t, 3)
+    before = sorted(os.listdir(tmp_path))
+    r = CliRunner().invoke(cli, [op] + [a.format(p=tmp_path / "p.zarr", t=tmp_path / "t.zarr")
+                                        for a in extra], prog_name="emarray")
+    assert r.exit_code == 2 and r.stderr.strip() == (
+        f"error: emarray {op} needs --out OUT (see emarray {op} --help)"), r.output
+    assert sorted(os.listdir(tmp_path)) == before and "progress" not in r.output
+    # the Python function still returns its table without out
+    fn = getattr(emarray, op)
+    args = [emarray.open_volume(a.format(p=tmp_path / "p.zarr", t=tmp_path / "t.zarr"))
+            for a in extra]
+    result = fn(*args, progress=False)
+    assert result is not None and len(result) > 0
+
+
+def _command_summaries(text: str) -> dict[str, str]:
+    """The Commands section of a --help page: name -> its summary (wrapped lines joined)."""
+    rows: dict[str, str] = {}
+    name = None
+    for line in text.split("Commands:\n", 1)[1].splitlines():
+        if line.startswith("  ") and not line.startswith("   "):
+            name, _, rest = line.strip().partition(" ")
+            rows[name] = rest.strip()
+        elif name is not None and line.strip():
+            rows[name] += " " + line.strip()
+    return rows
+
+
+@pytest.mark.parametrize("group", [[], ["model"]])
+def test_help_shows_whole_summaries(group):
+    r = CliRunner().invoke(cli, [*group, "--help"], terminal_width=80)
+    rows = _command_summaries(r.output)
+    assert len(rows) >= (20 if not group else 2)
+    for name, summary in rows.items():
+        assert not summary.endswith("...") and "..." not in summary.replace("1..N", ""), name
+    if not group:
+        assert rows["info"] == ("Describe the volume at PATH: shape, dtype, chunks, voxel size, "
+                                "levels, storage")
+        assert rows["view"].startswith("Show volumes in neuroglancer, served from disk")
+        assert rows["demo"].endswith("score against ground truth")
+        assert rows["threshold"] == "A uint8 0/1 mask where a map passes a threshold, compared exactly"
+    else:
+        assert rows["info"].endswith("receptive field, input sizes")
+
+
+@pytest.mark.parametrize("argv", [[], ["model"]])
+def test_a_group_given_no_command_shows_its_help(argv):
+    r = CliRunner().invoke(cli, argv)
+    assert r.output.startswith("Usage:") and "error:" not in r.output and "Commands:" in r.output

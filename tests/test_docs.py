@@ -36,3 +36,11 @@ def test_every_operator_has_a_running_example(name):
     for t in tests:
         runner.run(t)
     assert runner.failures == 0 and runner.tries > 0
+
+
+def test_look_calls_reduction_a_factor_as_mesh_declares_it():
+    from pathlib import Path
+    look = (Path(__file__).resolve().parents[1] / "docs" / "look.md").read_text()
+    said = look.split("`--reduction", 1)[1].split(")", 1)[0]
+    assert "factor" in said and "fraction" not in said and "1/F" in said
+    assert "1/reduction" in operators()["mesh"].param("reduction").help

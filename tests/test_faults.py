@@ -37,7 +37,7 @@ def traced(path: Path) -> list[tuple[str, str, int]]:
     if not path.exists():
         return []
     rows = [ln.split("\t") for ln in path.read_text().splitlines()]
-    return [(job, stage, int(flat)) for job, stage, flat, _pid in rows]
+    return [(job, stage, int(flat)) for job, stage, flat, *_pid_node in rows]
 
 
 def _safe(stage: str) -> str:

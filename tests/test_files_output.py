@@ -357,3 +357,17 @@ def test_every_files_output_into_a_read_only_folder_or_a_full_disk_is_one_line(t
     assert all(n.startswith(".") and n.endswith(".emarray-new") for n in full), full
     assert not any(n.startswith((".p.tif", ".ng")) for n in full), full
     assert all("--resume" in e for e in errors[len(jobs):] if "mesh" in e or "sw" in e), errors
+
+
+def test_a_table_named_through_a_link_replaces_the_link_not_what_it_points_to(tmp_path):
+    make_volume(tmp_path / "l.zarr", labels((8, 8, 8), ids=(1, 2)), 4)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x.csv").write_text("precious")
+    (tmp_path / "link.csv").symlink_to(data / "x.csv")
+    with pytest.raises(OutputExistsError):
+        emarray.objects(tmp_path / "l.zarr", out=tmp_path / "link.csv")
+    emarray.objects(tmp_path / "l.zarr", out=tmp_path / "link.csv", overwrite=True)
+    assert (data / "x.csv").read_text() == "precious" and listing(data) == ["x.csv"]
+    assert not (tmp_path / "link.csv").is_symlink()
+    assert (tmp_path / "link.csv").read_text().startswith("id,")

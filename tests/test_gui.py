@@ -543,7 +543,8 @@ def test_the_viewer_refuses_links_and_files_that_lead_outside(server, driver, fo
     (meshes / "info").write_text(json.dumps({"@type": "neuroglancer_legacy_mesh",
                                              "emarray": {"labels": str(outside / "secret.zarr")}}))
     status, text = server.api("GET", f"/view?path={meshes}")
-    assert status == 200 and "outside the folders" in text and 'id="viewer"' not in text
+    assert status == 200 and 'id="view-error"' in text and 'id="viewer"' not in text
+    assert str(outside / "secret.zarr") in text  # named in the one line that refuses it
     served = server.app.state.gui.viewers.served
     assert all(str(outside) not in str(p) for p in served.folders.values())
 

@@ -73,7 +73,7 @@ def test_hdf5_needs_a_dataset_name_when_it_holds_several(tmp_path):
     with h5py.File(tmp_path / "two.h5", "w") as f:
         f["a"] = np.zeros((2, 3, 4), np.uint8)
         f["b"] = np.ones((2, 3, 4), np.uint8)
-    with pytest.raises(InvalidArgumentError, match=r"--dataset"):
+    with pytest.raises(InvalidArgumentError, match=r"name one with dataset=NAME"):  # Python
         emarray.ingest(tmp_path / "two.h5", tmp_path / "o.zarr")
     with pytest.raises(InvalidArgumentError, match="'c' is not in"):
         emarray.ingest(tmp_path / "two.h5", tmp_path / "o.zarr", dataset="c")

@@ -118,8 +118,36 @@ def test_background_value(tmp_path):
 def test_float_masks_label_their_nonzero_voxels(tmp_path):
     a = np.random.default_rng(5).random((8, 9, 10)).astype(np.float32)
     a[a < 0.6] = 0
-    got = run_label(tmp_path, a, (3, 4, 5), connectivity=18).read()
+    with pytest.warns(emarray.errors.EmarrayWarning, match="holds float32"):
+        got = run_label(tmp_path, a, (3, 4, 5), connectivity=18).read()
     np.testing.assert_array_equal(got, reference(a, 18))
+
+
+def test_a_float_map_is_labelled_with_a_one_line_warning_before_any_work(tmp_path):
+    from click.testing import CliRunner
+
+    from emarray.cli import cli
+    a = np.random.default_rng(6).random((6, 10, 12)).astype(np.float32)  # a probability map
+    for dtype in (np.float32, np.float64):
+        make_volume(tmp_path / f"p{dtype.__name__}.zarr", a.astype(dtype), (3, 5, 6))
+        r = CliRunner().invoke(cli, ["-q", "label", str(tmp_path / f"p{dtype.__name__}.zarr"),
+                                     str(tmp_path / f"l{dtype.__name__}.zarr")])
+        assert r.exit_code == 0, r.output
+        err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(err) == 1 and err[0].startswith("warning: "), err
+        assert f"holds {dtype.__name__}" in err[0] and "emarray threshold" in err[0]
+        assert "--mode binary" in err[0]
+        # what it warned of: every nonzero voxel foreground, so one component
+        got = emarray.open_volume(tmp_path / f"l{dtype.__name__}.zarr").read()
+        np.testing.assert_array_equal(got, reference(a, 26))
+        assert got.max() == 1
+    # said outright (--mode binary: a 0/1 float mask), or an integer mask: no warning
+    r = CliRunner().invoke(cli, ["-q", "label", str(tmp_path / "pfloat32.zarr"),
+                                 str(tmp_path / "b.zarr"), "--mode", "binary"])
+    assert r.exit_code == 0 and not r.stderr.strip(), r.stderr
+    make_volume(tmp_path / "m.zarr", (a > 0.5).astype(np.uint8), (3, 5, 6))
+    r = CliRunner().invoke(cli, ["-q", "label", str(tmp_path / "m.zarr"), str(tmp_path / "c.zarr")])
+    assert r.exit_code == 0 and not r.stderr.strip(), r.stderr
 
 
 @pytest.mark.parametrize("min_size", [1, 2, 5, 40])

@@ -151,7 +151,7 @@ def test_match_labels_masks_first(tmp_path):
     make_volume(tmp_path / "f.zarr", (p > 0).astype(np.float32), (7, 14, 14))
     line = one_error_line(cli("match", tmp_path / "f.zarr", tmp_path / "t.zarr", "--out",
                               tmp_path / "m2"))
-    assert "not instance ids; pass --label" in line
+    assert "not instance ids; give --label-first" in line
     # a 0/1 mask taken as instances is one object: said, not silently scored
     r = cli("match", tmp_path / "p.zarr", tmp_path / "t.zarr", "--out", tmp_path / "m3", "-q")
     assert r.returncode == 0 and "warning: " in r.stderr and "--label" in r.stderr

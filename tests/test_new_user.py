@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 
@@ -221,3 +225,176 @@ def test_every_command_that_writes_resumes():
         assert "resume" in op.run and "overwrite" in op.run, op.name
         text = CliRunner().invoke(group, [op.name, "--help"]).output
         assert "--resume" in text and "--overwrite" in text, op.name
+
+
+# -- the paths the README and the demo name are where the commands write ----------------------
+NAMED = re.compile(r"(?<![\w/.:-])([\w.{}-]+/[\w./{},-]*)")
+#: the repository's own folders: paths under them are what the commands read, not write
+REPO = ("docs", "pipelines", "scripts", "emarray", "tests", "benchmarks", "kernels", ".venv")
+
+
+def _named_paths(text: str) -> set[str]:
+    """The relative paths ``text`` names ({a,b} expanded), but the repository's own."""
+    out = set()
+    for p in NAMED.findall(text):
+        p = p.rstrip(".,:")
+        m = re.search(r"\{([^}]*)\}", p)
+        out |= ({p[:m.start()] + part + p[m.end():] for part in m.group(1).split(",")} if m
+                else {p})
+    return {p for p in out if p.split("/")[0] not in REPO}
+
+
+def _small_recipe_run(argv: list[str]) -> list[str]:
+    return argv + ["--set", "shape=16,64,64", "--set", "chunks=8,32,32", "--set", "min_size=5"]
+
+
+def test_the_readmes_look_commands_write_where_it_says(tmp_path, monkeypatch):
+    """Run in a fresh folder as the README says (a small tour/ in place of the trained one),
+    every path the block names exists afterwards, and nothing lands beside tour/ and work/."""
+    from click.testing import CliRunner
+
+    from emarray.cli import cli as cli_
+
+    from .conftest import ROOT
+    text = (ROOT / "README.md").read_text().split("## Look at the results", 1)[1]
+    block, after = text.split("```bash\n", 1)[1].split("```", 1)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pipelines").mkdir()
+    shutil.copy(ROOT / "pipelines" / "demo.yaml", tmp_path / "pipelines")
+    vols = emarray.datasets.synthetic("tour", (16, 64, 64), chunks=(8, 32, 32), progress=False)
+    mask = emarray.threshold(vols["prob"], "tour/mask.zarr", 0.5, progress=False)
+    emarray.label(mask, "tour/cells.zarr", min_size=5, progress=False)
+    named = _named_paths(block) | _named_paths(after.split("\n\n", 2)[1])
+    for line in block.splitlines():
+        argv = shlex.split(line.partition("  #")[0])[1:]
+        if not argv or (argv[0] == "view" and "--screenshot" not in argv):
+            continue  # serves until Ctrl-C
+        if argv[0] == "run":
+            argv = _small_recipe_run(argv)
+        r = CliRunner().invoke(cli_, ["-q", *argv])
+        assert r.exit_code == 0, (line, r.output)
+    assert sorted(os.listdir(tmp_path)) == ["pipelines", "tour", "work"]  # nothing beside them
+    missing = sorted(p for p in named if not (tmp_path / p).exists())
+    assert not missing, missing
+
+
+def test_the_demo_ends_with_next_steps_whose_paths_exist(tmp_path, monkeypatch):
+    """emarray demo (what scripts/dev.sh demo runs) writes its report and prints what to run
+    next; every path it and docs/install.md name exists once those commands ran."""
+    from click.testing import CliRunner
+
+    from emarray.cli import cli as cli_
+
+    from .conftest import ROOT
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pipelines").mkdir()
+    shutil.copy(ROOT / "pipelines" / "demo.yaml", tmp_path / "pipelines")
+    r = CliRunner().invoke(cli_, ["-q", "demo", "--size", "16,64,64"])
+    assert r.exit_code == 0, r.output
+    tail = r.output.split("\nnext:\n", 1)[1]
+    assert "open emarray-demo/report.html" in tail and "emarray view emarray-demo" in tail
+    run = next(ln for ln in tail.splitlines() if ln.strip().startswith("emarray run "))
+    r2 = CliRunner().invoke(cli_, ["-q", *_small_recipe_run(
+        shlex.split(run.partition("#")[0])[1:])])
+    assert r2.exit_code == 0, r2.output
+    install = (ROOT / "docs" / "install.md").read_text().split("The demo makes", 1)[1]
+    named = _named_paths(r.output) | _named_paths(install.split("```", 2)[1])
+    assert {"emarray-demo/report.html", "work/demo/report.html", "emarray-demo/raw.zarr",
+            "emarray-demo/sweep/sweep.csv"} <= named
+    missing = sorted(p for p in named if not (tmp_path / p).exists())
+    assert not missing, missing
+    page = (tmp_path / "emarray-demo" / "report.html").read_text()
+    assert "mask.zarr" in page and "sweep.png" in page and "emarray view" in page
+
+
+# -- tables show the values computed, not float noise -----------------------------------------
+@pytest.mark.parametrize("voxel,unit,translation", [
+    ((10, 10, 10), "nanometer", None),           # 87945 * (1000 * 0.001**3) was 0.08794500000000001
+    ((50, 4.6, 4.6), "nanometer", (100, 0.3, 0.7)),
+    ((0.01, 0.004, 0.004), "micrometer", None),
+    ((40, 8, 8), "angstrom", (0.1, 0.2, 0.3)),
+])
+def test_csv_tables_hold_the_exact_values_not_float_noise(tmp_path, voxel, unit, translation):
+    """Every physical value in the objects and sweep CSVs is the decimal its inputs make (voxel
+    sizes as written, Python fractions as the reference); ratios are the double nearest the
+    true ratio; each CSV reads back to the very doubles returned."""
+    from fractions import Fraction as F
+
+    import pandas as pd
+    rng = np.random.default_rng(7)
+    lab = rng.integers(0, 40, (12, 30, 30)).astype(np.uint32)
+    lab[lab > 30] = 0
+    v = emarray.create_volume(tmp_path / "l.zarr", lab.shape, lab.dtype, (6, 15, 15),
+                              voxel_size=voxel, unit=unit, translation=translation)
+    v.write(tuple(slice(0, s) for s in lab.shape), lab)
+    df = emarray.objects(v, out=tmp_path / "o.csv", progress=False)
+    text = pd.read_csv(tmp_path / "o.csv", dtype=str)
+    um = {"nanometer": F(1, 1000), "micrometer": F(1), "angstrom": F(1, 10000)}[unit]
+    size = [F(str(s)) for s in voxel]
+    origin = [F(str(o)) for o in (translation or (0, 0, 0))]
+    idx = np.indices(lab.shape)
+    for row in text.itertuples():
+        i = int(row.id)
+        n = int(np.count_nonzero(lab == i))
+        assert F(row.volume_um3) == n * size[0] * size[1] * size[2] * um ** 3, row.volume_um3
+        for j, a in enumerate("zyx"):
+            s = int(idx[j][lab == i].sum())
+            exact = (F(s, n) * size[j] + origin[j]) * um
+            assert float(getattr(row, f"centroid_{a}_um")) == float(exact)
+    back = pd.read_csv(tmp_path / "o.csv", float_precision="round_trip")
+    pd.testing.assert_frame_equal(back, df.reset_index(drop=True), check_dtype=False,
+                                  check_exact=True)
+    mask = emarray.create_volume(tmp_path / "p.zarr", lab.shape, "float32", (6, 15, 15),
+                                 voxel_size=voxel, unit=unit)
+    prob = rng.random(lab.shape).astype(np.float32)
+    mask.write(tuple(slice(0, s) for s in lab.shape), prob)
+    emarray.sweep(mask, v, out=tmp_path / "s", thresholds=20, progress=False)
+    sw = pd.read_csv(tmp_path / "s" / "sweep.csv", dtype=str)
+    for row in sw.itertuples():
+        for count, col in ((row.predicted_voxels, row.predicted_um3),
+                           (row.true_voxels, row.true_um3)):
+            assert F(col) == int(count) * size[0] * size[1] * size[2] * um ** 3, col
+        tp, fp = int(row.tp), int(row.fp)
+        assert float(row.precision) == (float(F(tp, tp + fp)) if tp + fp else 0.0)
+        assert F(row.threshold) == F(int(round(float(row.threshold) * 20)), 20)
+    # match's tables: ratios of counts, each the double nearest the true ratio
+    other = emarray.create_volume(tmp_path / "o.zarr", lab.shape, lab.dtype, (6, 15, 15),
+                                  voxel_size=voxel, unit=unit)
+    other.write(tuple(slice(0, s) for s in lab.shape), np.roll(lab, 2, axis=2))
+    emarray.match(other, v, out=tmp_path / "m", progress=False)
+    mt = pd.read_csv(tmp_path / "m" / "matching.csv", dtype=str)
+    for row in mt.itertuples():
+        tp, fp, fn = int(row.tp), int(row.fp), int(row.fn)
+        assert float(row.precision) == float(F(tp, tp + fp)) and float(row.f1) == float(
+            F(2 * tp, 2 * tp + fp + fn))
+    obj = pd.read_csv(tmp_path / "m" / "objects.csv", dtype=str).dropna(
+        subset=["relative_volume_difference"])
+    for row in obj[obj["kind"] == "truth"].itertuples():
+        if int(row.pred_voxels):
+            want = F(int(row.pred_voxels) - int(row.truth_voxels), int(row.truth_voxels))
+            assert float(row.relative_volume_difference) == float(want)
+
+
+@pytest.mark.parametrize("lo,hi", [(2.3e-4, 8.1e-4), (9e-4, 3.1e-3), (1e-3, 0.12), (1e-6, 0.1),
+                                   (1e-4, 30.0), (1000.0, 1100.0)])
+def test_the_objects_histogram_has_readable_ticks(tmp_path, monkeypatch, lo, hi):
+    """Three or more labelled ticks inside the data's range, increasing, whatever the spread
+    (a log axis over less than a decade showed one tick, or none); whole counts up the side."""
+    import pandas as pd
+
+    from emarray import figures
+    from emarray.ops.objects import plot_volumes
+    made = []
+    real = figures.subplots
+    monkeypatch.setattr(figures, "subplots", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    v = np.concatenate([[lo, hi], np.geomspace(lo, hi, 50)])
+    plot_volumes(pd.DataFrame({"volume_um3": v}), tmp_path / "h.png", title="t")
+    fig, ax = made[0]
+    fig.canvas.draw()
+    ticks = [(t, lab.get_text()) for t, lab in zip(ax.get_xticks(), ax.get_xticklabels())
+             if lo <= t <= hi and lab.get_text()]
+    assert len(ticks) >= 3, ticks
+    assert [float(text.replace("−", "-")) for _, text in ticks] == sorted(
+        float(text.replace("−", "-")) for _, text in ticks)
+    assert all(float(y).is_integer() for y in ax.get_yticks())
+    assert (tmp_path / "h.png").stat().st_size > 1000

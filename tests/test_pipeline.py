@@ -2,6 +2,7 @@
 and to NumPy/cc3d references, finished steps skipped, changed ones run again."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cc3d
@@ -315,3 +316,98 @@ def test_a_workdir_inside_an_input_through_a_symlink_is_refused(tmp_path):
     line = one_error_line(cli("run", path, "--workdir", tmp_path / "link"))
     assert "holds (or is inside) the input src" in line
     assert sorted(p.name for p in Path(src.url).rglob("*")) == before
+
+
+def test_advice_inside_a_recipe_names_the_steps_keys_not_options(tmp_path):
+    """A message that advises a value speaks as the user gave the job: a recipe's keys, the
+    command line's options, Python's keyword arguments."""
+    import warnings
+
+    import tifffile
+    from click.testing import CliRunner
+
+    from emarray.cli import cli as cli_
+    from emarray.errors import EmarrayWarning
+    tifffile.imwrite(tmp_path / "s.tif", np.zeros((4, 8, 8), np.uint8), photometric="minisblack")
+    labels = make_volume(tmp_path / "l.zarr", np.ones((4, 8, 8), np.uint32), 4)
+    labels.attrs.update({"emarray": {**labels.attrs.get("emarray", {}), "labels": True}})
+    recipe = {"steps": {"raw": {"op": "ingest", "src": str(tmp_path / "s.tif")},
+                        "up": {"op": "upsample", "src": str(tmp_path / "l.zarr"), "like": "raw",
+                               "mode": "linear"}}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    r = CliRunner().invoke(cli_, ["-q", "run", str(path), "--workdir", str(tmp_path / "w")])
+    assert r.exit_code == 2
+    assert "(give voxel_size: z,y,x in step 'raw')" in r.stderr, r.stderr
+    assert "use mode: nearest in step 'up'" in r.stderr, r.stderr
+    assert "--voxel-size" not in r.stderr and "--mode" not in r.stderr
+    # the same operators on the command line name their options
+    r = CliRunner().invoke(cli_, ["-q", "ingest", str(tmp_path / "s.tif"), str(tmp_path / "c.zarr")])
+    assert r.exit_code == 0 and "(give --voxel-size z,y,x)" in r.stderr, r.stderr
+    r = CliRunner().invoke(cli_, ["-q", "upsample", str(tmp_path / "l.zarr"), str(tmp_path / "u.zarr"),
+                                  "--like", str(tmp_path / "c.zarr"), "--mode", "linear"])
+    assert r.exit_code == 2 and "use --mode nearest" in r.stderr, r.stderr
+    # and from Python, its keyword arguments
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EmarrayWarning)
+        emarray.ingest(tmp_path / "s.tif", tmp_path / "py.zarr", progress=False)
+    assert any("(give voxel_size=z,y,x)" in str(w.message) for w in caught)
+
+
+def test_neurons_recipe_on_the_flyem_crop(tmp_path, shared_data):
+    """The recipe cuts at the crop's best threshold and scores three (each equal to
+    scikit-image's VOI on the volumes it wrote); its report draws the labels over the raw EM;
+    it speaks of its own keys, and refuses a missing crop in one line naming the file."""
+    import h5py
+    from skimage.metrics import adapted_rand_error, variation_of_information
+
+    from emarray.report import find_raw, workdir_steps
+    recipe = ROOT / "pipelines" / "neurons.yaml"
+    text = recipe.read_text()
+    assert "../shared/data/gala-flyem" in text.split("about:")[0]  # says what it needs, on top
+    work = tmp_path / "n"
+    r = cli("run", recipe, "--workdir", work)
+    assert r.returncode == 0, r.stderr
+    assert "--" not in r.stderr.replace("--set", "")  # no command-line advice from a recipe
+    with h5py.File(shared_data / "gala-flyem" / "train-gt.lzf.h5") as f:
+        truth = f["stack"][:]
+    with h5py.File(shared_data / "gala-flyem" / "train-image.h5") as f:
+        np.testing.assert_array_equal(emarray.open_volume(work / "raw.zarr").read(), f["stack"][:])
+    voi = {}
+    for step, seg, t in [("match", "segments", 0.9), ("match_07", "segments_07", 0.7),
+                         ("match_05", "segments_05", 0.5)]:
+        m = json.loads((work / step / "match.json").read_text())
+        s = emarray.open_volume(work / f"{seg}.zarr")
+        assert s.attrs["emarray"]["agglomeration"]["threshold"] == t
+        split, merge = variation_of_information(truth, s.read())
+        assert abs(m["voi_split"] - split) < 1e-9 and abs(m["voi_merge"] - merge) < 1e-9
+        assert abs(m["adapted_rand_error"] - adapted_rand_error(truth, s.read())[0]) < 1e-9
+        voi[t] = split + merge
+    assert voi[0.9] < voi[0.7] < voi[0.5] and voi[0.9] < 1.0  # 0.912 (docs/segment.md)
+    steps, _ = workdir_steps(work)
+    raw = find_raw(steps)
+    assert raw is not None and Path(raw.url).name == "raw.zarr"
+    line = one_error_line(cli("run", recipe, "--workdir", tmp_path / "m", "--set",
+                              f"data={tmp_path / 'nowhere'}"))
+    assert f"{tmp_path / 'nowhere' / 'train-image.h5'}" in line and not (tmp_path / "m").exists()
+
+
+def test_names_that_collide_are_refused_before_any_work(tmp_path):
+    """Two steps of one name (YAML keeps the last, silently), or two outputs that are one
+    place under two spellings: refused in one line naming both."""
+    src = make_volume(tmp_path / "p.zarr", np.random.default_rng(0).random((8, 8, 8),
+                                                                            np.float32), 4)
+    path = tmp_path / "r.yaml"
+    path.write_text(f"steps:\n  m:\n    op: threshold\n    src: {src.url}\n    value: 0.5\n"
+                    f"  m:\n    op: threshold\n    src: {src.url}\n    value: 0.7\n")
+    line = one_error_line(cli("run", path, "--workdir", tmp_path / "w"))
+    assert "the key 'm' is given twice (lines 2 and 6)" in line
+    (tmp_path / "w").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "w")
+    path.write_text(yaml.safe_dump({"steps": {
+        "a": {"op": "threshold", "src": src.url, "value": 0.5, "out": str(tmp_path / "w/m.zarr")},
+        "b": {"op": "threshold", "src": src.url, "value": 0.7,
+              "out": str(tmp_path / "link/m.zarr")}}}))
+    line = one_error_line(cli("run", path, "--workdir", tmp_path / "w"))
+    assert "steps 'a' and 'b' both write" in line
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == []

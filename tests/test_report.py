@@ -185,3 +185,97 @@ def test_page_in_headless_chromium_no_broken_image_no_console_error(demo, tmp_pa
         assert img.std() > 20
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def read_only_dir(tmp_path, monkeypatch):
+    """A folder no file can be written into: mode 0555 for a user, a read-only bind mount for
+    root (root ignores modes). Only where neither can be made (root without mount rights) is
+    the folder's access check told it is read-only; the fixture says which it gave."""
+    import os
+    import subprocess
+    d = tmp_path / "ro"
+    d.mkdir()
+    mounted = False
+    if os.geteuid() != 0:
+        d.chmod(0o555)
+        kind = "mode"
+    else:
+        def sh(*cmd):
+            return subprocess.run(cmd, capture_output=True).returncode == 0
+        mounted = sh("mount", "--bind", str(d), str(d))
+        if mounted and not sh("mount", "-o", "remount,ro,bind", str(d)):
+            mounted = not sh("umount", str(d))
+        kind = "mount" if mounted else "access"
+        if not mounted:
+            real = os.access
+            monkeypatch.setattr(os, "access", lambda p, m, **k: False if os.fspath(p) == str(d)
+                                else real(p, m, **k))
+    if kind != "access":  # the folder really refuses a file
+        with pytest.raises(OSError):
+            (d / "probe").write_text("x")
+    try:
+        yield d, kind
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(d)], capture_output=True)
+        d.chmod(0o755)
+
+
+def test_a_report_that_cannot_be_written_is_refused_before_the_job(tmp_path, read_only_dir):
+    ro, kind = read_only_dir
+    mask = (np.random.default_rng(3).random((8, 20, 20)) > 0.6).astype(np.uint8)
+    make_volume(tmp_path / "m.zarr", mask, (4, 10, 10))
+    r = cli("label", tmp_path / "m.zarr", tmp_path / "l.zarr", "--report", ro / "p.html") \
+        if kind != "access" else None
+    if r is not None:  # a real read-only folder, through a real process
+        assert r.returncode == 2 and "is not writable" in one_error_line(r), (kind, r.stderr)
+        assert not (tmp_path / "l.zarr").exists()
+    # in process (the access check patched where no read-only folder could be made)
+    from click.testing import CliRunner
+
+    from emarray.cli import cli as cli_
+    r2 = CliRunner().invoke(cli_, ["label", str(tmp_path / "m.zarr"), str(tmp_path / "l.zarr"),
+                                   "--report", str(ro / "p.html")])
+    assert r2.exit_code == 2 and "is not writable" in r2.stderr, (kind, r2.output)
+    assert not (tmp_path / "l.zarr").exists() and list(ro.iterdir()) == []
+
+
+@pytest.mark.parametrize("where,needle", [
+    ("{d}/notes.txt/p.html", "is a file, not a folder"),
+    ("{d}/missing/p.html", "does not exist"),
+    ("{d}/m.zarr/p.html", "inside"),            # inside the input volume
+    ("{d}/l.zarr/p.html", "inside"),            # inside the output it replaces
+    ("{d}/link.html", "is a folder"),           # a link to the input volume
+])
+def test_report_paths_that_would_fail_or_land_on_the_job_are_refused_first(tmp_path, where,
+                                                                          needle):
+    import os
+    mask = (np.random.default_rng(4).random((8, 20, 20)) > 0.6).astype(np.uint8)
+    make_volume(tmp_path / "m.zarr", mask, (4, 10, 10))
+    make_volume(tmp_path / "l.zarr", np.zeros((8, 20, 20), np.uint32), (4, 10, 10))
+    (tmp_path / "notes.txt").write_text("mine")
+    os.symlink(tmp_path / "m.zarr", tmp_path / "link.html")
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    r = cli("label", tmp_path / "m.zarr", tmp_path / "l.zarr", "--overwrite", "--report",
+            where.format(d=tmp_path))
+    assert r.returncode == 2 and needle in one_error_line(r), r.stderr
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before  # nothing touched
+
+
+def test_other_files_written_after_the_work_are_checked_first(demo, tmp_path, read_only_dir):
+    """emarray report --out and emarray view --screenshot: the same checks, before the page is
+    made or Chromium starts."""
+    ro, kind = read_only_dir
+    from click.testing import CliRunner
+
+    from emarray.cli import cli as cli_
+    r = CliRunner().invoke(cli_, ["report", str(demo), "--out", str(ro / "again.html")])
+    assert r.exit_code == 2 and "is not writable" in r.stderr, (kind, r.output)
+    for shot, needle in [(ro / "v.png", "is not writable"),
+                         (tmp_path / "nope" / "v.png", "does not exist"),
+                         (demo / "cells.zarr" / "v.png", "inside")]:
+        r = CliRunner().invoke(cli_, ["view", str(demo / "cells.zarr"), "--screenshot",
+                                      str(shot)])
+        assert r.exit_code == 2 and needle in r.stderr, (shot, r.output)
+    assert list(ro.iterdir()) == [] and not (demo / "cells.zarr" / "v.png").exists()

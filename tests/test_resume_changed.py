@@ -82,15 +82,15 @@ def test_label_stopped_in_relabel_then_input_changed_equals_a_fresh_run(tmp_path
 
 def test_watershed_relabel_stopped_in_number_then_input_changed(tmp_path, stop_in):
     rng = np.random.default_rng(0)
-    bnd = rng.random((12, 40, 40)).astype(np.float32)
-    make_volume(tmp_path / "b.zarr", bnd, (6, 10, 10))
+    bnd = rng.random((12, 80, 80)).astype(np.float32)
+    make_volume(tmp_path / "b.zarr", bnd, (6, 10, 20))  # 64 blocks of >= 1024 voxels
     kw = {"seed_method": "components", "threshold": 0.3, "relabel": True, "halo": 1}
-    stop_in("number", 30)  # of 32 blocks: most were numbered before the change
+    stop_in("number", 60)  # of 64 blocks: most were numbered before the change
     with pytest.raises(BlockFailedError):
         emarray.watershed(tmp_path / "b.zarr", tmp_path / "w.zarr", **kw, **SYNC)
     new = bnd.copy()
-    new[0:6, 0:10, 0:10] = rng.random((6, 10, 10)).astype(np.float32) * 0.5
-    rewrite(tmp_path / "b.zarr", (slice(0, 6), slice(0, 10), slice(0, 10)), new[0:6, 0:10, 0:10])
+    new[0:6, 0:10, 0:20] = rng.random((6, 10, 20)).astype(np.float32) * 0.5
+    rewrite(tmp_path / "b.zarr", (slice(0, 6), slice(0, 10), slice(0, 20)), new[0:6, 0:10, 0:20])
     emarray.watershed(tmp_path / "b.zarr", tmp_path / "w.zarr", resume=True, **kw, **SYNC)
     got = emarray.open_volume(tmp_path / "w.zarr").read()
     fresh = emarray.watershed(tmp_path / "b.zarr", tmp_path / "f.zarr", **kw, **SYNC).read()

@@ -74,9 +74,18 @@ def test_1_a_side_file_that_exists_is_refused_without_overwrite(tmp_path):
     lab[0, 0, 0] = 3
     make_volume(tmp_path / "L.zarr", lab, 4)
     (tmp_path / "T.json").write_text("my notes")
+    # a side file that no manifest lists is the user's: refused by name, even with --overwrite
+    for extra in ((), ("--overwrite",)):
+        line = one_error_line(cli("objects", tmp_path / "L.zarr", "--out", tmp_path / "T.csv",
+                                  *extra))
+        assert "T.json" in line and "emarray did not write" in line
+        assert (tmp_path / "T.json").read_text() == "my notes"
+        assert not (tmp_path / "T.csv").exists()
+    (tmp_path / "T.json").unlink()
+    r = cli("-q", "objects", tmp_path / "L.zarr", "--out", tmp_path / "T.csv")
+    assert r.returncode == 0, r.stderr
     line = one_error_line(cli("objects", tmp_path / "L.zarr", "--out", tmp_path / "T.csv"))
-    assert "T.json" in line and "--overwrite" in line
-    assert (tmp_path / "T.json").read_text() == "my notes" and not (tmp_path / "T.csv").exists()
+    assert "--overwrite" in line
     r = cli("-q", "objects", tmp_path / "L.zarr", "--out", tmp_path / "T.csv", "--overwrite")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "T.json").read_text())["count"] == 1

@@ -235,19 +235,22 @@ def test_a_recut_reuses_the_graph_and_bad_input_is_one_line(tmp_path):
 
 def test_a_killed_watershed_and_agglomeration_resume_identically(tmp_path):
     truth, b = cells(shape=(16, 48, 48), seed=6)
-    make_volume(tmp_path / "b.zarr", b, (2, 8, 8))  # 288 blocks
-    clean = emarray.watershed(tmp_path / "b.zarr", tmp_path / "clean.zarr", threshold=0.3)
+    make_volume(tmp_path / "b.zarr", b, (2, 8, 8))  # 288 blocks (twice the halo each)
+    clean = emarray.watershed(tmp_path / "b.zarr", tmp_path / "clean.zarr", threshold=0.3,
+                              halo=(1, 4, 4))
     proc = subprocess.Popen([PY, "-m", "emarray", "-q", "watershed", str(tmp_path / "b.zarr"),
-                             str(tmp_path / "f.zarr"), "--threshold", "0.3", "--scheduler",
-                             "synchronous"], env={**__import__("os").environ,
-                                                   "EMARRAY_CHECKPOINT_SECONDS": "0"})
+                             str(tmp_path / "f.zarr"), "--threshold", "0.3", "--halo", "1,4,4",
+                             "--scheduler", "synchronous"],
+                            env={**__import__("os").environ, "EMARRAY_CHECKPOINT_SECONDS": "0",
+                                 "EMARRAY_SLOW_WRITES": "0.005"}, stderr=subprocess.PIPE,
+                            text=True)
     from emarray.engine.checkpoint import PROGRESS_DIR, Checkpoint
     wait_for(lambda: (tmp_path / "f.zarr" / PROGRESS_DIR).exists() and Checkpoint(
         tmp_path / "f.zarr" / PROGRESS_DIR).done_count("watershed") > 20, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     r = cli("-q", "watershed", tmp_path / "b.zarr", tmp_path / "f.zarr", "--threshold", "0.3",
-            "--resume")
+            "--halo", "1,4,4", "--resume")
     assert r.returncode == 0, r.stderr
     np.testing.assert_array_equal(emarray.open_volume(tmp_path / "f.zarr").read(), clean.read())
     s1 = emarray.agglomerate(tmp_path / "f.zarr", tmp_path / "b.zarr", tmp_path / "s1.zarr",
@@ -263,3 +266,237 @@ def test_block_edges_count_each_contact_once_across_block_faces():
     assert e["u"].tolist() == [1] and e["size"].tolist() == [2]
     assert boundary_of(np.ones((3, 1, 2, 2), np.float32), True, "mean").max() == 0
     assert flood(np.zeros((1, 2, 2), np.float32), np.zeros((1, 2, 2), np.uint32), 0).min() == 1
+
+
+# -- round three: NaN, names, a graph's source, lengths, seeds, tiny chunks -------------------
+def run_cli(*args):
+    """The CLI in this process: (exit code, stdout, stderr lines)."""
+    from click.testing import CliRunner
+
+    from emarray.cli import cli as group
+    r = CliRunner().invoke(group, [str(a) for a in args])
+    return r.exit_code, r.stdout, [ln for ln in r.stderr.splitlines() if ln.strip()]
+
+
+def refused(*args) -> str:
+    """The CLI refused in one line, exit 2; that line."""
+    code, _, err = run_cli(*args)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), (code, err)
+    return err[0]
+
+
+def nan_map(shape=(10, 30, 32), seed=7, frac=0.03) -> tuple[np.ndarray, np.ndarray]:
+    """Cells and their boundary map, with walls at exactly 1.0 and NaN voxels on and off them."""
+    truth, b = cells(shape=shape, seed=seed)
+    rng = np.random.default_rng(seed)
+    b[b > 0.7] = 1.0
+    b[rng.random(shape) < frac] = np.nan
+    return truth, b
+
+
+def nan_as_highest(b: np.ndarray) -> np.ndarray:
+    """The rule, independently: NaN above every finite value of the map."""
+    return np.where(np.isnan(b), np.nanmax(b) + 1.0, b)
+
+
+@pytest.mark.parametrize("affinities", [False, True])
+def test_watershed_floods_nan_last_as_scikit_image_does_the_highest_value(tmp_path, affinities):
+    from skimage.segmentation import watershed as sk_watershed
+    _, b = nan_map(seed=8, frac=0.2)  # NaN beside walls of 1.0: as 1.0, 25 voxels differ
+    if affinities:
+        a = np.stack([1 - b, 1 - np.roll(b, 1, 1), 1 - np.roll(b, 1, 2)]).astype(np.float32)
+        make_volume(tmp_path / "b.zarr", a, (3, 10, 30, 32))
+        ref = nan_as_highest(1 - a.mean(axis=0))  # NaN in any channel: NaN
+    else:
+        make_volume(tmp_path / "b.zarr", b, b.shape)
+        ref = nan_as_highest(b)
+    with pytest.warns(emarray.errors.EmarrayWarning, match="NaN voxels"):
+        got = emarray.watershed(tmp_path / "b.zarr", tmp_path / "f.zarr", threshold=0.3,
+                                seed_method="components", affinities=affinities).read()
+    markers, _ = ndimage.label(ref < 0.3)  # 6-connected, as the components seeds
+    want = sk_watershed(ref, markers)
+    pairs = np.unique(np.stack([got.ravel(), want.ravel()]), axis=1)
+    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+def test_agglomeration_never_merges_across_nan_as_a_whole_array_reference(tmp_path):
+    truth, b = nan_map(seed=8, frac=0.002)
+    for k, chunks in enumerate([(10, 30, 32), (4, 11, 13)]):
+        make_volume(tmp_path / f"f{k}.zarr", truth, chunks)
+        make_volume(tmp_path / f"b{k}.zarr", b, chunks)
+        cuts = [0.3, 0.6, 1.0]
+        with pytest.warns(emarray.errors.EmarrayWarning, match="11 NaN voxels"):
+            s = emarray.agglomerate(tmp_path / f"f{k}.zarr", tmp_path / f"b{k}.zarr",
+                                    tmp_path / f"s{k}.zarr", threshold=0.3,
+                                    thresholds=cuts[1:])
+        ids = np.unique(truth)
+        index = {int(i): k for k, i in enumerate(ids)}
+        graph = whole_graph(truth, b.astype(np.float64))  # NaN contacts: sum NaN
+        edges = [(index[u], index[v], (s_ if np.isfinite(s_) else np.inf), c)
+                 for (u, v), (c, s_) in graph.items()]
+        assert any(e[2] == np.inf for e in edges) and any(e[2] < np.inf for e in edges)
+        for t in cuts:
+            got = s.read() if t == 0.3 else emarray.open_volume(s.url + f"/t{t:g}").read()
+            root = np.array(reference_agglomeration(edges, len(ids), t))
+            want = root[np.searchsorted(ids, truth)]
+            pairs = np.unique(np.stack([got.ravel(), want.ravel()]), axis=1)
+            assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1], t
+        with np.load(tmp_path / f"s{k}.zarr" / "graph.npz") as z:
+            assert not np.isnan(z["sum"]).any() and np.isinf(z["sum"]).any()
+
+
+def test_nan_is_warned_once_per_job_with_its_count(tmp_path):
+    truth, b = nan_map(shape=(6, 20, 22), seed=9, frac=0.01)
+    n = int(np.isnan(b).sum())
+    make_volume(tmp_path / "b.zarr", b, (3, 10, 11))
+    make_volume(tmp_path / "f.zarr", truth, (3, 10, 11))
+    for args, says in ((("distance", tmp_path / "b.zarr", tmp_path / "d.zarr", "--threshold", "0.5",
+                         "--below", "--max-distance", "3"), "counts them as background"),
+                       (("watershed", tmp_path / "b.zarr", tmp_path / "w.zarr"),
+                        "never a seed, flooded after every finite value"),
+                       (("agglomerate", tmp_path / "f.zarr", tmp_path / "b.zarr",
+                         tmp_path / "a.zarr"), "never merge, at any threshold")):
+        code, _, err = run_cli("-q", *args)
+        assert code == 0, err
+        assert len(err) == 1 and err[0].startswith("warning: ") and f"{n:,} NaN voxels" in err[0] \
+            and says in err[0], err
+    # distance: NaN is never foreground (NumPy's comparisons), the same as SciPy on that mask
+    want = np.minimum(ndimage.distance_transform_edt(b < 0.5), 3)
+    np.testing.assert_allclose(emarray.open_volume(tmp_path / "d.zarr").read(), want, atol=1e-5)
+    code, _, err = run_cli("-q", "watershed", tmp_path / "f.zarr", tmp_path / "x.zarr")
+    assert code == 2  # (integer map refused) and a map without NaN warns of nothing:
+    make_volume(tmp_path / "c.zarr", np.nan_to_num(b, nan=1.0), (3, 10, 11))
+    code, _, err = run_cli("-q", "watershed", tmp_path / "c.zarr", tmp_path / "y.zarr")
+    assert code == 0 and err == []
+
+
+def test_thresholds_that_print_alike_get_names_of_their_own(tmp_path):
+    frag = np.array([[[1, 1, 2, 2, 3, 3]]], np.uint64)
+    b = np.array([[[0.3000002] * 4 + [0.3000007] * 2]], np.float32)  # means between the cuts
+    make_volume(tmp_path / "f.zarr", frag, (1, 1, 2))
+    make_volume(tmp_path / "b.zarr", b, (1, 1, 2))
+    code, out, err = run_cli("agglomerate", tmp_path / "f.zarr", tmp_path / "b.zarr",
+                             tmp_path / "s.zarr", "--threshold", "0.3000001", "--thresholds",
+                             "0.3000004,0.3000006,0.3")
+    assert code == 0, err
+    s = tmp_path / "s.zarr"
+    names = sorted(p.name for p in s.iterdir() if p.name.startswith("t"))
+    assert names == ["t0.3", "t0.3000004", "t0.3000006"]
+    got = {t: emarray.open_volume(s / f"t{t}").read().ravel().tolist()
+           for t in ("0.3", "0.3000004", "0.3000006")}
+    assert got == {"0.3": [1, 1, 2, 2, 3, 3], "0.3000004": [1, 1, 1, 1, 2, 2],
+                   "0.3000006": [1, 1, 1, 1, 1, 1]}
+    assert emarray.open_volume(s).read().ravel().tolist() == [1, 1, 2, 2, 3, 3]
+    header = (s / "lookup.csv").read_text().splitlines()[0].split(",")
+    assert header == ["fragment", "segment_t0.3", "segment_t0.3000001", "segment_t0.3000004",
+                      "segment_t0.3000006"]
+    assert "t0.3000004" in out and "t0.3000006" in out
+    from emarray.ops.agglomerate import cut_name
+    rng = np.random.default_rng(0)
+    ts = np.unique(np.r_[rng.random(2000), np.nextafter(0.3, 1), 0.3, 1.0, 0.0, 1e-9])
+    assert len({cut_name(t) for t in ts}) == ts.size
+    assert all(float(cut_name(t)[1:]) == t for t in ts)
+
+
+def test_a_graph_from_other_fragments_is_refused_before_any_work(tmp_path):
+    truth, b = cells(shape=(6, 20, 22), seed=10)
+    make_volume(tmp_path / "f.zarr", truth, (3, 10, 11))
+    make_volume(tmp_path / "b.zarr", b, (3, 10, 11))
+    emarray.agglomerate(tmp_path / "f.zarr", tmp_path / "b.zarr", tmp_path / "a.zarr",
+                        threshold=0.4)
+    other, _ = cells(shape=(6, 20, 22), seed=11)
+    make_volume(tmp_path / "g.zarr", other, (3, 10, 11))
+    line = refused("agglomerate", tmp_path / "g.zarr", tmp_path / "b.zarr", tmp_path / "x.zarr",
+                   "--graph", tmp_path / "a.zarr")
+    assert "built from fragments" in line and "g.zarr" in line and "without --graph" in line
+    make_volume(tmp_path / "c.zarr", b * 0.5, (3, 10, 11))
+    line = refused("agglomerate", tmp_path / "f.zarr", tmp_path / "c.zarr", tmp_path / "x.zarr",
+                   "--graph", tmp_path / "a.zarr")
+    assert "built from boundary" in line
+    line = refused("agglomerate", tmp_path / "f.zarr", tmp_path / "b.zarr", tmp_path / "x.zarr",
+                   "--graph", tmp_path / "a.zarr", "--affinities")
+    assert "affinities" in line
+    # the same fragments rewritten in place since: refused too
+    import time
+    time.sleep(0.01)
+    v = emarray.open_volume(tmp_path / "f.zarr")
+    v.write((slice(0, 3), slice(0, 10), slice(0, 11)), other[:3, :10, :11])
+    line = refused("agglomerate", tmp_path / "f.zarr", tmp_path / "b.zarr", tmp_path / "x.zarr",
+                   "--graph", tmp_path / "a.zarr")
+    assert "changed since" in line and "chunks stored" in line
+    assert not (tmp_path / "x.zarr").exists()
+    # a graph that records no source (an earlier emarray's) cannot be checked: refused
+    make_volume(tmp_path / "f2.zarr", truth, (3, 10, 11))
+    emarray.agglomerate(tmp_path / "f2.zarr", tmp_path / "b.zarr", tmp_path / "o.zarr",
+                        threshold=0.4)
+    with np.load(tmp_path / "o.zarr" / "graph.npz") as z:
+        kept = {k: z[k] for k in z.files if k != "source"}
+    np.savez(tmp_path / "o.zarr" / "graph.npz", **kept)
+    assert "records no fragments volume" in refused(
+        "agglomerate", tmp_path / "f2.zarr", tmp_path / "b.zarr", tmp_path / "x.zarr",
+        "--graph", tmp_path / "o.zarr")
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_max_distance_is_refused_outside_the_voxel_and_the_volume(tmp_path):
+    mask = np.ones((6, 12, 14), np.uint8)
+    mask[3, 5, 6] = 0
+    make_volume(tmp_path / "m.zarr", mask, (3, 6, 7), voxel_size=(4, 1, 2))
+    diagonal = float(np.sqrt(24 ** 2 + 12 ** 2 + 28 ** 2))  # 38.7814 nm
+    for length, says in (("1e300", "beyond the volume's diagonal, 38.7814 nanometer"),
+                         ("1e-300", "below the smallest voxel size, 1 nanometer"),
+                         ("0.5", "below the smallest voxel size"),
+                         ("1e300nm", "beyond"), ("39", "beyond")):
+        line = refused("distance", tmp_path / "m.zarr", tmp_path / "d.zarr", "--max-distance",
+                       length)
+        assert says in line and "give a length from 1 to 38.7814 nanometer" in line, line
+    assert not (tmp_path / "d.zarr").exists()
+    for cap in (1.0, diagonal):  # both ends are meaningful, and exact
+        got = emarray.distance(tmp_path / "m.zarr", tmp_path / f"d{cap:g}.zarr",
+                               max_distance=cap).read()
+        want = np.minimum(ndimage.distance_transform_edt(mask, sampling=(4, 1, 2)), cap)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
+        assert np.isfinite(got).all()
+
+
+def test_seeds_are_integer_labels(tmp_path):
+    _, b = cells(shape=(4, 12, 12), seed=12)
+    make_volume(tmp_path / "b.zarr", b, 4)
+    make_volume(tmp_path / "s.zarr", b.astype(np.float32), 4)
+    make_volume(tmp_path / "m.zarr", b.astype(np.float64), 4)
+    for seeds in ("s.zarr", "m.zarr"):
+        line = refused("watershed", tmp_path / "b.zarr", tmp_path / "f.zarr", "--seeds",
+                       tmp_path / seeds)
+        assert "seeds are integer labels" in line and "emarray label" in line
+    assert not (tmp_path / "f.zarr").exists()
+
+
+def test_tiny_chunks_are_processed_in_blocks_of_many_and_give_the_same_result(tmp_path):
+    truth, b = cells(shape=(6, 20, 24), seed=13)
+    make_volume(tmp_path / "tiny.zarr", b, (1, 1, 1))
+    make_volume(tmp_path / "big.zarr", b, (6, 16, 16))
+    make_volume(tmp_path / "ft.zarr", truth, (1, 1, 1))
+    make_volume(tmp_path / "fb.zarr", truth, (6, 16, 16))
+    halo = (1, 4, 4)
+    w = {k: emarray.watershed(tmp_path / f"{k}.zarr", tmp_path / f"w{k}.zarr", threshold=0.3,
+                              halo=halo) for k in ("tiny", "big")}
+    assert w["tiny"].attrs["emarray"]["job"]["block"] == [6, 16, 16]
+    assert w["big"].attrs["emarray"]["job"]["block"] == [6, 16, 16]
+    np.testing.assert_array_equal(w["tiny"].read(), w["big"].read())
+    assert w["tiny"].chunks == (1, 1, 1)  # written in the user's chunks all the same
+    r = {k: emarray.watershed(tmp_path / f"{k}.zarr", tmp_path / f"r{k}.zarr", threshold=0.3,
+                              halo=halo, relabel=True).read() for k in ("tiny", "big")}
+    np.testing.assert_array_equal(r["tiny"], r["big"])
+    d = {k: emarray.distance(tmp_path / f"{k}.zarr", tmp_path / f"d{k}.zarr", threshold=0.5,
+                             below=True, max_distance=3).read() for k in ("tiny", "big")}
+    np.testing.assert_array_equal(d["tiny"], d["big"])
+    np.testing.assert_allclose(d["tiny"], np.minimum(ndimage.distance_transform_edt(b < 0.5), 3),
+                               atol=1e-5)
+    a = {k: emarray.agglomerate(tmp_path / f"f{k[0]}.zarr", tmp_path / f"{k}.zarr",
+                                tmp_path / f"a{k}.zarr", threshold=0.5).read()
+         for k in ("tiny", "big")}
+    np.testing.assert_array_equal(a["tiny"], a["big"])
+    # an output chunk larger than the input's is no longer refused: blocks are its multiples
+    o = emarray.watershed(tmp_path / "tiny.zarr", tmp_path / "o.zarr", threshold=0.3, halo=halo,
+                          chunks=(6, 16, 16))
+    np.testing.assert_array_equal(o.read(), w["big"].read())

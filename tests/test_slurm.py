@@ -1,5 +1,6 @@
-"""--scheduler slurm against a real SLURM: the one-node cluster scripts/slurm-local.sh installs
-and starts (slurmctld + slurmd + munge; `bash scripts/dev.sh test` starts it before pytest)."""
+"""--scheduler slurm against a real SLURM: the cluster scripts/slurm-local.sh installs and starts
+on this machine (slurmctld, a slurmd per node, munge; `bash scripts/dev.sh test` starts it before
+pytest). Several nodes, a node lost and adapt: test_slurm_nodes.py."""
 from __future__ import annotations
 
 import os
@@ -7,10 +8,12 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from emarray.engine import slurm
 
+from .conftest import make_volume
 from .test_faults import traced
 from .test_hardening import cli, one_error_line
 from .test_pipeline import DEMO, assert_same_outputs, demo_sets
@@ -48,7 +51,7 @@ def test_a_pipeline_through_slurm_equals_the_threaded_run(tmp_path, slurm_up):
     assert "8 steps run" in out
     assert_same_outputs(tmp_path / "slurm", threads)
     # the blocks ran in the SLURM jobs' workers, not in the driver
-    pids = {int(p) for *_, p in (ln.split("\t") for ln in trace.read_text().splitlines())}
+    pids = {int(ln.split("\t")[3]) for ln in trace.read_text().splitlines()}
     assert pids and job.pid not in pids and len(traced(trace)) > 100
     assert len(list(logs.glob("emarray-worker-*.out"))) == 2
     left = subprocess.run(["squeue", "-h", "-n", "emarray-worker", "-o", "%i"],
@@ -62,6 +65,22 @@ def test_a_job_slurm_refuses_is_named_before_any_work(tmp_path, slurm_up):
     assert "SLURM refuses the worker job (partition nosuchpartition" in line
     assert "invalid partition" in line.lower()
     assert not (tmp_path / "w").exists()
+
+
+def test_adaptive_workers_that_never_start_stop_the_job_with_one_line(tmp_path, slurm_up):
+    # adapt from 0 jobs submits one only once blocks are queued; SLURM holds it (begin in an hour)
+    a = np.random.default_rng(0).random((8, 16, 16)).astype(np.float32)
+    make_volume(tmp_path / "p.zarr", a, (4, 8, 8))
+    cfg = tmp_path / "slurm.yaml"
+    cfg.write_text('slurm:\n  adapt: {minimum: 0, maximum: 2}\n  memory: 1GB\n'
+                   '  start_timeout: 5\n  directives: ["--begin=now+3600"]\n')
+    line = one_error_line(cli("-q", "threshold", tmp_path / "p.zarr", tmp_path / "m.zarr",
+                              "--value", "0.5", "--scheduler", "slurm", "--slurm-config", cfg))
+    assert "no dask worker joined" in line and "within 5 s (8 blocks waiting)" in line
+    assert "squeue" in line
+    left = subprocess.run(["squeue", "-h", "-n", "emarray-worker", "-o", "%i"],
+                          capture_output=True, text=True).stdout.split()
+    assert not left  # the held job was cancelled with the cluster
 
 
 UNIVERSITY = """\
@@ -114,6 +133,26 @@ def test_bad_settings_are_named(given, expect):
         return
     with pytest.raises(InvalidArgumentError, match=expect.replace("(", r"\(").replace(")", r"\)")):
         slurm.read_settings(given)
+
+
+@pytest.mark.parametrize("given,expect", [
+    ({"minimum": 1, "maximum": 4}, (1, 4)),
+    ({"maximum": 2}, (0, 2)),
+    ({"min": 1, "maximum": 2}, "(unknown key 'min')"),
+    ({"minimum": 1}, "(no maximum)"),
+    ({"minimum": 3, "maximum": 2}, "with 0 <= MIN <= MAX"),
+    ({"minimum": "1", "maximum": 2}, "with 0 <= MIN <= MAX"),
+])
+def test_adapt_as_dask_jobqueue_names_it(tmp_path, given, expect):
+    from emarray.errors import InvalidArgumentError
+    cfg = tmp_path / "slurm.yaml"  # as --slurm-config reads it
+    cfg.write_text(f"slurm:\n  adapt: {given}\n")
+    if isinstance(expect, tuple):
+        assert slurm.read_settings(str(cfg))["adapt"] == expect
+        return
+    with pytest.raises(InvalidArgumentError) as err:
+        slurm.read_settings(str(cfg))
+    assert expect in str(err.value) and "slurm adapt must be" in str(err.value)
 
 
 def test_settings_read_again_stay_the_same():

@@ -178,3 +178,27 @@ def test_info_reports_layout_and_compression(tmp_path):
     assert d["stored_bytes"] == on_disk
     assert d["compression_ratio"] == pytest.approx(a.nbytes / on_disk)
     assert "shard:zstd" in d["codecs"]
+
+
+@pytest.mark.parametrize("fmt", [3, 2])
+@pytest.mark.parametrize("dtype, fill, shown", [
+    ("int32", 777, "777"), ("uint8", 0, "0"), ("int8", -128, "-128"),
+    ("uint64", 2**64 - 1, "18446744073709551615"), ("float32", -0.5, "-0.5"),
+    ("float64", float("nan"), "nan"), ("uint16", 65535, "65535")])
+def test_info_names_the_fill_value_chunks_not_stored_read_as(tmp_path, fmt, dtype, fill, shown):
+    """A foreign volume whose empty half was never stored: info says what it reads as, and
+    that is what emarray reads (zarr's own reading is the reference)."""
+    import zarr
+    path = tmp_path / "f.zarr"
+    arr = zarr.create_array(str(path), shape=(8, 8, 8), chunks=(4, 4, 4), dtype=dtype,
+                            fill_value=fill, zarr_format=fmt)
+    arr[:4] = np.ones((4, 8, 8), dtype)  # the other half is never stored
+    d = emarray.info(path)
+    assert "4 of 8 chunks are not stored" in d["status"]
+    assert d["status"].endswith(f"(they read as the fill value, {shown})"), d["status"]
+    got = emarray.open_volume(path).read()
+    np.testing.assert_array_equal(got, zarr.open_array(str(path), mode="r")[...])
+    np.testing.assert_array_equal(got[4:], np.full((4, 8, 8), fill, dtype))
+    assert np.array_equal(np.asarray(d["fill_value"], dtype), np.asarray(fill, dtype),
+                          equal_nan=True)
+    assert json.loads(json.dumps(d, default=list))["fill_value"] is not None

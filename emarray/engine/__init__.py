@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .checkpoint import Checkpoint
 from .contract import BOUNDARIES, BlockContext, LaterStage, Read, Stage, Write, read_padded
-from .grid import BlockGrid, check_aligned
+from .grid import BlockGrid, check_aligned, work_block
 from .options import RunOptions
 from .output import Output, open_output
 from .stages import (TreeFold, mark_complete, reduce_blocks, run_block, run_job, run_stages,
@@ -14,4 +14,4 @@ __all__ = ["BOUNDARIES", "BlockContext", "BlockGrid", "Checkpoint", "LaterStage"
            "RunOptions", "Runner", "SCHEDULERS", "Stage", "TreeFold", "Write", "check_aligned",
            "check_scheduler", "mark_complete", "open_output", "read_padded", "reduce_blocks",
            "run_block",
-           "run_job", "run_stages", "worker_state"]
+           "run_job", "run_stages", "work_block", "worker_state"]

@@ -26,8 +26,6 @@ from .serialize import CorruptStateError, dumps, loads
 
 PROGRESS_DIR = ".emarray-progress"
 FORMAT = 2  # 1 was pickled (never loaded now: a planted pickle would run code)
-#: seconds between saves (``EMARRAY_CHECKPOINT_SECONDS`` overrides it; 0 saves every block)
-DEFAULT_INTERVAL = 1.0
 
 
 class Checkpoint:
@@ -39,7 +37,8 @@ class Checkpoint:
         self.changed: dict[str, list[tuple[slice, ...]]] = {}
         self.digests: dict[str, str] = {}
         if interval is None:
-            interval = float(os.environ.get("EMARRAY_CHECKPOINT_SECONDS", DEFAULT_INTERVAL))
+            from .. import environment
+            interval = float(environment.number("EMARRAY_CHECKPOINT_SECONDS") or 0.0)
         self.interval = interval
         self._last = 0.0
 

@@ -7,9 +7,10 @@ job with enough retries still finishes with the exact output. ``EMARRAY_FAULT_SE
 draws repeatable per process.
 
 ``EMARRAY_TRACE=FILE`` appends one line per block that finished computing (on whichever worker):
-``job<TAB>stage<TAB>flat block index<TAB>pid``, where ``job`` is the folder that keeps the job's
-progress. Comparing the lines of a job killed and resumed with its saved progress shows which
-blocks were computed more than once.
+``job<TAB>stage<TAB>flat block index<TAB>pid<TAB>node``, where ``job`` is the folder that keeps the
+job's progress and ``node`` the SLURM node (``SLURMD_NODENAME``) or else the host name. Comparing
+the lines of a job killed and resumed with its saved progress shows which blocks were computed
+more than once, and the nodes show where they ran.
 
 ``EMARRAY_SLOW_WRITES=0.01`` waits that many seconds before each block's write: a job slow
 enough to stop or overlap on purpose, however fast the machine.
@@ -21,11 +22,14 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import threading
 import time
 from typing import Any
 
 import numpy as np
+
+from .. import environment
 
 FAULT_VAR = "EMARRAY_FAULT_WRITES"
 SEED_VAR = "EMARRAY_FAULT_SEED"
@@ -43,17 +47,7 @@ class InjectedFault(RuntimeError):
 
 def fault_fraction() -> float:
     """The fraction of block writes to fail (0 when the variable is unset)."""
-    text = os.environ.get(FAULT_VAR, "")
-    if not text:
-        return 0.0
-    try:
-        p = float(text)
-    except ValueError:
-        p = -1.0
-    if not 0.0 <= p < 1.0:
-        from ..errors import InvalidArgumentError
-        raise InvalidArgumentError(f"{FAULT_VAR} must be a fraction in [0, 1), got {text!r}")
-    return p
+    return environment.number(FAULT_VAR) or 0.0
 
 
 def _draw() -> float:
@@ -68,14 +62,9 @@ def _draw() -> float:
 def write_block(writes: list[tuple[Any, tuple[slice, ...], np.ndarray]], what: str) -> None:
     """Write a block's outputs (``(volume, region, data)`` each), failing (torn) as
     ``EMARRAY_FAULT_WRITES`` asks: one draw per block, however many outputs it writes."""
-    delay = os.environ.get(SLOW_VAR)
+    delay = environment.number(SLOW_VAR)
     if delay:
-        try:
-            time.sleep(float(delay))
-        except ValueError:
-            from ..errors import InvalidArgumentError
-            raise InvalidArgumentError(
-                f"{SLOW_VAR} must be a number of seconds, got {delay!r}") from None
+        time.sleep(delay)
     p = fault_fraction()
     if p and _draw() < p:
         volume, region, data = writes[0]
@@ -92,7 +81,8 @@ def trace(job: str, stage: str, flat: int) -> None:
     path = os.environ.get(TRACE_VAR)
     if not path:
         return
-    line = f"{job}\t{stage}\t{flat}\t{os.getpid()}\n".encode()
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    line = f"{job}\t{stage}\t{flat}\t{os.getpid()}\t{node}\n".encode()
     with _trace_lock:  # one write(2) per line on an O_APPEND file: lines never interleave
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:

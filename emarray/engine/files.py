@@ -237,7 +237,9 @@ def open_files(dst: str | os.PathLike, *, job: dict[str, Any], inputs: Sequence[
     if overwrite and resume:
         raise InvalidArgumentError("choose either overwrite or resume, not both")
     shown = os.fspath(dst)
-    real = real_path(dst)
+    # a folder is where its links lead; a named file is a name in its (resolved) folder: a
+    # link there is replaced, never the file it points to
+    real = real_path(dst) if folder else real_path(Path(dst).parent) / Path(dst).name
     _check_place(real, folder, shown, inputs)
     job = json.loads(json.dumps(job))  # as it reads back from the manifest (tuples as lists)
     lock = OutputLock(real, shown)

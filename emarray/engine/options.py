@@ -58,8 +58,8 @@ class RunOptions:
     slurm: Any = None
 
     def __post_init__(self) -> None:
-        from .faults import fault_fraction
-        fault_fraction()  # a bad EMARRAY_FAULT_WRITES is refused before any work
+        from .. import environment
+        environment.check()  # a bad EMARRAY_* number is refused before any work
         check_scheduler(self.scheduler)
         if self.slurm is not None:
             from .slurm import read_settings

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import redact
 from ..errors import (EmarrayError, InvalidArgumentError, JobFailedError, OutputExistsError,
                       OutputLockedError, ResumeMismatchError)
 from ..ome import listed_levels
@@ -108,7 +109,7 @@ class OutputLock:
             os.close(fd)
         os.ftruncate(fd, 0)
         info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": redact.command_line()}
         os.write(fd, json.dumps(info).encode())
         self._fd = fd
 
@@ -212,8 +213,8 @@ def reading(inputs: Sequence[Any]) -> Iterator[None]:
 def _read_holder(fd: int) -> str:
     try:
         info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        return (f"pid {info['pid']} on {info['host']}, started {info['started']}: "
-                f"{info['command']}")
+        return redact.text(f"pid {info['pid']} on {info['host']}, started {info['started']}: "
+                           f"{info['command']}")
     except (OSError, ValueError, KeyError):
         return "another process"
 

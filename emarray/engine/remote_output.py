@@ -20,6 +20,7 @@ Only a group emarray made, holding nothing but its versions, is replaced (``--ov
 """
 from __future__ import annotations
 
+import calendar
 import contextlib
 import copy
 import json
@@ -34,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import storage
+from .. import redact, storage
 from ..errors import (EmarrayError, InvalidArgumentError, JobFailedError, OutputExistsError,
                       OutputLockedError, ResumeMismatchError, VolumeNotFoundError)
 from ..volume import Volume, open_volume
@@ -48,83 +49,156 @@ VERSION = storage.VERSION
 
 
 def lease_seconds() -> float:
-    return float(os.environ.get("EMARRAY_LOCK_LEASE_SECONDS", "90"))
+    """Seconds an unrefreshed lock lasts (``EMARRAY_LOCK_LEASE_SECONDS``, see
+    :mod:`emarray.environment`)."""
+    from .. import environment
+    return float(environment.number("EMARRAY_LOCK_LEASE_SECONDS") or 0.0)
 
 
-def new_version() -> str:
-    return f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+def new_version(after: str | None = None) -> str:
+    """A new version's name: its creation time (UTC, to the second) and a random tag, named
+    after ``after`` (the newest version there) even within its second or on a machine whose
+    clock is behind: which of two complete versions is the newer is read from their names."""
+    now = time.time()
+    if after is not None and VERSION.fullmatch(after):
+        last = calendar.timegm(time.strptime(after[2:17], "%Y%m%dT%H%M%S"))
+        now = max(now, last + 1)
+    return f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{uuid.uuid4().hex[:8]}"
 
 
 # -- the lock --------------------------------------------------------------------------------
 class RemoteLock:
-    """An object created only when none is there (S3's conditional write), refreshed while held."""
+    """An object beside the output, written only with conditions on its ETag: created only
+    where none is (``If-None-Match: *``), refreshed and taken over only if it is still the
+    object read (``If-Match``). A holder that finds it changed has lost it: every write of
+    this process under the output then fails (:func:`storage.revoke`), naming the lock."""
 
     def __init__(self, url: str, shown: str, options: dict[str, Any] | None = None):
+        self.target = url.rstrip("/")
         self.url = storage.join(storage.parent(url), f".{storage.name(url)}{LOCK_SUFFIX}")
         self.shown = shown
         self.options = options
         self.token = uuid.uuid4().hex
+        self.etag: str | None = None
+        self.lost: str | None = None
+        self._started = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _info(self) -> bytes:
         return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                           "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                           "command": " ".join(sys.argv), "token": self.token,
-                           "heartbeat": time.time()}).encode()
+                           "started": self._started, "command": redact.command_line(),
+                           "token": self.token, "heartbeat": time.time()}).encode()
 
     def acquire(self) -> None:
-        for _ in range(5):
-            try:
-                storage.write_bytes(self.url, self._info(), self.options, create=True)
-                break
-            except FileExistsError:
-                holder = storage.read_json(self.url, self.options)
-                if holder is None and not storage.exists(self.url, self.options):
-                    continue  # released meanwhile: try again
-                if not isinstance(holder, dict) or "token" not in holder:
-                    raise InvalidArgumentError(
-                        f"cannot lock the output {self.shown!r}: {self.url} is there and is not "
-                        "an emarray lock; move it away") from None
-                why = _stale(holder)
-                if why is None:
-                    raise OutputLockedError(
-                        f"output {self.shown!r} is being written by another emarray job "
-                        f"({_holder(holder)}); wait for it to end or stop it") from None
-                print(f"{self.shown}: taking over the lock of a job that {why}",
-                      file=sys.stderr)
-                storage.remove(self.url, self.options)
-            except EmarrayError:
-                raise
-            except Exception as exc:
-                raise InvalidArgumentError(
-                    f"cannot write the output {self.shown!r}: {storage.describe(exc, self.url)}"
-                ) from None
-        else:
-            raise OutputLockedError(f"could not lock {self.shown!r}: other jobs keep taking it")
+        if not storage.conditional_writes(self.url):
+            raise InvalidArgumentError(
+                f"cannot write the output {self.shown!r}: its lock needs conditional writes, "
+                f"which emarray makes on s3:// only (write to s3:// or local disk)")
+        self._started = time.strftime("%Y-%m-%d %H:%M:%S")
+        try:
+            self._take()
+        except EmarrayError:
+            raise
+        except Exception as exc:
+            raise InvalidArgumentError(
+                f"cannot write the output {self.shown!r}: {storage.describe(exc, self.url)}"
+            ) from None
         self._thread = threading.Thread(target=self._refresh, daemon=True,
                                         name="emarray-lock-refresh")
         self._thread.start()
 
+    def _take(self) -> None:
+        for _ in range(10):
+            try:
+                self.etag = storage.put_tagged(self.url, self._info(), self.options, match=None)
+                return
+            except FileExistsError:
+                pass
+            found = self._read()
+            if found is None:
+                continue  # released meanwhile: try again
+            holder, etag = found
+            if holder.get("token") == self.token:  # our own put, answered late (a retry)
+                self.etag = etag
+                return
+            why = _stale(holder)
+            if why is None:
+                raise OutputLockedError(
+                    f"output {self.shown!r} is being written by another emarray job "
+                    f"({_holder(holder)}); wait for it to end or stop it")
+            try:  # only if it is still the lock just read: of two takers, one wins
+                self.etag = storage.put_tagged(self.url, self._info(), self.options, match=etag)
+            except storage.Changed:
+                continue  # refreshed by its holder, or taken by another job: look again
+            print(f"{self.shown}: taking over the lock of a job that {why}", file=sys.stderr)
+            return
+        raise OutputLockedError(f"could not lock {self.shown!r}: other jobs keep taking it")
+
+    def _read(self) -> tuple[dict[str, Any], str] | None:
+        """The lock's record and ETag (None: no lock there)."""
+        found = storage.read_tagged(self.url, self.options)
+        if found is None:
+            return None
+        try:
+            holder = json.loads(found[0])
+        except ValueError:
+            holder = None
+        if not isinstance(holder, dict) or "token" not in holder:
+            raise InvalidArgumentError(
+                f"cannot lock the output {self.shown!r}: {self.url} is there and is not "
+                "an emarray lock; move it away")
+        return holder, found[1]
+
     def _refresh(self) -> None:
-        every = max(lease_seconds() / 4, 0.5)
+        every = max(lease_seconds() / 4, 0.2)
+        ok = time.monotonic()
         while not self._stop.wait(every):
-            with contextlib.suppress(Exception):
-                holder = storage.read_json(self.url, self.options)
-                if holder is None or holder.get("token") != self.token:
-                    log.warning("%s: the output's lock was taken by another job", self.shown)
-                    return
-                storage.write_bytes(self.url, self._info(), self.options)
+            try:
+                self.etag = storage.put_tagged(self.url, self._info(), self.options,
+                                               match=self.etag)
+                ok = time.monotonic()
+                continue
+            except storage.Changed:
+                found = None
+            except Exception as exc:  # noqa: BLE001 - the server may answer again
+                if time.monotonic() - ok <= lease_seconds():
+                    continue
+                self._lose(f"it could not be refreshed for {lease_seconds():g} s "
+                           f"({storage.describe(exc, self.url)})")
+                return
+            with contextlib.suppress(Exception):  # a put of ours answered late?
+                found = self._read()
+                if found is not None and found[0].get("token") == self.token:
+                    self.etag = found[1]
+                    continue
+            self._lose(f"another job took it over ({_holder(found[0])})"
+                       if found is not None else "it was deleted or replaced")
+            return
+
+    def _lose(self, why: str) -> None:
+        self.lost = (f"lost the lock of the output {self.shown!r} ({self.url}): {why}; this "
+                     "job stopped writing it")
+        storage.revoke(self.target, self.lost)
+        log.debug("%s", self.lost)
+
+    def check(self) -> None:
+        """Raise when the lock was lost (see :func:`storage.revoke`)."""
+        if self.lost is not None:
+            raise OutputLockedError(self.lost)
 
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=30)
             self._thread = None
-        with contextlib.suppress(Exception):
-            holder = storage.read_json(self.url, self.options)
-            if holder is not None and holder.get("token") == self.token:
-                storage.remove(self.url, self.options)
+        if self.lost is not None:
+            storage.unrevoke(self.target)  # the lock is another job's: leave it
+            return
+        if self.etag is not None:
+            with contextlib.suppress(Exception):  # changed: not ours any more
+                storage.remove_tagged(self.url, self.etag, self.options)
+            self.etag = None
 
 
 def _stale(holder: dict[str, Any]) -> str | None:
@@ -136,15 +210,18 @@ def _stale(holder: dict[str, Any]) -> str | None:
             return f"ended on this host (pid {holder.get('pid')})"
         except (PermissionError, ValueError, OverflowError):
             pass
-    age = time.time() - float(holder.get("heartbeat") or 0)
+    try:
+        age = time.time() - float(holder.get("heartbeat") or 0)
+    except (TypeError, ValueError):
+        age = float("inf")
     if age > lease_seconds():
         return f"stopped refreshing it {age:.0f} s ago"
     return None
 
 
 def _holder(info: dict[str, Any]) -> str:
-    return (f"pid {info.get('pid')} on {info.get('host')}, started {info.get('started')}: "
-            f"{info.get('command')}")
+    return redact.text(f"pid {info.get('pid')} on {info.get('host')}, started "
+                       f"{info.get('started')}: {info.get('command')}")
 
 
 # -- versions --------------------------------------------------------------------------------
@@ -246,6 +323,8 @@ class RemoteOutput:
             storage.remove(self.volume.url, self.volume.storage_options, recursive=True)
 
     def kept_note(self, exc: BaseException) -> EmarrayError:
+        if isinstance(exc, OutputLockedError):  # lost the lock: the output is another job's now
+            return OutputLockedError(str(exc))
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return JobFailedError(
             f"{reason}; {self.shown!r} is unchanged, and its unfinished new version is kept at "
@@ -365,7 +444,7 @@ def open_remote_output(url: str, create: Callable[[str], Volume], *,
         _check_replaceable(url, shown, pointer, versions, options)
         # unfinished versions of earlier runs (this run does not resume them): start again
         _remove_versions(url, versions, [n for n in versions if n != current], options)
-        version = new_version()
+        version = new_version(after=max(versions, default=None))
         try:
             vol = create(storage.join(url, version))
         except Exception as exc:

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..errors import (BackendUnavailableError, BlockFailedError, InputChangedError,
-                      InvalidArgumentError, SchedulerUnreachableError, WorkersLostError)
+                      InvalidArgumentError, OutputLockedError, SchedulerUnreachableError,
+                      WorkersLostError)
 from .progress import Progress
 
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
@@ -120,6 +121,7 @@ class Runner:
         self.window = window
         self._client: Any = None
         self._owned: list[Any] = []
+        self._slurm_settings: dict[str, Any] | None = None
 
     # -- connecting ------------------------------------------------------------------------
     def __enter__(self) -> Runner:
@@ -136,12 +138,15 @@ class Runner:
             self._owned.insert(0, self._client)
         elif s == "slurm":
             from . import slurm
-            settings = slurm.read_settings(self.slurm)
+            settings = self._slurm_settings = slurm.read_settings(self.slurm)
             cluster = slurm.start_cluster(settings, self.workers)
             self._owned.append(cluster)
             self._client = Client(cluster)
             self._owned.insert(0, self._client)
-            slurm.wait_for_first_worker(self._client, cluster, settings["start_timeout"])
+            if not settings["adapt"] or settings["adapt"][0] > 0:
+                # (adapt from 0 jobs starts one only once blocks are queued: the job's watch
+                # waits start_timeout for it then)
+                slurm.wait_for_first_worker(self._client, cluster, settings["start_timeout"])
         elif s == "local-cluster":
             cluster = LocalCluster(n_workers=self.workers or os.cpu_count() or 1,
                                    threads_per_worker=1, dashboard_address=":0",
@@ -185,6 +190,17 @@ class Runner:
                               self._client.scheduler_info()["workers"].values()))
         return 1 if self.scheduler == "synchronous" else (self.workers or os.cpu_count() or 1)
 
+    def planned_threads(self) -> int:
+        """The worker threads this job may have: those joined, or those asked of SLURM when more
+        (jobs still queued, or the most ``adapt`` may start), so that the window of blocks in
+        flight keeps every one busy, and shows adapt the work waiting."""
+        n = self.n_workers()
+        s = self._slurm_settings
+        if s is not None:
+            jobs = s["adapt"][1] if s["adapt"] else (s["jobs"] or self.workers or 1)
+            n = max(n, jobs * s["cores"])
+        return n
+
     def processes_per_device(self) -> int:
         """How many worker processes may share one GPU (a device memory cap is split by it)."""
         if self._client is not None:
@@ -225,7 +241,7 @@ class Runner:
         """
         if total is None and hasattr(calls, "__len__"):
             total = len(calls)  # type: ignore[arg-type]
-        window = self.window or max(8, 4 * self.n_workers())
+        window = self.window or max(8, 4 * self.planned_threads())
         results: dict[int, Any] = {}
         acc: list[Any] = []
 
@@ -370,13 +386,10 @@ class Runner:
     def _lost_timeout(self) -> float:
         """Seconds a job waits with no dask worker left before it stops (``--scheduler slurm``:
         the SLURM start timeout, as queued replacement jobs may take that long)."""
-        text = os.environ.get("EMARRAY_WORKER_TIMEOUT")
-        if text:
-            try:
-                return float(text)
-            except ValueError:
-                raise InvalidArgumentError(
-                    f"EMARRAY_WORKER_TIMEOUT must be a number of seconds, got {text!r}") from None
+        from .. import environment
+        seconds = environment.number("EMARRAY_WORKER_TIMEOUT")
+        if seconds is not None:
+            return seconds
         if self.scheduler == "slurm" and self.slurm:
             return float(self.slurm.get("start_timeout") or 300)
         return DEFAULT_LOST_WORKERS_TIMEOUT
@@ -388,9 +401,11 @@ class _WorkerWatch:
     def __init__(self, client: Any, timeout: float):
         self.client, self.timeout = client, timeout
         self.lost_at: float | None = None
+        self.ever = False  # a worker was seen (adapt from 0 jobs starts with none)
 
     def seen(self) -> None:
         self.lost_at = None
+        self.ever = True
 
     def check(self, in_flight: int) -> None:
         import time
@@ -399,22 +414,30 @@ class _WorkerWatch:
         except Exception:  # the scheduler itself is gone
             workers = 0
         if workers:
-            self.lost_at = None
+            self.seen()
             return
         now = time.monotonic()
+        address = getattr(self.client.scheduler, "address", "the cluster")
         if self.lost_at is None:
             self.lost_at = now
-            log.warning("no dask worker is left; waiting up to %.0f s for one", self.timeout)
+            log.warning("no dask worker is %s; waiting up to %.0f s for one",
+                        "left" if self.ever else "running yet", self.timeout)
+        elif now - self.lost_at >= self.timeout and not self.ever:
+            raise WorkersLostError(
+                f"no dask worker joined {address} within {self.timeout:g} s ({in_flight} blocks "
+                "waiting); with --scheduler slurm, squeue says why the worker jobs wait (slurm "
+                "start_timeout sets the wait)")
         elif now - self.lost_at >= self.timeout:
             raise WorkersLostError(
-                f"every dask worker of {getattr(self.client.scheduler, 'address', 'the cluster')} "
-                f"is gone and none came back within {self.timeout:g} s ({in_flight} blocks were "
-                "running); the finished blocks are kept: run the same command with --resume once "
-                "workers are up")
+                f"every dask worker of {address} is gone and none came back within "
+                f"{self.timeout:g} s ({in_flight} blocks were running); the finished blocks are "
+                "kept: run the same command with --resume once workers are up")
 
 
 def _retry_or_fail(exc: BaseException, attempt: int, retries: int, what: str) -> None:
     """Log a failed attempt that will be retried, or raise the error that names the block."""
+    if isinstance(exc, OutputLockedError):  # the job lost its output's lock: no block may run
+        raise exc
     if attempt < retries and not isinstance(exc, (InvalidArgumentError, BackendUnavailableError)):
         log.warning("%s failed (%s: %s); retrying (%d of %d)", what, type(exc).__name__, exc,
                     attempt + 1, retries)

@@ -3,10 +3,10 @@
 The settings come from a YAML file (``--slurm-config``, or the ``run: slurm:`` section of a
 pipeline recipe) and ``--slurm-*`` options, which win; every key is checked before a job is
 submitted. One SLURM job runs ``processes`` dask workers with ``cores`` threads between them;
-the cluster is scaled to ``jobs`` jobs, or adapts between ``adapt: MIN:MAX`` jobs to the work
-queued. Jobs inherit the submitting shell's environment (``sbatch --export=ALL``), so they run
-the same Python; ``prologue`` lines run first in each job (``module load ...``, ``source
-venv/bin/activate``).
+the cluster is scaled to ``jobs`` jobs, or adapts between ``adapt: {minimum: MIN, maximum: MAX}``
+(or ``MIN:MAX``) jobs to the work queued (dask-jobqueue's adaptive scaling). Jobs inherit the
+submitting shell's environment (``sbatch --export=ALL``), so they run the same Python;
+``prologue`` lines run first in each job (``module load ...``, ``source venv/bin/activate``).
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ DEFAULTS: dict[str, Any] = {
     "memory": "4GB",          # per job (--mem)
     "gres": None,             # e.g. gpu:1 (--gres)
     "jobs": None,             # scale to this many jobs (default: --workers, else 1)
-    "adapt": None,            # MIN:MAX jobs, scaled to the work instead of `jobs`
+    "adapt": None,            # {minimum, maximum} (or MIN:MAX) jobs, scaled to the work instead
+                              # of `jobs`
     "prologue": [],           # shell lines run before the worker starts
     "directives": [],         # extra #SBATCH lines, e.g. "--qos=short"
     "interface": None,        # network interface the workers reach the scheduler on (ib0)
@@ -107,16 +108,34 @@ def read_given(source: Any) -> dict[str, Any]:
 
 
 def _adapt_range(value: Any) -> tuple[int, int]:
-    read = isinstance(value, (tuple, list)) and len(value) == 2  # already read: (MIN, MAX)
-    text = f"{value[0]}:{value[1]}" if read else str(value)
-    lo, sep, hi = text.partition(":")
+    """``(MIN, MAX)`` jobs from ``"MIN:MAX"``, ``"N"``, ``{minimum: MIN, maximum: MAX}`` (the
+    YAML mapping, named as dask-jobqueue's ``adapt``) or an already read pair.
+
+    >>> _adapt_range({"minimum": 1, "maximum": 4}), _adapt_range("0:3"), _adapt_range((2, 5))
+    ((1, 4), (0, 3), (2, 5))
+    """
+    if isinstance(value, dict):
+        unknown = sorted(set(map(str, value)) - {"minimum", "maximum"})
+        if unknown or "maximum" not in value:
+            why = f"unknown key {unknown[0]!r}" if unknown else "no maximum"
+            raise InvalidArgumentError(f"slurm adapt must be {{minimum: MIN, maximum: MAX}} jobs "
+                                       f"({why}), got {value!r}")
+        parts = [value.get("minimum", 0), value["maximum"]]
+        if not all(isinstance(p, int) and not isinstance(p, bool) for p in parts):
+            parts = [-1, -1]
+        value_text = f"{parts[0]}:{parts[1]}"
+    else:
+        read = isinstance(value, (tuple, list)) and len(value) == 2  # already read: (MIN, MAX)
+        value_text = f"{value[0]}:{value[1]}" if read else str(value)
+    lo, sep, hi = value_text.partition(":")
     try:
         mn, mx = int(lo), int(hi if sep else lo)
     except ValueError:
         mn, mx = -1, -1
     if mn < 0 or mx < max(mn, 1):
-        raise InvalidArgumentError(f"slurm adapt must be MIN:MAX jobs with 0 <= MIN <= MAX, MAX "
-                                   f">= 1, got {value!r}")
+        raise InvalidArgumentError(f"slurm adapt must be MIN:MAX jobs (or {{minimum: MIN, "
+                                   f"maximum: MAX}}) with 0 <= MIN <= MAX, MAX >= 1, got "
+                                   f"{value!r}")
     return mn, mx
 
 
@@ -146,7 +165,8 @@ def start_cluster(settings: dict[str, Any], workers: int | None) -> Any:
     if shutil.which("sbatch") is None:
         raise BackendUnavailableError(
             "--scheduler slurm needs SLURM's sbatch on PATH (run emarray on the cluster's "
-            "login node; scripts/slurm-local.sh starts a one-node SLURM for trying it out)")
+            "login node; scripts/slurm-local.sh starts a small SLURM on one machine for trying it "
+            "out)")
     s = settings
     cluster = SLURMCluster(**cluster_kwargs(settings))
     script = cluster.job_script()

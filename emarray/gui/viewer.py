@@ -33,11 +33,14 @@ class _Data:
     """emarray view's data server, as the gui serves it: ``folder`` and ``document`` register
     what the layers read and return their URLs under ``BASE/data/``."""
 
-    def __init__(self, served: Any, base: str, folders: Folders):
-        self.served, self.base, self.folders = served, base, folders
+    def __init__(self, served: Any, base: str, folders: Folders, roots: Any = ()):
+        self.served, self.base, self.folders, self.roots = served, base, folders, list(roots)
 
     def folder(self, path: Path) -> str:
+        from ..view import within
         real = self.folders.resolve(path, "viewer data")  # nothing a file names widens it
+        if self.roots and not within(real, self.roots):  # nor beyond the paths named
+            raise EmarrayError(f"{path} lies outside the paths named ({real})")
         for key, known in self.served.folders.items():
             if known == real:
                 return f"{self.base}/data/{key}"
@@ -74,11 +77,13 @@ class Viewers:
             view, ng = self.view, self.ng
             found = view.gather(paths)
             viewer = ng.Viewer()
-            layers = view.make_layers(found, _Data(self.served, base, self.folders), ng)
-            notes = [layer.note for layer in layers if layer.note]
+            data = _Data(self.served, base, self.folders, found.roots)
+            layers = view.make_layers(found, data, ng)
+            notes = found.notes + [ly.note for ly in layers if ly.note]
             segments = view.largest(layers) if found.meshes or any(ly.meshes for ly in layers) \
                 else ()
-            view.apply(viewer, layers, ng, "4panel", None, (1280, 960), segments)
+            view.apply(viewer, layers, ng, "4panel", view.where_objects(layers), (1280, 960),
+                       segments)
             self.kept[key] = (viewer, notes)
             while len(self.kept) > KEEP:
                 self.kept.pop(next(iter(self.kept)))

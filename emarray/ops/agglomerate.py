@@ -27,12 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from .._normalize import id_dtype
 from ..engine import BlockContext, BlockGrid, LaterStage, Read, RunOptions, Stage, Write
 from ..engine.checkpoint import atomic_write
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port, layout_params
 from ..volume import Volume, create_volume, open_volume
-from .common import as_volume, retype, run_blockwise
+from .common import as_volume, retype, run_blockwise, work_layout
+from ._nan import count_nan, warn_nan
 from .tables import MAX, MIN, SUM, merge
 
 EDGE_HOW = {"size": SUM, "sum": SUM, "min": MIN, "max": MAX}
@@ -42,11 +44,14 @@ EDGE_HOW = {"size": SUM, "sum": SUM, "min": MIN, "max": MAX}
 def block_edges(frag: np.ndarray, bnd: np.ndarray, origin_in_read: tuple[int, ...],
                 own_shape: tuple[int, ...], affinities: bool) -> dict[str, np.ndarray]:
     """The contacts of one block: for each voxel of its own region (at ``origin_in_read`` in the
-    read arrays) and its lower neighbour along each axis, where both are fragments and differ."""
+    read arrays) and its lower neighbour along each axis, where both are fragments and differ.
+
+    Ids stay exact (``u``, ``v`` in :func:`~emarray._normalize.id_dtype` of the fragments);
+    a contact that touches a NaN boundary voxel (or a NaN affinity) has the value +inf, the
+    highest boundary: an edge holding one is never merged (:data:`~emarray.ops._nan.NAN_RULE`)."""
     us, vs, vals = [], [], []
     o = origin_in_read
     own = tuple(slice(a, a + n) for a, n in zip(o, own_shape))
-    f_own = frag[own]
     for axis in range(3):
         if o[axis] == 0:  # the block's low face is the volume's: no neighbour below
             sl = list(own)
@@ -64,25 +69,28 @@ def block_edges(frag: np.ndarray, bnd: np.ndarray, origin_in_read: tuple[int, ..
             val = 1.0 - bnd[(axis,) + here][touch].astype(np.float64)
         else:
             val = (bnd[here][touch].astype(np.float64) + bnd[tuple(below)][touch]) / 2
+        val[np.isnan(val)] = np.inf
         ua, ub = a[touch], b[touch]
         us.append(np.minimum(ua, ub))
         vs.append(np.maximum(ua, ub))
         vals.append(val)
-    del f_own
+    dtype = id_dtype(frag.dtype)
     if not us:
-        return _empty_edges(frag.dtype)
-    u, v, x = np.concatenate(us), np.concatenate(vs), np.concatenate(vals)
+        return _empty_edges(dtype)
+    u = np.concatenate(us).astype(dtype)
+    v = np.concatenate(vs).astype(dtype)
+    x = np.concatenate(vals)
     order = np.lexsort((v, u))
     u, v, x = u[order], v[order], x[order]
     starts = np.flatnonzero(np.r_[True, (u[1:] != u[:-1]) | (v[1:] != v[:-1])])
-    return {"u": u[starts].astype(np.uint64), "v": v[starts].astype(np.uint64),
+    return {"u": u[starts], "v": v[starts],
             "size": np.diff(np.r_[starts, u.size]).astype(np.int64),
             "sum": np.add.reduceat(x, starts), "min": np.minimum.reduceat(x, starts),
             "max": np.maximum.reduceat(x, starts)}
 
 
 def _empty_edges(dtype: Any = np.uint64) -> dict[str, np.ndarray]:
-    return {"u": np.empty(0, np.uint64), "v": np.empty(0, np.uint64),
+    return {"u": np.empty(0, dtype), "v": np.empty(0, dtype),
             "size": np.empty(0, np.int64), "sum": np.empty(0), "min": np.empty(0),
             "max": np.empty(0)}
 
@@ -93,13 +101,14 @@ def _graph_block(ctx: BlockContext, frag: np.ndarray, bnd: np.ndarray, *,
     origin = tuple(w.start - r.start for w, r in zip(ctx.region, read))
     own_shape = tuple(w.stop - w.start for w in ctx.region)
     edges = block_edges(frag, bnd, origin, own_shape, affinities)
-    own = frag[tuple(slice(a, a + n) for a, n in zip(origin, own_shape))]
-    ids = np.unique(own)
-    return edges, {"id": ids[ids != 0].astype(np.uint64)}
+    own = tuple(slice(a, a + n) for a, n in zip(origin, own_shape))
+    ids = np.unique(frag[own])
+    return (edges, {"id": ids[ids != 0].astype(id_dtype(frag.dtype))},
+            count_nan(bnd, own, affinities))
 
 
 def _fold(a: tuple, b: tuple) -> tuple:
-    return (merge(a[0], b[0], ["u", "v"], EDGE_HOW), merge(a[1], b[1], ["id"], {}))
+    return (merge(a[0], b[0], ["u", "v"], EDGE_HOW), merge(a[1], b[1], ["id"], {}), a[2] + b[2])
 
 
 # -- 2. the agglomeration -----------------------------------------------------------------------
@@ -206,8 +215,11 @@ def _lookup(path: str, token: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def relabel_block(frag: np.ndarray, fragments: np.ndarray, segments: np.ndarray) -> np.ndarray:
-    """Each fragment id of the block replaced by its segment (0 stays 0)."""
+    """Each fragment id of the block replaced by its segment (0 stays 0). ``fragments`` are
+    sorted, in the fragments' :func:`~emarray._normalize.id_dtype`: the block's ids are cast to
+    it (exact), never compared through a float."""
     ids, inverse = np.unique(frag, return_inverse=True)
+    ids = ids.astype(fragments.dtype if fragments.size else id_dtype(frag.dtype))
     where = np.searchsorted(fragments, ids)
     where = np.minimum(where, max(fragments.size - 1, 0))
     found = (fragments.size > 0) & (fragments[where] == ids) if fragments.size else np.zeros(
@@ -224,8 +236,15 @@ def _relabel(ctx: BlockContext, frag: np.ndarray, *, lut: str, token: str, rows:
                  for k, dt in zip(rows, dtypes))
 
 
-def _label(t: float) -> str:
-    return f"t{t:g}"
+def cut_name(t: float) -> str:
+    """The name of a threshold's output and CSV column: ``t`` and the shortest decimal that
+    reads back as exactly that float, so distinct thresholds never share a name.
+
+    >>> cut_name(0.3), cut_name(0.3000001), cut_name(1), cut_name(1e-7)
+    ('t0.3', 't0.3000001', 't1', 't1e-07')
+    """
+    text = repr(float(t) + 0.0)  # + 0.0: -0.0 is 0
+    return "t" + (text[:-2] if text.endswith(".0") else text)
 
 
 def _report(v: Volume, args: dict[str, Any]) -> list[str]:
@@ -233,7 +252,7 @@ def _report(v: Volume, args: dict[str, Any]) -> list[str]:
     lines = [f"wrote {v.url}: {v.shape} {v.dtype}: {em.get('fragments', 0):,} fragments, "
              f"{em.get('edges', 0):,} edges"]
     for t, n in em.get("segments", {}).items():
-        where = "" if float(t) == em.get("threshold") else f" (in {v.url}/{_label(float(t))})"
+        where = "" if float(t) == em.get("threshold") else f" (in {v.url}/{cut_name(float(t))})"
         lines.append(f"  threshold {t}: {n:,} segments{where}")
     return lines
 
@@ -252,11 +271,14 @@ SPEC = Operator(
     params=(Param("threshold", "float", "merge while the lowest mean boundary between two "
                                         "segments is below this"),
             Param("thresholds", "numbers", "more thresholds cut from the same agglomeration, "
-                                           "each written as DST/tT"),
+                                           "each written as DST/tT, T the shortest decimal of "
+                                           "exactly that threshold (0.3000001: DST/t0.3000001)"),
             Param("affinities", "flag", "boundary is c,z,y,x affinities: a contact's value is 1 - "
                                         "the affinity between its two voxels"),
             Param("graph", "text", "reuse the graph of an earlier agglomerate output (a path) "
-                                   "instead of reading the fragments again"),
+                                   "instead of reading the fragments again; it must have been "
+                                   "built from these fragments and boundary, unchanged since "
+                                   "(checked before any work)"),
             *layout_params()),
     run=ENGINE + REPLACE + INCOMPLETE, report=_report,
     examples=("emarray agglomerate fragments.zarr boundary.zarr cells.zarr --threshold 0.3 "
@@ -270,6 +292,15 @@ def agglomerate(fragments: Volume | str | os.PathLike, boundary: Volume | str | 
                 chunks: Any = None, shards: Any = None, compression: str = "zstd",
                 options: RunOptions | None = None, **run: Any) -> Volume:
     """Merge ``fragments`` into segments by the mean of ``boundary`` on their contacts.
+
+    Fragment ids of every integer dtype are exact (int64 below 0 and uint64 up to 2**64 - 1
+    included) in the graph, the lookup table and the segmentation. A contact that touches a NaN
+    boundary voxel counts as +inf, the highest boundary: the segments it joins never merge, at
+    any threshold; a job whose map holds NaN warns once, with their count. Each threshold's
+    output and CSV column is named by the shortest decimal that reads back as exactly that
+    threshold. A reused ``graph`` records the fragments and boundary it was built from (their
+    location, grid, metadata and stored chunks); other or changed ones are refused before any
+    work.
 
     Returns
     -------
@@ -311,16 +342,25 @@ def agglomerate(fragments: Volume | str | os.PathLike, boundary: Volume | str | 
         if not 0 <= t <= 1:
             raise InvalidArgumentError(f"thresholds must be within the boundary map's range "
                                        f"[0, 1], got {t!r}")
+    names = [cut_name(t) for t in cuts]
+    if len(set(names)) != len(names):  # cannot happen (repr round-trips); never overwrite one
+        raise InvalidArgumentError(f"thresholds {cuts} would share an output name")
+    sources = {"fragments": fv.fingerprint(listing=True),
+               "boundary": bv.fingerprint(listing=True), "affinities": affinities}
     reuse = None
     if graph is not None:
         reuse = Path(os.fspath(graph))
         if not (reuse / "graph.npz").is_file():
             raise InvalidArgumentError(f"graph {os.fspath(graph)!r} holds no graph.npz: give an "
                                        "earlier agglomerate output")
-    grid = BlockGrid(fv.shape, fv.block_shape)
+        check_graph_source(reuse / "graph.npz", sources)
+    # blocks of whole output chunks, grown past tiny ones (each reads a halo of 1)
+    block = work_layout(fv, chunks, shards, compression, 2)
+    grid = BlockGrid(fv.shape, block)
     extra = [t for t in cuts if t != float(threshold)]
     job = {"threshold": float(threshold), "thresholds": extra, "affinities": affinities,
            "boundary": bv.fingerprint(), "graph": os.fspath(reuse) if reuse else None}
+    nan_seen = [0]
 
     def stages(out: Volume, setup: dict[str, Any]) -> list:
         root = Path(out.url)
@@ -328,12 +368,16 @@ def agglomerate(fragments: Volume | str | os.PathLike, boundary: Volume | str | 
         def finalize(acc: Any) -> dict[str, Any]:
             if reuse is not None:
                 with np.load(reuse / "graph.npz", allow_pickle=False) as z:
-                    edges = {k: z[k] for k in z.files if k != "fragments"}
+                    edges = {k: z[k] for k in EDGE_COLUMNS}
                     ids = z["fragments"]
+                    nan = int(z["nan_voxels"])
             else:
-                edges, ids_t = acc if acc is not None else (_empty_edges(), {"id": np.empty(0, np.uint64)})
+                edges, ids_t, nan = acc if acc is not None else (
+                    _empty_edges(id_dtype(fv.dtype)), {"id": np.empty(0, id_dtype(fv.dtype))}, 0)
                 ids = ids_t["id"]
-            return _cut(root, edges, ids, cuts, float(threshold))
+            nan_seen[0] = nan
+            return _cut(root, edges, ids.astype(id_dtype(fv.dtype)), cuts, float(threshold),
+                        sources, nan)
 
         reads = [Read(fv, halo=1, boundary="none"),
                  Read(bv, halo=1, boundary="none", channels="all" if affinities else "same")]
@@ -350,7 +394,7 @@ def agglomerate(fragments: Volume | str | os.PathLike, boundary: Volume | str | 
             target = retype(out, dtypes[str(float(threshold))])
             vols = [target]
             for t in extra:
-                vols.append(_nested(out, _label(t), dtypes[str(t)], job))
+                vols.append(_nested(out, cut_name(t), dtypes[str(t)], job))
             order = [float(threshold)] + extra
             return Stage("relabel", partial(_relabel, lut=given["lut"], token=given["token"],
                                             rows=[cuts.index(t) for t in order],
@@ -358,37 +402,84 @@ def agglomerate(fragments: Volume | str | os.PathLike, boundary: Volume | str | 
                          grid, [Read(fv)], [Write(v) for v in vols])
         return [first, LaterStage("relabel", build)]
 
-    return run_blockwise("agglomerate", fv, dst, np.uint32, job, opts, stages, chunks=chunks,
-                         shards=shards, compression=compression, inputs=[fv, bv],
-                         attrs={"labels": True, "files": ["graph.npz", "lookup.npz",
-                                                          "lookup.csv"]})
+    result = run_blockwise("agglomerate", fv, dst, np.uint32, job, opts, stages, chunks=chunks,
+                           shards=shards, compression=compression, inputs=[fv, bv],
+                           grid_block=block,
+                           attrs={"labels": True, "files": ["graph.npz", "lookup.npz",
+                                                            "lookup.csv"]})
+    if not nan_seen[0]:  # a resumed job that had cut its graph before: the count it kept
+        nan_seen[0] = int(result.attrs.get("emarray", {}).get("agglomeration", {})
+                          .get("nan_voxels", 0))
+    warn_nan(bv, nan_seen[0], "agglomerate")
+    return result
+
+
+#: the edge columns of ``graph.npz`` (beside ``fragments``, ``nan_voxels`` and ``source``)
+EDGE_COLUMNS = ("u", "v", "size", "sum", "min", "max")
+
+
+def check_graph_source(path: Path, sources: dict[str, Any]) -> None:
+    """Refuse, in one line and before any work, a kept graph that was built from other
+    fragments or another boundary map than those given (or from these before they changed):
+    its edges and ids would not be these volumes', and the relabel would map most fragments
+    to 0. Compared: each volume's location, grid, dtype, metadata and stored chunks (key,
+    size, modification time), as recorded when the graph was built."""
+    import json
+    with np.load(path, allow_pickle=False) as z:
+        recorded = json.loads(str(z["source"])) if "source" in z.files else None
+    if recorded is None:
+        raise InvalidArgumentError(
+            f"graph {path.parent} records no fragments volume (an earlier emarray made it): it "
+            "cannot be checked against these fragments; run without --graph once to keep one "
+            "that can")
+    if recorded.get("affinities") != sources["affinities"]:
+        raise InvalidArgumentError(
+            f"graph {path.parent} was built {'with' if recorded.get('affinities') else 'without'}"
+            " --affinities; give the same, or run without --graph")
+    for what in ("fragments", "boundary"):
+        was, now = recorded.get(what) or {}, sources[what]
+        if was == now:
+            continue
+        if was.get("url") != now["url"]:
+            why = f"from {what} {was.get('url')}, not {now['url']}"
+        else:
+            differ = [k for k in now if was.get(k) != now[k]]
+            why = (f"from {what} {now['url']} as it was then; its "
+                   f"{', '.join('chunks stored' if k == 'stored' else k for k in differ)} "
+                   "changed since")
+        raise InvalidArgumentError(f"graph {path.parent} was built {why}: its edges are not "
+                                   f"these {what}'; run without --graph to build them again")
 
 
 def _cut(root: Path, edges: dict[str, np.ndarray], ids: np.ndarray, cuts: list[float],
-         primary: float) -> dict[str, Any]:
-    """Driver: agglomerate, number the segments, keep the graph and the lookup table."""
+         primary: float, sources: dict[str, Any], nan: int) -> dict[str, Any]:
+    """Driver: agglomerate, number the segments, keep the graph (with the volumes it was
+    built from) and the lookup table."""
+    import json
+
     import zarr
-    fragments = np.union1d(ids.astype(np.uint64), np.union1d(edges["u"], edges["v"]))
-    u = np.searchsorted(fragments, edges["u"])
-    v = np.searchsorted(fragments, edges["v"])
+    dtype = ids.dtype
+    eu, ev = edges["u"].astype(dtype), edges["v"].astype(dtype)
+    fragments = np.union1d(ids, np.union1d(eu, ev))
+    u = np.searchsorted(fragments, eu)
+    v = np.searchsorted(fragments, ev)
     roots = agglomerate_graph(fragments.size, u, v, edges["sum"], edges["size"], cuts)
     segments = np.stack([sequential(r) for r in roots]) if fragments.size else np.zeros(
         (len(cuts), 0), np.int64)
-    _save(root / "graph.npz", fragments=fragments, **edges)
+    _save(root / "graph.npz", fragments=fragments, **{**edges, "u": eu, "v": ev},
+          nan_voxels=np.array(nan, np.int64), source=np.array(json.dumps(sources)))
     _save(root / "lookup.npz", fragments=fragments, segments=segments,
           thresholds=np.array(cuts))
-    header = "fragment," + ",".join(f"segment_{_label(t)}" for t in cuts)
-    table = np.column_stack([fragments.astype(np.uint64)] + [s.astype(np.uint64)
-                                                             for s in segments])
-    buf = io.StringIO()
-    np.savetxt(buf, table, fmt="%d", delimiter=",", header=header, comments="")
-    atomic_write(root / "lookup.csv", buf.getvalue().encode())
+    header = "fragment," + ",".join(f"segment_{cut_name(t)}" for t in cuts)
+    columns = [fragments.astype(str)] + [s.astype(str) for s in segments]  # exact integers
+    text = "\n".join([header] + [",".join(row) for row in zip(*columns)]) + "\n"
+    atomic_write(root / "lookup.csv", text.encode())
     counts = {str(t): int(s.max()) if s.size else 0 for t, s in zip(cuts, segments)}
     dtypes = {t: ("uint32" if n < 2**32 else "uint64") for t, n in counts.items()}
     g = zarr.open_group(os.fspath(root), mode="r+")
     em: dict[str, Any] = dict(g.attrs.get("emarray") or {})  # type: ignore[arg-type]
     em["agglomeration"] = {"fragments": int(fragments.size), "edges": int(u.size),
-                           "threshold": primary, "segments": counts}
+                           "threshold": primary, "segments": counts, "nan_voxels": nan}
     g.attrs["emarray"] = em
     return {"lut": os.fspath(root / "lookup.npz"), "dtypes": dtypes, "token": uuid.uuid4().hex}
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ChunkAlignmentError, InvalidArgumentError
 from ..engine import BlockContext, BlockGrid, Read, RunOptions, Stage, Write, check_aligned, run_job
 from ..volume import Volume, compressor_codecs, create_volume, open_volume
 
@@ -46,9 +47,71 @@ def output_layout(src: Volume, chunks: Any, shards: Any, compression: str,
     out_chunks = tuple(min(c, max(s, 1)) for c, s in zip(out_chunks, src.shape))
     out_shards = (parse_tuple(shards, "shards", src.ndim) if shards is not None
                   else (src.shards if chunks is None else None))
-    check_aligned(BlockGrid(src.shape, tuple(grid_block or src.block_shape)),
-                  out_shards or out_chunks)
+    block = tuple(grid_block or src.block_shape)
+    _check_fits(src, block, chunks, shards, out_chunks, out_shards)
+    check_aligned(BlockGrid(src.shape, block), out_shards or out_chunks)
     return out_chunks, out_shards
+
+
+def _check_fits(src: Volume, block: tuple[int, ...], chunks: Any, shards: Any,
+                out_chunks: tuple[int, ...], out_shards: tuple[int, ...] | None) -> None:
+    """Refuse a ``--chunks``/``--shards`` the job's blocks cannot write, naming the option to
+    change, its value, and one that fits (the engine's own check names only sizes)."""
+    from .._normalize import parse_tuple
+    if out_shards is not None and shards is not None:
+        bad = [a for a, (s, c) in enumerate(zip(out_shards, out_chunks)) if s % c]
+        if bad:
+            whose = "" if chunks is not None else " (the input's: set --chunks to change them)"
+            raise InvalidArgumentError(
+                f"--shards {_csv(out_shards)} must be whole multiples of the chunks "
+                f"{_csv(out_chunks)}{whose}; along {src.axes[bad[0]]} {out_shards[bad[0]]} is not")
+    option, value = (("--shards", shards) if shards is not None else
+                     ("--chunks", chunks) if chunks is not None else (None, None))
+    unit: tuple[int, ...] = out_shards if out_shards is not None and shards is not None \
+        else out_chunks
+    bad = [a for a, (b, u, n) in enumerate(zip(block, unit, src.shape)) if b % u and b < n]
+    if option is None or not bad:
+        return  # the input's own layout: the engine's check speaks for itself
+    given = parse_tuple(value, option[2:], src.ndim)
+    a, what, kind = bad[0], "shards" if src.shards else "chunks", option[2:-1]
+    size = f"{given[a]}, clipped to the volume's {unit[a]}" if given[a] != unit[a] else unit[a]
+
+    def fit(sizes: Sequence[int], steps: Sequence[int]) -> list[int]:
+        """Per axis: the size kept where it fits, else the largest multiple of the step that
+        divides the block and is no larger (0: there is none)."""
+        return [u if b % u == 0 or b >= n else
+                max((d for d in range(t, u + 1, t) if b % d == 0), default=0)
+                for b, u, n, t in zip(block, sizes, src.shape, steps)]
+    chunk_fit = fit(out_chunks, (1,) * len(block))
+    example = f"--chunks {_csv(chunk_fit)}"
+    if option == "--shards":
+        shard_fit = fit(unit, out_chunks)
+        example = (f"--shards {_csv(shard_fit)}" if all(shard_fit)
+                   else f"{example} --shards {_csv(fit(unit, chunk_fit))}")
+    raise ChunkAlignmentError(
+        f"{option} {_csv(given)} does not fit this job's blocks: it works in blocks of the "
+        f"input's {what}, {_csv(block)} voxels, and each output {kind} must lie in one block, "
+        f"but along {src.axes[a]} the {kind} ({size}) does not divide {block[a]}. Choose "
+        f"{option} that divide {_csv(block)}, e.g. {example}, or leave {option} out (the "
+        f"input's {what})")
+
+
+def _csv(t: Sequence[int]) -> str:
+    return ",".join(map(str, t))
+
+
+def work_layout(src: Volume, chunks: Any, shards: Any, compression: str,
+                least: Sequence[int] | int = 1, shape: Sequence[int] | None = None
+                ) -> tuple[int, ...]:
+    """The processing block over ``src`` (spatial ``shape``, default its own) of an operator
+    that reads a halo around each block: whole chunks (shards) of the output it will write
+    (``chunks``, ``shards``; default ``src``'s), at least ``least`` voxels along each axis,
+    grown past tiny chunks (:func:`~emarray.engine.grid.work_block`). Pass it on as
+    ``run_blockwise``'s ``grid_block``."""
+    from ..engine import work_block
+    shape = tuple(shape or src.shape)
+    out_chunks, out_shards = output_layout(src, chunks, shards, compression, shape)
+    return work_block(shape, out_shards or out_chunks, least)
 
 
 def backend_setup(op: str, backend: str, dtype: Any, memory_limit: Any,
@@ -93,7 +156,8 @@ def run_blockwise(op: str, src: Volume, dst: str | os.PathLike, out_dtype: Any,
                   stages: Callable[[Volume, dict[str, Any]], Sequence[Any]], *,
                   chunks: Any = None, shards: Any = None, compression: str = "zstd",
                   backend: str | None = None, attrs: dict[str, Any] | None = None,
-                  inputs: Sequence[Volume] | None = None) -> Volume:
+                  inputs: Sequence[Volume] | None = None,
+                  grid_block: Sequence[int] | None = None) -> Volume:
     """The setup every operator that writes one volume like ``src`` repeats, done once.
 
     Checks the output layout (``chunks``, ``shards``, ``compression``; default: the input's)
@@ -105,9 +169,10 @@ def run_blockwise(op: str, src: Volume, dst: str | os.PathLike, out_dtype: Any,
     the backend's per-block function (empty without ``backend``). ``attrs`` are recorded in
     the output's ``emarray`` attributes beside the job. ``inputs`` are every volume the job
     reads (default: ``src``), identified for ``resume`` and locked while it runs.
+    ``grid_block``: the stages' block when it is not ``src``'s (see :func:`work_layout`).
     """
     reads = list(inputs) if inputs is not None else [src]
-    out_chunks, out_shards = output_layout(src, chunks, shards, compression)
+    out_chunks, out_shards = output_layout(src, chunks, shards, compression, grid_block)
     ident = job_identity(op, {**job, "dtype": np.dtype(out_dtype).str}, reads,
                          layout_of(out_chunks, out_shards, compression))
 

@@ -23,7 +23,8 @@ from ..engine import BlockContext, BlockGrid, Read, RunOptions, Stage, Write
 from ..errors import InvalidArgumentError
 from ..spec import ELEMENTWISE, Operator, Param, Port, layout_params
 from ..volume import Volume
-from .common import as_volume, run_blockwise
+from ._nan import count_nan, warn_nan
+from .common import as_volume, run_blockwise, work_layout
 
 _LENGTH = re.compile(r"^\s*([-+0-9.eE]+)\s*([A-Za-zµμ]*)\s*$")
 
@@ -55,7 +56,8 @@ def parse_length(value: Any, name: str) -> tuple[float, str | None]:
 
 
 def mask_of(block: np.ndarray, threshold: Any, below: bool) -> np.ndarray:
-    """The foreground: ``block > 0``, or ``block > threshold`` (``< threshold`` with ``below``)."""
+    """The foreground: ``block > 0``, or ``block > threshold`` (``< threshold`` with ``below``).
+    A NaN voxel is never foreground (NaN is neither above nor below any number)."""
     if threshold is None:
         return block < 0 if below else block > 0
     return block < threshold if below else block > threshold
@@ -87,8 +89,39 @@ backends.register("distance", "cuda", "emarray.cuda.distance:distance_block_cuda
 
 
 def _distance(ctx: BlockContext, block: np.ndarray, *, threshold: Any, below: bool,
-              sampling: tuple[float, ...], signed: bool, cap: float) -> np.ndarray:
-    return ctx.state(mask_of(block, threshold, below), sampling=sampling, signed=signed, cap=cap)
+              sampling: tuple[float, ...], signed: bool, cap: float) -> tuple[np.ndarray, int]:
+    own = tuple(slice(w.start - r.start, w.stop - r.start)
+                for w, r in zip(ctx.region, ctx.reads[0]))
+    out = ctx.state(mask_of(block, threshold, below), sampling=sampling, signed=signed, cap=cap)
+    return out, count_nan(block, own)
+
+
+def _add(a: int, b: int) -> int:
+    return a + b
+
+
+def _record_nan(count: Any, *, out: Volume) -> int:
+    """Driver: keep the job's count of NaN voxels in the output (for the warning)."""
+    g = out.open_group()
+    g.attrs["emarray"] = {**dict(g.attrs.get("emarray") or {}), "nan_voxels": int(count or 0)}
+    return int(count or 0)
+
+
+def check_max_distance(cap: float, given: str, voxel: tuple[float, ...],
+                       shape: tuple[int, ...], unit: str) -> None:
+    """Refuse a D that means nothing for this volume, in one line: below the smallest voxel
+    size every foreground voxel is D (a mask, not distances); beyond the volume's diagonal no
+    distance inside it comes near D, and each block would read the whole volume."""
+    smallest = min(voxel)
+    diagonal = math.sqrt(sum((n * v) ** 2 for n, v in zip(shape, voxel)))
+    if smallest <= cap <= diagonal:
+        return
+    why = (f"is below the smallest voxel size, {smallest:g} {unit} (every foreground voxel "
+           "would be D)" if cap < smallest else
+           f"is beyond the volume's diagonal, {diagonal:g} {unit} (no distance inside it is "
+           "longer: give the diagonal for an unclipped transform)")
+    raise InvalidArgumentError(f"max_distance {given} {why}; give a length from {smallest:g} "
+                               f"to {diagonal:g} {unit}")
 
 
 def _report(v: Volume, args: dict[str, Any]) -> list[str]:
@@ -100,7 +133,8 @@ def _report(v: Volume, args: dict[str, Any]) -> list[str]:
 SPEC = Operator(
     "distance", "the Euclidean distance transform of a mask in physical units, exact up to a "
                 "stated distance for any chunking",
-    inputs=(Port("src", "volume", "a mask (foreground > 0) or a map thresholded with threshold"),),
+    inputs=(Port("src", "volume", "a mask (foreground > 0) or a map thresholded with threshold; "
+                                  "NaN is never foreground"),),
     output=Port("dst", "volume", "float32 distances in the volume's unit"),
     params=(Param("threshold", "number", "foreground is src > threshold (< with below); default: "
                                          "src > 0"),
@@ -108,8 +142,10 @@ SPEC = Operator(
                                    "boundary map"),
             Param("max_distance", "text", "the distance up to which the result is exact (and at "
                                           "which it is clipped): a length with its unit (100nm, "
-                                          "0.1um) or a number in the volume's unit; default: the "
-                                          "shortest physical extent of one block",
+                                          "0.1um) or a number in the volume's unit, from the "
+                                          "smallest voxel size to the volume's diagonal; "
+                                          "default: the shortest physical extent of one storage "
+                                          "chunk (shard)",
                   parse=parse_length, metavar="LENGTH"),
             Param("signed", "flag", "inside positive, outside negative (the background's distance "
                                     "to the foreground)"),
@@ -131,7 +167,14 @@ def distance(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, thresho
     ``min(scipy.ndimage.distance_transform_edt(mask, sampling=voxel_size), D)`` on the whole
     volume, for any chunking, within float32 rounding: each block reads a halo of
     ``ceil(D / voxel)`` voxels per axis. Where the mask has no background at all, every voxel
-    is D (SciPy measures to a point outside the array there).
+    is D (SciPy measures to a point outside the array there). D must lie between the smallest
+    voxel size (below it every foreground voxel would be D) and the volume's diagonal (no
+    distance inside the volume is longer: the diagonal gives the unclipped transform).
+
+    A NaN voxel is never foreground (it is neither above nor below any threshold: with
+    ``below`` it is boundary, as for ``watershed`` and ``agglomerate``); a job whose input
+    holds NaN warns once, with their count. Blocks are whole output chunks, grown past tiny
+    ones to at least the halo along each axis and 1024 voxels: the result is the same.
 
     Returns
     -------
@@ -166,19 +209,27 @@ def distance(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, thresho
     else:
         number, unit = max_distance
         cap = number * (micrometres(unit) / micrometres(src.unit) if unit else 1.0)
+        check_max_distance(cap, f"{number:g} {unit or src.unit}", voxel, src.shape, src.unit)
     halo = tuple(min(math.ceil(cap / v), n) for v, n in zip(voxel, src.shape))
+    # blocks of whole output chunks, at least the halo along each axis (tiny chunks grown)
+    block = work_layout(src, chunks, shards, compression, halo)
     from .smooth import check_block_memory
-    check_block_memory(src, halo, np.dtype(np.float32))
+    check_block_memory(src, halo, np.dtype(np.float32), block=block,
+                       doing="the distance transform of", advice="use a smaller max-distance")
     fn = partial(_distance, threshold=threshold, below=below, sampling=voxel, signed=signed,
                  cap=cap)
 
     def stages(out: Volume, setup: dict[str, Any]) -> list[Stage]:
-        return [Stage("distance", fn, BlockGrid(src.shape, src.block_shape),
-                      [Read(src, halo=halo, boundary="none")], [Write(out)], **setup)]
+        return [Stage("distance", fn, BlockGrid(src.shape, block),
+                      [Read(src, halo=halo, boundary="none")], [Write(out)], combine=_add,
+                      finalize=partial(_record_nan, out=out), **setup)]
 
-    return run_blockwise("distance", src, dst, np.float32,
-                         {"threshold": threshold, "below": below, "max_distance": cap,
-                          "signed": signed}, opts, stages, chunks=chunks, shards=shards,
-                         compression=compression, backend="distance",
-                         attrs={"distance": {"max_distance": cap, "unit": src.unit,
-                                             "signed": signed}})
+    result = run_blockwise("distance", src, dst, np.float32,
+                           {"threshold": threshold, "below": below, "max_distance": cap,
+                            "signed": signed, "block": list(block)}, opts, stages,
+                           chunks=chunks, shards=shards, compression=compression,
+                           backend="distance", grid_block=block,
+                           attrs={"distance": {"max_distance": cap, "unit": src.unit,
+                                               "signed": signed}})
+    warn_nan(src, int(result.attrs.get("emarray", {}).get("nan_voxels", 0)), "distance")
+    return result

@@ -325,6 +325,19 @@ def check_params(src: Volume, connectivity: Any, mode: str, background: Any,
     return {"connectivity": conn, "binary": binary, "background": bgv, "min_size": ms}
 
 
+def warn_float_map(src: Volume, background: Any) -> None:
+    """One warning line, before any work, for a float volume labelled without ``mode``: every
+    nonzero voxel is foreground, so a probability map (nonzero almost everywhere) is one
+    component. A float 0/1 mask is labelled right; ``mode binary`` says that is meant."""
+    import warnings
+
+    from ..errors import EmarrayWarning
+    warnings.warn(f"{src.url} holds {src.dtype}: label takes every voxel that is not "
+                  f"{background:g} as foreground, so a probability map comes out as (nearly) one component; "
+                  f"threshold it first (emarray threshold {src.url} mask.zarr --value 0.5), or "
+                  "pass --mode binary if it is a 0/1 mask", EmarrayWarning, stacklevel=3)
+
+
 def _report(v: Volume, args: dict[str, Any]) -> list[str]:
     n = v.attrs.get("emarray", {}).get("components")
     return [f"wrote {v.url}: {v.shape} {v.dtype}, {n} components"]
@@ -358,7 +371,10 @@ def label(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, connectivi
 
     Ids are numbered in C order of each component's first voxel, as cc3d and
     ``scipy.ndimage.label`` number a whole array, so any chunking gives the same ids. The
-    output is uint32, or uint64 when there are more than 2**32 - 1 components.
+    output is uint32, or uint64 when there are more than 2**32 - 1 components. A float volume
+    in ``auto`` mode is labelled as a mask (every voxel not the background is foreground) with
+    a one-line warning before any work: a probability map comes out as about one component;
+    threshold it first, or pass ``mode="binary"`` for a 0/1 float mask.
 
     Returns
     -------
@@ -378,6 +394,8 @@ def label(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, connectivi
     opts = RunOptions.make(options, **run)
     src = as_volume(src, opts.allow_incomplete)
     prm = check_params(src, connectivity, mode, background, min_size)
+    if src.dtype.kind == "f" and mode == "auto":
+        warn_float_map(src, prm["background"])
     grid = BlockGrid(src.shape, src.block_shape)
     if int(np.prod(src.block_shape)) >= 2**32:
         raise InvalidArgumentError(

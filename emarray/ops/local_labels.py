@@ -11,15 +11,13 @@ labelled again. Labelling is deterministic, so the output is the same either way
 """
 from __future__ import annotations
 
-import os
 import threading
 
 import numpy as np
 
-from ..errors import InvalidArgumentError
+from .. import environment
 from .components import BlockComponents
 
-DEFAULT_MIB = 256
 _LOCK = threading.Lock()
 _KEPT: dict[tuple[str, int], tuple] = {}
 _USED = {"bytes": 0}
@@ -27,17 +25,7 @@ _USED = {"bytes": 0}
 
 def budget() -> int:
     """Bytes that may be kept (``EMARRAY_LABEL_KEEP_MIB``; 0 keeps nothing)."""
-    text = os.environ.get("EMARRAY_LABEL_KEEP_MIB", "")
-    if not text:
-        return DEFAULT_MIB * 2**20
-    try:
-        mib = float(text)
-    except ValueError:
-        mib = -1.0
-    if not mib >= 0:
-        raise InvalidArgumentError(
-            f"EMARRAY_LABEL_KEEP_MIB must be a number of MiB (0 or more), got {text!r}")
-    return int(mib * 2**20)
+    return int((environment.number("EMARRAY_LABEL_KEEP_MIB") or 0) * 2**20)
 
 
 def keep(job: str, block: int, comp: BlockComponents, limit: int) -> bool:

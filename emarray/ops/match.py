@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import BlockContext, BlockGrid, Read, RunOptions
-from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
+from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port, given
 from ..errors import EmarrayWarning, InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
 from .common import as_volume
@@ -333,8 +333,8 @@ def match(pred: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
         for name, v in (("prediction", pv), ("truth", tv)):
             if v.dtype.kind not in "ui":
                 raise InvalidArgumentError(
-                    f"the {name} {v.url} holds {v.dtype}, not instance ids; pass --label to "
-                    "label a mask first")
+                    f"the {name} {v.url} holds {v.dtype}, not instance ids; give "
+                    f"{given('label_first')} to label a mask first")
         warm_pairs(tv.dtype, pv.dtype)  # the kernel and the plot's import load beside the blocks
         prewarm()
         table = fold_table("match", _block, [Read(tv), Read(pv)],
@@ -346,9 +346,9 @@ def match(pred: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
         result = evaluate(table, thr)
         for name, n in (("truth", result["n_true"]), ("prediction", result["n_pred"])):
             if n == 1:
-                warnings.warn(f"the {name} holds a single object id: if it is a mask, pass "
-                              "--label to match its connected components", EmarrayWarning,
-                              stacklevel=2)
+                warnings.warn(f"the {name} holds a single object id: if it is a mask, give "
+                              f"{given('label_first')} to match its connected components",
+                              EmarrayWarning, stacklevel=2)
         if target is not None:
             write_outputs(result, target.staging, shown["pred"], shown["truth"])
             target.commit()

@@ -15,6 +15,11 @@ Vertices are x, y, z (the order mesh tools and neuroglancer use) at the voxel-co
 convention (voxel ``i`` spans ``[i, i + 1)`` times the voxel size, plus the volume's
 translation): in nanometres in a precomputed source (neuroglancer's unit for meshes), in the
 volume's own unit in ``.ply``/``.obj`` files.
+
+Object ids are the labels' own, exact for every integer dtype (uint64 up to 2**64 - 1, int64
+below 0): ``ID.ply`` is named by the id as the volume stores it (``-1.ply``). A precomputed
+source names segments by unsigned ids, so labels holding negative ids are refused there, before
+any mesh is written (``ply`` and ``obj`` take them).
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .._normalize import micrometres
+from .._normalize import id_dtype, micrometres
 from ..engine import (BlockContext, BlockGrid, Checkpoint, LaterStage, Read, RunOptions, Stage,
                       run_stages)
 from ..engine.checkpoint import atomic_write
@@ -42,27 +47,32 @@ FORMATS = ("precomputed", "ply", "obj")
 
 
 def mesh_block(labels: np.ndarray, corner: np.ndarray, voxel: np.ndarray,
-               ids: np.ndarray | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+               ids: frozenset[int] | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """The surface pieces of every object in ``labels`` (z, y, x), whose first voxel's corner
     lies at ``corner`` (x, y, z, physical units): ``{id: (float32 x,y,z vertices, faces)}``.
-    ``voxel`` is the voxel size x, y, z. Surfaces stay open where the array ends."""
+    ``voxel`` is the voxel size x, y, z. Surfaces stay open where the array ends. Ids are the
+    labels' own, exact for every integer dtype (zmesh names a signed id by its unsigned bits:
+    it meshes the unsigned view here, and each id is read back as the labels' dtype)."""
     import zmesh
+    unsigned = labels.dtype if labels.dtype.kind == "u" else np.dtype(f"u{labels.dtype.itemsize}")
     mesher = zmesh.Mesher(tuple(float(v) for v in voxel))
-    mesher.mesh(labels.T, close=False)  # the x, y, z view of a z, y, x array: no copy
+    mesher.mesh(labels.view(unsigned).T, close=False)  # the x, y, z view: no copy
     out = {}
     for i in mesher.ids():
-        if i == 0 or (ids is not None and not np.isin(i, ids)):
+        obj = int(np.array(i, unsigned).view(labels.dtype))
+        if obj == 0 or (ids is not None and obj not in ids):
             continue
         m = mesher.get(int(i), normals=False, reduction_factor=0, voxel_centered=True)
         if len(m.faces):
-            out[int(i)] = ((m.vertices + corner).astype(np.float32), m.faces.astype(np.uint32))
+            out[obj] = ((m.vertices + corner).astype(np.float32), m.faces.astype(np.uint32))
     mesher.clear()
     return out
 
 
 # -- piece files: per block, the ids, their vertex and face counts, and the arrays -----------
-def _save_pieces(base: Path, pieces: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
-    ids = np.array(sorted(pieces), np.uint64)
+def _save_pieces(base: Path, pieces: dict[int, tuple[np.ndarray, np.ndarray]],
+                 dtype: np.dtype) -> None:
+    ids = np.array(sorted(pieces), dtype)
     vs = [pieces[int(i)][0] for i in ids]
     fs = [pieces[int(i)][1] for i in ids]
     for suffix, parts, empty in ((".v.npy", vs, np.empty((0, 3), np.float32)),
@@ -81,7 +91,7 @@ def _load_piece(base: Path, obj: int) -> tuple[np.ndarray, np.ndarray]:
     rows are read)."""
     with np.load(base.with_name(base.name + ".npz"), allow_pickle=False) as z:
         ids, nv, nf = z["ids"], z["nv"], z["nf"]
-    k = int(np.searchsorted(ids, np.uint64(obj)))
+    k = int(np.searchsorted(ids, ids.dtype.type(obj)))
     v0, f0 = int(nv[:k].sum()), int(nf[:k].sum())
     v = np.load(base.with_name(base.name + ".v.npy"), mmap_mode="r", allow_pickle=False)
     f = np.load(base.with_name(base.name + ".f.npy"), mmap_mode="r", allow_pickle=False)
@@ -89,7 +99,8 @@ def _load_piece(base: Path, obj: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _mesh(ctx: BlockContext, labels: np.ndarray, *, voxel: np.ndarray, shift: np.ndarray,
-          scratch: Path, counts: tuple[int, ...], ids: np.ndarray | None) -> np.ndarray:
+          scratch: Path, counts: tuple[int, ...], ids: frozenset[int] | None
+          ) -> tuple[np.ndarray, np.ndarray]:
     # a zero plane below a block at the volume's low edge closes the surfaces there (the high
     # edges get theirs from the read's constant boundary)
     low = [1 if r.start == 0 else 0 for r in ctx.region]
@@ -99,23 +110,32 @@ def _mesh(ctx: BlockContext, labels: np.ndarray, *, voxel: np.ndarray, shift: np
     corner = start[::-1] * voxel + shift
     pieces = mesh_block(labels, corner, voxel, ids)
     flat = int(np.ravel_multi_index(ctx.index, counts))
-    _save_pieces(scratch / str(flat), pieces)
-    return np.array([[obj, flat] for obj in sorted(pieces)], np.int64).reshape(-1, 2)
+    dtype = id_dtype(labels.dtype)
+    _save_pieces(scratch / str(flat), pieces, dtype)
+    objs = np.array(sorted(pieces), dtype)
+    return objs, np.full(objs.size, flat, np.int64)
 
 
-def _concat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.concatenate([a, b])
+def _concat(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
+            ) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]])
 
 
-def _plan(acc: Any, *, scratch: Path) -> dict[str, Any]:
-    """Which blocks hold a piece of each object, sorted by object (saved for the stitch)."""
-    pairs = acc if acc is not None and len(acc) else np.empty((0, 2), np.int64)
-    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
-    objects = np.unique(pairs[:, 0])
+def _plan(acc: Any, *, scratch: Path, dtype: np.dtype, fmt: str, url: str) -> dict[str, Any]:
+    """Which blocks hold a piece of each object, sorted by object (saved for the stitch):
+    ``objects`` (the labels' ids, exact) and ``blocks``, pairwise, and the ``unique`` ids."""
+    objects, blocks = acc if acc is not None else (np.empty(0, dtype), np.empty(0, np.int64))
+    order = np.lexsort((blocks, objects))
+    objects, blocks = objects[order].astype(dtype, copy=False), blocks[order]
+    if fmt == "precomputed" and objects.size and objects[0] < 0:
+        raise InvalidArgumentError(
+            f"{url} holds negative label ids (e.g. {int(objects[0])}); a precomputed mesh source "
+            "names segments by unsigned ids: use --format ply or obj")
+    unique = np.unique(objects)
     buf = io.BytesIO()
-    np.savez(buf, pairs=pairs, objects=objects)
+    np.savez(buf, objects=objects, blocks=blocks, unique=unique)
     atomic_write(scratch / "plan.npz", buf.getvalue())
-    return {"objects": int(objects.size)}
+    return {"objects": int(unique.size)}
 
 
 def stitch(pieces: list[tuple[np.ndarray, np.ndarray]], voxel: np.ndarray,
@@ -150,26 +170,44 @@ def _write(mesh: Any, obj: int, out: Path, fmt: str, to_nm: float) -> None:
 def _stitch(ctx: BlockContext, *, scratch: Path, out: Path, fmt: str, voxel: np.ndarray,
             reduction: float, to_nm: float) -> int:
     with np.load(scratch / "plan.npz", allow_pickle=False) as z:
-        pairs, objects = z["pairs"], z["objects"]
+        objects, blocks, unique = z["objects"], z["blocks"], z["unique"]
     done = 0
-    for k in range(ctx.region[0].start, min(ctx.region[0].stop, len(objects))):
-        obj = int(objects[k])
-        lo, hi = np.searchsorted(pairs[:, 0], [obj, obj + 1])
-        pieces = [_load_piece(scratch / str(int(b)), obj) for b in pairs[lo:hi, 1]]
+    for k in range(ctx.region[0].start, min(ctx.region[0].stop, len(unique))):
+        lo = np.searchsorted(objects, unique[k], side="left")
+        hi = np.searchsorted(objects, unique[k], side="right")
+        obj = int(unique[k])
+        pieces = [_load_piece(scratch / str(int(b)), obj) for b in blocks[lo:hi]]
         _write(stitch(pieces, voxel, reduction), obj, out, fmt, to_nm)
         done += 1
     return done
 
 
 def _ids(value: Any, name: str) -> Any:
+    """Object ids, exact at any size (``3,17``; up to 2**64 - 1, and negative ones for signed
+    labels); 0 is the background. Checked against the labels' dtype before the job starts."""
     from .._normalize import whole_number
     if value is None:
         return None
-    items = value.split(",") if isinstance(value, str) else value
-    out = tuple(whole_number(v, name, 1) for v in items if str(v).strip())
+    items = value.split(",") if isinstance(value, str) else (
+        [value] if isinstance(value, (int, np.integer)) else value)
+    out = tuple(whole_number(v, name, -(2**63), 2**64 - 1) for v in items if str(v).strip())
     if not out:
         raise InvalidArgumentError(f"{name} needs at least one id, got {value!r}")
+    if 0 in out:
+        raise InvalidArgumentError(f"{name}: 0 is the background, not an object")
     return out
+
+
+def check_ids(ids: Any, dtype: np.dtype, url: str) -> frozenset[int] | None:
+    """Refuse an id no voxel of ``dtype`` labels can hold (one line naming it)."""
+    if not ids:
+        return None
+    info = np.iinfo(dtype)
+    for i in ids:
+        if not info.min <= i <= info.max:
+            raise InvalidArgumentError(f"ids: {i} cannot occur in {url}, whose labels are {dtype} "
+                                       f"({info.min}..{info.max})")
+    return frozenset(int(i) for i in ids)
 
 
 def _report(n: int, args: dict[str, Any]) -> list[str]:
@@ -205,7 +243,8 @@ SPEC = Operator(
                                       "obj", choices=FORMATS),
             Param("reduction", "float", "simplify each mesh to about 1/reduction of its "
                                         "triangles (0: keep every triangle)", minimum=0),
-            Param("ids", "text", "mesh only these ids, e.g. 3,17,42", parse=_ids),
+            Param("ids", "text", "mesh only these ids, e.g. 3,17,42 (exact at any size, up to "
+                                 "2**64 - 1; negative ones for signed labels)", parse=_ids),
             Param("per_task", "int", "objects stitched per task", minimum=1)),
     run=ENGINE + REPLACE + INCOMPLETE, report=_report,
     examples=("emarray mesh cells.zarr cells.meshes",
@@ -251,7 +290,7 @@ def mesh(labels: Volume | str | os.PathLike, dst: str | os.PathLike, *,
     voxel = np.array(lv.voxel_size[::-1], np.float64)
     shift = np.array((lv.translation or (0.0, 0.0, 0.0))[::-1], np.float64)
     to_nm = micrometres(lv.unit) * 1000.0
-    wanted = np.array(sorted(ids), np.uint64) if ids else None
+    wanted = check_ids(ids, lv.dtype, lv.url)
     grid = BlockGrid(lv.shape, lv.block_shape)
     job = {"operator": "mesh", "input": lv.fingerprint(), "format": format,
            "reduction": float(reduction), "ids": [int(i) for i in ids or ()]}
@@ -269,7 +308,9 @@ def mesh(labels: Volume | str | os.PathLike, dst: str | os.PathLike, *,
             first = Stage("mesh", partial(_mesh, voxel=voxel, shift=shift, scratch=scratch,
                                           counts=grid.counts, ids=wanted), grid,
                           [Read(lv, halo=1, sides="high", boundary="constant")],
-                          combine=_concat, finalize=partial(_plan, scratch=scratch))
+                          combine=_concat, finalize=partial(_plan, scratch=scratch,
+                                                            dtype=id_dtype(lv.dtype),
+                                                            fmt=format, url=lv.url))
 
             def build(given: dict[str, Any]) -> Stage:
                 # the objects are known: a user's file of one of their names stops the job
@@ -292,7 +333,7 @@ def mesh(labels: Volume | str | os.PathLike, dst: str | os.PathLike, *,
 def _planned(scratch: Path) -> np.ndarray:
     """The ids of the objects the mesh stage found (saved by :func:`_plan`)."""
     with np.load(scratch / "plan.npz", allow_pickle=False) as z:
-        return z["objects"]
+        return z["unique"]
 
 
 def mesh_files(objects: np.ndarray, fmt: str) -> list[str]:

@@ -5,13 +5,15 @@ table of the ids in it, and the partial tables are merged in a tree.
 """
 from __future__ import annotations
 
+import math
 import os
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._normalize import micrometres
+from .._normalize import id_dtype, micrometres, rounded_once, written
 from ..engine import BlockContext, BlockGrid, Read, RunOptions
 from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Port
 from ..errors import InvalidArgumentError, ShapeMismatchError
@@ -31,7 +33,7 @@ def block_table(labels: np.ndarray, raw: np.ndarray | None, origin: tuple[int, .
     appearance: one pass over the block's runs (:func:`emarray.ops._runs.object_table`)."""
     ids, cnt, lo, hi, s, rsum, rmin, rmax = object_table(labels, raw)
     o = np.array(origin, np.int64)
-    t = {"id": ids.astype(np.uint64), "voxels": cnt}
+    t = {"id": ids.astype(id_dtype(labels.dtype)), "voxels": cnt}  # exact, signed kept
     for j, a in enumerate("zyx"):
         t[f"{a}0"] = lo[:, j] + o[j]
         t[f"{a}1"] = hi[:, j] + o[j] + 1  # exclusive end
@@ -51,19 +53,21 @@ def _merge(a: dict, b: dict) -> dict:
 def object_frame(t: dict, vol: Volume, with_raw: bool):
     """The DataFrame of the folded table: physical sizes and centroids in micrometres."""
     import pandas as pd
-    um = micrometres(vol.unit)
-    voxel = np.array(vol.voxel_size, np.float64)
-    origin = np.array(vol.translation if vol.translation is not None else (0.0,) * 3)
-    n = t["voxels"].astype(np.float64)
-    df = pd.DataFrame({"id": t["id"], "voxels": t["voxels"],
-                       "volume_um3": n * float(np.prod(voxel)) * um ** 3})
+    # physical values rounded once from the sizes as written (no 0.08794500000000001)
+    um = written(micrometres(vol.unit))
+    origin = vol.translation if vol.translation is not None else (0.0,) * 3
+    n = t["voxels"]
+    voxel = math.prod((written(v) for v in vol.voxel_size), start=Fraction(1))
+    df = pd.DataFrame({"id": t["id"], "voxels": n,
+                       "volume_um3": rounded_once([(n, voxel)], factor=um ** 3)})
     for a in "zyx":
         df[f"bbox_{a}0"] = t[f"{a}0"]
         df[f"bbox_{a}1"] = t[f"{a}1"]
     for a in "zyx":
         df[f"centroid_{a}"] = t[f"s{a}"] / n
     for j, a in enumerate("zyx"):
-        df[f"centroid_{a}_um"] = (df[f"centroid_{a}"] * voxel[j] + origin[j]) * um
+        df[f"centroid_{a}_um"] = rounded_once([(t[f"s{a}"], vol.voxel_size[j]),
+                                               (n, origin[j])], per=n, factor=um)
     if with_raw:
         df["mean_intensity"] = t["rsum"] / n
         df["min_intensity"] = t["rmin"]
@@ -160,24 +164,48 @@ def summary(df, lv: Volume, rv: Volume | None) -> dict[str, Any]:
                            "max": float(v.max()) if len(v) else 0.0}}
 
 
-def plot_volumes(df, path: Path, title: str = "") -> None:
-    """A histogram of object volumes (log-spaced bins)."""
+def log_ticks(lo: float, hi: float) -> tuple[float, ...]:
+    """The multiples of each power of ten to tick on a log axis from ``lo`` to ``hi``: decades
+    alone where four or more fit, else 1-2-5 where four fit, else 1-2-3-5 or every digit where
+    three do.
+
+    >>> log_ticks(1e-4, 30), log_ticks(1e-3, 0.12), log_ticks(9e-4, 3.1e-3), log_ticks(2.3e-4, 8.1e-4)
+    ((1.0,), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0), (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0))
+    """
+    first, last = int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi)))
+    options = [((1.0,), 4), ((1.0, 2.0, 5.0), 4), ((1.0, 2.0, 3.0, 5.0), 3)]
+    for subs, enough in options:
+        ticks = [m * 10.0 ** k for k in range(first, last + 1) for m in subs]
+        if sum(lo <= t <= hi for t in ticks) >= enough:
+            return subs
+    return tuple(float(m) for m in range(1, 10))
+
+
+def plot_volumes(df, path: Path, title: str = "") -> Any:
+    """A histogram of object volumes (log-spaced bins over a decade or more); returns the
+    figure."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
     from ..figures import subplots
     fig, ax = subplots(figsize=(7, 4.5))
     v = df["volume_um3"].to_numpy()
     if v.size and v.max() > 0:
         lo, hi = v[v > 0].min(), v.max()
-        bins: Any = np.geomspace(lo, hi * 1.0001, 40) if hi > lo else 10
-        ax.hist(v, bins=bins, color="#4477aa")
-        if hi > lo:
-            from matplotlib.ticker import FuncFormatter, NullFormatter
+        if hi > 3 * lo:  # log-spaced bins, with a readable tick at least every third of the span
+            ax.hist(v, bins=np.geomspace(lo, hi * 1.0001, 40), color="#4477aa")
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=log_ticks(lo, hi)))
             # plain tick labels: matplotlib's 10^k labels go through its math-text parser,
             # which took 0.3 s of a 0.45 s plot
             ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
+        else:  # under half a decade: a linear axis reads better
+            ax.hist(v, bins=np.linspace(lo, hi, 40) if hi > lo else 10, color="#4477aa")
+            ax.xaxis.set_major_locator(MaxNLocator(6))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of objects
     ax.set_xlabel("object volume (µm³)")
     ax.set_ylabel("objects")
     ax.set_title(f"{title}: {len(df)} objects" if title else f"{len(df)} objects", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    return fig

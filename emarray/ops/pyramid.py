@@ -20,14 +20,14 @@ import numpy as np
 from .. import ome, storage
 from .._normalize import parse_tuple, whole_number
 from ..engine import BlockContext, BlockGrid, Read, RunOptions, Stage, Write
-from ..spec import BACKEND, ENGINE, REPLACE, Operator, Param, Port
+from ..spec import BACKEND, ENGINE, REPLACE, Operator, Param, Port, given
 from ..engine.checkpoint import PROGRESS_DIR, Checkpoint
 from ..engine.output import OutputLock, foreign_in_array, real_path
 from ..engine.remote_output import RemoteLock
 from ..storage import RemotePath
 from ..engine.stages import run_stages
 from ..errors import InvalidArgumentError, OutputExistsError, ResumeMismatchError
-from ..volume import EVERY_CHUNK, Volume, is_labels, open_volume
+from ..volume import EVERY_CHUNK, Volume, is_labels, open_volume, with_checksum
 from .common import as_volume, backend_stage_setup
 from .pool import MODES, pooled_shape
 
@@ -80,7 +80,7 @@ def plan_levels(shape: tuple[int, ...], voxel: tuple[float, ...], *, levels: int
     if not out:
         raise InvalidArgumentError(
             f"the volume {','.join(map(str, shape))} is already at most {until_size} voxels along "
-            "every axis; ask for --levels N to add levels anyway")
+            f"every axis; ask for {given('levels', 'N')} to add levels anyway")
     return out
 
 
@@ -232,7 +232,7 @@ def pyramid(src: Volume | str | os.PathLike, *, levels: int | None = None,
         raise InvalidArgumentError(f"mode must be auto or one of {', '.join(MODES)}, got {mode!r}")
     if is_lab and mode == "mean":
         raise InvalidArgumentError(
-            f"{src.url} holds labels: their ids must not be averaged; use --mode mode (or "
+            f"{src.url} holds labels: their ids must not be averaged; use {given('mode', 'mode')} (or "
             "nearest, max, min)")
     pool_mode = ("mode" if is_lab else "mean") if mode == "auto" else mode
     plan = plan_levels(src.shape, src.voxel_size, levels=levels, until_size=until_size,
@@ -341,7 +341,7 @@ def _prepare_levels(src: Volume, group: Path, shapes: list[tuple[int, ...]],
         if p not in g:
             chunks = tuple(min(c, s) for c, s in zip(src.chunks, shape))
             g.create_array(p, shape=shape, dtype=src.dtype, chunks=chunks,
-                           compressors=arr0.compressors, fill_value=0,
+                           compressors=with_checksum(arr0.compressors), fill_value=0,
                            dimension_names=src.axes, attributes=EVERY_CHUNK)
         level: Any = g[p]
         vols.append(Volume(url=src.url, kind="zarr3", array_path=p, shape=tuple(shape),

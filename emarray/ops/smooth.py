@@ -166,18 +166,21 @@ def voxel_sigma(src: Volume, sigma: Any, unit: str) -> tuple[float, ...]:
     return tuple(next(it) if i in src.spatial_axes else 0.0 for i in range(src.ndim))
 
 
-def check_block_memory(src: Volume, halo: tuple[int, ...], dtype: np.dtype) -> None:
-    """Refuse, before any work, a filter whose blocks grown by the halo would not fit in memory
-    (the read, its float copy and the result: three arrays of the grown block)."""
+def check_block_memory(src: Volume, halo: tuple[int, ...], dtype: np.dtype, *,
+                       block: tuple[int, ...] | None = None, doing: str = "smoothing",
+                       advice: str = "use a smaller sigma or truncate") -> None:
+    """Refuse, before any work, a filter whose blocks (``block``, default the storage
+    block) grown by the halo would not fit in memory (the read, its float copy and the
+    result: three arrays of the grown block)."""
     import psutil
-    grown = [min(b, n) + 2 * h for b, n, h in zip(src.block_shape, src.shape, halo)]
+    grown = [min(b, n) + 2 * h for b, n, h in zip(block or src.block_shape, src.shape, halo)]
     need = 3 * math.prod(grown) * dtype.itemsize
     budget = psutil.virtual_memory().total // 4
     if need > budget:
         raise InvalidArgumentError(
-            f"smoothing {src.url} with a halo of {','.join(map(str, halo))} voxels would read blocks "
+            f"{doing} {src.url} with a halo of {','.join(map(str, halo))} voxels would read blocks "
             f"of {','.join(map(str, grown))} voxels: {need / 2**30:.1f} GiB each, more than the "
-            f"{budget / 2**30:.1f} GiB a block may take here; use a smaller sigma or truncate, "
+            f"{budget / 2**30:.1f} GiB a block may take here; {advice}, "
             "or store the volume in smaller chunks")
 
 

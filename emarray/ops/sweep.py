@@ -11,6 +11,7 @@ import json
 import math
 import os
 import warnings
+from fractions import Fraction
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from .. import backends
-from .._normalize import finite_number, micrometres, real_number
+from .._normalize import finite_number, micrometres, real_number, rounded_once, written
 from ..figures import prewarm
 from ..engine import BlockContext, BlockGrid, Checkpoint, Read, RunOptions, Stage, run_stages
-from ..spec import BACKEND, ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
+from ..spec import BACKEND, ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port, given
 from ..engine.output import reading
 from ..errors import EmarrayWarning, InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
@@ -294,8 +295,8 @@ def sweep_warnings(df) -> list[str]:
         best = float(g.loc[g["f1"].idxmax(), "threshold"])
         if ts.size > 2 and best in (ts[0], ts[-1]):
             out.append(f"{tag}the best F1 is at t={best:g}, the edge of the thresholds swept "
-                       f"({ts[0]:g} to {ts[-1]:g}); the optimum may lie beyond: sweep --values "
-                       "over a wider range")
+                       f"({ts[0]:g} to {ts[-1]:g}); the optimum may lie beyond: sweep "
+                       f"{given('values', 'LO,...,HI')} over a wider range")
     return out
 
 
@@ -316,7 +317,9 @@ def predicted_counts(hist: np.ndarray, pv: Volume, ts: np.ndarray) -> np.ndarray
 def metrics_table(hist: np.ndarray, ts: np.ndarray, pv: Volume, channels: tuple[int, ...]):
     """The DataFrame of counts and metrics, one row per (channel, threshold)."""
     import pandas as pd
-    voxel_um3 = float(np.prod(pv.voxel_size)) * micrometres(pv.unit) ** 3
+    # volumes rounded once from the voxel size as written (no 0.6696150000000001)
+    voxel = math.prod((written(v) for v in pv.voxel_size), start=Fraction(1))
+    um3 = written(micrometres(pv.unit)) ** 3
     frames = []
     nan_voxels = {}
     for j, ch in enumerate(channels):
@@ -337,7 +340,8 @@ def metrics_table(hist: np.ndarray, ts: np.ndarray, pv: Volume, channels: tuple[
             "f1": ratio(2 * tp, 2 * tp + fp + fn), "iou": ratio(tp, tp + fp + fn),
             "accuracy": ratio(tp + tn, tp + fp + fn + tn),
             "predicted_voxels": pred_vol, "true_voxels": true_vol,
-            "predicted_um3": pred_vol * voxel_um3, "true_um3": true_vol * voxel_um3,
+            "predicted_um3": rounded_once([(pred_vol, voxel)], factor=um3),
+            "true_um3": rounded_once([(true_vol, voxel)], factor=um3),
             "volume_diff_percent": (100.0 * (pred_vol - true_vol) / true_vol if true_vol[0] > 0
                                     else np.full(len(ts), np.nan)),
         }))

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import BlockContext, BlockGrid, Read, RunOptions, Stage, Write, run_job
-from ..spec import COMPRESSIONS, ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
+from ..spec import COMPRESSIONS, ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port, given
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume, create_volume
 from .common import as_volume, job_identity, layout_of
@@ -122,7 +122,7 @@ def upsample(src: Volume | str | os.PathLike, dst: str | os.PathLike,
     labels = is_labels(src)
     if labels and mode == "linear":
         raise InvalidArgumentError(f"{src.url} holds labels: their ids must not be interpolated; "
-                                   "use --mode nearest")
+                                   f"use {given('mode', 'nearest')}")
     how = ("nearest" if labels else "linear") if mode == "auto" else mode
     from .._normalize import micrometres, parse_tuple
     f = micrometres(ref.unit) / micrometres(src.unit)  # ref's unit in src's unit

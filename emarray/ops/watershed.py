@@ -22,7 +22,8 @@ from ..engine.checkpoint import load_npy, progress_of
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port, layout_params
 from ..volume import Volume, create_volume, open_volume
-from .common import as_volume, retype, run_blockwise
+from ._nan import count_nan, warn_nan
+from .common import as_volume, retype, run_blockwise, work_layout
 
 SEEDS = ("maxima", "components")
 REDUCE = ("mean", "min")
@@ -30,11 +31,15 @@ REDUCE = ("mean", "min")
 
 def boundary_of(block: np.ndarray, affinities: bool, reduce: str) -> np.ndarray:
     """The boundary map a block floods: the map itself, or ``1 - mean`` (``min``) of the
-    affinity channels; NaN counts as boundary (the map's maximum, 1)."""
+    affinity channels. NaN (a NaN affinity in any channel too) is the highest boundary, +inf:
+    never a seed (never below a threshold), flooded after every finite value."""
     b = block.astype(np.float32, copy=False)
     if affinities:
         b = 1.0 - (b.mean(axis=0) if reduce == "mean" else b.min(axis=0))
-    return np.nan_to_num(b, nan=1.0).astype(np.float32, copy=False)
+    nan = np.isnan(b)
+    if nan.any():
+        b = np.where(nan, np.float32(np.inf), b)
+    return b.astype(np.float32, copy=False)
 
 
 def seeds_of(b: np.ndarray, method: str, threshold: float, sampling: tuple[float, ...],
@@ -85,6 +90,9 @@ def _own(ctx: BlockContext, array: np.ndarray, channel_axis: bool = False) -> np
 
 def _fragments(ctx: BlockContext, block: np.ndarray, *rest: np.ndarray, p: dict[str, Any]) -> Any:
     import fastremap
+    read = ctx.reads[0][-3:]
+    nan = count_nan(block, tuple(slice(w.start - r.start, w.stop - r.start)
+                                 for w, r in zip(ctx.region, read)), p["affinities"])
     b = boundary_of(block, p["affinities"], p["reduce"])
     extra = list(rest)
     distance = extra.pop(0) if p["with_distance"] else None
@@ -97,10 +105,10 @@ def _fragments(ctx: BlockContext, block: np.ndarray, *rest: np.ndarray, p: dict[
     count = int(local.max()) if local.size else 0
     flat = int(np.ravel_multi_index(ctx.index, p["counts"]))
     if p["relabel"]:
-        return local, np.array([[flat, count]], np.int64)
+        return local, np.array([[flat, count, nan]], np.int64)
     out = local.astype(np.uint64)
     out[out > 0] |= np.uint64(flat) << np.uint64(32)
-    return out, np.array([[flat, count]], np.int64)
+    return out, np.array([[flat, count, nan]], np.int64)
 
 
 def _concat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -119,7 +127,9 @@ def _offsets(acc: Any, *, nblocks: int, scratch: Any) -> dict[str, Any]:
     scratch.mkdir(parents=True, exist_ok=True)
     atomic_write(scratch / "offsets.npy", buf.getvalue())
     total = int(counts.sum())
-    return {"fragments": total, "dtype": "uint32" if total < 2**32 else "uint64"}
+    nan = int(acc[:, 2].sum()) if acc is not None and len(acc) else 0
+    return {"fragments": total, "dtype": "uint32" if total < 2**32 else "uint64",
+            "nan_voxels": nan}
 
 
 def _number(ctx: BlockContext, local: np.ndarray, *, scratch: Any, counts: tuple[int, ...],
@@ -141,11 +151,12 @@ SPEC = Operator(
     "watershed", "seeded watershed fragments (supervoxels) of a boundary map or of affinities, "
                  "ids unique across the volume",
     inputs=(Port("boundary", "volume", "boundary map (high = boundary), float; or affinities "
-                                       "c,z,y,x with affinities"),
+                                       "c,z,y,x with affinities; NaN is the highest boundary"),
             Port("distance", "volume", "a distance transform whose local maxima are the seeds "
                                        "(emarray distance); default: computed in each block",
                  optional=True),
-            Port("seeds", "volume", "a seed volume (nonzero = seed ids) instead of computed seeds",
+            Port("seeds", "volume", "a seed volume of integer labels (0 = none, each other id "
+                                    "one seed) instead of computed seeds",
                  optional=True, labels=True)),
     output=Port("dst", "volume", "the fragments: uint64 (block in the high 32 bits), or 1..N "
                                  "with relabel", labels=True),
@@ -183,7 +194,14 @@ def watershed(boundary: Volume | str | os.PathLike, dst: str | os.PathLike, *,
 
     Per block grown by ``halo``, scikit-image's ``watershed`` floods the boundary map from
     seeds found in that grown block, and the block's own region is written: inside a block the
-    fragments equal scikit-image's on the grown block.
+    fragments equal scikit-image's on the grown block. Blocks are whole output chunks (shards),
+    grown past tiny ones to at least twice the halo along each axis and 1024 voxels (the block
+    is recorded in the output's job): chunks of 1 voxel give what chunks of the block give.
+
+    NaN (a NaN affinity in any channel too) is the highest boundary: never a seed, flooded
+    after every finite value, as scikit-image floods a value above the map's maximum; a job
+    whose map holds NaN warns once, with their count. Seeds are integer labels, their ids
+    exact whatever their dtype (a float volume is refused).
 
     Returns
     -------
@@ -225,16 +243,24 @@ def watershed(boundary: Volume | str | os.PathLike, dst: str | os.PathLike, *,
         ev = as_volume(given, opts.allow_incomplete)
         if ev.shape != spatial:
             raise ShapeMismatchError(f"{name} has shape {ev.shape}; the boundary is {spatial}")
+        if name == "seeds" and ev.dtype.kind not in "ui":
+            raise InvalidArgumentError(
+                f"seeds {ev.url} holds {ev.dtype}: seeds are integer labels (0 = none, each "
+                "other id one seed); label a mask first (emarray label), or give it as "
+                "--distance")
         extra.append(ev)
     h = tuple(int(x) for x in halo)
-    grid = BlockGrid(spatial, bv.block_shape[-3:])
+    like = open_volume(bv.url) if not affinities else _spatial_like(bv)
+    # blocks of whole output chunks, at least twice the halo: a block reads at most 8 times
+    # its own voxels, however small the chunks
+    block = work_layout(like, chunks, shards, compression, tuple(2 * x for x in h), spatial)
+    grid = BlockGrid(spatial, block)
     p = {"affinities": affinities, "reduce": reduce, "seeds": seed_method,
          "threshold": float(threshold), "sampling": tuple(float(s) for s in bv.voxel_size),
          "min_size": int(min_size), "with_distance": distance is not None,
          "with_seeds": seeds is not None, "relabel": relabel, "counts": grid.counts}
     reads = [Read(bv, halo=h, boundary="none", channels="all" if affinities else "same")]
     reads += [Read(ev, halo=h, boundary="none") for ev in extra]
-    like = open_volume(bv.url) if not affinities else _spatial_like(bv)
 
     def stages(out: Volume, setup: dict[str, Any]) -> list:
         scratch = progress_of(out) / "watershed"
@@ -256,10 +282,12 @@ def watershed(boundary: Volume | str | os.PathLike, dst: str | os.PathLike, *,
         return [first, LaterStage("number", build)]
 
     job = {k: v for k, v in p.items() if k not in ("counts",)}
-    job.update(halo=list(h))
-    return run_blockwise("watershed", like, dst, np.uint32 if relabel else np.uint64, job, opts,
-                         stages, chunks=chunks, shards=shards, compression=compression,
-                         attrs={"labels": True}, inputs=[bv, *extra])
+    job.update(halo=list(h), block=list(block))
+    result = run_blockwise("watershed", like, dst, np.uint32 if relabel else np.uint64, job,
+                           opts, stages, chunks=chunks, shards=shards, compression=compression,
+                           attrs={"labels": True}, inputs=[bv, *extra], grid_block=block)
+    warn_nan(bv, int(result.attrs.get("emarray", {}).get("nan_voxels", 0)), "watershed")
+    return result
 
 
 def _spatial_like(bv: Volume) -> Volume:
@@ -284,6 +312,7 @@ def _record_count(out: Volume, fin: Any) -> Any:
         given = fin(acc)
         g = out.open_group()
         g.attrs["emarray"] = {**dict(g.attrs.get("emarray") or {}),
-                              "fragments": given["fragments"]}
+                              "fragments": given["fragments"],
+                              "nan_voxels": given["nan_voxels"]}
         return given
     return finalize

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import redact
 from ..engine import RunOptions
 from ..engine.output import OutputLock
 from ..errors import EmarrayError, InvalidArgumentError, OutputExistsError
+from ..spec import speaking
 from .ops import STEP_RUN_KEYS
 from .recipe import Recipe, Step, load_recipe
 from .state import State, fingerprint, stored
@@ -204,9 +206,8 @@ def _recipe_record(rec: Recipe, given: Any, sets: tuple[str, ...]) -> dict[str, 
     if isinstance(given, dict) and given.get("storage_options"):  # credentials: never kept
         given = {**given, "storage_options": {k: "***" for k in given["storage_options"]}}
         text = yaml.safe_dump(given, sort_keys=False)
-    sets = tuple(s if not s.startswith("storage_options") else s.split("=")[0] + "=***"
-                 for s in sets)
-    return {"path": rec.path, "about": rec.about, "sets": list(sets), "text": text}
+    sets = tuple(redact.command_line(["--set", s]).removeprefix("--set ") for s in sets)
+    return {"path": rec.path, "about": rec.about, "sets": list(sets), "text": redact.text(text)}
 
 
 def _write_report(workdir: str, say: Callable[[str], None]) -> None:
@@ -249,9 +250,10 @@ def _run_step(p: Planned, k: int, n: int, state: State, opts: RunOptions, schedu
     state.mark(st.name, "running", p.fingerprint, st.out, **shown)
     t0 = time.monotonic()
     try:
-        value = st.op.function()(**args, **params, options=step_opts)
+        with speaking("recipe", st.name):  # its messages name the step's keys, not options
+            value = st.op.function()(**args, **params, options=step_opts)
     except EmarrayError as exc:  # the same error, naming the step
-        state.mark(st.name, "failed", p.fingerprint, st.out, str(exc), **shown,
+        state.mark(st.name, "failed", p.fingerprint, st.out, redact.text(str(exc)), **shown,
                    seconds=time.monotonic() - t0)
         raise _naming(exc, f"step {st.name!r} ({st.op_name}): {exc}") from exc
     dt = time.monotonic() - t0

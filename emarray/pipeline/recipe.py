@@ -282,6 +282,12 @@ def _check_outputs(steps: list[Step], workdir: str) -> None:
             raise InvalidArgumentError(
                 f"step {st.name!r} would write {st.out}, which is (or holds) the workdir "
                 f"{workdir}; give the step an out inside it, or leave out out")
+    for k, (st, o) in enumerate(outs):
+        for other, o2 in outs[k + 1:]:
+            if o2 == o:  # one place under two spellings (a link, a parent folder's link)
+                raise InvalidArgumentError(
+                    f"steps {st.name!r} and {other.name!r} both write {o} ({st.out} and "
+                    f"{other.out}, links resolved); give one of them another out")
     for st, o in outs:
         for other, o2 in outs:
             if other is not st and o2 in o.parents:
