@@ -28,6 +28,7 @@ import emarray
 from emarray import spec
 
 from .conftest import make_volume
+from .test_slurm import slurm_up  # noqa: F401 - the fixture: the local SLURM answers
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -809,3 +810,50 @@ def test_store_secrets_reach_the_job_and_are_shown_nowhere(folder):
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert secret not in out + err
+
+
+def test_a_failed_job_says_why_in_one_line(server, folder):
+    """A scheduler address that answers nothing: the job fails with the CLI's one line."""
+    status, reply = server.api("POST", "/api/jobs", {"operator": "threshold", "params": {
+        "src": str(folder / "prob.zarr"), "dst": str(folder / "unreached.zarr"), "value": "0.5",
+        "where": "address", "address": "tcp://127.0.0.1:9", "connect_timeout": "1"}})
+    assert status == 200, reply
+    job = server.wait_job(reply["id"])
+    assert job["state"] == "failed" and job["resumable"]
+    assert job["command"].endswith("--scheduler=tcp://127.0.0.1:9 --connect-timeout=1.0 "
+                                   f"--report={folder}/.emarray-gui/jobs/{reply['id']}/report.html")
+    r = CliRunner().invoke(cli, ["threshold", str(folder / "prob.zarr"),
+                                 str(folder / "unreached2.zarr"), "--value", "0.5", "--scheduler",
+                                 "tcp://127.0.0.1:9", "--connect-timeout", "1"])
+    assert r.exit_code == 2 and r.output.strip() == f"error: {job['error']}"
+    # where to run is checked at its fields like any other
+    for field, value, words in (("address", "127.0.0.1:9", "tcp://host:8786"),
+                                ("workers", "0", "workers"),
+                                ("slurm_config", str(folder / "nope.yaml"), "no SLURM config")):
+        status, reply = server.api("POST", "/api/check", {
+            "operator": "threshold", "field": field, "value": value,
+            "values": {"where": {"slurm_config": "slurm"}.get(field, "address")}})
+        assert words in reply["message"], (field, reply)
+
+
+@pytest.mark.slurm
+def test_a_job_on_slurm_from_its_form_equals_the_threaded_run(server, folder, big,
+                                                              slurm_up):  # noqa: F811
+    (folder / "slurm.yaml").write_text(
+        "slurm:\n  jobs: 1\n  memory: 2GB\n  walltime: '00:10:00'\n"
+        f"  log_directory: {folder / 'slurm-logs'}\n")
+    (folder / "bad-slurm.yaml").write_text("slurm:\n  partiton: gpu\n")
+    status, reply = server.api("POST", "/api/check", {
+        "operator": "threshold", "field": "slurm_config", "value": str(folder / "bad-slurm.yaml"),
+        "values": {"where": "slurm"}})
+    assert "unknown slurm setting 'partiton'" in reply["message"]
+    status, reply = server.api("POST", "/api/jobs", {"operator": "threshold", "params": {
+        "src": str(big), "dst": str(folder / "on-slurm.zarr"), "value": "0.4", "where": "slurm",
+        "slurm_config": str(folder / "slurm.yaml"), "workers": "1", "report": False}})
+    assert status == 200, reply
+    job = server.wait_job(reply["id"], timeout=280)
+    assert job["state"] == "done", job.get("log")
+    assert "--scheduler=slurm --workers=1 --slurm-config=" in job["command"]
+    assert list((folder / "slurm-logs").glob("emarray-worker-*.out"))  # it ran in a SLURM job
+    run_cli("threshold", big, folder / "threads.zarr", "--value", "0.4")
+    assert stored_chunks(folder / "on-slurm.zarr") == stored_chunks(folder / "threads.zarr")

@@ -132,17 +132,15 @@ async def api_job(request: Request) -> JSONResponse:
     return JSONResponse(await run_in_threadpool(g.jobs.summary, d, lines))
 
 
-async def api_stop(request: Request) -> JSONResponse:
+async def api_act(request: Request) -> JSONResponse:
+    """``POST /api/jobs/ID/stop`` and ``POST /api/jobs/ID/resume``."""
+    jobs = gui(request).jobs
+    act = {"stop": jobs.stop, "resume": jobs.resume}.get(request.path_params["act"])
+    if act is None:
+        return refused(f"a job can stop or resume, not {request.path_params['act']!r}",
+                       status=404)
     try:
-        state = await run_in_threadpool(gui(request).jobs.stop, request.path_params["id"])
-    except EmarrayError as exc:
-        return refused(str(exc))
-    return JSONResponse({"id": request.path_params["id"], "state": state})
-
-
-async def api_resume(request: Request) -> JSONResponse:
-    try:
-        state = await run_in_threadpool(gui(request).jobs.resume, request.path_params["id"])
+        state = await run_in_threadpool(act, request.path_params["id"])
     except EmarrayError as exc:
         return refused(str(exc))
     return JSONResponse({"id": request.path_params["id"], "state": state})
@@ -254,8 +252,7 @@ ROUTES = [
     Route("/api/jobs", api_jobs),
     Route("/api/jobs", api_submit, methods=["POST"]),
     Route("/api/jobs/{id}", api_job),
-    Route("/api/jobs/{id}/stop", api_stop, methods=["POST"]),
-    Route("/api/jobs/{id}/resume", api_resume, methods=["POST"]),
+    Route("/api/jobs/{id}/{act}", api_act, methods=["POST"]),
     Route("/api/catalog", api_catalog),
     Route("/api/volumes", api_volumes),
     Route("/api/browse", api_browse),

@@ -11,7 +11,6 @@ and the viewer share one origin, one port (one SSH tunnel) and one token.
 from __future__ import annotations
 
 import http.client
-import json
 import socket
 import threading
 from pathlib import Path
@@ -23,35 +22,29 @@ from starlette.responses import FileResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from ..errors import EmarrayError
+from ..view import DataServer
 from .places import Folders
 
 #: viewers kept (the oldest are dropped)
 KEEP = 16
 
 
-class _Data:
-    """emarray view's data server, as the gui serves it: ``folder`` and ``document`` register
-    what the layers read and return their URLs under ``BASE/data/``."""
+class _Data(DataServer):
+    """emarray view's data server as the gui serves it: its ``folder`` and ``document``, with
+    no HTTP server of its own (the gui answers ``BASE/data/``); a folder is registered only
+    inside the gui's folders as well as the paths named."""
 
     def __init__(self, served: Any, base: str, folders: Folders, roots: Any = ()):
-        self.served, self.base, self.folders, self.roots = served, base, folders, list(roots)
+        self.served, self.roots = served, [Path(r) for r in roots]
+        self.base, self.folders = base, folders
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/data"
 
     def folder(self, path: Path) -> str:
-        from ..view import within
-        real = self.folders.resolve(path, "viewer data")  # nothing a file names widens it
-        if self.roots and not within(real, self.roots):  # nor beyond the paths named
-            raise EmarrayError(f"{path} lies outside the paths named ({real})")
-        for key, known in self.served.folders.items():
-            if known == real:
-                return f"{self.base}/data/{key}"
-        key = f"d{len(self.served.folders)}"
-        self.served.folders[key] = real
-        return f"{self.base}/data/{key}"
-
-    def document(self, obj: Any) -> str:
-        key = f"/doc{len(self.served.documents)}"
-        self.served.documents[f"{key}/info"] = json.dumps(obj).encode()
-        return f"{self.base}/data{key}"
+        self.folders.resolve(path, "viewer data")  # nothing a file names widens it
+        return super().folder(path)
 
 
 class Viewers:
