@@ -22,6 +22,9 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 TOKEN_PARAM = "token"
+#: how long the browser keeps the token (a closed and reopened browser needs no new address
+#: while the same gui runs; a new gui has a new token)
+COOKIE_DAYS = 7
 
 
 def new_token() -> str:
@@ -80,7 +83,7 @@ class Guard:
             clean = target.path + (f"?{target.query}" if target.query else "")
             response: Response = RedirectResponse(clean, status_code=303)
             response.set_cookie(self.cookie, self.token, httponly=True, samesite="strict",
-                                path="/")
+                                path="/", max_age=COOKIE_DAYS * 86400)
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
