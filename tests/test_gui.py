@@ -529,6 +529,11 @@ def test_a_volume_opens_in_the_viewer_and_renders(server, driver, folder):
     assert call(f"{server.url}/data/{key}/zarr.json", token=server.token)[0] == 200
     assert call(f"{server.url}/data/{key}/../../prob.zarr/zarr.json",
                 token=server.token)[0] in (403, 404)
+    chunk = folder / "prob.zarr" / "0" / "c" / "0" / "0" / "0"
+    req = urllib.request.Request(f"{server.url}/data/{key}/0/c/0/0/0", headers={
+        "Authorization": f"Bearer {server.token}", "Range": "bytes=4-13"})
+    with urllib.request.urlopen(req, timeout=30) as r:  # a shard's index, a chunk in a shard
+        assert r.status == 206 and r.read() == chunk.read_bytes()[4:14]
     ng = frame.get_attribute("src")
     assert ng.startswith(f"{server.url}/ng/v/") and call(ng)[0] == 403
     assert [e for e in console_errors(driver) if "favicon" not in e] == []
