@@ -397,6 +397,35 @@ def view(paths: tuple[str, ...], segments: str | None, size: str, **kw: Any) -> 
     _view(paths, segments=ids, size=(w, h), echo=click.echo, **kw)
 
 
+@cli.command("gui")
+@click.argument("folders", nargs=-1, metavar="[FOLDER]...")
+@click.option("--port", type=int, default=None,
+              help="The port (default: 8765, or the next free one above it).")
+@click.option("--bind", default="127.0.0.1",
+              help="Address to serve on; only this machine can connect unless you widen it.")
+@click.option("--no-open", is_flag=True, help="Do not open a browser.")
+@click.option("--jobs", "max_running", type=click.IntRange(min=1), default=2,
+              help="Jobs that run at once; more wait in the queue.")
+@_verbosity_options
+@click.pass_context
+@_friendly
+def gui(ctx: click.Context, folders: tuple[str, ...], port: int | None, bind: str,
+        no_open: bool, max_running: int) -> None:
+    """Serve the operators, training, recipes, results and the viewer as a web page, for the
+    FOLDERs named (default: this one).
+
+    Prints the page's address with a fresh token first; only this machine can open it (reach
+    it from elsewhere through an SSH tunnel: see the gui page of the docs). Ctrl-C stops the
+    page; the jobs it started go on and are listed again next time.
+    """
+    from . import storage
+    from .gui import serve
+    given = ctx.find_root().params.get("storage_options") or ()
+    serve(list(folders) or ["."], port=port, bind=bind, open_browser=not no_open,
+          max_running=max_running, storage_options=storage.parse_options(given) or None,
+          echo=click.echo)
+
+
 def _verbosity_params() -> list[click.Parameter]:
     holder = click.Command("x")
     _verbosity_options(holder)

@@ -149,6 +149,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return os.fspath(target)
 
 
+def served_path(served: Served, url_path: str) -> str:
+    """The file the data server answers ``url_path`` with, confined as it confines it
+    ("/nonexistent" when nothing is served there): for ``emarray gui``, which serves the same
+    folders through its own guarded app."""
+    from types import SimpleNamespace
+    return _Handler.translate_path(SimpleNamespace(served=served), url_path)  # type: ignore[arg-type]
+
+
 def byte_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     """The bytes ``[start, stop)`` a ``Range`` header asks of a file of ``size`` bytes: None
     for the whole file (no header, or one this server does not honour: several ranges, not
