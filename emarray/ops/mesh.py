@@ -182,7 +182,7 @@ def _stitch(ctx: BlockContext, *, scratch: Path, out: Path, fmt: str, voxel: np.
     return done
 
 
-def _ids(value: Any, name: str) -> Any:
+def parse_ids(value: Any, name: str) -> Any:
     """Object ids, exact at any size (``3,17``; up to 2**64 - 1, and negative ones for signed
     labels); 0 is the background. Checked against the labels' dtype before the job starts."""
     from .._normalize import whole_number
@@ -244,7 +244,7 @@ SPEC = Operator(
             Param("reduction", "float", "simplify each mesh to about 1/reduction of its "
                                         "triangles (0: keep every triangle)", minimum=0),
             Param("ids", "text", "mesh only these ids, e.g. 3,17,42 (exact at any size, up to "
-                                 "2**64 - 1; negative ones for signed labels)", parse=_ids),
+                                 "2**64 - 1; negative ones for signed labels)", parse=parse_ids),
             Param("per_task", "int", "objects stitched per task", minimum=1)),
     run=ENGINE + REPLACE + INCOMPLETE, report=_report,
     examples=("emarray mesh cells.zarr cells.meshes",
