@@ -45,6 +45,12 @@ def read_precomputed(folder, obj, voxel) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(s.vertices, float)[:, ::-1] / np.asarray(voxel) - 0.5, s.edges
 
 
+def blocks(out) -> int:
+    """How many blocks the job that wrote ``out`` ran (its manifest records its block)."""
+    job = json.loads((out / MANIFEST).read_text())["job"]
+    return int(np.prod([-(-n // b) for n, b in zip(job["input"]["shape"], job["block"])]))
+
+
 def cable(v, e, voxel) -> float:
     return float(np.linalg.norm((v[e[:, 0]] - v[e[:, 1]]) * np.asarray(voxel), axis=1).sum())
 
@@ -70,14 +76,25 @@ def on_face(points, shape) -> np.ndarray:
     return ((points <= 0) | (points >= np.asarray(shape) - 1)).any(1)
 
 
+def pieces(v, e) -> int:
+    """Connected components of a skeleton."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    n = len(v)
+    e = np.asarray(e, np.int64)
+    return connected_components(coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])),
+                                           shape=(n, n)), directed=False)[0]
+
+
 def assert_like_kimimaro(ours, ref, voxel, what, shape):
-    """Cable length within 2 %; as many end and branch points, each within two voxels of
-    one of the other's; but an end on a face of the volume, where the object is cut rather
-    than ended, is TEASAR's farthest point of the cut (any of its points may be): within
-    eight voxels of the other's on that face."""
+    """As many connected pieces; cable length within 2 %; as many end and branch points,
+    each within two voxels of one of the other's; but an end on a face of the volume, where
+    the object is cut rather than ended, is TEASAR's farthest point of the cut (any of its
+    points may be): within eight voxels of the other's on that face."""
     v, e = ours
     rv, re_ = ref
-    assert len(e) == len(v) - 1 or len(e) < len(v), what  # a forest: no cycles
+    assert len(e) == len(v) - pieces(v, e), what  # a forest: no cycles
+    assert pieces(v, e) == pieces(rv, re_), (what, pieces(v, e), pieces(rv, re_))
     got, want = cable(v, e, voxel), cable(rv, re_, voxel)
     assert abs(got - want) <= 0.02 * want, (what, got, want)
     (ends, branches), (rends, rbranches) = special(v, e), special(rv, re_)
@@ -96,8 +113,10 @@ def test_neurites_equal_kimimaro_on_the_whole_array_for_three_chunkings(tmp_path
     for chunks in [(48, 96, 96), (16, 32, 32), (12, 40, 48)]:
         v = make_volume(tmp_path / f"l{chunks[1]}.zarr", lab, chunks, voxel_size=VOXEL)
         out = tmp_path / f"s{chunks[1]}"
-        assert emarray.skeleton(v, out) == 4
+        # a halo of 300 nm (const; the default is twice that) keeps blocks small here
+        assert emarray.skeleton(v, out, halo="300nm") == 4
         assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "1", "2", "3", "4", "info"]
+        assert blocks(out) == {(48, 96, 96): 1, (16, 32, 32): 8, (12, 40, 48): 12}[chunks]
         for i in ref:
             ours = read_precomputed(out, i, VOXEL)
             assert_like_kimimaro(ours, ref[i], VOXEL, (chunks, i), lab.shape)
@@ -123,6 +142,7 @@ def test_flyem_ground_truth_equal_kimimaro_for_three_chunkings(tmp_path, shared_
         v = make_volume(tmp_path / f"l{chunks[1]}.zarr", lab, chunks, voxel_size=voxel)
         out = tmp_path / f"s{chunks[1]}"
         assert emarray.skeleton(v, out) == len(ref)
+        assert blocks(out) == {(50, 100, 100): 1, (25, 40, 40): 4, (16, 48, 24): 4}[chunks]
         for i in ref:
             assert_like_kimimaro(read_precomputed(out, i, voxel), ref[i], voxel, (chunks, i),
                                  lab.shape)
@@ -213,3 +233,35 @@ def test_killed_then_resumed_gives_the_same_skeletons(tmp_path):
     for i in (1, 2, 3, 4):
         assert (tmp_path / "s" / f"{i}.swc").read_text() == \
             (tmp_path / "clean" / f"{i}.swc").read_text()
+
+
+def test_pieces_ending_on_one_cross_section_of_a_face_are_joined_and_dust_spans_faces():
+    """Two blocks that trace a neurite through their shared face (z = 4) but cross it at
+    neighbouring voxels: their pieces share no vertex; both ends lie on the same cross-section
+    (the same key), so they are joined there by the shortest link. The object's voxels are
+    counted over both blocks (its read pieces linked through that cross-section)."""
+    from emarray.ops.skeleton import join_pieces
+    key, empty = 4 * 3 + 0, np.empty(0, np.int64)
+
+    def piece(vertices, edges, block, voxels, ends):
+        v = np.asarray(vertices, np.int64)
+        return {"vertices": v, "radius": np.ones(len(v)), "edges": np.asarray(edges, np.int64),
+                "dust": np.full(len(v), block << 32), "key_vertex": np.asarray(ends, np.int64),
+                "key": np.full(len(ends), key), "pieces": np.array([block << 32]),
+                "voxels": np.array([voxels]), "link_piece": np.array([block << 32]),
+                "link_key": np.array([key])}
+    a = piece([(2, 0, 0), (3, 0, 0), (4, 0, 0)], [(0, 1), (1, 2)], 0, 600, [2])
+    b = piece([(4, 0, 1), (5, 0, 1), (6, 0, 1)], [(0, 1), (1, 2)], 1, 500, [0])
+    v, e, _ = join_pieces([a, b], dust=1000)
+    assert v.tolist() == [[2, 0, 0], [3, 0, 0], [4, 0, 0], [4, 0, 1], [5, 0, 1], [6, 0, 1]]
+    assert sorted(map(sorted, e.tolist())) == [[0, 1], [1, 2], [2, 3], [3, 4], [4, 5]]
+    # 600 + 500 voxels, over 1000: kept; the same pieces not linked by the face: each is dust
+    for p in (a, b):
+        p["link_key"] = p["key"] = np.full(len(p["key"]), key + 3 * (1 + p["pieces"][0]))
+    assert len(join_pieces([a, b], dust=1000)[0]) == 0
+    assert len(join_pieces([a, b], dust=500)[0]) == 3  # a alone (600) is kept
+    # a block that holds voxels of the object but none of its skeleton counts too
+    c = {**piece([], [], 2, 400, []), "vertices": np.empty((0, 3), np.int64),
+         "edges": np.empty((0, 2), np.int64), "key_vertex": empty, "key": empty}
+    c["link_key"] = a["link_key"][:1]
+    assert len(join_pieces([a, b, c], dust=999)[0]) == 3  # a + c: 1000

@@ -1,8 +1,9 @@
 """One skeleton per object of a label volume (TEASAR, with kimimaro), out of core, joined
 across block faces.
 
-1. ``skeleton``: each block is read with a halo on every side (``halo``, by default the
-   TEASAR ``const``: what one traced path invalidates around itself) and skeletonized whole
+1. ``skeleton``: each block is read with a halo on every side (``halo``, by default twice the
+   TEASAR ``const``, the least of what one traced path invalidates around itself) and
+   skeletonized whole
    with kimimaro. Of each skeleton the block keeps the edges whose midpoint lies inside the
    block (each edge of the volume belongs to exactly one block) and, for every kept vertex on
    a face the block shares with a neighbour, the cross-section of its object there (the 2D
@@ -469,9 +470,9 @@ SPEC = Operator(
                   parse=parse_length, metavar="LENGTH"),
             Param("dust", "int", "objects (connected pieces) of no more voxels than this get "
                                  "no skeleton", unit="voxels", minimum=0),
-            Param("halo", "text", "context read around each block: a length (default: const); "
-                                  "smaller is faster and differs more from the whole-array "
-                                  "skeleton near block faces", parse=parse_length,
+            Param("halo", "text", "context read around each block: a length (default: twice "
+                                  "const); smaller differs more from the whole-array skeleton "
+                                  "near block faces", parse=parse_length,
                   metavar="LENGTH"),
             Param("per_task", "int", "objects stitched per task", minimum=1)),
     run=ENGINE + REPLACE + INCOMPLETE, report=_report,
@@ -517,7 +518,7 @@ def skeleton(labels: Volume | str | os.PathLike, dst: str | os.PathLike, *,
     to_nm = micrometres(lv.unit) * 1000.0
     voxel_nm = voxel * to_nm
     const_nm = _length_nm(const, lv.unit, 300.0)
-    halo_nm = _length_nm(halo, lv.unit, const_nm)
+    halo_nm = _length_nm(halo, lv.unit, 2 * const_nm)
     reach = tuple(max(1, min(math.ceil(halo_nm / v - 1e-9), n)) for v, n in zip(voxel_nm,
                                                                                 lv.shape))
     shift = np.array(lv.translation or (0.0, 0.0, 0.0), np.float64)
