@@ -54,13 +54,18 @@ def neurites(shape: tuple[int, int, int], seed: int = 0) -> list[tuple[np.ndarra
 
 
 def make_volume(gvox: float) -> Path:
-    """The labels at ``gvox`` (made once), slab by slab: memory of a slab."""
-    import emarray
+    """The labels at ``gvox`` (made once)."""
     path = WORK / f"neurites-{gvox:g}.zarr"
-    if (path / "zarr.json").exists():
-        return path
-    shape = shape_of(gvox)
-    segs = neurites(shape)
+    if not (path / "zarr.json").exists():
+        write_neurites(path, shape_of(gvox))
+    return path
+
+
+def write_neurites(path: Path, shape: tuple[int, int, int], seed: int = 0) -> Path:
+    """Random-walk neurites written into a new volume at ``path``, slab by slab (memory of a
+    slab)."""
+    import emarray
+    segs = neurites(shape, seed)
     vol = emarray.create_volume(path, shape, "uint32", (32, 256, 256), voxel_size=VOXEL)
     s = np.asarray(VOXEL)
     for z0 in range(0, shape[0], 32):
