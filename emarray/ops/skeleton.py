@@ -46,12 +46,15 @@ from ..engine.output import reading
 from ..errors import BackendUnavailableError, InvalidArgumentError
 from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
 from ..volume import Volume
+from ._pieces import add, concat_pairs, planned, save_plan, task_objects
 from .common import as_volume
 from .distance import parse_length
 from .mesh import check_ids, parse_ids
 from .skeleton_files import encode_precomputed, info_document, to_swc
 
 FORMATS = ("precomputed", "swc")
+UNSIGNED_ONLY = ("a precomputed skeleton source names segments by unsigned ids: use --format "
+                 "swc")
 #: kimimaro's TEASAR parameters besides scale and const (its defaults, in nanometres)
 TEASAR = {"pdrf_scale": 100000, "pdrf_exponent": 4, "soma_acceptance_threshold": 3500,
           "soma_detection_threshold": 750, "soma_invalidation_const": 300,
@@ -381,14 +384,9 @@ def _write(obj: int, v: np.ndarray, e: np.ndarray, r: np.ndarray, *, out: Path, 
 
 
 def _stitch(ctx: BlockContext, *, scratch: Path, dust: int, write: Any) -> int:
-    with np.load(scratch / "plan.npz", allow_pickle=False) as z:
-        objects, blocks, unique = z["objects"], z["blocks"], z["unique"]
     done = 0
-    for k in range(ctx.region[0].start, min(ctx.region[0].stop, len(unique))):
-        lo = np.searchsorted(objects, unique[k], side="left")
-        hi = np.searchsorted(objects, unique[k], side="right")
-        obj = int(unique[k])
-        pieces = [_load_piece(scratch / str(int(b)), obj) for b in blocks[lo:hi]]
+    for obj, blocks in task_objects(ctx, scratch):
+        pieces = [_load_piece(scratch / str(int(b)), obj) for b in blocks]
         v, e, r = join_pieces(pieces, dust)
         if len(v):
             write(obj, v, e, r)
@@ -413,30 +411,6 @@ def _block(ctx: BlockContext, labels: np.ndarray, *, voxel_nm: np.ndarray, param
     _save_pieces(scratch / str(flat), pieces, dtype)
     objs = np.array(sorted(pieces), dtype)
     return objs, np.full(objs.size, flat, np.int64)
-
-
-def _concat(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
-            ) -> tuple[np.ndarray, np.ndarray]:
-    return np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]])
-
-
-def _plan(acc: Any, *, scratch: Path, dtype: np.dtype, fmt: str, url: str) -> dict[str, Any]:
-    objects, blocks = acc if acc is not None else (np.empty(0, dtype), np.empty(0, np.int64))
-    order = np.lexsort((blocks, objects))
-    objects, blocks = objects[order].astype(dtype, copy=False), blocks[order]
-    if fmt == "precomputed" and objects.size and objects[0] < 0:
-        raise InvalidArgumentError(
-            f"{url} holds negative label ids (e.g. {int(objects[0])}); a precomputed skeleton "
-            "source names segments by unsigned ids: use --format swc")
-    unique = np.unique(objects)
-    buf = io.BytesIO()
-    np.savez(buf, objects=objects, blocks=blocks, unique=unique)
-    atomic_write(scratch / "plan.npz", buf.getvalue())
-    return {"objects": int(unique.size)}
-
-
-def _add(a: int, b: int) -> int:
-    return a + b
 
 
 def _report(n: int, args: dict[str, Any]) -> list[str]:
@@ -544,34 +518,30 @@ def skeleton(labels: Volume | str | os.PathLike, dst: str | os.PathLike, *,
             first = Stage("skeleton", partial(_block, voxel_nm=voxel_nm, params=params,
                                               scratch=scratch, counts=grid.counts,
                                               shape=lv.shape, ids=wanted), grid,
-                          [Read(lv, halo=reach, boundary="none")], combine=_concat,
-                          finalize=partial(_plan, scratch=scratch, dtype=id_dtype(lv.dtype),
-                                           fmt=format, url=lv.url))
+                          [Read(lv, halo=reach, boundary="none")], combine=concat_pairs,
+                          finalize=partial(save_plan, scratch=scratch, dtype=id_dtype(lv.dtype),
+                                           url=lv.url, unsigned_only=UNSIGNED_ONLY
+                                           if format == "precomputed" else ""))
             write = partial(_write, out=target.staging, fmt=format, voxel=voxel, shift=shift,
                             to_nm=to_nm, unit=lv.unit, labels=shown)
 
             def build(given: dict[str, Any]) -> Stage:
                 # the objects are known: a user's file of one of their names stops the job
                 # here, before any skeleton is joined
-                target.check_free(skeleton_files(_planned(scratch), format))
+                target.check_free(skeleton_files(planned(scratch), format))
                 n = max(1, given["objects"])
                 return Stage("stitch", partial(_stitch, scratch=scratch, dust=int(dust),
                                                write=write),
-                             BlockGrid((n,), (min(per_task, n),)), combine=_add)
+                             BlockGrid((n,), (min(per_task, n),)), combine=add)
             total = run_stages([first, LaterStage("stitch", build)], runner, checkpoint,
                                retries=opts.retries)
         gone = {p.name for p in (scratch / "dust").iterdir()}
-        files = [f for f in skeleton_files(_planned(scratch), format)
+        files = [f for f in skeleton_files(planned(scratch), format)
                  if f.removesuffix(".swc") not in gone]
         atomic_write(target.path("info"),
                      json.dumps(info_document(shown, format, lv.unit)).encode())
         target.commit(files + ["info"], result=int(total or 0))
     return int(total or 0)
-
-
-def _planned(scratch: Path) -> np.ndarray:
-    with np.load(scratch / "plan.npz", allow_pickle=False) as z:
-        return z["unique"]
 
 
 def skeleton_files(objects: np.ndarray, fmt: str) -> list[str]:
