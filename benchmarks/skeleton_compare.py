@@ -1,6 +1,6 @@
 """Skeletons of a synthetic label volume of neurites: emarray out of core against kimimaro on
-the whole array in RAM, each in its own process, one core each; time, peak RSS and how far
-the skeletons differ (cable length per object).
+the whole array in RAM, each in its own process, one core each; time (wall, and CPU: the
+machine may be shared), peak RSS and how far the skeletons differ (cable length per object).
 
 The volume: random-walk tubes (each a few branches, radius 2.5-6 voxels across, voxels
 16 x 8 x 8 nm) written slab by slab into a zarr volume (made once per size, outside the
@@ -95,6 +95,11 @@ def _rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def cable(v: np.ndarray, e: np.ndarray) -> float:
     return float(np.linalg.norm(v[e[:, 0]] - v[e[:, 1]], axis=1).sum())
 
@@ -107,18 +112,18 @@ def variant(name: str, gvox: float) -> dict:
     if name == "kimimaro-in-ram":
         import kimimaro
         labels = vol.read()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_s()
         sk = kimimaro.skeletonize(np.asfortranarray(labels.T), anisotropy=VOXEL[::-1],
                                   dust_threshold=1000, fix_borders=False, progress=False,
                                   parallel=1)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, _cpu_s() - c0
         cables = {str(i): cable(np.asarray(s.vertices, float), s.edges) for i, s in sk.items()}
     elif name == "emarray":
         from emarray.ops.skeleton_files import decode_precomputed
         out = WORK / f"skeletons-{gvox:g}"
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_s()
         emarray.skeleton(vol, out, overwrite=out.exists(), workers=1, progress=False)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, _cpu_s() - c0
         for f in out.iterdir():
             if f.name.isdigit():
                 v, e, _ = decode_precomputed(f.read_bytes())
@@ -127,7 +132,7 @@ def variant(name: str, gvox: float) -> dict:
         raise SystemExit(f"unknown variant {name}")
     (WORK / f"cables-{name}-{gvox:g}.json").write_text(json.dumps(cables))
     return {"variant": name, "gvox": round(float(np.prod(vol.shape)) / 1e9, 3),
-            "shape": list(vol.shape), "seconds": round(seconds, 1),
+            "shape": list(vol.shape), "seconds": round(seconds, 1), "cpu_s": round(cpu, 1),
             "mvox_per_s": round(float(np.prod(vol.shape)) / seconds / 1e6, 2),
             "skeletons": len(cables), "peak_rss_gib": round(_rss_gib(), 2)}
 
