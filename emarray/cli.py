@@ -371,10 +371,10 @@ def report(workdir: str, out: str | None) -> None:
 def view(paths: tuple[str, ...], segments: str | None, size: str, **kw: Any) -> None:
     """Show volumes in neuroglancer, served from disk (never loaded into memory).
 
-    PATH is an OME-Zarr / zarr v3 volume, an objects table or mesh folder made from a label
+    PATH is an OME-Zarr / zarr v3 volume, an objects table, mesh or skeleton folder made from a label
     volume (name that volume too), or a folder of them such as a recipe's work folder. Only
     the paths named are served. Label volumes show as segmentations, with their objects table
-    (segment properties) and meshes when emarray made them. Prints the viewer's address;
+    (segment properties), meshes and skeletons when emarray made them. Prints the viewer's address;
     Ctrl-C ends it.
 
     \b

@@ -5,8 +5,9 @@ The ``neuroglancer`` Python package serves the viewer (its client ships inside i
 CORS), chunk by chunk as the viewer asks: nothing is loaded into memory, and neuroglancer reads
 the voxel size, units and pyramid levels from the OME metadata itself. Images become image
 layers (contrast from the dtype or a sample of chunks), label volumes segmentation layers, with
-the ``objects`` table made from them as segment properties and the ``emarray mesh`` folder made
-from them as meshes (found beside them, or given on the command line). float64 volumes, which
+the ``objects`` table made from them as segment properties and the ``emarray mesh`` and
+``emarray skeleton`` folders made from them as meshes and skeletons (found beside them, or
+given on the command line). float64 volumes, which
 neuroglancer cannot show, are served as float32 through the package's own volume server.
 """
 from __future__ import annotations
@@ -372,9 +373,11 @@ def table_labels(table: Path) -> str | None:
 
 
 def mesh_labels(folder: Path) -> str | None:
-    """The label volume an ``emarray mesh`` folder was made from (its ``info`` says)."""
+    """The label volume an ``emarray mesh`` folder, or a precomputed ``emarray skeleton``
+    folder, was made from (its ``info`` says): both are shown as sources of its layer."""
     from .ops.mesh import read_info
-    info = read_info(folder)
+    from .ops.skeleton_files import read_info as skeleton_info
+    info = read_info(folder) or skeleton_info(folder)
     labels = (info or {}).get("emarray", {}).get("labels")
     return _real(labels) if isinstance(labels, str) and "://" not in labels else None
 
@@ -447,7 +450,8 @@ def _sort(paths: Sequence[Path], roots: Sequence[Path]) -> Found:
         elif path.is_dir() and (path / "info").is_file() and not _is_volume(path):
             owner = mesh_labels(path)
             if owner is None:
-                raise InvalidArgumentError(f"{path} is not a mesh folder made by emarray mesh")
+                raise InvalidArgumentError(f"{path} is not a mesh folder made by emarray mesh, "
+                                           "nor a precomputed one made by emarray skeleton")
             found.meshes.setdefault(owner, []).append(path)
         elif path.is_dir() and not _is_volume(path):
             inner = _inside(path, roots)
@@ -692,7 +696,7 @@ def view(paths: Sequence[str | os.PathLike], *, port: int = 0, bind: str = "127.
          screenshot: str | os.PathLike | None = None, size: Sequence[int] = (1280, 960),
          open_browser: bool = False, segments: Sequence[int] = (),
          echo: Callable[[str], None] = print, wait: bool = True) -> Any:
-    """Show ``paths`` (volumes, objects tables, mesh folders, or a folder of them) in
+    """Show ``paths`` (volumes, objects tables, mesh or skeleton folders, or a folder of them) in
     neuroglancer and return the viewer; ``wait``: serve until Ctrl-C, then stop.
 
     With ``screenshot``, a headless Chromium loads the viewer, waits until every layer has

@@ -492,3 +492,51 @@ def test_a_reports_view_command_names_the_table_it_shows(scene, tmp_path):
     assert os.fspath(tmp_path / "cells.csv") in paths, paths
     found = V.gather(paths)
     assert list(found.tables) == [os.path.realpath(tmp_path / "cells.zarr")]
+
+
+def test_skeletons_show_with_their_segmentation_and_keep_the_confinement(tmp_path):
+    """A precomputed skeleton folder beside its labels (or named) is a source of their layer,
+    loads in the browser without an error and draws in 3D; one whose info names labels
+    elsewhere is refused (named) or left out (inside a folder named), as mesh folders are."""
+    pytest.importorskip("kimimaro")
+    from .skeleton_shapes import VOXEL, neurites
+    lab = neurites()
+    v = make_volume(tmp_path / "cells.zarr", lab, (24, 48, 48), voxel_size=VOXEL)
+    emarray.skeleton(v, tmp_path / "cells.skeletons")
+    emarray.skeleton(v, tmp_path / "swc", format="swc")
+    logs: list = []
+    lines: list[str] = []
+    viewer = V.view([tmp_path], layout="3d", segments=(1, 3), echo=lines.append, wait=False)
+    try:
+        [layer] = viewer.state.layers
+        assert [s.url.split("/")[-1] for s in layer.source][1:] == ["d1"], layer.source
+        with V.browser(viewer, (640, 480)) as wd:
+            wd.add_log_listener(logs.append)
+            wd.sync()
+            shown = np.asarray(Image.open(io.BytesIO(V.capture(viewer, (640, 480)))).convert(
+                "RGB")).astype(int)
+            states = layer_states(wd.driver)
+            assert [s["error"] for s in states[0]["sources"]] == [None, None], states
+            with viewer.txn() as st:  # no segment chosen: the skeletons' lines go
+                st.layers[0].segments = set()
+            bare = np.asarray(Image.open(io.BytesIO(V.capture(viewer, (640, 480)))).convert(
+                "RGB")).astype(int)
+            lines_drawn = (np.abs(shown - bare).max(axis=2) > 60).sum()
+            assert lines_drawn > 300, lines_drawn  # two skeletons, hundreds of voxels long
+        assert not console_problems(logs), console_problems(logs)
+    finally:
+        neuroglancer.stop()
+    # its info naming labels elsewhere: refused when named, left out of a folder named
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copytree(tmp_path / "cells.skeletons", other / "cells.skeletons")
+    info = json.loads((other / "cells.skeletons" / "info").read_text())
+    info["emarray"]["labels"] = str(tmp_path / "elsewhere.zarr")
+    (other / "cells.skeletons" / "info").write_text(json.dumps(info))
+    make_volume(other / "raw.zarr", lab.astype(np.uint8) * 0 + 1, 48)
+    with pytest.raises(emarray.errors.InvalidArgumentError, match="not among the paths named"):
+        V.gather([other / "cells.skeletons"])
+    found = V.gather([other])
+    assert found.meshes == {} and any("cells.skeletons is not shown" in n for n in found.notes)
+    with pytest.raises(emarray.errors.InvalidArgumentError, match="emarray skeleton"):
+        V.gather([tmp_path / "swc"])  # SWC files: not a source neuroglancer reads

@@ -41,9 +41,12 @@ from ..engine.output import reading
 from ..errors import InvalidArgumentError
 from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
 from ..volume import Volume
+from ._pieces import add, concat_pairs, planned, save_plan, task_objects
 from .common import as_volume
 
 FORMATS = ("precomputed", "ply", "obj")
+UNSIGNED_ONLY = ("a precomputed mesh source names segments by unsigned ids: use --format ply "
+                 "or obj")
 
 
 def mesh_block(labels: np.ndarray, corner: np.ndarray, voxel: np.ndarray,
@@ -116,28 +119,6 @@ def _mesh(ctx: BlockContext, labels: np.ndarray, *, voxel: np.ndarray, shift: np
     return objs, np.full(objs.size, flat, np.int64)
 
 
-def _concat(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
-            ) -> tuple[np.ndarray, np.ndarray]:
-    return np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]])
-
-
-def _plan(acc: Any, *, scratch: Path, dtype: np.dtype, fmt: str, url: str) -> dict[str, Any]:
-    """Which blocks hold a piece of each object, sorted by object (saved for the stitch):
-    ``objects`` (the labels' ids, exact) and ``blocks``, pairwise, and the ``unique`` ids."""
-    objects, blocks = acc if acc is not None else (np.empty(0, dtype), np.empty(0, np.int64))
-    order = np.lexsort((blocks, objects))
-    objects, blocks = objects[order].astype(dtype, copy=False), blocks[order]
-    if fmt == "precomputed" and objects.size and objects[0] < 0:
-        raise InvalidArgumentError(
-            f"{url} holds negative label ids (e.g. {int(objects[0])}); a precomputed mesh source "
-            "names segments by unsigned ids: use --format ply or obj")
-    unique = np.unique(objects)
-    buf = io.BytesIO()
-    np.savez(buf, objects=objects, blocks=blocks, unique=unique)
-    atomic_write(scratch / "plan.npz", buf.getvalue())
-    return {"objects": int(unique.size)}
-
-
 def stitch(pieces: list[tuple[np.ndarray, np.ndarray]], voxel: np.ndarray,
            reduction: float = 0.0) -> Any:
     """One object's pieces as one ``zmesh.Mesh``: the vertices the pieces share merged, then
@@ -169,20 +150,15 @@ def _write(mesh: Any, obj: int, out: Path, fmt: str, to_nm: float) -> None:
 
 def _stitch(ctx: BlockContext, *, scratch: Path, out: Path, fmt: str, voxel: np.ndarray,
             reduction: float, to_nm: float) -> int:
-    with np.load(scratch / "plan.npz", allow_pickle=False) as z:
-        objects, blocks, unique = z["objects"], z["blocks"], z["unique"]
     done = 0
-    for k in range(ctx.region[0].start, min(ctx.region[0].stop, len(unique))):
-        lo = np.searchsorted(objects, unique[k], side="left")
-        hi = np.searchsorted(objects, unique[k], side="right")
-        obj = int(unique[k])
-        pieces = [_load_piece(scratch / str(int(b)), obj) for b in blocks[lo:hi]]
+    for obj, blocks in task_objects(ctx, scratch):
+        pieces = [_load_piece(scratch / str(int(b)), obj) for b in blocks]
         _write(stitch(pieces, voxel, reduction), obj, out, fmt, to_nm)
         done += 1
     return done
 
 
-def _ids(value: Any, name: str) -> Any:
+def parse_ids(value: Any, name: str) -> Any:
     """Object ids, exact at any size (``3,17``; up to 2**64 - 1, and negative ones for signed
     labels); 0 is the background. Checked against the labels' dtype before the job starts."""
     from .._normalize import whole_number
@@ -244,7 +220,7 @@ SPEC = Operator(
             Param("reduction", "float", "simplify each mesh to about 1/reduction of its "
                                         "triangles (0: keep every triangle)", minimum=0),
             Param("ids", "text", "mesh only these ids, e.g. 3,17,42 (exact at any size, up to "
-                                 "2**64 - 1; negative ones for signed labels)", parse=_ids),
+                                 "2**64 - 1; negative ones for signed labels)", parse=parse_ids),
             Param("per_task", "int", "objects stitched per task", minimum=1)),
     run=ENGINE + REPLACE + INCOMPLETE, report=_report,
     examples=("emarray mesh cells.zarr cells.meshes",
@@ -308,32 +284,27 @@ def mesh(labels: Volume | str | os.PathLike, dst: str | os.PathLike, *,
             first = Stage("mesh", partial(_mesh, voxel=voxel, shift=shift, scratch=scratch,
                                           counts=grid.counts, ids=wanted), grid,
                           [Read(lv, halo=1, sides="high", boundary="constant")],
-                          combine=_concat, finalize=partial(_plan, scratch=scratch,
-                                                            dtype=id_dtype(lv.dtype),
-                                                            fmt=format, url=lv.url))
+                          combine=concat_pairs,
+                          finalize=partial(save_plan, scratch=scratch, dtype=id_dtype(lv.dtype),
+                                           url=lv.url, unsigned_only=UNSIGNED_ONLY
+                                           if format == "precomputed" else ""))
 
             def build(given: dict[str, Any]) -> Stage:
                 # the objects are known: a user's file of one of their names stops the job
                 # here, before any mesh is stitched
-                target.check_free(mesh_files(_planned(scratch), format))
+                target.check_free(mesh_files(planned(scratch), format))
                 n = max(1, given["objects"])
                 return Stage("stitch", partial(_stitch, scratch=scratch, out=target.staging,
                                                fmt=format, voxel=voxel,
                                                reduction=float(reduction), to_nm=to_nm),
-                             BlockGrid((n,), (min(per_task, n),)), combine=_add)
+                             BlockGrid((n,), (min(per_task, n),)), combine=add)
             total = run_stages([first, LaterStage("stitch", build)], runner, checkpoint,
                                retries=opts.retries)
-        files = mesh_files(_planned(scratch), format)
+        files = mesh_files(planned(scratch), format)
         if format == "precomputed":
             atomic_write(target.path("info"), json.dumps(info_document(lv, format)).encode())
         target.commit(files + list(names), result=int(total or 0))
     return int(total or 0)
-
-
-def _planned(scratch: Path) -> np.ndarray:
-    """The ids of the objects the mesh stage found (saved by :func:`_plan`)."""
-    with np.load(scratch / "plan.npz", allow_pickle=False) as z:
-        return z["unique"]
 
 
 def mesh_files(objects: np.ndarray, fmt: str) -> list[str]:
@@ -342,6 +313,3 @@ def mesh_files(objects: np.ndarray, fmt: str) -> list[str]:
         return [n for o in objects.tolist() for n in (str(o), f"{o}:0")]
     return [f"{o}.{fmt}" for o in objects.tolist()]
 
-
-def _add(a: int, b: int) -> int:
-    return a + b
