@@ -181,7 +181,7 @@ def synthetic(dst: str | os.PathLike, shape: Any = (128, 256, 256), *, chunks: A
     (['prob', 'raw', 'truth'], 'float32')
     """
     from .engine import RunOptions
-    from .volume import compressor_codecs
+    from .codecs import compressor_codecs
     opts = RunOptions.make(options, **run)
     shape = parse_tuple(shape, "shape", 3)
     for k in kinds:

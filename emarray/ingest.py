@@ -15,7 +15,8 @@ from .engine import BlockGrid, RunOptions, Stage, Write, run_job
 from .errors import EmarrayWarning
 from .spec import COMPRESSIONS, ENGINE, REPLACE, Operator, Param, Port, given
 from .sources import open_source
-from .volume import Volume, compressor_codecs, create_volume
+from .codecs import compressor_codecs
+from .volume import Volume, create_volume
 
 DEFAULT_CHUNKS = (64, 256, 256)
 

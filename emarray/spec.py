@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._normalize import (finite_number, parse_tuple, real_number, whole_number)
+from .codecs import COMPRESSIONS
 from .errors import InvalidArgumentError
 
 #: what a parameter may be; each kind has one parser (text from the command line or a recipe,
@@ -49,8 +50,6 @@ INCOMPLETE = ("allow_incomplete",)
 BACKEND = ("backend", "gpu_memory_limit")
 #: an operator that writes a volume and has a CUDA path takes all of them
 ELEMENTWISE = ENGINE + REPLACE + INCOMPLETE + BACKEND
-#: the output layout parameters most volume-writing operators declare
-COMPRESSIONS = ("zstd", "blosc-zstd", "blosc-lz4", "gzip", "none")
 
 
 #: where the running job's values were given: "python" (keyword arguments), "cli" (options) or

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import chunk_io, ome, storage
 from .chunks import METADATA, chunk_entries, listing_of
+from .codecs import compressor_codecs, with_checksum
 from .ome import default_axes
 from ._normalize import numeric_dtype, parse_tuple, parse_unit
 from .errors import (ChunkReadError, EmarrayError, IncompleteVolumeError, InputChangedError,
@@ -31,7 +32,6 @@ _SCHEMES = {"zarr3": "zarr3", "zarr": "zarr3", "zarr2": "zarr2", "n5": "n5",
 #: array attributes of what emarray writes: every chunk is stored (zeros too), so a chunk that
 #: is missing once the job finished was lost, and is named when read
 EVERY_CHUNK: dict[str, Any] = {"emarray": {"every_chunk": True}}
-COMPRESSIONS = ("zstd", "blosc-zstd", "blosc-lz4", "gzip", "none")
 
 
 @dataclass
@@ -608,37 +608,6 @@ def _open_zarr3(path: str, level: int, options: dict[str, Any] | None = None) ->
 
 
 # -- creating -----------------------------------------------------------------------------
-def compressor_codecs(compression: str, level: int | None = None) -> tuple:
-    """The zarr v3 codecs for a compression name (one of :data:`COMPRESSIONS`)."""
-    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
-    name = str(compression).lower()
-    if name == "zstd":
-        return (ZstdCodec(level=3 if level is None else level),)
-    if name in ("blosc-zstd", "blosc-lz4"):
-        cname: Any = name.split("-")[1]
-        return (BloscCodec(cname=cname, clevel=5 if level is None else level,
-                           shuffle="shuffle"),)
-    if name == "gzip":
-        return (GzipCodec(level=5 if level is None else level),)
-    if name == "none":
-        return ()
-    raise InvalidArgumentError(f"compression must be one of {', '.join(COMPRESSIONS)}, "
-                               f"got {compression!r}")
-
-
-def with_checksum(codecs: Sequence[Any]) -> tuple:
-    """``codecs`` (bytes-to-bytes, after the serializer) ending in zarr's ``crc32c`` codec.
-
-    >>> [type(c).__name__ for c in with_checksum(compressor_codecs("zstd"))]
-    ['ZstdCodec', 'Crc32cCodec']
-    >>> len(with_checksum(with_checksum(())))
-    1
-    """
-    from zarr.codecs import Crc32cCodec
-    codecs = tuple(codecs)
-    return codecs if codecs and isinstance(codecs[-1], Crc32cCodec) else codecs + (Crc32cCodec(),)
-
-
 def image_name(path: str | os.PathLike) -> str:
     """The name an image at ``path`` goes by (``cells`` for ``cells.zarr``, also while a job
     builds it as ``.cells.zarr.emarray-new``).

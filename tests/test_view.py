@@ -31,6 +31,7 @@ if not any(os.path.exists(p) for p in ("/usr/bin/chromium", "/usr/bin/chromium-b
                 "them)", allow_module_level=True)
 
 from emarray import view as V  # noqa: E402
+from emarray import view_server as S  # noqa: E402
 from PIL import Image  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 
@@ -186,7 +187,7 @@ def test_data_server_serves_only_its_folders(tmp_path):
     (tmp_path / "vol" / "zarr.json").write_text("{}")
     (tmp_path / "secret.txt").write_text("no")
     os.symlink(tmp_path / "secret.txt", tmp_path / "vol" / "link")
-    server = V.DataServer("127.0.0.1")
+    server = S.DataServer("127.0.0.1")
     try:
         url = server.folder(tmp_path / "vol")
         with urllib.request.urlopen(f"{url}/zarr.json", timeout=10) as r:
@@ -293,7 +294,7 @@ def test_nothing_outside_the_named_paths_is_served(scene, tmp_path):
 def test_the_data_server_refuses_folders_outside_its_roots(tmp_path):
     (tmp_path / "named").mkdir()
     (tmp_path / "other").mkdir()
-    server = V.DataServer("127.0.0.1", [tmp_path / "named"])
+    server = S.DataServer("127.0.0.1", [tmp_path / "named"])
     try:
         server.folder(tmp_path / "named")
         with pytest.raises(emarray.errors.InvalidArgumentError, match="outside the paths named"):
@@ -318,7 +319,7 @@ def test_range_requests_206_content_range_and_416(tmp_path):
     (tmp_path / "vol" / "shard").write_bytes(data)
     (tmp_path / "vol" / "empty").write_bytes(b"")
     (tmp_path / "secret.txt").write_text("no")
-    server = V.DataServer("127.0.0.1", [tmp_path / "vol"])
+    server = S.DataServer("127.0.0.1", [tmp_path / "vol"])
     try:
         url = server.folder(tmp_path / "vol")
         f = f"{url}/shard"
@@ -417,7 +418,7 @@ def test_bind_gives_urls_a_browser_can_reach(scene, bind):
         if bind in ("::1", "127.0.0.1"):
             assert data.hostname == bind and page.hostname == bind
         else:  # every interface: this machine's name or outward address, as V names it
-            want = V.reachable_host(bind)
+            want = S.reachable_host(bind)
             assert data.hostname == want.strip("[]") and page.hostname == want.strip("[]")
             outward = V._outward(socket.AF_INET) or V._outward(socket.AF_INET6)
             if outward is not None:  # a machine with a network: not the loopback
@@ -435,14 +436,14 @@ def test_bind_gives_urls_a_browser_can_reach(scene, bind):
 
 
 def test_a_wildcard_bind_names_the_outward_address_when_the_name_is_loopback(monkeypatch):
-    monkeypatch.setattr(V.socket, "getfqdn", lambda: "localhost")
-    monkeypatch.setattr(V, "_outward", lambda family: "192.0.2.7" if family == socket.AF_INET
+    monkeypatch.setattr(S.socket, "getfqdn", lambda: "localhost")
+    monkeypatch.setattr(S, "_outward", lambda family: "192.0.2.7" if family == socket.AF_INET
                         else "fd00::7")
-    assert V.reachable_host("0.0.0.0") == "192.0.2.7"
-    assert V.reachable_host("::") == "fd00::7"
-    assert V.url_host("fd00::7") == "[fd00::7]" and V.url_host("192.0.2.7") == "192.0.2.7"
-    monkeypatch.setattr(V, "_outward", lambda family: None)  # no network at all
-    assert V.reachable_host("0.0.0.0") == "127.0.0.1"
+    assert S.reachable_host("0.0.0.0") == "192.0.2.7"
+    assert S.reachable_host("::") == "fd00::7"
+    assert S.url_host("fd00::7") == "[fd00::7]" and S.url_host("192.0.2.7") == "192.0.2.7"
+    monkeypatch.setattr(S, "_outward", lambda family: None)  # no network at all
+    assert S.reachable_host("0.0.0.0") == "127.0.0.1"
 
 
 # -- the first view: where the objects are -----------------------------------------------------

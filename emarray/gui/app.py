@@ -16,28 +16,21 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.templating import Jinja2Templates
 
 from ..errors import EmarrayError
 from ..spec import operators
 from . import api, forms, recipes, training, viewer
 from .jobs import Jobs
+from .pages import page, templates
 from .places import Folders
 from .security import Guard, allowed_hosts
 from .state import Gui
 
 HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=str(HERE / "templates"))
 #: files the gui shows from the folders, and how (HTML is sandboxed: no script runs)
 SHOWN = {".png": "image/png", ".html": "text/html", ".csv": "text/csv",
          ".json": "application/json", ".txt": "text/plain", ".yaml": "text/plain",
          ".yml": "text/plain", ".log": "text/plain"}
-
-
-def page(request: Request, name: str, **context: Any) -> Response:
-    g: Gui = request.app.state.gui
-    return templates.TemplateResponse(request, name, {
-        "folders": [str(r) for r in g.folders.roots], "nav": name.split(".")[0], **context})
 
 
 def run_index(request: Request) -> Response:

@@ -143,7 +143,7 @@ def plan_of(path: Path, values: dict[str, Any], folders: Folders) -> dict[str, A
 
 # -- routes ---------------------------------------------------------------------------------
 def recipes_page(request: Request) -> Response:
-    from .app import page
+    from .pages import page
     return page(request, "recipes.html")
 
 

@@ -187,7 +187,7 @@ def given_of(path: Path) -> dict[str, str]:
 
 # -- routes ---------------------------------------------------------------------------------
 def train_page(request: Request) -> Response:
-    from .app import page
+    from .pages import page
     return page(request, "train.html", fields=fields(),
                 sections=["run", "data", "model", "sampling", "augment", "loss", "optimizer",
                           "schedule", "validation"])

@@ -3,7 +3,7 @@ reached through the gui's own address, token and checks.
 
 The layers are made by :mod:`emarray.view` (the same images, segmentations, objects tables and
 meshes); their data is served by the gui under ``/data/`` through ``emarray view``'s own
-confinement (:func:`emarray.view.served_path`), and only paths inside the gui's folders are
+confinement (:func:`emarray.view_server.served_path`), and only paths inside the gui's folders are
 ever registered, whatever a file names. neuroglancer's Python server (which holds each
 viewer's state) listens on 127.0.0.1 only and is reached through ``/ng/``: the page, its data
 and the viewer share one origin, one port (one SSH tunnel) and one token.
@@ -22,7 +22,7 @@ from starlette.responses import FileResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from ..errors import EmarrayError
-from ..view import DataServer
+from ..view_server import DataServer, Served, served_path
 from .places import Folders
 
 #: viewers kept (the oldest are dropped)
@@ -55,7 +55,7 @@ class Viewers:
         self.view = view
         self.ng = view.require_neuroglancer()
         self.folders = folders
-        self.served = view.Served()
+        self.served = Served()
         self.kept: dict[Any, tuple[Any, list[str]]] = {}
         self.lock = threading.Lock()
         self.ng.set_server_bind_address(bind_address="127.0.0.1", bind_port=0)
@@ -104,7 +104,7 @@ def viewers(request: Request) -> Viewers:
 
 
 def view_page(request: Request) -> Response:
-    from .app import page
+    from .pages import page
     g = request.app.state.gui
     given = request.query_params.getlist("path")
     src, error = "", ""
@@ -131,7 +131,7 @@ def data_route(request: Request) -> Response:
     doc = served.documents.get(url_path)
     if doc is not None:
         return Response(doc, media_type="application/json")
-    target = Path(g.viewers.view.served_path(served, url_path))
+    target = Path(served_path(served, url_path))
     try:  # and inside the gui's folders, whatever the viewer's folders are
         g.folders.resolve(target)
     except EmarrayError:

@@ -12,7 +12,8 @@ import numpy as np
 
 from ..errors import ChunkAlignmentError, InvalidArgumentError
 from ..engine import BlockContext, BlockGrid, Read, RunOptions, Stage, Write, check_aligned, run_job
-from ..volume import Volume, compressor_codecs, create_volume, open_volume
+from ..codecs import compressor_codecs
+from ..volume import Volume, create_volume, open_volume
 
 
 def as_volume(src: Volume | str | os.PathLike, allow_incomplete: bool = False) -> Volume:

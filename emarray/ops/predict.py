@@ -27,7 +27,8 @@ from ..engine import BlockContext, BlockGrid, Read, RunOptions, Stage, Write, ch
 from ..spec import COMPRESSIONS, ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
 from ..errors import (BackendUnavailableError, EmarrayWarning, InvalidArgumentError,
                       VolumeNotFoundError)
-from ..volume import Volume, compressor_codecs, create_volume, open_volume
+from ..codecs import compressor_codecs
+from ..volume import Volume, create_volume, open_volume
 from .common import as_volume, job_identity, layout_of
 
 log = logging.getLogger("emarray")

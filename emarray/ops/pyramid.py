@@ -27,7 +27,8 @@ from ..engine.remote_output import RemoteLock
 from ..storage import RemotePath
 from ..engine.stages import run_stages
 from ..errors import InvalidArgumentError, OutputExistsError, ResumeMismatchError
-from ..volume import EVERY_CHUNK, Volume, is_labels, open_volume, with_checksum
+from ..codecs import with_checksum
+from ..volume import EVERY_CHUNK, Volume, is_labels, open_volume
 from .common import as_volume, backend_stage_setup
 from .pool import MODES, pooled_shape
 
