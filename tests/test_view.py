@@ -420,7 +420,7 @@ def test_bind_gives_urls_a_browser_can_reach(scene, bind):
         else:  # every interface: this machine's name or outward address, as V names it
             want = S.reachable_host(bind)
             assert data.hostname == want.strip("[]") and page.hostname == want.strip("[]")
-            outward = V._outward(socket.AF_INET) or V._outward(socket.AF_INET6)
+            outward = S._outward(socket.AF_INET) or S._outward(socket.AF_INET6)
             if outward is not None:  # a machine with a network: not the loopback
                 ips = {ipaddress.ip_address(i[4][0].split("%")[0])
                        for i in socket.getaddrinfo(want, None, type=socket.SOCK_STREAM)}
