@@ -38,6 +38,7 @@ class Checkpoint:
         #: input key -> regions of its chunks changed since the job started (see :meth:`start`)
         self.changed: dict[str, list[tuple[slice, ...]]] = {}
         self.digests: dict[str, str] = {}
+        self.stored: dict[str, tuple[int, int]] = {}
         if interval is None:
             from .. import environment
             interval = float(environment.number("EMARRAY_CHECKPOINT_SECONDS") or 0.0)
@@ -153,6 +154,8 @@ class Checkpoint:
         #: input key -> digest of its stored chunks as this run found them (what a finished
         #: output records, so that a later resume can tell the input changed since)
         self.digests = {k: record_digest(r) for k, r in records.items()}
+        #: input key -> (chunks stored, their bytes)
+        self.stored = {k: (int(r["sizes"].size), int(r["sizes"].sum())) for k, r in records.items()}
         if self.root is None:
             return False
         same = True

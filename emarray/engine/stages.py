@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import EmarrayError, InputChangedError, InvalidArgumentError
 from ..volume import Volume
-from . import faults
+from . import estimate, faults
 from .checkpoint import Checkpoint, progress_of, stored_since
 from .contract import BlockContext, LaterStage, Read, Stage
 from .grid import Region
@@ -172,6 +172,9 @@ def run_stages(stages: Sequence[StageSpec], runner: Runner, checkpoint: Checkpoi
     for spec in stages:
         if isinstance(spec, Stage):
             spec.check()
+    session = estimate.current()
+    if session is not None:  # an estimate: a sample of each stage's blocks
+        return _sample_stages(stages, runner, checkpoint, session, retries)
     given: Any = None
     changed = {k: list(v) for k, v in checkpoint.changed.items()}  # inputs changed since start
     restart = False  # an earlier stage starts again: so does every one after it
@@ -208,6 +211,22 @@ def run_stages(stages: Sequence[StageSpec], runner: Runner, checkpoint: Checkpoi
         mark_written(st, redo, changed)
         given = st.finalize(acc) if st.finalize is not None else acc
         checkpoint.finish(st.name, given)
+    return given
+
+
+def _sample_stages(stages: Sequence[StageSpec], runner: Runner, checkpoint: Checkpoint,
+                   session: estimate.Session, retries: int) -> Any:
+    """What :func:`run_stages` does for an estimate: each stage runs a sample of its blocks
+    (:func:`~emarray.engine.estimate.sample_stage`); its result, made from the sample, builds
+    the next."""
+    given: Any = None
+    for spec in stages:
+        st = spec.build(given) if isinstance(spec, LaterStage) else spec
+        st.check()
+        st.given = given
+        st.job = str(checkpoint.root or "")
+        acc = estimate.sample_stage(session, st, runner, retries)
+        given = st.finalize(acc) if st.finalize is not None else acc
     return given
 
 
@@ -346,6 +365,9 @@ def run_job(dst: str | os.PathLike, create: Callable[[str], Volume], *, job: dic
     committed. ``job`` identifies the run for ``resume``. Pass an entered ``runner`` to reuse
     its connection (several outputs, or a setup that needs to know the workers).
     """
+    if options.estimate and estimate.current() is None:
+        raise InvalidArgumentError("estimate=True is an operator's option (emarray.threshold("
+                                   "..., estimate=True), emarray OP ... --estimate)")
     with contextlib.nullcontext(runner) if runner is not None else options.runner(desc) as runner:
         runner.check_volumes(inputs)
         with reading(inputs), open_output(
@@ -359,6 +381,10 @@ def run_job(dst: str | os.PathLike, create: Callable[[str], Volume], *, job: dic
                 if not target.resumed:
                     checkpoint.clear()
                 checkpoint.start(inputs=[v for v in inputs if isinstance(v, Volume)])
+                session = estimate.current()
+                if session is not None:
+                    estimate.note_inputs(session, [v for v in inputs if isinstance(v, Volume)],
+                                         checkpoint.stored)
                 try:
                     built = stages(out)
                     for st in built:
