@@ -1,13 +1,14 @@
 """``--estimate`` against the run it estimates: wall time and peak memory, several operators
 and volume sizes, on this machine.
 
-For each (operator, size) two fresh Python processes: one makes the estimate
-(``emarray.OP(..., estimate=True)``), the other runs the job, timed from the call to its
-return, with its peak resident memory (VmHWM, reset before the call). Inputs: the synthetic
+For each (operator, size) two fresh Python processes, ``--repeat`` times, alternated: one makes
+the estimate (``emarray.OP(..., estimate=True)``), the other runs the job, timed from the call
+to its return, with its peak resident memory (VmHWM, reset before the call); the medians are
+shown, and the load average before and after. Inputs: the synthetic
 volumes (``emarray synthetic``), made once per size and kept with ``--dir``.
 
-    python benchmarks/estimate_compare.py [--sizes 64,512,512:128,512,512]
-        [--ops threshold,smooth,label,watershed,sweep] [--workers 2] [--dir /tmp/est]
+    python benchmarks/estimate_compare.py [--sizes 128,512,512:256,512,512]
+        [--ops threshold,smooth,label,watershed,sweep] [--workers 2] [--repeat 3] [--dir /tmp/e]
 """
 from __future__ import annotations
 
@@ -68,21 +69,29 @@ def child(op: str, root: Path, out: Path, workers: int, estimate: bool) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def median(runs: list[dict]) -> dict:
+    """The run whose seconds are the median (its other figures with it)."""
+    return sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+
+
 def mib(b: float) -> str:
     return f"{b / 2**20:.0f} MiB"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="64,512,512:128,512,512")
+    ap.add_argument("--sizes", default="128,512,512:256,512,512")
     ap.add_argument("--chunks", default="32,128,128")
     ap.add_argument("--ops", default="threshold,smooth,label,watershed,sweep")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="estimates and runs of each, alternated; the medians are shown")
     ap.add_argument("--dir", default=None, help="where the inputs are kept (default: temp)")
     a = ap.parse_args()
     import emarray
     base = Path(a.dir or tempfile.mkdtemp(prefix="emarray-estimate-"))
     rows = []
+    load = os.getloadavg()
     for size in a.sizes.split(":"):
         root = base / f"in-{size.replace(',', 'x')}"
         if not (root / "prob.zarr").exists():
@@ -90,11 +99,14 @@ def main() -> None:
         for op in a.ops.split(","):
             out = base / f"{op}-{size.replace(',', 'x')}.out"
             shutil.rmtree(out, ignore_errors=True)
-            est = child(op, root, out, a.workers, True)
-            if out.exists():
-                raise SystemExit(f"the estimate of {op} wrote {out}")
-            real = child(op, root, out, a.workers, False)
-            shutil.rmtree(out, ignore_errors=True)
+            ests, reals = [], []
+            for _ in range(a.repeat):  # alternated: a load that changes meets both
+                ests.append(child(op, root, out, a.workers, True))
+                if out.exists():
+                    raise SystemExit(f"the estimate of {op} wrote {out}")
+                reals.append(child(op, root, out, a.workers, False))
+                shutil.rmtree(out, ignore_errors=True)
+            est, real = median(ests), median(reals)
             rows.append((op, size, est, real))
             print(f"{op} {size}: estimate {est['seconds']:.1f} s (made in {est['wall']:.1f} s, "
                   f"{est['sampled']}/{est['blocks']} blocks), run {real['seconds']:.1f} s; "
@@ -111,6 +123,8 @@ def main() -> None:
         print(f"| {op} | {size.replace(',', '×')} | {e['blocks']} | {e['wall']:.1f} s | "
               f"{e['seconds']:.1f} s | {r['seconds']:.1f} s | {dt:+.0%} | {mib(e['memory'])} | "
               f"{mib(r['memory'])} | {dm:+.0%} | {out_e} | {out_r} |")
+    print(f"\nload average (1, 5, 15 min) before: {load}, after: {os.getloadavg()}, on "
+          f"{os.cpu_count()} cores; {a.workers} worker threads; median of {a.repeat}")
     if a.dir is None:
         shutil.rmtree(base, ignore_errors=True)
 

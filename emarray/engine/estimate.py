@@ -7,8 +7,9 @@ run_stages`) computes only a sample of its blocks, spread evenly over its grid (
 on the scheduler and workers the job asks for:
 
 - a first round of one block per worker thread (its time includes each worker's setup: a
-  model loaded, a kernel compiled), then a measured round of at least two blocks per thread:
-  the stage takes the first round's time plus its other voxels at the measured round's rate;
+  model loaded, a kernel compiled), then measured rounds of two blocks per thread, until six
+  blocks and two seconds at least (or 512 blocks, or the whole grid): the stage takes the
+  first round's time plus its other voxels at the measured rounds' rate;
 - two blocks again in this process, one at a time, for the memory a block takes (the most
   Python's allocator traced, or the peak resident memory grew, whichever is more);
 - the stored bytes the sampled blocks wrote, per voxel, for the size of each volume written.
@@ -16,8 +17,9 @@ on the scheduler and workers the job asks for:
 What the operator does outside its stages (connecting, listing the inputs, creating the
 output, what it does with the result) is timed as it happens and added once. A stage built
 from the result of the one before (:class:`~emarray.engine.contract.LaterStage`) gets that
-result made from the sample. The same positions are sampled in every stage and step with the
-same grid, so a recipe's step reads what the step before it wrote for its sample.
+result made from the sample; the blocks the first stage of a grid sampled are sampled again,
+and no others, by every later stage and recipe step with the same grid (so a step reads what
+the step before it wrote for its sample).
 """
 from __future__ import annotations
 
@@ -38,8 +40,9 @@ import numpy as np
 from .. import storage
 
 SCRATCH = ".emarray-estimate-"
-#: blocks a measured round takes at least (besides two a worker thread)
-MIN_MEASURED = 6
+#: blocks the measured rounds take at least, and for at least how many seconds (more blocks
+#: smooth out a machine whose load changes), out of at most MAX_SAMPLE positions
+MIN_MEASURED, MIN_SECONDS, MAX_SAMPLE = 6, 2.0, 512
 #: blocks run again one at a time for their memory
 MEMORY_BLOCKS = 2
 #: what the SLURM request adds to the estimate, for what a sample cannot see
@@ -154,6 +157,9 @@ class Session:
         self.runner: dict[str, Any] = {}
         self.input_bytes: dict[str, tuple[float, float]] = {}
         self.cached: dict[str, int] = {}  # volumes read through the chunk cache: their bytes
+        #: blocks sampled, in order, by a grid's block count: a stage or step with the same
+        #: grid samples them again (it reads what the one before wrote for them)
+        self.positions: dict[int, list[int]] = {}
 
     def scratch_for(self, path: str | os.PathLike) -> str:
         """Where an output given as ``path`` goes: a new folder beside it, inside that."""
@@ -300,6 +306,19 @@ def spread(n: int, k: int) -> list[int]:
     return [int((j + 0.5) * n / k) for j in range(k)]
 
 
+def spread_order(n: int, k: int) -> list[int]:
+    """:func:`spread`'s positions in an order whose every start is spread too (the bits of
+    the rank reversed: the middle, the quarters, the eighths...).
+
+    >>> spread_order(80, 8)
+    [5, 45, 25, 65, 15, 55, 35, 75]
+    """
+    picks = spread(n, k)
+    bits = max(1, (len(picks) - 1).bit_length())
+    return [picks[j] for j in sorted(range(len(picks)),
+                                     key=lambda j: int(f"{j:0{bits}b}"[::-1], 2))]
+
+
 def _voxels(grid: Any, flats: Sequence[int]) -> int:
     """The voxels of the blocks of ``grid`` at the flat indices ``flats``."""
     counts = grid.counts
@@ -316,8 +335,8 @@ def sample_stage(session: Session, st: Any, runner: Any, retries: int) -> Any:
     n = len(st.grid)
     counts = st.grid.counts
     threads = max(1, runner.n_workers())
-    picks = spread(n, threads + max(2 * threads, MIN_MEASURED))
-    first, measured = picks[:threads], picks[threads:]
+    again = session.positions.get(n)  # a grid sampled before: the same blocks, no others
+    order = again if again is not None else spread_order(n, min(n, MAX_SAMPLE))
     fold = TreeFold(st.combine) if st.combine is not None else None
     before = _written_bytes(st)
 
@@ -336,9 +355,24 @@ def sample_stage(session: Session, st: Any, runner: Any, retries: int) -> Any:
             runner.progress = shown
         return time.perf_counter() - t0
 
+    first = order[:threads]
     t_first = run_round(first)
-    decode, t_warm = _warm_cache(session, st, measured)
-    t_measured = run_round(measured) if measured else 0.0
+    measured: list[int] = []
+    t_measured = t_warm = t_decoding = 0.0
+    decodes = chunks = 0
+    while len(first) + len(measured) < len(order) and (
+            again is not None or len(measured) < MIN_MEASURED or t_measured < MIN_SECONDS):
+        at = len(first) + len(measured)
+        batch = order[at:at + max(2 * threads, MIN_MEASURED - len(measured))]
+        t0 = time.perf_counter()
+        took, n_decoded, n_chunks = _warm_cache(session, st, batch)
+        t_warm += time.perf_counter() - t0
+        t_decoding, decodes, chunks = t_decoding + took, decodes + n_decoded, max(chunks, n_chunks)
+        t_measured += run_round(batch)
+        measured += batch
+    decode = chunks * t_decoding / decodes if decodes else 0.0  # one decode a chunk
+    picks = first + measured
+    session.positions[n] = picks
     memory, t_memory = _block_memory(st, measured or first)
     session.sampling_seconds += t_first + t_warm + t_measured + t_memory
     total = math.prod(st.grid.shape)
@@ -358,15 +392,14 @@ def sample_stage(session: Session, st: Any, runner: Any, retries: int) -> Any:
     return fold.result() if fold is not None else None
 
 
-def _warm_cache(session: Session, st: Any, flats: list[int]) -> tuple[float, float]:
+def _warm_cache(session: Session, st: Any, flats: list[int]) -> tuple[float, int, int]:
     """Decode into the chunk cache what the reads of the blocks ``flats`` touch, as the blocks
     before them would have in a whole run (in C order, a block finds its neighbours' chunks
     decoded): the measured round then pays no decode, and the whole run pays one decode a
-    chunk of each volume read through the cache. Returns (those decodes' seconds, the
-    seconds this took)."""
+    chunk of each volume read through the cache. Returns the seconds those decodes took, how
+    many they were, and how many chunks the volumes read through the cache have."""
     from ..chunk_cache import CACHE
-    t_all = time.perf_counter()
-    decode = 0.0
+    seconds, decodes, chunks = 0.0, 0, 0
     counts = st.grid.counts
     regions = [st.grid.region(tuple(int(k) for k in np.unravel_index(f, counts))) for f in flats]
     for r in st.reads:
@@ -375,13 +408,13 @@ def _warm_cache(session: Session, st: Any, flats: list[int]) -> tuple[float, flo
         misses, t0 = CACHE.misses, time.perf_counter()
         for region in regions:
             r.read(region)
-        decoded = CACHE.misses - misses
-        if decoded:  # a read through the cache (a halo): one decode a chunk in the whole run
-            chunks = math.prod(-(-n // b) for n, b in zip(r.volume.shape, r.volume.block_shape))
-            decode += chunks * (time.perf_counter() - t0) / decoded
+        if CACHE.misses > misses:  # a read through the cache (a halo)
+            seconds += time.perf_counter() - t0
+            decodes += CACHE.misses - misses
+            chunks += math.prod(-(-n // b) for n, b in zip(r.volume.shape, r.volume.block_shape))
             session.cached[r.volume.url] = math.prod(r.volume.shape) * \
                 np.dtype(r.volume.dtype).itemsize
-    return decode, time.perf_counter() - t_all
+    return seconds, decodes, chunks
 
 
 def _block_memory(st: Any, flats: list[int]) -> tuple[int, float]:
