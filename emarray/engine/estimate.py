@@ -160,6 +160,9 @@ class Session:
         #: blocks sampled, in order, by a grid's block count: a stage or step with the same
         #: grid samples them again (it reads what the one before wrote for them)
         self.positions: dict[int, list[int]] = {}
+        #: the most resident memory a sampled round took (rounds that warmed the chunk cache
+        #: out of order excluded), and what the chunk cache held then
+        self.peak = (0, 0)
 
     def scratch_for(self, path: str | os.PathLike) -> str:
         """Where an output given as ``path`` goes: a new folder beside it, inside that."""
@@ -199,11 +202,12 @@ class Session:
         seconds = fixed + sum(s.seconds for s in self.stages)
         block = max((s.block_memory for s in self.stages), default=0)
         memory = int(r["base"] + r["threads"] * block)
-        if r["scheduler"] in ("threads", "synchronous"):  # the workers are this process
-            memory = max(memory, _peak_rss())
+        local = r["scheduler"] in ("threads", "synchronous")  # the workers are this process
+        if local and self.peak[0] > memory:
+            memory = self.peak[0]
         from ..chunk_cache import CACHE  # it fills up to its size over a whole run
         memory += max(0, min(CACHE.capacity, sum(self.cached.values())) -
-                      (CACHE.nbytes if r["scheduler"] in ("threads", "synchronous") else 0))
+                      (self.peak[1] if local and self.peak[0] >= memory else 0))
         read = float(sum(s.read_bytes for s in self.stages))
         written: dict[str, float] = {}
         for s in self.stages:
@@ -355,8 +359,11 @@ def sample_stage(session: Session, st: Any, runner: Any, retries: int) -> Any:
             runner.progress = shown
         return time.perf_counter() - t0
 
+    from ..chunk_cache import CACHE
     first = order[:threads]
+    _reset_peak()
     t_first = run_round(first)
+    peak = (_peak_rss(), CACHE.nbytes)  # before the cache is warmed out of order
     measured: list[int] = []
     t_measured = t_warm = t_decoding = 0.0
     decodes = chunks = 0
@@ -371,6 +378,10 @@ def sample_stage(session: Session, st: Any, runner: Any, retries: int) -> Any:
         t_measured += run_round(batch)
         measured += batch
     decode = chunks * t_decoding / decodes if decodes else 0.0  # one decode a chunk
+    if not decodes:  # no chunk cache churn: the rounds' peak is a worker's, as in a run
+        peak = (_peak_rss(), CACHE.nbytes)
+    if peak[0] > session.peak[0]:
+        session.peak = peak
     picks = first + measured
     session.positions[n] = picks
     memory, t_memory = _block_memory(st, measured or first)
