@@ -66,23 +66,22 @@ def test_cli_estimate_prints_the_cost_and_touches_nothing(tmp_path):
 
 
 def test_estimate_against_a_measured_run(tmp_path, monkeypatch):
-    """Smoothing (halo reads through the chunk cache) of 96 blocks, a sample of them: the
-    bytes read
-    are exact, the output's size is within 30 % of the real one, and the time and memory are
-    of the measured run's order (within a factor 2.5: the machine is shared; the 30 % table is
-    the benchmark's)."""
-    a = blobs((48, 128, 128), seed=1)
-    src = make_volume(tmp_path / "p.zarr", a, (8, 32, 32))
-    emarray.smooth(src, tmp_path / "warm.zarr", 1.5)  # imports and compiles: warm for both
-    monkeypatch.setattr(estimate, "MAX_SAMPLE", 12)  # an eighth of the blocks at most
+    """Smoothing (halo reads through the chunk cache) of 64 blocks, 10 of them sampled: the
+    bytes read are exact, the output's size is within 30 % of the real one, and the time and
+    memory are of the measured run's order (within a factor 3: the machine running the tests
+    is shared; the 30 % table is the benchmark's)."""
+    a = blobs((64, 256, 256), seed=1)
+    src = make_volume(tmp_path / "p.zarr", a, (16, 64, 64))
+    emarray.smooth(src, tmp_path / "warm.zarr", 2.0)  # imports and compiles: warm for both
+    monkeypatch.setattr(estimate, "MAX_SAMPLE", 10)
     monkeypatch.setattr(estimate, "MIN_SECONDS", 2.0)
     CACHE.clear()
-    est = emarray.smooth(src, tmp_path / "s.zarr", 1.5, estimate=True, scheduler="synchronous")
+    est = emarray.smooth(src, tmp_path / "s.zarr", 2.0, estimate=True, scheduler="synchronous")
     assert isinstance(est, Estimate) and not (tmp_path / "s.zarr").exists()
-    assert 7 <= est.stages[0].sampled < 96 and est.stages[0].blocks == 96
+    assert est.stages[0].sampled == 10 and est.stages[0].blocks == 64
     # bytes read: every block's read region (grown by the halo, clipped), counted here
-    halo = int(4 * 1.5 + 0.5)
-    grid = emarray.engine.BlockGrid(a.shape, (8, 32, 32))
+    halo = int(4 * 2.0 + 0.5)
+    grid = emarray.engine.BlockGrid(a.shape, (16, 64, 64))
     want = 0
     for idx in grid.indices():
         region = grid.region(idx)
@@ -91,15 +90,15 @@ def test_estimate_against_a_measured_run(tmp_path, monkeypatch):
     assert est.read_bytes == want
     CACHE.clear()
     t0 = time.perf_counter()
-    out = emarray.smooth(src, tmp_path / "s.zarr", 1.5, scheduler="synchronous")
+    out = emarray.smooth(src, tmp_path / "s.zarr", 2.0, scheduler="synchronous")
     took = time.perf_counter() - t0
     stored = sum(f.stat().st_size for f in (tmp_path / "s.zarr" / "0").rglob("*")
                  if f.is_file() and f.name != "zarr.json")
     assert out.shape == a.shape
     assert abs(est.output_bytes - stored) <= 0.3 * stored
-    assert took / 2.5 <= est.seconds <= took * 2.5, (est.seconds, took)
+    assert took / 3 <= est.seconds <= took * 3, (est.seconds, took)
     assert est.memory_per_worker >= est.base_memory + est.stages[0].block_memory
-    assert est.stages[0].block_memory >= a[:8, :32 + 2 * halo, :32 + 2 * halo].nbytes
+    assert est.stages[0].block_memory >= a[:16, :64 + 2 * halo, :64 + 2 * halo].nbytes
 
 
 def test_a_multi_stage_operator_and_a_reduction_are_estimated_stage_by_stage(tmp_path):
@@ -126,6 +125,22 @@ def test_a_recipe_is_estimated_step_by_step_in_a_scratch_workdir(tmp_path):
                          "mask: threshold"] and names[4].startswith("cells: ")
     assert said[0].startswith("estimate for recipe ")
     assert listing(tmp_path) == []  # no workdir, no scratch
+
+
+def test_a_killed_estimate_s_scratch_is_removed_by_the_next_and_nothing_else(tmp_path):
+    import socket
+    import subprocess
+    src = make_volume(tmp_path / "p.zarr", blobs((8, 32, 32)), 8)
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process of this machine that has ended
+    host = socket.gethostname()
+    stale = tmp_path / f".m.zarr.emarray-estimate-{host}-{gone.pid}-0"
+    elsewhere = tmp_path / f".m.zarr.emarray-estimate-another-host-{gone.pid}-0"
+    mine = tmp_path / ".m.zarr.notes"
+    for folder in (stale, elsewhere, mine):
+        (folder / "m.zarr").mkdir(parents=True)
+    emarray.threshold(src, tmp_path / "m.zarr", 0.5, estimate=True)
+    assert listing(tmp_path) == sorted([elsewhere.name, mine.name, "p.zarr"])
 
 
 def test_estimate_is_refused_with_resume_and_for_an_operator_that_writes_into_its_input(tmp_path):
