@@ -161,3 +161,92 @@ class Checksum:
 
     def time_read_chunks(self, checksum, sharded):
         self._each(self.v.read)
+
+
+class _FirstBlock(Exception):
+    pass
+
+
+def _until_first_block(fn):
+    """Run ``fn`` (a job) until its first block starts, then stop it."""
+    from emarray.engine import stages
+    from emarray.errors import BlockFailedError
+    real = stages.run_block
+
+    def first(st, index):
+        raise _FirstBlock()
+    stages.run_block = first
+    try:
+        fn()
+    except BlockFailedError:
+        pass
+    finally:
+        stages.run_block = real
+
+
+class DriverFirstBlock:
+    """The driver of a job of 10^5 to 10^7 one-voxel blocks, up to its first block: a stage
+    with no reads (synthetic) and a stage reading an input with no stored chunk (threshold).
+    The figures before and after, and resume, are ``benchmarks/driver_compare.py``'s."""
+    params = ([10**5, 10**6, 10**7], ["synthetic", "threshold"])
+    param_names = ["blocks", "job"]
+    timeout = 600
+
+    def setup(self, blocks, job):
+        self.tmp = Path(tempfile.mkdtemp(prefix="emarray-asv-"))
+        self.shape = (blocks // 10**4, 100, 100)
+        self.src = emarray.create_volume(self.tmp / "in.zarr", self.shape, "float32", 1)
+        self.n = 0
+
+    def teardown(self, blocks, job):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _job(self, job):
+        self.n += 1
+        out = self.tmp / f"out{self.n}"
+        if job == "synthetic":
+            return lambda: emarray.datasets.synthetic(out, self.shape, chunks=1, kinds=("raw",),
+                                                      retries=0)
+        return lambda: emarray.threshold(self.src, out, 0.5, retries=0)
+
+    def time_first_block(self, blocks, job):
+        _until_first_block(self._job(job))
+
+    def peakmem_first_block(self, blocks, job):
+        _until_first_block(self._job(job))
+
+
+class DriverStoredInput:
+    """The same with every input chunk stored (a file each): what a job records of its input
+    grows with them (10^6 and the figures before and after: ``driver_compare.py``)."""
+    params = ([10**4, 10**5],)
+    param_names = ["chunks"]
+    timeout = 600
+
+    def setup(self, chunks):
+        self.tmp = Path(tempfile.mkdtemp(prefix="emarray-asv-"))
+        shape = (chunks // 10**4, 100, 100)
+        self.src = emarray.create_volume(self.tmp / "in.zarr", shape, "float32", 1)
+        self.src.write((slice(0, 1),) * 3, np.ones((1, 1, 1), np.float32))
+        arr = self.tmp / "in.zarr" / "0" / "c"
+        data = (arr / "0" / "0" / "0").read_bytes()
+        for z in range(shape[0]):
+            for y in range(shape[1]):
+                (arr / str(z) / str(y)).mkdir(parents=True, exist_ok=True)
+                for x in range(shape[2]):
+                    (arr / str(z) / str(y) / str(x)).write_bytes(data)
+        self.n = 0
+
+    def teardown(self, chunks):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _run(self):
+        self.n += 1
+        _until_first_block(lambda: emarray.threshold(self.src, self.tmp / f"out{self.n}", 0.5,
+                                                     retries=0))
+
+    def time_first_block(self, chunks):
+        self._run()
+
+    def peakmem_first_block(self, chunks):
+        self._run()

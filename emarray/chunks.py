@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -42,6 +43,126 @@ def chunk_entries(array: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
             np.array(mtimes, np.int64)[order])
 
 
+class StoredChunks(NamedTuple):
+    """The stored chunks of an array, one number per chunk, no Python object each: their flat
+    grid indices (C order, ascending), sizes and modification times (ns); and the files that
+    name no chunk of the grid (key, size, mtime), in key order."""
+
+    flat: np.ndarray
+    sizes: np.ndarray
+    mtimes: np.ndarray
+    other: list[tuple[str, int, int]]
+
+
+def _number(name: str) -> int | None:
+    return int(name) if name.isascii() and name.isdigit() else None
+
+
+#: a folder to list: its path, its key prefix, and the grid index its path names so far
+#: (None when it names none)
+_Folder = tuple[str, str, "tuple[int, ...] | None"]
+
+
+def _scan(folder: _Folder, counts: Sequence[int], strides: Sequence[int]) -> tuple:
+    """One folder of :func:`stored_chunks`: its chunk files as rows of flat indices (ascending),
+    sizes and mtimes, its other files, and its sub-folders in grid order."""
+    path, rel, head = folder
+    ndim = len(counts)
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return np.zeros((3, 0), np.int64), [], []
+    leaf = head is not None and len(head) == ndim - 1
+    base = sum(i * s for i, s in zip(head or (), strides))
+    last = counts[-1] if ndim else 0
+    flat: list[int] = []
+    sizes: list[int] = []
+    mtimes: list[int] = []
+    other: list[tuple[str, int, int]] = []
+    dirs: list[tuple[int, str, tuple[int, ...] | None]] = []
+    if leaf and rel:  # the usual folder: chunk files named by their last index, at full speed
+        rest = []
+        add_flat, add_size, add_mtime = flat.append, sizes.append, mtimes.append
+        for e in entries:
+            name = e.name
+            if name.isdigit() and name.isascii() and not e.is_dir(follow_symlinks=False):
+                i = int(name)
+                if i < last:
+                    st = e.stat()
+                    add_flat(base + i)
+                    add_size(st.st_size)
+                    add_mtime(st.st_mtime_ns)
+                    continue
+            rest.append(e)
+        entries = rest
+    for e in entries:
+        name = e.name
+        digits = name.isascii() and name.isdigit()
+        if e.is_dir(follow_symlinks=False):
+            sub: tuple[int, ...] | None = None
+            if not rel and name == "c":
+                sub = ()
+            elif digits and head is not None and len(head) < ndim - 1 and \
+                    int(name) < counts[len(head)]:
+                sub = head + (int(name),)
+            dirs.append((int(name) if digits else -1, name, sub))
+            continue
+        if not rel and name in METADATA:
+            continue
+        st = e.stat()
+        if leaf and digits and int(name) < last:
+            flat.append(base + int(name))
+        else:
+            idx = chunk_index(rel + name)
+            if idx is None or len(idx) != ndim or any(k >= n for k, n in zip(idx, counts)):
+                other.append((rel + name, st.st_size, st.st_mtime_ns))
+                continue
+            flat.append(sum(k * s for k, s in zip(idx, strides)))
+        sizes.append(st.st_size)
+        mtimes.append(st.st_mtime_ns)
+    subs = [(os.path.join(path, name), f"{rel}{name}/", sub) for _, name, sub in sorted(dirs)]
+    rows = np.array([flat, sizes, mtimes], np.int64).reshape(3, -1)
+    if rows.shape[1] > 1 and not bool((rows[0, 1:] > rows[0, :-1]).all()):
+        rows = rows[:, np.argsort(rows[0], kind="stable")]  # a folder lists in any order
+    return rows, other, subs
+
+
+def stored_chunks(array: Path, counts: Sequence[int], threads: int | None = None
+                  ) -> StoredChunks:
+    """Every file under the array folder ``array`` except its metadata (one ``stat`` each, as
+    :func:`chunk_entries`), for a grid of ``counts`` chunks: 24 bytes a chunk while listing,
+    where a list of keys takes ten times that. The folders of each level are listed by
+    ``threads`` threads (default: one per core, at most 16): a ``stat`` that waits on a
+    network file system lets the others go on."""
+    from array import array as numbers
+    from concurrent.futures import ThreadPoolExecutor
+    counts = [int(c) for c in counts]
+    strides = [int(np.prod(counts[i + 1:], dtype=np.int64)) for i in range(len(counts))]
+    flat, sizes, mtimes = numbers("q"), numbers("q"), numbers("q")
+    other: list[tuple[str, int, int]] = []
+    level: list[_Folder] = [(os.fspath(array), "", ())]
+    n = threads or min(16, os.cpu_count() or 1)
+    with ThreadPoolExecutor(n, thread_name_prefix="emarray-list") as pool:
+        while level:
+            below: list[_Folder] = []
+            for start in range(0, len(level), 256):  # a bounded number of folders at a time
+                for rows, oth, subs in pool.map(_scan, level[start:start + 256],
+                                                [counts] * 256, [strides] * 256):
+                    flat.frombytes(rows[0].tobytes())
+                    sizes.frombytes(rows[1].tobytes())
+                    mtimes.frombytes(rows[2].tobytes())
+                    other += oth
+                    below += subs
+            level = below
+    fl = np.frombuffer(flat, np.int64) if flat else np.zeros(0, np.int64)
+    sz_a = np.frombuffer(sizes, np.int64) if sizes else np.zeros(0, np.int64)
+    mt_a = np.frombuffer(mtimes, np.int64) if mtimes else np.zeros(0, np.int64)
+    if fl.size > 1 and not bool((fl[1:] > fl[:-1]).all()):  # chunks at several depths
+        perm = np.argsort(fl, kind="stable")
+        fl, sz_a, mt_a = fl[perm], sz_a[perm], mt_a[perm]
+    return StoredChunks(fl, sz_a, mt_a, sorted(other))
+
+
 def chunk_listing(array: Path) -> dict[str, Any]:
     """``count``, ``bytes`` and a ``digest`` of the (key, size, mtime) of every file under
     the array folder ``array`` except its metadata."""
@@ -69,7 +190,8 @@ def chunk_index(key: str) -> tuple[int, ...] | None:
         parts = parts[1:]
     if len(parts) == 1:
         parts = parts[0].split(".")
-    return tuple(int(p) for p in parts) if parts and all(p.isdigit() for p in parts) else None
+    return (tuple(int(p) for p in parts)
+            if parts and all(p.isascii() and p.isdigit() for p in parts) else None)
 
 
 def key_layout(meta: Any) -> tuple[Any, str, str] | None:

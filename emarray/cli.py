@@ -317,7 +317,7 @@ def run_recipe(ctx: click.Context, recipe: str, sets: tuple[str, ...], **kw: Any
         from .engine.slurm import read_given
         kw["slurm"] = {**read_given(config), **given}
     r = run_pipeline(recipe, sets, progress=ctx.obj["progress"], echo=click.echo, **kw)
-    if not kw["dry_run"]:
+    if not kw["dry_run"] and r.estimate is None:
         n = len(r.ran)
         click.echo(f"pipeline done: {n} step{'s' if n != 1 else ''} run, "
                    f"{len(r.plan) - n} finished before; outputs in {r.recipe.workdir}")

@@ -42,6 +42,9 @@ RUN_OPTIONS: dict[str, tuple[list[str], dict[str, Any]]] = {
                                     "help": "Replace the output, if emarray made it."}),
     "resume": (["--resume"], {"is_flag": True, "help": "Finish an interrupted run into the "
                                                        "output, skipping finished blocks."}),
+    "estimate": (["--estimate"], {"is_flag": True, "help": (
+        "Run a sample of the blocks (into a scratch folder, never the output) and print the "
+        "expected wall time, memory per worker, bytes read and written, and output size.")}),
     "allow_incomplete": (["--allow-incomplete"], {"is_flag": True, "help": (
         "Accept inputs that are unfinished outputs of an interrupted job (their missing chunks "
         "read as 0).")}),
@@ -217,6 +220,10 @@ def command(op: Operator, call: Callable[..., Any], friendly: Callable,
         t0 = time.monotonic()
         with speaking("cli"):
             result = call(**args, **run, progress=progress())
+        if run.get("estimate"):
+            for line in result.lines():
+                click.echo(line)
+            return
         lines = list(op.report(result, args) if op.report is not None else [])
         for line in lines:
             click.echo(line)

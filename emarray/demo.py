@@ -50,6 +50,10 @@ def run_demo(out_dir: str | os.PathLike = "emarray-demo", size: Any = (128, 512,
              value: float = 0.5, options: RunOptions | None = None, echo=print,
              **run: Any) -> dict[str, Any]:
     """Make a synthetic volume, threshold its probability map, score it against the truth."""
+    if run.get("estimate") or getattr(options, "estimate", False):
+        raise InvalidArgumentError("the demo's small volume takes seconds; --estimate is for "
+                                   "operators (emarray OP ... --estimate) and recipes "
+                                   "(emarray run RECIPE --estimate)")
     out = Path(out_dir)
     again = out.exists()
     if again and not (out / _STAMP).exists():

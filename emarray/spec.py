@@ -44,7 +44,7 @@ KINDS = ("number", "int", "float", "zyx", "zyx-float", "choice", "flag", "text",
 #: what an input or output is
 PORTS = ("volume", "file", "model", "table", "folder", "inplace")
 #: groups of run options (fields of :class:`~emarray.engine.RunOptions`) an operator takes
-ENGINE = ("scheduler", "workers", "connect_timeout", "retries", "slurm")
+ENGINE = ("scheduler", "workers", "connect_timeout", "retries", "slurm", "estimate")
 REPLACE = ("overwrite", "resume")
 INCOMPLETE = ("allow_incomplete",)
 BACKEND = ("backend", "gpu_memory_limit")
@@ -66,6 +66,12 @@ def speaking(where: str, step: str = "") -> Iterator[None]:
         yield
     finally:
         _WHERE.reset(token)
+
+
+def current_step() -> str:
+    """The recipe step whose values the running job has ("" outside a recipe)."""
+    where, step = _WHERE.get()
+    return step if where == "recipe" else ""
 
 
 def given(name: str, value: str = "") -> str:
@@ -266,6 +272,9 @@ class Operator:
             for p in self.params:
                 if p.name in bound.arguments:
                     bound.arguments[p.name] = p.check(bound.arguments[p.name])
+            if _asks_estimate(bound):
+                from .engine.estimate import estimate_call
+                return estimate_call(self, fn, bound)
             return fn(*bound.args, **bound.kwargs)
 
         fn.__doc__ = checked.__doc__ = self.docstring(fn.__doc__ or "")
@@ -333,6 +342,17 @@ class Operator:
             at = heads[0]
             return "\n".join(body[:at] + section.splitlines() + [""] + body[at:]) + "\n"
         return text + "\n\n" + section + "\n"
+
+
+def _asks_estimate(bound: inspect.BoundArguments) -> bool:
+    """Whether a call asks for an estimate (``estimate=True``, or in its ``options``)."""
+    for p in bound.signature.parameters.values():
+        value = bound.arguments.get(p.name)
+        if p.kind == p.VAR_KEYWORD and isinstance(value, dict) and value.get("estimate"):
+            return True
+        if p.name == "options" and getattr(value, "estimate", False):
+            return True
+    return False
 
 
 def _sentence(text: str) -> str:

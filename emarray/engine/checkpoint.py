@@ -9,20 +9,22 @@ again. A grid of 2.5 million blocks is a 312 KiB bitmap, not 2.5 million files.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from ..storage import RemotePath, is_remote, join, options_for
-from .invalidate import volume_key
-from .serialize import CorruptStateError, dumps, loads
+from .invalidate import boxes, volume_key
+from .serialize import CorruptStateError, dump, dumps, loads
 
 PROGRESS_DIR = ".emarray-progress"
 FORMAT = 2  # 1 was pickled (never loaded now: a planted pickle would run code)
@@ -36,6 +38,7 @@ class Checkpoint:
         #: input key -> regions of its chunks changed since the job started (see :meth:`start`)
         self.changed: dict[str, list[tuple[slice, ...]]] = {}
         self.digests: dict[str, str] = {}
+        self.stored: dict[str, tuple[int, int]] = {}
         if interval is None:
             from .. import environment
             interval = float(environment.number("EMARRAY_CHECKPOINT_SECONDS") or 0.0)
@@ -65,10 +68,16 @@ class Checkpoint:
 
     def _read_file(self, path: Path) -> tuple[bool, Any]:
         try:
-            data = path.read_bytes()
+            if isinstance(path, RemotePath):
+                data: Any = path.read_bytes()
+                head = data[:2]
+            else:  # read by NumPy from the file: no copy of it all in memory first
+                with open(path, "rb") as f:
+                    head = f.read(2)
+                data = path
         except FileNotFoundError:
             return False, None
-        if data[:2] != b"PK":  # an .npz is a zip archive; anything else is not ours
+        if head != b"PK":  # an .npz is a zip archive; anything else is not ours
             raise CorruptStateError(
                 f"{path} is not an emarray progress file (it may be from an older emarray, or "
                 "planted there); remove it, or the folder it is in, to start that job again")
@@ -114,12 +123,11 @@ class Checkpoint:
             self._file(stage, "result").unlink(missing_ok=True)
             self._file(stage, "progress").unlink(missing_ok=True)
 
-    def reopen(self, stage: str, nblocks: int, redo: set[int]) -> None:
+    def reopen(self, stage: str, nblocks: int, redo: np.ndarray) -> None:
         """Turn a finished stage that folds nothing back into one with every block done but
-        ``redo``: those blocks run again."""
-        done = Bitmap(nblocks, np.packbits(np.ones(nblocks, np.bool_)))
-        for i in redo:
-            done.unset(i)
+        ``redo`` (flat indices): those blocks run again."""
+        done = Bitmap.full(nblocks)
+        done.unset_many(redo)
         self.save(stage, done, None, force=True)
         if self.root is not None:
             self._file(stage, "result").unlink(missing_ok=True)
@@ -146,6 +154,8 @@ class Checkpoint:
         #: input key -> digest of its stored chunks as this run found them (what a finished
         #: output records, so that a later resume can tell the input changed since)
         self.digests = {k: record_digest(r) for k, r in records.items()}
+        #: input key -> (chunks stored, their bytes)
+        self.stored = {k: (int(r["sizes"].size), int(r["sizes"].sum())) for k, r in records.items()}
         if self.root is None:
             return False
         same = True
@@ -162,7 +172,7 @@ class Checkpoint:
         if job is not None:
             atomic_write(self.root / "job.json", json.dumps(job).encode())
         if fresh:
-            atomic_write(self.root / INPUTS, dumps(records))
+            atomic_write(self.root / INPUTS, partial(dump, records))
         else:
             found, before = self._read_file(self.root / INPUTS)
             for v in vols:
@@ -216,18 +226,103 @@ def remove_tree(path: Any) -> None:
         shutil.rmtree(path)
 
 
+#: the version of :func:`chunk_record`'s digest (an older one is a digest of the key listing)
+RECORD_DIGEST = "2:"
+
+
 def chunk_record(v: Any) -> dict[str, Any]:
-    keys, sizes, mtimes = v.chunk_entries()
-    return {"keys": np.frombuffer("\n".join(keys).encode(), np.uint8), "sizes": sizes,
-            "mtimes": mtimes, "block": list(v.block_shape), "shape": list(v.shape)}
+    """What a job records of an input's stored chunks: for each chunk of its grid that is
+    stored, its size and version (mtime in ns; on object storage a number made from the
+    ETag), 16 bytes a chunk, with the stored flat indices as runs; files that name no chunk
+    (kept by key) apart."""
+    from ..chunks import chunk_index, stored_chunks
+    counts = grid_counts(v)
+    if getattr(v, "remote", False):
+        keys, sz, mt = v.chunk_entries()
+        grid, other = [], []
+        for k, size, mtime in zip(keys, sz.tolist(), mt.tolist()):
+            idx = chunk_index(k)
+            if idx is not None and len(idx) == len(counts) and all(
+                    i < n for i, n in zip(idx, counts)):
+                grid.append((int(np.ravel_multi_index(idx, counts)), size, mtime))
+            else:
+                other.append((k, size, mtime))
+        grid.sort()
+        flat = np.array([g[0] for g in grid], np.int64)
+        sizes = np.array([g[1] for g in grid], np.int64)
+        mtimes = np.array([g[2] for g in grid], np.int64)
+    else:
+        root = v.local_path
+        table = stored_chunks(root / v.array_path if v.array_path else root, counts)
+        flat, sizes, mtimes, other = table
+    return {"runs": runs_of(flat), "sizes": sizes, "mtimes": mtimes,
+            "other": np.frombuffer("\n".join(o[0] for o in other).encode(), np.uint8),
+            "other_sizes": np.array([o[1] for o in other], np.int64),
+            "other_mtimes": np.array([o[2] for o in other], np.int64),
+            "block": list(v.block_shape), "shape": list(v.shape)}
+
+
+def grid_counts(v: Any) -> list[int]:
+    """How many stored chunks (files, objects) ``v`` has along each axis."""
+    return [-(-n // b) for n, b in zip(v.shape, v.block_shape)]
+
+
+def runs_of(flat: np.ndarray) -> np.ndarray:
+    """Ascending indices as ``(start, stop)`` runs of consecutive ones (an array of shape (k, 2)).
+
+    >>> runs_of(np.array([0, 1, 2, 5, 7, 8])).tolist()
+    [[0, 3], [5, 6], [7, 9]]
+    """
+    if flat.size == 0:
+        return np.zeros((0, 2), np.int64)
+    breaks = np.flatnonzero(np.diff(flat) != 1) + 1
+    starts = flat[np.concatenate(([0], breaks))]
+    stops = flat[np.concatenate((breaks - 1, [flat.size - 1]))] + 1
+    return np.stack([starts, stops], axis=1).astype(np.int64)
+
+
+def flat_of(runs: np.ndarray) -> np.ndarray:
+    """The indices of :func:`runs_of`'s runs, ascending."""
+    runs = np.asarray(runs, np.int64).reshape(-1, 2)
+    lengths = runs[:, 1] - runs[:, 0]
+    if not lengths.size:
+        return np.zeros(0, np.int64)
+    offsets = np.repeat(runs[:, 0] - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+    return np.arange(int(lengths.sum()), dtype=np.int64) + offsets
+
+
+def _legacy(record: dict[str, Any], v: Any) -> dict[str, Any]:
+    """A record an older emarray saved (every key as text) in today's form."""
+    from ..chunks import chunk_index
+    text = bytes(np.asarray(record["keys"], np.uint8)).decode()
+    keys = text.split("\n") if text else []
+    counts = [-(-int(n) // int(b)) for n, b in zip(record["shape"], record["block"])]
+    grid, other = [], []
+    for k, size, mtime in zip(keys, np.asarray(record["sizes"]).tolist(),
+                              np.asarray(record["mtimes"]).tolist()):
+        idx = chunk_index(k)
+        if idx is not None and len(idx) == len(counts) and all(i < n for i, n in zip(idx, counts)):
+            grid.append((int(np.ravel_multi_index(idx, counts)), size, mtime))
+        else:
+            other.append((k, size, mtime))
+    grid.sort()
+    return {"runs": runs_of(np.array([g[0] for g in grid], np.int64)),
+            "sizes": np.array([g[1] for g in grid], np.int64),
+            "mtimes": np.array([g[2] for g in grid], np.int64),
+            "other": np.frombuffer("\n".join(o[0] for o in other).encode(), np.uint8),
+            "other_sizes": np.array([o[1] for o in other], np.int64),
+            "other_mtimes": np.array([o[2] for o in other], np.int64),
+            "block": list(record["block"]), "shape": list(record["shape"])}
 
 
 def record_digest(record: dict[str, Any]) -> str:
-    """A digest of a :func:`chunk_record` (the same as the volume's listing digest)."""
-    from ..chunks import listing_of
-    text = bytes(np.asarray(record["keys"], np.uint8)).decode()
-    return listing_of(text.split("\n") if text else [], np.asarray(record["sizes"], np.int64),
-                      np.asarray(record["mtimes"], np.int64))["digest"]
+    """A digest of a :func:`chunk_record` (which chunks are stored, their sizes and versions)."""
+    import hashlib
+    h = hashlib.blake2b(digest_size=16)
+    for name in ("runs", "sizes", "mtimes", "other", "other_sizes", "other_mtimes"):
+        h.update(np.ascontiguousarray(record[name], np.uint8 if name == "other" else np.int64)
+                 .tobytes())
+    return RECORD_DIGEST + h.hexdigest()
 
 
 def inputs_digest(inputs: Sequence[Any]) -> dict[str, str]:
@@ -236,36 +331,53 @@ def inputs_digest(inputs: Sequence[Any]) -> dict[str, str]:
             if getattr(v, "local_path", None) is not None or getattr(v, "remote", False)}
 
 
+def stored_since(v: Any, recorded: str) -> bool:
+    """Whether ``v``'s stored chunks are as the digest ``recorded`` says (one that an older
+    emarray recorded is a digest of its listing, compared as such)."""
+    if not recorded.startswith(RECORD_DIGEST):
+        return bool(v.listing()["digest"] == recorded)
+    return record_digest(chunk_record(v)) == recorded
+
+
 def changed_regions(v: Any, old: dict[str, Any],
                     now: dict[str, Any] | None = None) -> list[tuple[slice, ...]]:
-    """The regions of ``v``'s chunks whose (size, mtime) differ from the record ``old``, or
+    """The regions of ``v``'s chunks whose (size, version) differ from the record ``old``, or
     that were added or removed since (``now``: the current record, when already made); the
     whole volume when a changed file names no chunk."""
-    from ..chunks import chunk_index
     now = now if now is not None else chunk_record(v)
+    if "keys" in old:
+        old = _legacy(old, v)
     whole = [tuple(slice(0, n) for n in v.shape)]
-    if now["block"] != list(old["block"]) or now["shape"] != [int(n) for n in old["shape"]]:
+    if now["block"] != [int(b) for b in old["block"]] or \
+            now["shape"] != [int(n) for n in old["shape"]]:
         return whole
-    def keys(snap: dict[str, Any]) -> list[str]:
-        text = bytes(np.asarray(snap["keys"], np.uint8)).decode()
-        return text.split("\n") if text else []
-
-    if np.array_equal(old["keys"], now["keys"]):  # the usual case: the same files, compared as arrays
-        moved = (np.asarray(old["sizes"]) != now["sizes"]) | (np.asarray(old["mtimes"]) != now["mtimes"])
-        names = keys(now) if moved.any() else []
-        diff = [names[i] for i in np.flatnonzero(moved)]
-    else:
-        a = dict(zip(keys(old), zip(np.asarray(old["sizes"]).tolist(), np.asarray(old["mtimes"]).tolist())))
-        b = dict(zip(keys(now), zip(now["sizes"].tolist(), now["mtimes"].tolist())))
-        diff = [k for k in set(a) | set(b) if a.get(k) != b.get(k)]
-    out = []
-    for k in sorted(diff):
-        idx = chunk_index(k)
-        if idx is None or len(idx) != len(v.block_shape):
+    for name in ("other", "other_sizes", "other_mtimes"):
+        if not np.array_equal(np.asarray(old[name]), now[name]):
             return whole
-        out.append(tuple(slice(i * s, min((i + 1) * s, n))
-                         for i, s, n in zip(idx, v.block_shape, v.shape)))
-    return out
+    runs_old, runs_now = np.asarray(old["runs"], np.int64).reshape(-1, 2), now["runs"]
+    if np.array_equal(runs_old, runs_now):  # the usual case: the same chunks stored
+        moved = (np.asarray(old["sizes"]) != now["sizes"]) | \
+            (np.asarray(old["mtimes"]) != now["mtimes"])
+        diff = flat_of(runs_now)[moved] if moved.any() else np.zeros(0, np.int64)
+    else:
+        a, b = flat_of(runs_old), flat_of(runs_now)
+        both, ia, ib = np.intersect1d(a, b, assume_unique=True, return_indices=True)
+        moved = (np.asarray(old["sizes"])[ia] != now["sizes"][ib]) | \
+            (np.asarray(old["mtimes"])[ia] != now["mtimes"][ib])
+        diff = np.union1d(np.setxor1d(a, b, assume_unique=True), both[moved])
+    return regions_of(diff, v)
+
+
+def regions_of(flat: np.ndarray, v: Any) -> list[tuple[slice, ...]]:
+    """The regions of ``v``'s chunks at the flat indices ``flat``; when there are more than
+    :data:`~emarray.engine.invalidate.MAX_REGIONS`, fewer, larger regions that hold every one
+    of them (see :func:`~emarray.engine.invalidate.boxes`)."""
+    counts, block, shape = grid_counts(v), list(v.block_shape), list(v.shape)
+    if flat.size == 0:
+        return []
+    lo, hi = boxes(np.stack(np.unravel_index(flat, counts), axis=1), counts)
+    return [tuple(slice(a * b, min(e * b, n)) for a, e, b, n in zip(lo_i, hi_i, block, shape))
+            for lo_i, hi_i in zip(lo.tolist(), hi.tolist())]
 
 
 def _umask() -> int:
@@ -278,17 +390,25 @@ def _umask() -> int:
 UMASK = _umask()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
     """Write ``path`` whole or not at all (a temporary file beside it, renamed), with the
-    permissions a new file gets (mkstemp's are private). On object storage a put is whole."""
+    permissions a new file gets (mkstemp's are private). On object storage a put is whole.
+    ``data``: the bytes, or a function that writes them to the open file it is given."""
     if isinstance(path, RemotePath):
+        if callable(data):
+            buf = io.BytesIO()
+            data(buf)
+            data = buf.getvalue()
         path.write_bytes(data)
         return
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         os.fchmod(fd, 0o666 & ~UMASK)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -296,6 +416,10 @@ def atomic_write(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+#: how many bits each byte value has set
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 
 
 class Bitmap:
@@ -315,11 +439,30 @@ class Bitmap:
     def __getitem__(self, i: int) -> bool:
         return bool(self.bits[i >> 3] & (0x80 >> (i & 7)))
 
-    def count(self) -> int:
-        """How many bits are set."""
-        return int(np.unpackbits(self.bits, count=self.size).sum()) if self.size else 0
+    def get_many(self, idx: np.ndarray) -> np.ndarray:
+        """Whether each bit at the indices ``idx`` is set (a boolean array)."""
+        idx = np.asarray(idx, np.int64)
+        return (self.bits[idx >> 3] & (np.uint8(0x80) >> (idx & 7).astype(np.uint8))) != 0
 
-    def missing(self, step: int = 1 << 20):
+    def unset_many(self, idx: np.ndarray) -> None:
+        """Unset the bits at the indices ``idx``."""
+        idx = np.asarray(idx, np.int64)
+        np.bitwise_and.at(self.bits, idx >> 3,
+                          ~(np.uint8(0x80) >> (idx & 7).astype(np.uint8)))
+
+    def count(self) -> int:
+        """How many bits are set (counted a byte at a time: no byte a bit)."""
+        return int(_POPCOUNT[self.bits].sum(dtype=np.int64)) if self.size else 0
+
+    @classmethod
+    def full(cls, size: int) -> Bitmap:
+        """Every one of ``size`` bits set."""
+        bits = np.full((size + 7) // 8, 0xFF, np.uint8)
+        if size % 8:
+            bits[-1] = np.uint8((0xFF << (8 - size % 8)) & 0xFF)
+        return cls(size, bits)
+
+    def missing(self, step: int = 1 << 16):
         """The indices of the unset bits, in order, a slice of ``step`` blocks at a time."""
         for start in range(0, self.size, step):
             stop = min(start + step, self.size)

@@ -9,8 +9,6 @@ and so does every stage after it.
 """
 from __future__ import annotations
 
-import itertools
-import math
 from typing import Any
 
 import numpy as np
@@ -25,39 +23,41 @@ def volume_key(v: Any) -> str:
     return f"{getattr(v, 'url', '')}#{getattr(v, 'array_path', '')}"
 
 
-def _axis_hits(read: Any, axis: int, grid: Any, lo: int, hi: int) -> list[int]:
-    """Block indices along ``axis`` of ``grid`` whose read (by ``read``) touches [lo, hi)."""
+def _axis_reads(read: Any, axis: int, grid: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Where the read of each block along ``axis`` of ``grid`` starts and stops (both
+    non-decreasing with the block index)."""
     f, h = read.scale[axis], read.halo[axis]
     below = h if read.sides == "both" else 0
     b, n = grid.block[axis], grid.shape[axis]
-    out = []
-    for i in range(grid.counts[axis]):
-        a, e = i * b, min((i + 1) * b, n)
-        if math.floor(a * f) - below < hi and math.ceil(e * f) + h > lo:
-            out.append(i)
-    return out
+    i = np.arange(grid.counts[axis], dtype=np.int64)
+    # floor and ceil of a block edge times a Fraction, exactly, in integers
+    starts = (i * b * f.numerator) // f.denominator - below
+    stops = -((-np.minimum((i + 1) * b, n) * f.numerator) // f.denominator) + h
+    return starts, stops
 
 
-def affected_blocks(st: Stage, changed: dict[str, list[Region]]) -> set[int]:
-    """Flat indices of the blocks of ``st`` that read a changed region of one of its inputs."""
-    hits: set[int] = set()
+def affected_blocks(st: Stage, changed: dict[str, list[Region]]) -> np.ndarray:
+    """Flat indices (ascending) of the blocks of ``st`` that read a changed region of one of
+    its inputs: a mask of one byte a block, boxes set in it, never a Python object a block."""
     grid = st.grid
+    mask = np.zeros(grid.counts, np.bool_)
     for r in st.reads:
         regions = changed.get(volume_key(r.volume))
         if not regions:
             continue
+        offset = 1 if r.channels == "drop" else 0
+        axes = _Axes(grid, offset)
+        reads = [_axis_reads(r, axis, axes) for axis in range(len(axes.counts))]
         for reg in regions:
             if r.channels == "all":
                 reg = reg[1:]
-            ranges: list[Any] = []
-            offset = 1 if r.channels == "drop" else 0
-            if offset:
-                ranges.append(range(grid.counts[0]))
-            for axis, s in enumerate(reg):
-                ranges.append(_axis_hits(r, axis, _Axes(grid, offset), s.start, s.stop))
-            for idx in itertools.product(*ranges):
-                hits.add(int(np.ravel_multi_index(idx, grid.counts)))
-    return hits
+            box: list[slice] = [slice(None)] * offset
+            for (starts, stops), s in zip(reads, reg):
+                # blocks whose read [start, stop) meets [s.start, s.stop): a run of indices
+                box.append(slice(int(np.searchsorted(stops, s.start, side="right")),
+                                 int(np.searchsorted(starts, s.stop, side="left"))))
+            mask[tuple(box)] = True
+    return np.flatnonzero(mask)
 
 
 class _Axes:
@@ -69,10 +69,34 @@ class _Axes:
         self.counts = grid.counts[offset:]
 
 
-def mark_written(st: Stage, hits: set[int], changed: dict[str, list[Region]]) -> None:
+#: most regions a list of changed regions holds: beyond, rows of chunks (or blocks) along the
+#: last axis are merged into one region, then planes, as far as needed
+MAX_REGIONS = 4096
+
+
+def boxes(idx: np.ndarray, counts: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes ``[lo, hi)`` of grid indices that hold every index of ``idx`` (an array of shape
+    (k, ndim)): one per index while there are at most :data:`MAX_REGIONS`, else whole rows
+    along the last axis, then whole planes, and so on, as few as that makes them."""
+    lo, hi = idx.astype(np.int64), idx.astype(np.int64) + 1
+    for axis in range(len(counts) - 1, 0, -1):
+        if len(lo) <= MAX_REGIONS:
+            break
+        lo[:, axis], hi[:, axis] = 0, int(counts[axis])
+        keep = np.sort(np.unique(lo, axis=0, return_index=True)[1])
+        lo, hi = lo[keep], hi[keep]
+    return lo, hi
+
+
+def mark_written(st: Stage, hits: np.ndarray, changed: dict[str, list[Region]]) -> None:
     """The regions the recomputed blocks write are changed for the stages that read them."""
+    if not len(hits):
+        return
+    idx = np.stack(np.unravel_index(np.asarray(hits, np.int64), st.grid.counts), axis=1)
+    lo, hi = boxes(idx, st.grid.counts)
     for w in st.writes:
         key = volume_key(w.volume)
-        for flat in hits:
-            idx = np.unravel_index(flat, st.grid.counts)
-            changed.setdefault(key, []).append(w.region(st.grid.region(tuple(int(i) for i in idx))))
+        for a, e in zip(lo.tolist(), hi.tolist()):
+            region = tuple(slice(i * b, min(j * b, n))
+                           for i, j, b, n in zip(a, e, st.grid.block, st.grid.shape))
+            changed.setdefault(key, []).append(w.region(region))

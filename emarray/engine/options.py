@@ -42,6 +42,9 @@ class RunOptions:
     slurm : dict or path, optional
         ``scheduler="slurm"``: the SLURM settings (see :mod:`emarray.engine.slurm`), or a YAML
         file of them.
+    estimate : bool
+        Run a sample of the blocks into a scratch folder and return what the whole run will
+        cost (:class:`~emarray.engine.estimate.Estimate`) instead of running it.
     """
 
     scheduler: Any = None
@@ -56,6 +59,7 @@ class RunOptions:
     retries: int = 2
     window: int | None = None
     slurm: Any = None
+    estimate: bool = False
 
     def __post_init__(self) -> None:
         from .. import environment
@@ -72,6 +76,9 @@ class RunOptions:
         parse_memory_limit(self.gpu_memory_limit)  # "lots" is refused here, before any work
         if self.overwrite and self.resume:
             raise InvalidArgumentError("choose either overwrite or resume, not both")
+        if self.estimate and self.resume:
+            raise InvalidArgumentError(
+                "choose either estimate or resume, not both (an estimate samples the whole job)")
         if not isinstance(self.retries, int) or self.retries < 0:
             raise InvalidArgumentError(f"retries must be a whole number >= 0, got {self.retries!r}")
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):

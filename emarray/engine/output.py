@@ -426,12 +426,13 @@ def _reopen_for_resume(where: Path, job: dict[str, Any], shown: str) -> Volume:
         raise ResumeMismatchError(
             f"cannot resume into {shown!r}: it was made by another job ({job_difference(old, job)}); "
             "use overwrite to start again")
-    _remove_partial_writes(where)
     return open_volume(where)
 
 
-def _remove_partial_writes(store: Path) -> None:
-    """Delete the temporary ``*.partial`` files a killed zarr write leaves behind."""
+def remove_partial_writes(store: Path) -> None:
+    """Delete the temporary ``*.partial`` files a killed zarr write leaves behind (a walk of
+    the whole store: a resumed job does it once its blocks are written, not before the first
+    one)."""
     for dirpath, _dirs, files in os.walk(store):
         for f in files:
             if f.endswith(".partial"):

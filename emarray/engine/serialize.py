@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -29,6 +30,14 @@ _TREE = "tree"
 def dumps(obj: Any) -> bytes:
     """``obj`` (None, bool, int, float, str, lists, tuples, str-keyed dicts, NumPy arrays and
     scalars) as the bytes of one ``.npz`` file."""
+    buf = io.BytesIO()
+    dump(obj, buf)
+    return buf.getvalue()
+
+
+def dump(obj: Any, file: BinaryIO) -> None:
+    """Write :func:`dumps`'s bytes of ``obj`` to the open ``file``, array by array (no copy of
+    them all in memory)."""
     arrays: dict[str, np.ndarray] = {}
 
     def enc(v: Any) -> Any:
@@ -53,10 +62,8 @@ def dumps(obj: Any) -> bytes:
         raise TypeError(f"cannot save a {type(v).__name__} in emarray's progress")
 
     tree = json.dumps(enc(obj), allow_nan=False).encode()
-    buf = io.BytesIO()
     entries: dict[str, Any] = {_TREE: np.frombuffer(tree, np.uint8), **arrays}
-    np.savez(buf, **entries)
-    return buf.getvalue()
+    np.savez(file, **entries)
 
 
 def _array_ref(a: np.ndarray, arrays: dict[str, np.ndarray]) -> str:
@@ -67,11 +74,12 @@ def _array_ref(a: np.ndarray, arrays: dict[str, np.ndarray]) -> str:
     return key
 
 
-def loads(data: bytes, where: str = "a progress file") -> Any:
-    """The value :func:`dumps` saved; a damaged or foreign file raises
-    :class:`CorruptStateError` naming ``where``."""
+def loads(data: bytes | os.PathLike, where: str = "a progress file") -> Any:
+    """The value :func:`dumps` saved (its bytes, or the file that holds them); a damaged or
+    foreign file raises :class:`CorruptStateError` naming ``where``."""
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        with np.load(io.BytesIO(data) if isinstance(data, bytes) else data,
+                     allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         tree = json.loads(bytes(arrays.pop(_TREE)).decode())
         return _decode(tree, arrays)

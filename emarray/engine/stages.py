@@ -19,13 +19,13 @@ import numpy as np
 
 from ..errors import EmarrayError, InputChangedError, InvalidArgumentError
 from ..volume import Volume
-from . import faults
-from .checkpoint import Checkpoint, inputs_digest, progress_of
+from . import estimate, faults
+from .checkpoint import Checkpoint, progress_of, stored_since
 from .contract import BlockContext, LaterStage, Read, Stage
 from .grid import Region
 from .invalidate import affected_blocks, mark_written, volume_key
 from .options import RunOptions
-from .output import open_output, reading
+from .output import open_output, reading, remove_partial_writes
 from .schedulers import Runner
 
 log = logging.getLogger("emarray")
@@ -155,6 +155,9 @@ def _block_name(stage: Stage, index: tuple[int, ...]) -> str:
 
 
 StageSpec = Stage | LaterStage
+#: most blocks whose ``work`` is added up before the first one runs (the progress display's
+#: total); a stage of more counts its progress in blocks, as one call per block would delay it
+MAX_WEIGHED = 1 << 16
 
 
 def run_stages(stages: Sequence[StageSpec], runner: Runner, checkpoint: Checkpoint, *,
@@ -169,6 +172,9 @@ def run_stages(stages: Sequence[StageSpec], runner: Runner, checkpoint: Checkpoi
     for spec in stages:
         if isinstance(spec, Stage):
             spec.check()
+    session = estimate.current()
+    if session is not None:  # an estimate: a sample of each stage's blocks
+        return _sample_stages(stages, runner, checkpoint, session, retries)
     given: Any = None
     changed = {k: list(v) for k, v in checkpoint.changed.items()}  # inputs changed since start
     restart = False  # an earlier stage starts again: so does every one after it
@@ -186,9 +192,9 @@ def run_stages(stages: Sequence[StageSpec], runner: Runner, checkpoint: Checkpoi
             st.check()
         else:
             st = spec
-        redo = affected_blocks(st, changed) if changed else set()
+        redo = affected_blocks(st, changed) if changed else np.zeros(0, np.int64)
         if finished:
-            if not redo:
+            if not len(redo):
                 given = result
                 continue
             log.warning("%s: %d finished blocks read input chunks changed since the job started; "
@@ -208,26 +214,41 @@ def run_stages(stages: Sequence[StageSpec], runner: Runner, checkpoint: Checkpoi
     return given
 
 
+def _sample_stages(stages: Sequence[StageSpec], runner: Runner, checkpoint: Checkpoint,
+                   session: estimate.Session, retries: int) -> Any:
+    """What :func:`run_stages` does for an estimate: each stage runs a sample of its blocks
+    (:func:`~emarray.engine.estimate.sample_stage`); its result, made from the sample, builds
+    the next."""
+    given: Any = None
+    for spec in stages:
+        st = spec.build(given) if isinstance(spec, LaterStage) else spec
+        st.check()
+        st.given = given
+        st.job = str(checkpoint.root or "")
+        acc = estimate.sample_stage(session, st, runner, retries)
+        given = st.finalize(acc) if st.finalize is not None else acc
+    return given
+
+
 class _InFlight:
     """The blocks of one stage run: which are done (a bitmap), which are in flight (call
     number -> flat block index), and the summaries folded so far."""
 
-    def __init__(self, st: Stage, checkpoint: Checkpoint, redo: set[int]):
+    def __init__(self, st: Stage, checkpoint: Checkpoint, redo: np.ndarray):
         self.st, self.checkpoint = st, checkpoint
         self.done, saved = checkpoint.load(st.name, len(st.grid))
         self.restarted = False
-        stale = [i for i in redo if self.done[i]]
-        if stale and st.combine is not None:  # a block's share cannot be taken out of the fold
+        stale = redo[self.done.get_many(redo)]
+        if len(stale) and st.combine is not None:  # a block's share cannot be taken out of the fold
             log.warning("%s: blocks already folded read input chunks changed since the job "
                         "started; the stage starts again", st.name)
             checkpoint.forget(st.name)
             self.done, saved = checkpoint.load(st.name, len(st.grid))
             self.restarted = True
-        elif stale:
+        elif len(stale):
             log.warning("%s: %d finished blocks read input chunks changed since the job "
                         "started; computing them again", st.name, len(stale))
-            for i in stale:
-                self.done.unset(i)
+            self.done.unset_many(stale)
         self.fold = TreeFold(st.combine, saved) if st.combine is not None else None
         self.flat_of: dict[int, int] = {}
 
@@ -257,7 +278,7 @@ class _InFlight:
 
 
 def _run_stage(st: Stage, runner: Runner, checkpoint: Checkpoint, retries: int,
-               redo: set[int]) -> tuple[Any, bool]:
+               redo: np.ndarray) -> tuple[Any, bool]:
     """Run the blocks of ``st`` not yet done (``redo``: done ones to compute again); return the
     folded summary, and whether the stage had to start again."""
     job = _InFlight(st, checkpoint, redo)
@@ -267,15 +288,16 @@ def _run_stage(st: Stage, runner: Runner, checkpoint: Checkpoint, retries: int,
         print(f"resuming: {already} of {n} blocks already done", file=sys.stderr)
     log.info("%s: %d blocks of %s (%d already done)", st.name, n, st.grid.block, already)
     total = n - already
-    if st.work is not None:
+    weigh = st.work is not None and total <= MAX_WEIGHED
+    if weigh:
         counts = st.grid.counts
-        total = sum(st.work(tuple(int(k) for k in np.unravel_index(f, counts)))
+        total = sum(st.work(tuple(int(k) for k in np.unravel_index(f, counts)))  # type: ignore[misc]
                     for f in job.done.missing())
     runner.desc = st.name
     try:
         runner.run(job.calls(), total=total, retries=retries, on_result=job.on_result,
-                   name=job.name, weight=job.weight if st.work is not None else None,
-                   unit=st.unit)
+                   name=job.name, weight=job.weight if weigh else None,
+                   unit=st.unit if weigh else "block")
     except BaseException:  # a failed block or an interrupt: keep every finished block
         job.save(force=True)
         raise
@@ -321,10 +343,10 @@ def check_unchanged_since(record: dict[str, Any], inputs: Sequence[Any], shown: 
     recorded = record.get("inputs_stored")
     if not isinstance(recorded, dict):
         return
-    now = inputs_digest([v for v in inputs if isinstance(v, Volume)])
     for v in inputs:
         key = volume_key(v) if isinstance(v, Volume) else None
-        if key in recorded and key in now and now[key] != recorded[key]:
+        known = key in recorded and (v.local_path is not None or v.remote)
+        if known and not stored_since(v, str(recorded[key])):
             raise InputChangedError(
                 f"cannot resume {shown!r}: it is finished, but its input {v.url} changed since "
                 "it was computed (its stored chunks differ); run the same command with "
@@ -343,6 +365,9 @@ def run_job(dst: str | os.PathLike, create: Callable[[str], Volume], *, job: dic
     committed. ``job`` identifies the run for ``resume``. Pass an entered ``runner`` to reuse
     its connection (several outputs, or a setup that needs to know the workers).
     """
+    if options.estimate and estimate.current() is None:
+        raise InvalidArgumentError("estimate=True is an operator's option (emarray.threshold("
+                                   "..., estimate=True), emarray OP ... --estimate)")
     with contextlib.nullcontext(runner) if runner is not None else options.runner(desc) as runner:
         runner.check_volumes(inputs)
         with reading(inputs), open_output(
@@ -356,6 +381,10 @@ def run_job(dst: str | os.PathLike, create: Callable[[str], Volume], *, job: dic
                 if not target.resumed:
                     checkpoint.clear()
                 checkpoint.start(inputs=[v for v in inputs if isinstance(v, Volume)])
+                session = estimate.current()
+                if session is not None:
+                    estimate.note_inputs(session, [v for v in inputs if isinstance(v, Volume)],
+                                         checkpoint.stored)
                 try:
                     built = stages(out)
                     for st in built:
@@ -370,6 +399,8 @@ def run_job(dst: str | os.PathLike, create: Callable[[str], Volume], *, job: dic
                     if target.staged:
                         raise target.kept_note(exc) from exc
                     raise
+                if target.resumed and out.local_path is not None:
+                    remove_partial_writes(out.local_path)  # what the killed run left
                 mark_complete(out, checkpoint.digests)
                 checkpoint.clear()
             return target.commit()

@@ -45,6 +45,8 @@ class PipelineResult:
     plan: list[Planned]
     results: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: what ``estimate`` found (:class:`~emarray.engine.estimate.Estimate`), else None
+    estimate: Any = None
 
     @property
     def ran(self) -> list[str]:
@@ -168,6 +170,8 @@ def run_pipeline(recipe: str | os.PathLike | dict[str, Any], sets: tuple[str, ..
         raise InvalidArgumentError("choose either --resume or --overwrite, not both")
     rec = load_recipe(recipe, sets, workdir=workdir)
     opts = _merged_options(rec, options, run)
+    if opts.estimate and not dry_run:
+        return _estimate_pipeline(recipe, sets, rec, opts, say)
     lock = OutputLock(Path(rec.workdir), rec.workdir)
     if not dry_run:  # a dry run creates nothing, not even the workdir's parent
         os.makedirs(os.path.dirname(rec.workdir) or ".", exist_ok=True)
@@ -193,6 +197,28 @@ def run_pipeline(recipe: str | os.PathLike | dict[str, Any], sets: tuple[str, ..
     finally:
         if not dry_run:
             lock.release()
+
+
+def _estimate_pipeline(recipe: Any, sets: tuple[str, ...], rec: Recipe, opts: RunOptions,
+                       say: Callable[[str], None]) -> PipelineResult:
+    """``estimate``: every step runs a sample of its blocks, in a scratch workdir beside the
+    recipe's (each step reads what the step before it wrote for its sample); the cost of the
+    whole recipe is said, and kept as the result's ``estimate``."""
+    from ..engine.estimate import estimating
+    with estimating(f"recipe {rec.path or 'given'}") as session:
+        scratch = load_recipe(recipe, sets, workdir=session.scratch_for(rec.workdir))
+        state = State(scratch.workdir)
+        planned = plan(scratch, state)
+        result = PipelineResult(scratch, planned)
+        with opts.runner("pipeline") as runner:
+            os.makedirs(scratch.workdir, exist_ok=True)
+            shared = runner.client if runner.client is not None else opts.scheduler
+            for k, p in enumerate(planned, 1):
+                _run_step(p, k, len(planned), state, opts, shared, result, lambda line: None)
+        result.estimate = session.result()
+    for line in result.estimate.lines():
+        say(line)
+    return result
 
 
 def _recipe_record(rec: Recipe, given: Any, sets: tuple[str, ...]) -> dict[str, Any]:
