@@ -18,7 +18,8 @@ from typing import Any
 import click
 
 from .errors import InvalidArgumentError
-from .spec import Operator, Param, Port, speaking
+from .spec import Operator, Param, Port
+from .speaking import speaking
 
 SCHED_HELP = ("threads (default), processes, synchronous, local-cluster, cuda (one worker per "
               "GPU, dask-cuda), slurm (workers in SLURM jobs, dask-jobqueue; see "

@@ -13,7 +13,8 @@ import numpy as np
 from ._normalize import micrometres, parse_tuple, parse_unit
 from .engine import BlockGrid, RunOptions, Stage, Write, run_job
 from .errors import EmarrayWarning
-from .spec import COMPRESSIONS, ENGINE, REPLACE, Operator, Param, Port, given
+from .spec import COMPRESSIONS, ENGINE, REPLACE, Operator, Param, Port
+from .speaking import given
 from .sources import open_source
 from .codecs import compressor_codecs
 from .volume import Volume, create_volume

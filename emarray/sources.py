@@ -14,7 +14,7 @@ import numpy as np
 
 from ._normalize import numeric_dtype, parse_unit
 from .errors import InvalidArgumentError, ShapeMismatchError, VolumeNotFoundError
-from .spec import given
+from .speaking import given
 
 #: (voxel size z,y,x, unit) read from a file's own metadata, or None
 VoxelInfo = tuple[tuple[float, float, float], str] | None

@@ -22,15 +22,13 @@ npe2 manifests, click's command classes, scikit-image's one function, one docstr
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 import inspect
 import os
 import pkgutil
 import textwrap
-from collections.abc import Callable, Iterator, Sequence
-from contextvars import ContextVar
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,49 +48,6 @@ INCOMPLETE = ("allow_incomplete",)
 BACKEND = ("backend", "gpu_memory_limit")
 #: an operator that writes a volume and has a CUDA path takes all of them
 ELEMENTWISE = ENGINE + REPLACE + INCOMPLETE + BACKEND
-
-
-#: where the running job's values were given: "python" (keyword arguments), "cli" (options) or
-#: "recipe" (a step's keys), and the step
-_WHERE: ContextVar[tuple[str, str]] = ContextVar("emarray_where", default=("python", ""))
-
-
-@contextlib.contextmanager
-def speaking(where: str, step: str = "") -> Iterator[None]:
-    """Within, messages name values as the user gave them ``where``: ``"cli"`` (options),
-    ``"recipe"`` (the keys of ``step``) or ``"python"`` (keyword arguments, the default)."""
-    token = _WHERE.set((where, step))
-    try:
-        yield
-    finally:
-        _WHERE.reset(token)
-
-
-def current_step() -> str:
-    """The recipe step whose values the running job has ("" outside a recipe)."""
-    where, step = _WHERE.get()
-    return step if where == "recipe" else ""
-
-
-def given(name: str, value: str = "") -> str:
-    """How the user gives parameter ``name`` (with ``value``; none for a flag) where the running
-    job's values came from, for messages that advise one.
-
-    >>> given("voxel_size", "z,y,x"), given("label_first")
-    ('voxel_size=z,y,x', 'label_first=True')
-    >>> with speaking("cli"):
-    ...     given("voxel_size", "z,y,x"), given("label_first")
-    ('--voxel-size z,y,x', '--label-first')
-    >>> with speaking("recipe", "raw"):
-    ...     given("voxel_size", "z,y,x")
-    "voxel_size: z,y,x in step 'raw'"
-    """
-    where, step = _WHERE.get()
-    if where == "cli":
-        return "--" + name.replace("_", "-") + (f" {value}" if value else "")
-    if where == "recipe":
-        return f"{name}: {value or 'true'}" + (f" in step {step!r}" if step else "")
-    return f"{name}={value or 'True'}"
 
 
 @dataclass(frozen=True)
@@ -446,5 +401,4 @@ def run_option_names(groups: Sequence[str]) -> tuple[str, ...]:
 
 
 __all__ = ["ELEMENTWISE", "ENGINE", "INCOMPLETE", "Operator", "Param", "Port", "REGISTRY",
-           "REPLACE", "BACKEND", "given", "layout_params", "operators", "reference", "speaking",
-           "table_row"]
+           "REPLACE", "BACKEND", "layout_params", "operators", "reference", "table_row"]

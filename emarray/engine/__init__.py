@@ -6,7 +6,8 @@ from .contract import BOUNDARIES, BlockContext, LaterStage, Read, Stage, Write, 
 from .grid import BlockGrid, check_aligned, work_block
 from .options import RunOptions
 from .output import Output, open_output
-from .stages import (TreeFold, mark_complete, reduce_blocks, run_block, run_job, run_stages,
+from .fold import TreeFold
+from .stages import (mark_complete, reduce_blocks, run_block, run_job, run_stages,
                   worker_state)
 from .schedulers import SCHEDULERS, Runner, check_scheduler
 

@@ -34,7 +34,7 @@ import shutil
 import socket
 import time
 import tracemalloc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -360,10 +360,11 @@ def _voxels(grid: Any, flats: Sequence[int]) -> int:
                for f in flats)
 
 
-def sample_stage(session: Session, st: Any, runner: Any, retries: int) -> Any:
+def sample_stage(session: Session, st: Any, runner: Any, retries: int,
+                 run_block: Callable[..., Any]) -> Any:
     """Run a sample of the blocks of ``st`` (see the module's docs); return their summaries
-    folded (what the stage's ``finalize`` gets)."""
-    from .stages import TreeFold, run_block
+    folded (what the stage's ``finalize`` gets). ``run_block`` is the engine's block runner."""
+    from .fold import TreeFold
     session.runner = session.runner or _runner_shape(runner, session.base_memory)
     n = len(st.grid)
     counts = st.grid.counts
@@ -413,7 +414,7 @@ def sample_stage(session: Session, st: Any, runner: Any, retries: int) -> Any:
         session.peak = peak
     picks = first + measured
     session.positions[n] = picks
-    memory, t_memory = _block_memory(st, measured or first)
+    memory, t_memory = _block_memory(st, measured or first, run_block)
     session.sampling_seconds += t_first + t_warm + t_measured + t_memory
     total = math.prod(st.grid.shape)
     done = _voxels(st.grid, picks)
@@ -425,7 +426,7 @@ def sample_stage(session: Session, st: Any, runner: Any, retries: int) -> Any:
     if done:
         for url, b in _written_bytes(st).items():
             written[url] = (b - before.get(url, 0)) * total / done
-    from ..spec import current_step
+    from ..speaking import current_step
     step = current_step()
     session.stages.append(StageCost(f"{step}: {st.name}" if step else st.name, n, len(picks),
                                     seconds, memory, read_bytes(st), written))
@@ -470,9 +471,9 @@ def _cuts(r: Any, region: Any) -> bool:
                for s, b, n in zip(want, v.block_shape, v.shape))
 
 
-def _block_memory(st: Any, flats: list[int]) -> tuple[int, float]:
+def _block_memory(st: Any, flats: list[int],
+                  run_block: Callable[..., Any]) -> tuple[int, float]:
     """The most memory one block of ``st`` took, run here one at a time, and the time it took."""
-    from .stages import run_block
     t0 = time.perf_counter()
     peak = 0
     counts = st.grid.counts
@@ -508,15 +509,15 @@ def _written_bytes(st: Any) -> dict[str, int]:
 def read_bytes(st: Any) -> int:
     """Decompressed bytes every block of ``st`` reads together (halos counted once a block,
     clipped to the volumes; a product over the axes, not a sum over the blocks)."""
-    from .invalidate import _Axes, _axis_reads
+    from .invalidate import SpatialAxes, axis_reads
     total = 0
     for r in st.reads:
         offset = 1 if r.channels == "drop" else 0
-        axes = _Axes(st.grid, offset)
+        axes = SpatialAxes(st.grid, offset)
         shape = r.volume.shape[1:] if r.channels == "all" else r.volume.shape
         voxels = 1
         for axis in range(len(axes.counts)):
-            starts, stops = _axis_reads(r, axis, axes)
+            starts, stops = axis_reads(r, axis, axes)
             voxels *= int((np.minimum(stops, shape[axis]) - np.maximum(starts, 0)).clip(0).sum())
         if offset:
             voxels *= st.grid.counts[0]

@@ -23,7 +23,7 @@ def volume_key(v: Any) -> str:
     return f"{getattr(v, 'url', '')}#{getattr(v, 'array_path', '')}"
 
 
-def _axis_reads(read: Any, axis: int, grid: Any) -> tuple[np.ndarray, np.ndarray]:
+def axis_reads(read: Any, axis: int, grid: Any) -> tuple[np.ndarray, np.ndarray]:
     """Where the read of each block along ``axis`` of ``grid`` starts and stops (both
     non-decreasing with the block index)."""
     f, h = read.scale[axis], read.halo[axis]
@@ -46,8 +46,8 @@ def affected_blocks(st: Stage, changed: dict[str, list[Region]]) -> np.ndarray:
         if not regions:
             continue
         offset = 1 if r.channels == "drop" else 0
-        axes = _Axes(grid, offset)
-        reads = [_axis_reads(r, axis, axes) for axis in range(len(axes.counts))]
+        axes = SpatialAxes(grid, offset)
+        reads = [axis_reads(r, axis, axes) for axis in range(len(axes.counts))]
         for reg in regions:
             if r.channels == "all":
                 reg = reg[1:]
@@ -60,7 +60,7 @@ def affected_blocks(st: Stage, changed: dict[str, list[Region]]) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
-class _Axes:
+class SpatialAxes:
     """A grid's spatial axes seen from a read that drops its leading channel axis."""
 
     def __init__(self, grid: Any, offset: int):

@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import EmarrayError, InputChangedError, InvalidArgumentError
 from ..volume import Volume
 from . import estimate, faults
+from .fold import TreeFold
 from .checkpoint import Checkpoint, progress_of, stored_since
 from .contract import BlockContext, LaterStage, Read, Stage
 from .grid import Region
@@ -122,32 +123,6 @@ def _trace(stage: Stage, index: tuple[int, ...]) -> None:
         faults.trace(stage.job, stage.name, int(np.ravel_multi_index(index, stage.grid.counts)))
 
 
-# -- summaries: folded in a tree -----------------------------------------------------------------
-class TreeFold:
-    """Fold summaries pairwise in a binary tree as they arrive (a binary counter of partials).
-
-    The driver holds at most log2(n) partial results, and a combine that builds a new object
-    (concatenating lists of equivalences, say) costs O(n log n) in all, not O(n^2).
-    """
-
-    def __init__(self, combine: Callable[[Any, Any], Any], state: list | None = None):
-        self.combine = combine
-        self.stack: list[tuple[int, Any]] = list(state or [])
-
-    def add(self, value: Any) -> None:
-        rank = 0
-        while self.stack and self.stack[-1][0] == rank:
-            value = self.combine(self.stack.pop()[1], value)
-            rank += 1
-        self.stack.append((rank, value))
-
-    def result(self) -> Any:
-        acc = None
-        for _, v in reversed(self.stack):
-            acc = v if acc is None else self.combine(v, acc)
-        return acc
-
-
 # -- stages --------------------------------------------------------------------------------------
 def _block_name(stage: Stage, index: tuple[int, ...]) -> str:
     where = ",".join(f"{s.start}:{s.stop}" for s in stage.grid.region(index))
@@ -225,7 +200,7 @@ def _sample_stages(stages: Sequence[StageSpec], runner: Runner, checkpoint: Chec
         st.check()
         st.given = given
         st.job = str(checkpoint.root or "")
-        acc = estimate.sample_stage(session, st, runner, retries)
+        acc = estimate.sample_stage(session, st, runner, retries, run_block)
         given = st.finalize(acc) if st.finalize is not None else acc
     return given
 

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from ..engine import BlockContext, BlockGrid, Read, RunOptions
-from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port, given
+from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
+from ..speaking import given
 from ..errors import EmarrayWarning, InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
 from .common import as_volume

@@ -20,7 +20,8 @@ import numpy as np
 from .. import ome, storage
 from .._normalize import parse_tuple, whole_number
 from ..engine import BlockContext, BlockGrid, Read, RunOptions, Stage, Write
-from ..spec import BACKEND, ENGINE, REPLACE, Operator, Param, Port, given
+from ..spec import BACKEND, ENGINE, REPLACE, Operator, Param, Port
+from ..speaking import given
 from ..engine.checkpoint import PROGRESS_DIR, Checkpoint
 from ..engine.output import OutputLock, foreign_in_array, real_path
 from ..engine.remote_output import RemoteLock

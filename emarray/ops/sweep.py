@@ -22,7 +22,8 @@ from .. import backends
 from .._normalize import finite_number, micrometres, real_number, rounded_once, written
 from ..figures import prewarm
 from ..engine import BlockContext, BlockGrid, Checkpoint, Read, RunOptions, Stage, run_stages
-from ..spec import BACKEND, ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port, given
+from ..spec import BACKEND, ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
+from ..speaking import given
 from ..engine.output import reading
 from ..errors import EmarrayWarning, InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..engine import BlockContext, BlockGrid, Read, RunOptions, Stage, Write, run_job
-from ..spec import COMPRESSIONS, ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port, given
+from ..spec import COMPRESSIONS, ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
+from ..speaking import given
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume, create_volume
 from .common import as_volume, job_identity, layout_of

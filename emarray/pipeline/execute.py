@@ -19,7 +19,7 @@ from .. import redact
 from ..engine import RunOptions
 from ..engine.output import OutputLock
 from ..errors import EmarrayError, InvalidArgumentError, OutputExistsError
-from ..spec import speaking
+from ..speaking import speaking
 from .ops import STEP_RUN_KEYS
 from .recipe import Recipe, Step, load_recipe
 from .state import State, fingerprint, stored
