@@ -15,7 +15,7 @@ from scipy import ndimage
 import emarray
 from emarray.ops.agglomerate import (agglomerate_graph, block_edges, reference_agglomeration,
                                      sequential)
-from emarray.ops.watershed import boundary_of, flood, seeds_of
+from emarray.ops.watershed import boundary_of, flood
 
 from .conftest import make_volume
 from .test_hardening import cli, one_error_line, wait_for
@@ -88,46 +88,126 @@ def test_distance_bad_input_is_one_line(tmp_path):
 
 
 # -- watershed ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["maxima", "components"])
-def test_watershed_inside_a_block_equals_scikit_image_on_the_grown_block(tmp_path, method):
+def whole_seeds(b: np.ndarray, method: str, threshold: float, core: float = 1.0,
+                cap: float | None = None) -> np.ndarray:
+    """The seeds of the whole array, from SciPy alone: the interior ``b < threshold``, its
+    exact distance transform (clipped at ``cap``), cores farther than ``core`` and maxima
+    (3x3x3), labelled by ``ndimage.label`` (ids in C order of first voxel)."""
+    inside = b < threshold
+    if method == "components":
+        return ndimage.label(inside)[0]
+    d = ndimage.distance_transform_edt(inside)
+    if cap is not None:
+        d = np.minimum(d, cap)
+    peak = (d == ndimage.maximum_filter(d, size=3, mode="nearest")) & inside & (d > 0)
+    if method == "maxima":
+        return ndimage.label(peak, np.ones((3, 3, 3)))[0]
+    return ndimage.label((d > core) | (peak & (d <= core)))[0]
+
+
+@pytest.mark.parametrize("method", ["cores", "components", "maxima"])
+def test_watershed_floods_each_grown_block_from_the_seeds_of_the_whole_array(tmp_path, method):
     from skimage.segmentation import watershed as sk_watershed
     _, b = cells()
     chunks, halo = (6, 16, 16), (2, 6, 6)
     v = make_volume(tmp_path / "b.zarr", b, chunks)
+    extra = {}
+    if method == "maxima":  # maxima are the whole array's with an exact distance volume
+        extra["distance"] = emarray.distance(v, tmp_path / "d.zarr", threshold=0.3, below=True,
+                                             max_distance=5)
     frag = emarray.watershed(v, tmp_path / "f.zarr", threshold=0.3, seed_method=method,
-                             halo=halo).read()
-    for index in [(0, 0, 0), (1, 1, 2), (0, 2, 1)]:
+                             halo=halo, **extra).read()
+    seeds = whole_seeds(b, method, 0.3, cap=5 if method == "maxima" else None)
+    assert frag.max() == seeds.max() and set(np.unique(frag)) == set(range(1, seeds.max() + 1))
+    for index in [(0, 0, 0), (1, 1, 2), (0, 2, 1), (1, 2, 2)]:
         own = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, chunks, b.shape))
         grown = tuple(slice(max(s.start - h, 0), min(s.stop + h, n))
                       for s, h, n in zip(own, halo, b.shape))
-        g = b[grown]
-        markers = seeds_of(g, method, 0.3, (1.0, 1.0, 1.0))
-        ref = sk_watershed(g, markers)
+        ref = sk_watershed(b[grown], seeds[grown])
         crop = ref[tuple(slice(o.start - r.start, o.stop - r.start) for o, r in zip(own, grown))]
-        got = frag[own]
-        # the same partition of the block's own region (ids differ: block tag, renumbering)
-        pairs = np.unique(np.stack([got.ravel(), crop.ravel()]), axis=1)
-        assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
-    assert (frag > 0).all()  # every voxel belongs to a fragment
-    blocks = frag >> np.uint64(32)
-    for block in np.unique(blocks):  # ids unique across blocks: a block's ids are its own
-        assert len(np.unique(blocks[np.isin(frag, frag[blocks == block])])) == 1
+        np.testing.assert_array_equal(frag[own], crop)  # the same ids: the seeds' own
+
+
+@pytest.mark.parametrize("method", ["cores", "components"])
+def test_fragments_do_not_depend_on_the_chunking(tmp_path, method):
+    _, b = cells(shape=(12, 48, 52), n=30, seed=21)
+    got = []
+    for k, chunks in enumerate([(12, 48, 52), (6, 24, 26), (5, 13, 11), (1, 7, 40)]):
+        make_volume(tmp_path / f"b{k}.zarr", b, chunks)
+        got.append(emarray.watershed(tmp_path / f"b{k}.zarr", tmp_path / f"f{k}.zarr",
+                                     threshold=0.3, seed_method=method, halo=(2, 8, 8)).read())
+    for other in got[1:]:  # one seed, one id: the same ids; a voxel differs only where its
+        # flooding path leaves the halo (a tie on a plateau, a membrane wider than the halo)
+        assert set(np.unique(other)) == set(np.unique(got[0]))
+        assert np.count_nonzero(other != got[0]) <= 1e-3 * b.size
+
+
+def test_flyem_segmentation_does_not_depend_on_the_chunking(tmp_path, shared_data):
+    """On a crop of the FlyEM crop: the segmentation at three chunkings (one block, a fine
+    one) within 0.02 VOI of each other, and small segments no likelier on block faces."""
+    import h5py
+    from skimage.metrics import variation_of_information
+    with h5py.File(shared_data / "gala-flyem" / "train-p1.lzf.h5") as f:
+        b = f["stack"][:24, :64, :96]
+    segs = {}
+    for chunks in [(24, 64, 96), (12, 32, 48), (8, 32, 32)]:
+        d = tmp_path / "x".join(map(str, chunks))
+        v = make_volume(d / "b.zarr", b, chunks)
+        f = emarray.watershed(v, d / "f.zarr", threshold=0.5)
+        s = emarray.agglomerate(f, v, d / "s.zarr", threshold=0.5, thresholds=[0.9])
+        segs[chunks] = (s.read(), emarray.open_volume(d / "s.zarr" / "t0.9").read())
+    one = segs[(24, 64, 96)]
+    for chunks in [(12, 32, 48), (8, 32, 32)]:
+        faces = block_faces(b.shape, chunks)
+        for k in range(2):
+            assert sum(variation_of_information(one[k], segs[chunks][k])) <= 0.02, chunks
+            small_here = small_touching(segs[chunks][k], faces)
+            small_one = small_touching(one[k], faces)
+            assert small_here <= small_one + 2, (chunks, small_here, small_one)
+
+
+def block_faces(shape, chunks) -> np.ndarray:
+    """The voxels on a face between two blocks."""
+    out = np.zeros(shape, bool)
+    for axis, (n, c) in enumerate(zip(shape, chunks)):
+        i = np.arange(n)
+        plane = ((i % c == 0) & (i > 0)) | ((i % c == c - 1) & (i < n - 1))
+        out |= plane.reshape([-1 if a == axis else 1 for a in range(3)])
+    return out
+
+
+def small_touching(seg: np.ndarray, faces: np.ndarray, small: int = 50) -> int:
+    ids, n = np.unique(seg, return_counts=True)
+    return int(np.unique(seg[faces & np.isin(seg, ids[n < small])]).size)
 
 
 def test_watershed_seeds_from_a_volume_a_distance_and_relabel(tmp_path):
+    from skimage.segmentation import watershed as sk_watershed
     truth, b = cells(seed=2)
     make_volume(tmp_path / "b.zarr", b, (6, 20, 22))
     seeds = np.where(ndimage.binary_erosion(b < 0.2, iterations=2), truth, 0).astype(np.uint32)
+    seeds[seeds > 0] += 1000  # ids of the user's: fragments are numbered by their rank
     make_volume(tmp_path / "s.zarr", seeds, (6, 20, 22))
     f = emarray.watershed(tmp_path / "b.zarr", tmp_path / "f.zarr", seeds=tmp_path / "s.zarr",
-                          relabel=True).read()
+                          relabel=True, halo=b.shape).read()
     assert f.min() >= 1 and f.dtype == np.uint32
-    assert set(np.unique(f)) == set(range(1, f.max() + 1))  # 1..N
+    ranks = np.searchsorted(np.unique(seeds[seeds > 0]), seeds) + 1
+    np.testing.assert_array_equal(f, sk_watershed(b, np.where(seeds > 0, ranks, 0)))
+    # min_size drops the seeds of fewer voxels before the flood
+    n = np.bincount(seeds.ravel())
+    small = int(np.median(n[n > 0]))
+    g = emarray.watershed(tmp_path / "b.zarr", tmp_path / "g.zarr", seeds=tmp_path / "s.zarr",
+                          min_size=small, halo=b.shape).read()
+    kept = np.flatnonzero(n >= small)
+    kept = kept[kept > 0]
+    markers = np.where(np.isin(seeds, kept), np.searchsorted(kept, seeds) + 1, 0)
+    np.testing.assert_array_equal(g, sk_watershed(b, markers))
     emarray.distance(tmp_path / "b.zarr", tmp_path / "d.zarr", threshold=0.3, below=True,
                      max_distance=8)
-    g = emarray.watershed(tmp_path / "b.zarr", tmp_path / "g.zarr",
+    g = emarray.watershed(tmp_path / "b.zarr", tmp_path / "g2.zarr",
                           distance=tmp_path / "d.zarr", threshold=0.3)
-    assert (g.read() > 0).all()
+    w = emarray.watershed(tmp_path / "b.zarr", tmp_path / "w.zarr", threshold=0.3)
+    np.testing.assert_array_equal(g.read(), w.read())  # the same cores as computed in blocks
 
 
 def test_watershed_bad_input_is_one_line(tmp_path):
@@ -265,7 +345,7 @@ def test_block_edges_count_each_contact_once_across_block_faces():
     e = block_edges(frag, b, (0, 0, 0), (1, 2, 2), False)
     assert e["u"].tolist() == [1] and e["size"].tolist() == [2]
     assert boundary_of(np.ones((3, 1, 2, 2), np.float32), True, "mean").max() == 0
-    assert flood(np.zeros((1, 2, 2), np.float32), np.zeros((1, 2, 2), np.uint32), 0).min() == 1
+    assert flood(np.zeros((1, 2, 2), np.float32), np.zeros((1, 2, 2), np.uint32)).min() == 1
 
 
 # -- round three: NaN, names, a graph's source, lengths, seeds, tiny chunks -------------------
