@@ -580,3 +580,106 @@ def test_tiny_chunks_are_processed_in_blocks_of_many_and_give_the_same_result(tm
     o = emarray.watershed(tmp_path / "tiny.zarr", tmp_path / "o.zarr", threshold=0.3, halo=halo,
                           chunks=(6, 16, 16))
     np.testing.assert_array_equal(o.read(), w["big"].read())
+
+
+# -- agglomerate --min-size -------------------------------------------------------------------
+def reference_size_merge(partition: list[int], edges, voxels, min_size: int) -> list[int]:
+    """Plain Python: segments (keyed by their smallest node) under ``min_size`` voxels, the
+    smallest first (then the lowest key), merged into the neighbour of lowest mean contact
+    (then the largest contact, then the lowest key), never across +inf; each node's segment."""
+    import math
+    seg = {i: p for i, p in enumerate(partition)}
+    size: dict[int, float] = {}
+    for i, p in seg.items():
+        size[p] = size.get(p, 0) + voxels[i]
+    contact: dict[int, dict[int, list[float]]] = {p: {} for p in size}
+    for u, v, s, c in edges:
+        a, b = seg[u], seg[v]
+        if a == b:
+            continue
+        e = contact[a].setdefault(b, [0.0, 0.0])
+        e[0] += s
+        e[1] += c
+        contact[b][a] = e
+    parent = {p: p for p in size}
+    while True:
+        small = [p for p in size if parent[p] == p and size[p] < min_size and any(
+            math.isfinite(s / c) for s, c in contact[p].values())]
+        if not small:
+            break
+        a = min(small, key=lambda p: (size[p], p))
+        b = min((q for q, (s, c) in contact[a].items() if math.isfinite(s / c)),
+                key=lambda q: (contact[a][q][0] / contact[a][q][1], -contact[a][q][1], q))
+        del contact[a][b], contact[b][a]
+        for q, (s, c) in contact[a].items():
+            del contact[q][a]
+            if q in contact[b]:
+                contact[b][q][0] += s
+                contact[b][q][1] += c
+            else:
+                contact[b][q] = contact[q][b] = [s, c]
+        contact[a] = {}
+        parent[a] = b
+        size[b] += size[a]
+
+    def find(p: int) -> int:
+        while parent[p] != p:
+            p = parent[p]
+        return p
+    return [find(seg[i]) for i in range(len(partition))]
+
+
+def test_small_segments_merge_as_a_python_reference_does():
+    from emarray.ops.agglomerate import merge_small_segments
+    rng = np.random.default_rng(14)
+    for trial in range(40):
+        n = int(rng.integers(2, 40))
+        pairs = {(min(a, b), max(a, b)) for a, b in rng.integers(0, n, (n * 2, 2)) if a != b}
+        edges = [(u, v, float(rng.integers(0, 4) / 4 * c), c) for u, v in sorted(pairs)
+                 for c in [int(rng.integers(1, 4))]]  # quarter means: ties are common
+        if edges and trial % 3 == 0:
+            u, v, _, c = edges[0]
+            edges[0] = (u, v, np.inf, c)  # a NaN contact: never merged across
+        voxels = rng.integers(1, 12, n)
+        partition = [int(p) for p in rng.integers(0, max(n // 2, 1), n)]
+        partition = [min(i for i in range(n) if partition[i] == partition[j]) for j in range(n)]
+        for min_size in (0, 5, 15, 100):
+            want = sequential(np.array(reference_size_merge(partition, edges, voxels, min_size)))
+            u = np.array([e[0] for e in edges], np.int64)
+            v = np.array([e[1] for e in edges], np.int64)
+            got = merge_small_segments(np.array(partition), u, v,
+                                       np.array([e[2] for e in edges]),
+                                       np.array([e[3] for e in edges], np.float64), voxels,
+                                       min_size)
+            assert sequential(got).tolist() == want.tolist(), (trial, min_size)
+
+
+def test_min_size_equals_a_whole_array_reference_for_any_chunking(tmp_path):
+    truth, b = cells(shape=(10, 30, 32), n=12, seed=15)
+    rng = np.random.default_rng(15)
+    frag = truth.astype(np.uint64) * 100  # cells cut into fragments, small ones among them
+    for _ in range(60):
+        z, y, x = (int(rng.integers(0, s)) for s in truth.shape)
+        frag[z:z + int(rng.integers(1, 4)), y:y + int(rng.integers(1, 6)),
+             x:x + int(rng.integers(1, 6))] += int(rng.integers(1, 99))
+    ids = np.unique(frag)
+    index = {int(i): k for k, i in enumerate(ids)}
+    graph = whole_graph(frag, b.astype(np.float64))
+    edges = [(index[u], index[v], s, c) for (u, v), (c, s) in graph.items()]
+    voxels = np.bincount(np.searchsorted(ids, frag).ravel(), minlength=ids.size)
+    for t in (0.3, 0.6):
+        part = reference_agglomeration(edges, ids.size, t)
+        for min_size in (20, 200):
+            want = sequential(np.array(reference_size_merge(part, edges, voxels, min_size)))
+            want_volume = want[np.searchsorted(ids, frag)]
+            for k, chunks in enumerate([(10, 30, 32), (5, 13, 11), (2, 7, 9)]):
+                d = tmp_path / f"{t}-{min_size}-{k}"
+                make_volume(d / "f.zarr", frag, chunks)
+                make_volume(d / "b.zarr", b, chunks)
+                got = emarray.agglomerate(d / "f.zarr", d / "b.zarr", d / "s.zarr", threshold=t,
+                                          min_size=min_size).read()
+                np.testing.assert_array_equal(got, want_volume)
+            sizes = np.bincount(want_volume.ravel())[1:]
+            before = np.bincount(sequential(np.array(part))[np.searchsorted(ids, frag)].ravel())
+            assert (before[1:] < min_size).any() and sizes.size < before.size - 1  # it merged
+            assert not ((sizes < min_size) & (sizes > 0)).all()
