@@ -238,6 +238,22 @@ def _evaluate_table(out: str) -> str:
             f"</tr>{body}</table>")
 
 
+def _resolution_table(out: str) -> str:
+    """A resolution study's rows: what each factor loses."""
+    doc = Path(out) / "resolution.json"
+    if not doc.is_file():
+        return ""
+    r = json.loads(doc.read_text())
+    body = "".join(f"<tr><td>{_e(x['factor'])}</td><td class=num>{x['recovered']} of "
+                   f"{x['objects']}</td><td class=num>{x['volume_recovered']:.3f}</td>"
+                   f"<td class=num>{x['voi']:.3f}</td><td class=num>{x['lost']}</td>"
+                   f"<td class=num>{x['smallest_lost']:,}</td>"
+                   f"<td class=num>{x['largest_lost']:,}</td></tr>" for x in r["levels"])
+    return (f"<table><tr><th>factor</th><th>recovered (IoU ≥ {r['iou']:g})</th><th>share of "
+            "the volume</th><th>VOI</th><th>lost</th><th>smallest lost</th><th>largest lost"
+            f"</th></tr>{body}</table>")
+
+
 def _objects_summary(out: str) -> str:
     doc = Path(out).with_suffix(".json")
     if not (Path(out).suffix.lower() in (".csv", ".parquet") and doc.is_file()):
@@ -278,6 +294,8 @@ def render(title: str, steps: Sequence[StepRecord], *, recipe: dict[str, Any] | 
             section.append(_match_table(st.out))
         if st.op == "evaluate":
             section.append(_evaluate_table(st.out))
+        if st.op == "resolution":
+            section.append(_resolution_table(st.out))
         for fig in figures_of(st.out):
             section.append(_img(fig.read_bytes(), fig.name, fig.name, plot=True))
         if any(section):
