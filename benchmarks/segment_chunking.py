@@ -101,11 +101,12 @@ def main() -> None:
     one = runs[CHUNKINGS[0]][1]
     rows = []
     for c, (nfrag, segs, seconds) in runs.items():
-        faces = on_faces(b.shape, c if c != CHUNKINGS[0] else CHUNKINGS[1])
+        grid = c if c != CHUNKINGS[0] else CHUNKINGS[1]  # one block: the faces of the next
+        faces = on_faces(b.shape, grid)
         for t in THRESHOLDS:
             s, m = variation_of_information(truth, segs[t])
             n_small, n_face = small_on_faces(segs[t], faces)
-            base_small, base_face = small_on_faces(one[t], on_faces(b.shape, c))
+            base_small, base_face = small_on_faces(one[t], faces)
             at_face, elsewhere = split_pairs(segs[t], truth, c)
             rows.append({"chunks": ",".join(map(str, c)), "threshold": t, "fragments": nfrag,
                          "segments": int(len(np.unique(segs[t]))),
