@@ -299,6 +299,7 @@ def plot(df: Any, path: Path, title: str) -> None:
     a.axvline(best["threshold"], color="0.6", lw=0.8)
     a.set_xlabel("agglomeration threshold")
     a.set_ylabel("bits")
+    a.set_ylim(0, min(float(df["voi"].max()), 2.5 * best["voi"] + 0.1) * 1.05)
     a.legend(fontsize=8)
     a.set_title(f"best VOI {best['voi']:.3f} at {best['threshold']:g} "
                 f"({best['segments']:,} segments)", fontsize=9)
@@ -306,7 +307,8 @@ def plot(df: Any, path: Path, title: str) -> None:
     b.axvline(best["threshold"], color="0.6", lw=0.8)
     b.set_xlabel("agglomeration threshold")
     b.set_ylabel("adapted Rand error")
-    b.set_ylim(0, max(1e-3, float(df["adapted_rand_error"].max()) * 1.05))
+    b.set_ylim(0, max(1e-3, min(float(df["adapted_rand_error"].max()),
+                                5 * best["adapted_rand_error"] + 0.02)) * 1.05)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
