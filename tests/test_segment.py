@@ -53,6 +53,11 @@ def test_distance_equals_scipy_clipped_for_any_chunking(tmp_path_factory, shape,
     d = tmp_path_factory.mktemp("d")
     mask = (np.random.default_rng(seed).random(shape) >= density).astype(np.uint8)
     v = make_volume(d / "m.zarr", mask, chunks, voxel_size=voxel)
+    diagonal = float(np.sqrt(sum((n * x) ** 2 for n, x in zip(shape, voxel))))
+    if not min(voxel) <= cap <= diagonal:  # a D that means nothing here is refused
+        with pytest.raises(emarray.errors.InvalidArgumentError, match="max_distance"):
+            emarray.distance(v, d / "d.zarr", max_distance=cap)
+        return
     got = emarray.distance(v, d / "d.zarr", max_distance=cap).read()
     want = np.minimum(ndimage.distance_transform_edt(mask, sampling=voxel), cap)
     if not (mask == 0).any():
@@ -683,3 +688,25 @@ def test_min_size_equals_a_whole_array_reference_for_any_chunking(tmp_path):
             before = np.bincount(sequential(np.array(part))[np.searchsorted(ids, frag)].ravel())
             assert (before[1:] < min_size).any() and sizes.size < before.size - 1  # it merged
             assert not ((sizes < min_size) & (sizes > 0)).all()
+
+
+def test_a_block_without_a_seed_in_reach_reads_farther(tmp_path):
+    """A block whose halo holds no seed floods from the nearest seeds beyond it; a volume
+    without any seed is one fragment."""
+    from skimage.segmentation import watershed as sk_watershed
+    b = np.ones((8, 40, 40), np.float32)
+    b[2:6, 2:6, 2:6] = 0.0  # one cell far from most blocks
+    b[2:6, 30:36, 33:38] = 0.0  # another
+    rng = np.random.default_rng(16)
+    b[b == 1] -= rng.random(int((b == 1).sum())).astype(np.float32) * 0.01  # no plateau ties
+    make_volume(tmp_path / "b.zarr", b, (4, 8, 8))
+    got = emarray.watershed(tmp_path / "b.zarr", tmp_path / "f.zarr", threshold=0.5,
+                            seed_method="components", halo=(1, 2, 2)).read()
+    want = sk_watershed(b, ndimage.label(b < 0.5)[0])
+    assert set(np.unique(got)) == {1, 2}  # every voxel flooded from a seed it reached
+    np.testing.assert_array_equal(got[b < 0.5], want[b < 0.5])  # the seeds' own ids
+    for fragment in (1, 2):  # each fragment one piece, holding its seed
+        assert ndimage.label(got == fragment)[1] == 1
+    make_volume(tmp_path / "n.zarr", np.ones((8, 40, 40), np.float32), (4, 8, 8))
+    none = emarray.watershed(tmp_path / "n.zarr", tmp_path / "g.zarr", threshold=0.5)
+    assert (none.read() == 1).all() and none.attrs["emarray"]["fragments"] == 1

@@ -104,11 +104,12 @@ def seed_halo(method: str, core: float, sampling: tuple[float, ...], halo: tuple
 def flood(b: np.ndarray, markers: np.ndarray) -> np.ndarray:
     """scikit-image's watershed of ``b`` from ``markers`` (any integer ids, 0 = none), in the
     markers' ids; every voxel labelled (a block without a seed is one fragment, 1)."""
+    import fastremap
     from skimage.segmentation import watershed
-    ids, local = np.unique(markers, return_inverse=True)
-    local = local.reshape(markers.shape)
-    if ids[0] != 0:
-        ids, local = np.r_[ids.dtype.type(0), ids], local + 1
+    local, remap = fastremap.renumber(np.ascontiguousarray(markers), preserve_zero=True)
+    ids = np.zeros(max(remap.values(), default=0) + 1, markers.dtype)
+    ids[np.fromiter(remap.values(), np.int64, len(remap))] = np.fromiter(
+        remap.keys(), markers.dtype, len(remap))
     if ids.size == 1:
         return np.ones(b.shape, ids.dtype)
     return ids[watershed(b, local)]
