@@ -107,7 +107,7 @@ def flood(b: np.ndarray, markers: np.ndarray) -> np.ndarray:
     import fastremap
     from skimage.segmentation import watershed
     local, remap = fastremap.renumber(np.ascontiguousarray(markers), preserve_zero=True)
-    ids = np.zeros(max(remap.values(), default=0) + 1, markers.dtype)
+    ids = np.zeros(int(max(remap.values(), default=0)) + 1, markers.dtype)
     ids[np.fromiter(remap.values(), np.int64, len(remap))] = np.fromiter(
         remap.keys(), markers.dtype, len(remap))
     if ids.size == 1:
