@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import BlockGrid, Read, RunOptions
+from ..engine import RunOptions
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..figures import prewarm
 from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
@@ -31,8 +31,8 @@ from ..volume import Volume, open_volume
 from ._runs import warm_pairs
 from .agglomerate import EDGE_COLUMNS, cut_segments
 from .common import as_volume
-from .match import _block, _merge, adapted_rand, variation_of_information
-from .tables import fold_table, table_output, write_frame, write_json
+from .match import adapted_rand, overlaps, variation_of_information
+from .tables import table_output, write_frame, write_json
 
 FILES = ("evaluate.csv", "evaluate.json", "evaluate.png")
 #: thresholds cut when none are given: 0, 0.01, ..., 1
@@ -265,12 +265,7 @@ def evaluate(segments: Volume | str | os.PathLike, truth: Volume | str | os.Path
         prewarm("pandas")
         if target is not None:
             prewarm()
-        table = fold_table("evaluate", _block, [Read(tv), Read(fv)],
-                           BlockGrid(fv.shape, fv.block_shape), _merge, opts=opts,
-                           target=target, job=job)
-        if table is None:
-            table = {"t": np.empty(0, np.uint64), "p": np.empty(0, np.uint64),
-                     "n": np.empty(0, np.int64)}
+        table = overlaps("evaluate", tv, fv, opts=opts, target=target, job=job)
         df = score_cuts(table, graph, ts, size, fv)
         df.attrs["best"] = best_row(df)
         if target is not None:
