@@ -225,6 +225,15 @@ def test_watershed_bad_input_is_one_line(tmp_path):
         line = one_error_line(cli("watershed", args[0], tmp_path / "f.zarr", *args[1:]))
         assert says in line
     assert not (tmp_path / "f.zarr").exists()
+    d = emarray.distance(tmp_path / "b.zarr", tmp_path / "d.zarr", threshold=0.5, below=True,
+                         max_distance=1)
+    for args, says in ((("--core", "far"), "core must be a length"),
+                       (("--core", "-2nm"), "core must be > 0"),
+                       (("--seed-method", "components", "--distance", d.url),
+                        "components seeds need none"),
+                       (("--core", "2", "--distance", d.url), "is clipped at 1")):
+        assert says in refused("watershed", tmp_path / "b.zarr", tmp_path / "f.zarr", *args)
+    assert not (tmp_path / "f.zarr").exists()
 
 
 # -- agglomerate --------------------------------------------------------------------------------
