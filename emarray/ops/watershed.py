@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import uuid
 from functools import partial
 from typing import Any
 
@@ -190,18 +191,20 @@ def _flood_block(ctx: BlockContext, block: np.ndarray, seeds: np.ndarray, *, p: 
     return labels[own].astype(dtype), nan
 
 
-_IDS: dict[str, np.ndarray] = {}
+_IDS: dict[tuple[str, str], np.ndarray] = {}
 
 
 def _global(seeds: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     """The global seed ids of a block: labelled marks as they are, a given seed volume's ids
-    by rank."""
+    by rank (their table loaded once per process; ``token`` is new each time it is made, so
+    a later job at the same path never takes an older table)."""
     if p["ids"] is None:
         return seeds
-    ids = _IDS.get(p["ids"])
+    key = (p["ids"], p["token"])
+    ids = _IDS.get(key)
     if ids is None:
         _IDS.clear()
-        ids = _IDS[p["ids"]] = np.array(load_npy(p["ids"]))
+        ids = _IDS[key] = np.array(load_npy(p["ids"]))
     return rank_seeds(seeds, ids)
 
 
@@ -374,7 +377,7 @@ def watershed(boundary: Volume | str | os.PathLike, dst: str | os.PathLike, *,
                 open_volume(sv.url).attrs.get("emarray", {}).get("components", 0))
             dtype = "uint32" if max(n, 1) < 2**32 else "uint64"
             target = retype(out, dtype)
-            q = {**p, "n": n, "dtype": np.dtype(dtype), "ids": ids}
+            q = {**p, "n": n, "dtype": np.dtype(dtype), "ids": ids, "token": uuid.uuid4().hex}
             reads = (Read(bv, halo=h, boundary="none", channels=channels),
                      Read(open_volume(sv.url), halo=h, boundary="none"))
             return Stage("watershed", partial(_flood_block, p=q, reads=reads), grid,
