@@ -135,9 +135,6 @@ def merge_small(k, su, sv, esum, esize, voxels, min_size):  # pragma: no cover -
         size[b] += size[a]
         if size[b] < min_size:
             heapq.heappush(heap, (size[b], b))
-    for s in range(k):
-        r = s
-        while parent[r] != r:
-            r = parent[r]
-        parent[s] = r
-    return parent
+    out = np.empty(k, np.int64)
+    snapshot(parent, out)
+    return out
