@@ -55,6 +55,42 @@ class Segment:
         emarray.agglomerate(self.fragments, self.boundary, self.tmp / "seg.zarr",
                             threshold=0.5, overwrite=True, progress=False)
 
+    def time_agglomerate_min_size(self):
+        emarray.agglomerate(self.fragments, self.boundary, self.tmp / "seg.zarr",
+                            threshold=0.5, min_size=50, overwrite=True, progress=False)
+
+    def peakmem_watershed(self):
+        emarray.watershed(self.boundary, self.tmp / "w.zarr", threshold=0.3, overwrite=True,
+                          progress=False)
+
+
+class Evaluate:
+    """Every threshold of an agglomeration scored against a truth (here the components of the
+    map's interiors) in one pass."""
+    timeout = 600
+
+    def setup(self):
+        self.tmp = Path(tempfile.mkdtemp(prefix="emarray-asv-"))
+        boundary = _boundary(self.tmp)
+        fragments = emarray.watershed(boundary, self.tmp / "frag.zarr", threshold=0.3,
+                                      progress=False)
+        self.segments = emarray.agglomerate(fragments, boundary, self.tmp / "seg.zarr",
+                                            threshold=0.5, progress=False)
+        mask = emarray.threshold(boundary, self.tmp / "m.zarr", 0.3, compare="lt",
+                                 progress=False)
+        self.truth = emarray.label(mask, self.tmp / "truth.zarr", connectivity=6,
+                                   progress=False)
+
+    def teardown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def time_evaluate(self):
+        emarray.evaluate(self.segments, self.truth, progress=False)
+
+    def time_resolution(self):
+        emarray.resolution(self.truth, out=self.tmp / "study", levels=3, overwrite=True,
+                           progress=False)
+
 
 class Look:
     timeout = 600

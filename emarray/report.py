@@ -218,6 +218,42 @@ def _match_table(out: str) -> str:
                    f"<th>recall</th><th>F1</th></tr>{rows}</table>" if rows else "")
 
 
+def _evaluate_table(out: str) -> str:
+    """The best threshold of an evaluate step, and its scores at a few thresholds."""
+    doc = Path(out) / "evaluate.json"
+    if not doc.is_file():
+        return ""
+    e = json.loads(doc.read_text())
+    best, rows = e["best"], e.get("thresholds", [])
+    step = max(1, len(rows) // 10)
+    shown = [r for k, r in enumerate(rows) if k % step == 0 or r["threshold"] == best["threshold"]]
+    body = "".join(f"<tr><td class=num>{r['threshold']:g}</td><td class=num>{r['segments']}</td>"
+                   f"<td class=num>{r['voi_split']:.3f}</td><td class=num>{r['voi_merge']:.3f}</td>"
+                   f"<td class=num>{r['voi']:.3f}</td>"
+                   f"<td class=num>{r['adapted_rand_error']:.3f}</td></tr>" for r in shown)
+    return (f"<p>best VOI {best['voi']:.4f} at threshold {best['threshold']:g} "
+            f"({best['segments']:,} segments; adapted Rand error "
+            f"{best['adapted_rand_error']:.4f})</p><table><tr><th>threshold</th><th>segments"
+            "</th><th>VOI split</th><th>VOI merge</th><th>VOI</th><th>adapted Rand error</th>"
+            f"</tr>{body}</table>")
+
+
+def _resolution_table(out: str) -> str:
+    """A resolution study's rows: what each factor loses."""
+    doc = Path(out) / "resolution.json"
+    if not doc.is_file():
+        return ""
+    r = json.loads(doc.read_text())
+    body = "".join(f"<tr><td>{_e(x['factor'])}</td><td class=num>{x['recovered']} of "
+                   f"{x['objects']}</td><td class=num>{x['volume_recovered']:.3f}</td>"
+                   f"<td class=num>{x['voi']:.3f}</td><td class=num>{x['lost']}</td>"
+                   f"<td class=num>{x['smallest_lost']:,}</td>"
+                   f"<td class=num>{x['largest_lost']:,}</td></tr>" for x in r["levels"])
+    return (f"<table><tr><th>factor</th><th>recovered (IoU ≥ {r['iou']:g})</th><th>share of "
+            "the volume</th><th>VOI</th><th>lost</th><th>smallest lost</th><th>largest lost"
+            f"</th></tr>{body}</table>")
+
+
 def _objects_summary(out: str) -> str:
     doc = Path(out).with_suffix(".json")
     if not (Path(out).suffix.lower() in (".csv", ".parquet") and doc.is_file()):
@@ -256,6 +292,10 @@ def render(title: str, steps: Sequence[StepRecord], *, recipe: dict[str, Any] | 
         section.append(_objects_summary(st.out))
         if st.op == "match":
             section.append(_match_table(st.out))
+        if st.op == "evaluate":
+            section.append(_evaluate_table(st.out))
+        if st.op == "resolution":
+            section.append(_resolution_table(st.out))
         for fig in figures_of(st.out):
             section.append(_img(fig.read_bytes(), fig.name, fig.name, plot=True))
         if any(section):

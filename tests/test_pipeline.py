@@ -355,9 +355,10 @@ def test_advice_inside_a_recipe_names_the_steps_keys_not_options(tmp_path):
 
 
 def test_neurons_recipe_on_the_flyem_crop(tmp_path, shared_data):
-    """The recipe cuts at the crop's best threshold and scores three (each equal to
-    scikit-image's VOI on the volumes it wrote); its report draws the labels over the raw EM;
-    it speaks of its own keys, and refuses a missing crop in one line naming the file."""
+    """The recipe scores every threshold (each equal to scikit-image's VOI on the cut it
+    wrote), cuts at the crop's best and matches it; its report draws the labels over the raw
+    EM and names the best threshold; it speaks of its own keys, and refuses a missing crop in
+    one line naming the file."""
     import h5py
     from skimage.metrics import adapted_rand_error, variation_of_information
 
@@ -373,20 +374,26 @@ def test_neurons_recipe_on_the_flyem_crop(tmp_path, shared_data):
         truth = f["stack"][:]
     with h5py.File(shared_data / "gala-flyem" / "train-image.h5") as f:
         np.testing.assert_array_equal(emarray.open_volume(work / "raw.zarr").read(), f["stack"][:])
+    evaluated = json.loads((work / "evaluate" / "evaluate.json").read_text())
+    rows = {round(r["threshold"], 2): r for r in evaluated["thresholds"]}
+    s = emarray.open_volume(work / "segments.zarr")
+    main = s.attrs["emarray"]["agglomeration"]["threshold"]
+    assert main == evaluated["best"]["threshold"]  # the recipe cuts at the crop's best
     voi = {}
-    for step, seg, t in [("match", "segments", 0.9), ("match_07", "segments_07", 0.7),
-                         ("match_05", "segments_05", 0.5)]:
-        m = json.loads((work / step / "match.json").read_text())
-        s = emarray.open_volume(work / f"{seg}.zarr")
-        assert s.attrs["emarray"]["agglomeration"]["threshold"] == t
-        split, merge = variation_of_information(truth, s.read())
-        assert abs(m["voi_split"] - split) < 1e-9 and abs(m["voi_merge"] - merge) < 1e-9
-        assert abs(m["adapted_rand_error"] - adapted_rand_error(truth, s.read())[0]) < 1e-9
+    for t, seg in [(main, s.read()), (0.7, emarray.open_volume(work / "segments.zarr/t0.7").read()),
+                   (0.5, emarray.open_volume(work / "segments.zarr/t0.5").read())]:
+        split, merge = variation_of_information(truth, seg)
+        assert abs(rows[t]["voi_split"] - split) < 1e-9 and abs(rows[t]["voi_merge"] - merge) < 1e-9
+        assert abs(rows[t]["adapted_rand_error"] - adapted_rand_error(truth, seg)[0]) < 1e-9
         voi[t] = split + merge
-    assert voi[0.9] < voi[0.7] < voi[0.5] and voi[0.9] < 1.0  # 0.912 (docs/segment.md)
+    m = json.loads((work / "match" / "match.json").read_text())
+    assert abs(m["voi"] - voi[main]) < 1e-9
+    assert voi[main] < voi[0.7] < voi[0.5] and voi[main] < 0.87  # 0.855 (docs/segment.md)
     steps, _ = workdir_steps(work)
     raw = find_raw(steps)
     assert raw is not None and Path(raw.url).name == "raw.zarr"
+    page = (work / "report.html").read_text()
+    assert f"best VOI {evaluated['best']['voi']:.4f} at threshold {main:g}" in page
     line = one_error_line(cli("run", recipe, "--workdir", tmp_path / "m", "--set",
                               f"data={tmp_path / 'nowhere'}"))
     assert f"{tmp_path / 'nowhere' / 'train-image.h5'}" in line and not (tmp_path / "m").exists()

@@ -80,12 +80,12 @@ def test_label_stopped_in_relabel_then_input_changed_equals_a_fresh_run(tmp_path
     np.testing.assert_array_equal(got, fresh)
 
 
-def test_watershed_relabel_stopped_in_number_then_input_changed(tmp_path, stop_in):
+def test_watershed_stopped_in_the_flood_then_input_changed(tmp_path, stop_in):
     rng = np.random.default_rng(0)
     bnd = rng.random((12, 80, 80)).astype(np.float32)
     make_volume(tmp_path / "b.zarr", bnd, (6, 10, 20))  # 64 blocks of >= 1024 voxels
     kw = {"seed_method": "components", "threshold": 0.3, "relabel": True, "halo": 1}
-    stop_in("number", 60)  # of 64 blocks: most were numbered before the change
+    stop_in("watershed", 60)  # of 64 blocks: most were flooded before the change
     with pytest.raises(BlockFailedError):
         emarray.watershed(tmp_path / "b.zarr", tmp_path / "w.zarr", **kw, **SYNC)
     new = bnd.copy()

@@ -15,7 +15,7 @@ from scipy import ndimage
 import emarray
 from emarray.ops.agglomerate import (agglomerate_graph, block_edges, reference_agglomeration,
                                      sequential)
-from emarray.ops.watershed import boundary_of, flood, seeds_of
+from emarray.ops.watershed import boundary_of, flood
 
 from .conftest import make_volume
 from .test_hardening import cli, one_error_line, wait_for
@@ -53,6 +53,11 @@ def test_distance_equals_scipy_clipped_for_any_chunking(tmp_path_factory, shape,
     d = tmp_path_factory.mktemp("d")
     mask = (np.random.default_rng(seed).random(shape) >= density).astype(np.uint8)
     v = make_volume(d / "m.zarr", mask, chunks, voxel_size=voxel)
+    diagonal = float(np.sqrt(sum((n * x) ** 2 for n, x in zip(shape, voxel))))
+    if not min(voxel) <= cap <= diagonal:  # a D that means nothing here is refused
+        with pytest.raises(emarray.errors.InvalidArgumentError, match="max_distance"):
+            emarray.distance(v, d / "d.zarr", max_distance=cap)
+        return
     got = emarray.distance(v, d / "d.zarr", max_distance=cap).read()
     want = np.minimum(ndimage.distance_transform_edt(mask, sampling=voxel), cap)
     if not (mask == 0).any():
@@ -88,46 +93,126 @@ def test_distance_bad_input_is_one_line(tmp_path):
 
 
 # -- watershed ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["maxima", "components"])
-def test_watershed_inside_a_block_equals_scikit_image_on_the_grown_block(tmp_path, method):
+def whole_seeds(b: np.ndarray, method: str, threshold: float, core: float = 1.0,
+                cap: float | None = None) -> np.ndarray:
+    """The seeds of the whole array, from SciPy alone: the interior ``b < threshold``, its
+    exact distance transform (clipped at ``cap``), cores farther than ``core`` and maxima
+    (3x3x3), labelled by ``ndimage.label`` (ids in C order of first voxel)."""
+    inside = b < threshold
+    if method == "components":
+        return ndimage.label(inside)[0]
+    d = ndimage.distance_transform_edt(inside)
+    if cap is not None:
+        d = np.minimum(d, cap)
+    peak = (d == ndimage.maximum_filter(d, size=3, mode="nearest")) & inside & (d > 0)
+    if method == "maxima":
+        return ndimage.label(peak, np.ones((3, 3, 3)))[0]
+    return ndimage.label((d > core) | (peak & (d <= core)))[0]
+
+
+@pytest.mark.parametrize("method", ["cores", "components", "maxima"])
+def test_watershed_floods_each_grown_block_from_the_seeds_of_the_whole_array(tmp_path, method):
     from skimage.segmentation import watershed as sk_watershed
     _, b = cells()
     chunks, halo = (6, 16, 16), (2, 6, 6)
     v = make_volume(tmp_path / "b.zarr", b, chunks)
+    extra = {}
+    if method == "maxima":  # maxima are the whole array's with an exact distance volume
+        extra["distance"] = emarray.distance(v, tmp_path / "d.zarr", threshold=0.3, below=True,
+                                             max_distance=5)
     frag = emarray.watershed(v, tmp_path / "f.zarr", threshold=0.3, seed_method=method,
-                             halo=halo).read()
-    for index in [(0, 0, 0), (1, 1, 2), (0, 2, 1)]:
+                             halo=halo, **extra).read()
+    seeds = whole_seeds(b, method, 0.3, cap=5 if method == "maxima" else None)
+    assert frag.max() == seeds.max() and set(np.unique(frag)) == set(range(1, seeds.max() + 1))
+    for index in [(0, 0, 0), (1, 1, 2), (0, 2, 1), (1, 2, 2)]:
         own = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, chunks, b.shape))
         grown = tuple(slice(max(s.start - h, 0), min(s.stop + h, n))
                       for s, h, n in zip(own, halo, b.shape))
-        g = b[grown]
-        markers = seeds_of(g, method, 0.3, (1.0, 1.0, 1.0))
-        ref = sk_watershed(g, markers)
+        ref = sk_watershed(b[grown], seeds[grown])
         crop = ref[tuple(slice(o.start - r.start, o.stop - r.start) for o, r in zip(own, grown))]
-        got = frag[own]
-        # the same partition of the block's own region (ids differ: block tag, renumbering)
-        pairs = np.unique(np.stack([got.ravel(), crop.ravel()]), axis=1)
-        assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
-    assert (frag > 0).all()  # every voxel belongs to a fragment
-    blocks = frag >> np.uint64(32)
-    for block in np.unique(blocks):  # ids unique across blocks: a block's ids are its own
-        assert len(np.unique(blocks[np.isin(frag, frag[blocks == block])])) == 1
+        np.testing.assert_array_equal(frag[own], crop)  # the same ids: the seeds' own
+
+
+@pytest.mark.parametrize("method", ["cores", "components"])
+def test_fragments_do_not_depend_on_the_chunking(tmp_path, method):
+    _, b = cells(shape=(12, 48, 52), n=30, seed=21)
+    got = []
+    for k, chunks in enumerate([(12, 48, 52), (6, 24, 26), (5, 13, 11), (1, 7, 40)]):
+        make_volume(tmp_path / f"b{k}.zarr", b, chunks)
+        got.append(emarray.watershed(tmp_path / f"b{k}.zarr", tmp_path / f"f{k}.zarr",
+                                     threshold=0.3, seed_method=method, halo=(2, 8, 8)).read())
+    for other in got[1:]:  # one seed, one id: the same ids; a voxel differs only where its
+        # flooding path leaves the halo (a tie on a plateau, a membrane wider than the halo)
+        assert set(np.unique(other)) == set(np.unique(got[0]))
+        assert np.count_nonzero(other != got[0]) <= 1e-3 * b.size
+
+
+def test_flyem_segmentation_does_not_depend_on_the_chunking(tmp_path, shared_data):
+    """On a crop of the FlyEM crop: the segmentation at three chunkings (one block, a fine
+    one) within 0.02 VOI of each other, and small segments no likelier on block faces."""
+    import h5py
+    from skimage.metrics import variation_of_information
+    with h5py.File(shared_data / "gala-flyem" / "train-p1.lzf.h5") as f:
+        b = f["stack"][:24, :64, :96]
+    segs = {}
+    for chunks in [(24, 64, 96), (12, 32, 48), (8, 32, 32)]:
+        d = tmp_path / "x".join(map(str, chunks))
+        v = make_volume(d / "b.zarr", b, chunks)
+        f = emarray.watershed(v, d / "f.zarr", threshold=0.5)
+        s = emarray.agglomerate(f, v, d / "s.zarr", threshold=0.5, thresholds=[0.9])
+        segs[chunks] = (s.read(), emarray.open_volume(d / "s.zarr" / "t0.9").read())
+    one = segs[(24, 64, 96)]
+    for chunks in [(12, 32, 48), (8, 32, 32)]:
+        faces = block_faces(b.shape, chunks)
+        for k in range(2):
+            assert sum(variation_of_information(one[k], segs[chunks][k])) <= 0.02, chunks
+            small_here = small_touching(segs[chunks][k], faces)
+            small_one = small_touching(one[k], faces)
+            assert small_here <= small_one + 2, (chunks, small_here, small_one)
+
+
+def block_faces(shape, chunks) -> np.ndarray:
+    """The voxels on a face between two blocks."""
+    out = np.zeros(shape, bool)
+    for axis, (n, c) in enumerate(zip(shape, chunks)):
+        i = np.arange(n)
+        plane = ((i % c == 0) & (i > 0)) | ((i % c == c - 1) & (i < n - 1))
+        out |= plane.reshape([-1 if a == axis else 1 for a in range(3)])
+    return out
+
+
+def small_touching(seg: np.ndarray, faces: np.ndarray, small: int = 50) -> int:
+    ids, n = np.unique(seg, return_counts=True)
+    return int(np.unique(seg[faces & np.isin(seg, ids[n < small])]).size)
 
 
 def test_watershed_seeds_from_a_volume_a_distance_and_relabel(tmp_path):
+    from skimage.segmentation import watershed as sk_watershed
     truth, b = cells(seed=2)
     make_volume(tmp_path / "b.zarr", b, (6, 20, 22))
     seeds = np.where(ndimage.binary_erosion(b < 0.2, iterations=2), truth, 0).astype(np.uint32)
+    seeds[seeds > 0] += 1000  # ids of the user's: fragments are numbered by their rank
     make_volume(tmp_path / "s.zarr", seeds, (6, 20, 22))
     f = emarray.watershed(tmp_path / "b.zarr", tmp_path / "f.zarr", seeds=tmp_path / "s.zarr",
-                          relabel=True).read()
+                          relabel=True, halo=b.shape).read()
     assert f.min() >= 1 and f.dtype == np.uint32
-    assert set(np.unique(f)) == set(range(1, f.max() + 1))  # 1..N
+    ranks = np.searchsorted(np.unique(seeds[seeds > 0]), seeds) + 1
+    np.testing.assert_array_equal(f, sk_watershed(b, np.where(seeds > 0, ranks, 0)))
+    # min_size drops the seeds of fewer voxels before the flood
+    n = np.bincount(seeds.ravel())
+    small = int(np.median(n[n > 0]))
+    g = emarray.watershed(tmp_path / "b.zarr", tmp_path / "g.zarr", seeds=tmp_path / "s.zarr",
+                          min_size=small, halo=b.shape).read()
+    kept = np.flatnonzero(n >= small)
+    kept = kept[kept > 0]
+    markers = np.where(np.isin(seeds, kept), np.searchsorted(kept, seeds) + 1, 0)
+    np.testing.assert_array_equal(g, sk_watershed(b, markers))
     emarray.distance(tmp_path / "b.zarr", tmp_path / "d.zarr", threshold=0.3, below=True,
                      max_distance=8)
-    g = emarray.watershed(tmp_path / "b.zarr", tmp_path / "g.zarr",
+    g = emarray.watershed(tmp_path / "b.zarr", tmp_path / "g2.zarr",
                           distance=tmp_path / "d.zarr", threshold=0.3)
-    assert (g.read() > 0).all()
+    w = emarray.watershed(tmp_path / "b.zarr", tmp_path / "w.zarr", threshold=0.3)
+    np.testing.assert_array_equal(g.read(), w.read())  # the same cores as computed in blocks
 
 
 def test_watershed_bad_input_is_one_line(tmp_path):
@@ -139,6 +224,15 @@ def test_watershed_bad_input_is_one_line(tmp_path):
                        ((tmp_path / "b.zarr", "--threshold", "5"), "threshold must be in (0, 1]")):
         line = one_error_line(cli("watershed", args[0], tmp_path / "f.zarr", *args[1:]))
         assert says in line
+    assert not (tmp_path / "f.zarr").exists()
+    d = emarray.distance(tmp_path / "b.zarr", tmp_path / "d.zarr", threshold=0.5, below=True,
+                         max_distance=1)
+    for args, says in ((("--core", "far"), "core must be a length"),
+                       (("--core", "-2nm"), "core must be > 0"),
+                       (("--seed-method", "components", "--distance", d.url),
+                        "components seeds need none"),
+                       (("--core", "2", "--distance", d.url), "is clipped at 1")):
+        assert says in refused("watershed", tmp_path / "b.zarr", tmp_path / "f.zarr", *args)
     assert not (tmp_path / "f.zarr").exists()
 
 
@@ -265,7 +359,7 @@ def test_block_edges_count_each_contact_once_across_block_faces():
     e = block_edges(frag, b, (0, 0, 0), (1, 2, 2), False)
     assert e["u"].tolist() == [1] and e["size"].tolist() == [2]
     assert boundary_of(np.ones((3, 1, 2, 2), np.float32), True, "mean").max() == 0
-    assert flood(np.zeros((1, 2, 2), np.float32), np.zeros((1, 2, 2), np.uint32), 0).min() == 1
+    assert flood(np.zeros((1, 2, 2), np.float32), np.zeros((1, 2, 2), np.uint32)).min() == 1
 
 
 # -- round three: NaN, names, a graph's source, lengths, seeds, tiny chunks -------------------
@@ -500,3 +594,128 @@ def test_tiny_chunks_are_processed_in_blocks_of_many_and_give_the_same_result(tm
     o = emarray.watershed(tmp_path / "tiny.zarr", tmp_path / "o.zarr", threshold=0.3, halo=halo,
                           chunks=(6, 16, 16))
     np.testing.assert_array_equal(o.read(), w["big"].read())
+
+
+# -- agglomerate --min-size -------------------------------------------------------------------
+def reference_size_merge(partition: list[int], edges, voxels, min_size: int) -> list[int]:
+    """Plain Python: segments (keyed by their smallest node) under ``min_size`` voxels, the
+    smallest first (then the lowest key), merged into the neighbour of lowest mean contact
+    (then the largest contact, then the lowest key), never across +inf; each node's segment."""
+    import math
+    seg = {i: p for i, p in enumerate(partition)}
+    size: dict[int, float] = {}
+    for i, p in seg.items():
+        size[p] = size.get(p, 0) + voxels[i]
+    contact: dict[int, dict[int, list[float]]] = {p: {} for p in size}
+    for u, v, s, c in edges:
+        a, b = seg[u], seg[v]
+        if a == b:
+            continue
+        e = contact[a].setdefault(b, [0.0, 0.0])
+        e[0] += s
+        e[1] += c
+        contact[b][a] = e
+    parent = {p: p for p in size}
+    while True:
+        small = [p for p in size if parent[p] == p and size[p] < min_size and any(
+            math.isfinite(s / c) for s, c in contact[p].values())]
+        if not small:
+            break
+        a = min(small, key=lambda p: (size[p], p))
+        b = min((q for q, (s, c) in contact[a].items() if math.isfinite(s / c)),
+                key=lambda q: (contact[a][q][0] / contact[a][q][1], -contact[a][q][1], q))
+        del contact[a][b], contact[b][a]
+        for q, (s, c) in contact[a].items():
+            del contact[q][a]
+            if q in contact[b]:
+                contact[b][q][0] += s
+                contact[b][q][1] += c
+            else:
+                contact[b][q] = contact[q][b] = [s, c]
+        contact[a] = {}
+        parent[a] = b
+        size[b] += size[a]
+
+    def find(p: int) -> int:
+        while parent[p] != p:
+            p = parent[p]
+        return p
+    return [find(seg[i]) for i in range(len(partition))]
+
+
+def test_small_segments_merge_as_a_python_reference_does():
+    from emarray.ops.agglomerate import merge_small_segments
+    rng = np.random.default_rng(14)
+    for trial in range(40):
+        n = int(rng.integers(2, 40))
+        pairs = {(min(a, b), max(a, b)) for a, b in rng.integers(0, n, (n * 2, 2)) if a != b}
+        edges = [(u, v, float(rng.integers(0, 4) / 4 * c), c) for u, v in sorted(pairs)
+                 for c in [int(rng.integers(1, 4))]]  # quarter means: ties are common
+        if edges and trial % 3 == 0:
+            u, v, _, c = edges[0]
+            edges[0] = (u, v, np.inf, c)  # a NaN contact: never merged across
+        voxels = rng.integers(1, 12, n)
+        partition = [int(p) for p in rng.integers(0, max(n // 2, 1), n)]
+        partition = [min(i for i in range(n) if partition[i] == partition[j]) for j in range(n)]
+        for min_size in (0, 5, 15, 100):
+            want = sequential(np.array(reference_size_merge(partition, edges, voxels, min_size)))
+            u = np.array([e[0] for e in edges], np.int64)
+            v = np.array([e[1] for e in edges], np.int64)
+            got = merge_small_segments(np.array(partition), u, v,
+                                       np.array([e[2] for e in edges]),
+                                       np.array([e[3] for e in edges], np.float64), voxels,
+                                       min_size)
+            assert sequential(got).tolist() == want.tolist(), (trial, min_size)
+
+
+def test_min_size_equals_a_whole_array_reference_for_any_chunking(tmp_path):
+    truth, b = cells(shape=(10, 30, 32), n=12, seed=15)
+    rng = np.random.default_rng(15)
+    frag = truth.astype(np.uint64) * 100  # cells cut into fragments, small ones among them
+    for _ in range(60):
+        z, y, x = (int(rng.integers(0, s)) for s in truth.shape)
+        frag[z:z + int(rng.integers(1, 4)), y:y + int(rng.integers(1, 6)),
+             x:x + int(rng.integers(1, 6))] += int(rng.integers(1, 99))
+    ids = np.unique(frag)
+    index = {int(i): k for k, i in enumerate(ids)}
+    graph = whole_graph(frag, b.astype(np.float64))
+    edges = [(index[u], index[v], s, c) for (u, v), (c, s) in graph.items()]
+    voxels = np.bincount(np.searchsorted(ids, frag).ravel(), minlength=ids.size)
+    for t in (0.3, 0.6):
+        part = reference_agglomeration(edges, ids.size, t)
+        for min_size in (20, 200):
+            want = sequential(np.array(reference_size_merge(part, edges, voxels, min_size)))
+            want_volume = want[np.searchsorted(ids, frag)]
+            for k, chunks in enumerate([(10, 30, 32), (5, 13, 11), (2, 7, 9)]):
+                d = tmp_path / f"{t}-{min_size}-{k}"
+                make_volume(d / "f.zarr", frag, chunks)
+                make_volume(d / "b.zarr", b, chunks)
+                got = emarray.agglomerate(d / "f.zarr", d / "b.zarr", d / "s.zarr", threshold=t,
+                                          min_size=min_size).read()
+                np.testing.assert_array_equal(got, want_volume)
+            sizes = np.bincount(want_volume.ravel())[1:]
+            before = np.bincount(sequential(np.array(part))[np.searchsorted(ids, frag)].ravel())
+            assert (before[1:] < min_size).any() and sizes.size < before.size - 1  # it merged
+            assert not ((sizes < min_size) & (sizes > 0)).all()
+
+
+def test_a_block_without_a_seed_in_reach_reads_farther(tmp_path):
+    """A block whose halo holds no seed floods from the nearest seeds beyond it; a volume
+    without any seed is one fragment."""
+    from skimage.segmentation import watershed as sk_watershed
+    b = np.ones((8, 40, 40), np.float32)
+    b[2:6, 2:6, 2:6] = 0.0  # one cell far from most blocks
+    b[2:6, 30:36, 33:38] = 0.0  # another
+    rng = np.random.default_rng(16)
+    b[b == 1] -= rng.random(int((b == 1).sum())).astype(np.float32) * 0.01  # no plateau ties
+    make_volume(tmp_path / "b.zarr", b, (4, 8, 8))
+    got = emarray.watershed(tmp_path / "b.zarr", tmp_path / "f.zarr", threshold=0.5,
+                            seed_method="components", halo=(1, 2, 2)).read()
+    want = sk_watershed(b, ndimage.label(b < 0.5)[0])
+    assert set(np.unique(got)) == {1, 2}  # every voxel flooded from a seed it reached
+    np.testing.assert_array_equal(got[b < 0.5], want[b < 0.5])  # the seeds' own ids
+    for fragment in (1, 2):  # each fragment one piece, holding its seed
+        assert ndimage.label(got == fragment)[1] == 1
+    make_volume(tmp_path / "n.zarr", np.ones((8, 40, 40), np.float32), (4, 8, 8))
+    none = emarray.watershed(tmp_path / "n.zarr", tmp_path / "g.zarr", threshold=0.5)
+    assert (none.read() == 1).all() and none.attrs["emarray"]["fragments"] == 1

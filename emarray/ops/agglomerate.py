@@ -102,13 +102,16 @@ def _graph_block(ctx: BlockContext, frag: np.ndarray, bnd: np.ndarray, *,
     own_shape = tuple(w.stop - w.start for w in ctx.region)
     edges = block_edges(frag, bnd, origin, own_shape, affinities)
     own = tuple(slice(a, a + n) for a, n in zip(origin, own_shape))
-    ids = np.unique(frag[own])
-    return (edges, {"id": ids[ids != 0].astype(id_dtype(frag.dtype))},
+    ids, voxels = np.unique(frag[own], return_counts=True)
+    keep = ids != 0
+    return (edges, {"id": ids[keep].astype(id_dtype(frag.dtype)),
+                    "n": voxels[keep].astype(np.int64)},
             count_nan(bnd, own, affinities))
 
 
 def _fold(a: tuple, b: tuple) -> tuple:
-    return (merge(a[0], b[0], ["u", "v"], EDGE_HOW), merge(a[1], b[1], ["id"], {}), a[2] + b[2])
+    return (merge(a[0], b[0], ["u", "v"], EDGE_HOW), merge(a[1], b[1], ["id"], {"n": SUM}),
+            a[2] + b[2])
 
 
 # -- 2. the agglomeration -----------------------------------------------------------------------
@@ -128,6 +131,47 @@ def agglomerate_graph(n: int, u: np.ndarray, v: np.ndarray, total: np.ndarray, s
         return np.empty((t.size, 0), np.int64)
     return run(int(n), np.asarray(u, np.int64).copy(), np.asarray(v, np.int64).copy(),
                np.asarray(total, np.float64).copy(), np.asarray(size, np.float64).copy(), t)
+
+
+def merge_small_segments(roots: np.ndarray, u: np.ndarray, v: np.ndarray, total: np.ndarray,
+                         size: np.ndarray, voxels: np.ndarray, min_size: int) -> np.ndarray:
+    """The segments of a cut (``roots``: each node's segment) with every segment under
+    ``min_size`` voxels merged into its neighbour of lowest mean boundary, the smallest
+    first (ties: the segment of the lowest root), the merged segments' contacts combined,
+    until none under ``min_size`` has a neighbour; a contact of mean +inf (NaN) is never
+    merged across. ``u``, ``v``, ``total``, ``size``: the nodes' edges as for
+    :func:`agglomerate_graph`; ``voxels``: each node's voxels. Segments are ranked by their
+    smallest node, whatever node ``roots`` names. Returns each node's new segment (a
+    partition: its representative's rank).
+
+    >>> merge_small_segments(np.array([0, 1, 2]), np.array([0, 1]), np.array([1, 2]),
+    ...                      np.array([0.8, 0.6]), np.array([1.0, 2.0]),
+    ...                      np.array([10, 3, 10]), 5).tolist()
+    [0, 2, 2]
+    >>> merge_small_segments(np.array([4, 4, 2, 2, 2]), np.array([1]), np.array([2]),
+    ...                      np.array([0.5]), np.array([1.0]), np.array([1, 1, 5, 5, 5]),
+    ...                      5).tolist()
+    [1, 1, 1, 1, 1]
+    """
+    if min_size <= 1 or roots.size == 0:
+        return roots
+    from ._agglomerate_kernels import merge_small
+    inv = sequential(roots) - 1  # segments in the order of their smallest node
+    k = int(inv.max()) + 1
+    su, sv = inv[np.asarray(u, np.int64)], inv[np.asarray(v, np.int64)]
+    apart = su != sv
+    a, b = np.minimum(su[apart], sv[apart]), np.maximum(su[apart], sv[apart])
+    order = np.lexsort((b, a))
+    a, b = a[order], b[order]
+    tot = np.asarray(total, np.float64)[apart][order]
+    cnt = np.asarray(size, np.float64)[apart][order]
+    if a.size:
+        starts = np.flatnonzero(np.r_[True, (a[1:] != a[:-1]) | (b[1:] != b[:-1])])
+        a, b = a[starts], b[starts]
+        tot, cnt = np.add.reduceat(tot, starts), np.add.reduceat(cnt, starts)
+    vox = np.bincount(inv, weights=np.asarray(voxels, np.float64), minlength=k).astype(np.int64)
+    parent = merge_small(k, a.astype(np.int64), b.astype(np.int64), tot, cnt, vox, int(min_size))
+    return parent[inv]
 
 
 def sequential(roots: np.ndarray) -> np.ndarray:
@@ -275,6 +319,10 @@ SPEC = Operator(
                                            "exactly that threshold (0.3000001: DST/t0.3000001)"),
             Param("affinities", "flag", "boundary is c,z,y,x affinities: a contact's value is 1 - "
                                         "the affinity between its two voxels"),
+            Param("min_size", "int", "segments under this many voxels are merged into their "
+                                     "neighbour of lowest mean boundary, the smallest first, at "
+                                     "every threshold (never across NaN); exact for any "
+                                     "chunking", minimum=0, unit="voxels"),
             Param("graph", "text", "reuse the graph of an earlier agglomerate output (a path) "
                                    "instead of reading the fragments again; it must have been "
                                    "built from these fragments and boundary, unchanged since "
@@ -288,8 +336,9 @@ SPEC = Operator(
 @SPEC.function
 def agglomerate(fragments: Volume | str | os.PathLike, boundary: Volume | str | os.PathLike,
                 dst: str | os.PathLike, *, threshold: float = 0.5, thresholds: Any = None,
-                affinities: bool = False, graph: str | os.PathLike | None = None,
-                chunks: Any = None, shards: Any = None, compression: str = "zstd",
+                affinities: bool = False, min_size: int = 0,
+                graph: str | os.PathLike | None = None, chunks: Any = None,
+                shards: Any = None, compression: str = "zstd",
                 options: RunOptions | None = None, **run: Any) -> Volume:
     """Merge ``fragments`` into segments by the mean of ``boundary`` on their contacts.
 
@@ -300,7 +349,10 @@ def agglomerate(fragments: Volume | str | os.PathLike, boundary: Volume | str | 
     output and CSV column is named by the shortest decimal that reads back as exactly that
     threshold. A reused ``graph`` records the fragments and boundary it was built from (their
     location, grid, metadata and stored chunks); other or changed ones are refused before any
-    work.
+    work. With ``min_size``, each threshold's segments under that many voxels are then merged
+    into their neighbour of lowest mean boundary, the smallest first (as waterz-based
+    pipelines filter by size), from the graph and each fragment's voxel count: the same for
+    any chunking.
 
     Returns
     -------
@@ -354,11 +406,18 @@ def agglomerate(fragments: Volume | str | os.PathLike, boundary: Volume | str | 
             raise InvalidArgumentError(f"graph {os.fspath(graph)!r} holds no graph.npz: give an "
                                        "earlier agglomerate output")
         check_graph_source(reuse / "graph.npz", sources)
+        if min_size > 1:
+            with np.load(reuse / "graph.npz", allow_pickle=False) as z:
+                if "voxels" not in z.files:
+                    raise InvalidArgumentError(
+                        f"graph {os.fspath(graph)!r} records no fragment sizes (an earlier "
+                        "emarray made it): min_size needs them; run without --graph once")
     # blocks of whole output chunks, grown past tiny ones (each reads a halo of 1)
     block = work_layout(fv, chunks, shards, compression, 2)
     grid = BlockGrid(fv.shape, block)
     extra = [t for t in cuts if t != float(threshold)]
     job = {"threshold": float(threshold), "thresholds": extra, "affinities": affinities,
+           "min_size": int(min_size),
            "boundary": bv.fingerprint(), "graph": os.fspath(reuse) if reuse else None}
     nan_seen = [0]
 
@@ -371,13 +430,15 @@ def agglomerate(fragments: Volume | str | os.PathLike, boundary: Volume | str | 
                     edges = {k: z[k] for k in EDGE_COLUMNS}
                     ids = z["fragments"]
                     nan = int(z["nan_voxels"])
+                    voxels = z["voxels"] if "voxels" in z.files else np.zeros(ids.size, np.int64)
             else:
                 edges, ids_t, nan = acc if acc is not None else (
-                    _empty_edges(id_dtype(fv.dtype)), {"id": np.empty(0, id_dtype(fv.dtype))}, 0)
-                ids = ids_t["id"]
+                    _empty_edges(id_dtype(fv.dtype)), {"id": np.empty(0, id_dtype(fv.dtype)),
+                                                       "n": np.empty(0, np.int64)}, 0)
+                ids, voxels = ids_t["id"], ids_t["n"]
             nan_seen[0] = nan
-            return _cut(root, edges, ids.astype(id_dtype(fv.dtype)), cuts, float(threshold),
-                        sources, nan)
+            return _cut(root, edges, ids.astype(id_dtype(fv.dtype)), voxels, cuts,
+                        float(threshold), sources, nan, int(min_size))
 
         reads = [Read(fv, halo=1, boundary="none"),
                  Read(bv, halo=1, boundary="none", channels="all" if affinities else "same")]
@@ -451,10 +512,11 @@ def check_graph_source(path: Path, sources: dict[str, Any]) -> None:
                                    f"these {what}'; run without --graph to build them again")
 
 
-def _cut(root: Path, edges: dict[str, np.ndarray], ids: np.ndarray, cuts: list[float],
-         primary: float, sources: dict[str, Any], nan: int) -> dict[str, Any]:
-    """Driver: agglomerate, number the segments, keep the graph (with the volumes it was
-    built from) and the lookup table."""
+def _cut(root: Path, edges: dict[str, np.ndarray], ids: np.ndarray, voxels: np.ndarray,
+         cuts: list[float], primary: float, sources: dict[str, Any], nan: int,
+         min_size: int) -> dict[str, Any]:
+    """Driver: agglomerate (and merge small segments), number the segments, keep the graph
+    (with the volumes it was built from and each fragment's voxels) and the lookup table."""
     import json
 
     import zarr
@@ -463,13 +525,14 @@ def _cut(root: Path, edges: dict[str, np.ndarray], ids: np.ndarray, cuts: list[f
     fragments = np.union1d(ids, np.union1d(eu, ev))
     u = np.searchsorted(fragments, eu)
     v = np.searchsorted(fragments, ev)
-    roots = agglomerate_graph(fragments.size, u, v, edges["sum"], edges["size"], cuts)
-    segments = np.stack([sequential(r) for r in roots]) if fragments.size else np.zeros(
-        (len(cuts), 0), np.int64)
-    _save(root / "graph.npz", fragments=fragments, **{**edges, "u": eu, "v": ev},
+    vox = np.zeros(fragments.size, np.int64)
+    vox[np.searchsorted(fragments, ids)] = voxels
+    segments = cut_segments(fragments.size, u, v, edges["sum"], edges["size"], vox, cuts,
+                            min_size)
+    _save(root / "graph.npz", fragments=fragments, **{**edges, "u": eu, "v": ev}, voxels=vox,
           nan_voxels=np.array(nan, np.int64), source=np.array(json.dumps(sources)))
     _save(root / "lookup.npz", fragments=fragments, segments=segments,
-          thresholds=np.array(cuts))
+          thresholds=np.array(cuts), min_size=np.array(min_size, np.int64))
     header = "fragment," + ",".join(f"segment_{cut_name(t)}" for t in cuts)
     columns = [fragments.astype(str)] + [s.astype(str) for s in segments]  # exact integers
     text = "\n".join([header] + [",".join(row) for row in zip(*columns)]) + "\n"
@@ -479,9 +542,21 @@ def _cut(root: Path, edges: dict[str, np.ndarray], ids: np.ndarray, cuts: list[f
     g = zarr.open_group(os.fspath(root), mode="r+")
     em: dict[str, Any] = dict(g.attrs.get("emarray") or {})  # type: ignore[arg-type]
     em["agglomeration"] = {"fragments": int(fragments.size), "edges": int(u.size),
-                           "threshold": primary, "segments": counts, "nan_voxels": nan}
+                           "threshold": primary, "segments": counts, "nan_voxels": nan,
+                           "min_size": min_size}
     g.attrs["emarray"] = em
     return {"lut": os.fspath(root / "lookup.npz"), "dtypes": dtypes, "token": uuid.uuid4().hex}
+
+
+def cut_segments(n: int, u: np.ndarray, v: np.ndarray, total: np.ndarray, size: np.ndarray,
+                 voxels: np.ndarray, cuts: Any, min_size: int = 0) -> np.ndarray:
+    """Each node's segment (1..K in the order of each segment's first node) at each of the
+    sorted ``cuts``: the agglomeration, then small segments merged (``min_size``)."""
+    if n == 0:
+        return np.zeros((len(cuts), 0), np.int64)
+    roots = agglomerate_graph(n, u, v, total, size, cuts)
+    return np.stack([sequential(merge_small_segments(r, u, v, total, size, voxels, min_size))
+                     for r in roots])
 
 
 def _nested(out: Volume, name: str, dtype: str, job: dict[str, Any]) -> Volume:

@@ -291,6 +291,55 @@ def _record(out: Volume, components: int) -> None:
     group.attrs["emarray"] = {**old, "components": components}
 
 
+# -- the stages, for label and for operators that label on the way (watershed's seeds) -------
+def label_plan(src: Volume, prm: dict[str, Any], opts: RunOptions) -> dict[str, Any]:
+    """The labelling's block parameters: ``prm`` (:func:`check_params`) with the grid of
+    ``src``'s blocks and a job token for the local labels kept between stages (forget them
+    with :func:`emarray.ops.local_labels.forget` once the job ends)."""
+    grid = BlockGrid(src.shape, src.block_shape)
+    # each block's local labels are kept for the last stage where it runs in this process
+    same_process = check_scheduler(opts.scheduler) in ("threads", "synchronous")
+    return {**prm, "shape": src.shape, "block": src.block_shape, "counts": grid.counts,
+            "job": uuid.uuid4().hex, "keep": local_labels.budget() if same_process else 0}
+
+
+def label_stages(src: Volume, out: Volume, p: dict[str, Any], setup: dict[str, Any],
+                 root: Any, prefix: str = "") -> list:
+    """The four stages that label ``src`` into ``out`` (ids 1..N in C order of first voxel,
+    for any chunking), their scratch arrays under ``root``; ``prefix`` names the stages
+    within a job that runs others too. The last stage gives ``out`` the dtype its count
+    needs and records the count."""
+    grid = BlockGrid(src.shape, src.block_shape)
+    scratch = Scratch(root, src.shape, src.block_shape)
+    vols = scratch.volumes()
+    plane_scale = [tuple(Fraction(1, b) if a == axis else Fraction(1) for a in range(3))
+                   for axis, b in enumerate(src.block_shape)]
+    writes = []
+    for axis, a in enumerate(AXES):
+        writes += [Write(vols[f"lo_{a}"], plane_scale[axis]),
+                   Write(vols[f"hi_{a}"], plane_scale[axis])]
+    writes.append(Write(vols["rowcounts"], plane_scale[2]))
+    first = Stage(prefix + "label", partial(_label_block, p=p), grid, [Read(src)], writes,
+                  combine=_concat, finalize=partial(_plan, scratch=scratch), **setup)
+    zb, yb, _ = src.block_shape
+    rows = vols["rowcounts"]
+    offsets = Stage(prefix + "offsets", partial(_row_offsets, scratch=scratch),
+                    BlockGrid(rows.shape, (zb, yb, rows.shape[2])), [Read(rows)],
+                    [Write(vols["rowoffsets"])], combine=_concat,
+                    finalize=partial(_save_ranks, scratch=scratch))
+    faces = Stage(prefix + "faces", partial(_face_block, vols=vols, p=p), grid, combine=_concat,
+                  finalize=partial(_join, scratch=scratch, p=p))
+
+    def build_relabel(given: dict[str, Any]) -> Stage:
+        target = retype(out, given["dtype"])
+        _record(target, given["components"])
+        return Stage(prefix + "relabel", partial(_relabel_block, src=src, scratch=scratch, p=p,
+                                                 dtype=given["dtype"]), grid,
+                     [Read(vols["rowoffsets"], scale=plane_scale[2])],
+                     [Write(target)], **setup)
+    return [first, offsets, faces, LaterStage(prefix + "relabel", build_relabel)]
+
+
 # -- the operator ---------------------------------------------------------------------------------
 def check_params(src: Volume, connectivity: Any, mode: str, background: Any,
                  min_size: Any) -> dict[str, Any]:
@@ -405,40 +454,10 @@ def label(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, connectivi
         raise InvalidArgumentError(f"{len(grid)} blocks are too many; store larger chunks")
     job = {**{k: (v if k != "background" else (int(v) if src.dtype.kind in "uib" else float(v)))
               for k, v in prm.items()}}
-    # each block's local labels are kept for the last stage where it runs in this process
-    same_process = check_scheduler(opts.scheduler) in ("threads", "synchronous")
-    p = {**prm, "shape": src.shape, "block": src.block_shape, "counts": grid.counts,
-         "job": uuid.uuid4().hex, "keep": local_labels.budget() if same_process else 0}
+    p = label_plan(src, prm, opts)
 
     def stages(out: Volume, setup: dict[str, Any]) -> list:
-        scratch = Scratch(progress_of(out) / "label", src.shape, src.block_shape)
-        vols = scratch.volumes()
-        plane_scale = [tuple(Fraction(1, b) if a == axis else Fraction(1) for a in range(3))
-                       for axis, b in enumerate(src.block_shape)]
-        writes = []
-        for axis, a in enumerate(AXES):
-            writes += [Write(vols[f"lo_{a}"], plane_scale[axis]),
-                       Write(vols[f"hi_{a}"], plane_scale[axis])]
-        writes.append(Write(vols["rowcounts"], plane_scale[2]))
-        first = Stage("label", partial(_label_block, p=p), grid, [Read(src)], writes,
-                      combine=_concat, finalize=partial(_plan, scratch=scratch), **setup)
-        zb, yb, _ = src.block_shape
-        rows = vols["rowcounts"]
-        offsets = Stage("offsets", partial(_row_offsets, scratch=scratch),
-                        BlockGrid(rows.shape, (zb, yb, rows.shape[2])), [Read(rows)],
-                        [Write(vols["rowoffsets"])], combine=_concat,
-                        finalize=partial(_save_ranks, scratch=scratch))
-        faces = Stage("faces", partial(_face_block, vols=vols, p=p), grid, combine=_concat,
-                      finalize=partial(_join, scratch=scratch, p=p))
-
-        def build_relabel(given: dict[str, Any]) -> Stage:
-            target = retype(out, given["dtype"])
-            _record(target, given["components"])
-            return Stage("relabel", partial(_relabel_block, src=src, scratch=scratch, p=p,
-                                            dtype=given["dtype"]), grid,
-                         [Read(vols["rowoffsets"], scale=plane_scale[2])],
-                         [Write(target)], **setup)
-        return [first, offsets, faces, LaterStage("relabel", build_relabel)]
+        return label_stages(src, out, p, setup, progress_of(out) / "label")
 
     try:
         return run_blockwise("label", src, dst, np.uint32, job, opts, stages, chunks=chunks,

@@ -52,6 +52,19 @@ def _merge(a: dict, b: dict) -> dict:
     return merge(a, b, ["t", "p"], {"n": SUM})
 
 
+def overlaps(name: str, truth: Volume, pred: Volume, *, opts: RunOptions, target: Any,
+             job: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The (truth id, pred id, voxels) table of two label volumes from one pass over
+    ``pred``'s blocks (stage ``name``; resumable in ``target``)."""
+    table = fold_table(name, _block, [Read(truth), Read(pred)],
+                       BlockGrid(pred.shape, pred.block_shape), _merge, opts=opts,
+                       target=target, job=job)
+    if table is None:
+        table = {"t": np.empty(0, np.uint64), "p": np.empty(0, np.uint64),
+                 "n": np.empty(0, np.int64)}
+    return table
+
+
 # -- what the table gives ---------------------------------------------------------------------
 def sizes(table: dict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Voxels per truth id and per pred id (0 = background included)."""
@@ -338,12 +351,7 @@ def match(pred: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *
                     f"{given('label_first')} to label a mask first")
         warm_pairs(tv.dtype, pv.dtype)  # the kernel and the plot's import load beside the blocks
         prewarm()
-        table = fold_table("match", _block, [Read(tv), Read(pv)],
-                           BlockGrid(pv.shape, pv.block_shape), _merge, opts=opts,
-                           target=target, job=job)
-        if table is None:
-            table = {"t": np.empty(0, np.uint64), "p": np.empty(0, np.uint64),
-                     "n": np.empty(0, np.int64)}
+        table = overlaps("match", tv, pv, opts=opts, target=target, job=job)
         result = evaluate(table, thr)
         for name, n in (("truth", result["n_true"]), ("prediction", result["n_pred"])):
             if n == 1:

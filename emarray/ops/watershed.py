@@ -1,32 +1,52 @@
-"""Seeded watershed fragments (supervoxels) of a boundary map or of affinities, out of core.
+"""Seeded watershed fragments (supervoxels) of a boundary map or of affinities, out of core,
+the same for any chunking.
 
-Each block is read with a halo and flooded whole with scikit-image's ``watershed`` from seeds
-found in the same grown block: local maxima of the distance transform of ``boundary < T`` (the
-classic method), connected components of ``boundary < T``, or a seed volume. Only the block's
-own region is written, so the fragments inside a block equal scikit-image's on that grown block;
-fragments cut by a block face are expected (``emarray agglomerate`` merges them). Every voxel
-gets a fragment. Ids are unique across the volume without a global pass: the block's flat index
-in the high 32 bits of a uint64, the fragment's number in the block (in C order of its first
-voxel) in the low ones; ``relabel`` numbers them 1..N instead, in a second pass.
+Three stages on the engine:
+
+1. ``seeds``: each block marks its seed voxels, from the boundary map read with the context the
+   rule needs, so that the mark of every voxel is what the whole volume gives it: the cores of
+   the interior (voxels farther than ``core`` from the nearest voxel of ``boundary >=
+   threshold``) and, where a process is too thin to have one, the local maxima of that
+   distance (the default); or the connected components of ``boundary < threshold``; or the
+   local maxima of the distance transform.
+2. ``seeds-label`` ... ``seeds-relabel``: the marks are labelled by :mod:`emarray.ops.label`'s
+   stages, so the seeds get ids 1..N in C order of their first voxel, whatever the chunking (a
+   seed volume given by the user keeps one seed per id, numbered by rank of its id instead).
+3. ``watershed``: each block is read with a halo and flooded whole with scikit-image's
+   ``watershed`` from the global seeds in that grown block; its own region is written. A
+   fragment is its seed's id, so pieces of one fragment in two blocks carry the same id and no
+   face cuts a fragment. A voxel gets the fragment the whole-volume flood gives it whenever
+   its flooding path from its seed stays inside the halo: for cores and components, the few
+   voxels of a membrane.
 """
 from __future__ import annotations
 
+import math
 import os
+import uuid
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from ..engine import BlockContext, BlockGrid, Read, RunOptions, Stage, Write
-from ..engine.checkpoint import load_npy, progress_of
+from .._normalize import id_dtype
+from ..engine import BlockContext, BlockGrid, LaterStage, Read, RunOptions, Stage, Write
+from ..engine.checkpoint import atomic_write, load_npy, progress_of
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port, layout_params
 from ..volume import Volume, create_volume, open_volume
 from ._nan import count_nan, warn_nan
-from .common import as_volume, retype, run_blockwise, work_layout
+from .common import as_volume, backend_setup, retype, run_blockwise, work_layout
+from .distance import parse_length
+from .tables import SUM, merge
 
-SEEDS = ("maxima", "components")
+SEEDS = ("cores", "maxima", "components")
 REDUCE = ("mean", "min")
+#: the connectivity the seed marks of each method are labelled with (maxima: plateaus that
+#: touch at a corner are one seed, as scikit-image's peak labelling has them)
+SEED_CONNECTIVITY = {"cores": 6, "components": 6, "maxima": 26}
+#: the default core distance, in voxels of the smallest voxel size
+CORE_VOXELS = 1.0
 
 
 def boundary_of(block: np.ndarray, affinities: bool, reduce: str) -> np.ndarray:
@@ -42,103 +62,154 @@ def boundary_of(block: np.ndarray, affinities: bool, reduce: str) -> np.ndarray:
     return b.astype(np.float32, copy=False)
 
 
-def seeds_of(b: np.ndarray, method: str, threshold: float, sampling: tuple[float, ...],
-             distance: np.ndarray | None = None, seeds: np.ndarray | None = None) -> np.ndarray:
-    """Markers (uint32, 0 = none) for one grown block."""
-    import cc3d
-    if seeds is not None:
-        import fastremap
-        return fastremap.renumber(np.array(seeds, order="C"), preserve_zero=True)[0].astype(
-            np.uint32)
+def seed_mask(b: np.ndarray, method: str, threshold: float, sampling: tuple[float, ...],
+              core: float = 0.0, distance: np.ndarray | None = None) -> np.ndarray:
+    """The seed voxels (bool) of a boundary map ``b``: ``components``, the interior
+    ``b < threshold``; ``maxima``, the local maxima (3x3x3) of its distance transform (or of
+    ``distance``); ``cores``, the voxels farther than ``core`` from the boundary, and the
+    maxima no farther (the seeds of processes too thin for a core).
+
+    >>> b = np.ones((1, 3, 9), np.float32); b[0, 1, 1:8] = 0          # a thin bar
+    >>> seed_mask(b, "cores", 0.5, (1.0, 1.0, 1.0), core=1.5)[0, 1].astype(int).tolist()
+    [0, 1, 1, 1, 1, 1, 1, 1, 0]
+    """
     inside = b < threshold
     if method == "components":
-        return cc3d.connected_components(inside.view(np.uint8), connectivity=6,
-                                         out_dtype=np.uint32)
+        return inside
     from scipy import ndimage
     if distance is None:
         import edt
         distance = edt.edt(inside, anisotropy=sampling, black_border=False, parallel=1)
-    peak = (distance == ndimage.maximum_filter(distance, size=3, mode="nearest")) & inside & (
-        distance > 0)
-    return cc3d.connected_components(peak.view(np.uint8), connectivity=26, out_dtype=np.uint32)
+    d = np.asarray(distance, np.float32)
+    peak = (d == ndimage.maximum_filter(d, size=3, mode="nearest")) & inside & (d > 0)
+    if method == "maxima":
+        return peak
+    return (d > core) | (peak & (d <= core))
 
 
-def flood(b: np.ndarray, markers: np.ndarray, min_size: int) -> np.ndarray:
-    """scikit-image's watershed of ``b`` from ``markers`` (every voxel labelled: a block
-    without a seed is one fragment); fragments under ``min_size`` voxels give up their seeds
-    and are flooded by their neighbours."""
-    from skimage.segmentation import watershed
-    if not markers.any():
-        return np.ones(b.shape, np.uint32)
-    labels = watershed(b, markers).astype(np.uint32, copy=False)
-    if min_size > 1:
-        sizes = np.bincount(labels.ravel())
-        small = np.flatnonzero(sizes < min_size)
-        small = small[small > 0]
-        if small.size and small.size < np.count_nonzero(sizes[1:]):
-            keep = markers.copy()
-            keep[np.isin(markers, small)] = 0
-            labels = watershed(b, keep).astype(np.uint32, copy=False)
-    return labels
+def seed_halo(method: str, core: float, sampling: tuple[float, ...], halo: tuple[int, ...],
+              with_distance: bool) -> tuple[int, ...]:
+    """The context a block's seed marks need to be the whole volume's: none for components;
+    one voxel for the maxima of a given distance volume; ``core`` and two voxels for cores
+    (a voxel within ``core`` of the boundary finds it there, and so do its neighbours); the
+    flood's ``halo`` for maxima of a distance computed in the block (not exact: see docs)."""
+    if method == "components":
+        return (0, 0, 0)
+    if with_distance:
+        return (1, 1, 1)
+    if method == "cores":
+        return tuple(math.ceil(core / v) + 2 for v in sampling)
+    return halo
 
 
-def _own(ctx: BlockContext, array: np.ndarray, channel_axis: bool = False) -> np.ndarray:
-    read = ctx.reads[0][-3:]
-    sl = tuple(slice(w.start - r.start, w.stop - r.start) for w, r in zip(ctx.region, read))
-    return array[(slice(None),) + sl] if channel_axis else array[sl]
-
-
-def _fragments(ctx: BlockContext, block: np.ndarray, *rest: np.ndarray, p: dict[str, Any]) -> Any:
+def flood(b: np.ndarray, markers: np.ndarray) -> np.ndarray:
+    """scikit-image's watershed of ``b`` from ``markers`` (any integer ids, 0 = none), in the
+    markers' ids; every voxel labelled (a block without a seed is one fragment, 1)."""
     import fastremap
-    read = ctx.reads[0][-3:]
-    nan = count_nan(block, tuple(slice(w.start - r.start, w.stop - r.start)
-                                 for w, r in zip(ctx.region, read)), p["affinities"])
+    from skimage.segmentation import watershed
+    local, remap = fastremap.renumber(np.ascontiguousarray(markers), preserve_zero=True)
+    ids = np.zeros(int(max(remap.values(), default=0)) + 1, markers.dtype)
+    ids[np.fromiter(remap.values(), np.int64, len(remap))] = np.fromiter(
+        remap.keys(), markers.dtype, len(remap))
+    if ids.size == 1:
+        return np.ones(b.shape, ids.dtype)
+    return ids[watershed(b, local)]
+
+
+def _own(ctx: BlockContext, array: np.ndarray, read: int = 0) -> np.ndarray:
+    box = ctx.reads[read][-3:]
+    return array[tuple(slice(w.start - r.start, w.stop - r.start)
+                       for w, r in zip(ctx.region, box))]
+
+
+# -- 1. seed marks --------------------------------------------------------------------------
+def _marks(ctx: BlockContext, block: np.ndarray, *rest: np.ndarray,
+           p: dict[str, Any]) -> np.ndarray:
     b = boundary_of(block, p["affinities"], p["reduce"])
-    extra = list(rest)
-    distance = extra.pop(0) if p["with_distance"] else None
-    seeds = extra.pop(0) if p["with_seeds"] else None
-    markers = seeds_of(b, p["seeds"], p["threshold"], p["sampling"], distance, seeds)
-    labels = flood(b, markers, p["min_size"])
-    own = np.ascontiguousarray(_own(ctx, labels))
-    local, _ = fastremap.renumber(own, preserve_zero=True, in_place=True)  # 1..k, C order
-    local = local.astype(np.uint32, copy=False)
-    count = int(local.max()) if local.size else 0
-    flat = int(np.ravel_multi_index(ctx.index, p["counts"]))
-    if p["relabel"]:
-        return local, np.array([[flat, count, nan]], np.int64)
-    out = local.astype(np.uint64)
-    out[out > 0] |= np.uint64(flat) << np.uint64(32)
-    return out, np.array([[flat, count, nan]], np.int64)
+    distance = rest[0] if rest else None
+    mask = seed_mask(b, p["seeds"], p["threshold"], p["sampling"], p["core"], distance)
+    return np.ascontiguousarray(_own(ctx, mask)).view(np.uint8)
 
 
-def _concat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.concatenate([a, b])
+# -- 1'. a seed volume given: its ids, ranked -------------------------------------------------
+def _seed_ids(ctx: BlockContext, seeds: np.ndarray) -> dict[str, np.ndarray]:
+    ids, n = np.unique(seeds, return_counts=True)
+    keep = ids != 0
+    return {"id": ids[keep].astype(id_dtype(seeds.dtype)), "n": n[keep].astype(np.int64)}
 
 
-def _offsets(acc: Any, *, nblocks: int, scratch: Any) -> dict[str, Any]:
-    counts = np.zeros(nblocks, np.int64)
-    if acc is not None and len(acc):
-        counts[acc[:, 0]] = acc[:, 1]
-    offsets = np.cumsum(counts) - counts
-    from ..engine.checkpoint import atomic_write
+def _merge_ids(a: dict, b: dict) -> dict:
+    return merge(a, b, ["id"], {"n": SUM})
+
+
+def _save_ids(acc: Any, *, scratch: Any, min_size: int, dtype: np.dtype) -> dict[str, Any]:
     import io
+    ids = acc["id"][acc["n"] >= max(min_size, 1)] if acc else np.empty(0, dtype)
     buf = io.BytesIO()
-    np.save(buf, offsets)
+    np.save(buf, ids)
     scratch.mkdir(parents=True, exist_ok=True)
-    atomic_write(scratch / "offsets.npy", buf.getvalue())
-    total = int(counts.sum())
-    nan = int(acc[:, 2].sum()) if acc is not None and len(acc) else 0
-    return {"fragments": total, "dtype": "uint32" if total < 2**32 else "uint64",
-            "nan_voxels": nan}
+    atomic_write(scratch / "seed-ids.npy", buf.getvalue())
+    return {"seeds": int(ids.size)}
 
 
-def _number(ctx: BlockContext, local: np.ndarray, *, scratch: Any, counts: tuple[int, ...],
-            dtype: str) -> np.ndarray:
-    offsets = load_npy(scratch / "offsets.npy")
-    flat = int(np.ravel_multi_index(ctx.index, counts))
-    out = local.astype(dtype)
-    out[out > 0] += np.asarray(offsets[flat]).astype(dtype)
-    return out
+def rank_seeds(seeds: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Each seed voxel's rank (1..N) among the sorted seed ``ids``; 0 for no seed (or an id
+    not kept). Exact for every integer dtype (compared in the ids' own dtype).
+
+    >>> rank_seeds(np.array([0, 7, -1, 7, 9]), np.array([-1, 7])).tolist()
+    [0, 2, 1, 2, 0]
+    """
+    if ids.size == 0:
+        return np.zeros(seeds.shape, np.int64)
+    s = seeds.astype(ids.dtype)
+    where = np.minimum(np.searchsorted(ids, s), ids.size - 1)
+    found = (ids[where] == s) & (seeds != 0)
+    return np.where(found, where + 1, 0)
+
+
+# -- 3. the flood -----------------------------------------------------------------------------
+def _flood_block(ctx: BlockContext, block: np.ndarray, seeds: np.ndarray, *, p: dict[str, Any],
+                 reads: tuple[Read, Read]) -> tuple[np.ndarray, int]:
+    nan = count_nan(block, tuple(slice(w.start - r.start, w.stop - r.start)
+                                 for w, r in zip(ctx.region, ctx.reads[0][-3:])),
+                    p["affinities"])
+    dtype = p["dtype"]
+    if p["n"] == 0:  # no seed anywhere: the volume is one fragment
+        return np.ones(tuple(s.stop - s.start for s in ctx.region), dtype), nan
+    markers = _global(seeds, p)
+    box = ctx.reads[0][-3:]
+    halo = [s for s in p["halo"]]
+    while not markers.any():  # no seed within the halo: read farther, until one is
+        halo = [2 * h + 1 for h in halo]
+        block, box = Read(reads[0].volume, halo=tuple(halo), channels=reads[0].channels).read(
+            ctx.region)
+        box = box[-3:]
+        markers = _global(Read(reads[1].volume, halo=tuple(halo)).read(ctx.region)[0], p)
+    b = boundary_of(block, p["affinities"], p["reduce"])
+    labels = flood(b, markers)
+    own = tuple(slice(w.start - r.start, w.stop - r.start) for w, r in zip(ctx.region, box))
+    return labels[own].astype(dtype), nan
+
+
+_IDS: dict[tuple[str, str], np.ndarray] = {}
+
+
+def _global(seeds: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    """The global seed ids of a block: labelled marks as they are, a given seed volume's ids
+    by rank (their table loaded once per process; ``token`` is new each time it is made, so
+    a later job at the same path never takes an older table)."""
+    if p["ids"] is None:
+        return seeds
+    key = (p["ids"], p["token"])
+    ids = _IDS.get(key)
+    if ids is None:
+        _IDS.clear()
+        ids = _IDS[key] = np.array(load_npy(p["ids"]))
+    return rank_seeds(seeds, ids)
+
+
+def _add(a: int, b: int) -> int:
+    return a + b
 
 
 def _report(v: Volume, args: dict[str, Any]) -> list[str]:
@@ -147,38 +218,52 @@ def _report(v: Volume, args: dict[str, Any]) -> list[str]:
             f"wrote {v.url}: {v.shape} {v.dtype}"]
 
 
+def _core(value: Any, name: str) -> Any:
+    return parse_length(value, name)
+
+
 SPEC = Operator(
     "watershed", "seeded watershed fragments (supervoxels) of a boundary map or of affinities, "
-                 "ids unique across the volume",
+                 "ids 1..N the same for any chunking",
     inputs=(Port("boundary", "volume", "boundary map (high = boundary), float; or affinities "
                                        "c,z,y,x with affinities; NaN is the highest boundary"),
-            Port("distance", "volume", "a distance transform whose local maxima are the seeds "
-                                       "(emarray distance); default: computed in each block",
+            Port("distance", "volume", "a distance transform of boundary < threshold (emarray "
+                                       "distance) for the cores and maxima seeds; default: "
+                                       "computed in each block",
                  optional=True),
             Port("seeds", "volume", "a seed volume of integer labels (0 = none, each other id "
                                     "one seed) instead of computed seeds",
                  optional=True, labels=True)),
-    output=Port("dst", "volume", "the fragments: uint64 (block in the high 32 bits), or 1..N "
-                                 "with relabel", labels=True),
+    output=Port("dst", "volume", "the fragments: ids 1..N, one per seed, numbered in C order of "
+                                 "each seed's first voxel (uint32; uint64 past 2**32 - 1)",
+                labels=True),
     remote_output=False,  # its scratch and side files are local (object storage: not yet)
-    params=(Param("threshold", "float", "voxels with boundary below this seed the flood (the "
-                                        "distance transform of boundary < threshold, or its "
-                                        "components)"),
-            Param("seed_method", "choice", "maxima: local maxima of the distance transform of "
-                                           "boundary < threshold; components: its connected "
-                                           "components", choices=SEEDS),
+    params=(Param("threshold", "float", "boundary below this is interior: the seeds are found "
+                                        "in it (its cores, its components, or the maxima of its "
+                                        "distance transform)"),
+            Param("seed_method", "choice", "cores: voxels of the interior farther than core from "
+                                           "the boundary, plus the distance maxima of processes "
+                                           "too thin for a core; components: the connected "
+                                           "components of the interior; maxima: the local maxima "
+                                           "of its distance transform", choices=SEEDS),
+            Param("core", "text", "with cores: the distance from the boundary beyond which the "
+                                  "interior is a seed: a length (12nm) or a number in the "
+                                  "volume's unit; default 1 voxel of the smallest voxel size",
+                  parse=_core, metavar="LENGTH"),
             Param("affinities", "flag", "boundary is c,z,y,x nearest-neighbour affinities "
                                         "(1 = connected); the flood runs on 1 - their mean or min"),
             Param("reduce", "choice", "how affinity channels make a boundary map", choices=REDUCE),
-            Param("min_size", "int", "fragments under this many voxels (in a block) are flooded "
-                                     "by their neighbours", minimum=0, unit="voxels"),
-            Param("halo", "zyx", "voxels of context read around each block", positive=False,
+            Param("min_size", "int", "seeds (connected seed voxels, or a given seed's voxels) "
+                                     "under this many voxels are dropped before the flood; their "
+                                     "voxels are flooded by their neighbours", minimum=0,
                   unit="voxels"),
-            Param("relabel", "flag", "number the fragments 1..N (a second pass) instead of "
-                                     "block-tagged uint64 ids"),
+            Param("halo", "zyx", "voxels of context each block floods around itself",
+                  positive=False, unit="voxels"),
+            Param("relabel", "flag", "kept for old scripts: the fragments are numbered 1..N "
+                                     "whether it is given or not"),
             *layout_params()),
     run=ENGINE + REPLACE + INCOMPLETE, report=_report,
-    examples=("emarray watershed boundary.zarr fragments.zarr --threshold 0.3",
+    examples=("emarray watershed boundary.zarr fragments.zarr --threshold 0.5",
               "emarray watershed affs.zarr fragments.zarr --affinities --threshold 0.5"))
 
 
@@ -186,22 +271,29 @@ SPEC = Operator(
 def watershed(boundary: Volume | str | os.PathLike, dst: str | os.PathLike, *,
               distance: Volume | str | os.PathLike | None = None,
               seeds: Volume | str | os.PathLike | None = None, threshold: float = 0.5,
-              seed_method: str = "maxima", affinities: bool = False, reduce: str = "mean",
-              min_size: int = 0, halo: Any = (4, 16, 16), relabel: bool = False,
-              chunks: Any = None, shards: Any = None, compression: str = "zstd",
-              options: RunOptions | None = None, **run: Any) -> Volume:
-    """Watershed fragments of ``boundary`` into ``dst``: every voxel gets a fragment.
+              seed_method: str = "cores", core: Any = None, affinities: bool = False,
+              reduce: str = "mean", min_size: int = 0, halo: Any = (4, 16, 16),
+              relabel: bool = False, chunks: Any = None, shards: Any = None,
+              compression: str = "zstd", options: RunOptions | None = None,
+              **run: Any) -> Volume:
+    """Watershed fragments of ``boundary`` into ``dst``: every voxel gets a fragment, one
+    fragment per seed, the same for any chunking.
 
-    Per block grown by ``halo``, scikit-image's ``watershed`` floods the boundary map from
-    seeds found in that grown block, and the block's own region is written: inside a block the
-    fragments equal scikit-image's on the grown block. Blocks are whole output chunks (shards),
-    grown past tiny ones to at least twice the halo along each axis and 1024 voxels (the block
-    is recorded in the output's job): chunks of 1 voxel give what chunks of the block give.
+    The seeds are found with the context their rule needs, so every block marks what the
+    whole volume marks, and are numbered 1..N in C order of each seed's first voxel across
+    the volume (as :func:`emarray.label` numbers components). Per block grown by ``halo``,
+    scikit-image's ``watershed`` floods the boundary map from the seeds in that grown block
+    and the block's own region is written: a voxel gets the fragment of the whole-volume
+    flood whenever its flooding path from its seed stays inside the halo — for ``cores`` and
+    ``components`` seeds, the few voxels of a membrane. A block with no seed within its halo
+    reads farther until it finds one. Blocks are whole output chunks (shards), grown past
+    tiny ones to at least twice the halo along each axis and 1024 voxels.
 
     NaN (a NaN affinity in any channel too) is the highest boundary: never a seed, flooded
     after every finite value, as scikit-image floods a value above the map's maximum; a job
-    whose map holds NaN warns once, with their count. Seeds are integer labels, their ids
-    exact whatever their dtype (a float volume is refused).
+    whose map holds NaN warns once, with their count. A given seed volume holds integer
+    labels, one seed per id whatever its dtype (a float volume is refused); its fragments are
+    numbered by the rank of their seed's id.
 
     Returns
     -------
@@ -215,7 +307,7 @@ def watershed(boundary: Volume | str | os.PathLike, dst: str | os.PathLike, *,
     >>> b = np.zeros((1, 8, 16), np.float32); b[:, :, 8] = 1.0     # one wall: two cells
     >>> v = emarray.create_volume(os.path.join(d, "b.zarr"), b.shape, "float32", (1, 8, 8))
     >>> v.write((slice(0, 1), slice(0, 8), slice(0, 16)), b)
-    >>> f = emarray.watershed(v, os.path.join(d, "f.zarr"), threshold=0.5, relabel=True)
+    >>> f = emarray.watershed(v, os.path.join(d, "f.zarr"), threshold=0.5)
     >>> int(f.read().min()) > 0, len(np.unique(f.read()))
     (True, 2)
     """
@@ -236,7 +328,9 @@ def watershed(boundary: Volume | str | os.PathLike, dst: str | os.PathLike, *,
     if not 0 < threshold <= 1:
         raise InvalidArgumentError(f"threshold must be in (0, 1] (boundary maps hold "
                                    f"probabilities), got {threshold!r}")
-    extra = []
+    sampling = tuple(float(s) for s in bv.voxel_size)
+    core_at = _core_length(core, sampling, bv.unit) if seed_method == "cores" else 0.0
+    extra: dict[str, Volume] = {}
     for name, given in (("distance", distance), ("seeds", seeds)):
         if given is None:
             continue
@@ -248,46 +342,105 @@ def watershed(boundary: Volume | str | os.PathLike, dst: str | os.PathLike, *,
                 f"seeds {ev.url} holds {ev.dtype}: seeds are integer labels (0 = none, each "
                 "other id one seed); label a mask first (emarray label), or give it as "
                 "--distance")
-        extra.append(ev)
+        extra[name] = ev
+    if "distance" in extra and "seeds" not in extra:
+        _check_distance(extra["distance"], seed_method, core_at)
     h = tuple(int(x) for x in halo)
     like = open_volume(bv.url) if not affinities else _spatial_like(bv)
     # blocks of whole output chunks, at least twice the halo: a block reads at most 8 times
     # its own voxels, however small the chunks
     block = work_layout(like, chunks, shards, compression, tuple(2 * x for x in h), spatial)
     grid = BlockGrid(spatial, block)
-    p = {"affinities": affinities, "reduce": reduce, "seeds": seed_method,
-         "threshold": float(threshold), "sampling": tuple(float(s) for s in bv.voxel_size),
-         "min_size": int(min_size), "with_distance": distance is not None,
-         "with_seeds": seeds is not None, "relabel": relabel, "counts": grid.counts}
-    reads = [Read(bv, halo=h, boundary="none", channels="all" if affinities else "same")]
-    reads += [Read(ev, halo=h, boundary="none") for ev in extra]
+    method = "given" if "seeds" in extra else seed_method
+    p = {"affinities": affinities, "reduce": reduce, "seeds": method,
+         "threshold": float(threshold), "sampling": sampling, "core": core_at,
+         "min_size": int(min_size), "halo": h}
+    channels = "all" if affinities else "same"
 
     def stages(out: Volume, setup: dict[str, Any]) -> list:
         scratch = progress_of(out) / "watershed"
-        fn = partial(_fragments, p=p)
-        fin = partial(_offsets, nblocks=len(grid), scratch=scratch)
-        if not relabel:
-            return [Stage("watershed", fn, grid, reads, [Write(out)], combine=_concat,
-                          finalize=_record_count(out, fin))]
-        local = _scratch_volume(scratch, spatial, grid.block)
-        first = Stage("watershed", fn, grid, reads, [Write(local)], combine=_concat,
-                      finalize=_record_count(out, fin))
-        from ..engine import LaterStage
+        first: list[Any]
+        if "seeds" in extra:
+            sv = extra["seeds"]
+            first = [Stage("seed-ids", _seed_ids, grid, [Read(sv)], combine=_merge_ids,
+                           finalize=partial(_save_ids, scratch=scratch, min_size=int(min_size),
+                                            dtype=id_dtype(sv.dtype)))]
+            ids: str | None = os.fspath(scratch / "seed-ids.npy")
+        else:
+            sv = _scratch_volume(scratch / "seeds.zarr", spatial, block, np.uint32)
+            first = _seed_stages(bv, extra.get("distance"), sv, scratch, grid, p, opts,
+                                 channels, tokens)
+            ids = None
 
-        def build(given: dict[str, Any]) -> Stage:
-            target = retype(out, given["dtype"])
-            return Stage("number", partial(_number, scratch=scratch, counts=grid.counts,
-                                           dtype=given["dtype"]), grid, [Read(local)],
-                         [Write(target)])
-        return [first, LaterStage("number", build)]
+        def build(given: Any) -> Stage:
+            n = int(given["seeds"]) if isinstance(given, dict) and "seeds" in given else int(
+                open_volume(sv.url).attrs.get("emarray", {}).get("components", 0))
+            dtype = "uint32" if max(n, 1) < 2**32 else "uint64"
+            target = retype(out, dtype)
+            q = {**p, "n": n, "dtype": np.dtype(dtype), "ids": ids, "token": uuid.uuid4().hex}
+            reads = (Read(bv, halo=h, boundary="none", channels=channels),
+                     Read(open_volume(sv.url), halo=h, boundary="none"))
+            return Stage("watershed", partial(_flood_block, p=q, reads=reads), grid,
+                         list(reads), [Write(target)], combine=_add,
+                         finalize=partial(_record, out=target, fragments=max(n, 1)))
+        return [*first, LaterStage("watershed", build)]
 
-    job = {k: v for k, v in p.items() if k not in ("counts",)}
-    job.update(halo=list(h), block=list(block))
-    result = run_blockwise("watershed", like, dst, np.uint32 if relabel else np.uint64, job,
-                           opts, stages, chunks=chunks, shards=shards, compression=compression,
-                           attrs={"labels": True}, inputs=[bv, *extra], grid_block=block)
+    job = {k: v for k, v in p.items() if k != "halo"}
+    job.update(halo=list(h), block=list(block), sampling=list(sampling))
+    inputs = [bv, *extra.values()]
+    tokens: list[str] = []  # the seed labelling's blocks kept in this process
+    try:
+        result = run_blockwise("watershed", like, dst, np.uint32, job, opts, stages,
+                               chunks=chunks, shards=shards, compression=compression,
+                               attrs={"labels": True}, inputs=inputs, grid_block=block)
+    finally:
+        from . import local_labels
+        for token in tokens:
+            local_labels.forget(token)
     warn_nan(bv, int(result.attrs.get("emarray", {}).get("nan_voxels", 0)), "watershed")
     return result
+
+
+def _core_length(core: Any, sampling: tuple[float, ...], unit: str) -> float:
+    """The core distance in the volume's unit (default: one voxel of the smallest voxel size)."""
+    from .._normalize import micrometres
+    if core is None:
+        return CORE_VOXELS * min(sampling)
+    number, given_unit = core
+    return number * (micrometres(given_unit) / micrometres(unit) if given_unit else 1.0)
+
+
+def _check_distance(dv: Volume, method: str, core: float) -> None:
+    """A distance volume serves the cores and maxima seeds only, and cores only when it is
+    exact beyond the core distance."""
+    if method == "components":
+        raise InvalidArgumentError("a distance volume serves the cores and maxima seeds; "
+                                   "components seeds need none (leave distance out)")
+    cap = dv.attrs.get("emarray", {}).get("distance", {}).get("max_distance")
+    if method == "cores" and cap is not None and not float(cap) > core:
+        raise InvalidArgumentError(
+            f"{dv.url} is clipped at {float(cap):g}, not beyond the core distance {core:g}: its "
+            "cores would be empty; make it with a larger max-distance, or leave it out")
+
+
+def _seed_stages(bv: Volume, dv: Volume | None, sv: Volume, scratch: Any, grid: BlockGrid,
+                 p: dict[str, Any], opts: RunOptions, channels: str,
+                 tokens: list[str]) -> list:
+    """The marks of the seeds into a scratch mask, then labelled into ``sv``."""
+    from .label import label_plan, label_stages
+    marks = _scratch_volume(scratch / "marks.zarr", grid.shape, grid.block, np.uint8)
+    hs = seed_halo(p["seeds"], p["core"], p["sampling"], p["halo"], dv is not None)
+    reads = [Read(bv, halo=hs, boundary="none", channels=channels)]
+    if dv is not None:
+        reads.append(Read(dv, halo=hs, boundary="none"))
+    prm = {"connectivity": SEED_CONNECTIVITY[p["seeds"]], "binary": True, "background": 0,
+           "min_size": p["min_size"]}
+    plan = label_plan(marks, prm, opts)
+    tokens.append(plan["job"])
+    setup = {"setup": partial(backend_setup, "label", "cpu", "|u1", None, 1),
+             "setup_key": "label:cpu:|u1"}
+    return [Stage("seeds", partial(_marks, p=p), grid, reads, [Write(marks)]),
+            *label_stages(marks, sv, plan, setup, scratch / "label", prefix="seeds-")]
 
 
 def _spatial_like(bv: Volume) -> Volume:
@@ -298,21 +451,18 @@ def _spatial_like(bv: Volume) -> Volume:
                    dtype=np.dtype(np.float32))
 
 
-def _scratch_volume(root: Any, shape: tuple[int, ...], block: tuple[int, ...]) -> Volume:
-    path = root / "local.zarr"
+def _scratch_volume(path: Any, shape: tuple[int, ...], block: tuple[int, ...],
+                    dtype: Any) -> Volume:
     try:
         return open_volume(path)
     except Exception:
-        root.mkdir(parents=True, exist_ok=True)
-        return create_volume(path, shape, np.uint32, block, compression="zstd")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return create_volume(path, shape, dtype, block, compression="zstd")
 
 
-def _record_count(out: Volume, fin: Any) -> Any:
-    def finalize(acc: Any) -> dict[str, Any]:
-        given = fin(acc)
-        g = out.open_group()
-        g.attrs["emarray"] = {**dict(g.attrs.get("emarray") or {}),
-                              "fragments": given["fragments"],
-                              "nan_voxels": given["nan_voxels"]}
-        return given
-    return finalize
+def _record(nan: Any, *, out: Volume, fragments: int) -> dict[str, Any]:
+    """Driver: the fragments and the NaN voxels counted, in the output's metadata."""
+    g = out.open_group()
+    g.attrs["emarray"] = {**dict(g.attrs.get("emarray") or {}), "fragments": fragments,
+                          "nan_voxels": int(nan or 0)}
+    return {"fragments": fragments, "nan_voxels": int(nan or 0)}
