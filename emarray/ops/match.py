@@ -48,7 +48,8 @@ def _block(ctx: BlockContext, truth: np.ndarray, pred: np.ndarray) -> dict:
     return block_overlaps(truth, pred)
 
 
-def _merge(a: dict, b: dict) -> dict:
+def merge_overlaps(a: dict, b: dict) -> dict:
+    """Two (truth id, pred id, voxels) tables merged into one."""
     return merge(a, b, ["t", "p"], {"n": SUM})
 
 
@@ -57,7 +58,7 @@ def overlaps(name: str, truth: Volume, pred: Volume, *, opts: RunOptions, target
     """The (truth id, pred id, voxels) table of two label volumes from one pass over
     ``pred``'s blocks (stage ``name``; resumable in ``target``)."""
     table = fold_table(name, _block, [Read(truth), Read(pred)],
-                       BlockGrid(pred.shape, pred.block_shape), _merge, opts=opts,
+                       BlockGrid(pred.shape, pred.block_shape), merge_overlaps, opts=opts,
                        target=target, job=job)
     if table is None:
         table = {"t": np.empty(0, np.uint64), "p": np.empty(0, np.uint64),

@@ -24,7 +24,7 @@ from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
 from ..volume import Volume, open_volume
 from ._runs import pair_table, warm_pairs
 from .common import as_volume, run_blockwise
-from .match import _merge, evaluate as scores
+from .match import evaluate as scores, merge_overlaps
 from .tables import fold_table, table_output, write_frame, write_json
 
 FILES = ("resolution.csv", "resolution.json", "resolution.png")
@@ -40,7 +40,7 @@ def _overlaps(ctx: BlockContext, truth: np.ndarray, *levels: np.ndarray) -> tupl
 
 
 def _merge_all(a: tuple, b: tuple) -> tuple:
-    return tuple(_merge(x, y) for x, y in zip(a, b))
+    return tuple(merge_overlaps(x, y) for x, y in zip(a, b))
 
 
 def level_row(table: dict[str, np.ndarray], iou: float) -> dict[str, Any]:
