@@ -68,3 +68,26 @@ def test_the_default_is_a_hundred_and_one_thresholds_and_bad_input_is_one_line(t
     f.write((slice(0, 1), slice(0, 1), slice(0, 1)), np.array([[[7]]], f.dtype))
     assert "changed since" in refused("evaluate", s.url, tmp_path / "t.zarr", "--out",
                                       tmp_path / "e")
+
+
+def test_skeletons_add_the_erl_of_every_cut_as_emarray_erl_scores_it(tmp_path):
+    """With skeletons, each threshold's ERL equals emarray.erl on the segmentation agglomerate
+    wrote at that threshold (an independent path: it reads the written cut)."""
+    s, tv, truth, cuts = agglomerated(tmp_path, (4, 11, 13))
+    sk = tmp_path / "skel"
+    sk.mkdir()
+    rng = np.random.default_rng(3)
+    for k, obj in enumerate(np.unique(truth[truth > 0])[:6]):
+        z, y, x = np.nonzero(truth == obj)
+        pick = np.sort(rng.choice(len(z), size=min(12, len(z)), replace=False))
+        # a path through voxels of the object, in x, y, z at voxel centres (voxel size 1)
+        rows = [f"{i + 1} 0 {x[j] + 0.5} {y[j] + 0.5} {z[j] + 0.5} 1 {i if i else -1}"
+                for i, j in enumerate(pick)]
+        (sk / f"{k}.swc").write_text("\n".join(rows) + "\n")
+    df = emarray.evaluate(s, tv, skeletons=sk, out=tmp_path / "eval", thresholds=cuts)
+    for t, row in zip(cuts, df.itertuples()):
+        cut = s if t == cuts[0] else emarray.open_volume(s.url + f"/t{t:g}")
+        want = emarray.erl(cut, sk)
+        assert (row.erl, row.erl_merge) == pytest.approx((want.erl, want.erl_merge)), t
+    assert df["erl"].nunique() > 1 and (df["erl_merge"] <= df["erl"] + 1e-12).all()
+    assert "erl" in (tmp_path / "eval" / "evaluate.csv").read_text().splitlines()[0]

@@ -135,6 +135,42 @@ def segments_at(volume: Volume, points: np.ndarray) -> np.ndarray:
     return out
 
 
+def ids_at_vertices(found: Sequence[tuple[str, np.ndarray, np.ndarray]],
+                    volume: Volume) -> list[np.ndarray]:
+    """For each skeleton ``(name, vertices x,y,z in the volume's unit, edges)``, the ids of
+    ``volume`` at its vertices (placed by its voxel size and translation; read once, only the
+    chunks that hold vertices)."""
+    voxel = np.array(volume.voxel_size, np.float64)
+    shift = np.array(volume.translation or (0.0, 0.0, 0.0), np.float64)
+    index = [np.floor((v[:, ::-1] - shift) / voxel).astype(np.int64) for _, v, _ in found]
+    ids = segments_at(volume, np.concatenate(index)) if index else np.empty(0, volume.dtype)
+    return np.split(ids, np.cumsum([len(i) for i in index])[:-1]) if index else []
+
+
+def erl_columns(found: Sequence[tuple[str, np.ndarray, np.ndarray]], fragments: Volume) -> Any:
+    """A column for :func:`emarray.ops.evaluate.score_cuts`: ``erl`` and ``erl_merge`` of the
+    agglomeration at each threshold along the skeletons ``found`` (the fragments are read at
+    the skeletons' vertices once; each cut maps them to its segments)."""
+    skel = [(v, e) for _, v, e in found]
+    at = ids_at_vertices(found, fragments)
+
+    def column(cuts: Any) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {"erl": [], "erl_merge": []}
+        frags = cuts.fragments
+        for k in range(len(cuts.thresholds)):
+            segs = []
+            for ids in at:
+                ids = ids.astype(frags.dtype, copy=False)
+                where = np.minimum(np.searchsorted(frags, ids), max(frags.size - 1, 0))
+                known = (ids != 0) & (frags[where] == ids) if frags.size else ids != ids
+                segs.append(np.where(known, cuts.segments[k][where] if frags.size else 0, 0))
+            r = expected_run_length(skel, segs)
+            out["erl"].append(r.erl)
+            out["erl_merge"].append(r.erl_merge)
+        return out
+    return column
+
+
 def _report(r: RunLengths, args: dict[str, Any]) -> list[str]:
     lines = [f"{len(r.skeletons)} skeletons, {r.total:,.6g} long in all",
              f"ERL {r.erl:,.6g}; merge-penalised ERL {r.erl_merge:,.6g} "
@@ -198,18 +234,13 @@ def erl(segmentation: Volume | str | os.PathLike, skeletons: str | os.PathLike, 
     found = list(read_skeletons(skeletons, seg.unit))
     if not found:
         raise InvalidArgumentError(f"{os.fspath(skeletons)!r} holds no skeletons")
-    voxel = np.array(seg.voxel_size, np.float64)
-    shift = np.array(seg.translation or (0.0, 0.0, 0.0), np.float64)
     job = {"operator": "erl", "segmentation": seg.fingerprint(),
            "skeletons": os.path.realpath(skeletons)}
     with table_output(out, job=job, inputs=[seg], opts=opts,
                       names=("erl.json", "runs.csv")) as target:
         names = [name for name, _, _ in found]
         skel = [(v, e) for _, v, e in found]
-        index = [np.floor((v[:, ::-1] - shift) / voxel).astype(np.int64) for _, v, _ in found]
-        ids = segments_at(seg, np.concatenate(index)) if index else np.empty(0, seg.dtype)
-        cuts = np.cumsum([len(i) for i in index])[:-1]
-        result = expected_run_length(skel, np.split(ids, cuts))
+        result = expected_run_length(skel, ids_at_vertices(found, seg))
         if target is not None:
             doc = {"erl": result.erl, "erl_merge": result.erl_merge, "total": result.total,
                    "unit": seg.unit, "merged": result.merged,

@@ -184,6 +184,10 @@ def _report(df: Any, args: dict[str, Any]) -> list[str]:
     return [f"best VOI {best['voi']:.4f} (split {best['voi_split']:.4f}, merge "
             f"{best['voi_merge']:.4f}) at threshold {best['threshold']:g}: {best['segments']:,} "
             f"segments, adapted Rand error {best['adapted_rand_error']:.4f}"] + (
+        [f"best ERL {df['erl'].max():,.6g} at threshold "
+         f"{df['threshold'][df['erl'].idxmax()]:g} (merge-penalised: "
+         f"{df['erl_merge'].max():,.6g} at {df['threshold'][df['erl_merge'].idxmax()]:g})"]
+        if "erl" in df else []) + (
         [f"wrote {os.path.join(out, 'evaluate.csv')}, evaluate.json and evaluate.png"]
         if out else [])
 
@@ -195,7 +199,11 @@ SPEC = Operator(
                                        "names the fragments it was built from)", labels=True),
             Port("truth", "volume", "ground-truth labels of the same shape (0 counts as an "
                                     "object for VOI, is ignored by adapted Rand)",
-                 labels=True)),
+                 labels=True),
+            Port("skeletons", "folder", "ground-truth skeletons (emarray skeleton's folder or "
+                                        ".swc files): adds the expected run length (erl, "
+                                        "erl_merge) at each threshold", optional=True,
+                 option=True)),
     output=Port("out", "folder", "folder for evaluate.csv, evaluate.json and evaluate.png",
                 option=True),
     params=(Param("thresholds", "numbers", "the thresholds cut (default: 0, 0.01, ..., 1)",
@@ -209,6 +217,7 @@ SPEC = Operator(
 
 @SPEC.function
 def evaluate(segments: Volume | str | os.PathLike, truth: Volume | str | os.PathLike, *,
+             skeletons: str | os.PathLike | None = None,
              out: str | os.PathLike | None = None, thresholds: Any = None,
              min_size: int | None = None, options: RunOptions | None = None,
              **run: Any) -> Any:
@@ -221,12 +230,16 @@ def evaluate(segments: Volume | str | os.PathLike, truth: Volume | str | os.Path
     agglomerate writes at that threshold. The graph records the fragments it was built from;
     fragments changed since are refused before any work.
 
+    With ``skeletons`` (ground-truth skeletons), each row also has the expected run length
+    (``erl``) and its merge-penalising variant (``erl_merge``) of that cut, in the volume's
+    unit (:func:`emarray.erl`; the fragments are read at the skeletons' vertices once).
+
     Returns
     -------
     pandas.DataFrame
         One row per threshold: ``segments``, ``voi_split``, ``voi_merge``, ``voi``,
-        ``adapted_rand_error`` (with precision and recall); ``df.attrs["best"]`` is the row of
-        the lowest VOI.
+        ``adapted_rand_error`` (with precision and recall), and ``erl``/``erl_merge`` with
+        skeletons; ``df.attrs["best"]`` is the row of the lowest VOI.
 
     Examples
     --------
@@ -257,16 +270,25 @@ def evaluate(segments: Volume | str | os.PathLike, truth: Volume | str | os.Path
     ts = np.array(thresholds if thresholds is not None else DEFAULT_THRESHOLDS, np.float64)
     size = int(source["min_size"] if min_size is None else min_size)
     sv = open_volume(root)
+    columns = []
+    if skeletons is not None:
+        from .erl import erl_columns
+        from .skeleton_files import read_skeletons
+        found = list(read_skeletons(skeletons, fv.unit))
+        if not found:
+            raise InvalidArgumentError(f"{os.fspath(skeletons)!r} holds no skeletons")
+        columns.append(erl_columns(found, fv))
     job = {"operator": "evaluate", "inputs": [sv.fingerprint(), fv.fingerprint(),
                                                tv.fingerprint()],
-           "thresholds": ts.tolist(), "min_size": size}
+           "thresholds": ts.tolist(), "min_size": size,
+           "skeletons": os.path.realpath(skeletons) if skeletons is not None else None}
     with table_output(out, job=job, inputs=[sv, fv, tv], opts=opts, names=FILES) as target:
         warm_pairs(tv.dtype, fv.dtype)
         prewarm("pandas")
         if target is not None:
             prewarm()
         table = overlaps("evaluate", tv, fv, opts=opts, target=target, job=job)
-        df = score_cuts(table, graph, ts, size, fv)
+        df = score_cuts(table, graph, ts, size, fv, columns)
         df.attrs["best"] = best_row(df)
         if target is not None:
             write_outputs(df, target.staging, sv.url, tv.url, size)
@@ -288,7 +310,9 @@ def plot(df: Any, path: Path, title: str) -> None:
     """VOI split, merge and their sum against the threshold; the adapted Rand error."""
     from ..figures import subplots
     best = df.attrs["best"]
-    fig, (a, b) = subplots(2, figsize=(11, 4.5))
+    skeletons = "erl" in df
+    fig, axes = subplots(3 if skeletons else 2, figsize=(16 if skeletons else 11, 4.5))
+    a, b = axes[0], axes[1]
     for col, style in (("voi_split", "--"), ("voi_merge", ":"), ("voi", "-")):
         a.plot(df["threshold"], df[col], style, label=col.replace("_", " "))
     a.axvline(best["threshold"], color="0.6", lw=0.8)
@@ -304,6 +328,17 @@ def plot(df: Any, path: Path, title: str) -> None:
     b.set_ylabel("adapted Rand error")
     b.set_ylim(0, max(1e-3, min(float(df["adapted_rand_error"].max()),
                                 5 * best["adapted_rand_error"] + 0.02)) * 1.05)
+    if skeletons:  # the expected run length along the skeletons, and its merge-penalised one
+        c = axes[2]
+        c.plot(df["threshold"], df["erl"], "-", label="ERL")
+        c.plot(df["threshold"], df["erl_merge"], "--", label="ERL, merges count 0")
+        top = int(df["erl_merge"].idxmax())
+        c.axvline(df["threshold"][top], color="0.6", lw=0.8)
+        c.set_xlabel("agglomeration threshold")
+        c.set_ylabel("expected run length")
+        c.legend(fontsize=8)
+        c.set_title(f"best merge-penalised ERL {df['erl_merge'][top]:,.4g} at "
+                    f"{df['threshold'][top]:g}", fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -15,6 +15,8 @@ from typing import Any
 
 from ..spec import Operator, operators
 
+#: the kinds of input a step names as another step or a path
+STEP_INPUTS = ("volume", "folder")
 #: run options a single step may set (the rest are the pipeline's)
 STEP_RUN_KEYS = ("backend", "gpu_memory_limit")
 
@@ -23,8 +25,9 @@ STEP_RUN_KEYS = ("backend", "gpu_memory_limit")
 class Op:
     """One operator as a recipe sees it.
 
-    ``inputs`` are volume inputs (required), ``optional`` volume inputs that may be left out,
-    ``files`` inputs that are files outside the pipeline (a TIFF stack, a model file).
+    ``inputs`` are volume (or folder: skeletons, meshes) inputs that name a step or a path
+    (required), ``optional`` such inputs that may be left out, ``files`` inputs that are files
+    outside the pipeline (a TIFF stack, a model file).
     ``output`` is ``volume`` (``WORKDIR/STEP.zarr``), ``folder`` (``WORKDIR/STEP/``), ``table``
     (``WORKDIR/STEP.csv``), ``file`` or ``inplace`` (the step adds to its ``src``: pyramid
     levels); ``out_arg`` is the function's argument for the output path; ``parts`` names the
@@ -35,11 +38,15 @@ class Op:
 
     @property
     def inputs(self) -> tuple[str, ...]:
-        return tuple(p.name for p in self.spec.inputs if p.kind == "volume" and not p.optional)
+        return tuple(p.name for p in self.spec.inputs if p.kind in STEP_INPUTS and not p.optional)
 
     @property
     def optional(self) -> tuple[str, ...]:
-        return tuple(p.name for p in self.spec.inputs if p.kind == "volume" and p.optional)
+        return tuple(p.name for p in self.spec.inputs if p.kind in STEP_INPUTS and p.optional)
+
+    def input_kind(self, name: str) -> str:
+        """The kind of the input ``name`` (``volume``, ``folder``, ...)."""
+        return next(p.kind for p in self.spec.inputs if p.name == name)
 
     @property
     def files(self) -> tuple[str, ...]:

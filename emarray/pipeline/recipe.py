@@ -228,10 +228,12 @@ def _resolve(steps: dict[str, Step]) -> None:
                     raise InvalidArgumentError(
                         f"step {st.name!r}: {key}: step {head!r} has several outputs; name one: "
                         + ", ".join(f"{head}.{p}" for p in up.op.parts))
-                if not up.op.volume_output and not up.op.parts:
+                want = st.op.input_kind(key)
+                if not up.op.parts and not (up.op.volume_output if want == "volume"
+                                            else up.op.output == want):
                     raise InvalidArgumentError(
                         f"step {st.name!r}: {key}: step {head!r} ({up.op_name}) writes a "
-                        f"{up.op.output}, not a volume")
+                        f"{up.op.output}, not a {want}")
                 st.inputs[key] = ("step", head, part)
                 if head not in st.after:
                     st.after.append(head)
