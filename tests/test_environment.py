@@ -53,10 +53,11 @@ def test_every_variable_read_in_the_package_is_declared():
         for arg in re.findall(r"environ(?:\.get\(|\[)\s*([^,)\]]+)", f.read_text()):
             name = arg.strip().strip("\"'")
             assert name not in environment.NUMBERS, (f, name)
-            # the text variables (a trace file's name, a seed) are not numbers; SLURMD_NODENAME
-            # is SLURM's (the trace names the node a block ran on)
+            # the text variables (a trace file's name, a seed, the progress file a job keeps
+            # for the gui) are not numbers; SLURMD_NODENAME is SLURM's (the trace names the
+            # node a block ran on)
             assert name.startswith(("AWS_", "CUDA_", "DASK_", "SLURMD_")) or name.endswith(
-                ("TRACE_VAR", "SEED_VAR")), (f, name)
+                ("TRACE_VAR", "SEED_VAR", "FILE_VAR", "STORAGE_VAR")), (f, name)
     assert set(VARIABLES) == {"EMARRAY_CHUNK_CACHE", "EMARRAY_LABEL_KEEP_MIB",
                               "EMARRAY_CHECKPOINT_SECONDS", "EMARRAY_LOCK_LEASE_SECONDS",
                               "EMARRAY_WORKER_TIMEOUT", "EMARRAY_FAULT_WRITES",
