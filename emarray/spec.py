@@ -28,7 +28,7 @@ import inspect
 import os
 import pkgutil
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -324,7 +324,7 @@ def _with_default(p: Param, default: Any) -> Param:
 REGISTRY: dict[str, Operator] = {}
 #: the packages whose modules declare operators
 OPERATOR_PACKAGES = ("emarray.ops",)
-OPERATOR_MODULES = ("emarray.ingest", "emarray.export", "emarray.datasets")
+OPERATOR_MODULES = ("emarray.datasets",)
 
 
 def operators() -> dict[str, Operator]:
@@ -338,7 +338,7 @@ def operators() -> dict[str, Operator]:
     return dict(sorted(REGISTRY.items()))
 
 
-def layout_params(default_chunks: str | None = None) -> tuple[Param, ...]:
+def layout_params() -> tuple[Param, ...]:
     """``chunks``, ``shards`` and ``compression``: the output layout most operators declare."""
     return (Param("chunks", "zyx", "output storage chunk shape (default: the input's)",
                   unit="voxels"),
@@ -394,10 +394,6 @@ def reference(op: Operator) -> str:
     for ex in op.examples:
         out += ["```bash", ex, "```", ""]
     return "\n".join(out)
-
-
-def run_option_names(groups: Sequence[str]) -> tuple[str, ...]:
-    return tuple(groups)
 
 
 __all__ = ["ELEMENTWISE", "ENGINE", "INCOMPLETE", "Operator", "Param", "Port", "REGISTRY",

@@ -1,5 +1,5 @@
-"""MkDocs hook: the command table, the operator reference and the environment variables, made
-from the declarations."""
+"""MkDocs hook: the command table, the operator reference, the Python API's operators and the
+environment variables, made from the declarations."""
 from __future__ import annotations
 
 from typing import Any
@@ -14,8 +14,11 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     table = "\n".join(["| command | what it does |", "|---|---|"]
                       + [table_row(op, "") for op in ops.values()])
     ref = "\n\n".join(reference(op) for op in ops.values())
+    python = "\n\n".join(f"::: {op.func.__module__}.{op.func.__name__}"
+                           for op in ops.values() if op.func is not None)
     return (markdown.replace("<!-- emarray:commands -->", table)
             .replace("<!-- emarray:reference -->", ref)
+            .replace("<!-- emarray:python -->", python)
             .replace("<!-- emarray:environment -->", environment.table()))
 
 

@@ -35,11 +35,14 @@ from ..engine.progress import FILE_VAR, read_progress_file
 from ..errors import InvalidArgumentError
 from .catalog import CachedScan
 from .places import Folders
-from .runjob import STORAGE_VAR
 
 JOBS = Path(".emarray-gui") / "jobs"
 #: seconds after Stop's SIGINT before SIGTERM, and before SIGKILL
 ESCALATE = (30.0, 60.0)
+
+#: the job's store options (credentials), handed to it in its environment only (never
+#: written to its folder, its command line or its log)
+STORAGE_VAR = "EMARRAY_GUI_STORAGE_OPTIONS"
 
 
 def _read(path: Path) -> Any:

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-STORAGE_VAR = "EMARRAY_GUI_STORAGE_OPTIONS"
+from .jobs import STORAGE_VAR
+
 
 
 def main(args: list[str] | None = None) -> int:

@@ -9,15 +9,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ._normalize import micrometres
-from .engine import RunOptions
-from .engine.files import open_files
-from .engine.output import reading
-from .engine.progress import Progress
-from .errors import InvalidArgumentError
-from .ops.common import as_volume
-from .spec import Operator, Param, Port
-from .volume import Volume
+from .._normalize import micrometres
+from ..engine import RunOptions
+from ..engine.files import open_files
+from ..engine.output import reading
+from ..engine.progress import Progress
+from ..errors import InvalidArgumentError
+from .common import as_volume
+from ..spec import Operator, Param, Port
+from ..volume import Volume
 
 EXPORT_EXTS = {".tif": "tiff", ".tiff": "tiff", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5"}
 
@@ -137,7 +137,7 @@ def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: A
 
 def _precomputed(vol: Volume, dst: Path, shown: str, region: Any, overwrite: bool,
                  progress: bool) -> Path:
-    from .precomputed import output_type, write_precomputed
+    from ..precomputed import output_type, write_precomputed
     if region is not None and parse_region(region, vol.shape) != parse_region(None, vol.shape):
         raise InvalidArgumentError("--region is for TIFF and HDF5 exports; precomputed exports "
                                    "the whole volume with its pyramid")

@@ -1,7 +1,7 @@
 """Ingest a slice folder, TIFF stack or HDF5 dataset into an OME-Zarr volume, chunk by chunk."""
 from __future__ import annotations
 
-from .engine.contract import BlockContext
+from ..engine.contract import BlockContext
 
 import os
 import warnings
@@ -10,14 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from ._normalize import micrometres, parse_tuple, parse_unit
-from .engine import BlockGrid, RunOptions, Stage, Write, run_job
-from .errors import EmarrayWarning
-from .spec import COMPRESSIONS, ENGINE, REPLACE, Operator, Param, Port
-from .speaking import given
-from .sources import open_source
-from .codecs import compressor_codecs
-from .volume import Volume, create_volume
+from .._normalize import micrometres, parse_tuple, parse_unit
+from ..engine import BlockGrid, RunOptions, Stage, Write, run_job
+from ..errors import EmarrayWarning
+from ..spec import COMPRESSIONS, ENGINE, REPLACE, Operator, Param, Port
+from ..speaking import given
+from ..sources import open_source
+from ..codecs import compressor_codecs
+from ..volume import Volume, create_volume
 
 DEFAULT_CHUNKS = (64, 256, 256)
 
