@@ -20,7 +20,7 @@ import json
 import os
 import posixpath
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import redact
@@ -327,6 +327,26 @@ class RemotePath:
     def parent(self) -> RemotePath:
         return RemotePath(parent(self.url), self.options)
 
+    def with_name(self, new: str) -> RemotePath:
+        return RemotePath(join(parent(self.url), new), self.options)
+
+    def open(self, mode: str = "rb") -> Any:
+        """The object as a file (fsspec's: reads are ranged requests, seek is free)."""
+        if "r" not in mode:
+            check_writable(self.url)
+        fs, path = filesystem(self.url, self.options)
+        return fs.open(path, mode)
+
+    def iterdir(self) -> Iterator[RemotePath]:
+        """The objects and prefixes directly under this prefix."""
+        fs, path = filesystem(self.url, self.options)
+        try:
+            found = fs.ls(path, detail=False, refresh=True)
+        except FileNotFoundError:
+            return
+        for entry in found:
+            yield RemotePath(join(self.url, name(entry)), self.options)
+
     def read_bytes(self) -> bytes:
         data = read_bytes(self.url, self.options)
         if data is None:
@@ -338,6 +358,9 @@ class RemotePath:
 
     def write_bytes(self, data: bytes) -> None:
         write_bytes(self.url, data, self.options)
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
 
     def is_file(self) -> bool:
         fs, path = filesystem(self.url, self.options)

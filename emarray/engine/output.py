@@ -50,7 +50,8 @@ def real_path(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(os.fspath(path)))
 
 
-def sibling(path: Path, suffix: str) -> Path:
+def sibling(path: Any, suffix: str) -> Any:
+    """``.NAME{suffix}`` beside ``path`` (a Path, or a RemotePath on object storage)."""
     return path.with_name(f".{path.name}{suffix}")
 
 
