@@ -160,7 +160,6 @@ SPEC = Operator(
                  optional=True, labels=True)),
     output=Port("dst", "volume", "the fragments: uint64 (block in the high 32 bits), or 1..N "
                                  "with relabel", labels=True),
-    remote_output=False,  # its scratch and side files are local (object storage: not yet)
     params=(Param("threshold", "float", "voxels with boundary below this seed the flood (the "
                                         "distance transform of boundary < threshold, or its "
                                         "components)"),
