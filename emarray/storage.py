@@ -330,6 +330,18 @@ class RemotePath:
     def with_name(self, new: str) -> RemotePath:
         return RemotePath(join(parent(self.url), new), self.options)
 
+    @property
+    def suffix(self) -> str:
+        return posixpath.splitext(self.name)[1]
+
+    def with_suffix(self, suffix: str) -> RemotePath:
+        return self.with_name(posixpath.splitext(self.name)[0] + suffix)
+
+    def is_dir(self) -> bool:
+        """Whether objects lie under this prefix."""
+        fs, path = filesystem(self.url, self.options)
+        return bool(fs.isdir(path))
+
     def open(self, mode: str = "rb") -> Any:
         """The object as a file (fsspec's: reads are ranged requests, seek is free)."""
         if "r" not in mode:
