@@ -221,3 +221,93 @@ def test_a_commit_cut_short_on_s3_is_finished_by_the_next_job(tmp_path, s3, monk
     assert got.pop("notes.txt") == b"mine"
     assert got == _local_files(tmp_path / "new")
     _nothing_staged(s3)
+
+
+RECIPE = """
+steps:
+  mask: {{op: threshold, src: {src}, value: 0.5}}
+  cells: {{op: label, src: mask}}
+  table: {{op: objects, labels: cells}}
+  meshes: {{op: mesh, labels: cells, format: ply, per_task: 1}}
+"""
+
+
+def test_a_recipes_work_folder_in_a_bucket_killed_then_resumed_equals_local(tmp_path, s3):
+    from scipy import ndimage
+    p = ndimage.gaussian_filter(np.random.default_rng(5).random((16, 32, 32)), 2)
+    p = ((p - p.min()) / (p.max() - p.min())).astype(np.float32)
+    make_volume(tmp_path / "p.zarr", p, 8)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(src=tmp_path / "p.zarr"))
+    emarray.run_pipeline(recipe, workdir=tmp_path / "wd", echo=lambda line: None,
+                         scheduler="synchronous")
+    wd = f"{s3}/wd"
+    storage.write_bytes(f"{wd}/notes.txt", b"mine")
+    trace = tmp_path / "trace"
+    cmd = [sys.executable, "-m", "emarray", "-q", "run", str(recipe), "--workdir", wd,
+           "--scheduler", "synchronous"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "EMARRAY_TRACE": str(trace),
+                                 "EMARRAY_CHECKPOINT_SECONDS": "0"})
+    t0 = time.time()
+    while proc.poll() is None and time.time() - t0 < 120 and not (
+            trace.exists() and "\tstitch\t" in trace.read_text()):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL  # killed in the last step
+    state = storage.read_json(f"{wd}/.emarray-pipeline.json")
+    assert state["steps"]["meshes"]["status"] == "running"
+    said: list[str] = []
+    with pytest.raises(InvalidArgumentError, match="interrupted.*--resume"):
+        emarray.run_pipeline(recipe, workdir=wd, echo=said.append, **SYNC)
+    emarray.run_pipeline(recipe, workdir=wd, resume=True, echo=said.append, **SYNC)
+    assert sum("finished in an earlier run" in line for line in said) == 3, said
+    for step in ("mask.zarr", "cells.zarr"):
+        np.testing.assert_array_equal(emarray.open_volume(f"{wd}/{step}").read(),
+                                      emarray.open_volume(tmp_path / "wd" / step).read())
+    assert _remote_files(f"{wd}/meshes") == _local_files(tmp_path / "wd" / "meshes")
+    assert storage.read_bytes(f"{wd}/table.csv") == (tmp_path / "wd" / "table.csv").read_bytes()
+    assert storage.read_bytes(f"{wd}/notes.txt") == b"mine"
+    # its page is in the bucket too, naming the bucket's volumes for emarray view
+    page = storage.read_bytes(f"{wd}/report.html")
+    assert b"<img" in page and f"emarray view {wd}/".encode() in page
+    assert b"testing" not in page  # no credential
+    _nothing_staged(s3)
+
+
+def test_view_serves_a_volume_in_a_bucket_without_its_credentials(tmp_path, s3):
+    import json
+    import urllib.request
+
+    import neuroglancer
+    from emarray import view as V
+    a = _labels()
+    cells = emarray.create_volume(f"{s3}/cells.zarr", a.shape, "uint32", 8,
+                                  attrs={"labels": True})
+    cells.write(tuple(slice(0, n) for n in a.shape), a)
+    emarray.threshold(cells, f"{s3}/mask.zarr", 0.5, **SYNC)  # a group pointing at a version
+    lines: list[str] = []
+    viewer = V.view([f"{s3}/mask.zarr", f"{s3}/cells.zarr"], layout="xy", echo=lines.append,
+                    wait=False)
+    try:
+        state = json.dumps(viewer.state.to_json())
+        assert "s3://" not in state and "testing" not in state
+        sources = {ly.name: ly.source[0].url for ly in viewer.state.layers}
+        assert set(sources) == {"mask", "cells"}
+        for name, key in (("mask", "mask.zarr"), ("cells", "cells.zarr")):
+            base = sources[name].removeprefix("zarr3://")
+            assert base.startswith("http://127.0.0.1:")
+            meta = json.loads(urllib.request.urlopen(f"{base}/zarr.json").read())
+            assert meta == storage.read_json(f"{s3}/{key}/zarr.json")
+            chunk = emarray.open_volume(f"{s3}/{key}").chunk_key((1, 0, 1))
+            want = storage.read_bytes(f"{s3}/{key}/{chunk}")
+            req = urllib.request.Request(f"{base}/{chunk}", headers={"Range": "bytes=2-9"})
+            with urllib.request.urlopen(req) as r:
+                assert r.status == 206 and r.read() == want[2:10]
+            for bad in ("../cells.zarr/zarr.json", "%2e%2e/x", "", "a//b"):
+                with pytest.raises(urllib.error.HTTPError) as e:
+                    urllib.request.urlopen(f"{base}/{bad}")
+                assert e.value.code == 404
+    finally:
+        neuroglancer.stop()
