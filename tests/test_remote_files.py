@@ -80,6 +80,11 @@ def test_files_outputs_on_s3_equal_local_and_leave_a_users_objects(tmp_path, s3)
     assert got == ref and {"info", "3", "3:0", "17:0", "42"} <= set(got)
     got, ref = both(emarray.skeleton, lab, name="s", format="swc", dust=0)
     assert got == ref and {"info", "3.swc", "17.swc", "42.swc"} == set(got)
+    got, ref = both(emarray.erl, lab, here / "s", name="erl", key="out")
+    assert got == ref and set(got) == {"erl.json", "runs.csv"}
+    syn = emarray.synthetic(f"{s3}/syn", (8, 16, 16), chunks=8, **SYNC)
+    for kind, v in emarray.synthetic(here / "syn", (8, 16, 16), chunks=8, **SYNC).items():
+        np.testing.assert_array_equal(syn[kind].read(), v.read())
     got, ref = both(emarray.export, tmp_path / "long.zarr", name="ng", format="precomputed")
     assert got == ref and len([k for k in got if k.endswith(".shard")]) > 1
     np.testing.assert_array_equal(emarray.open_volume(f"precomputed://{here / 'ng'}").read(),
