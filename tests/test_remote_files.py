@@ -17,10 +17,12 @@ import pytest
 import emarray
 from emarray import storage
 from emarray.engine import remote_files
+from emarray.engine import stages as engine_stages
 from emarray.engine.checkpoint import PROGRESS_DIR
 from emarray.engine.files import MANIFEST
 from emarray.engine.remote_output import RemoteLock
-from emarray.errors import InvalidArgumentError, OutputExistsError, OutputLockedError
+from emarray.errors import (InvalidArgumentError, JobFailedError, OutputExistsError,
+                            OutputLockedError)
 
 from . import test_remote
 from .conftest import make_volume
@@ -202,6 +204,20 @@ def test_a_commit_cut_short_on_s3_is_finished_by_the_next_job(tmp_path, s3, monk
     emarray.mesh(lab, dst, format="ply", ids=[3, 17], **SYNC)
     storage.write_bytes(f"{dst}/notes.txt", b"mine")
     old = _remote_files(dst)
+    # a job that fails says where its staged work is kept, and changes nothing at the output
+    run_block = engine_stages.run_block
+
+    def fail(st, index):
+        if st.name == "stitch":
+            raise RuntimeError("disk on fire")
+        return run_block(st, index)
+    with monkeypatch.context() as m:
+        m.setattr(engine_stages, "run_block", fail)
+        with pytest.raises(JobFailedError, match=r"disk on fire.*is as it was.*kept at "
+                                                 r"s3://.*\.m\.emarray-new.*--resume"):
+            emarray.mesh(lab, dst, format="ply", ids=[42, 17], overwrite=True, retries=0,
+                         **SYNC)
+    assert _remote_files(dst) == old
     real = remote_files.RemoteTree.move_in
 
     def cut(self, staging, final, names):

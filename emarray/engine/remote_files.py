@@ -102,7 +102,7 @@ class RemoteTree:
         return sum(size for size, _ in storage.objects(path.url, path.options).values())
 
     def removal(self, path: RemotePath) -> str:
-        return f"emarray's --overwrite, or delete the prefix {path.url}/"
+        return f"--overwrite (which starts the job again), or by deleting every key under {path.url}/"
 
     def refuse_foreign(self, final: RemotePath, names: dict[str, Any], ours: set[str],
                        shown: str, *, later: bool) -> None:
