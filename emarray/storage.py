@@ -202,6 +202,19 @@ def exists(url: str, options: dict[str, Any] | None = None) -> bool:
     return bool(fs.exists(path))
 
 
+def inside_version(url: str, options: dict[str, Any] | None = None) -> str | None:
+    """``s3://b/s.zarr/NAME`` as the image NAME inside the version its group points at
+    (``s3://b/s.zarr/v-.../NAME``), when there is one (see emarray.engine.remote_output)."""
+    up, leaf = parent(url), name(url)
+    attrs = (read_json(join(up, "zarr.json"), options) or {}).get("attributes")
+    em = attrs.get("emarray") if isinstance(attrs, dict) else None
+    version = em.get("version") if isinstance(em, dict) else None
+    if not isinstance(version, str) or not VERSION.fullmatch(version) or leaf == version:
+        return None
+    inner = join(up, version, leaf)
+    return inner if exists(join(inner, "zarr.json"), options) else None
+
+
 # -- conditional writes (the output lock) -------------------------------------------------------
 class Changed(Exception):
     """A conditional put or delete found the object changed since its ETag was read, or gone."""

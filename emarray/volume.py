@@ -543,7 +543,7 @@ def _open_remote(url: str, level: int) -> Volume:
             raise VolumeNotFoundError(storage.describe(inner, url)) from None
         if found:
             raise
-        held = _inside_version(url, options)
+        held = storage.inside_version(url, options)
         if held is not None:  # an image inside a remote output (an agglomerate's DST/t0.3)
             return _open_zarr3(held, level, options)
         storage.check_reachable(url, options)
@@ -553,20 +553,6 @@ def _open_remote(url: str, level: int) -> Volume:
     except Exception as exc:
         raise VolumeNotFoundError(f"{url!r} is a broken zarr store ({storage.describe(exc, url)})"
                                   ) from None
-
-
-def _inside_version(url: str, options: dict[str, Any]) -> str | None:
-    """``s3://b/s.zarr/NAME`` as the image NAME inside the version its group points at
-    (``s3://b/s.zarr/v-.../NAME``), when there is one (see emarray.engine.remote_output)."""
-    up, leaf = storage.parent(url), storage.name(url)
-    pointer = storage.read_json(storage.join(up, "zarr.json"), options) or {}
-    em = (pointer.get("attributes") or {}).get("emarray") if isinstance(
-        pointer.get("attributes"), dict) else None
-    version = em.get("version") if isinstance(em, dict) else None
-    if not isinstance(version, str) or not storage.VERSION.fullmatch(version) or leaf == version:
-        return None
-    inner = storage.join(up, version, leaf)
-    return inner if storage.exists(storage.join(inner, "zarr.json"), options) else None
 
 
 def _open_zarr3(path: str, level: int, options: dict[str, Any] | None = None) -> Volume:

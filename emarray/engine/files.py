@@ -34,10 +34,9 @@ from typing import Any
 from ..errors import (BlockFailedError, EmarrayError, InvalidArgumentError, JobFailedError, OutputExistsError,
                       ResumeMismatchError)
 from .checkpoint import PROGRESS_DIR, atomic_write, inputs_digest, job_difference
-from .output import (LOCK_SUFFIX, NEW_SUFFIX, OutputLock, check_no_overlap, check_writable,
-                     real_path, sibling)
+from .output import (LOCK_SUFFIX, MANIFEST, NEW_SUFFIX, OutputLock, check_no_overlap,
+                     check_writable, real_path, sibling)
 
-MANIFEST = ".emarray-manifest.json"
 FORMAT = 1
 #: names in a staging folder that are never part of an output
 _SCRATCH = (MANIFEST, PROGRESS_DIR)

@@ -42,6 +42,8 @@ from .checkpoint import job_difference
 log = logging.getLogger("emarray")
 LOCK_SUFFIX = ".emarray-lock"
 NEW_SUFFIX = ".emarray-new"
+#: the list of the files an output made of files holds (see emarray.engine.files)
+MANIFEST = ".emarray-manifest.json"
 OLD_SUFFIX = ".emarray-old"
 
 

@@ -30,7 +30,7 @@ from .. import storage
 from ..errors import InvalidArgumentError, OutputExistsError, VolumeNotFoundError
 from ..storage import RemotePath
 from .checkpoint import PROGRESS_DIR
-from .output import LOCK_SUFFIX
+from .output import LOCK_SUFFIX, MANIFEST
 
 #: objects copied, then deleted, per batch of a commit (each batch's requests run at once)
 BATCH = 256
@@ -41,7 +41,6 @@ _FEW = 16
 def _rel_files(listing: dict[str, tuple[int, str]]) -> dict[str, Any]:
     """A staging prefix's listing as the output's files and their ETags (no manifest,
     progress, temporary or lock objects)."""
-    from .files import MANIFEST
     out = {}
     for key, (_, etag) in listing.items():
         top = key.split("/", 1)[0]
