@@ -383,13 +383,17 @@ def job_report(path: str | os.PathLike, op: str, inputs: dict[str, str], out: st
                summary: Sequence[str], seconds: float) -> Path:
     """Write the page of one operator's run."""
     p = Path(path)
-    # view serves only what it is given: the tables too, not only the volumes beside them
-    shown = [os.path.abspath(v) for v in list(inputs.values()) + ([out] if out else [])
+
+    def full(v: str) -> str:  # a bucket's URL as it is
+        return v if is_remote(v) else os.path.abspath(v)
+    # view serves only what it is given: the tables too, not only the volumes beside them (and
+    # the volumes in a bucket)
+    shown = [full(v) for v in list(inputs.values()) + ([out] if out else [])
              if os.path.isdir(v) or (v.lower().endswith((".csv", ".parquet")) and
-                                     os.path.isfile(os.path.splitext(v)[0] + ".json"))]
-    step = StepRecord(op, op, "done", os.path.abspath(out) if out else "", "; ".join(summary),
-                      seconds, {k: os.path.abspath(v) for k, v in inputs.items()},
-                      inplace=False)
+                                     os.path.isfile(os.path.splitext(v)[0] + ".json"))
+             or (is_remote(v) and _is_store(as_folder(v)))]
+    step = StepRecord(op, op, "done", full(out) if out else "", "; ".join(summary),
+                      seconds, {k: full(v) for k, v in inputs.items()}, inplace=False)
     view = ("emarray view " + " ".join(shlex.quote(v) for v in shown)) if shown else ""
     atomic_write(p, render(f"emarray {op}", [step], view=view).encode())
     return p
