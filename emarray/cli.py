@@ -373,9 +373,10 @@ def view(paths: tuple[str, ...], segments: str | None, size: str, **kw: Any) -> 
 
     PATH is an OME-Zarr / zarr v3 volume, an objects table, mesh or skeleton folder made from a label
     volume (name that volume too), or a folder of them such as a recipe's work folder. Only
-    the paths named are served. Label volumes show as segmentations, with their objects table
-    (segment properties), meshes and skeletons when emarray made them. Prints the viewer's address;
-    Ctrl-C ends it.
+    the paths named are served. A volume in a bucket (s3://...) is read there by this machine,
+    with the store options: the browser never sees them. Label volumes show as segmentations,
+    with their objects table (segment properties), meshes and skeletons when emarray made them.
+    Prints the viewer's address; Ctrl-C ends it.
 
     \b
     emarray view work/demo

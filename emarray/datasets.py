@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from . import storage
 from ._normalize import parse_tuple
 from .errors import InvalidArgumentError
 from .spec import COMPRESSIONS, ENGINE, REPLACE, Operator, Param, Port
@@ -197,7 +198,8 @@ def synthetic(dst: str | os.PathLike, shape: Any = (128, 256, 256), *, chunks: A
     compressor_codecs(compression)
     out: dict[str, Volume] = {}
     with opts.runner("synthetic") as runner:
-        os.makedirs(dst, exist_ok=True)
+        if not storage.is_remote(dst):  # a bucket's prefix exists once an object is in it
+            os.makedirs(dst, exist_ok=True)
         for kind in kinds:
             out[kind] = _synthetic_one(dst, kind, shape, chunk_t, shard_t, seed, voxel,
                                        compression, opts, runner)

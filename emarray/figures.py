@@ -48,3 +48,13 @@ def subplots(ncols: int = 1, figsize: tuple[float, float] = (7, 4.5)) -> tuple[A
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, ncols)
     return fig, axes
+
+
+def save(fig: Any, path: Any, dpi: int = 110) -> None:
+    """Save ``fig`` as a PNG at ``path`` (local disk or object storage), whole or not at all."""
+    import io
+
+    from .engine.checkpoint import atomic_write
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    atomic_write(path, buf.getvalue())

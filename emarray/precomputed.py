@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import numpy as np
 from ._normalize import micrometres
 from .engine.progress import Progress
 from .errors import EmarrayWarning, InvalidArgumentError
+from .storage import RemotePath
 from .volume import Volume, is_labels, open_volume
 
 #: precomputed's data types (uint64 for labels of any integer dtype that fits)
@@ -94,9 +97,32 @@ def is_precomputed(path: Path) -> bool:
     return isinstance(info, dict) and info.get("@type") == "neuroglancer_multiscale_volume"
 
 
-def write_precomputed(vol: Volume, folder: Path, progress: bool = True) -> Path:
+def write_precomputed(vol: Volume, folder: Any, progress: bool = True) -> Any:
     """Write every level of ``vol`` into ``folder`` (the staging folder of an export, which
-    :mod:`emarray.engine.files` moves into place when complete)."""
+    :mod:`emarray.engine.files` moves into place when complete). On object storage (``folder``
+    a :class:`~emarray.storage.RemotePath`) each shard is written to a local temporary folder
+    and uploaded as soon as its box is done, so the local disk holds one shard at a time."""
+    if isinstance(folder, RemotePath):
+        with tempfile.TemporaryDirectory(prefix="emarray-export-") as tmp:
+            _write_levels(vol, Path(tmp), progress, done=lambda: _upload(Path(tmp), folder))
+            _upload(Path(tmp), folder, info=True)
+        return folder
+    return _write_levels(vol, folder, progress)
+
+
+def _upload(local: Path, remote: RemotePath, info: bool = False) -> None:
+    """Move the shards written in ``local`` under ``remote`` (and, with ``info``, the
+    ``info`` file, which tensorstore updates level by level until the last)."""
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        rel = path.relative_to(local).as_posix()
+        if rel == "info" and not info:
+            continue
+        (remote / rel).write_bytes(path.read_bytes())
+        path.unlink()
+
+
+def _write_levels(vol: Volume, folder: Path, progress: bool,
+                  done: Callable[[], None] | None = None) -> Path:
     import tensorstore as ts
     kind, dtype = output_type(vol)
     if vol.dtype == np.float64:
@@ -131,6 +157,8 @@ def write_precomputed(vol: Volume, folder: Path, progress: bool = True) -> Path:
                 out[box[2], box[1], box[0], 0].write(block.T).result()
             except ValueError as exc:  # tensorstore's errors: a disk error becomes an OSError
                 raise _os_error(exc, folder) from None
+            if done is not None:
+                done()
             bar.update(1)
     return folder
 

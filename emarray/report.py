@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .engine.checkpoint import atomic_write
+from .engine.checkpoint import as_folder, atomic_write
+from .storage import is_remote
 from .errors import EmarrayError, InvalidArgumentError
 
 #: marks a page this module wrote: only such a page is ever replaced
@@ -52,29 +53,36 @@ def _volume(path: str) -> Any:
         return None
 
 
-def _is_store(path: Path) -> bool:
+def _is_store(path: Any) -> bool:
     return (path / "zarr.json").is_file()
 
 
-def volumes_of(out: str) -> list[Path]:
+def _where(out: str | os.PathLike) -> Any:
+    """A step's output as a path: a local Path, or a RemotePath in a bucket (whose files this
+    page reads with the store options; none of them is written into it)."""
+    return as_folder(out)
+
+
+def volumes_of(out: str) -> list[Any]:
     """The volumes a step wrote: its output, or the zarr stores in its output folder."""
-    p = Path(out)
+    p = _where(out)
     if _is_store(p):
         return [p]
     if p.is_dir():  # raw first: what the others are drawn over
-        return sorted((q for q in p.iterdir() if q.suffix == ".zarr" and _is_store(q)),
+        return sorted((q for q in p.iterdir() if q.name.endswith(".zarr") and _is_store(q)),
                       key=lambda q: (q.name != "raw.zarr", q.name))
     return []
 
 
-def figures_of(out: str) -> list[Path]:
+def figures_of(out: str) -> list[Any]:
     """The figures a step drew: a file output's ``.png`` beside it, a folder's ``*.png``."""
-    p = Path(out)
-    if p.is_file() or p.suffix.lower() in (".csv", ".parquet"):
+    p = _where(out)
+    if p.suffix.lower() in (".csv", ".parquet") or p.is_file():
         png = p.with_suffix(".png")
         return [png] if png.is_file() else []
     if p.is_dir() and not _is_store(p):
-        return sorted(q for q in p.glob("*.png") if q.is_file())
+        return sorted((q for q in p.iterdir() if q.name.endswith(".png") and q.is_file()),
+                      key=lambda q: q.name)
     return []
 
 
@@ -88,7 +96,7 @@ def find_raw(steps: Sequence[StepRecord]) -> Any:
         paths += [os.fspath(v) for v in volumes_of(st.out)]
     named = [p for p in paths if Path(p).name.split(".")[0] == "raw"]
     for p in named + paths:
-        if not os.path.isdir(p):
+        if not (is_remote(p) or os.path.isdir(p)):
             continue
         vol = _volume(p)
         if vol is not None and vol.ndim == 3 and vol.dtype.name == "uint8" and \
@@ -135,16 +143,19 @@ def _seconds(s: float | None) -> str:
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
-def _rel(path: str, base: Path | None) -> str:
+def _rel(path: str, base: Any) -> str:
     if base is None:
         return path
+    if is_remote(base) or is_remote(path):  # a bucket's keys: relative only below the base
+        head = os.fspath(base).rstrip("/") + "/"
+        return path[len(head):] if path.startswith(head) else path
     try:
         return os.path.relpath(path, base)
     except ValueError:
         return path
 
 
-def _steps_table(steps: Sequence[StepRecord], base: Path | None) -> str:
+def _steps_table(steps: Sequence[StepRecord], base: Any) -> str:
     rows = []
     for k, st in enumerate(steps, 1):
         cls = "ok" if st.status == "done" else "bad"
@@ -200,7 +211,7 @@ def _previews(st: StepRecord, raw: Any, done: set[str],
 
 
 def _match_table(out: str) -> str:
-    doc = Path(out) / "match.json"
+    doc = _where(out) / "match.json"
     if not doc.is_file():
         return ""
     m = json.loads(doc.read_text())
@@ -255,8 +266,8 @@ def _resolution_table(out: str) -> str:
 
 
 def _objects_summary(out: str) -> str:
-    doc = Path(out).with_suffix(".json")
-    if not (Path(out).suffix.lower() in (".csv", ".parquet") and doc.is_file()):
+    doc = _where(out).with_suffix(".json")
+    if not (_where(out).suffix.lower() in (".csv", ".parquet") and doc.is_file()):
         return ""
     s = json.loads(doc.read_text())
     v = s.get("volume_um3", {})
@@ -266,7 +277,7 @@ def _objects_summary(out: str) -> str:
 
 
 def render(title: str, steps: Sequence[StepRecord], *, recipe: dict[str, Any] | None = None,
-           view: str = "", base: Path | None = None, note: str = "") -> str:
+           view: str = "", base: Any = None, note: str = "") -> str:
     """The page (a string of HTML)."""
     from . import __version__
     raw = find_raw(steps)
@@ -315,10 +326,10 @@ def render(title: str, steps: Sequence[StepRecord], *, recipe: dict[str, Any] | 
 
 
 # -- writing it ---------------------------------------------------------------------------------
-def ours(path: Path) -> bool:
-    """Whether ``path`` is a page this module wrote."""
+def ours(path: Any) -> bool:
+    """Whether ``path`` (a Path, or a RemotePath) is a page this module wrote."""
     try:
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             head = f.read(512)
     except OSError:
         return False
@@ -346,7 +357,6 @@ def check_new_file(path: Path, flag: str, suffixes: Sequence[str],
         raise InvalidArgumentError(f"{flag} {shown!r} is a folder")
     real = Path(os.path.realpath(path))
     for given in inputs:
-        from .storage import is_remote
         if is_remote(given):
             continue
         other = Path(os.path.realpath(given))
@@ -356,12 +366,13 @@ def check_new_file(path: Path, flag: str, suffixes: Sequence[str],
                 f"{os.fspath(given)!r}, which this job reads or writes; choose another path")
 
 
-def check_page(path: Path, replace: bool, inputs: Sequence[str | os.PathLike] = ()) -> None:
+def check_page(path: Any, replace: bool, inputs: Sequence[str | os.PathLike] = ()) -> None:
     """Refuse a page path that is not ``.html``, lies in a missing or read-only folder, is or
     lies inside one of ``inputs`` (the job's inputs and output), or holds a file emarray did
-    not write (or one it did, unless ``replace``)."""
-    check_new_file(path, "--report", (".html", ".htm"), inputs)
-    if path.exists() or path.is_symlink():
+    not write (or one it did, unless ``replace``). In a bucket (a RemotePath): the last two."""
+    if isinstance(path, Path):
+        check_new_file(path, "--report", (".html", ".htm"), inputs)
+    if path.exists() or (isinstance(path, Path) and path.is_symlink()):
         if not ours(path):
             raise InvalidArgumentError(f"{path} exists and is not a report emarray wrote; "
                                        "choose another name")
@@ -369,7 +380,7 @@ def check_page(path: Path, replace: bool, inputs: Sequence[str | os.PathLike] = 
             raise InvalidArgumentError(f"{path} already exists; pass --overwrite to replace it")
 
 
-def workdir_steps(workdir: Path) -> tuple[list[StepRecord], dict[str, Any]]:
+def workdir_steps(workdir: Any) -> tuple[list[StepRecord], dict[str, Any]]:
     """The steps a pipeline's workdir records, in the order they ran, and its recipe."""
     from .pipeline.state import STATE_FILE, State
     if not (workdir / STATE_FILE).is_file():
@@ -390,20 +401,20 @@ def workdir_steps(workdir: Path) -> tuple[list[StepRecord], dict[str, Any]]:
     return steps, state.recipe
 
 
-def workdir_report(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+def workdir_report(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> Any:
     """Write the page of the pipeline run in ``workdir`` (to ``workdir/report.html`` unless
-    ``out``); return its path."""
-    from .storage import is_remote
-    if is_remote(workdir):
-        raise InvalidArgumentError(f"{os.fspath(workdir)}: a pipeline's work folder is on local "
-                                   "disk (its steps' outputs may be in a bucket)")
-    wd = Path(workdir)
+    ``out``; a workdir in a bucket: the page too, unless ``out``); return its path."""
+    wd = as_folder(os.fspath(workdir).rstrip("/") if is_remote(workdir) else workdir)
     steps, recipe = workdir_steps(wd)
-    path = Path(out) if out is not None else wd / REPORT_FILE
+    path = as_folder(out) if out is not None else wd / REPORT_FILE
     check_page(path, replace=True)
     title = f"emarray run · {wd.name}"
-    page = render(title, steps, recipe=recipe, base=wd,
-                  view=f"emarray view {shlex.quote(os.path.abspath(wd))}")
+    if is_remote(wd):  # emarray view shows a bucket's volumes, named one by one
+        shown = [os.fspath(v) for st in steps if not st.inplace for v in volumes_of(st.out)]
+        view = "emarray view " + " ".join(shlex.quote(v) for v in shown) if shown else ""
+    else:
+        view = f"emarray view {shlex.quote(os.path.abspath(wd))}"
+    page = render(title, steps, recipe=recipe, base=wd, view=view)
     atomic_write(path, page.encode())
     return path
 
@@ -412,13 +423,17 @@ def job_report(path: str | os.PathLike, op: str, inputs: dict[str, str], out: st
                summary: Sequence[str], seconds: float) -> Path:
     """Write the page of one operator's run."""
     p = Path(path)
-    # view serves only what it is given: the tables too, not only the volumes beside them
-    shown = [os.path.abspath(v) for v in list(inputs.values()) + ([out] if out else [])
+
+    def full(v: str) -> str:  # a bucket's URL as it is
+        return v if is_remote(v) else os.path.abspath(v)
+    # view serves only what it is given: the tables too, not only the volumes beside them (and
+    # the volumes in a bucket)
+    shown = [full(v) for v in list(inputs.values()) + ([out] if out else [])
              if os.path.isdir(v) or (v.lower().endswith((".csv", ".parquet")) and
-                                     os.path.isfile(os.path.splitext(v)[0] + ".json"))]
-    step = StepRecord(op, op, "done", os.path.abspath(out) if out else "", "; ".join(summary),
-                      seconds, {k: os.path.abspath(v) for k, v in inputs.items()},
-                      inplace=False)
+                                     os.path.isfile(os.path.splitext(v)[0] + ".json"))
+             or (is_remote(v) and _is_store(as_folder(v)))]
+    step = StepRecord(op, op, "done", full(out) if out else "", "; ".join(summary),
+                      seconds, {k: full(v) for k, v in inputs.items()}, inplace=False)
     view = ("emarray view " + " ".join(shlex.quote(v) for v in shown)) if shown else ""
     atomic_write(p, render(f"emarray {op}", [step], view=view).encode())
     return p

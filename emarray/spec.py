@@ -183,14 +183,14 @@ class Operator:
     #: the name its per-block functions are registered under in :mod:`emarray.backends`
     #: (CPU and, where a kernel exists, CUDA); "" for operators without backends
     blocks: str = ""
-    #: whether its volume output may be a URL (s3://, gs://); folders, tables and files are
-    #: written to local disk only
+    #: whether its output may be a URL (s3://): volumes, folders, tables and files go to object
+    #: storage through the engine (emarray.engine.remote_output, emarray.engine.remote_files)
     remote_output: bool = True
     func: Callable[..., Any] | None = field(default=None, repr=False)
     call: Callable[..., Any] | None = field(default=None, repr=False)  # the checked function
 
     def check_output(self, arguments: dict[str, Any]) -> None:
-        """Refuse a URL as an output this operator writes to local disk only."""
+        """Refuse a URL as the output of an operator that writes to local disk only."""
         from .storage import is_remote
         out = self.output
         if out is None or out.kind == "inplace" or out.name not in arguments:
@@ -198,7 +198,7 @@ class Operator:
         value = arguments[out.name]
         if not isinstance(value, (str, os.PathLike)) or not is_remote(value):
             return
-        if out.kind != "volume" or not self.remote_output:
+        if not self.remote_output:
             what = "its volume" if out.kind == "volume" else f"its {out.kind}"
             raise InvalidArgumentError(
                 f"{self.name} writes {what} to local disk only, got {os.fspath(value)!r}; give "

@@ -20,7 +20,7 @@ import json
 import os
 import posixpath
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import redact
@@ -202,6 +202,19 @@ def exists(url: str, options: dict[str, Any] | None = None) -> bool:
     return bool(fs.exists(path))
 
 
+def inside_version(url: str, options: dict[str, Any] | None = None) -> str | None:
+    """``s3://b/s.zarr/NAME`` as the image NAME inside the version its group points at
+    (``s3://b/s.zarr/v-.../NAME``), when there is one (see emarray.engine.remote_output)."""
+    up, leaf = parent(url), name(url)
+    attrs = (read_json(join(up, "zarr.json"), options) or {}).get("attributes")
+    em = attrs.get("emarray") if isinstance(attrs, dict) else None
+    version = em.get("version") if isinstance(em, dict) else None
+    if not isinstance(version, str) or not VERSION.fullmatch(version) or leaf == version:
+        return None
+    inner = join(up, version, leaf)
+    return inner if exists(join(inner, "zarr.json"), options) else None
+
+
 # -- conditional writes (the output lock) -------------------------------------------------------
 class Changed(Exception):
     """A conditional put or delete found the object changed since its ETag was read, or gone."""
@@ -327,6 +340,38 @@ class RemotePath:
     def parent(self) -> RemotePath:
         return RemotePath(parent(self.url), self.options)
 
+    def with_name(self, new: str) -> RemotePath:
+        return RemotePath(join(parent(self.url), new), self.options)
+
+    @property
+    def suffix(self) -> str:
+        return posixpath.splitext(self.name)[1]
+
+    def with_suffix(self, suffix: str) -> RemotePath:
+        return self.with_name(posixpath.splitext(self.name)[0] + suffix)
+
+    def is_dir(self) -> bool:
+        """Whether objects lie under this prefix."""
+        fs, path = filesystem(self.url, self.options)
+        return bool(fs.isdir(path))
+
+    def open(self, mode: str = "rb") -> Any:
+        """The object as a file (fsspec's: reads are ranged requests, seek is free)."""
+        if "r" not in mode:
+            check_writable(self.url)
+        fs, path = filesystem(self.url, self.options)
+        return fs.open(path, mode)
+
+    def iterdir(self) -> Iterator[RemotePath]:
+        """The objects and prefixes directly under this prefix."""
+        fs, path = filesystem(self.url, self.options)
+        try:
+            found = fs.ls(path, detail=False, refresh=True)
+        except FileNotFoundError:
+            return
+        for entry in found:
+            yield RemotePath(join(self.url, name(entry)), self.options)
+
     def read_bytes(self) -> bytes:
         data = read_bytes(self.url, self.options)
         if data is None:
@@ -338,6 +383,9 @@ class RemotePath:
 
     def write_bytes(self, data: bytes) -> None:
         write_bytes(self.url, data, self.options)
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
 
     def is_file(self) -> bool:
         fs, path = filesystem(self.url, self.options)

@@ -150,15 +150,14 @@ def gather(paths: Sequence[str | os.PathLike]) -> Found:
     (with a note), and a table or mesh folder whose label volume (as its own files say) lies
     elsewhere is refused (named) or left out (found in a folder)."""
     from .storage import is_remote
+    remote = [_bucket_volume(p) for p in paths if is_remote(p)]
+    paths = [p for p in paths if not is_remote(p)]
     for p in paths:
-        if is_remote(p):
-            raise InvalidArgumentError(
-                f"{os.fspath(p)}: emarray view serves volumes on local disk; neuroglancer reads "
-                "a bucket itself (zarr3://s3://... in its source box) when the bucket is public")
         if not Path(p).exists():
             raise InvalidArgumentError(f"no volume, table or mesh folder at {os.fspath(p)!r}")
     roots = [Path(_real(p)) for p in paths]
     found = _sort([Path(p) for p in paths], roots)
+    found.volumes = remote + found.volumes
     found.roots = roots
     known = {_real(v) for v in found.volumes}
     for owner, items in [*found.tables.items(), *found.meshes.items()]:
@@ -171,6 +170,22 @@ def gather(paths: Sequence[str | os.PathLike]) -> Found:
         found.volumes.append(Path(owner))  # inside a folder named: it comes with its table
         known.add(owner)
     return found
+
+
+def _bucket_volume(url: str | os.PathLike) -> Any:
+    """A volume in a bucket, to be served from there with the store options (the browser
+    reads it through the data server and never sees a credential)."""
+    from .storage import RemotePath, options_for
+    shown = os.fspath(url).rstrip("/")
+    try:
+        vol = open_volume(shown)
+    except EmarrayError as exc:
+        raise InvalidArgumentError(f"{shown}: emarray view shows volumes in a bucket (tables, "
+                                   f"mesh and skeleton folders from local disk): {exc}") from None
+    if vol.kind != "zarr3":
+        raise InvalidArgumentError(f"{shown}: emarray view shows zarr v3 / OME-Zarr volumes "
+                                   "(emarray ingest converts others)")
+    return RemotePath(vol.url, vol.storage_options or options_for(vol.url))
 
 
 def _sort(paths: Sequence[Path], roots: Sequence[Path]) -> Found:
@@ -291,7 +306,7 @@ def make_layers(found: Found, server: DataServer, neuroglancer: Any) -> list[Lay
             continue
         seen.add(real)
         vol = open_volume(path)
-        if vol.kind != "zarr3" or vol.local_path is None:
+        if vol.kind != "zarr3" or (vol.local_path is None and not vol.remote):
             raise InvalidArgumentError(f"{path}: emarray view shows zarr v3 / OME-Zarr volumes "
                                        "on local disk (emarray ingest converts others)")
         name = path.name.removesuffix(".zarr") or path.name
@@ -305,15 +320,18 @@ def make_layers(found: Found, server: DataServer, neuroglancer: Any) -> list[Lay
                              f"{path} is float64, which neuroglancer cannot show: served as "
                              "float32"))
             continue
-        if found.roots and not within(vol.url, found.roots):
-            raise InvalidArgumentError(
-                f"{path} is part of the volume {vol.url}: name that (emarray view serves only "
-                "the paths named)")
-        url = f"zarr3://{server.folder(Path(vol.url))}"
+        if vol.remote:  # read from the bucket by the data server: its group and every version
+            url = f"zarr3://{server.prefix(path)}"
+        else:
+            if found.roots and not within(vol.url, found.roots):
+                raise InvalidArgumentError(
+                    f"{path} is part of the volume {vol.url}: name that (emarray view serves "
+                    "only the paths named)")
+            url = f"zarr3://{server.folder(Path(vol.url))}"
         if not is_labels(vol):
             out.append(Layer(name, "image", [url], vol, contrast(vol)))
             continue
-        near = beside(path)
+        near = beside(path) if not vol.remote else ([], [])
         left = [q for q in near[0] + near[1] if not within(q, found.roots)]
         if left:
             found.notes.append(

@@ -27,6 +27,9 @@ class Served:
 
     folders: dict[str, Path] = field(default_factory=dict)
     documents: dict[str, bytes] = field(default_factory=dict)
+    #: prefixes on object storage by key (RemotePaths: read with their store options here, so
+    #: the browser gets the bytes and never a credential)
+    prefixes: dict[str, Any] = field(default_factory=dict)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -66,6 +69,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if body:
                 self.wfile.write(doc)
             return
+        obj = self._object(self.path)
+        if obj is not None:
+            self._answer_object(obj, body)
+            return
         try:
             f = open(self.translate_path(self.path), "rb")  # noqa: SIM115 - closed below
         except OSError:
@@ -76,24 +83,68 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if not stat.S_ISREG(info.st_mode):
                 self._send(404, None, 0)
                 return
-            size = info.st_size
-            wanted = byte_range(self.headers.get("Range"), size)
-            if wanted == "unsatisfiable":
-                self._send(416, None, 0, {"Content-Range": f"bytes */{size}"})
-                return
-            start, stop = wanted if isinstance(wanted, tuple) else (0, size)
-            extra = {"Content-Range": f"bytes {start}-{stop - 1}/{size}"} \
-                if isinstance(wanted, tuple) else {}
-            self._send(206 if extra else 200, "application/octet-stream", stop - start, extra)
-            if body:
+
+            def read(start: int, stop: int) -> Any:
                 f.seek(start)
                 left = stop - start
                 while left > 0:
                     piece = f.read(min(left, 1 << 20))
                     if not piece:
                         break
-                    self.wfile.write(piece)
+                    yield piece
                     left -= len(piece)
+            self._answer_bytes(info.st_size, read, body)
+
+    def _answer_bytes(self, size: int, read: Any, body: bool) -> None:
+        """Answer with ``size`` bytes (or the range asked), ``read(start, stop)`` giving them."""
+        wanted = byte_range(self.headers.get("Range"), size)
+        if wanted == "unsatisfiable":
+            self._send(416, None, 0, {"Content-Range": f"bytes */{size}"})
+            return
+        start, stop = wanted if isinstance(wanted, tuple) else (0, size)
+        extra = {"Content-Range": f"bytes {start}-{stop - 1}/{size}"} \
+            if isinstance(wanted, tuple) else {}
+        self._send(206 if extra else 200, "application/octet-stream", stop - start, extra)
+        if body:
+            for piece in read(start, stop):
+                self.wfile.write(piece)
+
+    def _object(self, path: str) -> Any:
+        """The object a request path names under a prefix served (None: not such a path; a
+        path with empty, ``.`` or ``..`` parts names nothing: nothing outside the prefix)."""
+        rel = urllib.parse.unquote(path.split("?", 1)[0].split("#", 1)[0])
+        key, _, rest = rel.lstrip("/").partition("/")
+        root = self.served.prefixes.get(key)
+        if root is None:
+            return None
+        if not rest or any(p in ("", ".", "..") for p in rest.split("/")):
+            return False
+        return root / rest
+
+    def _answer_object(self, obj: Any, body: bool) -> None:
+        """An object under a prefix served, read with its store options (a failed read:
+        404 when it is not there, else 502, with nothing of the error in the answer)."""
+        from . import storage
+        if obj is False:
+            self._send(404, None, 0)
+            return
+        fs, key = storage.filesystem(obj.url, obj.options)
+        try:
+            info = fs.info(key)
+            if info.get("type", "file") != "file":
+                raise FileNotFoundError(key)
+            size = int(info.get("size") or 0)
+        except FileNotFoundError:
+            self._send(404, None, 0)
+            return
+        except Exception:  # noqa: BLE001 - the server's answer is not the browser's business
+            self._send(502, None, 0)
+            return
+
+        def read(start: int, stop: int) -> Any:
+            for at in range(start, stop, 8 << 20):
+                yield bytes(fs.cat_file(key, start=at, end=min(stop, at + (8 << 20))))
+        self._answer_bytes(size, read, body)
 
     def _send(self, status: int, kind: str | None, length: int,
               headers: dict[str, str] | None = None) -> None:
@@ -187,6 +238,13 @@ class DataServer:
                                        "emarray view serves only those")
         key = f"d{len(self.served.folders)}"
         self.served.folders[key] = real
+        return f"{self.url}/{key}"
+
+    def prefix(self, where: Any) -> str:
+        """Serve the prefix ``where`` on object storage (a RemotePath, read with its store
+        options on this machine); return its URL."""
+        key = f"r{len(self.served.prefixes)}"
+        self.served.prefixes[key] = where
         return f"{self.url}/{key}"
 
     def document(self, obj: Any) -> str:

@@ -543,6 +543,9 @@ def _open_remote(url: str, level: int) -> Volume:
             raise VolumeNotFoundError(storage.describe(inner, url)) from None
         if found:
             raise
+        held = storage.inside_version(url, options)
+        if held is not None:  # an image inside a remote output (an agglomerate's DST/t0.3)
+            return _open_zarr3(held, level, options)
         storage.check_reachable(url, options)
         raise VolumeNotFoundError(
             f"no volume at {url!r}: found no zarr.json there (remote volumes are zarr v3; "

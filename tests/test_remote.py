@@ -435,21 +435,20 @@ def test_missing_bucket_and_bad_path_are_one_line(tmp_path, s3):
          "bucket 'no-such-bucket-x'"),
         (["threshold", f"{s3}/nothing.zarr", tmp_path / "o.zarr"], "found no zarr.json"),
         (["threshold", tmp_path / "p.zarr", "https://127.0.0.1:9/o.zarr"], "read-only"),
-        (["agglomerate", tmp_path / "p.zarr", tmp_path / "p.zarr", f"{s3}/seg.zarr",
-          "--threshold"], "agglomerate writes its volume to local disk only"),
-        (["objects", tmp_path / "p.zarr", "--out", f"{s3}/objects.csv"],
-         "objects writes its table to local disk only"),
+        (["export", tmp_path / "p.zarr", "gs://some-bucket/ng", "--format", "precomputed"],
+         "conditional writes"),
+        (["export", tmp_path / "p.zarr", f"{s3}/p.tif"], "TIFF and HDF5 files to local disk"),
     ]
     for args, message in cases:
-        more = {"threshold": ["--value", "0.5"], "agglomerate": ["0.5"]}.get(str(args[0]), [])
+        more = {"threshold": ["--value", "0.5"]}.get(str(args[0]), [])
         r = _cli(*args, *more, check=False)
         assert r.returncode == 2, r.stderr
         assert r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
     assert not (tmp_path / "o.zarr").exists()
     for args, message in [(["--storage-option", "endpoint_url", "threshold", f"{s3}/x.zarr",
                             tmp_path / "o.zarr", "--value", "1"], "takes KEY=VALUE"),
-                          (["view", f"{s3}/x.zarr"], "serves volumes on local disk"),
-                          (["report", f"{s3}/wd"], "work folder is on local disk")]:
+                          (["view", f"{s3}/x.zarr"], "found no zarr.json"),
+                          (["report", f"{s3}/wd"], "is not a pipeline's work folder")]:
         r = _cli(*args, check=False)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
 

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..storage import RemotePath, is_remote, join, options_for
+from ..storage import RemotePath, is_remote, options_for
 from .invalidate import boxes, volume_key
 from .serialize import CorruptStateError, dump, dumps, loads
 
@@ -203,11 +203,17 @@ def as_folder(root: str | os.PathLike) -> Any:
     return Path(root)
 
 
+def folder_of(out: Any) -> Any:
+    """The folder of the output volume ``out`` (on object storage, with the options it was
+    opened with: they travel to the workers with it)."""
+    if getattr(out, "remote", False):
+        return RemotePath(out.url, out.storage_options)
+    return Path(out.url)
+
+
 def progress_of(out: Any) -> Any:
     """The progress folder inside the output volume ``out``."""
-    if getattr(out, "remote", False):
-        return RemotePath(join(out.url, PROGRESS_DIR), out.storage_options)
-    return Path(out.url) / PROGRESS_DIR
+    return folder_of(out) / PROGRESS_DIR
 
 
 def load_npy(path: Any) -> np.ndarray:
@@ -216,6 +222,30 @@ def load_npy(path: Any) -> np.ndarray:
         import io
         return np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
     return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def load_npz(path: Any) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file of a progress folder (local, or an object)."""
+    with path.open("rb") as f, np.load(f, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def npy_rows(path: Any, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of an ``.npy`` file of a progress folder, reading only them (on
+    local disk memory-mapped; on object storage one ranged read past the header)."""
+    if not isinstance(path, RemotePath):
+        return np.array(np.load(path, mmap_mode="r", allow_pickle=False)[start:stop])
+    with path.open("rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read(f)
+        if fortran or dtype.hasobject:
+            raise CorruptStateError(f"{path} is not an array emarray wrote; remove it")
+        row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        f.seek(f.tell() + start * row)
+        data = f.read((stop - start) * row)
+    return np.frombuffer(data, dtype).reshape((stop - start, *shape[1:]))
 
 
 def remove_tree(path: Any) -> None:

@@ -34,10 +34,9 @@ from typing import Any
 from ..errors import (BlockFailedError, EmarrayError, InvalidArgumentError, JobFailedError, OutputExistsError,
                       ResumeMismatchError)
 from .checkpoint import PROGRESS_DIR, atomic_write, inputs_digest, job_difference
-from .output import (LOCK_SUFFIX, NEW_SUFFIX, OutputLock, check_no_overlap, check_writable,
-                     real_path, remove_path, sibling)
+from .output import (LOCK_SUFFIX, MANIFEST, NEW_SUFFIX, OutputLock, check_no_overlap,
+                     check_writable, real_path, sibling)
 
-MANIFEST = ".emarray-manifest.json"
 FORMAT = 1
 #: names in a staging folder that are never part of an output
 _SCRATCH = (MANIFEST, PROGRESS_DIR)
@@ -84,10 +83,12 @@ class FilesOutput:
 
     Write each file at :meth:`path` (its place relative to the output), keep progress in
     :attr:`progress`, and :meth:`commit` when complete. ``finished``: a resumed output that was
-    already complete (nothing to do; :attr:`result` is what its job recorded).
+    already complete (nothing to do; :attr:`result` is what its job recorded). On object
+    storage the paths are :class:`~emarray.storage.RemotePath` prefixes
+    (:mod:`emarray.engine.remote_files`).
     """
 
-    dst: Path           # what the user named (real path): the folder, or the named file
+    dst: Any            # what the user named (real path, or a RemotePath): the folder, or file
     folder: bool
     shown: str
     job: dict[str, Any]
@@ -96,42 +97,124 @@ class FilesOutput:
     finished: bool = False
     result: Any = None
     replaces: list[str] = field(default_factory=list)  # existing names the job may replace
+    tree: Any = None    # the file operations where the output lives (LocalTree, RemoteTree)
+
+    def __post_init__(self) -> None:
+        if self.tree is None:
+            self.tree = LocalTree()
 
     @property
-    def final(self) -> Path:
+    def final(self) -> Any:
         """The folder the files end up in."""
         return self.dst if self.folder else self.dst.parent
 
     @property
-    def staging(self) -> Path:
+    def staging(self) -> Any:
         return sibling(self.dst, NEW_SUFFIX)
 
     @property
-    def progress(self) -> Path:
+    def progress(self) -> Any:
         return self.staging / PROGRESS_DIR
 
-    def path(self, rel: str | os.PathLike) -> Path:
+    def path(self, rel: str | os.PathLike) -> Any:
         """Where the job writes the file ``rel`` of its output (in the staging folder)."""
-        return self.staging / rel
+        return self.staging / os.fspath(rel)
 
     def check_free(self, names: Sequence[str]) -> None:
         """Refuse (before work) names that are a user's files in the output's folder."""
-        _refuse_foreign(self.final, names, set(self.replaces), self.shown, later=False)
+        self.tree.refuse_foreign(self.final, dict.fromkeys(names), set(self.replaces),
+                                 self.shown, later=False)
 
     def commit(self, files: Sequence[str] | None = None, result: Any = None) -> None:
         """Put the job's files in place (``files``: their relative paths; default: every file
         staged); what the old manifest listed and the new one does not is removed."""
-        listed = sorted(set(files)) if files is not None else staged_files(self.staging)
-        missing = [f for f in listed if not (self.staging / f).is_file()]
+        staged = self.tree.files(self.staging)
+        listed = sorted(set(files)) if files is not None else sorted(staged)
+        missing = [f for f in listed if f not in staged]
         if missing:
             raise RuntimeError(f"{self.shown}: the job did not write {missing[0]}")
-        remove_path(self.progress)
+        self.tree.rmtree(self.progress)
         _write_manifest(self.staging / MANIFEST, {
             "job": self.job, "complete": True, "files": listed, "result": result,
             "replaces": self.replaces, "folder": self.folder,
             "inputs_stored": inputs_digest(self.inputs)})
         self.result = result
-        finish_commit(self.dst, self.folder, self.shown)
+        finish_commit(self.dst, self.folder, self.shown, self.tree)
+
+
+class LocalTree:
+    """The file operations of a files output on local disk (the remote twin:
+    :class:`emarray.engine.remote_files.RemoteTree`)."""
+
+    def files(self, folder: Path) -> dict[str, Any]:
+        """The output's files staged in ``folder`` (see :func:`staged_files`)."""
+        return dict.fromkeys(staged_files(folder)) if folder.is_dir() else {}
+
+    def unlink(self, path: Path) -> None:
+        path.unlink()
+
+    def exists(self, path: Path) -> bool:
+        return path.exists() or path.is_symlink()
+
+    def rename_whole(self, staging: Path, dst: Path) -> bool:
+        """Move a staged new folder into place at once, when nothing is at ``dst`` yet."""
+        if dst.exists() or dst.is_symlink():
+            return False
+        os.rename(staging, dst)  # a new folder appears whole
+        return True
+
+    def refuse_foreign(self, final: Path, names: dict[str, Any], ours: set[str], shown: str, *,
+                       later: bool) -> None:
+        _refuse_foreign(final, list(names), ours, shown, later=later)
+
+    def move_in(self, staging: Path, final: Path, names: Sequence[str]) -> None:
+        final.mkdir(exist_ok=True)
+        for f in names:
+            (final / f).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / f, final / f)
+
+    def remove_old(self, final: Path, names: Sequence[str]) -> None:
+        for f in names:
+            gone = final / f
+            if gone.is_file() or gone.is_symlink():
+                gone.unlink()
+                _prune_empty(gone.parent, final)
+
+    def put_manifest(self, src: Path, dst: Path) -> None:
+        os.replace(src, dst)
+
+    def rmtree(self, path: Path) -> None:
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+
+    def size(self, path: Path) -> int:
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+    def removal(self, path: Path) -> str:
+        return f"rm -r '{path}'"
+
+    def place(self, dst: str | os.PathLike, folder: bool, shown: str,
+              inputs: Sequence[Any]) -> Path:
+        """The output's real path, checked before any work. A folder is where its links
+        lead; a named file is a name in its (resolved) folder: a link there is replaced,
+        never the file it points to."""
+        real = real_path(dst) if folder else real_path(Path(dst).parent) / Path(dst).name
+        _check_place(real, folder, shown, inputs)
+        return real
+
+    def lock(self, real: Path, shown: str) -> OutputLock:
+        return OutputLock(real, shown)
+
+
+def tree_for(dst: Any) -> Any:
+    """The file operations where ``dst`` lives: local disk, or object storage."""
+    from ..storage import RemotePath, is_remote
+    if isinstance(dst, RemotePath) or is_remote(dst):
+        from .remote_files import RemoteTree
+        return RemoteTree()
+    return LocalTree()
 
 
 def _refuse_foreign(final: Path, names: Sequence[str], ours: set[str], shown: str, *,
@@ -153,38 +236,35 @@ def _refuse_foreign(final: Path, names: Sequence[str], ours: set[str], shown: st
                    " or choose another output"))
 
 
-def finish_commit(dst: Path, folder: bool, shown: str) -> bool:
+def finish_commit(dst: Any, folder: bool, shown: str, tree: Any = None) -> bool:
     """Move a complete staged output into place (again, when a commit was cut short); return
-    whether there was one. Called with the output's lock held."""
+    whether there was one. Called with the output's lock held. Every step can be done again:
+    a file already moved is no longer staged, one already removed is not there."""
+    tree = tree if tree is not None else LocalTree()
     staging = sibling(dst, NEW_SUFFIX)
     new = read_manifest(staging / MANIFEST)
     if new is None or not new.get("complete"):
         return False
     files = list(new["files"])
     keep = set(files)
-    for f in staged_files(staging):  # left over from a stage that started again: not output
+    staged = tree.files(staging)
+    for f in list(staged):  # left over from a stage that started again: not output
         if f not in keep:
-            (staging / f).unlink()
+            tree.unlink(staging / f)
+            del staged[f]
     target = manifest_of(dst, folder)
-    if folder and not dst.exists() and not dst.is_symlink():
-        os.rename(staging, dst)  # a new folder appears whole
+    if folder and tree.rename_whole(staging, dst):
         return True
     final = dst if folder else dst.parent
     old = read_manifest(target)
     old_files = set(old["files"]) if old else set()
-    pending = [f for f in files if (staging / f).is_file()]
-    _refuse_foreign(final, pending, old_files | set(new.get("replaces", [])), shown, later=True)
-    final.mkdir(exist_ok=True)
-    for f in pending:
-        (final / f).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging / f, final / f)
-    for f in sorted(old_files - keep):
-        gone = final / f
-        if gone.is_file() or gone.is_symlink():
-            gone.unlink()
-            _prune_empty(gone.parent, final)
-    os.replace(staging / MANIFEST, target)
-    shutil.rmtree(staging, ignore_errors=True)
+    pending = {f: staged[f] for f in files if f in staged}
+    tree.refuse_foreign(final, pending, old_files | set(new.get("replaces", [])), shown,
+                        later=True)
+    tree.move_in(staging, final, list(pending))
+    tree.remove_old(final, sorted(old_files - keep))
+    tree.put_manifest(staging / MANIFEST, target)
+    tree.rmtree(staging)
     return True
 
 
@@ -198,15 +278,15 @@ def _prune_empty(folder: Path, top: Path) -> None:
         folder = folder.parent
 
 
-def _kept_note(exc: BaseException, shown: str, staging: Path) -> JobFailedError:
+def _kept_note(exc: BaseException, shown: str, staging: Any, tree: Any) -> JobFailedError:
     """The error of a failed job, saying what it left and how to go on."""
-    size = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
+    size = tree.size(staging)
     reason = (f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror
               else str(exc))
     return JobFailedError(
         f"{reason}; {shown!r} is as it was, and the unfinished job is kept at {staging} "
         f"({size / 2**20:.1f} MiB): run the same command with --resume to finish it, or "
-        f"remove it with: rm -r '{staging}'")
+        f"remove it with: {tree.removal(staging)}")
 
 
 def _check_place(dst: Path, folder: bool, shown: str, inputs: Sequence[Any]) -> None:
@@ -237,20 +317,18 @@ def open_files(dst: str | os.PathLike, *, job: dict[str, Any], inputs: Sequence[
     if overwrite and resume:
         raise InvalidArgumentError("choose either overwrite or resume, not both")
     shown = os.fspath(dst)
-    # a folder is where its links lead; a named file is a name in its (resolved) folder: a
-    # link there is replaced, never the file it points to
-    real = real_path(dst) if folder else real_path(Path(dst).parent) / Path(dst).name
-    _check_place(real, folder, shown, inputs)
+    tree = tree_for(dst)
+    real = tree.place(dst, folder, shown, inputs)
     job = json.loads(json.dumps(job))  # as it reads back from the manifest (tuples as lists)
-    lock = OutputLock(real, shown)
+    lock = tree.lock(real, shown)
     lock.acquire()
     try:
-        if finish_commit(real, folder, shown):
+        if finish_commit(real, folder, shown, tree):
             print(f"{shown}: finished an interrupted replacement", file=sys.stderr)
-        target = FilesOutput(real, folder, shown, job, inputs)
+        target = FilesOutput(real, folder, shown, job, inputs, tree=tree)
         old = read_manifest(manifest_of(real, folder))
         staging = target.staging
-        staged = read_manifest(staging / MANIFEST) if staging.exists() else None
+        staged = read_manifest(staging / MANIFEST)
         if resume and staged is not None and staged.get("job") == job:
             target.resumed = True
             target.replaces = list(staged.get("replaces", []))
@@ -267,7 +345,7 @@ def open_files(dst: str | os.PathLike, *, job: dict[str, Any], inputs: Sequence[
             target.result = old.get("result")
             yield target
             return
-        exists = old is not None or (not folder and (real.exists() or real.is_symlink()))
+        exists = old is not None or (not folder and tree.exists(real))
         if exists and not overwrite and not resume:
             raise OutputExistsError(
                 f"output {shown!r} already exists; pass overwrite (--overwrite) to replace it, "
@@ -276,14 +354,13 @@ def open_files(dst: str | os.PathLike, *, job: dict[str, Any], inputs: Sequence[
         if not folder and overwrite:
             target.replaces = sorted(set(target.replaces) | {real.name})
         target.check_free(names)
-        if staging.exists() or staging.is_symlink():
-            remove_path(staging)  # ours by its name: an unfinished job this run replaces
+        tree.rmtree(staging)  # ours by its name: an unfinished job this run replaces
         staging.mkdir()
         try:
             _write_manifest(staging / MANIFEST, {"job": job, "complete": False, "files": [],
                                                  "replaces": target.replaces})
         except BaseException:  # a full disk, say: nothing of this job is left
-            remove_path(staging)
+            tree.rmtree(staging)
             raise
         try:
             yield target
@@ -291,10 +368,10 @@ def open_files(dst: str | os.PathLike, *, job: dict[str, Any], inputs: Sequence[
             staged = read_manifest(staging / MANIFEST)
             if staged is not None and not staged.get("complete"):
                 if not resumable:
-                    remove_path(staging)
+                    tree.rmtree(staging)
                 elif isinstance(exc, BlockFailedError) or (
                         isinstance(exc, OSError) and not isinstance(exc, EmarrayError)):
-                    raise _kept_note(exc, shown, staging) from exc
+                    raise _kept_note(exc, shown, staging, tree) from exc
             raise
     finally:
         lock.release()

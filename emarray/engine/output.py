@@ -42,6 +42,8 @@ from .checkpoint import job_difference
 log = logging.getLogger("emarray")
 LOCK_SUFFIX = ".emarray-lock"
 NEW_SUFFIX = ".emarray-new"
+#: the list of the files an output made of files holds (see emarray.engine.files)
+MANIFEST = ".emarray-manifest.json"
 OLD_SUFFIX = ".emarray-old"
 
 
@@ -50,7 +52,8 @@ def real_path(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(os.fspath(path)))
 
 
-def sibling(path: Path, suffix: str) -> Path:
+def sibling(path: Any, suffix: str) -> Any:
+    """``.NAME{suffix}`` beside ``path`` (a Path, or a RemotePath on object storage)."""
     return path.with_name(f".{path.name}{suffix}")
 
 

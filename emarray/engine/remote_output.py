@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,14 +67,26 @@ def new_version(after: str | None = None) -> str:
 
 
 # -- the lock --------------------------------------------------------------------------------
+def check_lockable(url: str, shown: str) -> None:
+    """Refuse an output where emarray cannot lock it (gs://: conditional writes untested)."""
+    if not storage.conditional_writes(url):
+        raise InvalidArgumentError(
+            f"cannot write the output {shown!r}: its lock needs conditional writes, which "
+            "emarray makes on s3:// only (write to s3:// or local disk)")
+
+
 class RemoteLock:
     """An object beside the output, written only with conditions on its ETag: created only
     where none is (``If-None-Match: *``), refreshed and taken over only if it is still the
     object read (``If-Match``). A holder that finds it changed has lost it: every write of
     this process under the output then fails (:func:`~emarray.revoked.revoke`), naming the lock."""
 
-    def __init__(self, url: str, shown: str, options: dict[str, Any] | None = None):
+    def __init__(self, url: str, shown: str, options: dict[str, Any] | None = None, *,
+                 guards: Sequence[str] = ()):
         self.target = url.rstrip("/")
+        #: more prefixes this job writes only while it holds the lock (a files output's
+        #: staging prefix beside it)
+        self.guards = [g.rstrip("/") for g in guards]
         self.url = storage.join(storage.parent(url), f".{storage.name(url)}{LOCK_SUFFIX}")
         self.shown = shown
         self.options = options
@@ -91,10 +103,7 @@ class RemoteLock:
                            "token": self.token, "heartbeat": time.time()}).encode()
 
     def acquire(self) -> None:
-        if not storage.conditional_writes(self.url):
-            raise InvalidArgumentError(
-                f"cannot write the output {self.shown!r}: its lock needs conditional writes, "
-                f"which emarray makes on s3:// only (write to s3:// or local disk)")
+        check_lockable(self.url, self.shown)
         self._started = time.strftime("%Y-%m-%d %H:%M:%S")
         try:
             self._take()
@@ -179,7 +188,8 @@ class RemoteLock:
     def _lose(self, why: str) -> None:
         self.lost = (f"lost the lock of the output {self.shown!r} ({self.url}): {why}; this "
                      "job stopped writing it")
-        revoked.revoke(self.target, self.lost)
+        for url in (self.target, *self.guards):
+            revoked.revoke(url, self.lost)
         log.debug("%s", self.lost)
 
     def check(self) -> None:
@@ -193,7 +203,8 @@ class RemoteLock:
             self._thread.join(timeout=30)
             self._thread = None
         if self.lost is not None:
-            revoked.unrevoke(self.target)  # the lock is another job's: leave it
+            for url in (self.target, *self.guards):  # the lock is another job's: leave it
+                revoked.unrevoke(url)
             return
         if self.etag is not None:
             with contextlib.suppress(Exception):  # changed: not ours any more
@@ -249,6 +260,16 @@ def _point(url: str, attrs: dict[str, Any], version: str, options: dict[str, Any
     return pointer
 
 
+def current_version(url: str) -> str:
+    """Where the data of the output at ``url`` lies: the version its group points at for a
+    versioned output on object storage (``s3://b/s.zarr/v-.../``); any other path as it is."""
+    if storage.scheme(url) is None or storage.scheme(url) in storage.READ_ONLY:
+        return url
+    url = url.rstrip("/")
+    version = _version_of(_attributes(url, storage.options_for(url)))
+    return storage.join(url, version) if version else url
+
+
 def _job_of(attrs: dict[str, Any] | None) -> dict[str, Any] | None:
     em = (attrs or {}).get("emarray")
     return em if isinstance(em, dict) and "job" in em else None
@@ -272,7 +293,8 @@ def foreign_objects(url: str, objects: dict[str, tuple[int, str]],
                     pointer: dict[str, Any] | None = None) -> list[str]:
     """Keys under the output that are not its pointer nor inside a version emarray made."""
     found = []
-    layouts: dict[tuple[str, str], Any] = {}
+    layouts: dict[str, Any] = {}
+    nested: dict[tuple[str, str], dict[str, Any] | None] = {}
     added = listed_levels(pointer or {})  # with the levels a pyramid added: "v-.../1"
     for key in sorted(objects):
         top, _, rest = key.partition("/")
@@ -286,17 +308,38 @@ def foreign_objects(url: str, objects: dict[str, tuple[int, str]],
         files = set((attrs.get("emarray") or {}).get("files", []))
         if rest in ("zarr.json", *files) or level == PROGRESS_DIR:
             continue
+        if level not in listed_levels(attrs) and f"{top}/{level}" not in added and inner:
+            # an image emarray made inside the version (an agglomerate's other thresholds)
+            if (top, level) not in nested:
+                nested[(top, level)] = _attributes(storage.join(url, top, level), options)
+            inside = nested[(top, level)]
+            if _job_of(inside) is not None and (inner == "zarr.json" or _valid_chunk(
+                    url, f"{top}/{level}", inner, listed_levels(inside or {}), layouts, options)):
+                continue
+            found.append(key)
+            continue
         if (level not in listed_levels(attrs) and f"{top}/{level}" not in added) or not inner:
             found.append(key)
             continue
-        if inner == "zarr.json":
-            continue
-        if (top, level) not in layouts:
-            layouts[(top, level)] = array_layout(storage.join(url, top, level), options)
-        lay = layouts[(top, level)]
-        if lay is None or not valid_key(inner, *lay):
+        if inner != "zarr.json" and not _valid_chunk(url, top, rest, None, layouts, options):
             found.append(key)
     return found
+
+
+def _valid_chunk(url: str, image: str, rest: str, levels: Collection[str] | None,
+                 layouts: dict[str, Any], options: dict[str, Any] | None) -> bool:
+    """Whether ``rest`` (``LEVEL/KEY`` inside ``image``) is its level's metadata or one of
+    its chunk keys (``levels``: the levels listed; None: not checked here)."""
+    level, _, inner = rest.partition("/")
+    if not inner or (levels is not None and level not in levels):
+        return False
+    if inner == "zarr.json":
+        return True
+    where = f"{image}/{level}"
+    if where not in layouts:
+        layouts[where] = array_layout(storage.join(url, image, level), options)
+    lay = layouts[where]
+    return lay is not None and valid_key(inner, *lay)
 
 
 def array_layout(url: str, options: dict[str, Any] | None

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import BlockContext
-from ..engine.checkpoint import atomic_write
+from ..engine.checkpoint import atomic_write, load_npz
 from ..errors import InvalidArgumentError
 
 
@@ -46,15 +46,14 @@ def save_plan(acc: Any, *, scratch: Path, dtype: np.dtype, url: str,
 
 def planned(scratch: Path) -> np.ndarray:
     """The ids of the objects the first stage found (saved by :func:`save_plan`)."""
-    with np.load(scratch / "plan.npz", allow_pickle=False) as z:
-        return z["unique"]
+    return load_npz(scratch / "plan.npz")["unique"]
 
 
 def task_objects(ctx: BlockContext, scratch: Path) -> Iterator[tuple[int, np.ndarray]]:
     """The objects of one task of the second stage (its region of the object list), each with
     the blocks that hold its pieces."""
-    with np.load(scratch / "plan.npz", allow_pickle=False) as z:
-        objects, blocks, unique = z["objects"], z["blocks"], z["unique"]
+    z = load_npz(scratch / "plan.npz")
+    objects, blocks, unique = z["objects"], z["blocks"], z["unique"]
     for k in range(ctx.region[0].start, min(ctx.region[0].stop, len(unique))):
         lo = np.searchsorted(objects, unique[k], side="left")
         hi = np.searchsorted(objects, unique[k], side="right")

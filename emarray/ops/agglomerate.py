@@ -22,14 +22,14 @@ import io
 import os
 import uuid
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._normalize import id_dtype
 from ..engine import BlockContext, BlockGrid, LaterStage, Read, RunOptions, Stage, Write
-from ..engine.checkpoint import atomic_write
+from ..engine.checkpoint import as_folder, atomic_write, folder_of, load_npz
+from ..engine.remote_output import current_version
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port, layout_params
 from ..volume import Volume, create_volume, open_volume
@@ -233,7 +233,7 @@ def reference_agglomeration(edges: list[tuple[int, int, float, int]], n: int,
 
 
 # -- 3. the lookup table and the relabel --------------------------------------------------------
-def _save(path: Path, **arrays: np.ndarray) -> None:
+def _save(path: Any, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     entries: dict[str, Any] = dict(arrays)
     np.savez(buf, **entries)
@@ -243,18 +243,18 @@ def _save(path: Path, **arrays: np.ndarray) -> None:
 _LUTS: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
 
 
-def _lookup(path: str, token: str) -> tuple[np.ndarray, np.ndarray]:
+def _lookup(path: Any, token: str) -> tuple[np.ndarray, np.ndarray]:
     """The (fragments, segments per threshold) table, loaded once per worker process.
 
     ``token`` is new each time a table is cut: a worker that lives on across jobs (or a job
     resumed in the same process after its input changed) never takes an older table that was
     at the same path."""
-    got = _LUTS.get((path, token))
+    got = _LUTS.get((os.fspath(path), token))
     if got is None:
-        with np.load(path, allow_pickle=False) as z:
-            got = (z["fragments"], z["segments"])
+        z = load_npz(path)
+        got = (z["fragments"], z["segments"])
         _LUTS.clear()
-        _LUTS[(path, token)] = got
+        _LUTS[(os.fspath(path), token)] = got
     return got
 
 
@@ -272,7 +272,7 @@ def relabel_block(frag: np.ndarray, fragments: np.ndarray, segments: np.ndarray)
     return seg[inverse].reshape(frag.shape)
 
 
-def _relabel(ctx: BlockContext, frag: np.ndarray, *, lut: str, token: str, rows: list[int],
+def _relabel(ctx: BlockContext, frag: np.ndarray, *, lut: Any, token: str, rows: list[int],
              dtypes: list[str]) -> tuple:
     """Each output's segments: ``rows`` are their thresholds' rows in the lookup table."""
     fragments, segments = _lookup(lut, token)
@@ -311,7 +311,6 @@ SPEC = Operator(
     output=Port("dst", "volume", "the segmentation at threshold; other thresholds as images "
                                  "inside it (DST/t0.3); graph.npz, lookup.npz and lookup.csv "
                                  "beside its array", labels=True),
-    remote_output=False,  # its scratch and side files are local (object storage: not yet)
     params=(Param("threshold", "float", "merge while the lowest mean boundary between two "
                                         "segments is below this"),
             Param("thresholds", "numbers", "more thresholds cut from the same agglomeration, "
@@ -401,17 +400,16 @@ def agglomerate(fragments: Volume | str | os.PathLike, boundary: Volume | str | 
                "boundary": bv.fingerprint(listing=True), "affinities": affinities}
     reuse = None
     if graph is not None:
-        reuse = Path(os.fspath(graph))
+        reuse = as_folder(current_version(os.fspath(graph)))
         if not (reuse / "graph.npz").is_file():
             raise InvalidArgumentError(f"graph {os.fspath(graph)!r} holds no graph.npz: give an "
                                        "earlier agglomerate output")
         check_graph_source(reuse / "graph.npz", sources)
         if min_size > 1:
-            with np.load(reuse / "graph.npz", allow_pickle=False) as z:
-                if "voxels" not in z.files:
-                    raise InvalidArgumentError(
-                        f"graph {os.fspath(graph)!r} records no fragment sizes (an earlier "
-                        "emarray made it): min_size needs them; run without --graph once")
+            if "voxels" not in load_npz(reuse / "graph.npz"):
+                raise InvalidArgumentError(
+                    f"graph {os.fspath(graph)!r} records no fragment sizes (an earlier "
+                    "emarray made it): min_size needs them; run without --graph once")
     # blocks of whole output chunks, grown past tiny ones (each reads a halo of 1)
     block = work_layout(fv, chunks, shards, compression, 2)
     grid = BlockGrid(fv.shape, block)
@@ -422,22 +420,22 @@ def agglomerate(fragments: Volume | str | os.PathLike, boundary: Volume | str | 
     nan_seen = [0]
 
     def stages(out: Volume, setup: dict[str, Any]) -> list:
-        root = Path(out.url)
+        root = folder_of(out)
 
         def finalize(acc: Any) -> dict[str, Any]:
             if reuse is not None:
-                with np.load(reuse / "graph.npz", allow_pickle=False) as z:
-                    edges = {k: z[k] for k in EDGE_COLUMNS}
-                    ids = z["fragments"]
-                    nan = int(z["nan_voxels"])
-                    voxels = z["voxels"] if "voxels" in z.files else np.zeros(ids.size, np.int64)
+                z = load_npz(reuse / "graph.npz")
+                edges = {k: z[k] for k in EDGE_COLUMNS}
+                ids = z["fragments"]
+                nan = int(z["nan_voxels"])
+                voxels = z["voxels"] if "voxels" in z else np.zeros(ids.size, np.int64)
             else:
                 edges, ids_t, nan = acc if acc is not None else (
                     _empty_edges(id_dtype(fv.dtype)), {"id": np.empty(0, id_dtype(fv.dtype)),
                                                        "n": np.empty(0, np.int64)}, 0)
                 ids, voxels = ids_t["id"], ids_t["n"]
             nan_seen[0] = nan
-            return _cut(root, edges, ids.astype(id_dtype(fv.dtype)), voxels, cuts,
+            return _cut(root, out, edges, ids.astype(id_dtype(fv.dtype)), voxels, cuts,
                         float(threshold), sources, nan, int(min_size))
 
         reads = [Read(fv, halo=1, boundary="none"),
@@ -457,7 +455,8 @@ def agglomerate(fragments: Volume | str | os.PathLike, boundary: Volume | str | 
             for t in extra:
                 vols.append(_nested(out, cut_name(t), dtypes[str(t)], job))
             order = [float(threshold)] + extra
-            return Stage("relabel", partial(_relabel, lut=given["lut"], token=given["token"],
+            return Stage("relabel", partial(_relabel, lut=root / "lookup.npz",
+                                            token=given["token"],
                                             rows=[cuts.index(t) for t in order],
                                             dtypes=[dtypes[str(t)] for t in order]),
                          grid, [Read(fv)], [Write(v) for v in vols])
@@ -479,15 +478,15 @@ def agglomerate(fragments: Volume | str | os.PathLike, boundary: Volume | str | 
 EDGE_COLUMNS = ("u", "v", "size", "sum", "min", "max")
 
 
-def check_graph_source(path: Path, sources: dict[str, Any]) -> None:
+def check_graph_source(path: Any, sources: dict[str, Any]) -> None:
     """Refuse, in one line and before any work, a kept graph that was built from other
     fragments or another boundary map than those given (or from these before they changed):
     its edges and ids would not be these volumes', and the relabel would map most fragments
     to 0. Compared: each volume's location, grid, dtype, metadata and stored chunks (key,
     size, modification time), as recorded when the graph was built."""
     import json
-    with np.load(path, allow_pickle=False) as z:
-        recorded = json.loads(str(z["source"])) if "source" in z.files else None
+    z = load_npz(path)
+    recorded = json.loads(str(z["source"])) if "source" in z else None
     if recorded is None:
         raise InvalidArgumentError(
             f"graph {path.parent} records no fragments volume (an earlier emarray made it): it "
@@ -512,14 +511,13 @@ def check_graph_source(path: Path, sources: dict[str, Any]) -> None:
                                    f"these {what}'; run without --graph to build them again")
 
 
-def _cut(root: Path, edges: dict[str, np.ndarray], ids: np.ndarray, voxels: np.ndarray,
-         cuts: list[float], primary: float, sources: dict[str, Any], nan: int,
-         min_size: int) -> dict[str, Any]:
+def _cut(root: Any, out: Volume, edges: dict[str, np.ndarray], ids: np.ndarray,
+         voxels: np.ndarray, cuts: list[float], primary: float, sources: dict[str, Any],
+         nan: int, min_size: int) -> dict[str, Any]:
     """Driver: agglomerate (and merge small segments), number the segments, keep the graph
-    (with the volumes it was built from and each fragment's voxels) and the lookup table."""
+    (with the volumes it was built from and each fragment's voxels) and the lookup table in
+    ``root``, the output ``out``'s folder."""
     import json
-
-    import zarr
     dtype = ids.dtype
     eu, ev = edges["u"].astype(dtype), edges["v"].astype(dtype)
     fragments = np.union1d(ids, np.union1d(eu, ev))
@@ -539,13 +537,13 @@ def _cut(root: Path, edges: dict[str, np.ndarray], ids: np.ndarray, voxels: np.n
     atomic_write(root / "lookup.csv", text.encode())
     counts = {str(t): int(s.max()) if s.size else 0 for t, s in zip(cuts, segments)}
     dtypes = {t: ("uint32" if n < 2**32 else "uint64") for t, n in counts.items()}
-    g = zarr.open_group(os.fspath(root), mode="r+")
-    em: dict[str, Any] = dict(g.attrs.get("emarray") or {})  # type: ignore[arg-type]
+    g = out.open_group()
+    em: dict[str, Any] = dict(g.attrs.get("emarray") or {})
     em["agglomeration"] = {"fragments": int(fragments.size), "edges": int(u.size),
                            "threshold": primary, "segments": counts, "nan_voxels": nan,
                            "min_size": min_size}
     g.attrs["emarray"] = em
-    return {"lut": os.fspath(root / "lookup.npz"), "dtypes": dtypes, "token": uuid.uuid4().hex}
+    return {"dtypes": dtypes, "token": uuid.uuid4().hex}
 
 
 def cut_segments(n: int, u: np.ndarray, v: np.ndarray, total: np.ndarray, size: np.ndarray,
@@ -560,7 +558,7 @@ def cut_segments(n: int, u: np.ndarray, v: np.ndarray, total: np.ndarray, size: 
 
 
 def _nested(out: Volume, name: str, dtype: str, job: dict[str, Any]) -> Volume:
-    path = Path(out.url) / name
+    path = folder_of(out) / name
     if (path / "zarr.json").is_file():
         return open_volume(path)
     return create_volume(path, out.shape, dtype, out.chunks, shards=out.shards,

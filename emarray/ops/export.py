@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .. import storage
 from .._normalize import micrometres
 from ..engine import RunOptions
 from ..engine.files import open_files
@@ -97,7 +98,8 @@ def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: A
     Returns
     -------
     Path
-        The file written.
+        The file written (for a precomputed export to object storage, its
+        :class:`~emarray.storage.RemotePath`).
 
     Examples
     --------
@@ -111,11 +113,14 @@ def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: A
     opts = RunOptions.make(options, **run)
     overwrite, progress = opts.overwrite, opts.progress
     vol = as_volume(src, opts.allow_incomplete)
-    dst = Path(dst)
     shown = os.fspath(dst)
-    fmt = format or EXPORT_EXTS.get(dst.suffix.lower())
+    fmt = format or EXPORT_EXTS.get(Path(shown).suffix.lower())
     if fmt == "precomputed":
-        return _precomputed(vol, dst, shown, region, overwrite, progress)
+        return _precomputed(vol, shown, shown, region, overwrite, progress)
+    if storage.is_remote(shown):
+        raise InvalidArgumentError(f"export writes TIFF and HDF5 files to local disk only, got "
+                                   f"{shown!r} (--format precomputed writes to s3://)")
+    dst = Path(dst)
     if fmt is None:
         raise InvalidArgumentError(f"export writes .tif/.tiff or .h5/.hdf5 files (or a folder "
                                    f"with --format precomputed), got {shown!r}")
@@ -135,8 +140,8 @@ def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: A
         return target.dst
 
 
-def _precomputed(vol: Volume, dst: Path, shown: str, region: Any, overwrite: bool,
-                 progress: bool) -> Path:
+def _precomputed(vol: Volume, dst: str, shown: str, region: Any, overwrite: bool,
+                 progress: bool) -> Any:
     from ..precomputed import output_type, write_precomputed
     if region is not None and parse_region(region, vol.shape) != parse_region(None, vol.shape):
         raise InvalidArgumentError("--region is for TIFF and HDF5 exports; precomputed exports "

@@ -400,7 +400,7 @@ def write_outputs(result: dict, out: Path, pred: str, truth: str) -> None:
 
 def plot(result: dict, path: Path, title: str) -> None:
     """Precision, recall and F1 against the IoU threshold; the IoU of each truth object."""
-    from ..figures import subplots
+    from ..figures import save, subplots
     m = result["matching"]
     fig, (a, b) = subplots(2, figsize=(11, 4.5))
     for col in ("precision", "recall", "f1", "panoptic_quality"):
@@ -418,4 +418,4 @@ def plot(result: dict, path: Path, title: str) -> None:
     b.set_ylabel("objects")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save(fig, path)

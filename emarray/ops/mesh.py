@@ -35,7 +35,7 @@ import numpy as np
 from .._normalize import id_dtype, micrometres
 from ..engine import (BlockContext, BlockGrid, Checkpoint, LaterStage, Read, RunOptions, Stage,
                       run_stages)
-from ..engine.checkpoint import atomic_write
+from ..engine.checkpoint import atomic_write, load_npz, npy_rows
 from ..engine.files import open_files
 from ..engine.output import reading
 from ..errors import InvalidArgumentError
@@ -90,15 +90,13 @@ def _save_pieces(base: Path, pieces: dict[int, tuple[np.ndarray, np.ndarray]],
 
 
 def _load_piece(base: Path, obj: int) -> tuple[np.ndarray, np.ndarray]:
-    """One object's piece of a block, read from the piece files (memory-mapped: only its
-    rows are read)."""
-    with np.load(base.with_name(base.name + ".npz"), allow_pickle=False) as z:
-        ids, nv, nf = z["ids"], z["nv"], z["nf"]
+    """One object's piece of a block, read from the piece files (only its rows are read)."""
+    z = load_npz(base.with_name(base.name + ".npz"))
+    ids, nv, nf = z["ids"], z["nv"], z["nf"]
     k = int(np.searchsorted(ids, ids.dtype.type(obj)))
     v0, f0 = int(nv[:k].sum()), int(nf[:k].sum())
-    v = np.load(base.with_name(base.name + ".v.npy"), mmap_mode="r", allow_pickle=False)
-    f = np.load(base.with_name(base.name + ".f.npy"), mmap_mode="r", allow_pickle=False)
-    return np.array(v[v0:v0 + int(nv[k])]), np.array(f[f0:f0 + int(nf[k])])
+    return (npy_rows(base.with_name(base.name + ".v.npy"), v0, v0 + int(nv[k])),
+            npy_rows(base.with_name(base.name + ".f.npy"), f0, f0 + int(nf[k])))
 
 
 def _mesh(ctx: BlockContext, labels: np.ndarray, *, voxel: np.ndarray, shift: np.ndarray,

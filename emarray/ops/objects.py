@@ -186,7 +186,7 @@ def plot_volumes(df, path: Path, title: str = "") -> Any:
     figure."""
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-    from ..figures import subplots
+    from ..figures import save, subplots
     fig, ax = subplots(figsize=(7, 4.5))
     v = df["volume_um3"].to_numpy()
     if v.size and v.max() > 0:
@@ -207,5 +207,5 @@ def plot_volumes(df, path: Path, title: str = "") -> Any:
     ax.set_ylabel("objects")
     ax.set_title(f"{title}: {len(df)} objects" if title else f"{len(df)} objects", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save(fig, path)
     return fig

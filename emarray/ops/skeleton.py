@@ -40,7 +40,7 @@ import numpy as np
 from .._normalize import id_dtype, micrometres
 from ..engine import (BlockContext, BlockGrid, Checkpoint, LaterStage, Read, RunOptions, Stage,
                       run_stages, work_block)
-from ..engine.checkpoint import atomic_write
+from ..engine.checkpoint import atomic_write, load_npz
 from ..engine.files import open_files
 from ..engine.output import reading
 from ..errors import BackendUnavailableError, InvalidArgumentError
@@ -247,11 +247,11 @@ def _save_pieces(base: Path, pieces: dict[int, dict[str, np.ndarray]], dtype: np
 
 def _load_piece(base: Path, obj: int) -> dict[str, np.ndarray]:
     """One object's record of a block (only its record is read)."""
-    with np.load(base.with_name(base.name + ".npz"), allow_pickle=False) as z:
-        ids, counts, start = z["ids"], z["counts"], z["start"]
+    z = load_npz(base.with_name(base.name + ".npz"))
+    ids, counts, start = z["ids"], z["counts"], z["start"]
     k = int(np.searchsorted(ids, ids.dtype.type(obj)))
     n = counts[k]
-    with open(base.with_name(base.name + ".bin"), "rb") as f:
+    with base.with_name(base.name + ".bin").open("rb") as f:
         f.seek(int(start[k]) * 8)
         rec = np.frombuffer(f.read(int(n @ _WORDS) * 8), np.int64)
     out, at = {}, 0

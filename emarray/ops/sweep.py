@@ -28,7 +28,7 @@ from ..engine.output import reading
 from ..errors import EmarrayWarning, InvalidArgumentError, ShapeMismatchError
 from ..volume import Volume
 from .common import as_volume, backend_stage_setup
-from .tables import table_output
+from .tables import table_output, write_frame
 
 #: the files a sweep writes into its folder
 FILES = ("sweep.csv", "sweep.json", "sweep.png")
@@ -364,7 +364,7 @@ def best_rows(df) -> dict[int, Any]:
 def write_outputs(df, out: Path, pv: Volume, tv: Volume) -> None:
     """Write ``sweep.csv``, ``sweep.json`` and ``sweep.png`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "sweep.csv", index=False)
+    write_frame(df, out / "sweep.csv")
     records = json.loads(df.to_json(orient="records"))
     meta = {"probability_map": pv.url, "truth": tv.url, "voxel_size": list(pv.voxel_size),
             "unit": pv.unit, "best": best_rows(df), "warnings": df.attrs.get("warnings", []),
@@ -377,7 +377,7 @@ def write_outputs(df, out: Path, pv: Volume, tv: Volume) -> None:
 
 def plot(df, path: Path, title: str = "") -> None:
     """Metric curves against the threshold (best F1 marked) and the precision-recall curve."""
-    from ..figures import subplots
+    from ..figures import save, subplots
     fig, (a, b) = subplots(2, figsize=(12, 5.2))
     a2 = a.twinx()
     multi = df["channel"].nunique() > 1
@@ -414,4 +414,4 @@ def plot(df, path: Path, title: str = "") -> None:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save(fig, path)

@@ -7,15 +7,16 @@ holds one row per object or per overlapping pair, never per voxel.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..engine import Checkpoint, Read, RunOptions, Stage, run_stages
+from ..engine.checkpoint import atomic_write
 from ..engine.files import FilesOutput, open_files
 from ..engine.output import reading
 from ..errors import InvalidArgumentError
@@ -73,22 +74,22 @@ def table_output(out: str | os.PathLike | None, *, job: dict[str, Any], inputs: 
         yield target
 
 
-def write_frame(df: Any, path: Path) -> None:
-    """Write a DataFrame as CSV or Parquet (by suffix) through a temporary file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix.lower() == ".parquet":
+def write_frame(df: Any, path: Any) -> None:
+    """Write a DataFrame as CSV or Parquet (by suffix) whole or not at all (local disk or
+    object storage)."""
+    if path.name.lower().endswith(".parquet"):
+        buf = io.BytesIO()
         try:
-            df.to_parquet(tmp, index=False)
+            df.to_parquet(buf, index=False)
         except ImportError as exc:
             raise InvalidArgumentError(
                 "writing .parquet needs pyarrow (pip install pyarrow); or use a .csv output"
             ) from exc
+        data = buf.getvalue()
     else:
-        df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+        data = df.to_csv(index=False).encode()
+    atomic_write(path, data)
 
 
-def write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
+def write_json(obj: Any, path: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, default=float).encode())

@@ -237,7 +237,6 @@ SPEC = Operator(
     output=Port("dst", "volume", "the fragments: ids 1..N, one per seed, numbered in C order of "
                                  "each seed's first voxel (uint32; uint64 past 2**32 - 1)",
                 labels=True),
-    remote_output=False,  # its scratch and side files are local (object storage: not yet)
     params=(Param("threshold", "float", "boundary below this is interior: the seeds are found "
                                         "in it (its cores, its components, or the maxima of its "
                                         "distance transform)"),

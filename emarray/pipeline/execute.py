@@ -20,6 +20,7 @@ from ..engine import RunOptions
 from ..engine.output import OutputLock
 from ..errors import EmarrayError, InvalidArgumentError, OutputExistsError
 from ..speaking import speaking
+from ..storage import is_remote
 from .ops import STEP_RUN_KEYS
 from .recipe import Recipe, Step, load_recipe
 from .state import State, fingerprint, stored
@@ -54,9 +55,14 @@ class PipelineResult:
 
 
 def _exists(path: str) -> bool:
-    from ..storage import exists, is_remote, join
-    if path and is_remote(path):  # a remote output exists once its group is there
-        return exists(join(path, "zarr.json"))
+    from ..engine.checkpoint import as_folder
+    from ..engine.files import MANIFEST
+    if path and is_remote(path):  # a remote output exists once its group (a volume), its
+        # manifest (a folder), the file itself (a table) or its volumes (synthetic) are there
+        where = as_folder(path)
+        return (where / "zarr.json").is_file() or (where / MANIFEST).is_file() or \
+            where.is_file() or any((q / "zarr.json").is_file() for q in where.iterdir()
+                                   if q.name.endswith(".zarr"))
     return bool(path) and os.path.lexists(path)
 
 
@@ -172,9 +178,10 @@ def run_pipeline(recipe: str | os.PathLike | dict[str, Any], sets: tuple[str, ..
     opts = _merged_options(rec, options, run)
     if opts.estimate and not dry_run:
         return _estimate_pipeline(recipe, sets, rec, opts, say)
-    lock = OutputLock(Path(rec.workdir), rec.workdir)
+    lock = _workdir_lock(rec.workdir)
     if not dry_run:  # a dry run creates nothing, not even the workdir's parent
-        os.makedirs(os.path.dirname(rec.workdir) or ".", exist_ok=True)
+        if not is_remote(rec.workdir):
+            os.makedirs(os.path.dirname(rec.workdir) or ".", exist_ok=True)
         lock.acquire()
     try:
         state = State(rec.workdir)
@@ -185,7 +192,8 @@ def run_pipeline(recipe: str | os.PathLike | dict[str, Any], sets: tuple[str, ..
                 say(line)
             return result
         with opts.runner("pipeline") as runner:
-            os.makedirs(rec.workdir, exist_ok=True)
+            if not is_remote(rec.workdir):
+                os.makedirs(rec.workdir, exist_ok=True)
             state.set_recipe(_recipe_record(rec, recipe, sets))
             shared = runner.client if runner.client is not None else opts.scheduler
             try:
@@ -219,6 +227,16 @@ def _estimate_pipeline(recipe: Any, sets: tuple[str, ...], rec: Recipe, opts: Ru
     for line in result.estimate.lines():
         say(line)
     return result
+
+
+def _workdir_lock(workdir: str) -> Any:
+    """The lock of a work folder: an ``flock`` beside it, or in a bucket the outputs' lock
+    (conditional writes: one run at a time from any machine)."""
+    if is_remote(workdir):
+        from ..engine.remote_output import RemoteLock
+        from ..storage import options_for
+        return RemoteLock(workdir, workdir, options_for(workdir))
+    return OutputLock(Path(workdir), workdir)
 
 
 def _recipe_record(rec: Recipe, given: Any, sets: tuple[str, ...]) -> dict[str, Any]:

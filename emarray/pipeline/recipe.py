@@ -118,7 +118,8 @@ def load_recipe(recipe: str | os.PathLike | dict[str, Any], sets: tuple[str, ...
     if bad:
         raise InvalidArgumentError(f"unknown run key {bad[0]!r}; run has: {', '.join(RUN_KEYS)}")
     if workdir is not None:
-        wd = os.path.abspath(os.fspath(workdir))
+        wd = os.fspath(workdir)
+        wd = wd.rstrip("/") if "://" in wd else os.path.abspath(wd)
     elif given.get("workdir"):
         wd = _absolute(given["workdir"], base)
     else:

@@ -1,7 +1,8 @@
 """What a pipeline's earlier runs did: per step, a fingerprint and whether it finished.
 
-Kept in ``WORKDIR/.emarray-pipeline.json``, rewritten by an atomic rename after every change,
-so a killed run leaves either the state before or after a step's mark. A step's fingerprint
+Kept in ``WORKDIR/.emarray-pipeline.json``, rewritten whole after every change (an atomic
+rename; in a bucket, one put), so a killed run leaves either the state before or after a step's
+mark. A step's fingerprint
 hashes its operator, arguments, output path and its inputs' fingerprints (a file input's size
 and modification time), so a change anywhere upstream reaches every step after it.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from ..errors import CorruptStateError
@@ -86,7 +86,8 @@ class State:
     """The state file of one workdir."""
 
     def __init__(self, workdir: str):
-        self.path = Path(workdir) / STATE_FILE
+        from ..engine.checkpoint import as_folder
+        self.path = as_folder(workdir) / STATE_FILE  # a local Path, or a RemotePath
         self.steps: dict[str, dict[str, Any]] = {}
         #: the recipe of the last run (path, about, text, --set values): what a report shows
         self.recipe: dict[str, Any] = {}
@@ -129,8 +130,8 @@ class State:
         self._save()
 
     def _save(self) -> None:
+        from ..engine.checkpoint import atomic_write
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"format": FORMAT, "steps": self.steps, "recipe": self.recipe},
-                                  indent=1, default=str))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps({"format": FORMAT, "steps": self.steps,
+                                            "recipe": self.recipe}, indent=1,
+                                           default=str).encode())
