@@ -30,8 +30,18 @@ def register(op: str, backend: str, impl: Callable | str, dtypes: Iterable[Any] 
         _dtypes[(op, backend)] = frozenset(np.dtype(d) for d in dtypes)
 
 
+def _declared() -> None:
+    """Import every operator module, so that each has registered its functions: a worker
+    process imports only what the blocks it runs name, and ``import emarray`` imports
+    operators when they are first used."""
+    from .spec import operators
+    operators()
+
+
 def supports(op: str, backend: str, dtype: Any) -> bool:
     """True when ``op`` has a ``backend`` implementation for input ``dtype``."""
+    if (op, backend) not in _registry:
+        _declared()
     if (op, backend) not in _registry:
         return False
     allowed = _dtypes.get((op, backend))
@@ -41,6 +51,7 @@ def supports(op: str, backend: str, dtype: Any) -> bool:
 def registered() -> dict[tuple[str, str], frozenset[np.dtype] | None]:
     """Every (operator, backend) with an implementation, and the dtypes it has a kernel for
     (None: every dtype)."""
+    _declared()
     return {key: _dtypes.get(key) for key in _registry}
 
 
@@ -95,6 +106,9 @@ def check_backend(backend: str | None, op: str, dtype: Any, *, local: bool = Tru
 def implementation(op: str, backend: str) -> Callable:
     """The per-block function of ``op`` on a resolved ``backend``."""
     impl = _registry.get((op, backend))
+    if impl is None:
+        _declared()
+        impl = _registry.get((op, backend))
     if impl is None:
         raise BackendUnavailableError(f"{op} has no {backend} implementation")
     if isinstance(impl, str):
