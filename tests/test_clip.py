@@ -8,7 +8,7 @@ import emarray
 from emarray.errors import InvalidArgumentError
 
 from .conftest import make_volume
-from .test_hardening import cli, one_error_line
+from .helpers import cli, one_error_line
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int16", "uint64", "float32", "float64"])

@@ -250,7 +250,7 @@ def test_a_two_stage_job_killed_in_stage_two_resumes_without_redoing_stage_one(t
     proc = subprocess.Popen([PY, str(script), str(tmp_path / "a.zarr"), str(tmp_path / "o.zarr"),
                              str(log), "0.05"], env=env, stderr=subprocess.PIPE, text=True)
     progress = tmp_path / "o.zarr" / PROGRESS_DIR
-    from .test_hardening import wait_for
+    from .helpers import wait_for
     wait_for(lambda: Checkpoint(progress).done_count("centre") >= 10 if progress.exists() else False,
              proc)
     proc.send_signal(signal.SIGKILL)
@@ -304,7 +304,7 @@ def test_a_million_block_grid_starts_and_resumes_without_a_file_per_block(tmp_pa
     args = [PY, "-m", "emarray", "threshold", str(v.url), str(tmp_path / "m.zarr"), "--value",
             "0.5", "--scheduler", "synchronous"]
     progress = tmp_path / "m.zarr" / PROGRESS_DIR
-    from .test_hardening import wait_for
+    from .helpers import wait_for
 
     def run_until(n, *extra):
         proc = subprocess.Popen(args + list(extra), stderr=subprocess.PIPE, text=True)

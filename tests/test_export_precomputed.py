@@ -9,7 +9,7 @@ import pytest
 import emarray
 from emarray.errors import EmarrayWarning, OutputExistsError
 from .conftest import make_volume, tree_digest
-from .test_hardening import cli, one_error_line
+from .helpers import cli, one_error_line
 
 
 def read_scales(path):

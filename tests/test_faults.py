@@ -20,7 +20,7 @@ from emarray.engine.checkpoint import PROGRESS_DIR
 from emarray.engine.serialize import loads
 
 from .conftest import make_volume, real_dask_cluster
-from .test_hardening import cli, one_error_line
+from .helpers import cli, one_error_line
 from .test_pipeline import DEMO, assert_same_outputs, demo_sets
 
 SETS = demo_sets((40, 160, 144), (16, 64, 64))  # 27 blocks a volume, a few seconds in all

@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,63 +17,11 @@ import pytest
 
 import emarray
 from emarray.engine import Runner
-from emarray.engine import Checkpoint
-from emarray.engine.checkpoint import PROGRESS_DIR
 from emarray.errors import (IncompleteVolumeError, InputChangedError, InvalidArgumentError,
                             ResumeMismatchError, SchedulerUnreachableError)
 
 from .conftest import make_volume, real_dask_cluster, tree_digest
-
-PY = sys.executable
-BIN = Path(sys.executable).parent
-
-
-def cli(*args, cwd=None, env=None):
-    return subprocess.run([PY, "-m", "emarray", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, **(env or {})})
-
-
-def one_error_line(r) -> str:
-    """The CLI failed with exit 2 and one line 'error: ...' (no traceback)."""
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    return lines[0]
-
-
-def prob_map(path, shape=(12, 16, 20), chunks=(4, 8, 8), seed=0):
-    a = np.random.default_rng(seed).random(shape).astype(np.float32)
-    return a, make_volume(path, a, chunks)
-
-
-def slow_job(src: Path, dst: Path, *extra) -> subprocess.Popen:
-    """A threshold job over many tiny chunks, one at a time, each write 5 ms late: slow enough
-    to kill mid-way on any machine."""
-    return subprocess.Popen([PY, "-m", "emarray", "-q", "threshold", str(src), str(dst),
-                             "--value", "0.3", "--scheduler", "synchronous", *map(str, extra)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "EMARRAY_CHECKPOINT_SECONDS": "0",
-                                 "EMARRAY_SLOW_WRITES": "0.005"})
-
-
-def wait_for(cond, proc, timeout=120.0):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if cond():
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"job ended too early: {proc.stderr.read()}")
-        time.sleep(0.01)
-    proc.kill()
-    pytest.fail("job made no progress")
-
-
-def markers_in(path: Path, stage: str = "threshold") -> int:
-    """Blocks the job's saved progress counts as done."""
-    try:
-        return Checkpoint(path / PROGRESS_DIR).done_count(stage)
-    except (OSError, EOFError):
-        return 0
+from .helpers import PY, cli, markers_in, one_error_line, prob_map, slow_job, wait_for
 
 
 @pytest.fixture
@@ -258,7 +205,7 @@ def test_5_relative_paths_reach_a_worker_in_another_directory(tmp_path, worker_e
     # the worker's directory holds a same-named store of another shape
     other = make_volume(elsewhere / "p.zarr", np.zeros((2, 2, 2), np.float32), 2)
     r = cli("-q", "threshold", "p.zarr", "m.zarr", "--value", "0.5", "--scheduler", address,
-            cwd=tmp_path)
+            cwd=tmp_path, real=True)
     assert r.returncode == 0, r.stderr
     np.testing.assert_array_equal(emarray.open_volume(tmp_path / "m.zarr").read(),
                                   (a > 0.5).astype(np.uint8))

@@ -13,7 +13,7 @@ import pytest
 import emarray
 
 from .conftest import make_volume
-from .test_hardening import cli, one_error_line
+from .helpers import cli, one_error_line
 
 DTYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
 PROBES = [2**53 + 1, 2**53, 2**63, 2**64 - 1, 2**63 - 1, -1, -(2**63), 1]

@@ -276,7 +276,7 @@ def test_killed_after_the_first_stages_resumes_without_redoing_them(tmp_path):
            "synchronous", "--connectivity", "26"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     progress = dst / PROGRESS_DIR
-    from .test_hardening import wait_for
+    from .helpers import wait_for
     wait_for(lambda: Checkpoint(progress).finished("offsets")[0]
              and Checkpoint(progress).done_count("faces") > 10, proc)
     proc.send_signal(signal.SIGKILL)
@@ -296,7 +296,7 @@ def test_killed_after_the_first_stages_resumes_without_redoing_them(tmp_path):
     (["--mode", "multilabel"], "multilabel needs integer labels"),
 ])
 def test_bad_input_is_one_line_before_any_work(tmp_path, args, message):
-    from .test_hardening import cli, one_error_line
+    from .helpers import cli, one_error_line
     a = np.random.default_rng(0).random((4, 5, 6)).astype(np.float32)
     if "--background" in args:
         a = (a * 10).astype(np.uint8)
@@ -316,7 +316,7 @@ def test_python_api_refuses_bad_parameters(tmp_path):
 
 
 def test_cli_label(tmp_path):
-    from .test_hardening import cli
+    from .helpers import cli
     a = blobs((8, 10, 12), 0.5, 14)
     make_volume(tmp_path / "in.zarr", a, (4, 5, 6))
     r = cli("label", tmp_path / "in.zarr", tmp_path / "l.zarr", "--connectivity", "6",

@@ -17,7 +17,7 @@ import emarray
 from emarray.errors import InvalidArgumentError
 
 from .conftest import make_volume
-from .test_hardening import cli, one_error_line
+from .helpers import cli, one_error_line
 
 
 def instances(shape, seed, smooth=1.5, level=0.52, connectivity=6):

@@ -19,7 +19,7 @@ from emarray.engine.checkpoint import PROGRESS_DIR
 from emarray.engine.files import MANIFEST
 
 from .conftest import make_volume
-from .test_hardening import cli, one_error_line
+from .helpers import cli, one_error_line
 
 
 def staging(out):

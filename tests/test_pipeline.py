@@ -15,7 +15,7 @@ import emarray
 from emarray.pipeline import load_recipe
 
 from .conftest import ROOT, make_volume
-from .test_hardening import cli, one_error_line
+from .helpers import cli, one_error_line
 
 DEMO = ROOT / "pipelines" / "demo.yaml"
 RECIPES = sorted(p for p in (ROOT / "pipelines").glob("*.yaml") if not p.name.startswith("train-"))

@@ -28,7 +28,7 @@ from emarray.models import UNetConfig, build_model, load_model, new_model  # noq
 from emarray.ops.predict import mc_seed, tile_weights  # noqa: E402
 
 from .conftest import make_volume, real_dask_cluster  # noqa: E402
-from .test_hardening import cli, one_error_line, wait_for  # noqa: E402
+from .helpers import cli, one_error_line, wait_for  # noqa: E402
 
 
 def assert_close(got, want):

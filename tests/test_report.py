@@ -18,7 +18,7 @@ from emarray.preview import read_slices
 from emarray.report import GENERATOR
 
 from .conftest import make_volume
-from .test_hardening import cli, one_error_line
+from .helpers import cli, one_error_line
 from .test_pipeline import DEMO, demo_sets
 
 SETS = demo_sets((48, 128, 128), (24, 64, 64))

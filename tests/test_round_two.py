@@ -24,7 +24,7 @@ from emarray.engine.checkpoint import PROGRESS_DIR, Bitmap, Checkpoint
 from emarray.errors import BlockFailedError, ChunkReadError, CorruptStateError, JobFailedError
 
 from .conftest import make_volume, real_dask_cluster, tree_digest
-from .test_hardening import cli, one_error_line, prob_map, slow_job, wait_for
+from .helpers import cli, one_error_line, prob_map, slow_job, wait_for
 
 PY = sys.executable
 

@@ -18,7 +18,7 @@ from emarray.ops.agglomerate import (agglomerate_graph, block_edges, reference_a
 from emarray.ops.watershed import boundary_of, flood
 
 from .conftest import make_volume
-from .test_hardening import cli, one_error_line, wait_for
+from .helpers import cli, one_error_line, wait_for
 
 PY = sys.executable
 

@@ -15,7 +15,7 @@ from emarray.engine import slurm
 
 from .conftest import make_volume
 from .test_faults import traced
-from .test_hardening import cli, one_error_line
+from .helpers import cli, one_error_line
 from .test_pipeline import DEMO, assert_same_outputs, demo_sets
 
 pytestmark = pytest.mark.slurm

@@ -17,7 +17,7 @@ from emarray.errors import InvalidArgumentError
 from emarray.spec import Operator, Param, Port, operators
 
 from .conftest import make_volume
-from .test_hardening import one_error_line
+from .helpers import one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 OPS = operators()

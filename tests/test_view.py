@@ -22,7 +22,7 @@ import pytest
 import emarray
 
 from .conftest import make_volume
-from .test_hardening import cli, one_error_line
+from .helpers import cli, one_error_line
 
 neuroglancer = pytest.importorskip("neuroglancer")
 if not any(os.path.exists(p) for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser")) or \
