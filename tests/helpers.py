@@ -72,8 +72,7 @@ def _process_state(cwd, env) -> Iterator[None]:
         os.chdir(here)
         os.environ.clear()
         os.environ.update(saved_env)
-        dask.config.config.clear()
-        dask.config.config.update(config)
+        dask.config.config.update(config)  # (keys a library added on import stay)
         storage._OPTIONS.clear()
         storage._OPTIONS.update(options)
         root.handlers[:] = handlers

@@ -15,15 +15,14 @@ from emarray.engine import Checkpoint
 from emarray.engine.checkpoint import PROGRESS_DIR
 from emarray.errors import ChunkAlignmentError, ResumeMismatchError
 
+from .helpers import cli
 from .conftest import kill_when, make_volume, real_dask_cluster, tree_digest
 
 PY = sys.executable
 BIN = Path(sys.executable).parent
 
 
-def emarray_cli(*args, env=None, **kw):
-    return subprocess.run([PY, "-m", "emarray", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, **kw)
+emarray_cli = cli
 
 
 def test_block_grid_covers_the_array_once():

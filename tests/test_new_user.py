@@ -6,7 +6,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 
 import h5py
@@ -19,13 +18,11 @@ import emarray
 from emarray.errors import EmarrayWarning, InvalidArgumentError
 
 from .conftest import make_volume
+from .helpers import cli
 
 PY = sys.executable
 
 
-def cli(*args, cwd=None):
-    return subprocess.run([PY, "-m", "emarray", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd)
 
 
 # -- sweep over the map's own range ---------------------------------------------------------
