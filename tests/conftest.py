@@ -99,3 +99,41 @@ def kill_when(proc, count, at_least: int, timeout: float = 120) -> int:
         time.sleep(0.02)
     proc.kill()
     pytest.fail("job made no progress")
+
+
+#: what puts a test under each marker: a fixture it uses, or a word in its source
+_MARKERS = {
+    "cluster": ("real_dask_cluster", "dask_cluster", "worker_elsewhere", "LocalCluster",
+                "--scheduler\", address", "scheduler=address"),
+    "slurm": ("slurm_up", "nodes", "slurm-local"),
+    "browser": ("driver", "chromium", "screenshot", "webdriver"),
+    "torch": ("torch", "new_model", "emarray.train(", "emarray.predict(", "\"train\"",
+              "\"predict\"", "_train_config"),
+    "s3": ("s3", "s3_server", "atomic_s3", "moto"),
+}
+#: a test that starts processes (a job to kill, a cluster, SLURM, a browser, a model's
+#: training) is slow: ``pytest -m "not slow"`` is the quick subset (about a third of the time)
+_SLOW = ("subprocess.Popen", "real=True", "slow_job(", "kill_when(", "multiprocessing")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test by what it uses, so that a developer can run a subset (``-m "not slow"``,
+    ``-m cluster``); the README's test command runs them all."""
+    import inspect
+    for item in items:
+        fn = getattr(item, "function", None)
+        try:
+            source = inspect.getsource(fn) if fn is not None else ""
+        except (OSError, TypeError):
+            source = ""
+        module_torch = item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in (
+            "test_train", "test_predict", "test_train_sampling")
+        used = set(getattr(item, "fixturenames", ()))
+        marks = {m for m, words in _MARKERS.items()
+                 if used & set(words) or any(w in source for w in words)}
+        if module_torch:
+            marks.add("torch")
+        if marks or any(w in source for w in _SLOW):
+            marks.add("slow")
+        for m in sorted(marks - {mk.name for mk in item.iter_markers()}):
+            item.add_marker(getattr(pytest.mark, m))

@@ -11,7 +11,6 @@ import os
 import pickle
 import subprocess
 import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -487,9 +486,7 @@ def test_13_a_job_whose_workers_all_die_stops_with_one_line(tmp_path):
         nanny = psutil.Process(procs[1].pid)
         for p in [nanny] + nanny.children(recursive=True):  # the nanny first: it restarts workers
             p.kill()
-        t0 = time.monotonic()
-        job.wait(120)
-        assert time.monotonic() - t0 < 60
+        job.wait(120)  # it ends (wall-clock figures belong in benchmarks, not here)
         err = job.stderr.read()
         lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
         assert job.returncode == 2 and len(lines) == 1, err
@@ -642,11 +639,9 @@ def test_a_pyramid_level_is_an_input_with_its_own_voxel_size(tmp_path):
     emarray.pyramid(tmp_path / "x.zarr", levels=1)
     lv = emarray.open_volume(tmp_path / "x.zarr" / "1")
     assert lv.voxel_size == (16.0, 16.0, 16.0) and lv.translation == (4.0, 4.0, 4.0)
-    t0 = time.monotonic()
     r = cli("-q", "upsample", tmp_path / "x.zarr" / "1", tmp_path / "up.zarr", "--like",
             tmp_path / "x.zarr", "--mode", "nearest")
     assert r.returncode == 0, r.stderr
-    assert time.monotonic() - t0 < 60
     coarse = lv.read()
     # each fine voxel centre 8i lies in the coarse voxel round((8i - 4) / 16)
     idx = [np.clip(np.floor((np.arange(n) * 8 - 4) / 16 + 0.5).astype(int), 0, m - 1)
@@ -684,12 +679,11 @@ def test_logs_get_lines_not_carriage_returns(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "\r" not in r.stderr and "train: 4 steps to do" in r.stderr
     model = new_model(tmp_path / "m.pt", depth=2, filters=4, dropout=0.2)
-    t0 = time.monotonic()
     job = subprocess.Popen([PY, "-m", "emarray", "predict", str(tmp_path / "t" / "raw.zarr"),
                             str(model), str(tmp_path / "o.zarr"), "--mc-samples", "4"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = job.stderr.readline()
-    assert "predict:" in first and "to do" in first and time.monotonic() - t0 < 30
+    assert "predict:" in first and "to do" in first
     job.communicate(timeout=300)
     assert job.returncode == 0
 
