@@ -17,6 +17,7 @@ import pytest
 
 import emarray
 from emarray.engine import Runner
+from emarray.engine.checkpoint import PROGRESS_DIR
 from emarray.errors import (IncompleteVolumeError, InputChangedError, InvalidArgumentError,
                             ResumeMismatchError, SchedulerUnreachableError)
 
@@ -398,6 +399,24 @@ def test_13_a_kill_while_creating_leaves_nothing_at_the_output(tmp_path):
             "--resume")
     assert r.returncode == 0, r.stderr
     assert not half.exists() and emarray.open_volume(tmp_path / "m.zarr").shape == src.shape
+
+
+def test_13_a_kill_after_the_job_was_recorded_but_before_the_array_is_resumed(tmp_path):
+    """Killed between the group's attributes (the job) and the array's metadata: --resume
+    finds its own half-made store, makes it again and finishes equal to a fresh run (a whole
+    recipe killed at random moments met this)."""
+    a, _ = prob_map(tmp_path / "p.zarr")
+    args = ("-q", "threshold", tmp_path / "p.zarr", "--value", "0.5")
+    assert cli(*args[:3], tmp_path / "ref.zarr", *args[3:]).returncode == 0
+    half = tmp_path / ".m.zarr.emarray-new"
+    shutil.copytree(tmp_path / "ref.zarr", half)
+    for array_meta in half.glob("*/zarr.json"):
+        array_meta.unlink()
+    shutil.rmtree(half / PROGRESS_DIR, ignore_errors=True)
+    r = cli(*args[:3], tmp_path / "m.zarr", *args[3:], "--resume")
+    assert r.returncode == 0, r.stderr
+    assert not half.exists()
+    assert np.array_equal(emarray.open_volume(tmp_path / "m.zarr").read(), a > 0.5)
 
 
 def test_14_unreachable_scheduler_is_one_line_within_the_timeout(tmp_path):

@@ -230,6 +230,8 @@ class Stage:
     work: Callable[[tuple[int, ...]], int] | None = field(default=None, repr=False)
     unit: str = "block"
     job: str = field(default="", repr=False)  # where the job's progress is kept (set by the engine)
+    #: the job's test modes (emarray.engine.faults), read once by the engine when it starts
+    faults: Any = field(default=None, repr=False)
 
     def check(self) -> None:
         """Refuse a grid whose blocks would share an output's storage chunk or shard, or one

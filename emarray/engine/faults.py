@@ -15,8 +15,9 @@ more than once, and the nodes show where they ran.
 ``EMARRAY_SLOW_WRITES=0.01`` waits that many seconds before each block's write: a job slow
 enough to stop or overlap on purpose, however fast the machine.
 
-All are read from the environment of the process that runs the block (set them for the
-workers too on a cluster).
+All are read once per job, on the driver when it starts each stage (:func:`modes`), and reach
+the blocks with the stage: set them where the job is started, as for any other setting; a
+worker's own environment is not read for them.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import random
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,28 +47,48 @@ class InjectedFault(RuntimeError):
     """A block write failed on purpose (``EMARRAY_FAULT_WRITES``)."""
 
 
+@dataclass(frozen=True)
+class FaultModes:
+    """The test modes of one job, as its driver's environment said when the stage started."""
+
+    fraction: float = 0.0  # EMARRAY_FAULT_WRITES
+    seed: str | None = None  # EMARRAY_FAULT_SEED
+    slow: float = 0.0  # EMARRAY_SLOW_WRITES
+    trace: str = ""  # EMARRAY_TRACE
+
+
+#: no fault, no delay, no trace: what a stage not started by the engine gets
+NONE = FaultModes()
+
+
+def modes() -> FaultModes:
+    """The test modes the environment asks for (read once per stage, on the driver)."""
+    return FaultModes(fraction=fault_fraction(), seed=os.environ.get(SEED_VAR),
+                      slow=environment.number(SLOW_VAR) or 0.0,
+                      trace=os.environ.get(TRACE_VAR) or "")
+
+
 def fault_fraction() -> float:
     """The fraction of block writes to fail (0 when the variable is unset)."""
     return environment.number(FAULT_VAR) or 0.0
 
 
-def _draw() -> float:
+def _draw(seed: str | None) -> float:
     global _rng
     with _rng_lock:
         if _rng is None:
-            seed = os.environ.get(SEED_VAR)
             _rng = random.Random(f"{seed}:{os.getpid()}" if seed is not None else None)
         return _rng.random()
 
 
-def write_block(writes: list[tuple[Any, tuple[slice, ...], np.ndarray]], what: str) -> None:
+def write_block(writes: list[tuple[Any, tuple[slice, ...], np.ndarray]], what: str,
+                mode: FaultModes = NONE) -> None:
     """Write a block's outputs (``(volume, region, data)`` each), failing (torn) as
-    ``EMARRAY_FAULT_WRITES`` asks: one draw per block, however many outputs it writes."""
-    delay = environment.number(SLOW_VAR)
-    if delay:
-        time.sleep(delay)
-    p = fault_fraction()
-    if p and _draw() < p:
+    ``mode.fraction`` asks: one draw per block, however many outputs it writes."""
+    if mode.slow:
+        time.sleep(mode.slow)
+    p = mode.fraction
+    if p and _draw(mode.seed) < p:
         volume, region, data = writes[0]
         half = (data.shape[0] + 1) // 2
         r0 = region[0]
@@ -76,9 +98,9 @@ def write_block(writes: list[tuple[Any, tuple[slice, ...], np.ndarray]], what: s
         volume.write(region, data)
 
 
-def trace(job: str, stage: str, flat: int) -> None:
-    """Record that a block finished computing, when ``EMARRAY_TRACE`` names a file."""
-    path = os.environ.get(TRACE_VAR)
+def trace(job: str, stage: str, flat: int, mode: FaultModes = NONE) -> None:
+    """Record that a block finished computing, when ``mode.trace`` names a file."""
+    path = mode.trace
     if not path:
         return
     node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()

@@ -32,7 +32,7 @@ from typing import Any
 
 from .. import redact
 from ..errors import (EmarrayError, InvalidArgumentError, JobFailedError, OutputExistsError,
-                      OutputLockedError, ResumeMismatchError)
+                      OutputLockedError, ResumeMismatchError, VolumeNotFoundError)
 from ..ome import listed_levels
 from ..volume import Volume, open_volume
 from ..chunks import key_layout, valid_key
@@ -474,8 +474,15 @@ def open_output(path: str | os.PathLike, create: Callable[[str], Volume], *,
             print(f"{shown}: {note}", file=sys.stderr)
         new = sibling(dst, NEW_SUFFIX)
         if resume and new.exists() and (emarray_job_of(new) or {}).get("job") == job:
-            yield Output(dst, _reopen_for_resume(new, job, shown), True, shown)
-            return
+            try:
+                staged = _reopen_for_resume(new, job, shown)
+            except VolumeNotFoundError:  # killed while creating it: no block was written
+                log.info("%s: the new output was cut short while being created; creating it "
+                         "again", shown)
+                remove_path(new)
+            else:
+                yield Output(dst, staged, True, shown)
+                return
         if dst.exists():
             if resume:
                 yield Output(dst, _reopen_for_resume(dst, job, shown), True, shown)

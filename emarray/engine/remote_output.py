@@ -466,7 +466,10 @@ def open_remote_output(url: str, create: Callable[[str], Volume], *,
             for name in sorted(versions, reverse=True):
                 em = _job_of(versions[name])
                 if name != current and em is not None and em.get("job") == job:
-                    vol = open_volume(storage.join(url, name))
+                    try:
+                        vol = open_volume(storage.join(url, name))
+                    except VolumeNotFoundError:  # cut short while being created: made again
+                        continue
                     yield RemoteOutput(url, vol, True, shown, name)
                     return
             if pointer is not None:

@@ -113,14 +113,16 @@ def run_block(stage: Stage, index: tuple[int, ...]) -> Any:
             f"stage {stage.name!r} returned {len(results)} arrays for {len(stage.writes)} outputs")
     fitted = [_fit(res, stage, j, ctx) for j, res in enumerate(results)]
     faults.write_block([(w.volume, region_j, data) for w, region_j, data in
-                        zip(stage.writes, ctx.writes, fitted)], _block_name(stage, index))
+                        zip(stage.writes, ctx.writes, fitted)], _block_name(stage, index),
+                       stage.faults or faults.NONE)
     _trace(stage, index)
     return summary
 
 
 def _trace(stage: Stage, index: tuple[int, ...]) -> None:
-    if os.environ.get(faults.TRACE_VAR):
-        faults.trace(stage.job, stage.name, int(np.ravel_multi_index(index, stage.grid.counts)))
+    if stage.faults is not None and stage.faults.trace:
+        faults.trace(stage.job, stage.name, int(np.ravel_multi_index(index, stage.grid.counts)),
+                     stage.faults)
 
 
 # -- stages --------------------------------------------------------------------------------------
@@ -181,6 +183,7 @@ def run_stages(stages: Sequence[StageSpec], runner: Runner, checkpoint: Checkpoi
                 checkpoint.reopen(st.name, len(st.grid), redo)
         st.given = given
         st.job = str(checkpoint.root or "")
+        st.faults = faults.modes()
         acc, restarted = _run_stage(st, runner, checkpoint, retries, redo)
         restart = restart or restarted
         mark_written(st, redo, changed)
@@ -200,6 +203,7 @@ def _sample_stages(stages: Sequence[StageSpec], runner: Runner, checkpoint: Chec
         st.check()
         st.given = given
         st.job = str(checkpoint.root or "")
+        st.faults = faults.modes()
         acc = estimate.sample_stage(session, st, runner, retries, run_block)
         given = st.finalize(acc) if st.finalize is not None else acc
     return given
