@@ -19,6 +19,7 @@ import emarray
 from emarray import RunOptions
 
 from .conftest import ROOT, make_volume
+from .helpers import PY
 from .test_faults import _safe, popen, saved_done
 from .test_slurm import slurm_up  # noqa: F401 (a fixture)
 
@@ -208,3 +209,21 @@ def test_adapt_grows_with_the_queue_and_shrinks_when_idle(tmp_path, nodes, monke
     assert max(during) == 3  # grown to the maximum while blocks were queued
     assert shrunk == 1  # back to the minimum once idle, the cluster still open
     print(f"\njobs running over time (0.25 s apart): {[n for _, n in running]}")
+
+
+def test_an_estimate_samples_on_every_slurm_job_it_asked_for(tmp_path, nodes):
+    """--estimate waits for the three jobs of its config before it samples, so it says the
+    wall time of the workers the run will have (it sampled on the first job to start, and
+    said 2 threads where the run had 6: a 62 s estimate for a 34 s run)."""
+    src, _ = _job(tmp_path)
+    cfg = tmp_path / "slurm.yaml"
+    # the jobs join 0, 4 and 8 s apart (by their job ids), as on a busy cluster
+    cfg.write_text(SPREAD.replace("  jobs: 3\n", "  jobs: 3\n  cores: 2\n  prologue: "
+                                  "['sleep $(( SLURM_JOB_ID % 3 * 4 ))']\n"))
+    r = subprocess.run([PY, "-m", "emarray", "smooth", str(src), str(tmp_path / "e.zarr"),
+                        "--sigma", "1", "--scheduler", "slurm", "--slurm-config", str(cfg),
+                        "--estimate"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    said = r.stdout + r.stderr
+    assert "with slurm, 6 worker threads" in said, said
+    assert not (tmp_path / "e.zarr").exists()

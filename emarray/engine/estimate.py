@@ -360,12 +360,19 @@ def _voxels(grid: Any, flats: Sequence[int]) -> int:
                for f in flats)
 
 
+#: seconds an estimate waits for the SLURM jobs it asked for before it samples
+WAIT_FOR_WORKERS = 120.0
+
+
 def sample_stage(session: Session, st: Any, runner: Any, retries: int,
                  run_block: Callable[..., Any]) -> Any:
     """Run a sample of the blocks of ``st`` (see the module's docs); return their summaries
     folded (what the stage's ``finalize`` gets). ``run_block`` is the engine's block runner."""
     from .fold import TreeFold
-    session.runner = session.runner or _runner_shape(runner, session.base_memory)
+    if not session.runner:
+        if hasattr(runner, "wait_for_planned"):
+            runner.wait_for_planned(WAIT_FOR_WORKERS)
+        session.runner = _runner_shape(runner, session.base_memory)
     n = len(st.grid)
     counts = st.grid.counts
     threads = max(1, runner.n_workers())

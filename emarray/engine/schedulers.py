@@ -190,6 +190,19 @@ class Runner:
                               self._client.scheduler_info()["workers"].values()))
         return 1 if self.scheduler == "synchronous" else (self.workers or os.cpu_count() or 1)
 
+    def wait_for_planned(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for the SLURM jobs asked for (not ``adapt``'s, which
+        start with the queue) to join; return the worker threads there. An estimate samples
+        on the workers the run will have, not on the first job to start."""
+        import time
+        s = self._slurm_settings
+        if self._client is None or s is None or s["adapt"]:
+            return self.n_workers()
+        want, t0 = self.planned_threads(), time.monotonic()
+        while self.n_workers() < want and time.monotonic() - t0 < timeout:
+            time.sleep(0.2)
+        return self.n_workers()
+
     def planned_threads(self) -> int:
         """The worker threads this job may have: those joined, or those asked of SLURM when more
         (jobs still queued, or the most ``adapt`` may start), so that the window of blocks in
