@@ -274,3 +274,95 @@ def test_run_tables_equal_numpy_for_every_run_length(nx):
         ref[(a, b)] = ref.get((a, b), 0) + 1
     got = {(int(a), int(b)): int(n) for a, b, n in zip(pairs["t"], pairs["p"], pairs["n"])}
     assert got == ref
+
+
+@pytest.mark.parametrize("voxel,unit,translation", [
+    ((10, 10, 10), "nanometer", None),           # 87945 * (1000 * 0.001**3) was 0.08794500000000001
+    ((50, 4.6, 4.6), "nanometer", (100, 0.3, 0.7)),
+    ((0.01, 0.004, 0.004), "micrometer", None),
+    ((40, 8, 8), "angstrom", (0.1, 0.2, 0.3)),
+])
+def test_csv_tables_hold_the_exact_values_not_float_noise(tmp_path, voxel, unit, translation):
+    """Every physical value in the objects and sweep CSVs is the decimal its inputs make (voxel
+    sizes as written, Python fractions as the reference); ratios are the double nearest the
+    true ratio; each CSV reads back to the very doubles returned."""
+    from fractions import Fraction as F
+
+    import pandas as pd
+    rng = np.random.default_rng(7)
+    lab = rng.integers(0, 40, (12, 30, 30)).astype(np.uint32)
+    lab[lab > 30] = 0
+    v = emarray.create_volume(tmp_path / "l.zarr", lab.shape, lab.dtype, (6, 15, 15),
+                              voxel_size=voxel, unit=unit, translation=translation)
+    v.write(tuple(slice(0, s) for s in lab.shape), lab)
+    df = emarray.objects(v, out=tmp_path / "o.csv", progress=False)
+    text = pd.read_csv(tmp_path / "o.csv", dtype=str)
+    um = {"nanometer": F(1, 1000), "micrometer": F(1), "angstrom": F(1, 10000)}[unit]
+    size = [F(str(s)) for s in voxel]
+    origin = [F(str(o)) for o in (translation or (0, 0, 0))]
+    idx = np.indices(lab.shape)
+    for row in text.itertuples():
+        i = int(row.id)
+        n = int(np.count_nonzero(lab == i))
+        assert F(row.volume_um3) == n * size[0] * size[1] * size[2] * um ** 3, row.volume_um3
+        for j, a in enumerate("zyx"):
+            s = int(idx[j][lab == i].sum())
+            exact = (F(s, n) * size[j] + origin[j]) * um
+            assert float(getattr(row, f"centroid_{a}_um")) == float(exact)
+    back = pd.read_csv(tmp_path / "o.csv", float_precision="round_trip")
+    pd.testing.assert_frame_equal(back, df.reset_index(drop=True), check_dtype=False,
+                                  check_exact=True)
+    mask = emarray.create_volume(tmp_path / "p.zarr", lab.shape, "float32", (6, 15, 15),
+                                 voxel_size=voxel, unit=unit)
+    prob = rng.random(lab.shape).astype(np.float32)
+    mask.write(tuple(slice(0, s) for s in lab.shape), prob)
+    emarray.sweep(mask, v, out=tmp_path / "s", thresholds=20, progress=False)
+    sw = pd.read_csv(tmp_path / "s" / "sweep.csv", dtype=str)
+    for row in sw.itertuples():
+        for count, col in ((row.predicted_voxels, row.predicted_um3),
+                           (row.true_voxels, row.true_um3)):
+            assert F(col) == int(count) * size[0] * size[1] * size[2] * um ** 3, col
+        tp, fp = int(row.tp), int(row.fp)
+        assert float(row.precision) == (float(F(tp, tp + fp)) if tp + fp else 0.0)
+        assert F(row.threshold) == F(int(round(float(row.threshold) * 20)), 20)
+    # match's tables: ratios of counts, each the double nearest the true ratio
+    other = emarray.create_volume(tmp_path / "o.zarr", lab.shape, lab.dtype, (6, 15, 15),
+                                  voxel_size=voxel, unit=unit)
+    other.write(tuple(slice(0, s) for s in lab.shape), np.roll(lab, 2, axis=2))
+    emarray.match(other, v, out=tmp_path / "m", progress=False)
+    mt = pd.read_csv(tmp_path / "m" / "matching.csv", dtype=str)
+    for row in mt.itertuples():
+        tp, fp, fn = int(row.tp), int(row.fp), int(row.fn)
+        assert float(row.precision) == float(F(tp, tp + fp)) and float(row.f1) == float(
+            F(2 * tp, 2 * tp + fp + fn))
+    obj = pd.read_csv(tmp_path / "m" / "objects.csv", dtype=str).dropna(
+        subset=["relative_volume_difference"])
+    for row in obj[obj["kind"] == "truth"].itertuples():
+        if int(row.pred_voxels):
+            want = F(int(row.pred_voxels) - int(row.truth_voxels), int(row.truth_voxels))
+            assert float(row.relative_volume_difference) == float(want)
+
+
+@pytest.mark.parametrize("lo,hi", [(2.3e-4, 8.1e-4), (9e-4, 3.1e-3), (1e-3, 0.12), (1e-6, 0.1),
+                                   (1e-4, 30.0), (1000.0, 1100.0)])
+def test_the_objects_histogram_has_readable_ticks(tmp_path, monkeypatch, lo, hi):
+    """Three or more labelled ticks inside the data's range, increasing, whatever the spread
+    (a log axis over less than a decade showed one tick, or none); whole counts up the side."""
+    import pandas as pd
+
+    from emarray import figures
+    from emarray.ops.objects import plot_volumes
+    made = []
+    real = figures.subplots
+    monkeypatch.setattr(figures, "subplots", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    v = np.concatenate([[lo, hi], np.geomspace(lo, hi, 50)])
+    plot_volumes(pd.DataFrame({"volume_um3": v}), tmp_path / "h.png", title="t")
+    fig, ax = made[0]
+    fig.canvas.draw()
+    ticks = [(t, lab.get_text()) for t, lab in zip(ax.get_xticks(), ax.get_xticklabels())
+             if lo <= t <= hi and lab.get_text()]
+    assert len(ticks) >= 3, ticks
+    assert [float(text.replace("−", "-")) for _, text in ticks] == sorted(
+        float(text.replace("−", "-")) for _, text in ticks)
+    assert all(float(y).is_integer() for y in ax.get_yticks())
+    assert (tmp_path / "h.png").stat().st_size > 1000
