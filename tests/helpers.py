@@ -136,11 +136,11 @@ def unfinished(tmp_path: Path, monkeypatch, name: str = "m.zarr", shape=(16, 16,
     from emarray.engine import faults
     real_write, calls = faults.write_block, {"n": 0}
 
-    def fails_at_the_20th(writes, what):
+    def fails_at_the_20th(writes, what, *mode):
         calls["n"] += 1
         if calls["n"] == 20:
             raise OSError(errno.EIO, "injected: the disk went away", what)
-        return real_write(writes, what)
+        return real_write(writes, what, *mode)
 
     monkeypatch.setattr(faults, "write_block", fails_at_the_20th)
     monkeypatch.setenv("EMARRAY_CHECKPOINT_SECONDS", "0")
