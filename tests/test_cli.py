@@ -1,3 +1,5 @@
+"""The command line: help, one-line errors (exit 2, nothing changed), -q/-v after the
+subcommand, progress as a few short lines in a log."""
 from __future__ import annotations
 
 import json

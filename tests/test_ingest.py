@@ -1,3 +1,5 @@
+"""emarray ingest from TIFF stacks, slice folders and HDF5, against the arrays written: voxel
+sizes read (or said to be missing), palette and 1-bit PNG slices, region-by-region reads."""
 from __future__ import annotations
 
 import h5py

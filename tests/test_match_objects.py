@@ -1,5 +1,7 @@
 """emarray.objects against scikit-image's regionprops; emarray.match against a dense IoU matrix
-(stardist's matching), scikit-image's variation_of_information and adapted_rand_error."""
+(stardist's matching), scikit-image's variation_of_information and adapted_rand_error; their
+CSV tables hold the exact values (Python fractions as the reference), the histogram's ticks
+are readable."""
 from __future__ import annotations
 
 import json

@@ -1,3 +1,5 @@
+"""sweep against a per-threshold NumPy count (and scikit-learn's confusion matrix): every level of
+a uint8 map, infinities and NaN, voxel units, warnings at the edge or for an empty truth."""
 from __future__ import annotations
 
 import json

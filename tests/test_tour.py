@@ -1,4 +1,5 @@
-"""The README's tour runs as written, in a fresh folder, command by command."""
+"""The README's tour runs as written, in a fresh folder, command by command; the README's look
+commands and the demo's next steps write every path they name, and nothing beside."""
 from __future__ import annotations
 
 import os

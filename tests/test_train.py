@@ -327,16 +327,3 @@ def test_set_keeps_a_region_as_text(tmp_path):
     assert "region: '8:16,:,:'" in r.stdout
     line = one_error_line(cli("train", cfg, "--set", "validation.region=40:50,:,:"))
     assert "'40:50' is empty or outside 0:16" in line and "{" not in line
-
-
-def test_the_training_plot_draws_a_single_logged_point(tmp_path):
-    from PIL import Image
-
-    from emarray.training.report import plot
-    state = {"history": [{"step": 20, "loss": 0.6, "lr": 1e-3, "elapsed_s": 1.0}],
-             "evaluations": [], "best": None, "stopped": "", "step": 20}
-    plot(state, tmp_path / "t.png", "f1")
-    img = np.asarray(Image.open(tmp_path / "t.png").convert("RGB")).astype(int)
-    left = img[:, : img.shape[1] // 2]
-    blue = (np.abs(left - np.array([31, 119, 180])).sum(axis=2) < 60).sum()
-    assert blue > 5  # the point is drawn, not an empty panel

@@ -1,3 +1,5 @@
+"""Volumes: OME-Zarr metadata, units and voxel sizes, reads and writes, and a broken store named
+in one line."""
 from __future__ import annotations
 
 import json
