@@ -108,7 +108,7 @@ _MARKERS = {
     "slurm": ("slurm_up", "nodes", "slurm-local"),
     "browser": ("driver", "chromium", "screenshot", "webdriver"),
     "torch": ("torch", "new_model", "emarray.train(", "emarray.predict(", "\"train\"",
-              "\"predict\"", "_train_config"),
+              "\"predict\"", "train_config("),
     "s3": ("s3", "s3_server", "atomic_s3", "moto"),
 }
 #: a test that starts processes (a job to kill, a cluster, SLURM, a browser, a model's
@@ -137,3 +137,9 @@ def pytest_collection_modifyitems(config, items):
             marks.add("slow")
         for m in sorted(marks - {mk.name for mk in item.iter_markers()}):
             item.add_marker(getattr(pytest.mark, m))
+
+
+@pytest.fixture
+def many_chunks(tmp_path):
+    a = np.random.default_rng(6).random((32, 48, 64)).astype(np.float32)
+    return a, make_volume(tmp_path / "p.zarr", a, (4, 4, 8))  # 768 tiny chunks

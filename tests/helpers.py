@@ -1,9 +1,11 @@
 """Helpers the test files share: run the command line (in this process, or as a real one),
-check its one-line errors, make small volumes, start and watch slow jobs."""
+check its one-line errors, make small volumes, start and watch slow jobs, leave an output
+unfinished, write a small training config."""
 from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import logging
 import os
 import subprocess
@@ -16,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import emarray
 from emarray.engine import Checkpoint
 from emarray.engine.checkpoint import PROGRESS_DIR
+from emarray.errors import BlockFailedError
 
 from .conftest import make_volume
 
@@ -122,3 +126,43 @@ def markers_in(path: Path, stage: str = "threshold") -> int:
         return Checkpoint(path / PROGRESS_DIR).done_count(stage)
     except (OSError, EOFError):
         return 0
+
+
+def unfinished(tmp_path: Path, monkeypatch, name: str = "m.zarr", shape=(16, 16, 16),
+                chunks=(4, 4, 4), op: str = "threshold") -> tuple[np.ndarray, Path]:
+    """An input and an output of ``op`` left unfinished (a block kept failing): progress saved."""
+    a = np.random.default_rng(3).random(shape).astype(np.float32)
+    make_volume(tmp_path / "p.zarr", a, chunks)
+    from emarray.engine import faults
+    real_write, calls = faults.write_block, {"n": 0}
+
+    def fails_at_the_20th(writes, what, *mode):
+        calls["n"] += 1
+        if calls["n"] == 20:
+            raise OSError(errno.EIO, "injected: the disk went away", what)
+        return real_write(writes, what, *mode)
+
+    monkeypatch.setattr(faults, "write_block", fails_at_the_20th)
+    monkeypatch.setenv("EMARRAY_CHECKPOINT_SECONDS", "0")
+    run = {"retries": 0, "scheduler": "synchronous"}
+    with pytest.raises(BlockFailedError):
+        if op == "threshold":
+            emarray.threshold(tmp_path / "p.zarr", tmp_path / name, 0.5, **run)
+        else:
+            emarray.smooth(tmp_path / "p.zarr", tmp_path / name, 1.0, **run)
+    monkeypatch.setattr(faults, "write_block", real_write)
+    assert Checkpoint(tmp_path / name / PROGRESS_DIR).done_count(op) > 0
+    return a, tmp_path / name
+
+
+def train_config(tmp_path: Path, raw: np.ndarray, **over) -> Path:
+    import yaml
+    make_volume(tmp_path / "raw.zarr", raw, (8, 32, 32))
+    truth = (np.random.default_rng(2).random(raw.shape) > 0.5).astype(np.uint8)
+    make_volume(tmp_path / "truth.zarr", truth, (8, 32, 32))
+    cfg = {"out": str(tmp_path / "run"), "steps": 4, "batch": 1, "patch": "8,16,16",
+           "threads": 1, "log_every": 1, "checkpoint_every": 2,
+           "data": {"raw": str(tmp_path / "raw.zarr"), "labels": str(tmp_path / "truth.zarr")},
+           "model": {"depth": 2, "filters": 4}, "augment": {"elastic": 0.0}, **over}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path / "c.yaml"

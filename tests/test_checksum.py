@@ -14,10 +14,11 @@ from click.testing import CliRunner
 
 import emarray
 from emarray import chunk_io
-from emarray.cli import cli
+from emarray.cli import cli as cli_group
 from emarray.errors import ChunkReadError
 
 from .conftest import make_volume
+from .helpers import cli, one_error_line, prob_map
 from .test_remote import s3, s3_server  # noqa: F401 - fixtures (a moto S3 server)
 
 SHAPE, CHUNKS = (8, 12, 12), (4, 6, 6)
@@ -101,7 +102,7 @@ def test_a_damaged_chunk_of_an_operator_output_stops_the_next_job_naming_it(tmp_
     idx = (0, 1, 0)
     flip(tmp_path / "m.zarr" / m.chunk_key(idx), where)
     every_read_path_names(tmp_path / "m.zarr", idx, ref)
-    r = CliRunner().invoke(cli, ["-q", "threshold", str(tmp_path / "m.zarr"),
+    r = CliRunner().invoke(cli_group, ["-q", "threshold", str(tmp_path / "m.zarr"),
                                  str(tmp_path / "n.zarr"), "--value", "0"])
     assert r.exit_code == 2, (r.output, r.exception)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
@@ -215,3 +216,20 @@ def test_other_readers_read_what_emarray_writes_and_see_the_damage(tmp_path, sha
     flip(tmp_path / "v.zarr" / v.chunk_key((0, 0, 0)), "middle")
     with pytest.raises(ValueError, match="[Dd]igest mismatch|failed"):  # never values
         ts.open(spec).result().read().result()
+
+
+def test_a_missing_chunk_of_an_emarray_volume_is_named(tmp_path):
+    a, src = prob_map(tmp_path / "p.zarr")
+    a[:] = 0  # all zeros: every chunk is still written
+    make_volume(tmp_path / "z.zarr", a, (4, 8, 8))
+    m = emarray.threshold(tmp_path / "z.zarr", tmp_path / "m.zarr", 0.5)
+    info = emarray.info(m)
+    assert info["chunks_stored"] == info["chunks_expected"] == 3 * 2 * 3
+    chunk = tmp_path / "m.zarr" / "0" / "c" / "1" / "1" / "2"
+    chunk.unlink()
+    line = one_error_line(cli("-q", "threshold", tmp_path / "m.zarr", tmp_path / "n.zarr",
+                              "--value", "0"))
+    assert "0/c/1/1/2" in line and "missing" in line
+    assert "DAMAGED" in emarray.info(m)["status"]
+    with pytest.raises(ChunkReadError):
+        emarray.open_volume(tmp_path / "m.zarr").read()

@@ -1,3 +1,5 @@
+"""The command line: help, one-line errors (exit 2, nothing changed), -q/-v after the
+subcommand, progress as a few short lines in a log."""
 from __future__ import annotations
 
 import json
@@ -10,13 +12,14 @@ import pytest
 from click.testing import CliRunner
 
 import emarray
-from emarray.cli import cli
+from emarray.cli import cli as cli_group
 
 from .conftest import make_volume
+from .helpers import PY, cli, one_error_line, prob_map, train_config
 
 
 def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return CliRunner().invoke(cli_group, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_version_and_help():
@@ -79,7 +82,7 @@ def test_demo_runs_and_scores(tmp_path):
     # re-running replaces the demo's own folder, but never a folder it did not make
     assert run("-q", "demo", "--size", "16", "--out", tmp_path / "demo").exit_code == 0
     (tmp_path / "mine").mkdir()
-    r = CliRunner().invoke(cli, ["-q", "demo", "--out", str(tmp_path / "mine")])
+    r = CliRunner().invoke(cli_group, ["-q", "demo", "--out", str(tmp_path / "mine")])
     assert r.exit_code == 2 and "not made by the demo" in r.output
 
 
@@ -143,7 +146,7 @@ def test_a_required_value_left_out_is_one_line_naming_it(tmp_path, op, left, fla
     out.mkdir()
     argv = _argv(op, {"volume": src / "v.zarr", "file": src / "s.tif", "model": src / "s.tif",
                       "out": out}, left)
-    r = CliRunner().invoke(cli, argv)
+    r = CliRunner().invoke(cli_group, argv)
     assert r.exit_code == 2, (argv, r.output)
     assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
     line = r.stderr.strip()
@@ -159,7 +162,7 @@ def test_the_check_holds_even_where_click_lets_a_value_through(tmp_path):
     for name, given, left in [("threshold", ["--value", "1"], "value"),
                               ("clip", ["--lo", "0", "--hi", "1"], "hi"),
                               ("smooth", ["--sigma", "1"], "sigma")]:
-        cmd = cli.commands[name]
+        cmd = cli_group.commands[name]
         ctx = cmd.make_context(name, [str(tmp_path / "p.zarr"), str(tmp_path / "o.zarr"), *given])
         ctx.params[left] = None
         with pytest.raises(SystemExit) as e:
@@ -176,7 +179,7 @@ def test_a_job_whose_result_is_files_needs_out_on_the_command_line(tmp_path, op,
     make_volume(tmp_path / "p.zarr", p, 3)
     make_volume(tmp_path / "t.zarr", t, 3)
     before = sorted(os.listdir(tmp_path))
-    r = CliRunner().invoke(cli, [op] + [a.format(p=tmp_path / "p.zarr", t=tmp_path / "t.zarr")
+    r = CliRunner().invoke(cli_group, [op] + [a.format(p=tmp_path / "p.zarr", t=tmp_path / "t.zarr")
                                         for a in extra], prog_name="emarray")
     assert r.exit_code == 2 and r.stderr.strip() == (
         f"error: emarray {op} needs --out OUT (see emarray {op} --help)"), r.output
@@ -204,7 +207,7 @@ def _command_summaries(text: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("group", [[], ["model"]])
 def test_help_shows_whole_summaries(group):
-    r = CliRunner().invoke(cli, [*group, "--help"], terminal_width=80)
+    r = CliRunner().invoke(cli_group, [*group, "--help"], terminal_width=80)
     rows = _command_summaries(r.output)
     assert len(rows) >= (20 if not group else 2)
     for name, summary in rows.items():
@@ -221,5 +224,75 @@ def test_help_shows_whole_summaries(group):
 
 @pytest.mark.parametrize("argv", [[], ["model"]])
 def test_a_group_given_no_command_shows_its_help(argv):
-    r = CliRunner().invoke(cli, argv)
+    r = CliRunner().invoke(cli_group, argv)
     assert r.output.startswith("Usage:") and "error:" not in r.output and "Commands:" in r.output
+
+
+@pytest.mark.parametrize("args, says", [
+    (("threshold", "{p}", "{d}/m.zarr", "--value", "0.5", "--scheduler", "foo://x"),
+     "unknown protocol 'foo'"),
+    (("synthetic", "{d}/s", "--size", str(2**40)), "limited to"),
+    (("synthetic", "{d}/s", "--size", "8", "--chunks", "0"), "chunks must be positive"),
+    (("threshold", "{p}", "{d}/m.zarr", "--value", "0.5", "--chunks", "0,4,4"),
+     "chunks must be positive"),
+    (("synthetic", "{d}/s", "--size", "8", "--chunks", "4,0,4"), "chunks must be positive"),
+])
+def test_raw_tracebacks_are_one_line_and_leave_nothing(tmp_path, args, says):
+    prob_map(tmp_path / "p.zarr")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    line = one_error_line(cli(*(a.format(p=tmp_path / "p.zarr", d=tmp_path) for a in args)))
+    assert says in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_out_with_a_trailing_slash_and_info_into_a_closed_pipe(tmp_path):
+    a, _ = prob_map(tmp_path / "p.zarr")
+    make_volume(tmp_path / "t.zarr", (a > 0.5).astype(np.uint8), 4)
+    r = cli("sweep", tmp_path / "p.zarr", tmp_path / "t.zarr", "--out", f"{tmp_path / 'sw'}/",
+            "--values", "0.5")
+    assert r.returncode == 0 and "//" not in r.stdout, r.stdout
+    p = subprocess.Popen([PY, "-m", "emarray", "info", str(tmp_path / "p.zarr")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before anything is written (as `| head` leaves)
+    err = p.stderr.read().decode()
+    assert p.wait(60) == 0 and "error" not in err.lower(), err
+
+
+def test_logs_get_lines_not_carriage_returns(tmp_path):
+    pytest.importorskip("torch")
+    from emarray.models import new_model
+    a, _ = prob_map(tmp_path / "p.zarr", shape=(24, 16, 20), chunks=(2, 8, 8))
+    r = cli("export", tmp_path / "p.zarr", tmp_path / "p.tif")
+    assert r.returncode == 0 and "\r" not in r.stderr, r.stderr
+    assert "export: 12 slabs to do" in r.stderr and "(100%)" in r.stderr
+    raw = np.random.default_rng(0).random((16, 32, 32)).astype(np.float32)
+    r = cli("train", train_config(tmp_path / "t", raw))
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr and "train: 4 steps to do" in r.stderr
+    model = new_model(tmp_path / "m.pt", depth=2, filters=4, dropout=0.2)
+    job = subprocess.Popen([PY, "-m", "emarray", "predict", str(tmp_path / "t" / "raw.zarr"),
+                            str(model), str(tmp_path / "o.zarr"), "--mc-samples", "4"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = job.stderr.readline()
+    assert "predict:" in first and "to do" in first
+    job.communicate(timeout=300)
+    assert job.returncode == 0
+
+
+def test_quiet_and_verbose_work_after_the_subcommand(tmp_path):
+    make_volume(tmp_path / "p.zarr", np.ones((8, 8, 8), np.float32), 4)
+    r = cli("threshold", tmp_path / "p.zarr", tmp_path / "a.zarr", "--value", "0.5", "-q")
+    assert r.returncode == 0 and r.stderr == ""
+    r = cli("threshold", tmp_path / "p.zarr", tmp_path / "b.zarr", "--value", "0.5", "-v")
+    assert "INFO emarray: threshold: 8 blocks" in r.stderr
+    r = cli("-vv", "threshold", tmp_path / "p.zarr", tmp_path / "c.zarr", "--value", "0.5")
+    assert r.returncode == 0 and "numcodecs" not in r.stderr and "asyncio" not in r.stderr
+
+
+def test_progress_in_a_log_is_a_few_short_lines(tmp_path):
+    make_volume(tmp_path / "p.zarr", np.ones((32, 32, 32), np.float32), 4)  # 512 blocks
+    r = cli("threshold", tmp_path / "p.zarr", tmp_path / "m.zarr", "--value", "0.5")
+    lines = r.stderr.splitlines()
+    assert r.returncode == 0 and 2 <= len(lines) <= 12, r.stderr
+    assert all(len(ln) < 120 and "\r" not in ln for ln in lines)
+    assert lines[-1].startswith("threshold: 512/512 blocks (100%)")

@@ -1,6 +1,7 @@
 """The CUDA backend's dispatch, errors, CPU twins and packaging: everything that needs no GPU."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -11,12 +12,14 @@ import pytest
 
 import emarray
 from emarray import backends
-from emarray.kernel_table import CTYPES, FAMILIES
+from emarray.engine import Runner
 from emarray.engine.memory import parse_memory_limit
 from emarray.errors import BackendUnavailableError, InvalidArgumentError
+from emarray.kernel_table import CTYPES, FAMILIES
 from emarray.ops.rescale import rescale_block_cpu
 
 from .conftest import make_volume, tree_digest
+from .helpers import PY
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,6 +139,7 @@ def test_rescale_operator_matches_numpy(tmp_path, chunks):
 
 def test_rescale_cli(tmp_path):
     from click.testing import CliRunner
+
     from emarray.cli import cli
     a = np.linspace(-1, 2, 60, dtype=np.float32).reshape(3, 4, 5)
     make_volume(tmp_path / "p.zarr", a, 2)
@@ -175,3 +179,68 @@ def test_wheel_ships_the_kernel_sources(tmp_path):
         assert key in found, (key, sorted(found), names)
         assert eval(found[key]) == src.read_text()
     assert "emarray/kernel_table.py" in names
+
+
+def test_auto_falls_back_to_the_cpu_for_dtypes_without_a_kernel(tmp_path, monkeypatch):
+    from emarray import backends
+    from emarray.errors import BackendUnavailableError
+    monkeypatch.setattr(backends, "cuda_available", lambda: True)
+    assert backends.resolve_backend("auto", "threshold", np.float32) == "cuda"
+    for dt in (np.float16, np.uint64):
+        assert backends.resolve_backend("auto", "threshold", dt) == "cpu"
+        assert backends.resolve_backend("auto", "rescale", dt) == "cpu"
+    a = np.linspace(0, 1, 64).astype(np.float16).reshape(4, 4, 4)
+    src = make_volume(tmp_path / "h.zarr", a, 2)
+    with pytest.raises(BackendUnavailableError, match="no threshold kernel for float16"):
+        emarray.threshold(src, tmp_path / "m.zarr", 0.5, backend="cuda")
+    assert not (tmp_path / "m.zarr").exists()
+    m = emarray.threshold(src, tmp_path / "m.zarr", 0.5)  # auto: the CPU, and right
+    np.testing.assert_array_equal(m.read(), (a > 0.5).astype(np.uint8))
+
+
+def test_out_of_memory_halving_stops_at_the_minimum_and_never_redoes_work():
+    from emarray.cuda.streaming import retry_in_halves
+    from emarray.errors import GpuOutOfMemoryError
+
+    class Oom(Exception):
+        pass
+
+    done_ranges: list[tuple[int, int]] = []
+
+    def attempt(a, b, piece, done, fits=256):
+        for s in range(a, b, piece):
+            if piece > fits:
+                raise Oom()
+            done_ranges.append((s, min(s + piece, b)))
+            done[0] = min(s + piece, b)
+
+    retry_in_halves(attempt, 0, 10_000, 4096, 64, Oom, lambda: None)
+    covered = np.zeros(10_000, int)
+    for a, b in done_ranges:
+        covered[a:b] += 1
+    assert (covered == 1).all()  # every element exactly once: nothing redone
+    recovered = []
+    with pytest.raises(GpuOutOfMemoryError, match="the block at voxels 0:8.*pieces of 64"):
+        retry_in_halves(lambda a, b, p, d: attempt(a, b, p, d, fits=0), 0, 10_000, 4096, 64, Oom,
+                        lambda: recovered.append(1), "the block at voxels 0:8")
+    assert len(recovered) == 7  # 4096 -> 64: six halvings, then the final failure
+
+
+def test_the_gpu_memory_cap_is_split_between_processes_sharing_a_device():
+    from emarray.engine.memory import split_memory_limit
+    assert split_memory_limit(None, 1) == 0.5 and split_memory_limit(0.8, 4) == pytest.approx(0.2)
+    assert split_memory_limit(8 * 2**30, 2) == 4 * 2**30
+    assert Runner("processes", workers=3).processes_per_device() == 3
+    assert Runner("threads", workers=3).processes_per_device() == 1
+
+
+def test_kernels_are_found_from_a_plain_checkout(tmp_path):
+    """PYTHONPATH=checkout with no install: emarray.kernels is not a package there."""
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys; sys.meta_path = [f for f in sys.meta_path if 'editable' not in "
+            "repr(f).lower()]; import emarray.cuda.modules as m; print(m.kernel_dir()); "
+            "print(len(m.kernel_source('threshold.cu')) > 100)")
+    r = subprocess.run([PY, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(root / "kernels"), "True"]

@@ -7,6 +7,8 @@ from scipy import ndimage
 import emarray
 from emarray.datasets import synthetic_block
 
+from .helpers import cli, one_error_line
+
 
 @pytest.mark.parametrize("kind", ["raw", "truth", "prob"])
 def test_blocks_do_not_depend_on_chunking(kind):
@@ -37,3 +39,9 @@ def test_synthetic_volume_is_em_like(tmp_path):
     # written volumes equal the per-block function over the whole volume
     np.testing.assert_array_equal(prob, synthetic_block("prob", tuple(slice(0, s) for s in
                                                                       (64, 96, 96)), (64, 96, 96)))
+
+
+def test_an_absurd_synthetic_size_is_refused_before_anything_is_made(tmp_path):
+    line = one_error_line(cli("synthetic", tmp_path / "s", "--size", "1e12"))
+    assert "1e+36 voxels" in line
+    assert not (tmp_path / "s").exists()

@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 
 import emarray
-from emarray.engine import BlockGrid, Runner, check_aligned, reduce_blocks
-from emarray.engine import Checkpoint
+from emarray.engine import BlockGrid, Checkpoint, Runner, check_aligned, reduce_blocks
 from emarray.engine.checkpoint import PROGRESS_DIR
 from emarray.errors import ChunkAlignmentError, ResumeMismatchError
 
-from .helpers import cli
 from .conftest import kill_when, make_volume, real_dask_cluster, tree_digest
+from .helpers import cli
 
 PY = sys.executable
 BIN = Path(sys.executable).parent
@@ -180,3 +179,20 @@ def test_reads_through_the_chunk_cache_equal_direct_reads_and_never_go_stale(tmp
     finally:
         CACHE.capacity = capacity
     assert CACHE.misses + CACHE.hits == n
+
+
+def test_a_job_that_fails_before_any_block_leaves_no_unfinished_output(tmp_path):
+    from emarray.engine import BlockGrid, Stage, Write, run_job
+    from emarray.engine.contract import MAX_BLOCKS
+
+    def create(path):
+        return emarray.create_volume(path, (4, 4, 4), "uint8", 2)
+
+    def stages(out):
+        return [Stage("huge", lambda ctx: None, BlockGrid((MAX_BLOCKS + 1, 1, 1), (1, 1, 1)),
+                      writes=[Write(out)])]
+
+    with pytest.raises(emarray.errors.InvalidArgumentError, match="blocks"):
+        run_job(tmp_path / "o.zarr", create, job={"operator": "x"}, stages=stages,
+                options=emarray.RunOptions())
+    assert list(tmp_path.iterdir()) == []

@@ -4,6 +4,7 @@ listed in a manifest, swapped in when complete; ``--overwrite`` replaces only wh
 lists; a user's files are never deleted or written over (issue 34, "data loss")."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,10 +20,16 @@ from emarray.engine import files as engine_files
 from emarray.engine import stages as engine_stages
 from emarray.engine.files import MANIFEST, open_files, read_manifest
 from emarray.engine.output import OutputLock, real_path
-from emarray.errors import (BlockFailedError, InputChangedError, JobFailedError,
-                            OutputExistsError, OutputLockedError)
+from emarray.errors import (
+    BlockFailedError,
+    InputChangedError,
+    JobFailedError,
+    OutputExistsError,
+    OutputLockedError,
+)
 
 from .conftest import make_volume, tree_digest
+from .helpers import cli, one_error_line, prob_map
 
 SYNC = {"scheduler": "synchronous"}
 
@@ -371,3 +378,63 @@ def test_a_table_named_through_a_link_replaces_the_link_not_what_it_points_to(tm
     assert (data / "x.csv").read_text() == "precious" and listing(data) == ["x.csv"]
     assert not (tmp_path / "link.csv").is_symlink()
     assert (tmp_path / "link.csv").read_text().startswith("id,")
+
+
+def test_export_destinations_are_checked_first(tmp_path):
+    _, src = prob_map(tmp_path / "p.zarr")
+    (tmp_path / "dir.tif").mkdir()
+    cases = [((tmp_path / "missing" / "x.tif",), "does not exist"),
+             ((tmp_path / "x.h5", "--dataset", ""), "dataset must name"),
+             ((tmp_path / "dir.tif",), "is a folder"),
+             ((tmp_path / "p.zarr" / "x.tif",), "overlaps the input")]
+    before = tree_digest(tmp_path)
+    for args, msg in cases:
+        assert msg in one_error_line(cli("export", tmp_path / "p.zarr", *args))
+    assert tree_digest(tmp_path) == before
+
+
+def test_objects_never_writes_its_side_files_into_an_input(tmp_path):
+    lab = np.zeros((4, 8, 8), np.uint32)
+    lab[1:3, 2:5, 2:5] = 7
+    make_volume(tmp_path / "L.zarr", lab, (2, 4, 4))
+    before = tree_digest(tmp_path / "L.zarr")
+    line = one_error_line(cli("objects", tmp_path / "L.zarr", "--out",
+                              tmp_path / "L.zarr" / "zarr.csv"))
+    assert "overlaps the input" in line
+    assert tree_digest(tmp_path / "L.zarr") == before
+    assert int(emarray.open_volume(tmp_path / "L.zarr").read().max()) == 7
+
+
+def test_a_side_file_that_exists_is_refused_without_overwrite(tmp_path):
+    lab = np.zeros((4, 8, 8), np.uint32)
+    lab[0, 0, 0] = 3
+    make_volume(tmp_path / "L.zarr", lab, 4)
+    (tmp_path / "T.json").write_text("my notes")
+    # a side file that no manifest lists is the user's: refused by name, even with --overwrite
+    for extra in ((), ("--overwrite",)):
+        line = one_error_line(cli("objects", tmp_path / "L.zarr", "--out", tmp_path / "T.csv",
+                                  *extra))
+        assert "T.json" in line and "emarray did not write" in line
+        assert (tmp_path / "T.json").read_text() == "my notes"
+        assert not (tmp_path / "T.csv").exists()
+    (tmp_path / "T.json").unlink()
+    r = cli("-q", "objects", tmp_path / "L.zarr", "--out", tmp_path / "T.csv")
+    assert r.returncode == 0, r.stderr
+    line = one_error_line(cli("objects", tmp_path / "L.zarr", "--out", tmp_path / "T.csv"))
+    assert "--overwrite" in line
+    r = cli("-q", "objects", tmp_path / "L.zarr", "--out", tmp_path / "T.csv", "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "T.json").read_text())["count"] == 1
+
+
+def test_sweep_and_match_folders_inside_an_input_are_refused(tmp_path):
+    a, _ = prob_map(tmp_path / "p.zarr")
+    make_volume(tmp_path / "t.zarr", (a > 0.5).astype(np.uint8), 4)
+    before = tree_digest(tmp_path / "p.zarr")
+    line = one_error_line(cli("sweep", tmp_path / "p.zarr", tmp_path / "t.zarr", "--out",
+                              tmp_path / "p.zarr" / "sweep"))
+    assert "overlaps the input" in line
+    line = one_error_line(cli("match", tmp_path / "t.zarr", tmp_path / "t.zarr", "--out",
+                              tmp_path / "t.zarr"))
+    assert "overlaps the input" in line
+    assert tree_digest(tmp_path / "p.zarr") == before

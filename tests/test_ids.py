@@ -229,3 +229,26 @@ def test_whole_numbers_are_read_exactly():
         with pytest.raises(InvalidArgumentError):
             whole_number(bad, "n", None)
     assert json.loads(json.dumps(2**64 - 1)) == 2**64 - 1
+
+
+def test_integer_values_stay_integers(tmp_path):
+    u = np.array([[[2**64 - 1, 2**64 - 2, 2**64 - 3, 0]]], np.uint64)
+    make_volume(tmp_path / "u.zarr", u, (1, 1, 2))
+    r = cli("-q", "threshold", tmp_path / "u.zarr", tmp_path / "m.zarr", "--value",
+            str(2**64 - 2), "--compare", "ge")
+    assert r.returncode == 0, r.stderr
+    assert emarray.open_volume(tmp_path / "m.zarr").read().ravel().tolist() == [1, 1, 0, 0]
+    i = np.array([[[2**53, 2**53 + 1, 2**53 + 2]]], np.int64)
+    make_volume(tmp_path / "i.zarr", i, 1)
+    m = emarray.threshold(tmp_path / "i.zarr", tmp_path / "n.zarr", 2**53 + 1, compare="gt")
+    assert m.read().ravel().tolist() == [0, 0, 1]
+    # the background 2**64 - 1 is a value of uint64 data: accepted, and exact
+    lab = np.full((1, 3, 3), 2**64 - 1, np.uint64)
+    lab[0, 0, 0] = 2**64 - 2
+    lab[0, 2, 2] = 5
+    make_volume(tmp_path / "l.zarr", lab, (1, 2, 2))
+    r = cli("-q", "label", tmp_path / "l.zarr", tmp_path / "c.zarr", "--background",
+            str(2**64 - 1))
+    assert r.returncode == 0, r.stderr
+    out = emarray.open_volume(tmp_path / "c.zarr").read()
+    assert out[0, 0, 0] == 1 and out[0, 2, 2] == 2 and int(out.sum()) == 3

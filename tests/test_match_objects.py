@@ -1,5 +1,7 @@
 """emarray.objects against scikit-image's regionprops; emarray.match against a dense IoU matrix
-(stardist's matching), scikit-image's variation_of_information and adapted_rand_error."""
+(stardist's matching), scikit-image's variation_of_information and adapted_rand_error; their
+CSV tables hold the exact values (Python fractions as the reference), the histogram's ticks
+are readable."""
 from __future__ import annotations
 
 import json
@@ -193,58 +195,59 @@ def test_objects_parquet_or_a_clear_line_without_pyarrow(tmp_path):
     assert len(pd.read_parquet(tmp_path / "o.parquet")) == len(np.unique(instances((6, 8, 8), 6))) - 1
 
 
-def _assign_group_by_group(t, p, iou, thr, n_scale):
-    """The assignment written plainly, one candidate group at a time (the reference)."""
-    from scipy.optimize import linear_sum_assignment
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-    cand = np.flatnonzero(iou >= thr)
-    if cand.size == 0:
-        return cand
-    tu, ti = np.unique(t[cand], return_inverse=True)
-    pu, pj = np.unique(p[cand], return_inverse=True)
-    nt = tu.size
-    g = coo_matrix((np.ones(cand.size), (ti, nt + pj)), shape=(nt + pu.size,) * 2)
-    _, comp = connected_components(g, directed=False)
-    allp = np.flatnonzero(np.isin(t, tu) & np.isin(p, pu))
-    at, ap = np.searchsorted(tu, t[allp]), np.searchsorted(pu, p[allp])
-    keep = comp[at] == comp[nt + ap]
-    allp, at, ap = allp[keep], at[keep], ap[keep]
-    out = []
-    for grp in np.unique(comp[at]):
-        sel = np.flatnonzero(comp[at] == grp)
-        rows, ri = np.unique(at[sel], return_inverse=True)
-        cols, ci = np.unique(ap[sel], return_inverse=True)
-        if rows.size == 1 or cols.size == 1:
-            s = iou[allp[sel]]
-            best = int(np.argmax(np.where(s >= thr, s, -1.0)))
-            if s[best] >= thr:
-                out.append(allp[sel][best:best + 1])
-            continue
-        score = np.zeros((rows.size, cols.size))
-        score[ri, ci] = iou[allp[sel]]
-        r, c = linear_sum_assignment(-(score >= thr).astype(float) - score / (2 * n_scale))
-        lookup = {(i, j): k for k, i, j in zip(allp[sel], ri, ci)}
-        out.append(np.array([lookup[(i, j)] for i, j in zip(r, c) if score[i, j] >= thr],
-                            np.int64))
-    return np.concatenate(out) if out else np.empty(0, np.int64)
+def _one_assignment_over_linked_pairs(t, p, iou, thr, n_scale):
+    """The reference, from the rule rather than from match.py's steps: one Hungarian assignment
+    (stardist's cost) over the dense IoU matrix of every object with a candidate pair (IoU >= thr),
+    in which a pair takes part when its two objects are linked through candidate pairs. The links
+    are grown here by boolean matrix products until they stop changing (no graph library, no
+    groups solved one by one, no shortcut for groups of one object)."""
+    tid, ti = np.unique(t, return_inverse=True)
+    pid, pj = np.unique(p, return_inverse=True)
+    dense = np.zeros((tid.size, pid.size))
+    dense[ti, pj] = iou
+    cand = dense >= thr
+    rows, cols = cand.any(axis=1), cand.any(axis=0)
+    dense, cand = dense[rows][:, cols], cand[rows][:, cols]
+    reach = np.eye(cand.shape[0], dtype=bool)  # truth objects linked to each truth object
+    while True:
+        grown = reach | ((reach.astype(int) @ cand.astype(int) @ cand.T.astype(int)) > 0)
+        if (grown == reach).all():
+            break
+        reach = grown
+    linked = (reach.astype(int) @ cand.astype(int)) > 0
+    score = np.where(linked, dense, 0.0)
+    r, c = linear_sum_assignment(-(score >= thr).astype(float) - score / (2 * n_scale))
+    ok = score[r, c] >= thr
+    return int(ok.sum()), float(score[r, c][ok].sum())
+
+
+def _whole_matrix_count(t, p, iou, thr):
+    """How many pairs stardist's assignment over the whole IoU matrix matches at ``thr``."""
+    tid, ti = np.unique(t, return_inverse=True)
+    pid, pj = np.unique(p, return_inverse=True)
+    dense = np.zeros((tid.size, pid.size))
+    dense[ti, pj] = iou
+    r, c = linear_sum_assignment(-(dense >= thr).astype(float))
+    return int((dense[r, c] >= thr).sum())
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_assignment_equals_the_group_by_group_reference(seed):
-    """The vectorised one-object groups and the per-group assignment give the reference's
-    pairs in the reference's order (sums of IoU are then bit-identical)."""
+def test_assignment_equals_one_assignment_over_the_whole_matrix(seed):
+    """assign's pairs are one-to-one, all at or above the threshold, as many as the whole IoU
+    matrix allows, with the total IoU of one Hungarian assignment over all linked pairs at once."""
     from emarray.ops.match import assign
     r = np.random.default_rng(seed)
     pairs = np.unique(np.stack([r.integers(0, 60, 500), r.integers(0, 70, 500)], 1), axis=0)
     t, p = pairs[:, 0].astype(np.uint64), pairs[:, 1].astype(np.uint64)
     iou = r.random(len(t))
     iou[::9] = 0.5  # ties at a threshold
-    for thr in (0.1, 0.3, 0.5, 0.7):
+    for thr in (0.1, 0.3, 0.5, 0.7, 0.9):  # 0.9: many groups of one truth or one pred object
         got = assign(t, p, iou, thr, 40)
-        want = _assign_group_by_group(t, p, iou, thr, 40)
-        np.testing.assert_array_equal(got, want)
-        assert iou[got].sum() == iou[want].sum()
+        assert np.unique(t[got]).size == np.unique(p[got]).size == got.size  # one-to-one
+        assert (iou[got] >= thr).all()
+        count, total = _one_assignment_over_linked_pairs(t, p, iou, thr, 40)
+        assert got.size == count == _whole_matrix_count(t, p, iou, thr), thr
+        assert iou[got].sum() == pytest.approx(total, rel=1e-12, abs=0), thr
 
 
 @pytest.mark.parametrize("nx", [1, 7, 8, 9, 17, 64])
@@ -274,3 +277,95 @@ def test_run_tables_equal_numpy_for_every_run_length(nx):
         ref[(a, b)] = ref.get((a, b), 0) + 1
     got = {(int(a), int(b)): int(n) for a, b, n in zip(pairs["t"], pairs["p"], pairs["n"])}
     assert got == ref
+
+
+@pytest.mark.parametrize("voxel,unit,translation", [
+    ((10, 10, 10), "nanometer", None),           # 87945 * (1000 * 0.001**3) was 0.08794500000000001
+    ((50, 4.6, 4.6), "nanometer", (100, 0.3, 0.7)),
+    ((0.01, 0.004, 0.004), "micrometer", None),
+    ((40, 8, 8), "angstrom", (0.1, 0.2, 0.3)),
+])
+def test_csv_tables_hold_the_exact_values_not_float_noise(tmp_path, voxel, unit, translation):
+    """Every physical value in the objects and sweep CSVs is the decimal its inputs make (voxel
+    sizes as written, Python fractions as the reference); ratios are the double nearest the
+    true ratio; each CSV reads back to the very doubles returned."""
+    from fractions import Fraction as F
+
+    import pandas as pd
+    rng = np.random.default_rng(7)
+    lab = rng.integers(0, 40, (12, 30, 30)).astype(np.uint32)
+    lab[lab > 30] = 0
+    v = emarray.create_volume(tmp_path / "l.zarr", lab.shape, lab.dtype, (6, 15, 15),
+                              voxel_size=voxel, unit=unit, translation=translation)
+    v.write(tuple(slice(0, s) for s in lab.shape), lab)
+    df = emarray.objects(v, out=tmp_path / "o.csv", progress=False)
+    text = pd.read_csv(tmp_path / "o.csv", dtype=str)
+    um = {"nanometer": F(1, 1000), "micrometer": F(1), "angstrom": F(1, 10000)}[unit]
+    size = [F(str(s)) for s in voxel]
+    origin = [F(str(o)) for o in (translation or (0, 0, 0))]
+    idx = np.indices(lab.shape)
+    for row in text.itertuples():
+        i = int(row.id)
+        n = int(np.count_nonzero(lab == i))
+        assert F(row.volume_um3) == n * size[0] * size[1] * size[2] * um ** 3, row.volume_um3
+        for j, a in enumerate("zyx"):
+            s = int(idx[j][lab == i].sum())
+            exact = (F(s, n) * size[j] + origin[j]) * um
+            assert float(getattr(row, f"centroid_{a}_um")) == float(exact)
+    back = pd.read_csv(tmp_path / "o.csv", float_precision="round_trip")
+    pd.testing.assert_frame_equal(back, df.reset_index(drop=True), check_dtype=False,
+                                  check_exact=True)
+    mask = emarray.create_volume(tmp_path / "p.zarr", lab.shape, "float32", (6, 15, 15),
+                                 voxel_size=voxel, unit=unit)
+    prob = rng.random(lab.shape).astype(np.float32)
+    mask.write(tuple(slice(0, s) for s in lab.shape), prob)
+    emarray.sweep(mask, v, out=tmp_path / "s", thresholds=20, progress=False)
+    sw = pd.read_csv(tmp_path / "s" / "sweep.csv", dtype=str)
+    for row in sw.itertuples():
+        for count, col in ((row.predicted_voxels, row.predicted_um3),
+                           (row.true_voxels, row.true_um3)):
+            assert F(col) == int(count) * size[0] * size[1] * size[2] * um ** 3, col
+        tp, fp = int(row.tp), int(row.fp)
+        assert float(row.precision) == (float(F(tp, tp + fp)) if tp + fp else 0.0)
+        assert F(row.threshold) == F(int(round(float(row.threshold) * 20)), 20)
+    # match's tables: ratios of counts, each the double nearest the true ratio
+    other = emarray.create_volume(tmp_path / "o.zarr", lab.shape, lab.dtype, (6, 15, 15),
+                                  voxel_size=voxel, unit=unit)
+    other.write(tuple(slice(0, s) for s in lab.shape), np.roll(lab, 2, axis=2))
+    emarray.match(other, v, out=tmp_path / "m", progress=False)
+    mt = pd.read_csv(tmp_path / "m" / "matching.csv", dtype=str)
+    for row in mt.itertuples():
+        tp, fp, fn = int(row.tp), int(row.fp), int(row.fn)
+        assert float(row.precision) == float(F(tp, tp + fp)) and float(row.f1) == float(
+            F(2 * tp, 2 * tp + fp + fn))
+    obj = pd.read_csv(tmp_path / "m" / "objects.csv", dtype=str).dropna(
+        subset=["relative_volume_difference"])
+    for row in obj[obj["kind"] == "truth"].itertuples():
+        if int(row.pred_voxels):
+            want = F(int(row.pred_voxels) - int(row.truth_voxels), int(row.truth_voxels))
+            assert float(row.relative_volume_difference) == float(want)
+
+
+@pytest.mark.parametrize("lo,hi", [(2.3e-4, 8.1e-4), (9e-4, 3.1e-3), (1e-3, 0.12), (1e-6, 0.1),
+                                   (1e-4, 30.0), (1000.0, 1100.0)])
+def test_the_objects_histogram_has_readable_ticks(tmp_path, monkeypatch, lo, hi):
+    """Three or more labelled ticks inside the data's range, increasing, whatever the spread
+    (a log axis over less than a decade showed one tick, or none); whole counts up the side."""
+    import pandas as pd
+
+    from emarray import figures
+    from emarray.ops.objects import plot_volumes
+    made = []
+    real = figures.subplots
+    monkeypatch.setattr(figures, "subplots", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    v = np.concatenate([[lo, hi], np.geomspace(lo, hi, 50)])
+    plot_volumes(pd.DataFrame({"volume_um3": v}), tmp_path / "h.png", title="t")
+    fig, ax = made[0]
+    fig.canvas.draw()
+    ticks = [(t, lab.get_text()) for t, lab in zip(ax.get_xticks(), ax.get_xticklabels())
+             if lo <= t <= hi and lab.get_text()]
+    assert len(ticks) >= 3, ticks
+    assert [float(text.replace("−", "-")) for _, text in ticks] == sorted(
+        float(text.replace("−", "-")) for _, text in ticks)
+    assert all(float(y).is_integer() for y in ax.get_yticks())
+    assert (tmp_path / "h.png").stat().st_size > 1000

@@ -14,8 +14,8 @@ import yaml
 import emarray
 from emarray.pipeline import load_recipe
 
-from .conftest import ROOT, make_volume
-from .helpers import cli, one_error_line
+from .conftest import ROOT, make_volume, tree_digest
+from .helpers import cli, one_error_line, prob_map
 
 DEMO = ROOT / "pipelines" / "demo.yaml"
 RECIPES = sorted(p for p in (ROOT / "pipelines").glob("*.yaml") if not p.name.startswith("train-"))
@@ -418,3 +418,56 @@ def test_names_that_collide_are_refused_before_any_work(tmp_path):
     line = one_error_line(cli("run", path, "--workdir", tmp_path / "w"))
     assert "steps 'a' and 'b' both write" in line
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == []
+
+
+def test_a_recipe_runs_a_step_again_when_its_input_chunks_change_in_place(tmp_path):
+    a, _ = prob_map(tmp_path / "p.zarr")
+    recipe = {"steps": {"mask": {"op": "threshold", "src": str(tmp_path / "p.zarr"),
+                                 "value": 0.5}}}
+    work = tmp_path / "work"
+    assert emarray.run_pipeline(recipe, workdir=work).ran == ["mask"]
+    assert emarray.run_pipeline(recipe, workdir=work).ran == []
+    emarray.open_volume(tmp_path / "p.zarr").write((slice(0, 4), slice(0, 8), slice(0, 8)),
+                                                   np.ones((4, 8, 8), np.float32))
+    assert emarray.run_pipeline(recipe, workdir=work).ran == ["mask"]
+    b = a.copy()
+    b[:4, :8, :8] = 1
+    np.testing.assert_array_equal(emarray.open_volume(work / "mask.zarr").read(), b > 0.5)
+
+
+def test_a_damaged_pipeline_state_is_named_and_nothing_is_orphaned(tmp_path):
+    prob_map(tmp_path / "p.zarr")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"steps:\n  mask: {{op: threshold, src: {tmp_path / 'p.zarr'}, value: 0.5}}\n")
+    work = tmp_path / "work"
+    assert cli("-q", "run", recipe, "--workdir", work).returncode == 0
+    (work / ".emarray-pipeline.json").write_text("{not json")
+    before = tree_digest(work / "mask.zarr")
+    for extra in ((), ("--overwrite",)):
+        line = one_error_line(cli("run", recipe, "--workdir", work, *extra))
+        assert ".emarray-pipeline.json" in line and "damaged" in line
+    assert tree_digest(work / "mask.zarr") == before
+
+
+def test_every_step_output_is_checked_before_the_first_step_runs(tmp_path):
+    prob_map(tmp_path / "p.zarr")
+    work = tmp_path / "work"
+    recipe = {"steps": {"mask": {"op": "threshold", "src": str(tmp_path / "p.zarr"), "value": 0.5},
+                        "cells": {"op": "label", "src": "mask", "out": str(work)}}}
+    with pytest.raises(emarray.errors.InvalidArgumentError, match="is .or holds. the workdir"):
+        emarray.run_pipeline(recipe, workdir=work)
+    assert not work.exists()
+    recipe["steps"]["cells"]["out"] = str(work / "mask.zarr" / "inner.zarr")
+    with pytest.raises(emarray.errors.InvalidArgumentError, match="inside the output of step"):
+        emarray.run_pipeline(recipe, workdir=work)
+
+
+def test_a_pyramid_step_on_a_path_input_does_not_rerun_its_readers(tmp_path):
+    a = (np.random.default_rng(0).random((8, 32, 32)) * 255).astype(np.uint8)
+    make_volume(tmp_path / "raw.zarr", a, (4, 16, 16))
+    recipe = {"steps": {"levels": {"op": "pyramid", "src": str(tmp_path / "raw.zarr"), "levels": 1},
+                        "mask": {"op": "threshold", "src": str(tmp_path / "raw.zarr"),
+                                 "value": 100}}}
+    work = tmp_path / "work"
+    assert sorted(emarray.run_pipeline(recipe, workdir=work).ran) == ["levels", "mask"]
+    assert emarray.run_pipeline(recipe, workdir=work).ran == []

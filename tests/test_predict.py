@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,6 +211,7 @@ def test_model_cli_new_and_info(tmp_path):
 # -- weights and tiles against MONAI ---------------------------------------------------------------
 def test_tile_weights_and_tiles_are_monais():
     from monai.data.utils import compute_importance_map, dense_patch_slices
+
     from emarray.ops.predict import Tiling
     for size in [(8, 8, 8), (5, 12, 7), (16, 64, 64)]:
         np.testing.assert_allclose(tile_weights(size, "gaussian"),
@@ -457,3 +459,37 @@ def test_cuda_scheduler_one_worker_per_gpu(tmp_path):
     want = emarray.predict(v, m, tmp_path / "cpu.zarr", backend="cpu").read()
     got = emarray.predict(v, m, tmp_path / "cuda.zarr", scheduler="cuda", precision="float32").read()
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_a_model_file_with_damaged_weights_is_refused(tmp_path):
+    pytest.importorskip("torch")
+    import zipfile
+
+    from emarray.models import new_model
+    p = Path(new_model(tmp_path / "m.pt", depth=2, filters=4))
+    with zipfile.ZipFile(p) as z:
+        big = max(z.infolist(), key=lambda i: i.file_size)
+    data = bytearray(p.read_bytes())
+    at = big.header_offset + 30 + len(big.filename.encode()) + len(big.extra) + 100
+    data[at] ^= 0xFF  # one flipped byte in the weights
+    (tmp_path / "bad.pt").write_bytes(bytes(data))
+    raw = np.zeros((8, 16, 16), np.uint8)
+    make_volume(tmp_path / "r.zarr", raw, 8)
+    line = one_error_line(cli("predict", tmp_path / "r.zarr", tmp_path / "bad.pt",
+                              tmp_path / "o.zarr"))
+    assert "CRC" in line and "bad.pt" in line
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_predict_warns_of_nan_in_the_raw_volume(tmp_path):
+    pytest.importorskip("torch")
+    from emarray.models import new_model
+    model = new_model(tmp_path / "m.pt", depth=2, filters=4)
+    a = np.random.default_rng(1).random((8, 32, 32)).astype(np.float32)
+    a[4, 10, 10] = a[4, 20, 20] = np.nan
+    make_volume(tmp_path / "r.zarr", a, (8, 16, 16))
+    r = cli("-q", "predict", tmp_path / "r.zarr", model, tmp_path / "o.zarr")
+    assert r.returncode == 0, r.stderr
+    assert "warning:" in r.stderr and "holds 2 NaN voxels" in r.stderr
+    n = int(np.isnan(emarray.open_volume(tmp_path / "o.zarr").read()).sum())
+    assert f"here {n:,} of" in r.stderr and n > 2

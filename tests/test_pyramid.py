@@ -14,6 +14,7 @@ from emarray.errors import InvalidArgumentError, OutputExistsError
 from emarray.ops.pool import pool_block_cpu, pool_twin
 
 from .conftest import make_volume
+from .helpers import cli, one_error_line
 from .test_engine import emarray_cli
 
 
@@ -192,3 +193,30 @@ def test_cuda_pooling_equals_its_twin():
                 for mode in ["mean", "mode"]:
                     got = pool_block_cuda(a, factors=f, mode=mode)
                     np.testing.assert_array_equal(got, pool_twin(a, f, mode))
+
+
+def test_pyramid_levels_that_cannot_be_made_are_named(tmp_path):
+    make_volume(tmp_path / "one.zarr", np.ones((1, 1, 1), np.uint8), 1)
+    line = one_error_line(cli("pyramid", tmp_path / "one.zarr", "--levels", "2"))
+    assert "None" not in line and "already 1 voxel" in line
+
+
+def test_a_pyramid_level_is_an_input_with_its_own_voxel_size(tmp_path):
+    a = (np.random.default_rng(0).random((8, 32, 32)) * 255).astype(np.uint8)
+    make_volume(tmp_path / "x.zarr", a, (4, 16, 16), voxel_size=(8, 8, 8))
+    emarray.pyramid(tmp_path / "x.zarr", levels=1)
+    lv = emarray.open_volume(tmp_path / "x.zarr" / "1")
+    assert lv.voxel_size == (16.0, 16.0, 16.0) and lv.translation == (4.0, 4.0, 4.0)
+    r = cli("-q", "upsample", tmp_path / "x.zarr" / "1", tmp_path / "up.zarr", "--like",
+            tmp_path / "x.zarr", "--mode", "nearest")
+    assert r.returncode == 0, r.stderr
+    coarse = lv.read()
+    # each fine voxel centre 8i lies in the coarse voxel round((8i - 4) / 16)
+    idx = [np.clip(np.floor((np.arange(n) * 8 - 4) / 16 + 0.5).astype(int), 0, m - 1)
+           for n, m in zip(a.shape, coarse.shape)]
+    np.testing.assert_array_equal(emarray.open_volume(tmp_path / "up.zarr").read(),
+                                  coarse[np.ix_(*idx)])
+    emarray.create_volume(tmp_path / "big.zarr", (40, 32, 32), "uint8", 8, voxel_size=(8, 8, 8))
+    line = one_error_line(cli("upsample", tmp_path / "x.zarr" / "1", tmp_path / "up2.zarr",
+                              "--like", tmp_path / "big.zarr"))
+    assert "does not cover" in line and not (tmp_path / "up2.zarr").exists()

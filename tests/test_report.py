@@ -279,3 +279,17 @@ def test_other_files_written_after_the_work_are_checked_first(demo, tmp_path, re
                                       str(shot)])
         assert r.exit_code == 2 and needle in r.stderr, (shot, r.output)
     assert list(ro.iterdir()) == [] and not (demo / "cells.zarr" / "v.png").exists()
+
+
+
+def test_the_training_plot_draws_a_single_logged_point(tmp_path):
+    from PIL import Image
+
+    from emarray.training.report import plot
+    state = {"history": [{"step": 20, "loss": 0.6, "lr": 1e-3, "elapsed_s": 1.0}],
+             "evaluations": [], "best": None, "stopped": "", "step": 20}
+    plot(state, tmp_path / "t.png", "f1")
+    img = np.asarray(Image.open(tmp_path / "t.png").convert("RGB")).astype(int)
+    left = img[:, : img.shape[1] // 2]
+    blue = (np.abs(left - np.array([31, 119, 180])).sum(axis=2) < 60).sum()
+    assert blue > 5  # the point is drawn, not an empty panel

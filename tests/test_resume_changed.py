@@ -8,6 +8,9 @@ command is resumed; the result is compared with a fresh run and with an independ
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import time
 
 import cc3d
 import numpy as np
@@ -15,9 +18,11 @@ import pytest
 
 import emarray
 from emarray.engine import stages as engine_stages
-from emarray.errors import BlockFailedError, InputChangedError
+from emarray.engine.checkpoint import PROGRESS_DIR, Checkpoint
+from emarray.errors import BlockFailedError, InputChangedError, ResumeMismatchError
 
 from .conftest import make_volume
+from .helpers import cli, markers_in, one_error_line, prob_map, slow_job, unfinished, wait_for
 
 SYNC = {"scheduler": "synchronous", "retries": 0}
 
@@ -186,3 +191,58 @@ def test_label_killed_in_relabel_by_sigkill_then_input_changed(tmp_path):
     assert r.returncode == 0, r.stderr
     np.testing.assert_array_equal(emarray.open_volume(tmp_path / "l.zarr").read(),
                                   cc3d.connected_components(b, connectivity=26))
+
+
+def test_resume_after_the_input_changed_recomputes_what_it_read(tmp_path, many_chunks):
+    a, _ = many_chunks
+    proc = slow_job(tmp_path / "p.zarr", tmp_path / "m.zarr")
+    wait_for(lambda: markers_in(tmp_path / "m.zarr") >= 20, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # a different layout for the output is named
+    line = one_error_line(cli("threshold", tmp_path / "p.zarr", tmp_path / "m.zarr", "--value",
+                              "0.3", "--resume", "--chunks", "2,4,8"))
+    assert "storage layout" in line
+    # the input is rewritten in place (same shape and dtype, new content)
+    time.sleep(0.01)
+    shutil.rmtree(tmp_path / "p.zarr")
+    make_volume(tmp_path / "p.zarr", 1 - a, (4, 4, 8))
+    # round two: a resume computes again every finished block whose input chunks changed, so
+    # the output is wholly the new input's (never a mix)
+    r = cli("threshold", tmp_path / "p.zarr", tmp_path / "m.zarr", "--value", "0.3", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert "read input chunks changed since the job started" in r.stderr
+    np.testing.assert_array_equal(emarray.open_volume(tmp_path / "m.zarr").read(),
+                                  ((1 - a) > 0.3).astype(np.uint8))
+
+
+def test_resume_refuses_a_job_with_other_parameters_by_name(tmp_path):
+    _, src = prob_map(tmp_path / "p.zarr")
+    emarray.threshold(src, tmp_path / "m.zarr", 0.5)
+    with pytest.raises(ResumeMismatchError, match="value was 0.5, this run has 0.7"):
+        emarray.threshold(src, tmp_path / "m.zarr", 0.7, resume=True)
+
+
+@pytest.mark.parametrize("op", ["threshold", "smooth"])
+def test_resume_computes_again_what_read_chunks_rewritten_in_place(tmp_path, monkeypatch, op):
+    """A chunk of the input rewritten while the job was stopped: the finished blocks that read
+    it (with the halo, for smooth) run again, so the output is wholly from the new input."""
+    from scipy import ndimage
+    a, out = unfinished(tmp_path, monkeypatch, op=op)
+    done, _ = Checkpoint(out / PROGRESS_DIR).load(op, 64)
+    first = next(i for i in range(64) if done[i])
+    z, y, x = (int(i) * 4 for i in np.unravel_index(first, (4, 4, 4)))
+    src = emarray.open_volume(tmp_path / "p.zarr")
+    meta = (tmp_path / "p.zarr" / "0" / "zarr.json").stat().st_mtime_ns
+    b = a.copy()
+    b[z:z + 4, y:y + 4, x:x + 4] = 1 - b[z:z + 4, y:y + 4, x:x + 4]
+    src.write((slice(z, z + 4), slice(y, y + 4), slice(x, x + 4)), b[z:z + 4, y:y + 4, x:x + 4])
+    assert (tmp_path / "p.zarr" / "0" / "zarr.json").stat().st_mtime_ns == meta  # chunks only
+    r = cli("-q", op, tmp_path / "p.zarr", out, *(("--value", "0.5") if op == "threshold"
+                                                   else ("--sigma", "1")), "--resume")
+    assert r.returncode == 0, r.stderr
+    got = emarray.open_volume(out).read()
+    if op == "threshold":
+        np.testing.assert_array_equal(got, b > 0.5)
+    else:
+        np.testing.assert_allclose(got, ndimage.gaussian_filter(b, 1.0), atol=1e-6)

@@ -14,11 +14,10 @@ import pytest
 
 import emarray
 from emarray.chunks import chunk_entries, chunk_index, stored_chunks
-from emarray.engine import BlockGrid, Checkpoint, Read, Stage, Write
+from emarray.engine import BlockGrid, Checkpoint, Read, Runner, Stage, Write, invalidate
 from emarray.engine import checkpoint as cp
-from emarray.engine import invalidate
 from emarray.engine import stages as engine_stages
-from emarray.engine.checkpoint import PROGRESS_DIR, changed_regions, chunk_record
+from emarray.engine.checkpoint import PROGRESS_DIR, Bitmap, changed_regions, chunk_record
 from emarray.errors import BlockFailedError
 
 from .conftest import make_volume
@@ -216,3 +215,49 @@ def test_a_bitmap_counts_and_fills_as_a_bit_a_block_does(n):
     assert full.count() == n and full.bits.tobytes() == np.packbits(np.ones(n, bool)).tobytes()
     full.unset_many(np.flatnonzero(~r))
     assert full.bits.tobytes() == b.bits.tobytes()
+
+
+def test_tasks_are_submitted_through_a_bounded_window():
+    consumed = []
+
+    def calls():
+        for i in range(10_000):
+            consumed.append(i)
+            yield (_record_max, (i, consumed))
+
+    with Runner("threads", workers=2, window=16) as r:
+        seen = r.run(calls(), total=10_000, combine=max)
+    assert seen <= 16 + 2  # at most the window ahead of the first tasks to finish
+    with Runner("synchronous") as r:
+        assert r.run(((pow, (2, i)) for i in range(5))) == [1, 2, 4, 8, 16]
+
+
+def _record_max(i, consumed):
+    return len(consumed) - i  # how far submission ran ahead of this task
+
+
+def test_a_synthetic_volume_of_many_blocks_starts_at_once(tmp_path):
+    import tracemalloc
+    tracemalloc.start()
+    emarray.datasets.synthetic(tmp_path, (8, 64, 128), chunks=(1, 4, 8), kinds=("truth",),
+                               workers=2)  # 2,048 blocks
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 * 2**20, peak
+    assert emarray.open_volume(tmp_path / "truth.zarr").attrs["emarray"]["complete"]
+
+
+def test_the_driver_keeps_a_bit_per_block():
+    import tracemalloc
+    n = 2**30 + 5
+    tracemalloc.start()
+    done = Bitmap(n)
+    for i in (0, 7, 8, n - 1):
+        done.set(i)
+    first = list(zip(range(5), done.missing()))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert done.bits.nbytes == (n + 7) // 8  # 128 MiB for a billion blocks, not 9 GiB
+    assert peak < done.bits.nbytes + 16 * 2**20  # one slice of 2**20 blocks unpacked at a time
+    assert [i for _, i in first] == [1, 2, 3, 4, 5]
+    assert done[7] and not done[6] and done.count() == 4

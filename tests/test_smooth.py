@@ -1,6 +1,8 @@
 """Smoothing equals scipy.ndimage.gaussian_filter on the whole volume, for every chunking."""
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -10,7 +12,7 @@ from emarray.errors import InvalidArgumentError
 from emarray.ops.smooth import axis_weights, smooth_block_twin
 
 from .conftest import make_volume
-
+from .helpers import PY, cli, one_error_line
 from .test_engine import emarray_cli
 
 
@@ -91,3 +93,35 @@ def test_cutting_each_axis_to_its_core_changes_no_bit(sigma):
     cut = smooth_block_cpu(grown, weights=w, core=core)
     assert cut.shape == (9, 14, 11)
     np.testing.assert_array_equal(cut, smooth_block_cpu(grown, weights=w)[core])
+
+
+def test_a_filter_wider_than_the_volume_is_folded_onto_it(tmp_path):
+    from scipy import ndimage
+    a = np.random.default_rng(2).random((6, 10, 12)).astype(np.float32)
+    make_volume(tmp_path / "a.zarr", a, (3, 4, 5))
+    # VmHWM: this process's own peak (ru_maxrss would carry pytest's over the exec)
+    code = ("import emarray; emarray.smooth({!r}, {!r}, 1.0, truncate=1e9); "
+            "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])")
+    r = subprocess.run([PY, "-c", code.format(str(tmp_path / "a.zarr"), str(tmp_path / "s.zarr"))],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout.split()[-1]) < 1_500_000  # KiB: bounded by the volume, not the halo
+    # the weights past 38.7 sigma are exactly 0, so truncate 50 is the same filter for SciPy
+    want = ndimage.gaussian_filter(a.astype(np.float64), 1.0, truncate=50)
+    np.testing.assert_allclose(emarray.open_volume(tmp_path / "s.zarr").read(), want, atol=1e-6)
+    s = emarray.smooth(tmp_path / "a.zarr", tmp_path / "t.zarr", 1e6)  # nearly the mean
+    np.testing.assert_allclose(s.read(), a.mean(), atol=1e-4)
+    want = ndimage.gaussian_filter(a.astype(np.float64), (3, 7, 9), mode="reflect")
+    got = emarray.smooth(tmp_path / "a.zarr", tmp_path / "u.zarr", (3, 7, 9)).read()
+    np.testing.assert_allclose(got, want, atol=1e-6)  # radius 12..36 on axes of 6..12
+
+
+def test_a_block_too_large_for_memory_is_refused_before_any_work(tmp_path):
+    emarray.create_volume(tmp_path / "big.zarr", (1, 65536, 65536), "uint8", (1, 4096, 4096))
+    line = one_error_line(cli("smooth", tmp_path / "big.zarr", tmp_path / "s.zarr", "--sigma",
+                              "0,10000,10000"))
+    assert "GiB" in line and "smaller sigma" in line
+    assert not (tmp_path / "s.zarr").exists()
+    line = one_error_line(cli("smooth", tmp_path / "big.zarr", tmp_path / "s.zarr", "--sigma",
+                              "1e9"))
+    assert "too large" in line

@@ -156,3 +156,19 @@ def test_an_operator_added_in_one_module_is_everywhere(tmp_path):
                                   np.clip(a, 0, 5))
     from emarray.spec import reference
     assert "## `clip`" in reference(OPS["clip"])
+
+
+def test_every_command_that_writes_resumes():
+    """Every operator that writes a volume, a table or a folder takes --resume and --overwrite
+    (as its declaration says, so the docs say it too)."""
+    from click.testing import CliRunner
+
+    from emarray.cli import cli as group
+    from emarray.spec import operators
+    writers = [op for op in operators().values()
+               if op.output is not None and op.output.kind != "file"]
+    assert len(writers) >= 12
+    for op in writers:
+        assert "resume" in op.run and "overwrite" in op.run, op.name
+        text = CliRunner().invoke(group, [op.name, "--help"]).output
+        assert "--resume" in text and "--overwrite" in text, op.name

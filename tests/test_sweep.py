@@ -1,7 +1,10 @@
+"""sweep against a per-threshold NumPy count (and scikit-learn's confusion matrix): every level of
+a uint8 map, infinities and NaN, voxel units, warnings at the edge or for an empty truth."""
 from __future__ import annotations
 
 import json
-
+import os
+import subprocess
 import zlib
 
 import numpy as np
@@ -11,10 +14,11 @@ from click.testing import CliRunner
 from sklearn.metrics import confusion_matrix
 
 import emarray
-from emarray.cli import cli
-from emarray.errors import InvalidArgumentError, OutputExistsError, ShapeMismatchError
+from emarray.cli import cli as cli_group
+from emarray.errors import EmarrayWarning, InvalidArgumentError, OutputExistsError, ShapeMismatchError
 
 from .conftest import make_volume, tree_digest
+from .helpers import PY, cli
 
 
 def naive(prob, truth_pos, t, valid=None):
@@ -177,10 +181,10 @@ def test_gala_boundary_sweep_through_the_cli(shared_data, tmp_path):
     import h5py
     run = CliRunner()
     for src, dst in (("train-p1.lzf.h5", "p.zarr"), ("train-gt.lzf.h5", "gt.zarr")):
-        r = run.invoke(cli, ["-q", "ingest", str(shared_data / "gala-flyem" / src),
+        r = run.invoke(cli_group, ["-q", "ingest", str(shared_data / "gala-flyem" / src),
                              str(tmp_path / dst), "--dataset", "stack", "--chunks", "16,64,64"])
         assert r.exit_code == 0, r.output
-    r = run.invoke(cli, ["-q", "sweep", str(tmp_path / "p.zarr"), str(tmp_path / "gt.zarr"),
+    r = run.invoke(cli_group, ["-q", "sweep", str(tmp_path / "p.zarr"), str(tmp_path / "gt.zarr"),
                          "--out", str(tmp_path / "sw"), "--truth-value", "0"])
     assert r.exit_code == 0, r.output
     assert "best F1" in r.output
@@ -256,3 +260,100 @@ def test_both_bucket_kernels_count_as_searchsorted(dtype):
         np.add.at(ref, (np.searchsorted(edges, x[finite], side="left"), cls[finite]), 1)
         np.testing.assert_array_equal(out, ref, err_msg=f"{dtype} {name}")
         assert nan.tolist() == np.bincount(cls[~finite], minlength=3).tolist()
+
+
+def test_a_single_threshold_sweep_over_infinities_does_not_crash(tmp_path):
+    p = np.array([[[np.inf, -np.inf, 0.2, 0.7, np.nan, np.inf]]], np.float32)
+    t = np.array([[[1, 0, 0, 1, 1, 0]]], np.uint8)
+    pv, tv = make_volume(tmp_path / "p.zarr", p, 3), make_volume(tmp_path / "t.zarr", t, 3)
+    df = emarray.sweep(pv, tv, values=[0.5])
+    assert df[["tp", "fp", "fn", "tn"]].values.tolist() == [[2, 1, 0, 2]]
+    assert df.attrs["nan_voxels"] == {0: 1}
+
+
+def test_numba_kernels_under_bounds_checking():
+    """The sweep kernels run with NUMBA_BOUNDSCHECK=1: an out-of-range index raises."""
+    code = r"""
+import numpy as np
+from emarray.ops._histogram_cpu import bucket_histogram, level_histogram, lookup_table
+x = np.array([np.inf, -np.inf, np.nan, 0.5, 1e30, -1e30, 0.25, 0.75], np.float32)
+cls = np.array([0, 1, 2, 0, 1, 0, 1, 0], np.uint8)
+for ts in ([0.5], [0.25, 0.25], [0.0, 0.5, 1.0], list(np.linspace(0, 1, 101))):
+    ts = np.array(ts, np.float32)
+    tab, t0, inv = lookup_table(ts)
+    out = np.zeros((ts.size + 1, 3), np.int64); nan = np.zeros(3, np.int64)
+    bucket_histogram(x, cls, ts, tab, t0, inv, out, nan)
+    ref = np.searchsorted(ts, x[~np.isnan(x)], side="left")
+    assert out.sum() == 7 and nan.sum() == 1
+    assert (np.bincount(ref, minlength=ts.size + 1) == out.sum(axis=1)).all()
+u = np.arange(256, dtype=np.uint8); out = np.zeros((256, 3), np.int64)
+level_histogram(u, np.zeros(256, np.uint8), out)
+import numba
+@numba.njit
+def past_the_end(a):
+    return a[a.size]
+try:
+    past_the_end(np.zeros(3))
+except IndexError:
+    print("checked")
+"""
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1"}
+    r = subprocess.run([PY, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "checked"  # bounds checking really was on
+
+
+def test_sweep_volumes_in_centimetres(tmp_path):
+    p = np.full((2, 2, 2), 0.9, np.float32)
+    pv = emarray.create_volume(tmp_path / "p.zarr", p.shape, p.dtype, 2, voxel_size=(1, 2, 3),
+                               unit="centimeter")
+    pv.write((slice(0, 2),) * 3, p)
+    tv = make_volume(tmp_path / "t.zarr", np.ones((2, 2, 2), np.uint8), 2)
+    df = emarray.sweep(emarray.open_volume(tmp_path / "p.zarr"), tv, values=[0.5])
+    assert df["predicted_um3"].iloc[0] == pytest.approx(8 * 6 * 1e12)
+
+
+def test_sweep_of_a_uint8_map_covers_every_level(shared_data, tmp_path):
+    gala = shared_data / "gala-flyem"
+    p = emarray.ingest(gala / "train-p1.lzf.h5", tmp_path / "p.zarr", voxel_size="10,10,10")
+    t = emarray.ingest(gala / "train-gt.lzf.h5", tmp_path / "t.zarr", voxel_size="10,10,10")
+    u8 = emarray.rescale(p, tmp_path / "p8.zarr", (0, 1))
+    with _no_emarray_warning():
+        df = emarray.sweep(u8, t, truth_value=0)
+    assert len(df) == 255 and df["threshold"].tolist() == list(range(255))
+    # independent count at every level
+    prob, truth = u8.read(), t.read() == 0
+    for k in (0, 100, 200, 254):
+        pred = prob > k
+        assert df.loc[k, "tp"] == np.count_nonzero(pred & truth)
+        assert df.loc[k, "fp"] == np.count_nonzero(pred & ~truth)
+    best = df.loc[df["f1"].idxmax()]
+    assert best["threshold"] > 200 and best["f1"] > 0.45  # not the meaningless "t=0"
+    assert df["f1"].nunique() > 100
+
+
+class _no_emarray_warning:
+    def __enter__(self):
+        import warnings
+        self._cm = warnings.catch_warnings(record=True)
+        self.got = self._cm.__enter__()
+        warnings.simplefilter("always")
+
+    def __exit__(self, *exc):
+        self._cm.__exit__(*exc)
+        assert not [w for w in self.got if issubclass(w.category, EmarrayWarning)]
+
+
+def test_sweep_warns_at_the_edge_and_for_an_empty_truth(tmp_path):
+    p = np.linspace(0, 1, 64, dtype=np.float32).reshape(4, 4, 4)
+    pv = make_volume(tmp_path / "p.zarr", p, 2)
+    tv = make_volume(tmp_path / "t.zarr", (p > 0.98).astype(np.uint8), 2)
+    with pytest.warns(EmarrayWarning, match="edge of the thresholds swept"):
+        df = emarray.sweep(pv, tv, values=[0.1, 0.2, 0.3])
+    assert "edge" in df.attrs["warnings"][0]
+    empty = make_volume(tmp_path / "e.zarr", np.zeros((4, 4, 4), np.uint8), 2)
+    with pytest.warns(EmarrayWarning, match="no positive voxel"):
+        emarray.sweep(pv, empty)
+    r = cli("sweep", tmp_path / "p.zarr", tmp_path / "e.zarr", "--out", tmp_path / "s", "-q")
+    assert r.returncode == 0 and "warning: the truth has no positive voxel" in r.stderr
+    assert json.loads((tmp_path / "s" / "sweep.json").read_text())["warnings"]

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import emarray
-from emarray.errors import (BackendUnavailableError, ChunkAlignmentError, InvalidArgumentError,
+from emarray.errors import (ChunkAlignmentError, InvalidArgumentError,
                             OutputExistsError)
 from emarray.ops.threshold import normalize_threshold, threshold_block_cpu
 
@@ -145,18 +145,3 @@ def test_bad_op_backend_and_scheduler_are_named(tmp_path):
     with pytest.raises(InvalidArgumentError, match="'fast'"):
         emarray.threshold(src, tmp_path / "m.zarr", 0.5, scheduler="fast")
     assert not (tmp_path / "m.zarr").exists()
-
-
-def test_cuda_without_cupy_gives_install_hint(tmp_path):
-    try:
-        import cupy  # noqa: F401
-        pytest.skip("CuPy is installed here")
-    except ImportError:
-        pass
-    src = make_volume(tmp_path / "p.zarr", np.ones((4, 4, 4), np.float32), 2)
-    with pytest.raises(BackendUnavailableError, match=r"pip install 'emarray\[gpu\]'"):
-        emarray.threshold(src, tmp_path / "m.zarr", 0.5, backend="cuda")
-    assert not (tmp_path / "m.zarr").exists()
-    # auto falls back to the CPU
-    m = emarray.threshold(src, tmp_path / "m.zarr", 0.5, backend="auto")
-    assert m.read().all()

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 import emarray  # noqa: E402
 from tests.conftest import make_volume  # noqa: E402
-from tests.test_hardening import cli, one_error_line  # noqa: E402
+from tests.helpers import cli, one_error_line, train_config  # noqa: E402
 
 SHAPE = (32, 64, 64)
 
@@ -304,3 +304,26 @@ def test_a_signed_target_is_stored_as_uint8_with_ignore_as_255():
     t = np.array([[-1, 0, 1], [2, -1, 0]], np.int8)
     got = _stored(t)
     assert got.dtype == np.uint8 and got.tolist() == [[255, 0, 1], [2, 255, 0]]
+
+
+def test_train_refuses_nan_raw_and_a_diverging_rate_in_one_line(tmp_path):
+    pytest.importorskip("torch")
+    raw = np.random.default_rng(0).random((16, 32, 32)).astype(np.float32)
+    raw[:, 5, :] = np.nan
+    line = one_error_line(cli("-q", "train", train_config(tmp_path / "a", raw)))
+    assert "NaN or infinite" in line and "raw.zarr" in line
+    ok = np.random.default_rng(0).random((16, 32, 32)).astype(np.float32)
+    line = one_error_line(cli("-q", "train", train_config(tmp_path / "b", ok,
+                                                           optimizer={"lr": 1e308})))
+    assert "optimizer.lr" in line and "1e+308" in line
+
+
+def test_set_keeps_a_region_as_text(tmp_path):
+    pytest.importorskip("torch")
+    raw = np.random.default_rng(0).random((16, 32, 32)).astype(np.float32)
+    cfg = train_config(tmp_path, raw)
+    r = cli("train", cfg, "--set", "validation.region=8:16,:,:", "--print-config")
+    assert r.returncode == 0, r.stderr
+    assert "region: '8:16,:,:'" in r.stdout
+    line = one_error_line(cli("train", cfg, "--set", "validation.region=40:50,:,:"))
+    assert "'40:50' is empty or outside 0:16" in line and "{" not in line

@@ -1,6 +1,9 @@
+"""Volumes: OME-Zarr metadata, units and voxel sizes, reads and writes, and a broken store named
+in one line."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,7 @@ import emarray
 from emarray.errors import ChunkReadError, InvalidArgumentError, VolumeNotFoundError
 
 from .conftest import make_volume
+from .helpers import cli, one_error_line, prob_map
 
 
 def test_create_and_open_roundtrip(tmp_path):
@@ -202,3 +206,44 @@ def test_info_names_the_fill_value_chunks_not_stored_read_as(tmp_path, fmt, dtyp
     assert np.array_equal(np.asarray(d["fill_value"], dtype), np.asarray(fill, dtype),
                           equal_nan=True)
     assert json.loads(json.dumps(d, default=list))["fill_value"] is not None
+
+
+def test_every_ome_unit_converts_as_pint_says():
+    pint = pytest.importorskip("pint")
+    from emarray._normalize import SPACE_UNITS, micrometres
+    ureg = pint.UnitRegistry()
+    for unit in SPACE_UNITS:
+        want = ureg.Quantity(1, unit).to("micrometer").magnitude
+        assert micrometres(unit) == pytest.approx(want, rel=1e-9), unit
+    with pytest.raises(InvalidArgumentError, match="furlong"):
+        micrometres("furlong")
+
+
+@pytest.mark.parametrize("damage", ["malformed", "missing", "bad-shape"])
+def test_a_broken_store_is_one_line(tmp_path, damage):
+    _, src = prob_map(tmp_path / "p.zarr")
+    emarray.threshold(src, tmp_path / "m.zarr", 0.5)
+    arr = tmp_path / "m.zarr" / "0"
+    if damage == "malformed":
+        (arr / "zarr.json").write_text("{not json")
+    elif damage == "missing":
+        shutil.rmtree(arr)
+    else:
+        meta = json.loads((arr / "zarr.json").read_text())
+        meta["shape"] = [-3, 2]
+        (arr / "zarr.json").write_text(json.dumps(meta))
+    for args in (("info", tmp_path / "m.zarr"),
+                 ("threshold", tmp_path / "m.zarr", tmp_path / "x.zarr", "--value", "0.5"),
+                 ("threshold", tmp_path / "p.zarr", tmp_path / "m.zarr", "--value", "0.5",
+                  "--resume")):
+        assert "broken" in one_error_line(cli(*args)) or damage == "bad-shape"
+
+
+def test_info_counts_the_chunks_of_a_foreign_volume(tmp_path):
+    import zarr
+    arr = zarr.create_array(str(tmp_path / "f.zarr"), shape=(8, 8, 8), chunks=(4, 4, 4),
+                            dtype="uint8", fill_value=0)
+    arr[:4] = 1  # zarr leaves the empty half unwritten
+    r = cli("info", tmp_path / "f.zarr")
+    assert r.returncode == 0, r.stderr
+    assert "4 of 8 chunks" in r.stdout and "not stored" in r.stdout

@@ -1,7 +1,7 @@
-"""The CUDA review's fixes, tested on the CPU through the host-run kernels (tests/cuda_host):
-memory caps honoured by every CUDA operator (split on out of memory, or one line where a step
-needs its whole block), one smoothing algorithm per volume, pinned staging bounded per process,
-and the GPU tests' own memory cap accepted."""
+"""CUDA memory caps, tested on the CPU through the host-run kernels (tests/cuda_host): every
+CUDA operator honours its cap (splits a block on out of memory, or says in one line that a step
+needs its whole block), smoothing is one algorithm per volume, pinned staging is bounded per
+process, and the GPU tests' own memory cap is one the parser accepts."""
 from __future__ import annotations
 
 import threading
