@@ -4,9 +4,13 @@ Each block gives the overlaps (truth id, predicted id, voxels) it holds; the ove
 blocks are summed into one sparse contingency table on the driver (one row per overlapping
 pair, never per voxel). Everything is derived from that table:
 
-- one-to-one matches by IoU at thresholds 0.1 ... 0.9, as stardist's ``matching`` (the most
-  matches at or above the threshold, then the highest total IoU), solved by the Hungarian
-  method on each connected group of candidate pairs only;
+- one-to-one matches by IoU at thresholds 0.1 ... 0.9 (the most matches at or above the
+  threshold, then the highest total IoU, stardist's cost), solved by the Hungarian method on
+  each connected group of candidate pairs only. For volumes at thresholds of 0.5 and above an
+  object has at most one candidate (two objects cannot both overlap it by more than half), and
+  the matches are stardist's ``matching``'s; below 0.5 the number of matches is the same, the
+  total IoU can differ slightly (stardist also weighs pairs under the threshold that link a
+  group to objects outside it);
 - variation of information (split, merge) and adapted Rand error, as scikit-image's
   ``variation_of_information`` and ``adapted_rand_error`` (truth 0 ignored for the latter);
 - a per-object table and the relative volume difference of matched objects.
