@@ -34,8 +34,7 @@ def _declared() -> None:
     """Import every operator module, so that each has registered its functions: a worker
     process imports only what the blocks it runs name, and ``import emarray`` imports
     operators when they are first used."""
-    from .spec import operators
-    operators()
+    importlib.import_module("emarray.spec").operators()  # by name: the operators import this
 
 
 def supports(op: str, backend: str, dtype: Any) -> bool:

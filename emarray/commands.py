@@ -225,7 +225,7 @@ def command(op: Operator, call: Callable[..., Any], friendly: Callable,
             for line in result.lines():
                 click.echo(line)
             return
-        lines = list(op.report(result, args) if op.report is not None else [])
+        lines = op.said(result, args)
         for line in lines:
             click.echo(line)
         if page is not None:

@@ -135,7 +135,7 @@ def _kinds(value: Any, name: str) -> tuple[str, ...]:
     return tuple(items)
 
 
-def _report(vols: dict[str, Volume], args: dict[str, Any]) -> list[str]:
+def _says(vols: dict[str, Volume], args: dict[str, Any]) -> list[str]:
     return [f"wrote {v.url}: {v.shape} {v.dtype}" for v in vols.values()]
 
 
@@ -153,7 +153,7 @@ SPEC = Operator(
             Param("kinds", "text", "which volumes to make: raw, truth, prob", parse=_kinds),
             Param("voxel_size", "zyx-float", "voxel size z,y,x", unit="nanometer"),
             Param("compression", "choice", "compression", choices=COMPRESSIONS)),
-    run=ENGINE + REPLACE, report=_report,
+    run=ENGINE + REPLACE, says=_says,
     examples=("emarray synthetic synth/ --shape 128,512,512",))
 
 

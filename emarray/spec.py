@@ -178,7 +178,9 @@ class Operator:
     output: Port | None
     params: tuple[Param, ...] = ()
     run: tuple[str, ...] = ENGINE + REPLACE
-    report: Callable[[Any, dict[str, Any]], list[str]] | None = None
+    #: the lines the command prints when the job is done, from its result and arguments (None:
+    #: "wrote URL: SHAPE DTYPE" for a volume, nothing else); the run's HTML page keeps them too
+    says: Callable[[Any, dict[str, Any]], list[str]] | None = None
     examples: tuple[str, ...] = ()  # command lines for the docs, as a user types them
     #: the name its per-block functions are registered under in :mod:`emarray.backends`
     #: (CPU and, where a kernel exists, CUDA); "" for operators without backends
@@ -188,6 +190,15 @@ class Operator:
     remote_output: bool = True
     func: Callable[..., Any] | None = field(default=None, repr=False)
     call: Callable[..., Any] | None = field(default=None, repr=False)  # the checked function
+
+    def said(self, result: Any, arguments: dict[str, Any]) -> list[str]:
+        """What the command prints when the job is done (see ``says``)."""
+        if self.says is not None:
+            return list(self.says(result, arguments))
+        from .volume import Volume
+        if isinstance(result, Volume):
+            return [f"wrote {result.url}: {result.shape} {result.dtype}"]
+        return []
 
     def check_output(self, arguments: dict[str, Any]) -> None:
         """Refuse a URL as the output of an operator that writes to local disk only."""
@@ -227,6 +238,7 @@ class Operator:
             for p in self.params:
                 if p.name in bound.arguments:
                     bound.arguments[p.name] = p.check(bound.arguments[p.name])
+            self._set_up(bound)
             if _asks_estimate(bound):
                 from .engine.estimate import estimate_call
                 return estimate_call(self, fn, bound)
@@ -237,6 +249,25 @@ class Operator:
         self.call = checked
         REGISTRY[self.name] = self
         return checked
+
+    def _set_up(self, bound: inspect.BoundArguments) -> None:
+        """What every operator's function began with: its run options (``options`` and the
+        keywords) made one :class:`~emarray.engine.RunOptions`, given as ``options``; each
+        declared volume input opened (a path or URL) and refused if an unfinished job's."""
+        params = bound.signature.parameters
+        extra = next((p.name for p in params.values() if p.kind == p.VAR_KEYWORD), None)
+        if extra is None or "options" not in params:
+            return
+        from .engine.options import RunOptions
+        opts = RunOptions.make(bound.arguments.get("options"), **bound.arguments.get(extra, {}))
+        bound.arguments["options"] = opts
+        bound.arguments[extra] = {}
+        from .volume import Volume, open_volume
+        for port in self.inputs:
+            value = bound.arguments.get(port.name)
+            if port.kind == "volume" and value is not None:
+                vol = value if isinstance(value, Volume) else open_volume(value)
+                bound.arguments[port.name] = vol.require_complete(opts.allow_incomplete)
 
     # -- what follows from the declaration ----------------------------------------------------
     def param(self, name: str) -> Param:

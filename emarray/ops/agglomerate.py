@@ -291,7 +291,7 @@ def cut_name(t: float) -> str:
     return "t" + (text[:-2] if text.endswith(".0") else text)
 
 
-def _report(v: Volume, args: dict[str, Any]) -> list[str]:
+def _says(v: Volume, args: dict[str, Any]) -> list[str]:
     em = v.attrs.get("emarray", {}).get("agglomeration", {})
     lines = [f"wrote {v.url}: {v.shape} {v.dtype}: {em.get('fragments', 0):,} fragments, "
              f"{em.get('edges', 0):,} edges"]
@@ -327,7 +327,7 @@ SPEC = Operator(
                                    "built from these fragments and boundary, unchanged since "
                                    "(checked before any work)"),
             *layout_params()),
-    run=ENGINE + REPLACE + INCOMPLETE, report=_report,
+    run=ENGINE + REPLACE + INCOMPLETE, says=_says,
     examples=("emarray agglomerate fragments.zarr boundary.zarr cells.zarr --threshold 0.3 "
               "--thresholds 0.2,0.4,0.5",))
 

@@ -37,10 +37,6 @@ def _bound(dtype: np.dtype, value: Any, side: str) -> Any:
     return dtype.type(value)
 
 
-def _report(v: Volume, args: dict[str, Any]) -> list[str]:
-    return [f"wrote {v.url}: {v.shape} {v.dtype}"]
-
-
 SPEC = Operator(
     "clip", "values limited to [lo, hi], in the input's own dtype",
     inputs=(Port("src", "volume", "any real dtype"),),
@@ -49,7 +45,7 @@ SPEC = Operator(
     params=(Param("lo", "number", "the least value kept"),
             Param("hi", "number", "the greatest value kept"),
             *layout_params()),
-    run=ELEMENTWISE, report=_report, blocks="clip",
+    run=ELEMENTWISE, blocks="clip",
     examples=("emarray clip raw.zarr clipped.zarr --lo 20 --hi 235",))
 
 

@@ -124,7 +124,7 @@ def check_max_distance(cap: float, given: str, voxel: tuple[float, ...],
                                f"to {diagonal:g} {unit}")
 
 
-def _report(v: Volume, args: dict[str, Any]) -> list[str]:
+def _says(v: Volume, args: dict[str, Any]) -> list[str]:
     d = v.attrs.get("emarray", {}).get("distance", {})
     return [f"wrote {v.url}: {v.shape} float32 distances in {v.unit}, clipped at "
             f"{d.get('max_distance')}"]
@@ -150,7 +150,7 @@ SPEC = Operator(
             Param("signed", "flag", "inside positive, outside negative (the background's distance "
                                     "to the foreground)"),
             *layout_params()),
-    run=ELEMENTWISE, report=_report, blocks="distance",
+    run=ELEMENTWISE, says=_says, blocks="distance",
     examples=("emarray distance boundary.zarr dist.zarr --threshold 0.5 --below "
               "--max-distance 200nm",))
 

@@ -171,7 +171,7 @@ def erl_columns(found: Sequence[tuple[str, np.ndarray, np.ndarray]], fragments: 
     return column
 
 
-def _report(r: RunLengths, args: dict[str, Any]) -> list[str]:
+def _says(r: RunLengths, args: dict[str, Any]) -> list[str]:
     lines = [f"{len(r.skeletons)} skeletons, {r.total:,.6g} long in all",
              f"ERL {r.erl:,.6g}; merge-penalised ERL {r.erl_merge:,.6g} "
              f"({len(r.merged)} segments merge skeletons)"]
@@ -189,7 +189,7 @@ SPEC = Operator(
                                         "skeleton (precomputed or SWC), or of .swc files")),
     output=Port("out", "folder", "folder for erl.json and runs.csv (one row per run)",
                 option=True, optional=True),
-    run=REPLACE + INCOMPLETE, report=_report,
+    run=REPLACE + INCOMPLETE, says=_says,
     examples=("emarray erl cells.zarr truth.skeletons --out erl/",))
 
 

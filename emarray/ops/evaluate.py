@@ -178,7 +178,7 @@ def _thresholds(value: Any, name: str) -> tuple[float, ...]:
     return out
 
 
-def _report(df: Any, args: dict[str, Any]) -> list[str]:
+def _says(df: Any, args: dict[str, Any]) -> list[str]:
     best = best_row(df)
     out = args.get("out")
     return [f"best VOI {best['voi']:.4f} (split {best['voi_split']:.4f}, merge "
@@ -211,7 +211,7 @@ SPEC = Operator(
             Param("min_size", "int", "merge segments under this many voxels into their best "
                                      "neighbour at each threshold (default: as the "
                                      "agglomeration did)", minimum=0, unit="voxels")),
-    run=ENGINE + REPLACE + INCOMPLETE, report=_report,
+    run=ENGINE + REPLACE + INCOMPLETE, says=_says,
     examples=("emarray evaluate cells.zarr truth.zarr --out eval/",))
 
 

@@ -57,7 +57,7 @@ def parse_region(region: Any, shape: tuple[int, ...]) -> tuple[slice, ...]:
     return tuple(out)
 
 
-def _report(p: Path, args: dict[str, Any]) -> list[str]:
+def _says(p: Path, args: dict[str, Any]) -> list[str]:
     return [f"wrote {p}"]
 
 
@@ -72,7 +72,7 @@ SPEC = Operator(
             Param("format", "choice", "tiff, hdf5 or precomputed (sharded neuroglancer "
                                       "precomputed, every pyramid level; default: from DST's "
                                       "extension)", choices=("tiff", "hdf5", "precomputed"))),
-    run=("overwrite", "allow_incomplete"), report=_report,
+    run=("overwrite", "allow_incomplete"), says=_says,
     examples=("emarray export mask.zarr mask.tif --region 0:10,,",
               "emarray export cells.zarr cells-ng --format precomputed"))
 

@@ -26,7 +26,7 @@ def _read_source(ctx: BlockContext, *, source: Any) -> np.ndarray:
     return source.read(ctx.region)
 
 
-def _report(v: Volume, args: dict[str, Any]) -> list[str]:
+def _says(v: Volume, args: dict[str, Any]) -> list[str]:
     return [f"wrote {v.url}: {v.shape} {v.dtype}, chunks {v.chunks}"]
 
 
@@ -44,7 +44,7 @@ SPEC = Operator(
             Param("shards", "zyx", "shard shape (multiples of chunks)", unit="voxels"),
             Param("compression", "choice", "compression", choices=COMPRESSIONS),
             Param("compression_level", "int", "compression level", aliases=("--level",))),
-    run=ENGINE + REPLACE, report=_report,
+    run=ENGINE + REPLACE, says=_says,
     examples=("emarray ingest stack/raw/ raw.zarr --voxel-size 50,4.6,4.6",
               "emarray ingest train-p1.h5 prob.zarr --dataset stack"))
 

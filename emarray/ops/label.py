@@ -387,7 +387,7 @@ def warn_float_map(src: Volume, background: Any) -> None:
                   "pass --mode binary if it is a 0/1 mask", EmarrayWarning, stacklevel=3)
 
 
-def _report(v: Volume, args: dict[str, Any]) -> list[str]:
+def _says(v: Volume, args: dict[str, Any]) -> list[str]:
     n = v.attrs.get("emarray", {}).get("components")
     return [f"wrote {v.url}: {v.shape} {v.dtype}, {n} components"]
 
@@ -407,7 +407,7 @@ SPEC = Operator(
             Param("min_size", "int", "remove components of fewer voxels than this, before "
                                      "numbering (cc3d's dust)", minimum=0, unit="voxels"),
             *layout_params()),
-    run=ELEMENTWISE, report=_report, blocks="label",
+    run=ELEMENTWISE, says=_says, blocks="label",
     examples=("emarray label mask.zarr cells.zarr --connectivity 6 --min-size 50",))
 
 

@@ -260,7 +260,7 @@ def object_rows(table: dict, pairs: dict, matched: np.ndarray):
 
 
 # -- the operator -----------------------------------------------------------------------------
-def _report(r: dict[str, Any], args: dict[str, Any]) -> list[str]:
+def _says(r: dict[str, Any], args: dict[str, Any]) -> list[str]:
     thr = float(args.get("match_threshold", 0.5))
     row = r["matching"].set_index("threshold").loc[thr]  # the match threshold is always a row
     return [f"{r['n_true']} truth objects, {r['n_pred']} predicted",
@@ -292,7 +292,7 @@ SPEC = Operator(
                   choices=(6, 18, 26)),
             Param("match_threshold", "float", "the IoU at which the per-object table counts a "
                                               "match", parse=_iou)),
-    run=ENGINE + REPLACE + INCOMPLETE, report=_report,
+    run=ENGINE + REPLACE + INCOMPLETE, says=_says,
     examples=("emarray match cells.zarr truth.zarr --out match/",))
 
 

@@ -184,7 +184,7 @@ def check_ids(ids: Any, dtype: np.dtype, url: str) -> frozenset[int] | None:
     return frozenset(int(i) for i in ids)
 
 
-def _report(n: int, args: dict[str, Any]) -> list[str]:
+def _says(n: int, args: dict[str, Any]) -> list[str]:
     return [f"wrote {n:,} meshes in {args['dst']}"]
 
 
@@ -220,7 +220,7 @@ SPEC = Operator(
             Param("ids", "text", "mesh only these ids, e.g. 3,17,42 (exact at any size, up to "
                                  "2**64 - 1; negative ones for signed labels)", parse=parse_ids),
             Param("per_task", "int", "objects stitched per task", minimum=1)),
-    run=ENGINE + REPLACE + INCOMPLETE, report=_report,
+    run=ENGINE + REPLACE + INCOMPLETE, says=_says,
     examples=("emarray mesh cells.zarr cells.meshes",
               "emarray mesh cells.zarr meshes/ --format ply --ids 3,17 --reduction 10"))
 

@@ -75,7 +75,7 @@ def object_frame(t: dict, vol: Volume, with_raw: bool):
     return df
 
 
-def _report(df: Any, args: dict[str, Any]) -> list[str]:
+def _says(df: Any, args: dict[str, Any]) -> list[str]:
     total = float(df["volume_um3"].sum())
     return [f"{len(df)} objects, {total:.6g} µm³ in all",
             f"wrote {args['out']} (summary and volume histogram beside it)"]
@@ -90,7 +90,7 @@ SPEC = Operator(
                                   "intensity per object", optional=True)),
     output=Port("out", "table", ".csv or .parquet table; a .json summary and a volume histogram "
                                 ".png are written beside it", option=True),
-    run=ENGINE + REPLACE + INCOMPLETE, report=_report,
+    run=ENGINE + REPLACE + INCOMPLETE, says=_says,
     examples=("emarray objects cells.zarr --raw raw.zarr --out cells.csv",))
 
 

@@ -347,7 +347,7 @@ def default_block(shape: Sequence[int], chunks: Sequence[int], out: Sequence[int
 
 
 # -- the operator --------------------------------------------------------------------------------
-def _report(v: Volume, args: dict[str, Any]) -> list[str]:
+def _says(v: Volume, args: dict[str, Any]) -> list[str]:
     about = v.attrs.get("emarray", {}).get("prediction", {})
     samples = int(args.get("mc_samples") or 0)
     tiles = about.get("tiles", 0) * max(1, samples)
@@ -396,7 +396,7 @@ SPEC = Operator(
                                          "else float32", choices=PRECISIONS),
             Param("threads", "int", "PyTorch threads per worker process (default: its share of "
                                     "the cores)", minimum=1)),
-    run=ENGINE + REPLACE + INCOMPLETE + ("backend",), report=_report,
+    run=ENGINE + REPLACE + INCOMPLETE + ("backend",), says=_says,
     examples=("emarray predict raw.zarr model.pt prob.zarr",
               "emarray predict raw.zarr model.pt prob.zarr --dtype uint8 --mc-samples 8"))
 

@@ -160,7 +160,7 @@ def _factors(value: Any, name: str) -> Any:
     return fixed
 
 
-def _report(v: Volume, args: dict[str, Any]) -> list[str]:
+def _says(v: Volume, args: dict[str, Any]) -> list[str]:
     from ..volume import open_volume as _open
     lines = []
     for k in range(1, len(v.levels)):
@@ -184,7 +184,7 @@ SPEC = Operator(
             Param("labels", "flag", "the image holds labels (pooled by mode, never averaged); "
                                     "default: integer volumes marked as labels, or of a 32/64-bit "
                                     "integer type")),
-    run=ENGINE + REPLACE + BACKEND, report=_report, blocks="pool",
+    run=ENGINE + REPLACE + BACKEND, says=_says, blocks="pool",
     examples=("emarray pyramid raw.zarr", "emarray pyramid cells.zarr --levels 4 --labels"))
 
 

@@ -128,10 +128,6 @@ def parse_range(value: Any, name: str) -> tuple[int | float, int | float]:
     return lo, hi
 
 
-def _report(v: Volume, args: dict[str, Any]) -> list[str]:
-    return [f"wrote {v.url}: {v.shape} uint8"]
-
-
 SPEC = Operator(
     "rescale", "a linear map of [lo, hi] onto uint8 0..255 (clipped, NaN to 0), for viewers "
                "and 8-bit models",
@@ -141,7 +137,7 @@ SPEC = Operator(
                                          "data at any size)", parse=parse_range,
                   aliases=("--range",), metavar="LO,HI"),
             *layout_params()),
-    run=ELEMENTWISE, report=_report, blocks="rescale",
+    run=ELEMENTWISE, blocks="rescale",
     examples=("emarray rescale prob.zarr prob8.zarr --in-range 0,1",))
 
 

@@ -63,7 +63,7 @@ def level_row(table: dict[str, np.ndarray], iou: float) -> dict[str, Any]:
             if n > len(lost) else 0}
 
 
-def _report(df: Any, args: dict[str, Any]) -> list[str]:
+def _says(df: Any, args: dict[str, Any]) -> list[str]:
     lines = []
     for r in df.itertuples():
         if r.level == 0:
@@ -91,7 +91,7 @@ SPEC = Operator(
                                      "while z is coarser) or z,y,x of 1 or 2"),
             Param("iou", "float", "an object is recovered when matched one-to-one at this IoU",
                   minimum=0.01, maximum=1.0)),
-    run=ENGINE + REPLACE + INCOMPLETE, report=_report,
+    run=ENGINE + REPLACE + INCOMPLETE, says=_says,
     examples=("emarray resolution truth.zarr --out study/ --levels 4",))
 
 

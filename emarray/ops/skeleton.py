@@ -413,7 +413,7 @@ def _block(ctx: BlockContext, labels: np.ndarray, *, voxel_nm: np.ndarray, param
     return objs, np.full(objs.size, flat, np.int64)
 
 
-def _report(n: int, args: dict[str, Any]) -> list[str]:
+def _says(n: int, args: dict[str, Any]) -> list[str]:
     return [f"wrote {n:,} skeletons in {args['dst']}"]
 
 
@@ -449,7 +449,7 @@ SPEC = Operator(
                                   "near block faces", parse=parse_length,
                   metavar="LENGTH"),
             Param("per_task", "int", "objects stitched per task", minimum=1)),
-    run=ENGINE + REPLACE + INCOMPLETE, report=_report,
+    run=ENGINE + REPLACE + INCOMPLETE, says=_says,
     examples=("emarray skeleton cells.zarr cells.skeletons",
               "emarray skeleton cells.zarr swc/ --format swc --ids 3,17 --const 500nm"))
 

@@ -184,10 +184,6 @@ def check_block_memory(src: Volume, halo: tuple[int, ...], dtype: np.dtype, *,
             "or store the volume in smaller chunks")
 
 
-def _report(v: Volume, args: dict[str, Any]) -> list[str]:
-    return [f"wrote {v.url}: {v.shape} {v.dtype}"]
-
-
 SPEC = Operator(
     "smooth", "Gaussian smoothing into float32, equal to scipy.ndimage.gaussian_filter on the "
               "whole volume for any chunking",
@@ -200,7 +196,7 @@ SPEC = Operator(
             Param("truncate", "float", "cut the filter at this many standard deviations "
                                        "(SciPy's default 4)", minimum=1e-300),
             *layout_params()),
-    run=ELEMENTWISE, report=_report, blocks="smooth",
+    run=ELEMENTWISE, blocks="smooth",
     examples=("emarray smooth raw.zarr smooth.zarr --sigma 2",
               "emarray smooth raw.zarr smooth.zarr --sigma 50,8,8 --unit physical"))
 

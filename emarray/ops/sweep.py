@@ -154,7 +154,7 @@ def _sweep_block(ctx: BlockContext, prob: np.ndarray, truth: np.ndarray, *rest: 
     return out
 
 
-def _report(df: Any, args: dict[str, Any]) -> list[str]:
+def _says(df: Any, args: dict[str, Any]) -> list[str]:
     lines = []
     for ch, best in best_rows(df).items():
         tag = f"channel {ch}: " if df["channel"].nunique() > 1 else ""
@@ -185,7 +185,7 @@ SPEC = Operator(
                                            "where it is nonzero)"),
             Param("ignore_value", "number", "voxels whose truth equals this are not counted"),
             Param("channel", "int", "sweep one channel of a c,z,y,x map", minimum=0)),
-    run=ENGINE + REPLACE + INCOMPLETE + BACKEND, report=_report, blocks="histogram",
+    run=ENGINE + REPLACE + INCOMPLETE + BACKEND, says=_says, blocks="histogram",
     examples=("emarray sweep prob.zarr truth.zarr --out sweep/",
               "emarray sweep prob.zarr truth.zarr --out sweep/ --values 0.3,0.5,0.7"))
 

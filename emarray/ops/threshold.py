@@ -83,7 +83,7 @@ backends.register("threshold", "cpu", threshold_block_cpu)
 backends.register("threshold", "cuda", "emarray.cuda.elementwise:threshold_block_cuda", CUDA_DTYPES)
 
 
-def _report(v: Volume, args: dict[str, Any]) -> list[str]:
+def _says(v: Volume, args: dict[str, Any]) -> list[str]:
     return [f"wrote {v.url}: {v.shape} uint8 mask"]
 
 
@@ -97,7 +97,7 @@ SPEC = Operator(
                                        "boundary map); le: <=. NaN voxels give 0 for each",
                   choices=OPS),
             *layout_params()),
-    run=ELEMENTWISE, report=_report, blocks="threshold",
+    run=ELEMENTWISE, says=_says, blocks="threshold",
     examples=("emarray threshold prob.zarr mask.zarr --value 0.5",
               "emarray threshold boundary.zarr cells.zarr --value 0.3 --compare lt"))
 

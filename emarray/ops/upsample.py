@@ -66,10 +66,6 @@ def _check_covers(src: Volume, ref: Volume, scales: tuple[float, ...],
                 "source does not cover it (is it a level of another volume, or the wrong one?)")
 
 
-def _report(v: Volume, args: dict[str, Any]) -> list[str]:
-    return [f"wrote {v.url}: {v.shape} {v.dtype}"]
-
-
 SPEC = Operator(
     "upsample", "a coarse volume resampled onto another volume's grid (shape, voxel size, "
                 "translation): nearest for labels, linear for images",
@@ -81,7 +77,7 @@ SPEC = Operator(
             Param("chunks", "zyx", "output chunk shape (default: the reference's)",
                   unit="voxels"),
             Param("compression", "choice", "output compression", choices=COMPRESSIONS)),
-    run=ENGINE + REPLACE + INCOMPLETE, report=_report,
+    run=ENGINE + REPLACE + INCOMPLETE,
     examples=("emarray upsample mask.zarr/2 mask-full.zarr --like raw.zarr",))
 
 

@@ -212,7 +212,7 @@ def _add(a: int, b: int) -> int:
     return a + b
 
 
-def _report(v: Volume, args: dict[str, Any]) -> list[str]:
+def _says(v: Volume, args: dict[str, Any]) -> list[str]:
     n = v.attrs.get("emarray", {}).get("fragments")
     return [f"wrote {v.url}: {v.shape} {v.dtype}, {n:,} fragments" if n is not None else
             f"wrote {v.url}: {v.shape} {v.dtype}"]
@@ -261,7 +261,7 @@ SPEC = Operator(
             Param("relabel", "flag", "kept for old scripts: the fragments are numbered 1..N "
                                      "whether it is given or not"),
             *layout_params()),
-    run=ENGINE + REPLACE + INCOMPLETE, report=_report,
+    run=ENGINE + REPLACE + INCOMPLETE, says=_says,
     examples=("emarray watershed boundary.zarr fragments.zarr --threshold 0.5",
               "emarray watershed affs.zarr fragments.zarr --affinities --threshold 0.5"))
 
