@@ -414,3 +414,22 @@ def test_the_cuda_kernels_algorithm_numbers_as_cc3d(connectivity):
             np.testing.assert_array_equal(
                 emulate_label_cu(fg, connectivity),
                 label_block_cpu(a, connectivity=connectivity, binary=binary, background=0))
+
+
+def test_every_stage_declares_the_volumes_its_blocks_read(tmp_path):
+    """The relabel stage reads ``src`` again where a block's labels were not kept: it declares
+    it (read lazily), so a change of ``src`` reaches its blocks (resume invalidation)."""
+    from emarray.engine import LaterStage, RunOptions
+    from emarray.engine.invalidate import affected_blocks, volume_key
+    from emarray.volume import create_volume
+    src = make_volume(tmp_path / "m.zarr", (np.arange(8 * 8 * 8).reshape(8, 8, 8) % 3 == 0)
+                      .astype(np.uint8), 4)
+    out = create_volume(tmp_path / "o.zarr", src.shape, "uint32", 4)
+    p = label_mod.label_plan(src, label_mod.check_params(src, 26, "binary", 0, 0), RunOptions())
+    stages = label_mod.label_stages(src, out, p, {}, tmp_path / "scratch")
+    relabel = stages[-1]
+    assert isinstance(relabel, LaterStage)
+    st = relabel.build({"dtype": "uint32", "components": 1})
+    assert any(r.volume is src and r.lazy for r in st.reads)
+    changed = {volume_key(src): [(slice(4, 8), slice(0, 4), slice(0, 4))]}
+    assert affected_blocks(st, changed).tolist() == [4]  # block (1, 0, 0)

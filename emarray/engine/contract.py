@@ -48,7 +48,9 @@ class Read:
     ``a``, for a block that only needs the first voxels of the next one). ``boundary`` fills what lies outside
     the volume (``none``: the read is clipped to the volume and the array is smaller).
     ``channels``: ``all`` reads a leading channel axis the grid does not have, whole; ``drop``
-    ignores the grid's leading (channel) axis for a volume without one.
+    ignores the grid's leading (channel) axis for a volume without one. ``lazy``: the block
+    gets a function that reads it, for an input a block reads only sometimes (it is declared
+    all the same: a change of it redoes the blocks that may read it).
     """
 
     volume: Any
@@ -58,6 +60,7 @@ class Read:
     cval: float = 0.0
     channels: str = "same"
     sides: str = "both"
+    lazy: bool = False
 
     def __post_init__(self) -> None:
         if self.boundary not in BOUNDARIES:
@@ -156,6 +159,7 @@ class Write:
     scale: tuple[Fraction, ...] | Fraction | int = 1
     channels: str = "same"
     sides: str = "both"
+    lazy: bool = False
 
     def __post_init__(self) -> None:
         if self.channels not in ("same", "all"):

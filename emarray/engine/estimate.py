@@ -451,7 +451,7 @@ def _warm_cache(session: Session, st: Any, flats: list[int]) -> tuple[float, int
     counts = st.grid.counts
     regions = [st.grid.region(tuple(int(k) for k in np.unravel_index(f, counts))) for f in flats]
     for r in st.reads:
-        if not CACHE.capacity or not hasattr(r.volume, "block_shape") or not regions:
+        if r.lazy or not CACHE.capacity or not hasattr(r.volume, "block_shape") or not regions:
             continue
         if not any(_cuts(r, region) for region in regions):
             continue  # whole chunks: not read through the cache, nothing to warm
@@ -519,6 +519,8 @@ def read_bytes(st: Any) -> int:
     from .invalidate import SpatialAxes, axis_reads
     total = 0
     for r in st.reads:
+        if r.lazy:  # read only by some blocks: not counted
+            continue
         offset = 1 if r.channels == "drop" else 0
         axes = SpatialAxes(st.grid, offset)
         shape = r.volume.shape[1:] if r.channels == "all" else r.volume.shape

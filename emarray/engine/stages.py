@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -93,8 +94,13 @@ def run_block(stage: Stage, index: tuple[int, ...]) -> Any:
     """Read, compute and write (or summarise) one block of ``stage``."""
     region = stage.grid.region(index)
     state = worker_state(stage.setup_key or stage.name, stage.setup) if stage.setup else None
-    arrays, reads = [], []
+    arrays: list[Any] = []
+    reads = []
     for r in stage.reads:
+        if r.lazy:  # read by the block only if it needs it
+            arrays.append(partial(_read_array, r, region))
+            reads.append(r.region(region))
+            continue
         a, got = r.read(region)
         arrays.append(a)
         reads.append(got)
@@ -117,6 +123,10 @@ def run_block(stage: Stage, index: tuple[int, ...]) -> Any:
                        stage.faults or faults.NONE)
     _trace(stage, index)
     return summary
+
+
+def _read_array(r: Any, region: Any) -> np.ndarray:
+    return r.read(region)[0]
 
 
 def _trace(stage: Stage, index: tuple[int, ...]) -> None:

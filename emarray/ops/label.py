@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import uuid
 from fractions import Fraction
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -264,12 +265,12 @@ def _join(acc: Any, *, scratch: Scratch, p: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- stage 4: relabel -----------------------------------------------------------------------------
-def _relabel_block(ctx: BlockContext, rowoff: np.ndarray, *, src: Volume, scratch: Scratch,
-                   p: dict[str, Any], dtype: str) -> np.ndarray:
+def _relabel_block(ctx: BlockContext, rowoff: np.ndarray, read_src: Callable[[], np.ndarray],
+                   *, scratch: Scratch, p: dict[str, Any], dtype: str) -> np.ndarray:
     flat = int(np.ravel_multi_index(ctx.index, p["counts"]))
     comp = local_labels.take(p["job"], flat, tuple(s.start for s in ctx.region), p["shape"])
     if comp is None:  # not kept here: label the block again (the same labels)
-        comp = _labelled(ctx, Read(src).read(ctx.region)[0], p)
+        comp = _labelled(ctx, read_src(), p)
     kept, kf, lz, ly = _kept(comp, p)
     lut = np.zeros(comp.n + 1, dtype)
     if kept.size:
@@ -333,9 +334,9 @@ def label_stages(src: Volume, out: Volume, p: dict[str, Any], setup: dict[str, A
     def build_relabel(given: dict[str, Any]) -> Stage:
         target = retype(out, given["dtype"])
         _record(target, given["components"])
-        return Stage(prefix + "relabel", partial(_relabel_block, src=src, scratch=scratch, p=p,
+        return Stage(prefix + "relabel", partial(_relabel_block, scratch=scratch, p=p,
                                                  dtype=given["dtype"]), grid,
-                     [Read(vols["rowoffsets"], scale=plane_scale[2])],
+                     [Read(vols["rowoffsets"], scale=plane_scale[2]), Read(src, lazy=True)],
                      [Write(target)], **setup)
     return [first, offsets, faces, LaterStage(prefix + "relabel", build_relabel)]
 
