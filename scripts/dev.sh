@@ -16,6 +16,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 extras=""
 case "$what" in
+  demo) extras="[measure]" ;;  # the demo's sweep: its table (pandas) and plot (matplotlib)
   test) extras="[test]" ;;
   bench|compare) extras="[dev]" ;;
 esac
