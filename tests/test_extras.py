@@ -137,6 +137,7 @@ FEATURES = [
     ("sweep", ["sweep", "prob.zarr", "prob.zarr", "--out", "sweep"], "measure", "sweep"),
     ("the demo", ["demo", "--out", "demo"], "measure", "demo"),
     ("view", ["view", "prob.zarr"], "view", None),
+    ("a recipe's step", ["run", "recipe.yaml"], "segment", "work"),
     ("gui", ["gui", "--no-open"], "gui", None),
 ]
 
@@ -147,6 +148,9 @@ def test_a_missing_extra_is_one_line_before_any_output(tmp_path):
     make_volume(tmp_path / "prob.zarr", prob, chunks=(4, 8, 8))
     tifffile.imwrite(tmp_path / "stack.tif", (prob * 255).astype(np.uint8), photometric="minisblack")
     (tmp_path / "vol.n5").mkdir()
+    (tmp_path / "recipe.yaml").write_text(
+        "workdir: work\nsteps:\n  data: {op: synthetic, shape: [8, 16, 16], chunks: 8}\n"
+        "  ws: {op: watershed, boundary: data.prob, threshold: 0.5}\n")
     (tmp_path / "vol.n5" / "attributes.json").write_text(json.dumps({"n5": "2.0.0"}))
     before = sorted(p.name for p in tmp_path.iterdir())
     runs = run_without_extras(tmp_path, *[argv for _, argv, _, _ in FEATURES])

@@ -167,10 +167,10 @@ def train(config: str | os.PathLike | dict[str, Any], *, out: str | os.PathLike 
     -------
     TrainResult
     """
-    from ..models import require_torch, save_model
-    torch = require_torch()
     from ..extras import require_all
-    require_all(("pandas", "matplotlib"), "emarray train", extra="train")  # its report
+    from ..models import require_torch, save_model
+    require_all(("torch", "pandas", "matplotlib"), "emarray train", extra="train")  # its report
+    torch = require_torch()
     cfg = resolve_config(config, out=out, steps=steps, sets=sets)
     d = cfg["data"]
     raws, labs = open_volumes(d["raw"]), open_volumes(d["labels"])
