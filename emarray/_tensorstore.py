@@ -10,6 +10,7 @@ from .errors import VolumeNotFoundError
 from .ome import default_axes
 
 _DRIVERS = {"zarr2": "zarr", "n5": "n5", "precomputed": "neuroglancer_precomputed"}
+KIND_NAMES = {"zarr2": "zarr v2", "n5": "N5", "precomputed": "neuroglancer precomputed"}
 
 
 def _kvstore(location: str) -> Any:
@@ -20,7 +21,8 @@ def _kvstore(location: str) -> Any:
 
 def open_tensorstore(kind: str, location: str) -> tuple[Any, dict[str, Any]]:
     """Open ``location`` read-only; return the tensorstore (axes z,y,x) and Volume metadata."""
-    import tensorstore as ts
+    from .extras import require
+    ts = require("tensorstore", f"reading {KIND_NAMES.get(kind, kind)} volumes")
     spec = {"driver": _DRIVERS[kind], "kvstore": _kvstore(location)}
     try:
         arr = ts.open(spec, read=True).result()

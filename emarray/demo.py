@@ -54,6 +54,8 @@ def run_demo(out_dir: str | os.PathLike = "emarray-demo", size: Any = (128, 512,
         raise InvalidArgumentError("the demo's small volume takes seconds; --estimate is for "
                                    "operators (emarray OP ... --estimate) and recipes "
                                    "(emarray run RECIPE --estimate)")
+    from .extras import require_all
+    require_all(("pandas", "matplotlib"), "emarray demo (its sweep)")
     out = Path(out_dir)
     again = out.exists()
     if again and not (out / _STAMP).exists():

@@ -123,7 +123,8 @@ def _upload(local: Path, remote: RemotePath, info: bool = False) -> None:
 
 def _write_levels(vol: Volume, folder: Path, progress: bool,
                   done: Callable[[], None] | None = None) -> Path:
-    import tensorstore as ts
+    from .extras import require
+    ts = require("tensorstore", "writing neuroglancer precomputed")
     kind, dtype = output_type(vol)
     if vol.dtype == np.float64:
         warnings.warn(f"{vol.url}: precomputed holds no float64; written as float32",

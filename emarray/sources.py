@@ -14,6 +14,7 @@ import numpy as np
 
 from ._normalize import numeric_dtype, parse_unit
 from .errors import InvalidArgumentError, ShapeMismatchError, VolumeNotFoundError
+from .extras import require
 from .speaking import given
 
 #: (voxel size z,y,x, unit) read from a file's own metadata, or None
@@ -52,7 +53,7 @@ def tiff_voxel_size(tf) -> VoxelInfo:
 def _tiff_region(path: str, region: tuple[slice, ...],
                  shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Read ``region`` of a TIFF's first series, decoding only the strips/tiles it overlaps."""
-    import tifffile
+    tifffile = require("tifffile", "reading TIFF files")
     import zarr
     with tifffile.imread(path, aszarr=True) as store:
         arr = zarr.open_array(store, mode="r")
@@ -90,7 +91,7 @@ def _slice_header(path: Path) -> tuple[tuple[int, ...], np.dtype, str]:
                     f"{path} is a {im.mode} (colour) image; emarray ingests single-channel "
                     "slices: convert it to greyscale or labels first")
             return (im.size[1], im.size[0]), np.dtype(mode), im.mode
-    import tifffile
+    tifffile = require("tifffile", "reading TIFF files")
     with tifffile.TiffFile(path) as tf:
         page = tf.pages[0]
         return tuple(page.shape), np.dtype(page.dtype), "tiff"
@@ -132,7 +133,7 @@ class SliceFolder:
     def voxel_size(self) -> VoxelInfo:
         if self.files[0].lower().endswith(".png"):
             return None
-        import tifffile
+        tifffile = require("tifffile", "reading TIFF files")
         with tifffile.TiffFile(self.files[0]) as tf:
             return tiff_voxel_size(tf)
 
@@ -161,7 +162,7 @@ class MultiPageTiff:
     """A 3D TIFF stack (one page per z-slice)."""
 
     def __init__(self, path: str | os.PathLike):
-        import tifffile
+        tifffile = require("tifffile", "reading TIFF files")
         self.path = os.fspath(path)
         with tifffile.TiffFile(self.path) as tf:
             series = tf.series[0]
@@ -187,7 +188,7 @@ class MultiPageTiff:
         return [st.st_size, st.st_mtime_ns]
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
-        import tifffile
+        tifffile = require("tifffile", "reading TIFF files")
         if self.offset is not None:
             mm = np.memmap(self.path, dtype=self.dtype.newbyteorder(self.byteorder), mode="r",
                            offset=self.offset, shape=self.shape)
@@ -201,7 +202,7 @@ class Hdf5Dataset:
     """A 3D dataset inside an HDF5 file."""
 
     def __init__(self, path: str | os.PathLike, dataset: str | None):
-        import h5py
+        h5py = require("h5py", "reading HDF5 files")
         self.path = os.fspath(path)
         with h5py.File(self.path, "r") as f:
             names: list[str] = []
@@ -237,7 +238,7 @@ class Hdf5Dataset:
         return [self.dataset, st.st_size, st.st_mtime_ns]
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
-        import h5py
+        h5py = require("h5py", "reading HDF5 files")
         with h5py.File(self.path, "r") as f:
             return f[self.dataset][region]
 

@@ -188,6 +188,9 @@ class Operator:
     #: whether its output may be a URL (s3://): volumes, folders, tables and files go to object
     #: storage through the engine (emarray.engine.remote_output, emarray.engine.remote_files)
     remote_output: bool = True
+    #: the modules of an extra it imports (emarray.extras): a missing one is one line naming
+    #: the extra, before anything is read or written
+    needs: tuple[str, ...] = ()
     func: Callable[..., Any] | None = field(default=None, repr=False)
     call: Callable[..., Any] | None = field(default=None, repr=False)  # the checked function
 
@@ -234,6 +237,9 @@ class Operator:
         @functools.wraps(fn)
         def checked(*args: Any, **kwargs: Any) -> Any:
             bound = sig.bind(*args, **kwargs)
+            if self.needs:
+                from .extras import require_all
+                require_all(self.needs, f"emarray {self.name}")
             self.check_output(bound.arguments)
             for p in self.params:
                 if p.name in bound.arguments:

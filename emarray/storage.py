@@ -25,11 +25,13 @@ from typing import Any
 
 from . import redact
 from .revoked import check_writable
-from .errors import InvalidArgumentError, VolumeNotFoundError
+from .errors import BackendUnavailableError, InvalidArgumentError, VolumeNotFoundError
 
 #: schemes read and written through fsspec (http/https are read-only)
 REMOTE = ("s3", "gs", "gcs", "http", "https")
 READ_ONLY = ("http", "https")
+#: the module fsspec reads and writes each scheme with (an extra: emarray.extras)
+FILESYSTEMS = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "http": "aiohttp", "https": "aiohttp"}
 #: the name of one version of an output on object storage (see emarray.engine.remote_output)
 VERSION = re.compile(r"v-\d{8}T\d{6}-[0-9a-f]{8}")
 _OPTIONS: dict[str, Any] = {}
@@ -115,7 +117,11 @@ def filesystem(url: str, options: dict[str, Any] | None = None, *,
     """The fsspec filesystem of ``url`` and the path inside it (``asynchronous``: the one
     zarr's event loop drives; the blocking one otherwise)."""
     import fsspec
+
+    from .extras import require
     head = scheme(url)
+    if head in FILESYSTEMS:
+        require(FILESYSTEMS[head], f"{head}:// storage")
     protocol = "gcs" if head == "gs" else head
     opts = options_for(url, options)
     if asynchronous:
@@ -417,6 +423,8 @@ def describe(exc: BaseException, url: str) -> str:
 
 def _describe(exc: BaseException, url: str) -> str:
     text = str(exc)
+    if isinstance(exc, BackendUnavailableError):  # a missing extra: its line names it
+        return text
     bucket = url.split("://", 1)[1].split("/", 1)[0] if "://" in url else ""
     low = text.lower()
     if "nosuchbucket" in low or "bucket does not exist" in low or "specified bucket" in low:

@@ -38,12 +38,10 @@ TABLE_SUFFIXES = (".csv", ".parquet")
 
 
 def require_neuroglancer() -> Any:
-    try:
-        import neuroglancer
-    except ImportError:
-        raise BackendUnavailableError(
-            "emarray view needs the neuroglancer package: pip install 'emarray[view]'") from None
-    return neuroglancer
+    """neuroglancer, and pandas for the objects tables (both in the view extra)."""
+    from .extras import require
+    require("pandas", "emarray view", extra="view")
+    return require("neuroglancer", "emarray view")
 
 
 # -- what to show --------------------------------------------------------------------------

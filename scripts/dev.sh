@@ -16,6 +16,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 extras=""
 case "$what" in
+  demo) extras="[measure]" ;;  # the demo's sweep: its table (pandas) and plot (matplotlib)
   test) extras="[test]" ;;
   bench|compare) extras="[dev]" ;;
 esac
@@ -26,7 +27,8 @@ case "$what" in
         if [ "$(command -v emarray || true)" != "$PWD/.venv/bin/emarray" ]; then
           # the tour and the next steps above type a bare `emarray`
           echo "emarray is installed in .venv: 'source .venv/bin/activate' puts it on PATH;" \
-               "the tour (docs/tour.md) also needs PyTorch: pip install -e '.[train]'"
+               "the tour (docs/tour.md) also needs PyTorch and the other extras:" \
+               "pip install -e '.[all]' torch==2.13.0"
         fi ;;
   test) .venv/bin/ruff check . && .venv/bin/mypy || exit 1
         NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "${TMPDIR:-/tmp}/emarray-site" || exit 1

@@ -157,11 +157,8 @@ def cluster_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
 
 def start_cluster(settings: dict[str, Any], workers: int | None) -> Any:
     """Submit the worker jobs; return the ``SLURMCluster`` (its client connects to it)."""
-    try:
-        from dask_jobqueue import SLURMCluster
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "--scheduler slurm needs dask-jobqueue: pip install 'emarray[cluster]'") from exc
+    from ..extras import require
+    SLURMCluster = require("dask_jobqueue", "--scheduler slurm").SLURMCluster
     if shutil.which("sbatch") is None:
         raise BackendUnavailableError(
             "--scheduler slurm needs SLURM's sbatch on PATH (run emarray on the cluster's "

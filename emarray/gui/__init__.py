@@ -9,19 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import BackendUnavailableError
-
 
 def require() -> None:
     """Refuse in one line when the gui's libraries are missing."""
-    try:
-        import jinja2  # noqa: F401
-        import starlette  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"emarray gui needs starlette, uvicorn and jinja2 ({exc.name} is missing): pip "
-            "install 'emarray[gui]'") from None
+    from ..extras import require_all
+    require_all(("jinja2", "starlette", "uvicorn", "neuroglancer", "pandas"), "emarray gui",
+                extra="gui")
 
 
 def serve(*args: Any, **kwargs: Any) -> None:

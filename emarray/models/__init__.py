@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..errors import BackendUnavailableError, InvalidArgumentError
+from ..errors import InvalidArgumentError
 from .geometry import UNetConfig
 
 __all__ = ["UNetConfig", "unet_config", "new_model", "load_model", "save_model", "describe", "build_model",
@@ -17,12 +17,8 @@ __all__ = ["UNetConfig", "unet_config", "new_model", "load_model", "save_model",
 
 def require_torch() -> Any:
     """Import torch, or say in one line how to install it."""
-    try:
-        import torch
-    except ImportError:
-        raise BackendUnavailableError(
-            "models need PyTorch: pip install 'emarray[train]' (it pins torch==2.13.0)") from None
-    return torch
+    from ..extras import require
+    return require("torch", "building, saving or loading a model")
 
 
 def anisotropic_pool(depth: int) -> tuple[tuple[int, int, int], ...]:

@@ -133,6 +133,7 @@ def _says(v: Volume, args: dict[str, Any]) -> list[str]:
 SPEC = Operator(
     "distance", "the Euclidean distance transform of a mask in physical units, exact up to a "
                 "stated distance for any chunking",
+    needs=("edt",),
     inputs=(Port("src", "volume", "a mask (foreground > 0) or a map thresholded with threshold; "
                                   "NaN is never foreground"),),
     output=Port("dst", "volume", "float32 distances in the volume's unit"),

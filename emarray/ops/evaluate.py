@@ -195,6 +195,7 @@ def _says(df: Any, args: dict[str, Any]) -> list[str]:
 SPEC = Operator(
     "evaluate", "an agglomeration scored against ground truth at every threshold in one pass: "
                 "VOI split and merge, adapted Rand error, the best threshold, a table and a plot",
+    needs=("pandas", "matplotlib"),
     inputs=(Port("segments", "volume", "an agglomerate output (it holds the graph and "
                                        "names the fragments it was built from)", labels=True),
             Port("truth", "volume", "ground-truth labels of the same shape (0 counts as an "

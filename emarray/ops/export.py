@@ -16,11 +16,14 @@ from ..engine.files import open_files
 from ..engine.output import reading
 from ..engine.progress import Progress
 from ..errors import InvalidArgumentError
+from ..extras import require
 from .common import as_volume
 from ..spec import Operator, Param, Port
 from ..volume import Volume
 
 EXPORT_EXTS = {".tif": "tiff", ".tiff": "tiff", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5"}
+#: the module each format is written with (the formats extra)
+WRITERS = {"tiff": "tifffile", "hdf5": "h5py", "precomputed": "tensorstore"}
 
 
 def parse_region(region: Any, shape: tuple[int, ...]) -> tuple[slice, ...]:
@@ -115,6 +118,8 @@ def export(src: Volume | str | os.PathLike, dst: str | os.PathLike, *, region: A
     vol = as_volume(src, opts.allow_incomplete)
     shown = os.fspath(dst)
     fmt = format or EXPORT_EXTS.get(Path(shown).suffix.lower())
+    if fmt in WRITERS:
+        require(WRITERS[fmt], f"emarray export to {fmt}")
     if fmt == "precomputed":
         return _precomputed(vol, shown, shown, region, overwrite, progress)
     if storage.is_remote(shown):

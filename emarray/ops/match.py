@@ -282,6 +282,7 @@ def _iou(value: Any, name: str) -> float:
 SPEC = Operator(
     "match", "instance matching against ground truth in one pass: F1 at IoU 0.1..0.9, "
              "variation of information, adapted Rand error, a per-object table",
+    needs=("pandas", "matplotlib"),
     inputs=(Port("pred", "volume", "predicted label volume (0 = background)", labels=True),
             Port("truth", "volume", "ground-truth label volume of the same shape", labels=True)),
     output=Port("out", "folder", "folder for match.json, matching.csv, objects.csv and "

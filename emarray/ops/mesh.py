@@ -209,6 +209,7 @@ def read_info(folder: Path) -> dict[str, Any] | None:
 SPEC = Operator(
     "mesh", "per-object triangle meshes of a label volume, stitched across blocks, as a "
             "neuroglancer precomputed source or .ply/.obj files",
+    needs=("zmesh",),
     inputs=(Port("labels", "volume", "a z,y,x volume of object ids (0 = background)",
                  labels=True),),
     output=Port("dst", "folder", "the meshes: a precomputed mesh source (info, ID, ID:0) or "

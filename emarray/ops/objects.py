@@ -84,6 +84,7 @@ def _says(df: Any, args: dict[str, Any]) -> list[str]:
 SPEC = Operator(
     "objects", "one pass: per object its voxels, volume in µm³, bounding box, centroid and "
                "(with raw) intensities, as a table",
+    needs=("pandas", "matplotlib"),
     inputs=(Port("labels", "volume", "z,y,x label volume (integer ids, 0 = background)",
                  labels=True),
             Port("raw", "volume", "an intensity volume of the same shape: adds mean, min and max "

@@ -369,6 +369,7 @@ def _channel_list(value: Any, name: str) -> Any:
 SPEC = Operator(
     "predict", "a 3D U-Net run over a volume into OME-Zarr, equal to one sliding window over "
                "the whole volume for any chunking",
+    needs=("torch",),
     inputs=(Port("raw", "volume", "z,y,x (or c,z,y,x for a model of several input channels)"),
             Port("model", "model", "a model file (emarray model new, emarray train) or an "
                                    "emarray TorchScript archive")),

@@ -81,6 +81,7 @@ SPEC = Operator(
     "resolution", "how far labels can be downsampled: pooled (mode) to each pyramid level, "
                   "upsampled back and matched against the original; per factor the objects "
                   "recovered, VOI and the smallest object lost, a table and a plot",
+    needs=("pandas", "matplotlib"),
     inputs=(Port("labels", "volume", "instance labels, z,y,x (ground truth, say)",
                  labels=True),),
     output=Port("out", "folder", "folder for resolution.csv, resolution.json, resolution.png, "

@@ -43,7 +43,7 @@ from ..engine import (BlockContext, BlockGrid, Checkpoint, LaterStage, Read, Run
 from ..engine.checkpoint import atomic_write, load_npz
 from ..engine.files import open_files
 from ..engine.output import reading
-from ..errors import BackendUnavailableError, InvalidArgumentError
+from ..errors import InvalidArgumentError
 from ..spec import ENGINE, INCOMPLETE, REPLACE, Operator, Param, Port
 from ..volume import Volume
 from ._pieces import add, concat_pairs, planned, save_plan, task_objects
@@ -62,13 +62,8 @@ TEASAR = {"pdrf_scale": 100000, "pdrf_exponent": 4, "soma_acceptance_threshold":
 
 
 def require_kimimaro() -> Any:
-    try:
-        import kimimaro
-    except ImportError:
-        raise BackendUnavailableError(
-            "emarray skeleton needs the kimimaro package: pip install 'emarray[skeleton]'"
-        ) from None
-    return kimimaro
+    from ..extras import require
+    return require("kimimaro", "emarray skeleton")
 
 
 def teasar_params(scale: float, const_nm: float) -> dict[str, Any]:
@@ -427,6 +422,7 @@ def _length_nm(value: Any, unit: str, default_nm: float) -> float:
 SPEC = Operator(
     "skeleton", "one skeleton per object of a label volume (TEASAR, with kimimaro), joined "
                 "across blocks, as a neuroglancer precomputed source or SWC files",
+    needs=("kimimaro",),
     inputs=(Port("labels", "volume", "a z,y,x volume of object ids (0 = background)",
                  labels=True),),
     output=Port("dst", "folder", "the skeletons: a precomputed skeleton source (info, ID) or "

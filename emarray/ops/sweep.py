@@ -170,6 +170,7 @@ def _says(df: Any, args: dict[str, Any]) -> list[str]:
 SPEC = Operator(
     "sweep", "a threshold sweep against ground truth in one pass: counts, F1, IoU and volumes "
              "at every threshold, a table and a plot",
+    needs=("pandas", "matplotlib"),
     inputs=(Port("prob", "volume", "probability map, z,y,x or c,z,y,x (uint8/uint16 maps: one "
                                    "bucket per level)"),
             Port("truth", "volume", "ground truth, z,y,x (or c,z,y,x, one per channel)",

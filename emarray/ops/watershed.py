@@ -225,6 +225,7 @@ def _core(value: Any, name: str) -> Any:
 SPEC = Operator(
     "watershed", "seeded watershed fragments (supervoxels) of a boundary map or of affinities, "
                  "ids 1..N the same for any chunking",
+    needs=("skimage", "edt"),
     inputs=(Port("boundary", "volume", "boundary map (high = boundary), float; or affinities "
                                        "c,z,y,x with affinities; NaN is the highest boundary"),
             Port("distance", "volume", "a distance transform of boundary < threshold (emarray "

@@ -175,6 +175,9 @@ def run_pipeline(recipe: str | os.PathLike | dict[str, Any], sets: tuple[str, ..
     if resume and overwrite:
         raise InvalidArgumentError("choose either --resume or --overwrite, not both")
     rec = load_recipe(recipe, sets, workdir=workdir)
+    from ..extras import require_all
+    for st in rec.steps:  # a step whose extra is missing: said before any step runs
+        require_all(st.op.spec.needs, f"the recipe's step {st.name!r} (emarray {st.op_name})")
     opts = _merged_options(rec, options, run)
     if opts.estimate and not dry_run:
         return _estimate_pipeline(recipe, sets, rec, opts, say)

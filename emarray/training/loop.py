@@ -167,7 +167,9 @@ def train(config: str | os.PathLike | dict[str, Any], *, out: str | os.PathLike 
     -------
     TrainResult
     """
+    from ..extras import require_all
     from ..models import require_torch, save_model
+    require_all(("torch", "pandas", "matplotlib"), "emarray train", extra="train")  # its report
     torch = require_torch()
     cfg = resolve_config(config, out=out, steps=steps, sets=sets)
     d = cfg["data"]
