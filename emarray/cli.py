@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from . import redact
-from .commands import Group, command, run_options
+from .operator_commands import Group, command, run_options
 from .errors import EmarrayError, EmarrayWarning
 from .spec import ENGINE
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..commands import RUN_OPTIONS
+from ..operator_commands import RUN_OPTIONS
 from ..errors import EmarrayError, InvalidArgumentError
 from ..spec import Operator, Param, Port
 from .places import Folders

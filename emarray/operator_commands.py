@@ -1,4 +1,5 @@
-"""The ``emarray`` subcommand of each declared operator, made from its :class:`~emarray.spec.Operator`.
+"""The ``emarray`` subcommand of each declared operator, made from its :class:`~emarray.spec.Operator`
+(the hand-written commands and the group are in :mod:`emarray.cli`).
 
 Arguments are the operator's required inputs (and its output, unless it is an ``--out`` option),
 options its parameters (``--min-size`` for ``min_size``, with the declared help, unit and
