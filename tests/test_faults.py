@@ -114,14 +114,13 @@ def test_a_worker_killed_mid_job_changes_nothing(tmp_path):
     elsewhere = tmp_path / "worker-home"  # the workers run in another directory
     elsewhere.mkdir()
     trace = tmp_path / "trace"
-    os.environ["EMARRAY_TRACE"] = str(trace)  # the workers inherit it
     procs: list[subprocess.Popen] = []
     try:
         with real_dask_cluster(tmp_path, workers=2, cwd=elsewhere, procs=procs) as address:
-            del os.environ["EMARRAY_TRACE"]
             work = tmp_path / "work"
+            # set where the job starts: the engine sends it to the workers with the stages
             job = popen("run", DEMO, "--workdir", work, *SETS, "-q", "--scheduler", address,
-                        env={})
+                        env={"EMARRAY_TRACE": str(trace)})
             t0 = time.monotonic()
             while len(traced(trace)) < 40:  # well into the job
                 assert job.poll() is None, job.communicate()
