@@ -30,11 +30,18 @@ def register(op: str, backend: str, impl: Callable | str, dtypes: Iterable[Any] 
         _dtypes[(op, backend)] = frozenset(np.dtype(d) for d in dtypes)
 
 
+_all_declared = False
+
+
 def _declared() -> None:
-    """Import every operator module, so that each has registered its functions: a worker
-    process imports only what the blocks it runs name, and ``import emarray`` imports
-    operators when they are first used."""
-    importlib.import_module("emarray.spec").operators()  # by name: the operators import this
+    """Import every operator module (once a process), so that each has registered its
+    functions: a worker process imports only what the blocks it runs name, and ``import
+    emarray`` imports operators when they are first used. Once is enough: ``supports`` asks
+    for kernels most operators lack on every block, and the operators' folder is listed once."""
+    global _all_declared
+    if not _all_declared:
+        importlib.import_module("emarray.spec").operators()  # by name: the operators import this
+        _all_declared = True
 
 
 def supports(op: str, backend: str, dtype: Any) -> bool:
