@@ -370,8 +370,7 @@ def sample_stage(session: Session, st: Any, runner: Any, retries: int,
     folded (what the stage's ``finalize`` gets). ``run_block`` is the engine's block runner."""
     from .fold import TreeFold
     if not session.runner:
-        if hasattr(runner, "wait_for_planned"):
-            runner.wait_for_planned(WAIT_FOR_WORKERS)
+        runner.wait_for_planned(WAIT_FOR_WORKERS)
         session.runner = _runner_shape(runner, session.base_memory)
     n = len(st.grid)
     counts = st.grid.counts
