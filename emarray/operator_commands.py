@@ -18,44 +18,48 @@ from typing import Any
 
 import click
 
+from .engine.options import RunOptions
 from .errors import InvalidArgumentError
 from .spec import Operator, Param, Port
 from .speaking import speaking
 
-SCHED_HELP = ("threads (default), processes, synchronous, local-cluster, cuda (one worker per "
-              "GPU, dask-cuda), slurm (workers in SLURM jobs, dask-jobqueue; see "
-              "--slurm-config), or a scheduler address tcp://host:port (default: "
-              "$DASK_SCHEDULER_ADDRESS when set)")
+def _text(help_: str) -> str:
+    """A help line as ``--help`` shows it: a capital first letter, a full stop, no rST marks."""
+    t = help_.strip().replace("``", "")
+    return (t[:1].upper() + t[1:] + ("" if t.endswith(".") else ".")) if t else ""
 
-#: the command-line form of each run option an operator may declare: (flags, click settings)
-RUN_OPTIONS: dict[str, tuple[list[str], dict[str, Any]]] = {
-    "scheduler": (["--scheduler"], {"default": None, "help": SCHED_HELP}),
-    "workers": (["--workers"], {"type": int, "default": None, "help": (
-        "Threads, processes or local-cluster workers (default: all cores).")}),
-    "connect_timeout": (["--connect-timeout"], {"type": float, "default": None, "help": (
-        "Seconds to wait for a scheduler address to answer (default 10).")}),
-    "retries": (["--retries"], {"type": click.IntRange(min=0), "default": 2, "show_default": True,
-                                "help": "Run a failed block again this often before stopping "
-                                        "with its name."}),
-    "slurm": (["--slurm-config", "slurm"], {"default": None, "metavar": "FILE", "help": (
-        "--scheduler slurm: a YAML file of SLURM settings (partition, account, walltime, cores, "
-        "memory, gres, jobs, prologue; see the clusters page of the docs).")}),
-    "overwrite": (["--overwrite"], {"is_flag": True,
-                                    "help": "Replace the output, if emarray made it."}),
-    "resume": (["--resume"], {"is_flag": True, "help": "Finish an interrupted run into the "
-                                                       "output, skipping finished blocks."}),
-    "estimate": (["--estimate"], {"is_flag": True, "help": (
-        "Run a sample of the blocks (into a scratch folder, never the output) and print the "
-        "expected wall time, memory per worker, bytes read and written, and output size.")}),
-    "allow_incomplete": (["--allow-incomplete"], {"is_flag": True, "help": (
-        "Accept inputs that are unfinished outputs of an interrupted job (their missing chunks "
-        "read as 0).")}),
+
+#: the command-line form of each run option an operator may declare: its flags and click's
+#: settings; the help is RunOptions' docstring's (one text for the API, the CLI and the GUI)
+_RUN_FLAGS: dict[str, tuple[list[str], dict[str, Any]]] = {
+    "scheduler": (["--scheduler"], {"default": None, "metavar": "NAME|ADDRESS"}),
+    "workers": (["--workers"], {"type": int, "default": None, "metavar": "N"}),
+    "connect_timeout": (["--connect-timeout"], {"type": float, "default": None,
+                                                "metavar": "SECONDS"}),
+    "retries": (["--retries"], {"type": click.IntRange(min=0), "default": 2, "metavar": "N"}),
+    "slurm": (["--slurm-config", "slurm"], {"default": None, "metavar": "FILE"}),
+    "overwrite": (["--overwrite"], {"is_flag": True}),
+    "resume": (["--resume"], {"is_flag": True}),
+    "estimate": (["--estimate"], {"is_flag": True}),
+    "allow_incomplete": (["--allow-incomplete"], {"is_flag": True}),
     "backend": (["--backend"], {"type": click.Choice(["auto", "cpu", "cuda"]), "default": "auto",
-                                "show_default": True, "help": (
-        "Where blocks are computed (auto: CUDA where a device and a kernel for the dtype exist).")}),
-    "gpu_memory_limit": (["--gpu-memory-limit"], {"default": None, "help": (
-        "CUDA: device memory cap, a fraction of the card or a size (8GB). Default 0.5.")}),
+                                "show_default": True}),
+    "gpu_memory_limit": (["--gpu-memory-limit"], {"default": None, "metavar": "FRACTION|SIZE"}),
 }
+RUN_OPTIONS: dict[str, tuple[list[str], dict[str, Any]]] = {
+    name: (decls, {**attrs, "help": _text(RunOptions.help(name))})
+    for name, (decls, attrs) in _RUN_FLAGS.items()}
+
+
+def run_option_table() -> str:
+    """The run options as a Markdown table, for docs/commands.md."""
+    rows = ["| run option | what it does |", "|---|---|"]
+    for name, (decls, attrs) in RUN_OPTIONS.items():
+        kind = attrs.get("type")
+        metavar = attrs.get("metavar") or "|".join(getattr(kind, "choices", ()))
+        flag = decls[0] + (f" {metavar}" if metavar else "")
+        rows.append(f"| `{flag}` | {RunOptions.help(name)} |")  # (a | in a code span stays)
+    return "\n".join(rows)
 
 
 def run_option(name: str) -> click.Option:
@@ -71,12 +75,6 @@ def run_options(*names: str) -> Callable[[Any], Any]:
             f = click.option(*decls, **attrs)(f)
         return f
     return deco
-
-
-def _text(help_: str) -> str:
-    """A help line as ``--help`` shows it: a capital first letter, a full stop, no rST marks."""
-    t = help_.strip().replace("``", "")
-    return (t[:1].upper() + t[1:] + ("" if t.endswith(".") else ".")) if t else ""
 
 
 def _optional(required: bool) -> dict[str, Any]:

@@ -9,6 +9,7 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     if "<!-- emarray:" not in markdown:
         return markdown
     from emarray import environment
+    from emarray.operator_commands import run_option_table
     from emarray.spec import operators, reference, table_row
     ops = operators()
     table = "\n".join(["| command | what it does |", "|---|---|"]
@@ -19,6 +20,7 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     return (markdown.replace("<!-- emarray:commands -->", table)
             .replace("<!-- emarray:reference -->", ref)
             .replace("<!-- emarray:python -->", python)
+            .replace("<!-- emarray:run-options -->", run_option_table())
             .replace("<!-- emarray:environment -->", environment.table()))
 
 

@@ -296,3 +296,25 @@ def test_progress_in_a_log_is_a_few_short_lines(tmp_path):
     assert r.returncode == 0 and 2 <= len(lines) <= 12, r.stderr
     assert all(len(ln) < 120 and "\r" not in ln for ln in lines)
     assert lines[-1].startswith("threshold: 512/512 blocks (100%)")
+
+
+def test_each_run_option_has_one_text_shown_by_the_api_the_command_line_and_the_docs():
+    """RunOptions' docstring is the one place a run option is described: ``--help`` of every
+    command that takes it and docs/commands.md show that text."""
+    import dataclasses
+
+    from emarray.engine.options import RunOptions
+    from emarray.operator_commands import RUN_OPTIONS, run_option_table
+    fields = [f.name for f in dataclasses.fields(RunOptions)]
+    assert sorted(RUN_OPTIONS) == sorted(set(fields) - {"progress", "window"})
+    table = run_option_table()
+    for name in fields:
+        text = RunOptions.help(name)
+        assert len(text) > 20 and text.endswith("."), name
+        if name not in RUN_OPTIONS:
+            continue
+        decls, attrs = RUN_OPTIONS[name]
+        assert attrs["help"] == text.replace("``", "")
+        assert f"| {text} |" in table and decls[0] in table
+        shown = " ".join(run("threshold", "--help").output.split())
+        assert " ".join(attrs["help"].split()) in shown, name

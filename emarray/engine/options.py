@@ -19,32 +19,40 @@ class RunOptions:
     Attributes
     ----------
     scheduler : str or distributed.Client, optional
-        ``threads`` (default), ``processes``, ``synchronous``, ``local-cluster``, ``cuda``,
-        ``slurm`` or a scheduler address; None reads ``DASK_SCHEDULER_ADDRESS``.
+        Where the blocks run: ``threads`` (default), ``processes``, ``synchronous``,
+        ``local-cluster``, ``cuda`` (one worker per GPU, dask-cuda), ``slurm`` (workers in SLURM
+        jobs, dask-jobqueue, with the SLURM settings below), or a scheduler address
+        ``tcp://host:port`` (default: ``$DASK_SCHEDULER_ADDRESS`` when set).
     workers : int, optional
         Threads, processes or local-cluster workers (default: all cores).
     backend : {"auto", "cpu", "cuda"}
-        Where blocks are computed; decided per (operator, dtype) where the block runs.
+        Where blocks are computed (auto: CUDA where a device and a kernel for the dtype exist),
+        decided per operator and dtype where the block runs.
     gpu_memory_limit : float, int or str, optional
-        CUDA: device memory cap, a fraction of the card (default 0.5) or a size ("8GB").
+        CUDA: device memory cap, a fraction of the card or a size (``8GB``). Default 0.5.
     progress : bool
         Show a progress bar (a few log lines when not on a terminal).
-    overwrite, resume : bool
-        Replace an existing output (safely), or finish an interrupted run.
+    overwrite : bool
+        Replace the output, if emarray made it.
+    resume : bool
+        Finish an interrupted run into the output, skipping finished blocks.
     connect_timeout : float, optional
-        Seconds to wait for a scheduler address (default 10).
+        Seconds to wait for a scheduler address to answer (default 10).
     allow_incomplete : bool
-        Accept inputs that are unfinished outputs of an interrupted job.
+        Accept inputs that are unfinished outputs of an interrupted job (their missing chunks
+        read as 0).
     retries : int
-        How often a failed block is run again before the job stops naming it (default 2).
+        Run a failed block again this often before stopping with its name.
     window : int, optional
         Tasks in flight at most (default: 4 per worker, at least 8).
     slurm : dict or path, optional
-        ``scheduler="slurm"``: the SLURM settings (see :mod:`emarray.engine.slurm`), or a YAML
-        file of them.
+        For the slurm scheduler: a YAML file of SLURM settings (partition, account, walltime,
+        cores, memory, gres, jobs, prologue; see the clusters page of the docs), or those
+        settings as a dict.
     estimate : bool
-        Run a sample of the blocks into a scratch folder and return what the whole run will
-        cost (:class:`~emarray.engine.estimate.Estimate`) instead of running it.
+        Run a sample of the blocks (into a scratch folder, never the output) and tell the
+        expected wall time, memory per worker, bytes read and written, and output size instead
+        of running the job (the Python API returns an ``Estimate``).
     """
 
     scheduler: Any = None
@@ -103,8 +111,35 @@ class RunOptions:
             raise InvalidArgumentError(f"options must be a RunOptions, got {options!r}")
         return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
+    @classmethod
+    def help(cls, name: str) -> str:
+        """What the docstring above says of run option ``name``: the one text the command line's
+        ``--help``, the GUI's forms and the API reference show.
+
+        >>> RunOptions.help("workers")
+        'Threads, processes or local-cluster workers (default: all cores).'
+        """
+        return _HELP[name]
+
     def runner(self, desc: str = "blocks") -> Runner:
         """The (not yet entered) Runner for these options."""
         return Runner(self.scheduler, self.workers, self.progress, desc,
                       connect_timeout=self.connect_timeout, window=self.window,
                       slurm=self.slurm)
+
+
+def _attributes(doc: str) -> dict[str, str]:
+    """The numpydoc ``Attributes`` section of ``doc``: name → its description on one line."""
+    section = doc.split("Attributes\n    ----------\n", 1)[1]
+    out: dict[str, str] = {}
+    name = None
+    for line in section.splitlines():
+        if line.startswith("    ") and not line.startswith("        ") and " : " in line:
+            name = line.split(" : ", 1)[0].strip()
+            out[name] = ""
+        elif line.startswith("        ") and name is not None:
+            out[name] = (out[name] + " " + line.strip()).strip()
+    return out
+
+
+_HELP = _attributes(RunOptions.__doc__ or "")
