@@ -182,7 +182,7 @@ def command(op: Operator, call: Callable[..., Any], friendly: Callable,
     and ``progress()`` says whether to show progress."""
     params: list[click.Parameter] = []
     ports = list(op.inputs)
-    out = op.output if op.output is not None and op.output.kind != "inplace" else None
+    out = op.path_output
     for port in ports:
         params.append(_port_param(port, False))
     if out is not None:

@@ -206,8 +206,8 @@ class Operator:
     def check_output(self, arguments: dict[str, Any]) -> None:
         """Refuse a URL as the output of an operator that writes to local disk only."""
         from .storage import is_remote
-        out = self.output
-        if out is None or out.kind == "inplace" or out.name not in arguments:
+        out = self.path_output
+        if out is None or out.name not in arguments:
             return
         value = arguments[out.name]
         if not isinstance(value, (str, os.PathLike)) or not is_remote(value):
@@ -226,8 +226,9 @@ class Operator:
         sig = inspect.signature(fn)
         names = [p.name for p in sig.parameters.values()
                  if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "options"]
+        out = self.path_output
         declared = [p.name for p in self.inputs] + [p.name for p in self.params] + (
-            [self.output.name] if self.output and self.output.kind != "inplace" else [])
+            [out.name] if out is not None else [])
         if sorted(names) != sorted(declared):
             raise TypeError(f"operator {self.name}: the function's arguments {names} are not the "
                             f"declared inputs, output and params {declared}")
@@ -279,6 +280,27 @@ class Operator:
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)
 
+    def input_port(self, name: str) -> Port:
+        return next(p for p in self.inputs if p.name == name)
+
+    @property
+    def output_kind(self) -> str:
+        """The output's kind (:data:`PORTS`); ``"none"`` for an operator that writes nothing."""
+        return self.output.kind if self.output is not None else "none"
+
+    @property
+    def path_output(self) -> Port | None:
+        """The output the caller gives a path for; None for an operator that writes nothing or
+        adds to its input (``inplace``: pyramid levels)."""
+        out = self.output
+        return None if out is None or out.kind == "inplace" else out
+
+    @property
+    def output_parts(self) -> tuple[str, ...]:
+        """The volumes a folder output holds (synthetic's ``raw``, ``prob``, ...); () for an
+        output that is one thing."""
+        return self.output.parts if self.output is not None else ()
+
     def check_values(self, values: dict[str, Any]) -> dict[str, Any]:
         """``values`` (param name -> value, as a recipe or the command line gives them) checked
         and normalised; an unknown name is refused."""
@@ -295,9 +317,9 @@ class Operator:
         """The command line shape: ``emarray threshold SRC DST --value NUMBER [options]``."""
         words = ["emarray", self.name]
         words += [p.metavar for p in self.inputs if not p.optional and not p.option]
-        if self.output is not None and self.output.kind != "inplace":
-            words.append(f"--{self.output.name} {self.output.metavar}" if self.output.option
-                         else self.output.metavar)
+        out = self.path_output
+        if out is not None:
+            words.append(f"--{out.name} {out.metavar}" if out.option else out.metavar)
         words += [f"--{p.name.replace('_', '-')} {p.metavar or p.type_text().upper()}"
                   if p.kind != "flag" else p.flag for p in self.params if p.required]
         words += [f"--{p.name} {p.metavar}" for p in self.inputs if not p.optional and p.option]
@@ -308,8 +330,7 @@ class Operator:
         made from the declaration, placed before the first other section."""
         text = inspect.cleandoc(written)
         lines = ["Parameters", "----------"]
-        ports = self.inputs + ((self.output,) if self.output and self.output.kind != "inplace"
-                               else ())
+        ports = self.inputs + ((self.path_output,) if self.path_output is not None else ())
         for port in ports:
             kind = ("Volume or path" if port.kind == "volume" and port is not self.output
                     else "path")

@@ -129,8 +129,8 @@ REPORT = Field("report", "run", "flag", "report page",
 def fields(op: Operator) -> list[Field]:
     """Every field of ``op``'s form, in the order the page shows them."""
     out = [_port_field(p, "input") for p in op.inputs]
-    if op.output is not None and op.output.kind != "inplace":
-        out.append(_port_field(op.output, "output"))
+    if op.path_output is not None:
+        out.append(_port_field(op.path_output, "output"))
     out += [_param_field(p) for p in op.params]
     out += where_fields(op.run)
     out += [_run_field(r) for r in op.run if r not in SPECIAL_RUN]
@@ -145,7 +145,7 @@ def describe(op: Operator) -> dict[str, Any]:
     return {"name": op.name, "summary": op.summary, "usage": op.usage(),
             "about": " ".join(doc.split("\n\n")[0].replace("``", "").split()) if doc else "",
             "output": op.output.kind if op.output is not None else None,
-            "suffix": SUFFIX.get(op.output.kind, "") if op.output is not None else "",
+            "suffix": SUFFIX.get(op.output_kind, ""),
             "fields": [asdict(f) for f in fields(op)]}
 
 
@@ -170,8 +170,8 @@ def _check(op: Operator, name: str, value: Any, folders: Folders,
            values: dict[str, Any]) -> Any:
     """``value`` of field ``name`` checked (or raise naming it); returns the CLI text."""
     ports = {p.name: p for p in op.inputs}
-    if op.output is not None and op.output.kind != "inplace":
-        ports[op.output.name] = op.output
+    if op.path_output is not None:
+        ports[op.path_output.name] = op.path_output
     params = {p.name: p for p in op.params}
     if name in params:
         p = params[name]
@@ -321,8 +321,7 @@ def command(op: Operator, values: dict[str, Any], folders: Folders) -> Command:
     options: list[str] = []
     ins: list[str] = []
     outs: list[str] = []
-    for port in op.inputs + ((op.output,) if op.output is not None and
-                             op.output.kind != "inplace" else ()):
+    for port in op.inputs + ((op.path_output,) if op.path_output is not None else ()):
         v = checked.get(port.name)
         if v is None:
             continue
@@ -357,7 +356,7 @@ def command(op: Operator, values: dict[str, Any], folders: Folders) -> Command:
 def suggest_output(op: Operator, source: str, folders: Folders) -> str:
     """Where ``op``'s output goes by default: beside its first input, named after both
     (``prob.zarr`` -> ``prob-threshold.zarr``), a number added while that name is taken."""
-    if op.output is None or op.output.kind == "inplace":
+    if op.path_output is None:
         return ""
     src = folders.resolve(source, "input")
     stem = src.name
@@ -365,7 +364,7 @@ def suggest_output(op: Operator, source: str, folders: Folders) -> str:
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
             break
-    suffix = SUFFIX.get(op.output.kind, "")
+    suffix = SUFFIX.get(op.output_kind, "")
     for k in range(1, 1000):
         name = f"{stem}-{op.name}{'' if k == 1 else f'-{k}'}{suffix}"
         if not os.path.lexists(src.parent / name):

@@ -4,8 +4,8 @@
 :func:`run_pipeline` and :mod:`emarray.pipeline.recipe` for the format.
 """
 from .execute import PipelineResult, describe_plan, plan, run_pipeline
-from .ops import all_ops
+from .ops import step_operators
 from .recipe import Recipe, Step, load_recipe
 
-__all__ = ["all_ops", "PipelineResult", "Recipe", "Step", "describe_plan", "load_recipe", "plan",
-           "run_pipeline"]
+__all__ = ["PipelineResult", "Recipe", "Step", "describe_plan", "load_recipe", "plan",
+           "run_pipeline", "step_operators"]

@@ -79,7 +79,7 @@ def plan(recipe: Recipe, state: State, *, resume: bool = False,
         e = state.entry(st.name)
         ours = e is not None and e.get("out") == st.out
         exists = _exists(st.out)
-        inplace = st.op.output == "inplace"
+        inplace = st.op.output_kind == "inplace"
         upstream_rerun = any(u in rerun for u in st.after)
         if exists and not ours and not inplace:
             raise OutputExistsError(
@@ -122,7 +122,7 @@ def describe_plan(recipe: Recipe, planned: list[Planned]) -> list[str]:
         st = p.step
         ins = ", ".join(f"{key}={_input_text(st, key)}" for key in st.inputs)
         params = ", ".join(f"{key}={v}" for key, v in st.params.items())
-        target = f"-> adds to {st.out}" if st.op.output == "inplace" else f"-> {st.out}"
+        target = f"-> adds to {st.out}" if st.op.output_kind == "inplace" else f"-> {st.out}"
         lines.append(f"{k:>3}. {st.name} ({st.op_name}) {ins} {target}")
         if params:
             lines.append(f"       {params}")
@@ -177,7 +177,7 @@ def run_pipeline(recipe: str | os.PathLike | dict[str, Any], sets: tuple[str, ..
     rec = load_recipe(recipe, sets, workdir=workdir)
     from ..extras import require_all
     for st in rec.steps:  # a step whose extra is missing: said before any step runs
-        require_all(st.op.spec.needs, f"the recipe's step {st.name!r} (emarray {st.op_name})")
+        require_all(st.op.needs, f"the recipe's step {st.name!r} (emarray {st.op_name})")
     opts = _merged_options(rec, options, run)
     if opts.estimate and not dry_run:
         return _estimate_pipeline(recipe, sets, rec, opts, say)
@@ -285,20 +285,23 @@ def _run_step(p: Planned, k: int, n: int, state: State, opts: RunOptions, schedu
     for key, (kind, *ref) in st.inputs.items():
         if kind == "step":
             up = result.recipe.step(ref[0])
-            args[st.op.arg(key)] = up.output_of(ref[1] or None)
+            args[key] = up.output_of(ref[1] or None)
         else:
-            args[st.op.arg(key)] = ref[0]
-    if st.op.out_arg:
-        args[st.op.out_arg] = st.out
-    params = {st.op.arg(k2): v for k2, v in st.params.items() if k2 not in step_run}
-    shown: dict[str, Any] = {"op": st.op_name, "inputs": {k2: os.fspath(v) for k2, v in args.items()
-                                          if k2 != st.op.out_arg},
-             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            args[key] = ref[0]
+    shown: dict[str, Any] = {"op": st.op_name,
+                             "inputs": {k2: os.fspath(v) for k2, v in args.items()},
+                             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    out = st.op.path_output
+    if out is not None:
+        args[out.name] = st.out
+    params = {k2: v for k2, v in st.params.items() if k2 not in step_run}
+    call = st.op.call
+    assert call is not None  # every declared operator's function is registered with it
     state.mark(st.name, "running", p.fingerprint, st.out, **shown)
     t0 = time.monotonic()
     try:
         with speaking("recipe", st.name):  # its messages name the step's keys, not options
-            value = st.op.function()(**args, **params, options=step_opts)
+            value = call(**args, **params, options=step_opts)
     except EmarrayError as exc:  # the same error, naming the step
         state.mark(st.name, "failed", p.fingerprint, st.out, redact.text(str(exc)), **shown,
                    seconds=time.monotonic() - t0)
@@ -325,7 +328,7 @@ def summarize(st: Step, value: Any) -> str:
     if isinstance(value, Volume):
         em = value.attrs.get("emarray", {})
         extra = f", {em['components']} components" if "components" in em else ""
-        levels = f", {len(value.levels)} levels" if st.op.output == "inplace" else ""
+        levels = f", {len(value.levels)} levels" if st.op.output_kind == "inplace" else ""
         return f"{value.url}: {value.shape} {value.dtype}{extra}{levels}"
     if isinstance(value, dict) and value and all(isinstance(v, Volume) for v in value.values()):
         v0 = next(iter(value.values()))

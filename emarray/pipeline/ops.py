@@ -9,8 +9,6 @@ several outputs) or a path.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ..spec import Operator, operators
@@ -21,85 +19,35 @@ STEP_INPUTS = ("volume", "folder")
 STEP_RUN_KEYS = ("backend", "gpu_memory_limit")
 
 
-@dataclass(frozen=True)
-class Op:
-    """One operator as a recipe sees it.
-
-    ``inputs`` are volume (or folder: skeletons, meshes) inputs that name a step or a path
-    (required), ``optional`` such inputs that may be left out, ``files`` inputs that are files
-    outside the pipeline (a TIFF stack, a model file).
-    ``output`` is ``volume`` (``WORKDIR/STEP.zarr``), ``folder`` (``WORKDIR/STEP/``), ``table``
-    (``WORKDIR/STEP.csv``), ``file`` or ``inplace`` (the step adds to its ``src``: pyramid
-    levels); ``out_arg`` is the function's argument for the output path; ``parts`` names the
-    volumes a folder output holds (``synthetic.raw``).
-    """
-
-    spec: Operator
-
-    @property
-    def inputs(self) -> tuple[str, ...]:
-        return tuple(p.name for p in self.spec.inputs if p.kind in STEP_INPUTS and not p.optional)
-
-    @property
-    def optional(self) -> tuple[str, ...]:
-        return tuple(p.name for p in self.spec.inputs if p.kind in STEP_INPUTS and p.optional)
-
-    def input_kind(self, name: str) -> str:
-        """The kind of the input ``name`` (``volume``, ``folder``, ...)."""
-        return next(p.kind for p in self.spec.inputs if p.name == name)
-
-    @property
-    def files(self) -> tuple[str, ...]:
-        return tuple(p.name for p in self.spec.inputs if p.kind in ("file", "model"))
-
-    @property
-    def output(self) -> str:
-        return self.spec.output.kind if self.spec.output is not None else "none"
-
-    @property
-    def out_arg(self) -> str | None:
-        out = self.spec.output
-        return None if out is None or out.kind == "inplace" else out.name
-
-    @property
-    def parts(self) -> tuple[str, ...]:
-        return self.spec.output.parts if self.spec.output is not None else ()
-
-    @property
-    def about(self) -> str:
-        return self.spec.summary
-
-    def function(self) -> Callable[..., Any]:
-        assert self.spec.call is not None
-        return self.spec.call
-
-    def arg(self, key: str) -> str:
-        return key
-
-    def params(self) -> tuple[str, ...]:
-        """The keys a step of this operator may set besides its inputs."""
-        return tuple(p.name for p in self.spec.params) + STEP_RUN_KEYS
-
-    def required(self) -> tuple[str, ...]:
-        """The keys a step must set (parameters without a default)."""
-        return tuple(p.name for p in self.spec.params if p.required)
-
-    @property
-    def volume_output(self) -> bool:
-        return self.output in ("volume", "inplace")
+def step_inputs(op: Operator, *, optional: bool = False) -> tuple[str, ...]:
+    """The inputs of ``op`` a step names as an earlier step or a path (volumes; folders:
+    skeletons, meshes): the required ones, or (``optional``) those it may leave out."""
+    return tuple(p.name for p in op.inputs if p.kind in STEP_INPUTS and p.optional == optional)
 
 
-_OPS: dict[str, Op] = {}
+def file_inputs(op: Operator) -> tuple[str, ...]:
+    """The inputs of ``op`` that are files outside the pipeline (a TIFF stack, a model file)."""
+    return tuple(p.name for p in op.inputs if p.kind in ("file", "model"))
 
 
-def all_ops() -> dict[str, Op]:
+def step_keys(op: Operator) -> tuple[str, ...]:
+    """The keys a step of ``op`` may set besides its inputs and ``out``."""
+    return tuple(p.name for p in op.params) + STEP_RUN_KEYS
+
+
+_STEP_OPERATORS: dict[str, Operator] = {}
+
+
+def step_operators() -> dict[str, Operator]:
     """The operators a step can run, by name (every declared operator that writes something
-    a later step or the user reads), read from the declarations on first use."""
-    if not _OPS:
-        for name, spec in operators().items():
-            if spec.output is not None and spec.output.kind != "file":
-                _OPS[name] = Op(spec)
-    return _OPS
+    a later step or the user reads: a volume, ``WORKDIR/STEP.zarr``; a folder, ``WORKDIR/STEP/``;
+    a table, ``WORKDIR/STEP.csv``; or levels added to its ``src``, ``inplace``), read from the
+    declarations on first use."""
+    if not _STEP_OPERATORS:
+        for name, op in operators().items():
+            if op.output_kind not in ("none", "file"):
+                _STEP_OPERATORS[name] = op
+    return _STEP_OPERATORS
 
 
 def check_values(op_name: str, step: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -108,10 +56,10 @@ def check_values(op_name: str, step: str, params: dict[str, Any]) -> dict[str, A
     before the first step runs); errors name the step."""
     from ..engine import RunOptions
     from ..errors import EmarrayError, InvalidArgumentError
-    spec = all_ops()[op_name].spec
+    op = step_operators()[op_name]
     try:
-        out = spec.check_values({k: v for k, v in params.items()
-                                 if k not in STEP_RUN_KEYS and v is not None})
+        out = op.check_values({k: v for k, v in params.items()
+                               if k not in STEP_RUN_KEYS and v is not None})
         run = {k: params[k] for k in STEP_RUN_KEYS if params.get(k) is not None}
         RunOptions.make(None, **run)
     except EmarrayError as exc:

@@ -27,7 +27,8 @@ from typing import Any
 
 from ..engine.output import check_no_overlap, real_path
 from ..errors import InvalidArgumentError
-from .ops import Op, all_ops, check_values
+from ..spec import Operator
+from .ops import check_values, file_inputs, step_inputs, step_keys, step_operators
 
 TOP_KEYS = ("about", "workdir", "vars", "run", "steps", "storage_options")
 RUN_KEYS = ("scheduler", "workers", "retries", "backend", "gpu_memory_limit", "connect_timeout",
@@ -43,7 +44,7 @@ class Step:
 
     name: str
     op_name: str
-    op: Op
+    op: Operator
     inputs: dict[str, tuple[str, ...]]
     params: dict[str, Any]
     out: str
@@ -51,9 +52,9 @@ class Step:
 
     def output_of(self, part: str | None) -> str:
         """The path of this step's output (``part``: one volume of a folder output)."""
-        if self.op.output == "inplace":
+        if self.op.output_kind == "inplace":
             return self.out
-        if self.op.parts:
+        if self.op.output_parts:
             return os.path.join(self.out, f"{part}.zarr")
         return self.out
 
@@ -164,44 +165,44 @@ def _parse_step(name: Any, spec: Any, workdir: str, base: Path) -> Step:
         raise InvalidArgumentError(f"step name {name!r} must start with a letter and hold only "
                                    "letters, digits, _ and -")
     if not isinstance(spec, dict) or "op" not in spec:
-        raise InvalidArgumentError(f"step {name!r} needs an op (one of {', '.join(all_ops())})")
+        raise InvalidArgumentError(f"step {name!r} needs an op (one of "
+                                   f"{', '.join(step_operators())})")
     spec = dict(spec)
     op_name = spec.pop("op")
-    if op_name not in all_ops():
+    if op_name not in step_operators():
         raise InvalidArgumentError(f"step {name!r}: unknown op {op_name!r}; the ops are "
-                                   f"{', '.join(all_ops())}")
-    op = all_ops()[op_name]
-    params = op.params()
-    allowed = op.inputs + op.optional + op.files + params + ("out",)
+                                   f"{', '.join(step_operators())}")
+    op = step_operators()[op_name]
+    needed, optional, files = step_inputs(op), step_inputs(op, optional=True), file_inputs(op)
+    allowed = needed + optional + files + step_keys(op) + ("out",)
     bad = [k for k in spec if k not in allowed]
     if bad:
         raise InvalidArgumentError(f"step {name!r}: unknown key {bad[0]!r}; {op_name} takes: "
                                    f"{', '.join(allowed)}")
     out_given = spec.pop("out", None)
-    if op.output == "inplace":
+    if op.output_kind == "inplace":
         if out_given is not None:
             raise InvalidArgumentError(f"step {name!r}: {op_name} adds to its src and has no out")
         out = ""
     elif out_given is not None:
         out = _absolute(out_given, base)
     else:
-        suffix = {"volume": ".zarr", "folder": "", "table": ".csv"}[op.output]
+        suffix = {"volume": ".zarr", "folder": "", "table": ".csv"}[op.output_kind]
         out = os.path.join(workdir, name + suffix)
     inputs: dict[str, tuple[str, ...]] = {}
-    for key in op.inputs + op.files:
+    for key in needed + files:
         if spec.get(key) is None:
             raise InvalidArgumentError(f"step {name!r} ({op_name}) needs {key!r}")
-    for key in op.inputs + op.optional + op.files:
+    for key in needed + optional + files:
         value = spec.pop(key, None)
         if value is None:
             continue
         if not isinstance(value, (str, os.PathLike)):
             raise InvalidArgumentError(f"step {name!r}: {key} must name a step or a path, got "
                                        f"{value!r}")
-        inputs[key] = ("file", _absolute(value, base), os.fspath(value)) if key in op.files else (
+        inputs[key] = ("file", _absolute(value, base), os.fspath(value)) if key in files else (
             "ref", os.fspath(value), _absolute(value, base))
-    required = op.required()
-    missing = [k for k in required if k not in spec]
+    missing = [p.name for p in op.params if p.required and p.name not in spec]
     if missing:
         raise InvalidArgumentError(f"step {name!r} ({op_name}) needs {missing[0]!r}")
     check_values(op_name, name, spec)
@@ -220,21 +221,22 @@ def _resolve(steps: dict[str, Step]) -> None:
                 up = steps[head]
                 if head == st.name:
                     raise InvalidArgumentError(f"step {st.name!r}: {key} is its own output")
-                if part and part not in up.op.parts:
-                    has = (f"its outputs are {', '.join(up.op.parts)}" if up.op.parts
+                parts = up.op.output_parts
+                if part and part not in parts:
+                    has = (f"its outputs are {', '.join(parts)}" if parts
                            else "it has one output")
                     raise InvalidArgumentError(f"step {st.name!r}: {key}: step {head!r} has no "
                                                f"output {part!r} ({has})")
-                if not part and up.op.parts:
+                if not part and parts:
                     raise InvalidArgumentError(
                         f"step {st.name!r}: {key}: step {head!r} has several outputs; name one: "
-                        + ", ".join(f"{head}.{p}" for p in up.op.parts))
-                want = st.op.input_kind(key)
-                if not up.op.parts and not (up.op.volume_output if want == "volume"
-                                            else up.op.output == want):
+                        + ", ".join(f"{head}.{p}" for p in parts))
+                want, writes = st.op.input_port(key).kind, up.op.output_kind
+                if not parts and not (writes in ("volume", "inplace") if want == "volume"
+                                      else writes == want):
                     raise InvalidArgumentError(
                         f"step {st.name!r}: {key}: step {head!r} ({up.op_name}) writes a "
-                        f"{up.op.output}, not a {want}")
+                        f"{writes}, not a {want}")
                 st.inputs[key] = ("step", head, part)
                 if head not in st.after:
                     st.after.append(head)
@@ -249,7 +251,7 @@ def _order(steps: list[Step]) -> list[Step]:
         by_name[st.name] = st
     _resolve(by_name)
     for st in steps:  # a pyramid step changes its src: later readers of that src wait for it
-        if st.op.output == "inplace":
+        if st.op.output_kind == "inplace":
             kind, *ref = st.inputs["src"]
             if kind == "step":
                 st.out = by_name[ref[0]].output_of(ref[1] or None)
@@ -279,7 +281,7 @@ def _check_outputs(steps: list[Step], workdir: str) -> None:
     """No step writes the workdir itself (or a folder holding it), or inside another step's
     output: checked for every step before the first one runs (links resolved)."""
     wd = real_path(workdir)
-    outs = [(st, real_path(st.out)) for st in steps if st.op.output != "inplace"]
+    outs = [(st, real_path(st.out)) for st in steps if st.op.output_kind != "inplace"]
     for st, o in outs:
         if o == wd or o in wd.parents:
             raise InvalidArgumentError(
@@ -303,9 +305,9 @@ def _check_inputs(steps: list[Step], workdir: str) -> None:
     """Every path input exists (or is made by a step); no two steps write one output."""
     made: dict[str, str] = {}
     for st in steps:
-        if st.op.output == "inplace":
+        if st.op.output_kind == "inplace":
             continue
-        for p in [st.out] + [st.output_of(part) for part in st.op.parts]:
+        for p in [st.out] + [st.output_of(part) for part in st.op.output_parts]:
             if p in made:
                 raise InvalidArgumentError(f"steps {made[p]!r} and {st.name!r} both write {p}")
             made[p] = st.name
