@@ -29,18 +29,22 @@ PY = sys.executable
 BIN = Path(sys.executable).parent
 
 
-def cli(*args, cwd=None, env=None, real: bool = False) -> subprocess.CompletedProcess:
+def cli(*args, cwd=None, env=None, real: bool = False, drop=()) -> subprocess.CompletedProcess:
     """``emarray ARGS`` → a CompletedProcess (returncode, stdout, stderr).
 
     In this process through click's runner (about 50 ms, where ``python -m emarray`` takes
     1.5-3 s to start), with ``env`` and ``cwd`` set for the call and the process's global
     state (logging, storage options, dask's config) put back after it. ``real=True`` runs
     ``python -m emarray`` instead: for what only a process shows (its exit at a signal, what
-    it imports on start, a worker in another directory)."""
+    it imports on start, a worker in another directory, credentials in its environment:
+    object-store clients made in this process keep the credentials they were made with).
+    ``drop`` (a real process only) names environment variables it must not see."""
     argv = [str(a) for a in args]
     if real:
+        full = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in drop}
         return subprocess.run([PY, "-m", "emarray", *argv], capture_output=True, text=True,
-                              cwd=cwd, env={**os.environ, **(env or {})})
+                              cwd=cwd, env=full)
+    assert not drop, "drop: only for a real process"
     from click.testing import CliRunner
 
     from emarray.cli import cli as group

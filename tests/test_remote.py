@@ -28,6 +28,7 @@ from emarray.engine.checkpoint import PROGRESS_DIR, Checkpoint
 from emarray.storage import RemotePath
 
 from .conftest import kill_when, make_volume, real_dask_cluster
+from .helpers import cli
 
 PY = sys.executable
 MOTO = Path(sys.executable).parent / "moto_server"
@@ -89,9 +90,9 @@ def _keys(url: str) -> list[str]:
 
 
 def _cli(*args, env=None, check=True, drop=()):
-    full = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in drop}
-    r = subprocess.run([PY, "-m", "emarray", "-q", *map(str, args)], capture_output=True,
-                       text=True, env=full, timeout=300)
+    """``emarray -q ARGS``: in this process, or a real one where the credentials in its
+    environment differ from this one's (``env``, ``drop``)."""
+    r = cli("-q", *args, env=env, drop=drop, real=bool(env or drop))
     if check:
         assert r.returncode == 0, r.stderr
     return r
