@@ -494,18 +494,20 @@ def view(paths: Sequence[str | os.PathLike], *, port: int = 0, bind: str = "127.
             take_screenshot(viewer, Path(screenshot), size)
             echo(f"wrote {screenshot}")
             return viewer
-        echo(f"neuroglancer: {viewer}")
-        if open_browser:
-            import webbrowser
-            if not webbrowser.open(str(viewer)):
-                echo("no browser to open here: open the address above")
-        if wait:
-            echo("serving; Ctrl-C ends it")
-            try:
+        try:  # from the moment the address is out, Ctrl-C ends the serving, not a traceback
+            echo(f"neuroglancer: {viewer}")
+            if open_browser:
+                import webbrowser
+                if not webbrowser.open(str(viewer)):
+                    echo("no browser to open here: open the address above")
+            if wait:
+                echo("serving; Ctrl-C ends it")
                 while True:
                     time.sleep(0.5)
-            except KeyboardInterrupt:
-                echo("stopped")
+        except KeyboardInterrupt:
+            if not wait:
+                raise
+            echo("stopped")
         return viewer
     finally:
         if screenshot is not None or wait:
