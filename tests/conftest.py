@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,27 @@ def real_dask_cluster(tmp_path: Path, workers: int = 2, cwd: Path | None = None,
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory) -> Iterator[tuple[str, Path]]:
+    """One real cluster for the whole session: a `dask scheduler` and two `dask worker`
+    processes on 127.0.0.1, the workers in a folder of their own (not the tests' working
+    directory). Yields (address, the workers' folder). Only for tests that run jobs on it and
+    neither kill nor change it; a test that kills a worker starts its own real_dask_cluster."""
+    home = tmp_path_factory.mktemp("dask-cluster")
+    elsewhere = home / "workers-folder"
+    elsewhere.mkdir()
+    procs: list = []
+    with real_dask_cluster(home, workers=2, cwd=elsewhere, procs=procs) as address:
+        yield address, elsewhere
+        import psutil  # at the session's end, at once (a worker told to stop waits seconds)
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for child in psutil.Process(p.pid).children(recursive=True):
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        child.kill()
+            p.kill()
 
 
 def kill_when(proc, count, at_least: int, timeout: float = 120) -> int:

@@ -14,7 +14,7 @@ from emarray.engine import BlockGrid, Checkpoint, Runner, check_aligned, reduce_
 from emarray.engine.checkpoint import PROGRESS_DIR
 from emarray.errors import ChunkAlignmentError, ResumeMismatchError
 
-from .conftest import kill_when, make_volume, real_dask_cluster, tree_digest
+from .conftest import kill_when, make_volume, tree_digest
 from .helpers import cli
 
 PY = sys.executable
@@ -114,38 +114,34 @@ def test_resume_into_other_jobs_output_is_refused(tmp_path):
         emarray.threshold(src, tmp_path / "m.zarr", 0.7, resume=True)
 
 
-@pytest.fixture
-def dask_cluster(tmp_path):
-    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1."""
-    with real_dask_cluster(tmp_path) as address:
-        yield address
-
-
 @pytest.mark.cluster
 def test_threshold_on_a_real_dask_cluster(tmp_path, dask_cluster):
+    address, _ = dask_cluster  # (the session's: two workers)
     a = np.random.default_rng(7).random((20, 30, 40)).astype(np.float32)
     make_volume(tmp_path / "p.zarr", a, (5, 10, 10))
     r = emarray_cli("threshold", tmp_path / "p.zarr", tmp_path / "m.zarr", "--value", "0.6",
-                    "--scheduler", dask_cluster)
+                    "--scheduler", address)
     assert r.returncode == 0, r.stderr
     assert "dask dashboard: http://127.0.0.1" in r.stderr
     np.testing.assert_array_equal(emarray.open_volume(tmp_path / "m.zarr").read(),
                                   (a > 0.6).astype(np.uint8))
     # the address may also come from the environment, as on a cluster job
     r = emarray_cli("-q", "threshold", tmp_path / "p.zarr", tmp_path / "m2.zarr", "--value",
-                    "0.6", env={"DASK_SCHEDULER_ADDRESS": dask_cluster})
+                    "0.6", env={"DASK_SCHEDULER_ADDRESS": address})
     assert r.returncode == 0, r.stderr
     np.testing.assert_array_equal(emarray.open_volume(tmp_path / "m2.zarr").read(),
                                   (a > 0.6).astype(np.uint8))
     # both workers did work: reductions run there too
     from distributed import Client
-    with Client(dask_cluster) as c:
+    with Client(address) as c:
         with Runner(c) as runner:
             hosts = runner.run([(os.getpid, ()) for _ in range(40)])
     assert len(set(hosts)) == 2 and os.getpid() not in hosts
 
 
-def test_unreachable_scheduler_is_named(tmp_path):
+def test_unreachable_scheduler_is_named(tmp_path, monkeypatch):
+    from emarray.engine import schedulers
+    monkeypatch.setattr(schedulers, "DEFAULT_CONNECT_TIMEOUT", 0.5)  # the default's path, sooner
     src = make_volume(tmp_path / "p.zarr", np.ones((4, 4, 4), np.float32), 2)
     with pytest.raises(OSError, match="127.0.0.1:9"):
         emarray.threshold(src, tmp_path / "m.zarr", 0.5, scheduler="tcp://127.0.0.1:9")

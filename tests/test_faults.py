@@ -60,12 +60,18 @@ def saved_done(workdir: Path, earlier: list[tuple[str, str, int]]) -> set[tuple[
     return done
 
 
-def test_whole_job_killed_at_random_moments_then_resumed(tmp_path):
-    clean = tmp_path / "clean"
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory) -> tuple[Path, float]:
+    """The demo recipe run once without faults (read only): its work folder, and its time."""
+    clean = tmp_path_factory.mktemp("faults") / "clean"
     t0 = time.monotonic()
     r = cli("run", DEMO, "--workdir", clean, *SETS, "-q")
-    t_clean = time.monotonic() - t0
     assert r.returncode == 0, r.stderr
+    return clean, time.monotonic() - t0
+
+
+def test_whole_job_killed_at_random_moments_then_resumed(tmp_path, clean_run):
+    clean, t_clean = clean_run
     work = tmp_path / "killed"
     rng = random.Random(20261122)
     kills, recomputed_saved, recomputed_unsaved, history = 0, 0, 0, []
@@ -108,9 +114,8 @@ def test_whole_job_killed_at_random_moments_then_resumed(tmp_path):
           f"({recomputed_unsaved} twice: finished in a worker after the last save)")
 
 
-def test_a_worker_killed_mid_job_changes_nothing(tmp_path):
-    clean = tmp_path / "clean"
-    assert cli("run", DEMO, "--workdir", clean, *SETS, "-q").returncode == 0
+def test_a_worker_killed_mid_job_changes_nothing(tmp_path, clean_run):
+    clean, _ = clean_run
     elsewhere = tmp_path / "worker-home"  # the workers run in another directory
     elsewhere.mkdir()
     trace = tmp_path / "trace"

@@ -79,13 +79,22 @@ COMPARE = {"gt": np.greater, "ge": np.greater_equal, "lt": np.less, "le": np.les
 # -- threshold.cu ----------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", list(CTYPES), ids=str)
 def test_threshold_kernel_equals_numpy(cp, guard, dtype):
+    """Every shape, and every op at every threshold; a launch costs the same whatever the op
+    (one template), so the shapes take turns among the ops rather than all meeting all."""
     from emarray.cuda.elementwise import threshold_device
-    for op, (i, shape) in itertools.product(THRESHOLD_OPS, enumerate(SHAPES)):
+
+    def check(a, op, t):
+        want = COMPARE[op](a, t).astype(np.uint8)  # NaN compares false, as in the kernel
+        got = threshold_device(cp.asarray(a), op, t)
+        np.testing.assert_array_equal(np.asarray(got), want, err_msg=f"{op} {t!r} {a.shape}")
+    ops = list(THRESHOLD_OPS)
+    for i, shape in enumerate(SHAPES):
         a = volume(shape, dtype, seed=i)
-        for t in thresholds(dtype)[: 2 if shape != (1, 1, 1) else None]:
-            want = COMPARE[op](a, t).astype(np.uint8)  # NaN compares false, as in the kernel
-            got = threshold_device(cp.asarray(a), op, t)
-            np.testing.assert_array_equal(np.asarray(got), want, err_msg=f"{op} {t!r} {shape}")
+        check(a, ops[i % len(ops)], thresholds(dtype)[i % 2])
+    # every op at every threshold, on a ragged volume holding every special value
+    a = volume((1, 7, 33), dtype, seed=7)
+    for op, t in itertools.product(THRESHOLD_OPS, thresholds(dtype)):
+        check(a, op, t)
     # one value everywhere, at the threshold itself: gt and lt give 0, ge and le give 1
     t = thresholds(dtype)[0]
     flat = np.full((3, 5, 37), t, dtype)
@@ -213,17 +222,27 @@ def test_pool_kernel_equals_its_numpy_twin(cp, guard, dtype):
 
 
 # -- label.cu --------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", list(LABEL_CTYPES), ids=str)
-def test_label_kernels_equal_cc3d(cp, guard, dtype):
+#: each dtype beside one guard page, each item size beside both: the three kernels index the
+#: same way whatever the dtype, so a read or write past either end shows at either size
+LABEL_CASES = [("start" if i % 2 == 0 else "end", dt) for i, dt in enumerate(LABEL_CTYPES)]
+
+
+@pytest.mark.parametrize(("at", "dtype"), LABEL_CASES, ids=lambda v: str(v))
+def test_label_kernels_equal_cc3d(cp, monkeypatch, at, dtype):
+    monkeypatch.setattr(H, "GUARD", at)
     from emarray.cuda.label import label_device
     from emarray.ops.components import label_block_cpu
     dt = np.dtype(dtype)
     rng = np.random.default_rng(5)
     vals = np.array([0, 1, 2, np.iinfo(dt).max], dt)
-    for shape, conn in itertools.product([(1, 1, 1), (7, 33, 20), (20, 7, 1), (1, 40, 33)],
-                                         LABEL_CONNECTIVITY):
+    conns = list(LABEL_CONNECTIVITY)
+    for i, shape in enumerate([(1, 1, 1), (7, 33, 20), (20, 7, 1), (1, 40, 33)]):
         a = vals[rng.integers(0, 4, shape) * (rng.random(shape) < 0.6)]
-        for block in (a, np.zeros(shape, dt), np.full(shape, vals[3], dt)):  # also empty, full
+        # the random block at every connectivity; the empty and the full one (the same at
+        # any connectivity) at one, in turn
+        blocks = [(a, c) for c in conns] + [(np.zeros(shape, dt), conns[i % len(conns)]),
+                                            (np.full(shape, vals[3], dt), conns[i % len(conns)])]
+        for block, conn in blocks:
             got = np.asarray(label_device(cp.asarray(block), conn))
             want = label_block_cpu(block, connectivity=conn, binary=False, background=0)
             np.testing.assert_array_equal(got, want, err_msg=f"{shape} {conn}")

@@ -342,23 +342,28 @@ def test_mc_dropout_mean_and_variance(tmp_path):
 
 # -- resume, schedulers ----------------------------------------------------------------------------
 def test_sigkill_then_resume_gives_identical_output(tmp_path):
-    m = _model(tmp_path, depth=3, filters=16, patch=(16, 32, 32))
-    a = _raw((32, 96, 96), seed=7)
-    make_volume(tmp_path / "raw.zarr", a, (8, 16, 16))
+    """A real process killed (SIGKILL) once 10 of its 144 blocks are saved as done, each write
+    a little late so that the kill lands mid-way; --resume (in this process) finishes only the
+    rest, into the output of a run never interrupted. Tiles (8,16,16) span several blocks."""
+    m = _model(tmp_path, patch=(8, 16, 16))
+    a = _raw((16, 48, 48), seed=7)
+    make_volume(tmp_path / "raw.zarr", a, (4, 8, 8))
     dst = tmp_path / "p.zarr"
-    cmd = [sys.executable, "-m", "emarray", "predict", str(tmp_path / "raw.zarr"), str(m), str(dst),
-           "--block", "8,16,16", "--workers", "1", "--threads", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = ["predict", str(tmp_path / "raw.zarr"), str(m), str(dst), "--block", "4,8,8",
+            "--workers", "1", "--threads", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "emarray", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "EMARRAY_SLOW_WRITES": "0.05"})
     progress = dst / PROGRESS_DIR
     wait_for(lambda: Checkpoint(progress).done_count("predict") >= 10, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = Checkpoint(progress).done_count("predict")
     assert 10 <= done < 144 and not emarray.open_volume(dst).attrs["emarray"].get("complete")
-    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
+    r = cli(*args, "--resume")
     assert r.returncode == 0, r.stderr
     assert f"resuming: {done} of 144 blocks already done" in r.stderr
-    clean = emarray.predict(tmp_path / "raw.zarr", m, tmp_path / "clean.zarr", block=(8, 16, 16))
+    clean = emarray.predict(tmp_path / "raw.zarr", m, tmp_path / "clean.zarr", block=(4, 8, 8))
     np.testing.assert_array_equal(emarray.open_volume(dst).read(), clean.read())
     assert not progress.exists()
 

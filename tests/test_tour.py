@@ -29,17 +29,22 @@ def _commands(markdown: str, heading: str) -> list[str]:
 
 @pytest.mark.slow
 def test_the_readme_tour_runs_as_written(tmp_path):
+    """Each command of the tour as typed (in this process: the same command line, without
+    python's start for each); the last, ``emarray info``, as a real process found on PATH, as
+    a shell finds it."""
     pytest.importorskip("torch")
+    from .helpers import cli
     cmds = _commands((ROOT / "README.md").read_text(), "## A five-minute tour")
     assert cmds[0].startswith("emarray synthetic") and len(cmds) >= 8
     os.symlink(ROOT / "pipelines", tmp_path / "pipelines")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     for cmd in cmds:
-        r = subprocess.run(cmd + " -q", shell=True, cwd=tmp_path, env=env, capture_output=True,
-                           text=True)
+        argv = shlex.split(cmd + " -q")
+        assert argv[0] == "emarray", cmd
+        r = cli(*argv[1:], cwd=tmp_path)
         assert r.returncode == 0, (cmd, r.stderr)
-    out = subprocess.run(["emarray", "info", "tour/cells.zarr", "--json"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    out = subprocess.run("emarray info tour/cells.zarr --json", shell=True, cwd=tmp_path,
+                         env=env, capture_output=True, text=True)
     assert '"levels"' in out.stdout and (tmp_path / "tour" / "match" / "match.json").exists()
     import pandas as pd
     sweep = pd.read_csv(tmp_path / "tour" / "sweep" / "sweep.csv")
