@@ -246,7 +246,7 @@ def test_equals_monai_sliding_window(tmp_path):
 # -- equality with the whole-volume window, for any chunking ---------------------------------------
 CASES = {
     "same": ({}, (8, 8, 8), None, None),
-    "valid": ({"depth": 3, "padding": "valid", "filters": 2}, (44, 44, 44), None, None),
+    "valid": ({"depth": 3, "padding": "valid", "filters": 2}, (52, 52, 52), None, None),
     "anisotropic-bump": ({"depth": 3, "anisotropic": True, "filters": 3}, (4, 16, 16), (1, 6, 5), "bump"),
     "two-channels": ({"channels_out": 2, "residual": True, "norm": "instance"}, (8, 8, 8), (2, 3, 4),
                      "gaussian"),
