@@ -571,8 +571,8 @@ def test_train_from_the_train_page_then_predict_with_its_model(server, driver, f
     assert driver.find_element(By.ID, "t-validation.region").get_attribute("value") == "48:64,:,:"
     assert driver.find_element(By.ID, "t-out").get_attribute("value") == ""  # not in the folders
     values = {"data.raw": folder / "syn" / "raw.zarr", "data.labels": folder / "syn" / "truth.zarr",
-              "out": folder / "run", "steps": 10, "batch": 1, "validation.region": "24:32,:,:",
-              "validation.every": 5, "model.filters": 4, "checkpoint_every": 5, "log_every": 5}
+              "out": folder / "run", "steps": 20, "batch": 1, "validation.region": "24:32,:,:",
+              "validation.every": 10, "model.filters": 4, "checkpoint_every": 10, "log_every": 5}
     for k, v in values.items():
         field = driver.find_element(By.ID, f"t-{k}")
         field.clear()
@@ -592,8 +592,8 @@ def test_train_from_the_train_page_then_predict_with_its_model(server, driver, f
     def points(series):
         return int(driver.find_element(By.CSS_SELECTOR, f"#curve polyline[data-series={series}]")
                    .get_attribute("data-points"))
-    wait_for(lambda: points("loss") == 2, what="the whole loss curve")  # steps 5, 10
-    assert points("val_f1") == points("val_iou") == 2  # steps 5, 10
+    wait_for(lambda: points("loss") == 4, what="the whole loss curve")  # steps 5, 10, 15, 20
+    assert points("val_f1") == points("val_iou") == 2  # steps 10, 20
     models = wait_for(lambda: [li.get_attribute("data-model") for li in
                                driver.find_elements(By.CSS_SELECTOR, "#run-models li")])
     assert models == [str(folder / "run" / "best.pt"), str(folder / "run" / "model.pt")]
