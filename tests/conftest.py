@@ -59,10 +59,12 @@ def real_dask_cluster(tmp_path: Path, workers: int = 2, cwd: Path | None = None,
                                str(sched_file)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)]
     try:
-        t0 = time.time()
-        while not sched_file.exists() and time.time() - t0 < 60:
+        t0, address = time.time(), None
+        while address is None and time.time() - t0 < 60:
             time.sleep(0.1)
-        address = json.loads(sched_file.read_text())["address"]
+            with contextlib.suppress(OSError, ValueError):  # absent, or still being written
+                address = json.loads(sched_file.read_text())["address"]
+        assert address is not None, "the dask scheduler did not start in 60 s"
         for _ in range(workers):
             started.append(subprocess.Popen(
                 [str(bin_dir / "dask"), "worker", address, "--nthreads", "1", "--host",

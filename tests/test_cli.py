@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -66,7 +65,7 @@ def test_errors_are_one_line_exit_2_and_change_nothing(tmp_path, args, needle):
     tifffile.imwrite(tmp_path / "s.tif", np.zeros((4, 8, 8), np.uint8), photometric="minisblack")
     before = sorted(os.listdir(tmp_path))
     argv = [a.format(p=tmp_path / "p.zarr", d=tmp_path) for a in args]
-    r = subprocess.run([sys.executable, "-m", "emarray", *argv], capture_output=True, text=True)
+    r = cli(*argv)  # in this process: an uncaught exception would show as its traceback
     assert r.returncode == 2
     assert r.stderr.startswith("error: ") and needle in r.stderr and "Traceback" not in r.stderr
     assert sorted(os.listdir(tmp_path)) == before

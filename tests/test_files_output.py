@@ -126,7 +126,7 @@ def test_mesh_killed_mid_stitch_then_resume_or_overwrite(tmp_path):
         proc.communicate()
         assert proc.returncode == -signal.SIGKILL
         assert staging(tmp_path / "m").exists()
-        r = subprocess.run(cmd + [how], capture_output=True, text=True)
+        r = cli(*cmd[3:], how)  # in process
         assert r.returncode == 0, r.stderr
         assert listing(tmp_path / "m") == sorted([MANIFEST] + [f"{i}.ply" for i in
                                                                 range(1, 40)])
@@ -333,27 +333,47 @@ def test_pyramid_overwrite_keeps_the_old_levels_until_the_new_ones_are_complete(
     assert sorted(p.name for p in (tmp_path / "r.zarr").iterdir()) == ["0", "1", "zarr.json"]
 
 
-def test_every_files_output_into_a_read_only_folder_or_a_full_disk_is_one_line(tmp_path):
-    """Real mounts in a private namespace: a read-only bind mount and a 64 KiB tmpfs."""
+# One Python in the namespace runs the commands in turn, in process (tests.helpers.cli): each
+# command's stderr, then "rc=N" on stdout. A process per command took 1.5-3 s to start.
+IN_PROCESS = """import sys
+from tests.helpers import cli
+for command in sys.argv[1:]:
+    r = cli("-q", *command.split())
+    sys.stderr.write(r.stderr)
+    print(f"rc={r.returncode}", flush=True)
+"""
+
+
+def in_own_mounts(mounts: str, commands: list[str], then: str, cwd) -> subprocess.CompletedProcess:
+    """``mounts`` (shell) in a private mount namespace (real mounts, gone when it ends), then
+    the emarray ``commands`` there, then ``then`` (shell)."""
+    import shlex
     import shutil
     if shutil.which("unshare") is None:
         pytest.fail("unshare (util-linux) is needed for the read-only and disk-full tests")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    run = shlex.join([sys.executable, "-c", IN_PROCESS, *commands])
+    return subprocess.run(["unshare", "-rm", "sh", "-c", f"{mounts} && {run} ; {then}"],
+                          capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def test_every_files_output_into_a_read_only_folder_or_a_full_disk_is_one_line(tmp_path):
+    """Real mounts in a private namespace: a read-only bind mount and a 64 KiB tmpfs."""
     rng = np.random.default_rng(0)
     make_volume(tmp_path / "p.zarr", rng.random((32, 64, 64)).astype(np.float32), (8, 32, 32))
     make_volume(tmp_path / "q.zarr", rng.random((32, 32, 32)).astype(np.float32), 16)
     make_volume(tmp_path / "l.zarr", labels((32, 32, 32), ids=tuple(range(1, 30))), 16)
     (tmp_path / "ro").mkdir()
     (tmp_path / "full").mkdir()
-    em = f"{sys.executable} -m emarray -q"
     jobs = ["export p.zarr {d}/p.tif", "export p.zarr {d}/ng --format precomputed",
             "mesh l.zarr {d}/m --format ply", "sweep q.zarr l.zarr --out {d}/sw",
             "objects l.zarr --raw q.zarr --out {d}/o.csv", "match l.zarr l.zarr --out {d}/mt"]
-    script = "mount --bind ro ro && mount -o remount,ro,bind ro && " \
-        "mount -t tmpfs -o size=64k tmpfs full && " + " ; ".join(
-            f"{em} {j.format(d=d)}; echo rc=$?" for d in ("ro", "full") for j in jobs) + \
-        " ; ls -A ro full"
-    r = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True,
-                       cwd=tmp_path)
+    r = in_own_mounts("mount --bind ro ro && mount -o remount,ro,bind ro && "
+                      "mount -t tmpfs -o size=64k tmpfs full",
+                      [j.format(d=d) for d in ("ro", "full") for j in jobs], "ls -A ro full",
+                      tmp_path)
     errors = [ln for ln in r.stderr.splitlines() if ln.strip()]
     codes = [ln for ln in r.stdout.splitlines() if ln.startswith("rc=")]
     assert codes == ["rc=2"] * 2 * len(jobs), (r.stdout, r.stderr)

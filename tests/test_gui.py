@@ -750,9 +750,9 @@ def test_bad_command_lines_are_one_line_and_a_wider_bind_is_said(folder, tmp_pat
 def test_jobs_past_the_limit_wait_in_the_queue(tmp_path, monkeypatch):
     folder = tmp_path
     big = folder / "big.zarr"
-    make_volume(big, np.random.default_rng(1).random((32, 64, 64)).astype(np.float32),
-                (8, 16, 16))
-    monkeypatch.setenv("EMARRAY_SLOW_WRITES", "0.05")
+    make_volume(big, np.random.default_rng(1).random((16, 32, 64)).astype(np.float32),
+                (8, 16, 16))  # 16 blocks, each written 50 ms late: the first job outlasts
+    monkeypatch.setenv("EMARRAY_SLOW_WRITES", "0.05")  # the calls made while it runs
     s = Server(folder, max_running=1)
     try:
         def submit(name):

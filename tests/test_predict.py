@@ -246,7 +246,7 @@ def test_equals_monai_sliding_window(tmp_path):
 # -- equality with the whole-volume window, for any chunking ---------------------------------------
 CASES = {
     "same": ({}, (8, 8, 8), None, None),
-    "valid": ({"depth": 3, "padding": "valid", "filters": 2}, (44, 44, 44), None, None),
+    "valid": ({"depth": 3, "padding": "valid", "filters": 2}, (52, 52, 52), None, None),
     "anisotropic-bump": ({"depth": 3, "anisotropic": True, "filters": 3}, (4, 16, 16), (1, 6, 5), "bump"),
     "two-channels": ({"channels_out": 2, "residual": True, "norm": "instance"}, (8, 8, 8), (2, 3, 4),
                      "gaussian"),
@@ -343,8 +343,8 @@ def test_mc_dropout_mean_and_variance(tmp_path):
 # -- resume, schedulers ----------------------------------------------------------------------------
 def test_sigkill_then_resume_gives_identical_output(tmp_path):
     """A real process killed (SIGKILL) once 10 of its 144 blocks are saved as done, each write
-    a little late so that the kill lands mid-way; --resume (in this process) finishes only the
-    rest, into the output of a run never interrupted. Tiles (8,16,16) span several blocks."""
+    a little late so that the kill lands mid-way; --resume finishes only the rest, into the
+    output of a run never interrupted. Tiles (8,16,16) span several blocks."""
     m = _model(tmp_path, patch=(8, 16, 16))
     a = _raw((16, 48, 48), seed=7)
     make_volume(tmp_path / "raw.zarr", a, (4, 8, 8))
@@ -360,11 +360,15 @@ def test_sigkill_then_resume_gives_identical_output(tmp_path):
     proc.wait()
     done = Checkpoint(progress).done_count("predict")
     assert 10 <= done < 144 and not emarray.open_volume(dst).attrs["emarray"].get("complete")
-    r = cli(*args, "--resume")
+    r = cli(*args, "--resume", real=True)
     assert r.returncode == 0, r.stderr
     assert f"resuming: {done} of 144 blocks already done" in r.stderr
-    clean = emarray.predict(tmp_path / "raw.zarr", m, tmp_path / "clean.zarr", block=(4, 8, 8))
-    np.testing.assert_array_equal(emarray.open_volume(dst).read(), clean.read())
+    # the same command never interrupted, in a fresh process too: this process's PyTorch, after
+    # other tests, may sum a convolution in another order (a last-bit difference)
+    clean = tmp_path / "clean.zarr"
+    assert cli(*args[:3], clean, *args[4:], real=True).returncode == 0
+    np.testing.assert_array_equal(emarray.open_volume(dst).read(),
+                                  emarray.open_volume(clean).read())
     assert not progress.exists()
 
 

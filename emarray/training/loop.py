@@ -284,7 +284,7 @@ def _train(job: Job, torch: Any, save_model: Any, progress: bool) -> TrainResult
         state["step"] = step
         payload = {"config": cfg, "model": module.state_dict(), "optimizer": opt.state_dict(),
                    "schedule": sched.state_dict(), **{k: state[k] for k in state if k != "step"},
-                   "step": step}
+                   "step": step, "unlogged_loss": (run_loss, n_loss)}
         tmp = run / f".{STATE}.tmp{os.getpid()}"
         torch.save(payload, tmp)
         os.replace(tmp, run / STATE)
@@ -297,7 +297,9 @@ def _train(job: Job, torch: Any, save_model: Any, progress: bool) -> TrainResult
         return _result(run, state)
     feed = Prefetcher(sampler, cfg["batch"], first, workers=s["workers"])
     bar = progress_bar(progress, first, steps)
-    t0, run_loss, n_loss = time.perf_counter() - state["elapsed"], 0.0, 0
+    # the losses since the last logged row (a checkpoint between two rows keeps them)
+    run_loss, n_loss = (saved or {}).get("unlogged_loss", (0.0, 0))
+    t0 = time.perf_counter() - state["elapsed"]
     try:
         for step in range(first, steps):
             x, y = next(feed)
