@@ -44,8 +44,9 @@ case "$what" in
           export EMARRAY_NO_SLURM="scripts/slurm-local.sh installs SLURM as root; run this as root (or start SLURM) to include the SLURM tests"
           echo "dev.sh: not root and no SLURM running: the SLURM tests will be skipped" >&2
         fi
-        # the test files on every core, each file's tests in one worker (see tests/conftest.py)
-        exec .venv/bin/python -m pytest -n auto --dist loadgroup "$@" ;;
+        # the test files on every core, each file's tests in one worker, in order, with their
+        # module's fixtures (the SLURM tests take turns: tests/test_slurm.py::slurm_up)
+        exec .venv/bin/python -m pytest -n auto --dist loadfile "$@" ;;
   bench) .venv/bin/asv machine --yes >/dev/null && exec .venv/bin/asv run --python=same --quick "$@" ;;
   compare) exec .venv/bin/python benchmarks/compare.py "$@" ;;
   *) echo "usage: bash scripts/dev.sh demo|test|bench|compare [options]" >&2; exit 2 ;;

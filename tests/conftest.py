@@ -140,14 +140,9 @@ _MARKERS = {
 _SLOW = ("subprocess.Popen", "real=True", "slow_job(", "kill_when(", "multiprocessing")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Mark each test by what it uses, so that a developer can run a subset (``-m "not slow"``,
-    ``-m cluster``); the README's test command runs them all.
-
-    Under pytest-xdist (``-n 2 --dist loadgroup``, as the README's test command runs) a file's
-    tests run in one worker, in order, sharing their module's fixtures, and every test on the
-    one SLURM (three nodes a test may take down) runs in one worker."""
+    ``-m cluster``); the README's test command runs them all."""
     import inspect
     for item in items:
         fn = getattr(item, "function", None)
@@ -166,9 +161,6 @@ def pytest_collection_modifyitems(config, items):
             marks.add("slow")
         for m in sorted(marks - {mk.name for mk in item.iter_markers()}):
             item.add_marker(getattr(pytest.mark, m))
-        if item.get_closest_marker("xdist_group") is None:
-            group = "slurm" if item.get_closest_marker("slurm") else item.path.stem
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture

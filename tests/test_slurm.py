@@ -21,18 +21,26 @@ from .test_pipeline import DEMO, assert_same_outputs, demo_sets
 pytestmark = pytest.mark.slurm
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def slurm_up():
     """The local SLURM answers and its node takes jobs (not skipped: CI, as root, starts it;
-    `dev.sh test` run by another user skips these tests and says why)."""
+    `dev.sh test` run by another user skips these tests and says why). The test has SLURM to
+    itself: tests in other pytest-xdist workers wait (a test may take a node down, and counts
+    the jobs in the queue)."""
+    import fcntl
+    import tempfile
     if os.environ.get("EMARRAY_NO_SLURM"):
         pytest.skip(os.environ["EMARRAY_NO_SLURM"])
     if shutil.which("sinfo") is None:
         pytest.fail("no SLURM here: run `bash scripts/slurm-local.sh` (as root) first")
-    state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout
-    if not any(s.startswith(("idle", "mix", "alloc")) for s in state.split()):
-        pytest.fail(f"the SLURM node is not up ({state.strip()!r}): run "
-                    "`bash scripts/slurm-local.sh restart`")
+    with open(os.path.join(tempfile.gettempdir(), "emarray-tests-slurm.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True,
+                               text=True).stdout
+        if not any(s.startswith(("idle", "mix", "alloc")) for s in state.split()):
+            pytest.fail(f"the SLURM node is not up ({state.strip()!r}): run "
+                        "`bash scripts/slurm-local.sh restart`")
+        yield
 
 
 def test_a_pipeline_through_slurm_equals_the_threaded_run(tmp_path, slurm_up):
