@@ -58,7 +58,9 @@ def run_option_table() -> str:
         kind = attrs.get("type")
         metavar = attrs.get("metavar") or "|".join(getattr(kind, "choices", ()))
         flag = decls[0] + (f" {metavar}" if metavar else "")
-        rows.append(f"| `{flag}` | {RunOptions.help(name)} |")  # (a | in a code span stays)
+        default = attrs.get("default")
+        said = f" Default: {default}." if default not in (None, False) else ""
+        rows.append(f"| `{flag}` | {RunOptions.help(name)}{said} |")  # (a | in a code span stays)
     return "\n".join(rows)
 
 

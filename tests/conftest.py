@@ -161,6 +161,15 @@ def pytest_collection_modifyitems(config, items):
             marks.add("slow")
         for m in sorted(marks - {mk.name for mk in item.iter_markers()}):
             item.add_marker(getattr(pytest.mark, m))
+    # the files with the most slow tests first, each file's tests in their order: the test
+    # command's workers (pytest-xdist, a file each) then end together instead of one waiting
+    # on the last long file
+    slow: dict[str, int] = {}
+    for item in items:
+        slow[item.nodeid.split("::")[0]] = slow.get(item.nodeid.split("::")[0], 0) + (
+            item.get_closest_marker("slow") is not None)
+    order = {f: i for i, f in enumerate(sorted(slow, key=lambda f: (-slow[f], f)))}
+    items.sort(key=lambda item: order[item.nodeid.split("::")[0]])
 
 
 @pytest.fixture

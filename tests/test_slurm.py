@@ -33,7 +33,12 @@ def slurm_up():
         pytest.skip(os.environ["EMARRAY_NO_SLURM"])
     if shutil.which("sinfo") is None:
         pytest.fail("no SLURM here: run `bash scripts/slurm-local.sh` (as root) first")
-    with open(os.path.join(tempfile.gettempdir(), "emarray-tests-slurm.lock"), "w") as lock:
+    path = os.path.join(tempfile.gettempdir(), "emarray-tests-slurm.lock")
+    try:  # (read-only: the file may be another user's)
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    with os.fdopen(fd) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True,
                                text=True).stdout

@@ -166,11 +166,12 @@ def test_float64_is_served_as_float32_and_said(tmp_path):
 @pytest.mark.parametrize("at", ["after a page load", "as soon as the address is out"])
 def test_serve_until_ctrl_c_and_nothing_outside_the_volumes(scene, tmp_path, at):
     d, _ = scene
-    # Ctrl-C as a terminal sends it (a pytest-xdist worker ignores SIGINT, and its children
-    # would inherit that)
-    proc = subprocess.Popen([sys.executable, "-m", "emarray", "view", str(d / "raw.zarr")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # emarray as a terminal starts it, taking Ctrl-C: a test process may ignore SIGINT (one
+    # started in the background does), and its children inherit that
+    takes_ctrl_c = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler);"
+                    " runpy.run_module('emarray', run_name='__main__', alter_sys=True)")
+    proc = subprocess.Popen([sys.executable, "-c", takes_ctrl_c, "view", str(d / "raw.zarr")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         m = re.match(r"neuroglancer: (http://127\.0\.0\.1:\d+/\S+)", line)

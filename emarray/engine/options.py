@@ -14,7 +14,10 @@ class RunOptions:
     """How a job runs: where, on what, with what display, and what it may do to its output.
 
     Every operator takes ``options=RunOptions(...)`` and/or the same fields as keywords
-    (``emarray.threshold(src, dst, 0.5, scheduler="processes", resume=True)``).
+    (``emarray.threshold(src, dst, 0.5, scheduler="processes", resume=True)``). From Python,
+    ``slurm`` may also be a dict of the settings, and ``estimate=True`` returns an
+    :class:`~emarray.engine.estimate.Estimate`. The texts below are also the command line's
+    ``--help`` and the GUI's.
 
     Attributes
     ----------
@@ -47,12 +50,11 @@ class RunOptions:
         Tasks in flight at most (default: 4 per worker, at least 8).
     slurm : dict or path, optional
         For the slurm scheduler: a YAML file of SLURM settings (partition, account, walltime,
-        cores, memory, gres, jobs, prologue; see the clusters page of the docs), or those
-        settings as a dict.
+        cores, memory, gres, jobs, prologue; see the clusters page of the docs).
     estimate : bool
         Run a sample of the blocks (into a scratch folder, never the output) and tell the
         expected wall time, memory per worker, bytes read and written, and output size instead
-        of running the job (the Python API returns an ``Estimate``).
+        of running the job.
     """
 
     scheduler: Any = None
@@ -119,7 +121,7 @@ class RunOptions:
         >>> RunOptions.help("workers")
         'Threads, processes or local-cluster workers (default: all cores).'
         """
-        return _HELP[name]
+        return _HELP.get(name, "")
 
     def runner(self, desc: str = "blocks") -> Runner:
         """The (not yet entered) Runner for these options."""
@@ -128,18 +130,23 @@ class RunOptions:
                       slurm=self.slurm)
 
 
-def _attributes(doc: str) -> dict[str, str]:
-    """The numpydoc ``Attributes`` section of ``doc``: name → its description on one line."""
-    section = doc.split("Attributes\n    ----------\n", 1)[1]
+def _attributes(doc: str | None) -> dict[str, str]:
+    """The numpydoc ``Attributes`` section of ``doc``: name → its description on one line
+    (``{}`` where Python keeps no docstrings, ``-OO``). The docstring is cleaned first: Python
+    3.13 strips its indentation itself, earlier versions keep it."""
+    import inspect
+    text = inspect.cleandoc(doc or "")
+    if "Attributes\n----------\n" not in text:
+        return {}
     out: dict[str, str] = {}
     name = None
-    for line in section.splitlines():
-        if line.startswith("    ") and not line.startswith("        ") and " : " in line:
+    for line in text.split("Attributes\n----------\n", 1)[1].splitlines():
+        if line and not line.startswith(" ") and " : " in line:
             name = line.split(" : ", 1)[0].strip()
             out[name] = ""
-        elif line.startswith("        ") and name is not None:
+        elif line.startswith("    ") and name is not None:
             out[name] = (out[name] + " " + line.strip()).strip()
     return out
 
 
-_HELP = _attributes(RunOptions.__doc__ or "")
+_HELP = _attributes(RunOptions.__doc__)

@@ -99,7 +99,8 @@ def _run_field(name: str) -> Field:
 
 
 def where_fields(run: tuple[str, ...]) -> list[Field]:
-    """The "where to run" fields of a job that takes ``scheduler`` (else none)."""
+    """The "where to run" fields of a job that takes ``scheduler`` (else none): the scheduler
+    option split in two for a form, a choice of where and a scheduler's address."""
     if "scheduler" not in run:
         return []
     out = [Field("where", "where", "choice", "where", "Where the blocks run.",
@@ -110,9 +111,7 @@ def where_fields(run: tuple[str, ...]) -> list[Field]:
                  "A dask scheduler's address, tcp://host:8786.", cli="--scheduler")]
     if "slurm" in run:
         out.append(Field("slurm_config", "where", "path", "SLURM config",
-                         "A YAML file of SLURM settings (partition, account, walltime, cores, "
-                         "memory, gres, jobs, prologue): see the clusters page of the docs.",
-                         "file", cli="--slurm-config"))
+                         _sentence(RUN_OPTIONS["slurm"][1]["help"]), "file", cli="--slurm-config"))
     if "connect_timeout" in run:
         out.append(Field("connect_timeout", "where", "text", "connect timeout",
                          _sentence(RUN_OPTIONS["connect_timeout"][1]["help"]), "float",

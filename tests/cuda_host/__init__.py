@@ -148,7 +148,8 @@ def _build(family: str, names: list[str], options: tuple[str, ...]) -> Any:
     out_dir.mkdir(parents=True, exist_ok=True)
     lib = out_dir / f"{family}-{key}.so"
     if not lib.exists():
-        cpp = out_dir / f"{family}-{key}.cpp"
+        # this process's own names: another pytest worker may build the same family now
+        cpp = out_dir / f"{family}-{key}.{os.getpid()}.cpp"
         cpp.write_text(harness)
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
         cmd = [CXX, "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-ffp-contract=off",
