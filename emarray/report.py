@@ -392,8 +392,7 @@ def workdir_steps(workdir: Any) -> tuple[list[StepRecord], dict[str, Any]]:
     steps = []
     for name, e in state.steps.items():
         op = str(e.get("op", ""))
-        port = declared[op].output if op in declared else None
-        inplace = port is not None and port.kind == "inplace"
+        inplace = op in declared and declared[op].output_kind == "inplace"
         steps.append(StepRecord(name, op or "?", str(e.get("status", "?")), str(e["out"]),
                                 str(e.get("summary", "")), e.get("seconds"),
                                 dict(e.get("inputs") or {}), str(e.get("started", "")),

@@ -166,8 +166,8 @@ def pytest_collection_modifyitems(config, items):
     # on the last long file
     slow: dict[str, int] = {}
     for item in items:
-        slow[item.nodeid.split("::")[0]] = slow.get(item.nodeid.split("::")[0], 0) + (
-            item.get_closest_marker("slow") is not None)
+        file = item.nodeid.split("::")[0]
+        slow[file] = slow.get(file, 0) + (item.get_closest_marker("slow") is not None)
     order = {f: i for i, f in enumerate(sorted(slow, key=lambda f: (-slow[f], f)))}
     items.sort(key=lambda item: order[item.nodeid.split("::")[0]])
 

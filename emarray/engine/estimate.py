@@ -309,8 +309,9 @@ def estimate_call(op: Any, fn: Any, bound: Any) -> Any:
                 f"{op.name} writes into its input, which --estimate never touches; estimate "
                 "it on a copy of the input")
     with estimating(op.name) as session:
-        if out is not None and out.kind != "inplace" and bound.arguments.get(out.name) is not None:
-            bound.arguments[out.name] = session.scratch_for(bound.arguments[out.name])
+        dst = op.path_output
+        if dst is not None and bound.arguments.get(dst.name) is not None:
+            bound.arguments[dst.name] = session.scratch_for(bound.arguments[dst.name])
         if nested:
             return fn(*bound.args, **bound.kwargs)
         try:

@@ -135,12 +135,10 @@ def _attributes(doc: str | None) -> dict[str, str]:
     (``{}`` where Python keeps no docstrings, ``-OO``). The docstring is cleaned first: Python
     3.13 strips its indentation itself, earlier versions keep it."""
     import inspect
-    text = inspect.cleandoc(doc or "")
-    if "Attributes\n----------\n" not in text:
-        return {}
+    _, found, section = inspect.cleandoc(doc or "").partition("Attributes\n----------\n")
     out: dict[str, str] = {}
     name = None
-    for line in text.split("Attributes\n----------\n", 1)[1].splitlines():
+    for line in section.splitlines() if found else ():
         if line and not line.startswith(" ") and " : " in line:
             name = line.split(" : ", 1)[0].strip()
             out[name] = ""
