@@ -625,9 +625,10 @@ def test_a_recipe_from_the_recipes_page_runs_and_shows_each_steps_state(server, 
     for var, value in (("shape", "16,64,64"), ("chunks", "16,32,32")):
         driver.find_element(By.ID, f"r-var-{var}").send_keys(value, Keys.TAB)
 
-    def actions():
-        return {li.get_attribute("data-step"): li.get_attribute("data-action")
-                for li in driver.find_elements(By.CSS_SELECTOR, "#recipe-steps li")}
+    def actions():  # read in one script: the page may redraw the list between two reads
+        return dict(driver.execute_script(
+            "return [...document.querySelectorAll('#recipe-steps li')]"
+            ".map(li => [li.getAttribute('data-step'), li.getAttribute('data-action')])"))
     wait_for(lambda: set(actions().values()) == {"run"} and len(actions()) == 8, what="the plan")
     driver.find_element(By.ID, "recipe-run").click()
     wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#started .job[data-state=done]"),
